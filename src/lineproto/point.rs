@@ -1,0 +1,150 @@
+//! The point model and the rules a point must follow to be writable.
+//!
+//! Validation lives here rather than in the writer so that every source of
+//! points (the parser, JSON payloads, tests) is held to the same rules before
+//! a point is accepted into the pipeline. It must never silently change a
+//! point: a point that cannot be written exactly is rejected with the reason.
+
+use std::fmt;
+
+use super::{MAX_SERIES_KEY_BYTES, MAX_STRING_FIELD_BYTES};
+
+/// One field value. Floats are never NaN or infinite in a valid point.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldValue {
+    Float(f64),
+    Integer(i64),
+    /// `12u`: accepted by InfluxDB 2.x and 3.x only.
+    UInteger(u64),
+    String(String),
+    Boolean(bool),
+}
+
+/// A single point: measurement, tag set, field set and optional timestamp.
+///
+/// Tags and fields keep the order they were given in; InfluxDB orders tags
+/// itself, and keeping the input order makes a parse/write round trip exact.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    pub measurement: String,
+    pub tags: Vec<(String, String)>,
+    pub fields: Vec<(String, FieldValue)>,
+    /// Nanoseconds since the Unix epoch unless a precision says otherwise.
+    pub timestamp: Option<i64>,
+}
+
+/// Why a point cannot be written as line protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidPoint {
+    #[error("missing measurement")]
+    EmptyMeasurement,
+    /// A measurement starting with `#` reads as a comment; a measurement or
+    /// field key starting with a tab reads as the blank before it.
+    #[error("{0:?} starts with a tab or '#', which line protocol reads as blank or comment")]
+    BadStart(String),
+    #[error("point has no fields")]
+    NoFields,
+    #[error("empty tag key")]
+    EmptyTagKey,
+    #[error("tag {0:?} has an empty value")]
+    EmptyTagValue(String),
+    #[error("empty field key")]
+    EmptyFieldKey,
+    #[error("duplicate tag key {0:?}")]
+    DuplicateTag(String),
+    #[error("duplicate field key {0:?}")]
+    DuplicateField(String),
+    #[error("name {0:?} starts with '_', which InfluxDB reserves")]
+    ReservedName(String),
+    #[error("{0:?} contains a newline, which line protocol cannot escape")]
+    Newline(String),
+    #[error("{0:?} ends with a backslash, which line protocol cannot represent")]
+    TrailingBackslash(String),
+    #[error("field {0:?} is not a finite number")]
+    NonFinite(String),
+    #[error("series key is {0} bytes, more than the {MAX_SERIES_KEY_BYTES} InfluxDB accepts")]
+    SeriesKeyTooLong(usize),
+    #[error("string field {0:?} is longer than {MAX_STRING_FIELD_BYTES} bytes")]
+    StringTooLong(String),
+}
+
+impl Point {
+    /// Checks every rule of line protocol that a writer cannot fix by escaping.
+    pub fn validate(&self) -> Result<(), InvalidPoint> {
+        check_name(&self.measurement, InvalidPoint::EmptyMeasurement)?;
+        if self.measurement.starts_with(['#', '\t']) {
+            return Err(InvalidPoint::BadStart(self.measurement.clone()));
+        }
+        let mut series_key = self.measurement.len();
+        for (i, (key, value)) in self.tags.iter().enumerate() {
+            check_name(key, InvalidPoint::EmptyTagKey)?;
+            check_text(value, InvalidPoint::EmptyTagValue(key.clone()))?;
+            if self.tags[..i].iter().any(|(k, _)| k == key) {
+                return Err(InvalidPoint::DuplicateTag(key.clone()));
+            }
+            series_key += 2 + key.len() + value.len();
+        }
+        if series_key > MAX_SERIES_KEY_BYTES {
+            return Err(InvalidPoint::SeriesKeyTooLong(series_key));
+        }
+        if self.fields.is_empty() {
+            return Err(InvalidPoint::NoFields);
+        }
+        for (i, (key, value)) in self.fields.iter().enumerate() {
+            check_name(key, InvalidPoint::EmptyFieldKey)?;
+            if key.starts_with('\t') {
+                return Err(InvalidPoint::BadStart(key.clone()));
+            }
+            if self.fields[..i].iter().any(|(k, _)| k == key) {
+                return Err(InvalidPoint::DuplicateField(key.clone()));
+            }
+            match value {
+                FieldValue::Float(f) if !f.is_finite() => {
+                    return Err(InvalidPoint::NonFinite(key.clone()));
+                }
+                FieldValue::String(s) => {
+                    if s.len() > MAX_STRING_FIELD_BYTES {
+                        return Err(InvalidPoint::StringTooLong(key.clone()));
+                    }
+                    if s.contains('\n') {
+                        return Err(InvalidPoint::Newline(key.clone()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Rules for measurement, tag keys and field keys.
+fn check_name(name: &str, if_empty: InvalidPoint) -> Result<(), InvalidPoint> {
+    check_text(name, if_empty)?;
+    if name.starts_with('_') {
+        return Err(InvalidPoint::ReservedName(name.to_owned()));
+    }
+    Ok(())
+}
+
+/// Rules for every unquoted text of a line, tag values included.
+fn check_text(text: &str, if_empty: InvalidPoint) -> Result<(), InvalidPoint> {
+    if text.is_empty() {
+        return Err(if_empty);
+    }
+    if text.contains(['\n', '\r']) {
+        return Err(InvalidPoint::Newline(text.to_owned()));
+    }
+    if text.ends_with('\\') {
+        return Err(InvalidPoint::TrailingBackslash(text.to_owned()));
+    }
+    Ok(())
+}
+
+impl fmt::Display for FieldValue {
+    /// The value as line protocol writes it (strings quoted and escaped).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = String::new();
+        super::write::write_field_value(&mut s, self);
+        f.write_str(&s)
+    }
+}
