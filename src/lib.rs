@@ -4,5 +4,32 @@
 //! The library holds all the logic; the two binaries in `src/bin` are thin
 //! command-line shells over it. Server-only parts live behind the
 //! `authority` cargo feature so the gateway build carries none of them.
+//!
+//! - [`lineproto`]: InfluxDB line protocol, parsed and written exactly.
+//! - [`config`]: the gateway's configuration and its checks.
+//! - [`agent`]: the gateway daemon's pipeline.
+//! - [`shutdown`], [`backoff`], [`secret`]: the small shared pieces every
+//!   long-running loop and every credential goes through.
 
+pub mod agent;
+#[cfg(feature = "authority")]
+pub mod authority;
+pub mod backoff;
+pub mod config;
+pub mod exit;
 pub mod lineproto;
+pub mod logging;
+pub mod secret;
+pub mod shutdown;
+
+/// An error with all its causes, joined by ": ", for one log line.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}

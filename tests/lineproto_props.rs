@@ -30,7 +30,9 @@ fn field_key() -> impl Strategy<Value = String> {
 
 fn field_value() -> impl Strategy<Value = FieldValue> {
     prop_oneof![
-        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(FieldValue::Float),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(FieldValue::Float),
         any::<i64>().prop_map(FieldValue::Integer),
         any::<u64>().prop_map(FieldValue::UInteger),
         any::<bool>().prop_map(FieldValue::Boolean),

@@ -261,7 +261,11 @@ impl<'a> Cursor<'a> {
         let mut seg = self.pos;
         while self.pos < bytes.len() {
             let b = bytes[self.pos];
-            if b == b'\\' && bytes.get(self.pos + 1).is_some_and(|n| escapable.contains(n)) {
+            if b == b'\\'
+                && bytes
+                    .get(self.pos + 1)
+                    .is_some_and(|n| escapable.contains(n))
+            {
                 out.push_str(&self.text[seg..self.pos]);
                 seg = self.pos + 1;
                 self.pos += 2;
@@ -432,9 +436,13 @@ mod tests {
 
     #[test]
     fn parses_a_full_line() {
-        let p = one("cpu\\ load,host=a\\,b,dc=x\\=y usage=0.5,n=-3i,u=4u,s=\"q\\\"\\\\z\",ok=T 17").unwrap();
+        let p = one("cpu\\ load,host=a\\,b,dc=x\\=y usage=0.5,n=-3i,u=4u,s=\"q\\\"\\\\z\",ok=T 17")
+            .unwrap();
         assert_eq!(p.measurement, "cpu load");
-        assert_eq!(p.tags, vec![("host".into(), "a,b".into()), ("dc".into(), "x=y".into())]);
+        assert_eq!(
+            p.tags,
+            vec![("host".into(), "a,b".into()), ("dc".into(), "x=y".into())]
+        );
         assert_eq!(
             p.fields,
             vec![
@@ -451,13 +459,30 @@ mod tests {
     #[test]
     fn accepts_every_boolean_and_float_form() {
         for b in ["t", "T", "true", "True", "TRUE"] {
-            assert_eq!(one(&format!("m v={b}")).unwrap().fields[0].1, FieldValue::Boolean(true));
+            assert_eq!(
+                one(&format!("m v={b}")).unwrap().fields[0].1,
+                FieldValue::Boolean(true)
+            );
         }
         for b in ["f", "F", "false", "False", "FALSE"] {
-            assert_eq!(one(&format!("m v={b}")).unwrap().fields[0].1, FieldValue::Boolean(false));
+            assert_eq!(
+                one(&format!("m v={b}")).unwrap().fields[0].1,
+                FieldValue::Boolean(false)
+            );
         }
-        for (text, value) in [("1", 1.0), ("1.5", 1.5), ("-1.2e+78", -1.2e78), (".5", 0.5), ("2.", 2.0), ("3E-2", 0.03)] {
-            assert_eq!(one(&format!("m v={text}")).unwrap().fields[0].1, FieldValue::Float(value), "{text}");
+        for (text, value) in [
+            ("1", 1.0),
+            ("1.5", 1.5),
+            ("-1.2e+78", -1.2e78),
+            (".5", 0.5),
+            ("2.", 2.0),
+            ("3E-2", 0.03),
+        ] {
+            assert_eq!(
+                one(&format!("m v={text}")).unwrap().fields[0].1,
+                FieldValue::Float(value),
+                "{text}"
+            );
         }
     }
 
@@ -466,13 +491,19 @@ mod tests {
         let p = one("m\\x,t\\a=v\\b f\\z=\"a\\nb\"").unwrap();
         assert_eq!(p.measurement, "m\\x");
         assert_eq!(p.tags[0], ("t\\a".into(), "v\\b".into()));
-        assert_eq!(p.fields[0], ("f\\z".into(), FieldValue::String("a\\nb".into())));
+        assert_eq!(
+            p.fields[0],
+            ("f\\z".into(), FieldValue::String("a\\nb".into()))
+        );
     }
 
     #[test]
     fn skips_blank_and_comment_lines_and_tolerates_crlf() {
         let text = "# header\r\n\r\n  \nm v=1 5\r\nm v=2 6\n";
-        let points: Vec<_> = parse_payload(text.as_bytes()).unwrap().collect::<Result<_, _>>().unwrap();
+        let points: Vec<_> = parse_payload(text.as_bytes())
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
         assert_eq!(points.len(), 2);
         assert_eq!(points[1].timestamp, Some(6));
     }
@@ -480,10 +511,16 @@ mod tests {
     #[test]
     fn offsets_count_from_the_payload_start() {
         let text = "m v=1\nm v=oops\n";
-        let errors: Vec<_> = parse_payload(text.as_bytes()).unwrap().filter_map(Result::err).collect();
+        let errors: Vec<_> = parse_payload(text.as_bytes())
+            .unwrap()
+            .filter_map(Result::err)
+            .collect();
         assert_eq!(errors.len(), 1);
         assert_eq!((errors[0].line, errors[0].offset), (2, 10));
-        assert_eq!(errors[0].to_string(), "line 2, byte 10: field \"v\" has invalid value \"oops\"");
+        assert_eq!(
+            errors[0].to_string(),
+            "line 2, byte 10: field \"v\" has invalid value \"oops\""
+        );
     }
 
     #[test]
@@ -505,22 +542,82 @@ mod tests {
             ("m v=-Inf", 4, K::NonFinite("v".into())),
             ("m v=+inf", 4, K::NonFinite("v".into())),
             ("m v=1e999", 4, K::NonFinite("v".into())),
-            ("m v=1.2.3", 4, K::InvalidFieldValue { field: "v".into(), value: "1.2.3".into() }),
-            ("m v=yes", 4, K::InvalidFieldValue { field: "v".into(), value: "yes".into() }),
-            ("m v=1.5i", 4, K::InvalidFieldValue { field: "v".into(), value: "1.5i".into() }),
-            ("m v=-3u", 4, K::InvalidFieldValue { field: "v".into(), value: "-3u".into() }),
-            ("m v=9223372036854775808i", 4, K::IntegerOutOfRange("v".into())),
-            ("m v=18446744073709551616u", 4, K::UnsignedOutOfRange("v".into())),
+            (
+                "m v=1.2.3",
+                4,
+                K::InvalidFieldValue {
+                    field: "v".into(),
+                    value: "1.2.3".into(),
+                },
+            ),
+            (
+                "m v=yes",
+                4,
+                K::InvalidFieldValue {
+                    field: "v".into(),
+                    value: "yes".into(),
+                },
+            ),
+            (
+                "m v=1.5i",
+                4,
+                K::InvalidFieldValue {
+                    field: "v".into(),
+                    value: "1.5i".into(),
+                },
+            ),
+            (
+                "m v=-3u",
+                4,
+                K::InvalidFieldValue {
+                    field: "v".into(),
+                    value: "-3u".into(),
+                },
+            ),
+            (
+                "m v=9223372036854775808i",
+                4,
+                K::IntegerOutOfRange("v".into()),
+            ),
+            (
+                "m v=18446744073709551616u",
+                4,
+                K::UnsignedOutOfRange("v".into()),
+            ),
             ("m v=\"open", 4, K::UnterminatedString("v".into())),
             ("m v=\"a\"b", 7, K::AfterString("v".into())),
             ("m v=1 12.5", 6, K::InvalidTimestamp("12.5".into())),
-            ("m v=1 9223372036854775808", 6, K::InvalidTimestamp("9223372036854775808".into())),
+            (
+                "m v=1 9223372036854775808",
+                6,
+                K::InvalidTimestamp("9223372036854775808".into()),
+            ),
             ("m v=1 1 extra", 8, K::TrailingText),
-            ("_m v=1", 0, K::InvalidPoint(InvalidPoint::ReservedName("_m".into()))),
-            ("m,_t=a v=1", 0, K::InvalidPoint(InvalidPoint::ReservedName("_t".into()))),
-            ("m _v=1", 0, K::InvalidPoint(InvalidPoint::ReservedName("_v".into()))),
-            ("m,t=a,t=b v=1", 0, K::InvalidPoint(InvalidPoint::DuplicateTag("t".into()))),
-            ("m v=1,v=2", 0, K::InvalidPoint(InvalidPoint::DuplicateField("v".into()))),
+            (
+                "_m v=1",
+                0,
+                K::InvalidPoint(InvalidPoint::ReservedName("_m".into())),
+            ),
+            (
+                "m,_t=a v=1",
+                0,
+                K::InvalidPoint(InvalidPoint::ReservedName("_t".into())),
+            ),
+            (
+                "m _v=1",
+                0,
+                K::InvalidPoint(InvalidPoint::ReservedName("_v".into())),
+            ),
+            (
+                "m,t=a,t=b v=1",
+                0,
+                K::InvalidPoint(InvalidPoint::DuplicateTag("t".into())),
+            ),
+            (
+                "m v=1,v=2",
+                0,
+                K::InvalidPoint(InvalidPoint::DuplicateField("v".into())),
+            ),
         ];
         for (line, offset, expected) in cases {
             assert_eq!(kind(line), (offset, expected), "{line:?}");
@@ -544,6 +641,9 @@ mod tests {
     #[test]
     fn rejects_invalid_utf8_at_its_offset() {
         let e = parse_payload(b"m v=1\nm v=\"\xff\"").err().unwrap();
-        assert_eq!((e.line, e.offset, e.kind), (2, 11, ParseErrorKind::InvalidUtf8));
+        assert_eq!(
+            (e.line, e.offset, e.kind),
+            (2, 11, ParseErrorKind::InvalidUtf8)
+        );
     }
 }

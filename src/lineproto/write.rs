@@ -134,6 +134,9 @@ mod tests {
         ));
         let mut p = point();
         p.fields.clear();
-        assert_eq!(write_line(&mut String::new(), &p), Err(InvalidPoint::NoFields));
+        assert_eq!(
+            write_line(&mut String::new(), &p),
+            Err(InvalidPoint::NoFields)
+        );
     }
 }

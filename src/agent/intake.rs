@@ -1,0 +1,343 @@
+//! MQTT intake: keeps the broker session, subscribes at QoS 1, decodes each
+//! message into line protocol for the writer, and sends the acks the writer
+//! releases.
+//!
+//! The session is persistent (clean session off) with manual acks, so a
+//! message the writer has not written stays with the broker across restarts
+//! and reconnects. This module must never wait on an HTTP write: it hands
+//! decoded lines to the writer over a channel and keeps polling the event
+//! loop (pings, acks, reconnects) whatever the writer is doing.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rumqttc::{
+    AsyncClient, Event, MqttOptions, Outgoing, Packet, Publish, QoS, SubscribeReasonCode,
+};
+use tokio::sync::mpsc;
+
+use super::stats::Stats;
+use super::writer::Delivery;
+use crate::backoff::Backoff;
+use crate::config::{Mqtt, Precision, Subscription};
+use crate::lineproto::{self, Point};
+use crate::shutdown::Shutdown;
+
+pub struct Intake {
+    pub config: Mqtt,
+    pub deliveries: mpsc::Sender<Delivery>,
+    pub acks: mpsc::UnboundedReceiver<u16>,
+    pub shutdown: Shutdown,
+    pub stats: Arc<Stats>,
+}
+
+impl Intake {
+    pub async fn run(self) {
+        let Intake {
+            config,
+            deliveries,
+            acks,
+            shutdown,
+            stats,
+        } = self;
+        let mut options = MqttOptions::new(&config.client_id, &config.url.host, config.url.port);
+        options
+            .set_keep_alive(config.keep_alive)
+            .set_clean_session(false)
+            .set_manual_acks(true)
+            .set_max_packet_size(config.max_packet_size as usize, 64 * 1024);
+        if let (Some(user), Some(password)) = (&config.username, &config.password) {
+            options.set_credentials(user, password.expose());
+        } else if let Some(user) = &config.username {
+            options.set_credentials(user, "");
+        }
+        let (client, mut eventloop) = AsyncClient::new(options, 1024);
+        let broker = format!("{}:{}", config.url.host, config.url.port);
+        let acker = tokio::spawn(send_acks(client.clone(), acks));
+
+        let mut deliveries = Some(deliveries);
+        let mut decoder = Decoder::new(config.subscribe.clone());
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30), 0.25);
+        let mut subscribed_once = false;
+        loop {
+            let event = tokio::select! {
+                biased;
+                _ = shutdown.wait(), if deliveries.is_some() => {
+                    // Closing the channel lets the writer finish its last
+                    // batch; the acker disconnects once those acks are out.
+                    deliveries = None;
+                    continue;
+                }
+                event = eventloop.poll() => event,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    backoff.reset();
+                    log::info!(
+                        "connected to MQTT broker {broker} (session present: {})",
+                        ack.session_present
+                    );
+                    // A broker that kept our session kept our subscriptions
+                    // too; subscribing again would replay retained messages.
+                    if !ack.session_present || !subscribed_once {
+                        let filters = config.subscribe.iter().map(|s| {
+                            rumqttc::SubscribeFilter::new(s.topic.clone(), QoS::AtLeastOnce)
+                        });
+                        if let Err(e) = client.subscribe_many(filters).await {
+                            log::error!("cannot subscribe: {e}");
+                        }
+                        subscribed_once = true;
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    for (sub, code) in config.subscribe.iter().zip(&ack.return_codes) {
+                        match code {
+                            SubscribeReasonCode::Failure => {
+                                log::error!("broker refused the subscription to {:?}", sub.topic)
+                            }
+                            SubscribeReasonCode::Success(qos) => {
+                                log::info!("subscribed to {:?} at {qos:?}", sub.topic)
+                            }
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    let Some(tx) = &deliveries else {
+                        // Shutting down: left unacked, the broker redelivers it.
+                        continue;
+                    };
+                    Stats::add(&stats.messages_in, 1);
+                    let delivery = decoder.decode(&publish, &stats);
+                    if publish.qos == QoS::AtMostOnce {
+                        // QoS 0 promises nothing; never stall the event
+                        // loop for it.
+                        if tx.try_send(delivery).is_err() {
+                            log::warn!(
+                                "dropped a QoS 0 message on {:?}: writer is behind",
+                                publish.topic
+                            );
+                        }
+                    } else if tx.send(delivery).await.is_err() {
+                        log::error!("writer stopped; message left for the broker to redeliver");
+                    }
+                }
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    if deliveries.is_none() {
+                        // Stopping and the connection is gone: nothing more
+                        // can be acked; the broker redelivers the rest.
+                        break;
+                    }
+                    let delay = backoff.next_delay();
+                    log::warn!(
+                        "MQTT broker {broker}: {}; reconnecting in {}",
+                        crate::error_chain(&e),
+                        humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.wait() => {}
+                    }
+                }
+            }
+        }
+        acker.abort();
+    }
+}
+
+/// Sends the acks the writer releases, in order; when the writer is done
+/// (its sender dropped), disconnects cleanly.
+async fn send_acks(client: AsyncClient, mut acks: mpsc::UnboundedReceiver<u16>) {
+    while let Some(pkid) = acks.recv().await {
+        let mut p = Publish::new("", QoS::AtLeastOnce, Vec::new());
+        p.pkid = pkid;
+        if let Err(e) = client.ack(&p).await {
+            log::warn!("cannot queue MQTT ack: {e}");
+        }
+    }
+    let _ = client.disconnect().await;
+}
+
+/// Turns MQTT messages into line protocol for the writer.
+struct Decoder {
+    subscriptions: Vec<Subscription>,
+    clock: ReceiptClock,
+}
+
+impl Decoder {
+    fn new(subscriptions: Vec<Subscription>) -> Self {
+        Decoder {
+            subscriptions,
+            clock: ReceiptClock::default(),
+        }
+    }
+
+    fn decode(&mut self, publish: &Publish, stats: &Stats) -> Delivery {
+        let ack = (publish.qos != QoS::AtMostOnce).then_some(publish.pkid);
+        let topic = publish.topic.as_str();
+        let mut delivery = Delivery {
+            lines: String::with_capacity(publish.payload.len() + 32),
+            points: 0,
+            ack,
+        };
+        let Some(sub) = self
+            .subscriptions
+            .iter()
+            .find(|s| topic_matches(&s.topic, topic))
+        else {
+            // Possible after a subscription was removed from the config
+            // while the broker kept the session.
+            log::warn!("message on {topic:?} matches no configured subscription; skipped");
+            Stats::add(&stats.points_invalid, 1);
+            return delivery;
+        };
+        let precision = sub.precision;
+        let lines = match lineproto::parse_payload(&publish.payload) {
+            Ok(lines) => lines,
+            Err(e) => {
+                log::warn!("rejected message on {topic:?}: {e}");
+                Stats::add(&stats.points_invalid, 1);
+                return delivery;
+            }
+        };
+        for line in lines {
+            let result = line.map_err(|e| e.to_string()).and_then(|mut p| {
+                self.clock.stamp(&mut p, precision)?;
+                Ok(p)
+            });
+            match result {
+                Ok(point) => {
+                    lineproto::write_point(&mut delivery.lines, &point);
+                    delivery.lines.push('\n');
+                    delivery.points += 1;
+                }
+                Err(reason) => {
+                    log::warn!("rejected line on {topic:?}: {reason}");
+                    Stats::add(&stats.points_invalid, 1);
+                }
+            }
+        }
+        Stats::add(&stats.points_in, delivery.points);
+        delivery
+    }
+}
+
+/// Gives points without a timestamp the time of receipt, in nanoseconds,
+/// strictly increasing: two such points of one series received in the same
+/// nanosecond would otherwise be merged by InfluxDB into one.
+#[derive(Default)]
+struct ReceiptClock {
+    last: i64,
+}
+
+impl ReceiptClock {
+    fn stamp(&mut self, point: &mut Point, precision: Precision) -> Result<(), String> {
+        match point.timestamp {
+            Some(ts) => {
+                point.timestamp = Some(ts.checked_mul(precision.nanos()).ok_or_else(|| {
+                    format!("timestamp {ts} is out of range for precision {precision:?}")
+                })?);
+            }
+            None => {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as i64)
+                    .unwrap_or(0);
+                self.last = now.max(self.last + 1);
+                point.timestamp = Some(self.last);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// MQTT filter matching: `+` one level, `#` the rest (including none). A
+/// `$share/GROUP/` prefix is not part of the topic.
+fn topic_matches(filter: &str, topic: &str) -> bool {
+    let filter = match filter.strip_prefix("$share/") {
+        Some(rest) => rest.split_once('/').map_or(rest, |(_, f)| f),
+        None => filter,
+    };
+    // Wildcards at the first level do not match topics starting with '$'.
+    if topic.starts_with('$') && filter.starts_with(['+', '#']) {
+        return false;
+    }
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_match_like_mqtt() {
+        assert!(topic_matches("sensors/#", "sensors/a/b"));
+        assert!(topic_matches("sensors/#", "sensors"));
+        assert!(topic_matches("+/t", "a/t"));
+        assert!(!topic_matches("+/t", "a/b/t"));
+        assert!(topic_matches("$share/g/a/+", "a/x"));
+        assert!(!topic_matches("#", "$SYS/x"));
+        assert!(!topic_matches("a/b", "a/b/c"));
+        assert!(topic_matches("a//b", "a//b"));
+    }
+
+    #[test]
+    fn receipt_stamps_are_strictly_increasing_and_precision_scales() {
+        let mut clock = ReceiptClock::default();
+        let mut last = 0;
+        for _ in 0..1000 {
+            let mut p = lineproto::parse_line("m v=1", 0, 1).unwrap().unwrap();
+            clock.stamp(&mut p, Precision::Nanoseconds).unwrap();
+            let ts = p.timestamp.unwrap();
+            assert!(ts > last);
+            last = ts;
+        }
+        let mut p = lineproto::parse_line("m v=1 1700000000", 0, 1)
+            .unwrap()
+            .unwrap();
+        clock.stamp(&mut p, Precision::Seconds).unwrap();
+        assert_eq!(p.timestamp, Some(1_700_000_000_000_000_000));
+        let mut p = lineproto::parse_line("m v=1 9000000000000", 0, 1)
+            .unwrap()
+            .unwrap();
+        assert!(
+            clock
+                .stamp(&mut p, Precision::Seconds)
+                .unwrap_err()
+                .contains("out of range")
+        );
+    }
+
+    #[test]
+    fn decoding_keeps_good_lines_and_counts_bad_ones() {
+        let stats = Stats::default();
+        let mut d = Decoder::new(vec![Subscription {
+            topic: "s/#".into(),
+            format: crate::config::Format::Line,
+            precision: Precision::Nanoseconds,
+        }]);
+        let mut p = Publish::new(
+            "s/1",
+            QoS::AtLeastOnce,
+            "m v=1 5\nm v=bad 6\nm,t=x v=2i 7\n",
+        );
+        p.pkid = 9;
+        let out = d.decode(&p, &stats);
+        assert_eq!(out.lines, "m v=1.0 5\nm,t=x v=2i 7\n");
+        assert_eq!((out.points, out.ack), (2, Some(9)));
+        assert_eq!(Stats::get(&stats.points_invalid), 1);
+        let other = Publish::new("elsewhere", QoS::AtLeastOnce, "m v=1");
+        assert_eq!(d.decode(&other, &stats).points, 0);
+    }
+}

@@ -1,0 +1,32 @@
+//! Counters the pipeline keeps about itself.
+//!
+//! Plain atomics, written by the intake and the writer and read by whoever
+//! reports (logs now, `leasegate status` later). Must never hold a lock or
+//! anything a reader could block the pipeline on.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// MQTT messages received.
+    pub messages_in: AtomicU64,
+    /// Points parsed and queued for writing.
+    pub points_in: AtomicU64,
+    /// Lines rejected by the parser (never queued).
+    pub points_invalid: AtomicU64,
+    /// Points InfluxDB accepted.
+    pub points_written: AtomicU64,
+    /// Points in batches InfluxDB refused as content (400/422).
+    pub points_refused: AtomicU64,
+    pub write_failures: AtomicU64,
+}
+
+impl Stats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,409 @@
+//! The authority's configuration (`leasegate-authority.toml`): types,
+//! defaults and the rules between keys (roles must name a backend that
+//! exists, `default_ttl` must not exceed `max_ttl`, plain HTTP only on
+//! loopback).
+//!
+//! Like the gateway's, checking has no side effects beyond reading the
+//! secret files the config names.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::reader::{Problems, Table};
+use crate::config::{ConfigError, parse_toml, read_secret};
+use crate::secret::Secret;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/leasegate-authority/leasegate-authority.toml";
+
+/// The commented example printed by `leasegate-authority config example`.
+pub const EXAMPLE: &str = include_str!("../../examples/leasegate-authority.toml");
+
+#[derive(Debug, Clone)]
+pub struct AuthorityConfig {
+    pub listen: SocketAddr,
+    pub public_url: String,
+    pub state_dir: PathBuf,
+    pub tls: bool,
+    /// PEM certificate chain and key; when absent a self-signed pair is made
+    /// in `state_dir` on first start.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub log_level: Option<log::LevelFilter>,
+    pub backends: Vec<Backend>,
+    pub roles: Vec<Role>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    InfluxdbV1,
+    InfluxdbV2,
+    InfluxdbV3,
+}
+
+#[derive(Debug, Clone)]
+pub struct Backend {
+    pub name: String,
+    pub kind: BackendKind,
+    pub url: String,
+    /// v2 only.
+    pub org_id: Option<String>,
+    /// v2 and v3.
+    pub admin_token: Option<Secret>,
+    /// v1 only.
+    pub admin_username: Option<String>,
+    /// v1 only.
+    pub admin_password: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+}
+
+#[derive(Debug, Clone)]
+pub struct Role {
+    pub name: String,
+    /// Ticket attributes that select this role; all must be equal.
+    pub matches: BTreeMap<String, String>,
+    pub backend: String,
+    /// Bucket name for v2, database name for v1 and v3.
+    pub target: String,
+    pub access: Vec<Access>,
+    pub default_ttl: Duration,
+    pub max_ttl: Duration,
+}
+
+impl AuthorityConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(path, &text)
+    }
+
+    pub fn from_toml(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let table = parse_toml(path, text)?;
+        let problems = Problems::default();
+        let root = Table::root(&table, &problems);
+        let config = read(&root);
+        root.finish();
+        let problems = problems.into_vec();
+        match config {
+            Some(c) if problems.is_empty() => Ok(c),
+            _ => Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            }),
+        }
+    }
+}
+
+fn read(t: &Table<'_>) -> Option<AuthorityConfig> {
+    let listen = t
+        .string("listen")
+        .unwrap_or_else(|| "0.0.0.0:7443".to_owned());
+    let listen = match listen.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            t.problem(
+                "listen",
+                format!("{listen:?} is not an address:port such as \"0.0.0.0:7443\""),
+            );
+            None
+        }
+    };
+    let tls = t.choice("tls", &[("on", true), ("off", false)], true);
+    if let Some(addr) = listen {
+        if !tls && !addr.ip().is_loopback() {
+            t.problem(
+                "tls",
+                "\"off\" is allowed only with a loopback listen address",
+            );
+        }
+    }
+    let public_url = t.required_string("public_url");
+    if let Some(url) = &public_url {
+        let scheme_ok = if tls {
+            url.starts_with("https://")
+        } else {
+            url.starts_with("http://")
+        };
+        if !scheme_ok {
+            t.problem(
+                "public_url",
+                format!(
+                    "{url:?} must start with {}",
+                    if tls {
+                        "https://"
+                    } else {
+                        "http:// (tls is off)"
+                    }
+                ),
+            );
+        }
+    }
+    let state_dir = t
+        .path("state_dir")
+        .unwrap_or_else(|| PathBuf::from("/var/lib/leasegate-authority"));
+    if !state_dir.is_absolute() {
+        t.problem(
+            "state_dir",
+            format!("{} is not an absolute path", state_dir.display()),
+        );
+    }
+    let cert_file = t.path("cert_file");
+    let key_file = t.path("key_file");
+    if cert_file.is_some() != key_file.is_some() {
+        t.problem(
+            if cert_file.is_some() {
+                "key_file"
+            } else {
+                "cert_file"
+            },
+            "set cert_file and key_file together",
+        );
+    }
+    let log_level = t.string("log_level").and_then(|s| match s.parse() {
+        Ok(l) => Some(l),
+        Err(_) => {
+            t.problem(
+                "log_level",
+                format!("{s:?} is not one of off, error, warn, info, debug, trace"),
+            );
+            None
+        }
+    });
+    let backends: Vec<Backend> = t
+        .tables("backend")
+        .into_iter()
+        .filter_map(|b| {
+            let backend = read_backend(&b);
+            b.finish();
+            backend
+        })
+        .collect();
+    if !t.has("backend") {
+        t.problem("backend", "missing: add at least one [[backend]]");
+    }
+    for (i, b) in backends.iter().enumerate() {
+        if backends[..i].iter().any(|o| o.name == b.name) {
+            t.problem(
+                &format!("backend[{i}].name"),
+                format!("{:?} is used by an earlier backend", b.name),
+            );
+        }
+    }
+    let role_tables = t.tables("role");
+    if !t.has("role") {
+        t.problem("role", "missing: add at least one [[role]]");
+    }
+    let roles: Vec<Role> = role_tables
+        .into_iter()
+        .filter_map(|r| {
+            let role = read_role(&r, &backends);
+            r.finish();
+            role
+        })
+        .collect();
+    Some(AuthorityConfig {
+        listen: listen?,
+        public_url: public_url?,
+        state_dir,
+        tls,
+        cert_file,
+        key_file,
+        log_level,
+        backends,
+        roles,
+    })
+}
+
+fn read_backend(t: &Table<'_>) -> Option<Backend> {
+    let name = t.required_string("name");
+    let kind = t.choice(
+        "kind",
+        &[
+            ("influxdb-v1", BackendKind::InfluxdbV1),
+            ("influxdb-v2", BackendKind::InfluxdbV2),
+            ("influxdb-v3", BackendKind::InfluxdbV3),
+        ],
+        BackendKind::InfluxdbV2,
+    );
+    if !t.has("kind") {
+        t.problem(
+            "kind",
+            "missing (required): influxdb-v1, influxdb-v2 or influxdb-v3",
+        );
+    }
+    let url = t.required_string("url");
+    if let Some(u) = &url {
+        if !(u.starts_with("http://") || u.starts_with("https://")) {
+            t.problem("url", format!("{u:?} must start with http:// or https://"));
+        }
+    }
+    let org_id = t.string("org_id");
+    let admin_token = read_secret(t, "admin_token", "admin_token_file");
+    let admin_username = t.string("admin_username");
+    let admin_password = read_secret(t, "admin_password", "admin_password_file");
+    match kind {
+        BackendKind::InfluxdbV1 => {
+            if admin_username.is_none() {
+                t.problem("admin_username", "missing (required for influxdb-v1)");
+            }
+            if admin_password.is_none() {
+                t.problem(
+                    "admin_password_file",
+                    "missing (required for influxdb-v1, or admin_password)",
+                );
+            }
+        }
+        BackendKind::InfluxdbV2 | BackendKind::InfluxdbV3 => {
+            if kind == BackendKind::InfluxdbV2 && org_id.is_none() {
+                t.problem("org_id", "missing (required for influxdb-v2)");
+            }
+            if admin_token.is_none() {
+                t.problem(
+                    "admin_token_file",
+                    "missing (required for this kind, or admin_token)",
+                );
+            }
+        }
+    }
+    Some(Backend {
+        name: name?,
+        kind,
+        url: url?.trim_end_matches('/').to_owned(),
+        org_id,
+        admin_token,
+        admin_username,
+        admin_password,
+    })
+}
+
+fn read_role(t: &Table<'_>, backends: &[Backend]) -> Option<Role> {
+    let name = t.required_string("name");
+    let matches: BTreeMap<String, String> = t.string_map("match").into_iter().collect();
+    if matches.is_empty() {
+        t.problem("match", "missing: a role needs at least one attribute to match, such as { service = \"iot-sensor\" }");
+    }
+    let backend_name = t.required_string("backend");
+    let backend = backend_name
+        .as_ref()
+        .and_then(|n| backends.iter().find(|b| &b.name == n));
+    if let (Some(n), None) = (&backend_name, backend) {
+        t.problem("backend", format!("{n:?} names no [[backend]]"));
+    }
+    let bucket = t.string("bucket");
+    let database = t.string("database");
+    let target = match backend.map(|b| b.kind) {
+        Some(BackendKind::InfluxdbV2) => {
+            if database.is_some() {
+                t.problem("database", "influxdb-v2 backends use bucket");
+            }
+            bucket.or_else(|| {
+                t.problem("bucket", "missing (required for an influxdb-v2 backend)");
+                None
+            })
+        }
+        Some(_) => {
+            if bucket.is_some() {
+                t.problem(
+                    "bucket",
+                    "influxdb-v1 and influxdb-v3 backends use database",
+                );
+            }
+            database.or_else(|| {
+                t.problem(
+                    "database",
+                    "missing (required for influxdb-v1 and influxdb-v3 backends)",
+                );
+                None
+            })
+        }
+        None => bucket.or(database),
+    };
+    let access: Vec<Access> = t
+        .strings("access")
+        .unwrap_or_else(|| vec!["write".to_owned()])
+        .iter()
+        .filter_map(|a| match a.as_str() {
+            "read" => Some(Access::Read),
+            "write" => Some(Access::Write),
+            other => {
+                t.problem("access", format!("{other:?} is not one of read, write"));
+                None
+            }
+        })
+        .collect();
+    let default_ttl = t.duration(
+        "default_ttl",
+        Duration::from_secs(15 * 60),
+        Duration::from_secs(1),
+    );
+    let max_ttl = t.duration(
+        "max_ttl",
+        Duration::from_secs(60 * 60),
+        Duration::from_secs(1),
+    );
+    if default_ttl > max_ttl {
+        t.problem("default_ttl", "must not be longer than max_ttl");
+    }
+    Some(Role {
+        name: name?,
+        matches,
+        backend: backend_name?,
+        target: target?,
+        access,
+        default_ttl,
+        max_ttl,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_passes_the_check() {
+        let c = AuthorityConfig::from_toml(Path::new("example"), EXAMPLE).unwrap();
+        assert_eq!(c.roles[0].backend, c.backends[0].name);
+    }
+
+    #[test]
+    fn cross_key_rules() {
+        let text = r#"
+listen = "0.0.0.0:8080"
+tls = "off"
+public_url = "http://a:8080"
+[[backend]]
+name = "main"
+kind = "influxdb-v2"
+url = "http://influx:8086"
+[[role]]
+name = "r"
+match = { service = "x" }
+backend = "other"
+access = ["write", "delete"]
+default_ttl = "2h"
+max_ttl = "1h"
+"#;
+        let lines = AuthorityConfig::from_toml(Path::new("a.toml"), text)
+            .unwrap_err()
+            .lines();
+        assert_eq!(
+            lines,
+            vec![
+                "a.toml: tls: \"off\" is allowed only with a loopback listen address",
+                "a.toml: backend[0].org_id: missing (required for influxdb-v2)",
+                "a.toml: backend[0].admin_token_file: missing (required for this kind, or admin_token)",
+                "a.toml: role[0].backend: \"other\" names no [[backend]]",
+                "a.toml: role[0].access: \"delete\" is not one of read, write",
+                "a.toml: role[0].default_ttl: must not be longer than max_ttl",
+            ]
+        );
+    }
+}

@@ -1,0 +1,718 @@
+//! The gateway's configuration (`leasegate.toml`): types, defaults and the
+//! rules between keys.
+//!
+//! Must never reach the network or create files: checking a config has no
+//! side effects, so `config check` is safe to run on a live gateway.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::reader::{Problems, Table};
+use super::{ConfigError, parse_toml, read_secret};
+use crate::secret::Secret;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/leasegate/leasegate.toml";
+
+/// The commented example printed by `leasegate config example`.
+pub const EXAMPLE: &str = include_str!("../../examples/leasegate.toml");
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    pub ticket_dir: PathBuf,
+    /// Overrides the default log level when `RUST_LOG` is not set.
+    pub log_level: Option<log::LevelFilter>,
+    /// How long `run` may take to drain after SIGTERM before it exits.
+    pub shutdown_timeout: Duration,
+    pub mqtt: Mqtt,
+    pub influxdb: Option<Influx>,
+    pub batch: Batch,
+}
+
+#[derive(Debug, Clone)]
+pub struct Mqtt {
+    pub url: BrokerUrl,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub keep_alive: Duration,
+    /// Largest MQTT packet accepted from the broker.
+    pub max_packet_size: u64,
+    pub subscribe: Vec<Subscription>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    pub topic: String,
+    pub format: Format,
+    /// Unit of the timestamps in this subscription's payloads.
+    pub precision: Precision,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Line,
+    Json,
+    Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    Nanoseconds,
+    Microseconds,
+    Milliseconds,
+    Seconds,
+}
+
+impl Precision {
+    /// Nanoseconds per unit of this precision.
+    pub fn nanos(self) -> i64 {
+        match self {
+            Precision::Nanoseconds => 1,
+            Precision::Microseconds => 1_000,
+            Precision::Milliseconds => 1_000_000,
+            Precision::Seconds => 1_000_000_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    V1,
+    V2,
+    V3,
+}
+
+/// Static InfluxDB write settings.
+#[derive(Debug, Clone)]
+pub struct Influx {
+    pub api: Api,
+    pub url: String,
+    /// v1 and v3.
+    pub database: Option<String>,
+    /// v1 only; empty means the database's default retention policy.
+    pub retention_policy: Option<String>,
+    /// v2 only.
+    pub org: Option<String>,
+    /// v2 only.
+    pub bucket: Option<String>,
+    /// v1 only.
+    pub username: Option<String>,
+    /// v1 only.
+    pub password: Option<Secret>,
+    /// v2 and v3.
+    pub token: Option<Secret>,
+    pub gzip: bool,
+    pub timeout: Duration,
+}
+
+/// Batch limits. A batch is whatever arrived while the previous write was
+/// in flight (group commit), up to these limits.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub max_lines: usize,
+    pub max_bytes: u64,
+}
+
+impl Config {
+    /// Reads and checks the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(path, &text)
+    }
+
+    /// Checks TOML text; `path` is used only in messages and to resolve
+    /// nothing else (secret files are named by absolute paths).
+    pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let table = parse_toml(path, text)?;
+        let problems = Problems::default();
+        let root = Table::root(&table, &problems);
+        let config = read(&root);
+        root.finish();
+        let problems = problems.into_vec();
+        match config {
+            Some(c) if problems.is_empty() => Ok(c),
+            _ => Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            }),
+        }
+    }
+}
+
+/// Reads the whole file, recording problems; returns `None` when a required
+/// part is missing (the problems say which).
+fn read(t: &Table<'_>) -> Option<Config> {
+    let state_dir = t
+        .path("state_dir")
+        .unwrap_or_else(|| PathBuf::from("/var/lib/leasegate"));
+    let ticket_dir = t
+        .path("ticket_dir")
+        .unwrap_or_else(|| state_dir.join("tickets"));
+    for (key, dir) in [("state_dir", &state_dir), ("ticket_dir", &ticket_dir)] {
+        if !dir.is_absolute() {
+            t.problem(key, format!("{} is not an absolute path", dir.display()));
+        }
+    }
+    let log_level = t.string("log_level").and_then(|s| match s.parse() {
+        Ok(level) => Some(level),
+        Err(_) => {
+            t.problem(
+                "log_level",
+                format!("{s:?} is not one of off, error, warn, info, debug, trace"),
+            );
+            None
+        }
+    });
+    let shutdown_timeout = t.duration(
+        "shutdown_timeout",
+        Duration::from_secs(10),
+        Duration::from_secs(1),
+    );
+
+    let mqtt = match t.table("mqtt") {
+        Some(m) => {
+            let mqtt = read_mqtt(&m);
+            m.finish();
+            mqtt
+        }
+        None => {
+            if !t.has("mqtt") {
+                t.problem("mqtt", "missing table (required)");
+            }
+            None
+        }
+    };
+    let influxdb = t.table("influxdb").and_then(|i| {
+        let influx = read_influx(&i);
+        i.finish();
+        influx
+    });
+    if !t.has("influxdb") {
+        // Until the gateway can hold a lease, static credentials are the
+        // only way to write.
+        t.problem(
+            "influxdb",
+            "missing table: this version writes with static credentials only",
+        );
+    }
+    let batch = match t.table("batch") {
+        Some(b) => {
+            let batch = read_batch(&b);
+            b.finish();
+            batch
+        }
+        // Reading an empty table yields the defaults, kept in one place.
+        None => read_batch(&Table::root(&toml::Table::new(), &Problems::default())),
+    };
+    Some(Config {
+        state_dir,
+        ticket_dir,
+        log_level,
+        shutdown_timeout,
+        mqtt: mqtt?,
+        influxdb,
+        batch,
+    })
+}
+
+fn read_mqtt(t: &Table<'_>) -> Option<Mqtt> {
+    let url = t
+        .required_string("url")
+        .and_then(|u| match parse_broker_url(&u) {
+            Ok(url) => Some(url),
+            Err(e) => {
+                t.problem("url", e);
+                None
+            }
+        });
+    let client_id = t.string("client_id").unwrap_or_else(default_client_id);
+    if client_id.is_empty() || client_id.len() > 65_535 {
+        t.problem("client_id", "must be 1 to 65535 bytes");
+    }
+    let username = t.string("username");
+    let password = read_secret(t, "password", "password_file");
+    if password.is_some() && username.is_none() {
+        t.problem(
+            "password",
+            "set username too: MQTT sends a password only with a username",
+        );
+    }
+    let keep_alive = t.duration(
+        "keep_alive",
+        Duration::from_secs(30),
+        Duration::from_secs(5),
+    );
+    let max_packet_size = t.size("max_packet_size", 1 << 20, 1024, 256 << 20);
+    let subscribe: Vec<Subscription> = t
+        .tables("subscribe")
+        .into_iter()
+        .filter_map(|s| {
+            let sub = read_subscription(&s);
+            s.finish();
+            sub
+        })
+        .collect();
+    if !t.has("subscribe") {
+        t.problem(
+            "subscribe",
+            "missing: add at least one [[mqtt.subscribe]] table with a topic",
+        );
+    }
+    Some(Mqtt {
+        url: url?,
+        client_id,
+        username,
+        password,
+        keep_alive,
+        max_packet_size,
+        subscribe,
+    })
+}
+
+fn read_subscription(t: &Table<'_>) -> Option<Subscription> {
+    let topic = t.required_string("topic");
+    if let Some(topic) = &topic {
+        if let Err(e) = check_topic_filter(topic) {
+            t.problem("topic", e);
+        }
+    }
+    let format = t.choice(
+        "format",
+        &[
+            ("line", Format::Line),
+            ("json", Format::Json),
+            ("value", Format::Value),
+        ],
+        Format::Line,
+    );
+    if format != Format::Line {
+        t.problem("format", "only \"line\" is supported in this version; json and value come with the durable pipeline");
+    }
+    let precision = t.choice(
+        "precision",
+        &[
+            ("ns", Precision::Nanoseconds),
+            ("us", Precision::Microseconds),
+            ("ms", Precision::Milliseconds),
+            ("s", Precision::Seconds),
+        ],
+        Precision::Nanoseconds,
+    );
+    Some(Subscription {
+        topic: topic?,
+        format,
+        precision,
+    })
+}
+
+fn read_influx(t: &Table<'_>) -> Option<Influx> {
+    let api = t.choice(
+        "api",
+        &[("v1", Api::V1), ("v2", Api::V2), ("v3", Api::V3)],
+        Api::V1,
+    );
+    let url = t
+        .required_string("url")
+        .and_then(|u| match check_http_url(&u) {
+            Ok(()) => Some(u.trim_end_matches('/').to_owned()),
+            Err(e) => {
+                t.problem("url", e);
+                None
+            }
+        });
+    let database = t.string("database");
+    let retention_policy = t.string("retention_policy");
+    let org = t.string("org");
+    let bucket = t.string("bucket");
+    let username = t.string("username");
+    let password = read_secret(t, "password", "password_file");
+    let token = read_secret(t, "token", "token_file");
+    let gzip = t.bool("gzip", true);
+    let timeout = t.duration(
+        "timeout",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+    );
+
+    let need = |key: &str, present: bool, why: &str| {
+        if !present {
+            t.problem(key, format!("missing (required {why})"));
+        }
+    };
+    let refuse = |key: &str, present: bool, why: &str| {
+        if present {
+            t.problem(key, format!("not used {why}"));
+        }
+    };
+    match api {
+        Api::V1 => {
+            need("database", database.is_some(), "with api = \"v1\"");
+            refuse("org", org.is_some(), "with api = \"v1\" (it uses database)");
+            refuse(
+                "bucket",
+                bucket.is_some(),
+                "with api = \"v1\" (it uses database)",
+            );
+            refuse(
+                "token",
+                token.is_some(),
+                "with api = \"v1\" (it uses username and password)",
+            );
+            if username.is_some() != password.is_some() {
+                t.problem(
+                    if username.is_some() {
+                        "password"
+                    } else {
+                        "username"
+                    },
+                    "set username and password together",
+                );
+            }
+        }
+        Api::V2 => {
+            need("org", org.is_some(), "with api = \"v2\"");
+            need("bucket", bucket.is_some(), "with api = \"v2\"");
+            need(
+                "token",
+                token.is_some(),
+                "with api = \"v2\" (or token_file)",
+            );
+            refuse(
+                "database",
+                database.is_some(),
+                "with api = \"v2\" (it uses org and bucket)",
+            );
+            refuse(
+                "username",
+                username.is_some(),
+                "with api = \"v2\" (it uses token)",
+            );
+        }
+        Api::V3 => {
+            need("database", database.is_some(), "with api = \"v3\"");
+            need(
+                "token",
+                token.is_some(),
+                "with api = \"v3\" (or token_file)",
+            );
+            refuse("org", org.is_some(), "with api = \"v3\" (it uses database)");
+            refuse(
+                "username",
+                username.is_some(),
+                "with api = \"v3\" (it uses token)",
+            );
+        }
+    }
+    if retention_policy.is_some() && api != Api::V1 {
+        t.problem("retention_policy", "only used with api = \"v1\"");
+    }
+    Some(Influx {
+        api,
+        url: url?,
+        database,
+        retention_policy,
+        org,
+        bucket,
+        username,
+        password,
+        token,
+        gzip,
+        timeout,
+    })
+}
+
+fn read_batch(t: &Table<'_>) -> Batch {
+    Batch {
+        max_lines: t.integer("max_lines", 5000, 1, 1_000_000) as usize,
+        max_bytes: t.size("max_bytes", 1 << 20, 1024, 64 << 20),
+    }
+}
+
+/// `mqtt://host[:port]` or `mqtts://host[:port]`; nothing after the
+/// authority, because a path or credentials in the URL would be ignored
+/// silently by MQTT.
+pub fn parse_broker_url(url: &str) -> Result<BrokerUrl, String> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("mqtt://") {
+        (false, r)
+    } else if let Some(r) = url.strip_prefix("mqtts://") {
+        (true, r)
+    } else {
+        return Err(format!("{url:?} must start with mqtt:// or mqtts://"));
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains(['/', '@', '?']) {
+        return Err(format!(
+            "{url:?} must be only scheme, host and port (set username and password as keys)"
+        ));
+    }
+    let default_port = if tls { 8883 } else { 1883 };
+    let (host, port) = match rest.rsplit_once(':') {
+        // An IPv6 address in brackets has colons of its own.
+        Some((h, p)) if !p.contains(']') => {
+            let port = p
+                .parse::<u16>()
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| format!("{url:?} has an invalid port {p:?}"))?;
+            (h, port)
+        }
+        _ => (rest, default_port),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("{url:?} has no host"));
+    }
+    Ok(BrokerUrl {
+        tls,
+        host: host.to_owned(),
+        port,
+    })
+}
+
+fn check_http_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("{url:?} must start with http:// or https://"))?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(format!("{url:?} has no host"));
+    }
+    if rest
+        .split('/')
+        .next()
+        .is_some_and(|authority| authority.contains('@'))
+    {
+        return Err(format!(
+            "{url:?} must not carry credentials; use username/password or token keys"
+        ));
+    }
+    Ok(())
+}
+
+/// MQTT topic filter rules: `#` only as the whole last level, `+` only as a
+/// whole level, no NUL, and a `$share/GROUP/` prefix with a filter after it.
+pub fn check_topic_filter(filter: &str) -> Result<(), String> {
+    let inner = match filter.strip_prefix("$share/") {
+        Some(rest) => match rest.split_once('/') {
+            Some((group, f))
+                if !group.is_empty() && !group.contains(['+', '#']) && !f.is_empty() =>
+            {
+                f
+            }
+            _ => {
+                return Err(format!(
+                    "{filter:?}: a shared subscription is $share/GROUP/FILTER"
+                ));
+            }
+        },
+        None => filter,
+    };
+    if inner.contains('\0') {
+        return Err(format!("{filter:?} contains a NUL character"));
+    }
+    let levels: Vec<&str> = inner.split('/').collect();
+    for (i, level) in levels.iter().enumerate() {
+        if level.contains('#') && (*level != "#" || i + 1 != levels.len()) {
+            return Err(format!(
+                "{filter:?}: '#' must be a whole level and the last one"
+            ));
+        }
+        if level.contains('+') && *level != "+" {
+            return Err(format!("{filter:?}: '+' must be a whole level"));
+        }
+    }
+    Ok(())
+}
+
+/// `leasegate-HOSTNAME`: stable across restarts, distinct per gateway, so the
+/// broker finds this gateway's persistent session again.
+fn default_client_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if host.is_empty() {
+        "leasegate".to_owned()
+    } else {
+        format!("leasegate-{host}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<String> {
+        match Config::from_toml(Path::new("t.toml"), text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.lines(),
+        }
+    }
+
+    const MINIMAL: &str = r#"
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+[[mqtt.subscribe]]
+topic = "sensors/#"
+[influxdb]
+url = "http://127.0.0.1:8086"
+database = "sensors"
+"#;
+
+    #[test]
+    fn example_passes_the_check() {
+        let c = Config::from_toml(Path::new("example"), EXAMPLE).unwrap();
+        assert_eq!(c.mqtt.subscribe.len(), 1);
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::from_toml(Path::new("m"), MINIMAL).unwrap();
+        assert_eq!(c.state_dir, Path::new("/var/lib/leasegate"));
+        assert_eq!(c.ticket_dir, Path::new("/var/lib/leasegate/tickets"));
+        assert_eq!(c.batch.max_lines, 5000);
+        assert_eq!(c.batch.max_bytes, 1 << 20);
+        assert!(c.mqtt.client_id.starts_with("leasegate"));
+        assert_eq!(c.mqtt.subscribe[0].format, Format::Line);
+        let i = c.influxdb.unwrap();
+        assert_eq!((i.api, i.gzip), (Api::V1, true));
+    }
+
+    #[test]
+    fn names_unknown_key_bad_duration_and_missing_url_together() {
+        let p = problems(
+            r#"
+[mqtt]
+client_id = "gw"
+keep_alive = "soon"
+[[mqtt.subscribe]]
+topik = "a/#"
+[influxdb]
+url = "http://x:8086"
+database = "d"
+"#,
+        );
+        assert_eq!(
+            p,
+            vec![
+                "t.toml: mqtt.url: missing (required)",
+                "t.toml: mqtt.keep_alive: invalid duration \"soon\": expected number at 0",
+                "t.toml: mqtt.subscribe[0].topic: missing (required)",
+                "t.toml: mqtt.subscribe[0].topik: unknown key; did you mean \"topic\"?",
+            ]
+        );
+    }
+
+    #[test]
+    fn secrets_never_appear_in_problems_or_debug() {
+        let text = MINIMAL.replace(
+            "database = \"sensors\"",
+            "database = \"sensors\"\ntoken = \"s3cr3t-token\"",
+        );
+        let p = problems(&text).join("\n");
+        assert!(p.contains("influxdb.token: not used"), "{p}");
+        assert!(!p.contains("s3cr3t"));
+        let text = MINIMAL.replace(
+            "database = \"sensors\"",
+            "database = \"sensors\"\nusername = \"u\"\npassword = \"pw-XYZ\"",
+        );
+        let c = Config::from_toml(Path::new("m"), &text).unwrap();
+        assert!(!format!("{c:?}").contains("pw-XYZ"));
+    }
+
+    #[test]
+    fn secret_files_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let text = MINIMAL.replace(
+            "database = \"sensors\"",
+            &format!(
+                "database = \"sensors\"\nusername = \"u\"\npassword_file = {:?}",
+                file.display().to_string()
+            ),
+        );
+        let c = Config::from_toml(Path::new("m"), &text).unwrap();
+        assert_eq!(c.influxdb.unwrap().password.unwrap().expose(), "from-file");
+        let missing = text.replace("/pw", "/nope");
+        let p = problems(&missing).join("\n");
+        assert!(p.contains("influxdb.password_file: cannot read"), "{p}");
+    }
+
+    #[test]
+    fn api_rules() {
+        let v2 = MINIMAL.replace("database = \"sensors\"", "api = \"v2\"\ndatabase = \"x\"");
+        assert_eq!(
+            problems(&v2),
+            [
+                "t.toml: influxdb.org: missing (required with api = \"v2\")",
+                "t.toml: influxdb.bucket: missing (required with api = \"v2\")",
+                "t.toml: influxdb.token: missing (required with api = \"v2\" (or token_file))",
+                "t.toml: influxdb.database: not used with api = \"v2\" (it uses org and bucket)",
+            ]
+        );
+    }
+
+    #[test]
+    fn syntax_errors_give_line_and_column() {
+        let p = problems("[mqtt]\nurl = \n");
+        assert_eq!(p.len(), 1);
+        assert!(p[0].starts_with("t.toml: line 2, column 7"), "{p:?}");
+    }
+
+    #[test]
+    fn broker_urls() {
+        assert_eq!(
+            parse_broker_url("mqtts://broker.example"),
+            Ok(BrokerUrl {
+                tls: true,
+                host: "broker.example".into(),
+                port: 8883
+            })
+        );
+        assert_eq!(parse_broker_url("mqtt://[::1]:1884").unwrap().host, "::1");
+        assert_eq!(parse_broker_url("mqtt://[::1]").unwrap().port, 1883);
+        assert!(parse_broker_url("tcp://x").is_err());
+        assert!(parse_broker_url("mqtt://x:0").is_err());
+        assert!(parse_broker_url("mqtt://u:p@x").is_err());
+        assert!(parse_broker_url("mqtt://x/path").is_err());
+    }
+
+    #[test]
+    fn topic_filters() {
+        for ok in ["a/#", "#", "+/b/+", "$share/g/a/#", "a"] {
+            assert_eq!(check_topic_filter(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "a/#/b",
+            "a#",
+            "a/b+",
+            "$share/g",
+            "$share//a",
+            "$share/g+/a",
+        ] {
+            assert!(check_topic_filter(bad).is_err(), "{bad}");
+        }
+    }
+}

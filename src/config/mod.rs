@@ -1,0 +1,121 @@
+//! Configuration: the gateway's types, how they are read from TOML, and the
+//! checks that `config check` and `run` share.
+//!
+//! Types are plain data apart from the logic that uses them (as in Azure's
+//! iot-identity-service): the rest of the crate receives a checked
+//! [`Config`] and never sees TOML. Reading must never stop at the first
+//! problem: every problem is collected with its key path so an operator fixes
+//! a file in one pass. Nothing here opens sockets or starts anything.
+
+mod gateway;
+pub mod reader;
+pub mod units;
+
+use std::path::{Path, PathBuf};
+
+pub use gateway::{
+    Api, Batch, BrokerUrl, Config, DEFAULT_CONFIG_PATH, EXAMPLE, Format, Influx, Mqtt, Precision,
+    Subscription,
+};
+pub use reader::Problem;
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{path}: {} problem(s):\n{}", problems.len(), render(problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+fn render(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl ConfigError {
+    /// One line per problem, each naming the file and the key, as printed by
+    /// `config check` and by `run` before it exits with EX_CONFIG.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            ConfigError::Invalid { path, problems } => problems
+                .iter()
+                .map(|p| format!("{}: {p}", path.display()))
+                .collect(),
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+/// Parses TOML text into a table, turning a syntax error into one message
+/// with line and column.
+pub(crate) fn parse_toml(path: &Path, text: &str) -> Result<toml::Table, ConfigError> {
+    text.parse::<toml::Table>().map_err(|e| {
+        let message = match e.span() {
+            Some(span) => {
+                let (line, col) = line_col(text, span.start);
+                format!("line {line}, column {col}: {}", e.message())
+            }
+            None => e.message().to_owned(),
+        };
+        ConfigError::Syntax {
+            path: path.to_owned(),
+            message,
+        }
+    })
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
+    (line, col)
+}
+
+/// Reads a secret that may be given inline (`key`) or in a file
+/// (`key_file`); never both. The file's content is trimmed of surrounding
+/// whitespace so a trailing newline from an editor is not part of it.
+pub(crate) fn read_secret(
+    t: &reader::Table<'_>,
+    key: &'static str,
+    file_key: &'static str,
+) -> Option<crate::secret::Secret> {
+    let inline = t.string(key);
+    let file = t.path(file_key);
+    match (inline, file) {
+        (Some(_), Some(_)) => {
+            t.problem(
+                file_key,
+                format!("set either {key} or {file_key}, not both"),
+            );
+            None
+        }
+        (Some(s), None) => Some(crate::secret::Secret::new(s)),
+        (None, Some(path)) => match std::fs::read_to_string(&path) {
+            Ok(s) if s.trim().is_empty() => {
+                t.problem(file_key, format!("{} is empty", path.display()));
+                None
+            }
+            Ok(s) => Some(crate::secret::Secret::new(s.trim())),
+            Err(e) => {
+                t.problem(file_key, format!("cannot read {}: {e}", path.display()));
+                None
+            }
+        },
+        (None, None) => None,
+    }
+}

@@ -1,0 +1,125 @@
+//! The shutdown signal, passed as a value into every long-running loop.
+//!
+//! One [`Shutdown`] is created by the binary and cloned into each thread and
+//! task. Threads sleep on it ([`Shutdown::sleep`]) instead of
+//! `thread::sleep`, and tasks `select!` on [`Shutdown::wait`], so a SIGTERM
+//! wakes every wait at once and no loop can outlive its bound unnoticed. It
+//! owns no policy: what "drain" means is decided by each loop.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    flag: AtomicBool,
+    started: Mutex<Option<Instant>>,
+    wake_threads: Condvar,
+    wake_tasks: tokio::sync::Notify,
+}
+
+impl Shutdown {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts the shutdown; later calls do nothing.
+    pub fn trigger(&self) {
+        let mut started = self.inner.started.lock().unwrap_or_else(|e| e.into_inner());
+        if started.is_none() {
+            *started = Some(Instant::now());
+        }
+        self.inner.flag.store(true, Ordering::SeqCst);
+        self.inner.wake_threads.notify_all();
+        self.inner.wake_tasks.notify_waiters();
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        self.inner.flag.load(Ordering::SeqCst)
+    }
+
+    /// When the shutdown started, if it has.
+    pub fn started_at(&self) -> Option<Instant> {
+        *self.inner.started.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sleeps for `d` or until shutdown; returns true if shutdown started.
+    pub fn sleep(&self, d: Duration) -> bool {
+        let deadline = Instant::now() + d;
+        let mut guard = self.inner.started.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if self.is_triggered() {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            guard = self
+                .inner
+                .wake_threads
+                .wait_timeout(guard, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Completes when shutdown starts.
+    pub async fn wait(&self) {
+        loop {
+            let notified = self.inner.wake_tasks.notified();
+            // Checked after creating the future so a trigger between the
+            // check and the await is not lost.
+            if self.is_triggered() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sleep_wakes_on_trigger() {
+        let s = Shutdown::new();
+        let s2 = s.clone();
+        let t = std::thread::spawn(move || {
+            let start = Instant::now();
+            (s2.sleep(Duration::from_secs(30)), start.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        s.trigger();
+        let (woken, took) = t.join().unwrap();
+        assert!(woken);
+        assert!(took < Duration::from_secs(10));
+        assert!(s.started_at().is_some());
+        assert!(!Shutdown::new().sleep(Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn wait_completes_on_trigger() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let s = Shutdown::new();
+        let s2 = s.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            s2.trigger();
+        });
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), s.wait())
+                .await
+                .unwrap();
+        });
+    }
+}
