@@ -1,0 +1,207 @@
+//! The command-line surface of both binaries: help on every level,
+//! versions, config example and check, and exit codes.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+const GATEWAY: &str = env!("CARGO_BIN_EXE_leasegate");
+const AUTHORITY: &str = env!("CARGO_BIN_EXE_leasegate-authority");
+
+fn run(bin: &str, args: &[&str]) -> Output {
+    Command::new(bin)
+        .args(args)
+        .env_remove("LEASEGATE_CONFIG")
+        .output()
+        .unwrap()
+}
+
+fn run_with_stdin(bin: &str, args: &[&str], input: &[u8]) -> Output {
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+const BAD: &str = r#"
+[mqtt]
+client_id = "gw-01"
+kepp_alive = "30s"
+[[mqtt.subscribe]]
+topic = "sensors/#"
+[influxdb]
+url = "http://127.0.0.1:8086"
+database = "sensors"
+timeout = "10 lightyears"
+"#;
+
+#[test]
+fn config_check_names_every_problem_and_exits_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, BAD).unwrap();
+    for args in [["config", "check"], ["run", ""]] {
+        let args: Vec<&str> = args.iter().copied().filter(|a| !a.is_empty()).collect();
+        let mut all = vec!["--config", path.to_str().unwrap()];
+        all.extend(args);
+        let out = run(GATEWAY, &all);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{all:?}: {err}");
+        assert!(err.contains("mqtt.url: missing (required)"), "{err}");
+        assert!(
+            err.contains("mqtt.kepp_alive: unknown key; did you mean \"keep_alive\"?"),
+            "{err}"
+        );
+        assert!(
+            err.contains("influxdb.timeout: invalid duration \"10 lightyears\""),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn config_env_var_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, BAD).unwrap();
+    let out = Command::new(GATEWAY)
+        .args(["config", "check"])
+        .env("LEASEGATE_CONFIG", &path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(text(&out.stderr).contains(path.to_str().unwrap()));
+}
+
+#[test]
+fn missing_config_file_exits_78_with_its_path() {
+    let out = run(GATEWAY, &["--config", "/nonexistent/leasegate.toml", "run"]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(text(&out.stderr).contains("cannot read /nonexistent/leasegate.toml"));
+}
+
+#[test]
+fn example_configs_pass_their_own_check() {
+    for bin in [GATEWAY, AUTHORITY] {
+        let example = run(bin, &["config", "example"]);
+        assert!(example.status.success());
+        assert!(
+            text(&example.stdout)
+                .lines()
+                .filter(|l| l.starts_with('#'))
+                .count()
+                > 10,
+            "not commented"
+        );
+        let check = run_with_stdin(
+            bin,
+            &["config", "check", "--config", "/dev/stdin"],
+            &example.stdout,
+        );
+        assert!(check.status.success(), "{bin}: {}", text(&check.stderr));
+        assert!(text(&check.stdout).contains("ok"));
+    }
+}
+
+#[test]
+fn authority_config_check_exits_78() {
+    let out = run_with_stdin(
+        AUTHORITY,
+        &["config", "check", "--config", "/dev/stdin"],
+        b"listen = \"nowhere\"\npublic_url = \"https://a\"\n[[backend]]\nname = \"b\"\n",
+    );
+    assert_eq!(out.status.code(), Some(78));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("listen: \"nowhere\" is not an address:port"),
+        "{err}"
+    );
+    assert!(err.contains("backend[0].kind: missing"), "{err}");
+    assert!(err.contains("role: missing"), "{err}");
+}
+
+#[test]
+fn version_and_help_on_every_level() {
+    for bin in [GATEWAY, AUTHORITY] {
+        let out = run(bin, &["--version"]);
+        assert!(out.status.success());
+        assert!(text(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+    }
+    let gateway: &[&[&str]] = &[
+        &[],
+        &["run"],
+        &["enroll"],
+        &["lease"],
+        &["lease", "create"],
+        &["lease", "list"],
+        &["lease", "show"],
+        &["lease", "revoke"],
+        &["status"],
+        &["config"],
+        &["config", "example"],
+        &["config", "check"],
+    ];
+    let authority: &[&[&str]] = &[
+        &[],
+        &["serve"],
+        &["ticket"],
+        &["ticket", "create"],
+        &["ticket", "list"],
+        &["ticket", "revoke"],
+        &["identity"],
+        &["identity", "list"],
+        &["identity", "revoke"],
+        &["lease"],
+        &["lease", "list"],
+        &["lease", "show"],
+        &["lease", "revoke"],
+        &["config"],
+        &["config", "example"],
+        &["config", "check"],
+    ];
+    for (bin, levels) in [(GATEWAY, gateway), (AUTHORITY, authority)] {
+        for level in levels {
+            let mut args = level.to_vec();
+            args.push("--help");
+            let out = run(bin, &args);
+            assert!(out.status.success(), "{bin} {args:?}");
+            let help = text(&out.stdout);
+            assert!(help.contains("Usage:"), "{bin} {args:?}: {help}");
+            assert!(help.contains("--config"), "{bin} {args:?} lacks --config");
+        }
+    }
+}
+
+#[test]
+fn later_subcommands_exit_2_naming_their_capability() {
+    let cases: &[(&str, &[&str], &str)] = &[
+        (GATEWAY, &["enroll", "x.ticket"], "lease lifecycle"),
+        (GATEWAY, &["lease", "list"], "lease lifecycle"),
+        (GATEWAY, &["status"], "service status"),
+        (AUTHORITY, &["serve"], "lease authority"),
+        (
+            AUTHORITY,
+            &["ticket", "create", "--attribute", "service=x"],
+            "lease authority",
+        ),
+        (AUTHORITY, &["identity", "list"], "lease authority"),
+        (AUTHORITY, &["lease", "revoke", "x"], "lease authority"),
+    ];
+    for (bin, args, capability) in cases {
+        let out = run(bin, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            text(&out.stderr).contains(capability),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}

@@ -1,0 +1,201 @@
+//! End to end against real servers: points published at QoS 1 to a real
+//! Mosquitto reach a real InfluxDB 1.x through `leasegate run`.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Daemon, Influx, Mosquitto, publish_all, wait_until, write_secret};
+
+fn config(
+    broker: &Mosquitto,
+    influx: &Influx,
+    client_id: &str,
+    password_file: &std::path::Path,
+) -> String {
+    format!(
+        r#"
+state_dir = "{{dir}}/state"
+[mqtt]
+url = "{}"
+client_id = "{client_id}"
+[[mqtt.subscribe]]
+topic = "sensors/#"
+format = "line"
+[influxdb]
+api = "v1"
+url = "{}"
+database = "sensors"
+username = "writer"
+password_file = "{}"
+"#,
+        broker.url(),
+        influx.url(),
+        password_file.display()
+    )
+}
+
+fn start_daemon(broker: &Mosquitto, influx: &Influx, client_id: &str) -> Daemon {
+    influx.create_writer("sensors", "writer", "writer-pw");
+    let dir = tempfile::tempdir().unwrap();
+    let pw = write_secret(dir.path(), "influx.password", "writer-pw\n");
+    let daemon = Daemon::start_in(dir, &config(broker, influx, client_id, &pw));
+    assert!(
+        daemon.wait_for_log("subscribed to \"sensors/#\"", 1, Duration::from_secs(20)),
+        "daemon did not subscribe:\n{}",
+        daemon.log()
+    );
+    daemon
+}
+
+#[test]
+fn ten_thousand_points_arrive_exactly() {
+    let broker = Mosquitto::start();
+    let influx = Influx::start();
+    let mut daemon = start_daemon(&broker, &influx, "gw-e2e");
+
+    const N: u64 = 10_000;
+    let base: u64 = 1_700_000_000_000_000_000;
+    let messages = (0..N)
+        .map(|i| {
+            let line = format!(
+                "e2e,gw=gw-e2e,slot=s{} seq={i}i,value={}.25 {}",
+                i % 7,
+                i * 3,
+                base + i
+            );
+            (format!("sensors/room{}/temp", i % 10), line.into_bytes())
+        })
+        .collect();
+    publish_all(broker.port, "pub-e2e", messages, Duration::from_secs(120));
+
+    let arrived = wait_until(Duration::from_secs(60), || {
+        influx.count("sensors", "e2e", "seq") >= N
+    });
+    assert!(
+        arrived,
+        "only {} of {N} points arrived",
+        influx.count("sensors", "e2e", "seq")
+    );
+    // Nothing extra either: no point counted twice, none invented.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(influx.count("sensors", "e2e", "seq"), N);
+    let seqs: Vec<u64> = influx
+        .values("sensors", "e2e", "seq")
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        seqs,
+        (0..N).collect::<Vec<_>>(),
+        "points out of order or altered"
+    );
+
+    let status = daemon
+        .terminate(Duration::from_secs(10))
+        .expect("exits within 10 s of SIGTERM");
+    assert!(status.success(), "exit status {status:?}");
+    let log = daemon.log();
+    assert!(
+        !log.contains("writer-pw"),
+        "the InfluxDB password reached the log"
+    );
+}
+
+#[test]
+fn bad_lines_are_rejected_and_the_pipeline_keeps_flowing() {
+    let broker = Mosquitto::start();
+    let influx = Influx::start();
+    let mut daemon = start_daemon(&broker, &influx, "gw-bad");
+
+    let messages = vec![
+        // Good and bad lines in one message: the good ones still go.
+        (
+            "sensors/a".to_owned(),
+            b"mixed seq=1i\nmixed seq=oops\nmixed seq=2i\n".to_vec(),
+        ),
+        ("sensors/b".to_owned(), b"\xff\xfe not utf-8".to_vec()),
+        ("sensors/c".to_owned(), b"mixed seq=NaN".to_vec()),
+        ("sensors/d".to_owned(), b"".to_vec()),
+        // Two lines of one series without timestamps: stamped at receipt
+        // with distinct times, so InfluxDB keeps both.
+        (
+            "sensors/e".to_owned(),
+            b"mixed seq=3i\nmixed seq=4i".to_vec(),
+        ),
+        (
+            "sensors/f".to_owned(),
+            b"mixed,t=x seq=5i 1700000000 \r\n".to_vec(),
+        ),
+    ];
+    publish_all(broker.port, "pub-bad", messages, Duration::from_secs(30));
+
+    assert!(
+        wait_until(Duration::from_secs(30), || influx
+            .count("sensors", "mixed", "seq")
+            >= 5),
+        "good points did not arrive: {}",
+        influx.count("sensors", "mixed", "seq")
+    );
+    let mut seqs: Vec<u64> = influx
+        .values("sensors", "mixed", "seq")
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+
+    let log = daemon.log();
+    assert!(
+        log.contains("field \"seq\" has invalid value \"oops\""),
+        "{log}"
+    );
+    assert!(log.contains("payload is not valid UTF-8"), "{log}");
+    assert!(log.contains("NaN and infinity"), "{log}");
+    assert!(daemon.is_running(), "daemon died on bad input");
+    assert!(
+        daemon
+            .terminate(Duration::from_secs(10))
+            .is_some_and(|s| s.success())
+    );
+}
+
+#[test]
+fn points_published_while_influxdb_is_unreachable_arrive_once_it_is_back() {
+    let broker = Mosquitto::start();
+    let influx = Influx::start();
+    let mut daemon = start_daemon(&broker, &influx, "gw-outage");
+    // Lock the writer out: InfluxDB answers 401 until the user is back.
+    influx.query("DROP USER \"writer\"");
+
+    let messages = (0..50u64)
+        .map(|i| {
+            (
+                "sensors/x".to_owned(),
+                format!("outage seq={i}i {}", 1_700_000_000_000_000_000u64 + i).into_bytes(),
+            )
+        })
+        .collect();
+    publish_all(broker.port, "pub-outage", messages, Duration::from_secs(30));
+    assert!(
+        daemon.wait_for_log("InfluxDB answered 401", 1, Duration::from_secs(20)),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(influx.count("sensors", "outage", "seq"), 0);
+
+    influx.query("CREATE USER \"writer\" WITH PASSWORD 'writer-pw'");
+    influx.query("GRANT WRITE ON \"sensors\" TO \"writer\"");
+    assert!(
+        wait_until(Duration::from_secs(90), || influx
+            .count("sensors", "outage", "seq")
+            == 50),
+        "held points did not arrive: {}",
+        influx.count("sensors", "outage", "seq")
+    );
+    assert!(
+        daemon
+            .terminate(Duration::from_secs(10))
+            .is_some_and(|s| s.success())
+    );
+}

@@ -1,0 +1,495 @@
+//! Test harness: real Mosquitto and real InfluxDB 1.x (Debian packages
+//! `mosquitto` and `influxdb`) on free loopback ports in temporary
+//! directories, the leasegate daemon as a child process, and an MQTT
+//! publisher that waits for every PUBACK.
+//!
+//! Every process is started here and stopped here by its PID, in `Drop`,
+//! so a failing test still stops its servers. A missing server binary fails
+//! the test with the package to install; nothing is skipped silently. Every
+//! wait is bounded in time.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// A loopback port that was free a moment ago. Servers are started with
+/// retries because another process may take it in between.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind a loopback port")
+}
+
+/// Polls `f` every 50 ms until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Finds a server binary in PATH or the sbin directories (Debian installs
+/// mosquitto in /usr/sbin, which a non-root PATH may lack).
+pub fn find_binary(name: &str, package: &str) -> PathBuf {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let dirs = path
+        .split(':')
+        .chain(["/usr/sbin", "/usr/bin", "/sbin", "/usr/local/sbin"]);
+    for dir in dirs {
+        let candidate = Path::new(dir).join(name);
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!(
+        "`{name}` not found: install the Debian package `{package}` (apt-get install {package}), or run the README's test command, which installs it"
+    );
+}
+
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Waits for a child to exit, up to `timeout`.
+fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Stops a child we started: SIGTERM by PID, then SIGKILL after 5 s.
+fn stop_child(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    signal(child.id(), "TERM");
+    if wait_exit(child, Duration::from_secs(5)).is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+fn tail(path: &Path, bytes: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let start = text.len().saturating_sub(bytes);
+    let start = (start..text.len())
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(text.len());
+    text[start..].to_owned()
+}
+
+// ---------------------------------------------------------------- Mosquitto
+
+/// What README tells gateway owners to set: Mosquitto's default of 1000
+/// queued QoS 1 messages per client drops a burst (or a daemon restart's
+/// worth of data) before leasegate can take it.
+pub const GATEWAY_BROKER_SETTINGS: &str = "max_queued_messages 1000000\n";
+
+pub struct Mosquitto {
+    pub port: u16,
+    child: Child,
+    dir: TempDir,
+}
+
+impl Mosquitto {
+    pub fn start() -> Mosquitto {
+        let binary = find_binary("mosquitto", "mosquitto");
+        let dir = tempfile::tempdir().unwrap();
+        for _ in 0..5 {
+            let port = free_port();
+            let conf = dir.path().join("mosquitto.conf");
+            // Started as root, mosquitto drops to user "mosquitto", which
+            // cannot write its log or persistence file into our temp dir.
+            let stay_root = if is_root() { "user root\n" } else { "" };
+            fs::write(
+                &conf,
+                format!(
+                    "{stay_root}listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+                     {GATEWAY_BROKER_SETTINGS}\
+                     persistence_location {}/\nlog_dest file {}/mosquitto.log\n\
+                     log_type error\nlog_type warning\nlog_type notice\n",
+                    dir.path().display(),
+                    dir.path().display()
+                ),
+            )
+            .unwrap();
+            let mut child = Command::new(&binary)
+                .arg("-c")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start mosquitto");
+            let up = wait_until(Duration::from_secs(10), || {
+                matches!(child.try_wait(), Ok(None))
+                    && TcpStream::connect(("127.0.0.1", port)).is_ok()
+            });
+            if up {
+                return Mosquitto { port, child, dir };
+            }
+            stop_child(&mut child);
+        }
+        panic!(
+            "mosquitto did not start; log:\n{}",
+            tail(&dir.path().join("mosquitto.log"), 2000)
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the broker (SIGTERM: it saves its persistent sessions).
+    pub fn stop(&mut self) {
+        stop_child(&mut self.child);
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        stop_child(&mut self.child);
+        if std::thread::panicking() {
+            eprintln!(
+                "--- mosquitto log (tail) ---\n{}",
+                tail(&self.dir.path().join("mosquitto.log"), 3000)
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------- InfluxDB
+
+pub const ADMIN_USER: &str = "admin";
+pub const ADMIN_PASSWORD: &str = "admin-pw-for-tests";
+
+pub struct Influx {
+    pub port: u16,
+    child: Child,
+    dir: TempDir,
+    http: ureq::Agent,
+}
+
+impl Influx {
+    /// Starts influxd with `auth-enabled = true` and creates the admin user.
+    pub fn start() -> Influx {
+        let binary = find_binary("influxd", "influxdb");
+        let dir = tempfile::tempdir().unwrap();
+        let http: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        for _ in 0..5 {
+            let (port, rpc_port) = (free_port(), free_port());
+            let d = dir.path().display();
+            let conf = dir.path().join("influxdb.conf");
+            fs::write(
+                &conf,
+                format!(
+                    "reporting-disabled = true\nbind-address = \"127.0.0.1:{rpc_port}\"\n\
+                     [meta]\n  dir = \"{d}/meta\"\n  logging-enabled = false\n\
+                     [data]\n  dir = \"{d}/data\"\n  wal-dir = \"{d}/wal\"\n  query-log-enabled = false\n\
+                     [monitor]\n  store-enabled = false\n\
+                     [retention]\n  enabled = false\n\
+                     [subscriber]\n  enabled = false\n\
+                     [continuous_queries]\n  enabled = false\n\
+                     [http]\n  enabled = true\n  bind-address = \"127.0.0.1:{port}\"\n  auth-enabled = true\n  log-enabled = false\n"
+                ),
+            )
+            .unwrap();
+            let log = fs::File::create(dir.path().join("influxd.log")).unwrap();
+            let mut child = Command::new(&binary)
+                .arg("run")
+                .arg("-config")
+                .arg(&conf)
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("start influxd");
+            let ping = format!("http://127.0.0.1:{port}/ping");
+            let up = wait_until(Duration::from_secs(30), || {
+                matches!(child.try_wait(), Ok(None))
+                    && http
+                        .get(&ping)
+                        .call()
+                        .is_ok_and(|r| r.status().as_u16() == 204)
+            });
+            if up {
+                let influx = Influx {
+                    port,
+                    child,
+                    dir,
+                    http,
+                };
+                // With auth on, the first statement must create an admin.
+                influx.query_as(
+                    None,
+                    &format!("CREATE USER {ADMIN_USER} WITH PASSWORD '{ADMIN_PASSWORD}' WITH ALL PRIVILEGES"),
+                );
+                return influx;
+            }
+            stop_child(&mut child);
+        }
+        panic!(
+            "influxd did not start; log:\n{}",
+            tail(&dir.path().join("influxd.log"), 4000)
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs an InfluxQL statement as admin; panics on any error.
+    pub fn query(&self, q: &str) -> serde_json::Value {
+        self.query_as(Some((ADMIN_USER, ADMIN_PASSWORD)), q)
+    }
+
+    fn query_as(&self, auth: Option<(&str, &str)>, q: &str) -> serde_json::Value {
+        let mut req = self
+            .http
+            .post(format!("{}/query", self.url()))
+            .header("Content-Type", "application/x-www-form-urlencoded");
+        if let Some((u, p)) = auth {
+            use base64::Engine as _;
+            let token = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+            req = req.header("Authorization", &format!("Basic {token}"));
+        }
+        let body = format!("q={}", form_encode(q));
+        let mut resp = req.send(body.as_bytes()).expect("query InfluxDB");
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        assert_eq!(status, 200, "query {q:?} answered {status}: {text}");
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if let Some(err) = json["results"][0]["error"].as_str() {
+            panic!("query {q:?} failed: {err}");
+        }
+        json
+    }
+
+    /// Creates a database and a user that may write to it.
+    pub fn create_writer(&self, database: &str, user: &str, password: &str) {
+        self.query(&format!("CREATE DATABASE \"{database}\""));
+        self.query(&format!(
+            "CREATE USER \"{user}\" WITH PASSWORD '{password}'"
+        ));
+        self.query(&format!("GRANT WRITE ON \"{database}\" TO \"{user}\""));
+    }
+
+    /// `SELECT count(field) FROM measurement` in `database`, 0 if none.
+    pub fn count(&self, database: &str, measurement: &str, field: &str) -> u64 {
+        let json = self.query(&format!(
+            "SELECT count(\"{field}\") FROM \"{database}\".\"autogen\".\"{measurement}\""
+        ));
+        json["results"][0]["series"][0]["values"][0][1]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    /// All values of one field, ordered by time.
+    pub fn values(&self, database: &str, measurement: &str, field: &str) -> Vec<serde_json::Value> {
+        let json = self.query(&format!(
+            "SELECT \"{field}\" FROM \"{database}\".\"autogen\".\"{measurement}\""
+        ));
+        json["results"][0]["series"][0]["values"]
+            .as_array()
+            .map(|rows| rows.iter().map(|r| r[1].clone()).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Influx {
+    fn drop(&mut self) {
+        stop_child(&mut self.child);
+        if std::thread::panicking() {
+            eprintln!(
+                "--- influxd log (tail) ---\n{}",
+                tail(&self.dir.path().join("influxd.log"), 3000)
+            );
+        }
+    }
+}
+
+fn form_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------- daemon
+
+/// The `leasegate` binary under test, with its log in a temp dir.
+pub struct Daemon {
+    child: Child,
+    pub dir: TempDir,
+    log: PathBuf,
+}
+
+/// Writes a secret file with mode 0600, as an operator would.
+pub fn write_secret(dir: &Path, name: &str, secret: &str) -> PathBuf {
+    let path = dir.join(name);
+    fs::write(&path, secret).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+impl Daemon {
+    /// Writes `config` (with `{dir}` replaced by the daemon's temp dir) and
+    /// starts `leasegate run` on it.
+    pub fn start(config: &str) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, config)
+    }
+
+    pub fn start_in(dir: TempDir, config: &str) -> Daemon {
+        let conf = dir.path().join("leasegate.toml");
+        fs::write(
+            &conf,
+            config.replace("{dir}", &dir.path().display().to_string()),
+        )
+        .unwrap();
+        let log = dir.path().join("leasegate.log");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_leasegate"))
+            .arg("run")
+            .arg("--config")
+            .arg(&conf)
+            .env("RUST_LOG", "info")
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("start leasegate");
+        Daemon { child, dir, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `text` at least `times` times.
+    pub fn wait_for_log(&self, text: &str, times: usize, timeout: Duration) -> bool {
+        wait_until(timeout, || self.log().matches(text).count() >= times)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM, then the exit status if it exits within `timeout`.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        signal(self.child.id(), "TERM");
+        wait_exit(&mut self.child, timeout)
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        stop_child(&mut self.child);
+        if std::thread::panicking() {
+            eprintln!("--- leasegate log (tail) ---\n{}", tail(&self.log, 6000));
+        }
+    }
+}
+
+// ---------------------------------------------------------------- publisher
+
+/// Publishes every message at QoS 1 and returns once the broker has
+/// acknowledged each one (mosquitto_pub -l does not wait and loses
+/// messages). Panics if that takes longer than `timeout`.
+pub fn publish_all(
+    port: u16,
+    client_id: &str,
+    messages: Vec<(String, Vec<u8>)>,
+    timeout: Duration,
+) {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+        options
+            .set_inflight(100)
+            .set_clean_session(true)
+            .set_max_packet_size(4 << 20, 4 << 20);
+        let (client, mut eventloop) = AsyncClient::new(options, 1000);
+        let total = messages.len();
+        let sender = tokio::spawn(async move {
+            for (topic, payload) in messages {
+                client
+                    .publish(topic, QoS::AtLeastOnce, false, payload)
+                    .await
+                    .unwrap();
+            }
+            client
+        });
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut acked = 0;
+        while acked < total {
+            match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("publisher {client_id}: {e} after {acked}/{total} acks"),
+                Err(_) => panic!("publisher {client_id}: timed out with {acked}/{total} acks"),
+            }
+        }
+        let client = sender.await.unwrap();
+        client.disconnect().await.unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Ok(ev) = eventloop.poll().await {
+                if matches!(ev, Event::Outgoing(Outgoing::Disconnect)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    });
+}
