@@ -230,6 +230,15 @@ fn read_mqtt(t: &Table<'_>) -> Option<Mqtt> {
     let url = t
         .required_string("url")
         .and_then(|u| match parse_broker_url(&u) {
+            // Connecting in plain text to a broker the operator asked to
+            // reach over TLS would be a silent downgrade.
+            Ok(url) if url.tls => {
+                t.problem(
+                    "url",
+                    "mqtts:// (TLS) is not available in this version; it comes with the durable pipeline",
+                );
+                None
+            }
             Ok(url) => Some(url),
             Err(e) => {
                 t.problem("url", e);
@@ -679,6 +688,16 @@ database = "d"
         let p = problems("[mqtt]\nurl = \n");
         assert_eq!(p.len(), 1);
         assert!(p[0].starts_with("t.toml: line 2, column 7"), "{p:?}");
+    }
+
+    #[test]
+    fn tls_broker_is_refused_until_supported() {
+        let p = problems(&MINIMAL.replace("mqtt://", "mqtts://"));
+        assert_eq!(p.len(), 1);
+        assert!(
+            p[0].contains("mqtt.url: mqtts:// (TLS) is not available"),
+            "{p:?}"
+        );
     }
 
     #[test]

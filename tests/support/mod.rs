@@ -352,6 +352,26 @@ fn form_encode(s: &str) -> String {
 
 // ---------------------------------------------------------------- daemon
 
+/// The `leasegate` binary: cargo names it for integration tests; the demo
+/// example finds it beside its own directory (target/debug/examples/..).
+pub fn leasegate_binary() -> PathBuf {
+    if let Some(path) = option_env!("CARGO_BIN_EXE_leasegate") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let candidate = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("leasegate"));
+    match candidate {
+        Some(path) if path.is_file() => path,
+        _ => panic!(
+            "leasegate binary not found beside {}: run `cargo build --bin leasegate` first",
+            exe.display()
+        ),
+    }
+}
+
 /// The `leasegate` binary under test, with its log in a temp dir.
 pub struct Daemon {
     child: Child,
@@ -388,7 +408,7 @@ impl Daemon {
             .append(true)
             .open(&log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_leasegate"))
+        let child = Command::new(leasegate_binary())
             .arg("run")
             .arg("--config")
             .arg(&conf)
