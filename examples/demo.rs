@@ -12,7 +12,7 @@ mod support;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use support::{Daemon, Influx, Mosquitto, publish_all, wait_until, write_secret};
+use support::{Daemon, Influx, Mosquitto, publish_all, static_config, wait_until, write_secret};
 
 fn main() {
     println!("== starting Mosquitto and InfluxDB 1.x on free loopback ports");
@@ -23,25 +23,7 @@ fn main() {
 
     let dir = tempfile::tempdir().unwrap();
     let password = write_secret(dir.path(), "influx.password", "demo-writer-pw\n");
-    let config = format!(
-        r#"state_dir = "{{dir}}/state"
-[mqtt]
-url = "{}"
-client_id = "demo-gateway"
-[[mqtt.subscribe]]
-topic = "sensors/#"
-format = "line"
-[influxdb]
-api = "v1"
-url = "{}"
-database = "sensors"
-username = "writer"
-password_file = "{}"
-"#,
-        broker.url(),
-        influx.url(),
-        password.display()
-    );
+    let config = static_config(&broker, &influx, "demo-gateway", &password);
     println!(
         "== leasegate config:\n{}",
         indent(&config.replace("{dir}", &dir.path().display().to_string()))

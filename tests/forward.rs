@@ -5,41 +5,13 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Daemon, Influx, Mosquitto, publish_all, wait_until, write_secret};
-
-fn config(
-    broker: &Mosquitto,
-    influx: &Influx,
-    client_id: &str,
-    password_file: &std::path::Path,
-) -> String {
-    format!(
-        r#"
-state_dir = "{{dir}}/state"
-[mqtt]
-url = "{}"
-client_id = "{client_id}"
-[[mqtt.subscribe]]
-topic = "sensors/#"
-format = "line"
-[influxdb]
-api = "v1"
-url = "{}"
-database = "sensors"
-username = "writer"
-password_file = "{}"
-"#,
-        broker.url(),
-        influx.url(),
-        password_file.display()
-    )
-}
+use support::{Daemon, Influx, Mosquitto, publish_all, static_config, wait_until, write_secret};
 
 fn start_daemon(broker: &Mosquitto, influx: &Influx, client_id: &str) -> Daemon {
     influx.create_writer("sensors", "writer", "writer-pw");
     let dir = tempfile::tempdir().unwrap();
     let pw = write_secret(dir.path(), "influx.password", "writer-pw\n");
-    let daemon = Daemon::start_in(dir, &config(broker, influx, client_id, &pw));
+    let daemon = Daemon::start_in(dir, &static_config(broker, influx, client_id, &pw));
     assert!(
         daemon.wait_for_log("subscribed to \"sensors/#\"", 1, Duration::from_secs(20)),
         "daemon did not subscribe:\n{}",
@@ -197,5 +169,101 @@ fn points_published_while_influxdb_is_unreachable_arrive_once_it_is_back() {
         daemon
             .terminate(Duration::from_secs(10))
             .is_some_and(|s| s.success())
+    );
+}
+
+#[test]
+fn sigterm_while_writes_fail_exits_in_time_and_a_restart_delivers_everything() {
+    let broker = Mosquitto::start();
+    let influx = Influx::start();
+    influx.create_writer("sensors", "writer", "writer-pw");
+    let dir = tempfile::tempdir().unwrap();
+    let pw = write_secret(dir.path(), "influx.password", "writer-pw");
+    let config = format!(
+        "shutdown_timeout = \"3s\"\n{}",
+        static_config(&broker, &influx, "gw-restart", &pw)
+    );
+    let config_path = dir.path().to_owned();
+    let mut first = Daemon::start_in(dir, &config);
+    assert!(
+        first.wait_for_log("subscribed to", 1, Duration::from_secs(20)),
+        "{}",
+        first.log()
+    );
+
+    influx.query("DROP USER \"writer\"");
+    let messages = (0..20u64)
+        .map(|i| {
+            (
+                "sensors/r".to_owned(),
+                format!("restart seq={i}i {}", 1_700_000_000_000_000_000u64 + i).into_bytes(),
+            )
+        })
+        .collect();
+    publish_all(
+        broker.port,
+        "pub-restart",
+        messages,
+        Duration::from_secs(30),
+    );
+    assert!(
+        first.wait_for_log("InfluxDB answered 401", 1, Duration::from_secs(20)),
+        "{}",
+        first.log()
+    );
+
+    let status = first
+        .terminate(Duration::from_secs(6))
+        .expect("exits within the 3 s bound (plus slack)");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        first
+            .log()
+            .contains("the broker keeps them for the next start"),
+        "{}",
+        first.log()
+    );
+    assert_eq!(influx.count("sensors", "restart", "seq"), 0);
+
+    // Same client id, so the broker hands the unacked messages to the new
+    // process.
+    influx.query("CREATE USER \"writer\" WITH PASSWORD 'writer-pw'");
+    influx.query("GRANT WRITE ON \"sensors\" TO \"writer\"");
+    let second_dir = tempfile::tempdir().unwrap();
+    let config = config.replace(
+        &config_path.display().to_string(),
+        &second_dir.path().display().to_string(),
+    );
+    std::fs::copy(
+        config_path.join("influx.password"),
+        second_dir.path().join("influx.password"),
+    )
+    .unwrap();
+    let mut second = Daemon::start_in(second_dir, &config);
+    assert!(
+        wait_until(Duration::from_secs(30), || influx
+            .count("sensors", "restart", "seq")
+            == 20),
+        "after restart {} of 20 arrived\n{}",
+        influx.count("sensors", "restart", "seq"),
+        second.log()
+    );
+    assert!(
+        second
+            .terminate(Duration::from_secs(10))
+            .is_some_and(|s| s.success())
+    );
+}
+
+#[test]
+fn a_missing_server_binary_names_the_package_to_install() {
+    let panic = std::panic::catch_unwind(|| {
+        support::find_binary("no-such-server-for-leasegate", "some-package")
+    })
+    .expect_err("must fail, never skip");
+    let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        message.contains("install the Debian package `some-package`"),
+        "{message}"
     );
 }

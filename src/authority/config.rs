@@ -11,8 +11,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::reader::{Problems, Table};
-use crate::config::{ConfigError, parse_toml, read_secret};
+use crate::config::reader::Table;
+use crate::config::{ConfigError, check_text, load_file, log_level, read_secret};
 use crate::secret::Secret;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/leasegate-authority/leasegate-authority.toml";
@@ -78,27 +78,11 @@ pub struct Role {
 
 impl AuthorityConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::from_toml(path, &text)
+        load_file(path, read)
     }
 
     pub fn from_toml(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let table = parse_toml(path, text)?;
-        let problems = Problems::default();
-        let root = Table::root(&table, &problems);
-        let config = read(&root);
-        root.finish();
-        let problems = problems.into_vec();
-        match config {
-            Some(c) if problems.is_empty() => Ok(c),
-            _ => Err(ConfigError::Invalid {
-                path: path.to_owned(),
-                problems,
-            }),
-        }
+        check_text(path, text, read)
     }
 }
 
@@ -167,16 +151,7 @@ fn read(t: &Table<'_>) -> Option<AuthorityConfig> {
             "set cert_file and key_file together",
         );
     }
-    let log_level = t.string("log_level").and_then(|s| match s.parse() {
-        Ok(l) => Some(l),
-        Err(_) => {
-            t.problem(
-                "log_level",
-                format!("{s:?} is not one of off, error, warn, info, debug, trace"),
-            );
-            None
-        }
-    });
+    let log_level = log_level(t);
     let backends: Vec<Backend> = t
         .tables("backend")
         .into_iter()

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::reader::{Problems, Table};
-use super::{ConfigError, parse_toml, read_secret};
+use super::{ConfigError, check_text, load_file, log_level, read_secret};
 use crate::secret::Secret;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/leasegate/leasegate.toml";
@@ -124,29 +124,12 @@ pub struct Batch {
 impl Config {
     /// Reads and checks the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Config::from_toml(path, &text)
+        load_file(path, read)
     }
 
-    /// Checks TOML text; `path` is used only in messages and to resolve
-    /// nothing else (secret files are named by absolute paths).
+    /// Checks TOML text; `path` is used only in messages.
     pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let table = parse_toml(path, text)?;
-        let problems = Problems::default();
-        let root = Table::root(&table, &problems);
-        let config = read(&root);
-        root.finish();
-        let problems = problems.into_vec();
-        match config {
-            Some(c) if problems.is_empty() => Ok(c),
-            _ => Err(ConfigError::Invalid {
-                path: path.to_owned(),
-                problems,
-            }),
-        }
+        check_text(path, text, read)
     }
 }
 
@@ -164,16 +147,7 @@ fn read(t: &Table<'_>) -> Option<Config> {
             t.problem(key, format!("{} is not an absolute path", dir.display()));
         }
     }
-    let log_level = t.string("log_level").and_then(|s| match s.parse() {
-        Ok(level) => Some(level),
-        Err(_) => {
-            t.problem(
-                "log_level",
-                format!("{s:?} is not one of off, error, warn, info, debug, trace"),
-            );
-            None
-        }
-    });
+    let log_level = log_level(t);
     let shutdown_timeout = t.duration(
         "shutdown_timeout",
         Duration::from_secs(10),

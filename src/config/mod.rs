@@ -58,9 +58,44 @@ impl ConfigError {
     }
 }
 
+/// Reads the file at `path` and checks it with `read`.
+pub(crate) fn load_file<T>(
+    path: &Path,
+    read: impl FnOnce(&reader::Table<'_>) -> Option<T>,
+) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    check_text(path, &text, read)
+}
+
+/// Parses TOML text and runs `read` over it, then reports unknown keys.
+/// Succeeds only when no problem at all was found; `path` is used only in
+/// messages (secret files are named by absolute paths).
+pub(crate) fn check_text<T>(
+    path: &Path,
+    text: &str,
+    read: impl FnOnce(&reader::Table<'_>) -> Option<T>,
+) -> Result<T, ConfigError> {
+    let table = parse_toml(path, text)?;
+    let problems = reader::Problems::default();
+    let root = reader::Table::root(&table, &problems);
+    let config = read(&root);
+    root.finish();
+    let problems = problems.into_vec();
+    match config {
+        Some(c) if problems.is_empty() => Ok(c),
+        _ => Err(ConfigError::Invalid {
+            path: path.to_owned(),
+            problems,
+        }),
+    }
+}
+
 /// Parses TOML text into a table, turning a syntax error into one message
 /// with line and column.
-pub(crate) fn parse_toml(path: &Path, text: &str) -> Result<toml::Table, ConfigError> {
+fn parse_toml(path: &Path, text: &str) -> Result<toml::Table, ConfigError> {
     text.parse::<toml::Table>().map_err(|e| {
         let message = match e.span() {
             Some(span) => {
@@ -84,6 +119,23 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
         .map_or(before.len(), |i| before.len() - i - 1)
         + 1;
     (line, col)
+}
+
+/// The `log_level` key both binaries share; `None` leaves the default.
+pub(crate) fn log_level(t: &reader::Table<'_>) -> Option<log::LevelFilter> {
+    use log::LevelFilter as L;
+    t.choice(
+        "log_level",
+        &[
+            ("off", Some(L::Off)),
+            ("error", Some(L::Error)),
+            ("warn", Some(L::Warn)),
+            ("info", Some(L::Info)),
+            ("debug", Some(L::Debug)),
+            ("trace", Some(L::Trace)),
+        ],
+        None,
+    )
 }
 
 /// Reads a secret that may be given inline (`key`) or in a file

@@ -379,6 +379,35 @@ pub struct Daemon {
     log: PathBuf,
 }
 
+/// A gateway config with static InfluxDB 1.x credentials, subscribed to
+/// `sensors/#`; `{dir}` stands for the daemon's temp dir.
+pub fn static_config(
+    broker: &Mosquitto,
+    influx: &Influx,
+    client_id: &str,
+    password_file: &Path,
+) -> String {
+    format!(
+        r#"state_dir = "{{dir}}/state"
+[mqtt]
+url = "{}"
+client_id = "{client_id}"
+[[mqtt.subscribe]]
+topic = "sensors/#"
+format = "line"
+[influxdb]
+api = "v1"
+url = "{}"
+database = "sensors"
+username = "writer"
+password_file = "{}"
+"#,
+        broker.url(),
+        influx.url(),
+        password_file.display()
+    )
+}
+
 /// Writes a secret file with mode 0600, as an operator would.
 pub fn write_secret(dir: &Path, name: &str, secret: &str) -> PathBuf {
     let path = dir.join(name);
