@@ -10,6 +10,7 @@
 
 mod intake;
 mod sink;
+pub mod spool;
 mod stats;
 mod writer;
 
