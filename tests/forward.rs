@@ -183,21 +183,18 @@ fn sigterm_while_writes_fail_exits_in_time_and_a_restart_delivers_everything() {
         "shutdown_timeout = \"3s\"\n{}",
         static_config(&broker, &influx, "gw-restart", &pw)
     );
-    let config_path = dir.path().to_owned();
-    let mut first = Daemon::start_in(dir, &config);
+    let mut daemon = Daemon::start_in(dir, &config);
     assert!(
-        first.wait_for_log("subscribed to", 1, Duration::from_secs(20)),
+        daemon.wait_for_log("subscribed to", 1, Duration::from_secs(20)),
         "{}",
-        first.log()
+        daemon.log()
     );
 
     influx.query("DROP USER \"writer\"");
     let messages = (0..20u64)
         .map(|i| {
-            (
-                "sensors/r".to_owned(),
-                format!("restart seq={i}i {}", 1_700_000_000_000_000_000u64 + i).into_bytes(),
-            )
+            let line = format!("restart seq={i}i {}", 1_700_000_000_000_000_000u64 + i);
+            ("sensors/r".to_owned(), line.into_bytes())
         })
         .collect();
     publish_all(
@@ -207,49 +204,41 @@ fn sigterm_while_writes_fail_exits_in_time_and_a_restart_delivers_everything() {
         Duration::from_secs(30),
     );
     assert!(
-        first.wait_for_log("InfluxDB answered 401", 1, Duration::from_secs(20)),
+        daemon.wait_for_log("InfluxDB answered 401", 1, Duration::from_secs(20)),
         "{}",
-        first.log()
+        daemon.log()
     );
 
-    let status = first
+    let status = daemon
         .terminate(Duration::from_secs(6))
         .expect("exits within the 3 s bound (plus slack)");
     assert!(status.success(), "{status:?}");
     assert!(
-        first
-            .log()
-            .contains("the broker keeps them for the next start"),
+        daemon.log().contains("they stay in the spool"),
         "{}",
-        first.log()
+        daemon.log()
     );
     assert_eq!(influx.count("sensors", "restart", "seq"), 0);
 
-    // Same client id, so the broker hands the unacked messages to the new
-    // process.
+    // The points were acked to the broker, so only the spool has them now.
     influx.query("CREATE USER \"writer\" WITH PASSWORD 'writer-pw'");
     influx.query("GRANT WRITE ON \"sensors\" TO \"writer\"");
-    let second_dir = tempfile::tempdir().unwrap();
-    let config = config.replace(
-        &config_path.display().to_string(),
-        &second_dir.path().display().to_string(),
-    );
-    std::fs::copy(
-        config_path.join("influx.password"),
-        second_dir.path().join("influx.password"),
-    )
-    .unwrap();
-    let mut second = Daemon::start_in(second_dir, &config);
+    daemon.restart();
     assert!(
         wait_until(Duration::from_secs(30), || influx
             .count("sensors", "restart", "seq")
             == 20),
         "after restart {} of 20 arrived\n{}",
         influx.count("sensors", "restart", "seq"),
-        second.log()
+        daemon.log()
     );
     assert!(
-        second
+        daemon.log().contains("spool holds 20 points from before"),
+        "{}",
+        daemon.log()
+    );
+    assert!(
+        daemon
             .terminate(Duration::from_secs(10))
             .is_some_and(|s| s.success())
     );

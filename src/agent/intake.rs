@@ -16,8 +16,8 @@ use rumqttc::{
 };
 use tokio::sync::mpsc;
 
+use super::appender::Delivery;
 use super::stats::Stats;
-use super::writer::Delivery;
 use crate::backoff::Backoff;
 use crate::config::{Mqtt, Precision, Subscription};
 use crate::lineproto::{self, Point};
@@ -218,7 +218,6 @@ impl Decoder {
                 }
             }
         }
-        Stats::add(&stats.points_in, delivery.points);
         delivery
     }
 }

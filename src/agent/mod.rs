@@ -1,19 +1,23 @@
-//! The gateway daemon (`leasegate run`): MQTT in, InfluxDB out.
+//! The gateway daemon (`leasegate run`): MQTT in, disk spool, InfluxDB out.
 //!
-//! Two named threads do the work: `mqtt` runs the broker session on a
-//! single-threaded tokio runtime ([`intake`]), `writer` batches and writes
-//! with blocking HTTP ([`writer`]); they meet at a bounded channel, and acks
-//! flow back once InfluxDB has taken the points. [`run`] owns their
-//! lifetimes: it must return within the configured shutdown bound after the
-//! [`Shutdown`] fires, and it never exits the process itself (the binary
-//! decides exit codes).
+//! Three named threads do the work. `mqtt` runs the broker session on a
+//! single-threaded tokio runtime ([`intake`]) and decodes messages; `spool`
+//! appends them to the disk spool and acks them once committed
+//! ([`appender`]); `writer` reads batches from the spool and writes them to
+//! InfluxDB with blocking HTTP ([`writer`]). A point is acked to the broker
+//! only once it is in the spool, and leaves the spool only once InfluxDB
+//! has it. [`run`] owns the threads' lifetimes: it must return within the
+//! configured shutdown bound after the [`Shutdown`] fires, and it never
+//! exits the process itself (the binary decides exit codes).
 
+mod appender;
 mod intake;
 mod sink;
 pub mod spool;
 mod stats;
 mod writer;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -26,7 +30,7 @@ pub use stats::Stats;
 use crate::config::Config;
 use crate::shutdown::Shutdown;
 
-/// Deliveries queued between intake and writer. QoS 1 messages are bounded
+/// Deliveries queued between intake and spool. QoS 1 messages are bounded
 /// by the broker's in-flight window anyway; this bounds QoS 0 floods.
 const QUEUE: usize = 4096;
 
@@ -34,6 +38,10 @@ const QUEUE: usize = 4096;
 pub enum AgentError {
     #[error("config has no [influxdb] table to write to")]
     NoInfluxdb,
+    #[error("cannot prepare the state directory {0}")]
+    StateDir(std::path::PathBuf, #[source] std::io::Error),
+    #[error("cannot open the spool")]
+    Spool(#[source] spool::SpoolError),
     #[error("cannot start the {0} thread")]
     Spawn(&'static str, #[source] std::io::Error),
     #[error("the {0} thread stopped unexpectedly")]
@@ -46,6 +54,26 @@ pub enum AgentError {
 /// `config.shutdown_timeout`. Returns the pipeline's counters.
 pub fn run(config: &Config, shutdown: Shutdown) -> Result<Arc<Stats>, AgentError> {
     let influx = config.influxdb.as_ref().ok_or(AgentError::NoInfluxdb)?;
+    prepare_state_dir(&config.state_dir)?;
+    let (spool, recovery) = spool::Spool::open(spool::SpoolConfig {
+        dir: config.state_dir.join("spool"),
+        max_bytes: config.spool.max_bytes,
+        fsync: config.spool.fsync,
+        overflow: config.spool.overflow,
+    })
+    .map_err(AgentError::Spool)?;
+    for damage in &recovery.damage {
+        log::error!("spool damage: {damage}");
+    }
+    if recovery.points > 0 {
+        log::info!(
+            "spool holds {} points from before ({} bytes in {} segments); delivering them first",
+            recovery.points,
+            recovery.bytes,
+            recovery.segments
+        );
+    }
+    let spool = Arc::new(spool);
     let stats = Arc::new(Stats::default());
     let (delivery_tx, delivery_rx) = mpsc::channel(QUEUE);
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
@@ -55,14 +83,20 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<Arc<Stats>, AgentError
     let writer = writer::Writer {
         sink,
         batch: config.batch.clone(),
+        spool: spool.clone(),
+        shutdown: shutdown.clone(),
+        stats: stats.clone(),
+    };
+    let writer = spawn("writer", move || writer.run())?;
+
+    let appender = appender::Appender {
+        spool: spool.clone(),
         deliveries: delivery_rx,
         acks: ack_tx,
         shutdown: shutdown.clone(),
         stats: stats.clone(),
-        // Leave a share of the bound for the acks and the disconnect.
-        drain_timeout: config.shutdown_timeout.mul_f64(0.8),
     };
-    let writer = spawn("writer", move || writer.run())?;
+    let appender = spawn("spool", move || appender.run())?;
 
     let intake = intake::Intake {
         config: config.mqtt.clone(),
@@ -82,7 +116,7 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<Arc<Stats>, AgentError
         },
     )?;
 
-    let threads = [("writer", writer), ("mqtt", mqtt)];
+    let threads = [("writer", writer), ("spool", appender), ("mqtt", mqtt)];
     let mut died = None;
     while !shutdown.sleep(Duration::from_millis(200)) {
         if let Some((name, _)) = threads.iter().find(|(_, t)| t.is_finished()) {
@@ -102,17 +136,42 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<Arc<Stats>, AgentError
             died.get_or_insert(name);
         }
     }
+    let spool_stats = spool.stats();
     log::info!(
-        "stopped: {} messages in, {} points written, {} invalid, {} refused by InfluxDB",
+        "stopped: {} messages in, {} points spooled, {} written, {} invalid, {} refused by InfluxDB, \
+         {} dropped by the spool's overflow policy, {} left in the spool",
         Stats::get(&stats.messages_in),
+        Stats::get(&stats.points_in),
         Stats::get(&stats.points_written),
         Stats::get(&stats.points_invalid),
         Stats::get(&stats.points_refused),
+        spool_stats.dropped_points,
+        spool_stats.points_unread,
     );
     match died {
         Some(name) => Err(AgentError::ThreadDied(name)),
         None => Ok(stats),
     }
+}
+
+/// Creates the state directory owner-only: the spool holds sensor data and,
+/// later, the identity and leases.
+fn prepare_state_dir(dir: &Path) -> Result<(), AgentError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let err = |e| AgentError::StateDir(dir.to_owned(), e);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(err)?;
+    let mode = std::fs::metadata(dir).map_err(err)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        log::warn!(
+            "state directory {} is mode {mode:o}; it should be 0700",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 fn spawn(

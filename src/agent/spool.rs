@@ -28,27 +28,7 @@ const HEADER: usize = 2 + 4 + 4 + 4;
 /// A record longer than this is taken as a corrupt length field.
 const MAX_RECORD: usize = 64 << 20;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FsyncPolicy {
-    /// One fsync per commit (a group of received messages).
-    Batch,
-    /// At most one fsync per interval; a crash may lose up to one interval
-    /// of acknowledged data.
-    Interval(Duration),
-    /// Leave it to the kernel.
-    Never,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Overflow {
-    /// Delete the oldest segment (its unread points are counted as dropped).
-    DropOldest,
-    /// Refuse the new record (its points are counted as dropped).
-    DropNewest,
-    /// Refuse the new record with [`SpoolError::Full`]; the caller stops
-    /// acknowledging so the broker keeps the data.
-    Block,
-}
+pub use crate::config::{FsyncPolicy, Overflow};
 
 #[derive(Debug, Clone)]
 pub struct SpoolConfig {
@@ -146,6 +126,16 @@ pub struct Batch {
     pub points: u64,
     pub records: u64,
     end: Option<Position>,
+}
+
+impl Batch {
+    /// Adds the records of a later read to this batch.
+    pub fn append(&mut self, later: Batch) {
+        self.data.extend_from_slice(&later.data);
+        self.points += later.points;
+        self.records += later.records;
+        self.end = later.end.or(self.end);
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Stats {
     /// MQTT messages received.
     pub messages_in: AtomicU64,
-    /// Points parsed and queued for writing.
+    /// Points stored in the spool (and so acknowledged to the broker).
     pub points_in: AtomicU64,
     /// Lines rejected by the parser (never queued).
     pub points_invalid: AtomicU64,

@@ -1,116 +1,99 @@
-//! The writer thread: groups queued lines into batches, writes them to
-//! InfluxDB through the [`Sink`], and only then releases the MQTT acks of
-//! the messages they came from.
+//! The writer thread: reads batches from the disk spool, writes them to
+//! InfluxDB through the [`Sink`], and releases them from the spool only once
+//! InfluxDB has accepted them.
 //!
-//! Batching is group commit: a batch is everything that arrived while the
-//! previous write was in flight, up to the configured limits. The broker
-//! stops sending QoS 1 messages once its in-flight window of unacked
-//! messages is full (Mosquitto: 20 by default), so waiting for a timer would
-//! only stall. A failed write is retried with capped, jittered backoff;
-//! the writer must never ack a message whose points InfluxDB has not taken,
-//! and must never block the MQTT event loop (it runs on its own thread).
+//! A batch goes when it reaches the line or byte limit, or `flush_interval`
+//! after its first line; a backlog goes in full batches back to back, as
+//! fast as InfluxDB takes them. A failed write is retried with capped,
+//! jittered backoff, holding the batch. The writer must never release a
+//! batch InfluxDB has not taken (content it refused is the exception, and
+//! is logged), and it never touches MQTT: acks happen when points reach the
+//! spool.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
-
 use super::sink::{Sink, WriteError};
+use super::spool::{self, Spool};
 use super::stats::Stats;
 use crate::backoff::Backoff;
 use crate::config::Batch;
 use crate::shutdown::Shutdown;
 
-/// The lines decoded from one MQTT message, and how to acknowledge it.
-#[derive(Debug)]
-pub struct Delivery {
-    /// Line protocol, each line ending in `\n`.
-    pub lines: String,
-    pub points: u64,
-    /// Packet id to acknowledge once written; `None` for QoS 0 messages and
-    /// messages with nothing to write.
-    pub ack: Option<u16>,
-}
-
 pub struct Writer {
     pub sink: Sink,
     pub batch: Batch,
-    pub deliveries: mpsc::Receiver<Delivery>,
-    pub acks: mpsc::UnboundedSender<u16>,
+    pub spool: Arc<Spool>,
     pub shutdown: Shutdown,
     pub stats: Arc<Stats>,
-    /// How long a write may keep being retried after shutdown started.
-    pub drain_timeout: Duration,
-}
-
-struct Pending {
-    body: Vec<u8>,
-    points: u64,
-    acks: Vec<u16>,
 }
 
 impl Writer {
-    /// Runs until the intake closes the delivery channel (it does so on
-    /// shutdown) and the last batch is written or given up.
-    pub fn run(mut self) {
+    /// Runs until shutdown. What is not written stays in the spool for the
+    /// next start.
+    pub fn run(self) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(60), 0.25);
-        let mut pending = Pending {
-            body: Vec::new(),
-            points: 0,
-            acks: Vec::new(),
-        };
-        let mut carry: Option<Delivery> = None;
-        loop {
-            let first = match carry.take() {
-                Some(d) => d,
-                None => match self.deliveries.blocking_recv() {
-                    Some(d) => d,
-                    None => break,
-                },
-            };
-            pending.add(first);
-            // Take what is already waiting, without blocking, up to the
-            // limits; a delivery that would overflow them starts the next
-            // batch.
-            while pending.points < self.batch.max_lines as u64
-                && (pending.body.len() as u64) < self.batch.max_bytes
-            {
-                match self.deliveries.try_recv() {
-                    Ok(d) if pending.fits(&d, &self.batch) => pending.add(d),
-                    Ok(d) => {
-                        carry = Some(d);
-                        break;
-                    }
-                    Err(_) => break,
+        while !self.shutdown.is_triggered() {
+            let batch = match self.collect() {
+                Ok(b) => b,
+                Err(e) => {
+                    log::error!("cannot read the spool: {}", crate::error_chain(&e));
+                    self.shutdown.sleep(backoff.next_delay());
+                    continue;
                 }
+            };
+            if batch.records == 0 {
+                continue;
             }
-            if !self.flush(&mut pending, &mut backoff) {
-                // Shutdown deadline passed with the batch unwritten: its
-                // messages stay unacked, so the broker redelivers them.
-                log::warn!(
-                    "shutting down with {} points unwritten; the broker keeps them for the next start",
-                    pending.points
-                );
+            if !self.write(&batch, &mut backoff) {
                 return;
+            }
+            if let Err(e) = self.spool.release(&batch) {
+                log::error!("cannot free spool space: {}", crate::error_chain(&e));
             }
         }
     }
 
-    /// Writes the pending batch, retrying until it is written, refused as
-    /// content, or the shutdown deadline passes (returns false then).
-    fn flush(&self, pending: &mut Pending, backoff: &mut Backoff) -> bool {
-        if pending.body.is_empty() {
-            self.release(pending);
-            return true;
+    /// Reads one batch: whatever is waiting up to the limits; if that is not
+    /// a full batch, keeps reading until `flush_interval` after the first
+    /// line. Returns an empty batch after a quiet spell (to check shutdown).
+    fn collect(&self) -> Result<spool::Batch, spool::SpoolError> {
+        let max_lines = self.batch.max_lines as u64;
+        let max_bytes = self.batch.max_bytes as usize;
+        let mut batch = self
+            .spool
+            .read(max_lines, max_bytes, Duration::from_millis(200))?;
+        if batch.records == 0 {
+            return Ok(batch);
         }
+        let deadline = Instant::now() + self.batch.flush_interval;
+        while batch.points < max_lines
+            && batch.data.len() < max_bytes
+            && !self.shutdown.is_triggered()
+        {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let wait = (deadline - now).min(Duration::from_millis(200));
+            let more =
+                self.spool
+                    .read(max_lines - batch.points, max_bytes - batch.data.len(), wait)?;
+            batch.append(more);
+        }
+        Ok(batch)
+    }
+
+    /// Writes the batch, retrying until it is written or refused as content
+    /// (true), or shutdown starts during a retry (false).
+    fn write(&self, batch: &spool::Batch, backoff: &mut Backoff) -> bool {
         loop {
             let started = Instant::now();
-            match self.sink.write(&pending.body) {
+            match self.sink.write(&batch.data) {
                 Ok(()) => {
-                    log::debug!("wrote {} points in {:?}", pending.points, started.elapsed());
-                    Stats::add(&self.stats.points_written, pending.points);
+                    log::debug!("wrote {} points in {:?}", batch.points, started.elapsed());
+                    Stats::add(&self.stats.points_written, batch.points);
                     backoff.reset();
-                    self.release(pending);
                     return true;
                 }
                 Err(e) if e.is_rejected_content() => {
@@ -118,11 +101,10 @@ impl Writer {
                     // 400 answer; sending the batch again cannot help.
                     log::error!(
                         "InfluxDB refused a batch of {} points: {}",
-                        pending.points,
+                        batch.points,
                         crate::error_chain(&e)
                     );
-                    Stats::add(&self.stats.points_refused, pending.points);
-                    self.release(pending);
+                    Stats::add(&self.stats.points_refused, batch.points);
                     return true;
                 }
                 Err(e) => {
@@ -136,63 +118,19 @@ impl Writer {
                     };
                     log::warn!(
                         "write of {} points failed: {}; retrying in {}",
-                        pending.points,
+                        batch.points,
                         crate::error_chain(&e),
-                        humantime::format_duration(round_ms(delay))
+                        humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
                     );
-                    if !self.wait(delay) {
+                    if self.shutdown.sleep(delay) {
+                        log::info!(
+                            "stopping with {} points unwritten; they stay in the spool",
+                            batch.points
+                        );
                         return false;
                     }
                 }
             }
         }
     }
-
-    /// Waits before a retry. Before shutdown, any shutdown cuts the wait
-    /// short so the drain can start; after it, waits only while the drain
-    /// deadline allows. Returns false when no retry is allowed any more.
-    fn wait(&self, delay: Duration) -> bool {
-        match self.shutdown.started_at() {
-            None => {
-                self.shutdown.sleep(delay);
-                true
-            }
-            Some(started) => {
-                let deadline = started + self.drain_timeout;
-                let now = Instant::now();
-                if now >= deadline {
-                    return false;
-                }
-                std::thread::sleep(delay.min(deadline - now));
-                Instant::now() < deadline
-            }
-        }
-    }
-
-    fn release(&self, pending: &mut Pending) {
-        for id in pending.acks.drain(..) {
-            // The receiver is gone only when the MQTT side has stopped; the
-            // broker then redelivers, which is safe (writes are idempotent).
-            let _ = self.acks.send(id);
-        }
-        pending.body.clear();
-        pending.points = 0;
-    }
-}
-
-impl Pending {
-    fn add(&mut self, d: Delivery) {
-        self.body.extend_from_slice(d.lines.as_bytes());
-        self.points += d.points;
-        self.acks.extend(d.ack);
-    }
-
-    fn fits(&self, d: &Delivery, batch: &Batch) -> bool {
-        self.points + d.points <= batch.max_lines as u64
-            && (self.body.len() + d.lines.len()) as u64 <= batch.max_bytes
-    }
-}
-
-fn round_ms(d: Duration) -> Duration {
-    Duration::from_millis(d.as_millis() as u64)
 }

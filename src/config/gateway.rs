@@ -27,6 +27,7 @@ pub struct Config {
     pub mqtt: Mqtt,
     pub influxdb: Option<Influx>,
     pub batch: Batch,
+    pub spool: Spool,
 }
 
 #[derive(Debug, Clone)]
@@ -113,12 +114,43 @@ pub struct Influx {
     pub timeout: Duration,
 }
 
-/// Batch limits. A batch is whatever arrived while the previous write was
-/// in flight (group commit), up to these limits.
+/// Batch limits: a write goes when it reaches `max_lines` or `max_bytes`,
+/// or `flush_interval` after its first line; a backlog goes in full batches
+/// back to back.
 #[derive(Debug, Clone)]
 pub struct Batch {
     pub max_lines: usize,
     pub max_bytes: u64,
+    pub flush_interval: Duration,
+}
+
+/// The disk spool between MQTT acks and InfluxDB writes.
+#[derive(Debug, Clone)]
+pub struct Spool {
+    pub max_bytes: u64,
+    pub fsync: FsyncPolicy,
+    pub overflow: Overflow,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// One fsync per group of received messages, before they are acked.
+    Batch,
+    /// At most one fsync per interval: a power loss may lose up to one
+    /// interval of acknowledged data.
+    Interval(Duration),
+    /// Leave flushing to the kernel.
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// Delete the oldest data (counted and logged as dropped).
+    DropOldest,
+    /// Refuse new data (counted and logged as dropped).
+    DropNewest,
+    /// Stop acking, so the broker holds new data until there is room.
+    Block,
 }
 
 impl Config {
@@ -180,15 +212,8 @@ fn read(t: &Table<'_>) -> Option<Config> {
             "missing table: this version writes with static credentials only",
         );
     }
-    let batch = match t.table("batch") {
-        Some(b) => {
-            let batch = read_batch(&b);
-            b.finish();
-            batch
-        }
-        // Reading an empty table yields the defaults, kept in one place.
-        None => read_batch(&Table::root(&toml::Table::new(), &Problems::default())),
-    };
+    let batch = section(t, "batch", read_batch);
+    let spool = section(t, "spool", read_spool);
     Some(Config {
         state_dir,
         ticket_dir,
@@ -197,6 +222,7 @@ fn read(t: &Table<'_>) -> Option<Config> {
         mqtt: mqtt?,
         influxdb,
         batch,
+        spool,
     })
 }
 
@@ -415,10 +441,63 @@ fn read_influx(t: &Table<'_>) -> Option<Influx> {
     })
 }
 
+/// Reads an optional table; when it is absent, reading an empty table
+/// yields the defaults, so they are written in one place.
+fn section<T>(t: &Table<'_>, key: &'static str, read: impl Fn(&Table<'_>) -> T) -> T {
+    match t.table(key) {
+        Some(table) => {
+            let value = read(&table);
+            table.finish();
+            value
+        }
+        None => read(&Table::root(&toml::Table::new(), &Problems::default())),
+    }
+}
+
 fn read_batch(t: &Table<'_>) -> Batch {
     Batch {
         max_lines: t.integer("max_lines", 5000, 1, 1_000_000) as usize,
         max_bytes: t.size("max_bytes", 1 << 20, 1024, 64 << 20),
+        flush_interval: t.duration(
+            "flush_interval",
+            Duration::from_secs(1),
+            Duration::from_millis(10),
+        ),
+    }
+}
+
+fn read_spool(t: &Table<'_>) -> Spool {
+    let max_bytes = t.size("max_bytes", 256 << 20, 64 << 10, 1 << 40);
+    let fsync = t.choice(
+        "fsync",
+        &[
+            ("batch", Some(FsyncPolicy::Batch)),
+            ("interval", None),
+            ("never", Some(FsyncPolicy::Never)),
+        ],
+        Some(FsyncPolicy::Batch),
+    );
+    let interval = t.duration(
+        "fsync_interval",
+        Duration::from_secs(1),
+        Duration::from_millis(10),
+    );
+    if fsync.is_some() && t.has("fsync_interval") {
+        t.problem("fsync_interval", "only used with fsync = \"interval\"");
+    }
+    let overflow = t.choice(
+        "overflow",
+        &[
+            ("drop_oldest", Overflow::DropOldest),
+            ("drop_newest", Overflow::DropNewest),
+            ("block", Overflow::Block),
+        ],
+        Overflow::DropOldest,
+    );
+    Spool {
+        max_bytes,
+        fsync: fsync.unwrap_or(FsyncPolicy::Interval(interval)),
+        overflow,
     }
 }
 
@@ -576,6 +655,12 @@ database = "sensors"
         assert_eq!(c.ticket_dir, Path::new("/var/lib/leasegate/tickets"));
         assert_eq!(c.batch.max_lines, 5000);
         assert_eq!(c.batch.max_bytes, 1 << 20);
+        assert_eq!(c.batch.flush_interval, Duration::from_secs(1));
+        assert_eq!(c.spool.max_bytes, 256 << 20);
+        assert_eq!(
+            (c.spool.fsync, c.spool.overflow),
+            (FsyncPolicy::Batch, Overflow::DropOldest)
+        );
         assert!(c.mqtt.client_id.starts_with("leasegate"));
         assert_eq!(c.mqtt.subscribe[0].format, Format::Line);
         let i = c.influxdb.unwrap();
@@ -653,6 +738,30 @@ database = "d"
                 "t.toml: influxdb.bucket: missing (required with api = \"v2\")",
                 "t.toml: influxdb.token: missing (required with api = \"v2\" (or token_file))",
                 "t.toml: influxdb.database: not used with api = \"v2\" (it uses org and bucket)",
+            ]
+        );
+    }
+
+    #[test]
+    fn spool_settings() {
+        let text = format!(
+            "{MINIMAL}[spool]\nmax_bytes = \"1MiB\"\nfsync = \"interval\"\nfsync_interval = \"250ms\"\noverflow = \"block\"\n"
+        );
+        let c = Config::from_toml(Path::new("m"), &text).unwrap();
+        assert_eq!(c.spool.max_bytes, 1 << 20);
+        assert_eq!(
+            c.spool.fsync,
+            FsyncPolicy::Interval(Duration::from_millis(250))
+        );
+        assert_eq!(c.spool.overflow, Overflow::Block);
+        let bad = format!(
+            "{MINIMAL}[spool]\nfsync = \"batch\"\nfsync_interval = \"1s\"\noverflow = \"drop_everything\"\n"
+        );
+        assert_eq!(
+            problems(&bad),
+            [
+                "t.toml: spool.fsync_interval: only used with fsync = \"interval\"",
+                "t.toml: spool.overflow: \"drop_everything\" is not one of drop_oldest, drop_newest, block",
             ]
         );
     }

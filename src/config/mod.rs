@@ -14,8 +14,8 @@ pub mod units;
 use std::path::{Path, PathBuf};
 
 pub use gateway::{
-    Api, Batch, BrokerUrl, Config, DEFAULT_CONFIG_PATH, EXAMPLE, Format, Influx, Mqtt, Precision,
-    Subscription,
+    Api, Batch, BrokerUrl, Config, DEFAULT_CONFIG_PATH, EXAMPLE, Format, FsyncPolicy, Influx, Mqtt,
+    Overflow, Precision, Spool, Subscription,
 };
 pub use reader::Problem;
 

@@ -432,21 +432,15 @@ impl Daemon {
         )
         .unwrap();
         let log = dir.path().join("leasegate.log");
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let child = Command::new(leasegate_binary())
-            .arg("run")
-            .arg("--config")
-            .arg(&conf)
-            .env("RUST_LOG", "info")
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("start leasegate");
+        let child = spawn_daemon(&conf, &log);
         Daemon { child, dir, log }
+    }
+
+    /// Starts the daemon again on the same config and state directory,
+    /// once the previous process has exited (or been killed).
+    pub fn restart(&mut self) {
+        assert!(!self.is_running(), "restart only a stopped daemon");
+        self.child = spawn_daemon(&self.dir.path().join("leasegate.toml"), &self.log);
     }
 
     pub fn pid(&self) -> u32 {
@@ -476,6 +470,23 @@ impl Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn spawn_daemon(conf: &Path, log: &Path) -> Child {
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(leasegate_binary())
+        .arg("run")
+        .arg("--config")
+        .arg(conf)
+        .env("RUST_LOG", "info")
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .expect("start leasegate")
 }
 
 impl Drop for Daemon {

@@ -1,0 +1,136 @@
+//! The `spool` thread: takes decoded messages from the intake, appends them
+//! to the disk spool in groups, commits each group once (one fsync under
+//! `fsync = "batch"`) and only then releases their MQTT acks.
+//!
+//! This is the point where a message becomes leasegate's responsibility:
+//! it must never ack a message whose points are not in the spool, except
+//! when the overflow policy drops them (counted by the spool) or a record
+//! can never fit. When the spool is full under `block`, or the disk is full
+//! or failing, it stops acking and retries, so the broker keeps the data.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::spool::{Appended, Spool, SpoolError};
+use super::stats::Stats;
+use crate::backoff::Backoff;
+use crate::shutdown::Shutdown;
+
+/// The lines decoded from one MQTT message, and how to acknowledge it.
+#[derive(Debug)]
+pub struct Delivery {
+    /// Line protocol, each line ending in `\n`.
+    pub lines: String,
+    pub points: u64,
+    /// Packet id to acknowledge once stored; `None` for QoS 0 messages.
+    pub ack: Option<u16>,
+}
+
+/// Most messages stored under one commit.
+const GROUP: usize = 4096;
+
+pub struct Appender {
+    pub spool: Arc<Spool>,
+    pub deliveries: mpsc::Receiver<Delivery>,
+    pub acks: mpsc::UnboundedSender<u16>,
+    pub shutdown: Shutdown,
+    pub stats: Arc<Stats>,
+}
+
+impl Appender {
+    /// Runs until the intake closes the channel and everything received is
+    /// stored and acked, or shutdown interrupts a retry.
+    pub fn run(mut self) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10), 0.25);
+        let mut group = Vec::with_capacity(GROUP);
+        while let Some(first) = self.deliveries.blocking_recv() {
+            group.push(first);
+            while group.len() < GROUP {
+                match self.deliveries.try_recv() {
+                    Ok(d) => group.push(d),
+                    Err(_) => break,
+                }
+            }
+            if !self.store(&group, &mut backoff) {
+                log::warn!(
+                    "stopping with {} messages not stored; the broker keeps them for the next start",
+                    group.len()
+                );
+                return;
+            }
+            for d in group.drain(..) {
+                if let Some(id) = d.ack {
+                    // Gone only when the MQTT side stopped; the broker then
+                    // redelivers, which is safe.
+                    let _ = self.acks.send(id);
+                }
+            }
+        }
+    }
+
+    /// Appends and commits the group, retrying while the spool is full
+    /// (block) or the disk fails. Returns false if shutdown stopped it.
+    fn store(&self, group: &[Delivery], backoff: &mut Backoff) -> bool {
+        let mut next = 0;
+        while next < group.len() {
+            let d = &group[next];
+            if d.points == 0 {
+                next += 1;
+                continue;
+            }
+            match self.spool.append(d.lines.as_bytes(), d.points) {
+                Ok(Appended::Stored) => {
+                    Stats::add(&self.stats.points_in, d.points);
+                    next += 1;
+                }
+                Ok(Appended::DroppedNewest(points)) => {
+                    log::warn!("spool full: dropped {points} new points (overflow = drop_newest)");
+                    next += 1;
+                }
+                Err(SpoolError::TooLarge(bytes)) => {
+                    log::error!("a message of {bytes} bytes can never fit in the spool; dropped");
+                    Stats::add(&self.stats.points_invalid, d.points);
+                    next += 1;
+                }
+                Err(SpoolError::Full { .. }) => {
+                    // Commit what is appended so the writer can drain it.
+                    if self.spool.commit().is_err()
+                        || self.shutdown.sleep(Duration::from_millis(50))
+                    {
+                        return false;
+                    }
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    log::error!(
+                        "cannot store points: {}; not acking, retrying in {delay:?}",
+                        crate::error_chain(&e)
+                    );
+                    if self.shutdown.sleep(delay) {
+                        return false;
+                    }
+                }
+            }
+        }
+        loop {
+            match self.spool.commit() {
+                Ok(()) => {
+                    backoff.reset();
+                    return true;
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    log::error!(
+                        "cannot sync the spool: {}; not acking, retrying in {delay:?}",
+                        crate::error_chain(&e)
+                    );
+                    if self.shutdown.sleep(delay) {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+}

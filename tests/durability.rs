@@ -1,0 +1,178 @@
+//! Durability against real servers: nothing acknowledged to the broker is
+//! lost when the daemon is killed, and a damaged spool costs only the
+//! damaged records.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use support::{Daemon, Influx, Mosquitto, publish_all, static_config, wait_until, write_secret};
+
+const BASE_TS: u64 = 1_700_000_000_000_000_000;
+
+fn daemon(broker: &Mosquitto, influx: &Influx, client_id: &str, extra: &str) -> Daemon {
+    influx.create_writer("sensors", "writer", "writer-pw");
+    let dir = tempfile::tempdir().unwrap();
+    let pw = write_secret(dir.path(), "influx.password", "writer-pw");
+    let config = format!("{}{extra}", static_config(broker, influx, client_id, &pw));
+    let daemon = Daemon::start_in(dir, &config);
+    assert!(
+        daemon.wait_for_log("subscribed to", 1, Duration::from_secs(20)),
+        "{}",
+        daemon.log()
+    );
+    daemon
+}
+
+fn messages(publisher: u64, n: u64) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            let seq = publisher * n + i;
+            let line = format!("dur,pub=p{publisher} seq={seq}i {}", BASE_TS + seq);
+            (format!("sensors/p{publisher}"), line.into_bytes())
+        })
+        .collect()
+}
+
+#[test]
+fn sigkill_twice_mid_stream_loses_nothing() {
+    let broker = Mosquitto::start();
+    let influx = Influx::start();
+    let mut daemon = daemon(&broker, &influx, "gw-kill", "");
+    const PUBLISHERS: u64 = 4;
+    const EACH: u64 = 25_000;
+    let port = broker.port;
+    let publishers: Vec<_> = (0..PUBLISHERS)
+        .map(|p| {
+            std::thread::spawn(move || {
+                publish_all(
+                    port,
+                    &format!("pub-kill-{p}"),
+                    messages(p, EACH),
+                    Duration::from_secs(300),
+                )
+            })
+        })
+        .collect();
+
+    for (round, after) in [(1, 20_000u64), (2, 55_000)] {
+        let reached = wait_until(Duration::from_secs(120), || {
+            influx.count("sensors", "dur", "seq") >= after
+        });
+        assert!(
+            reached,
+            "round {round}: stuck at {}\n{}",
+            influx.count("sensors", "dur", "seq"),
+            daemon.log()
+        );
+        daemon.kill9();
+        daemon.restart();
+    }
+    for p in publishers {
+        p.join().expect("publisher");
+    }
+    let total = PUBLISHERS * EACH;
+    let all = wait_until(Duration::from_secs(180), || {
+        influx.count("sensors", "dur", "seq") == total
+    });
+    assert!(
+        all,
+        "{} of {total} distinct points in InfluxDB\n{}",
+        influx.count("sensors", "dur", "seq"),
+        daemon.log()
+    );
+    assert!(
+        daemon
+            .terminate(Duration::from_secs(10))
+            .is_some_and(|s| s.success())
+    );
+}
+
+fn segments(state: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(state.join("spool"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_damaged_spool_costs_only_the_damaged_records() {
+    let broker = Mosquitto::start();
+    let influx = Influx::start();
+    // Small segments so the points spread over several files.
+    let mut daemon = daemon(
+        &broker,
+        &influx,
+        "gw-damage",
+        "[spool]\nmax_bytes = \"256KiB\"\n",
+    );
+    // Hold everything in the spool: InfluxDB refuses the writer.
+    influx.query("DROP USER \"writer\"");
+    const N: u64 = 3000;
+    publish_all(
+        broker.port,
+        "pub-damage",
+        messages(0, N),
+        Duration::from_secs(60),
+    );
+    assert!(
+        daemon.wait_for_log("InfluxDB answered 401", 1, Duration::from_secs(20)),
+        "{}",
+        daemon.log()
+    );
+    assert!(
+        daemon
+            .terminate(Duration::from_secs(15))
+            .is_some_and(|s| s.success())
+    );
+
+    let state = daemon.dir.path().join("state");
+    let files = segments(&state);
+    assert!(files.len() >= 3, "expected several segments, got {files:?}");
+    // Power loss: the newest file ends mid-record.
+    let newest = files.last().unwrap();
+    let len = std::fs::metadata(newest).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(newest)
+        .unwrap()
+        .set_len(len - 7)
+        .unwrap();
+    // Bit rot: a byte in the middle of the oldest file flips.
+    let mut bytes = std::fs::read(&files[0]).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x41;
+    std::fs::write(&files[0], &bytes).unwrap();
+
+    influx.query("CREATE USER \"writer\" WITH PASSWORD 'writer-pw'");
+    influx.query("GRANT WRITE ON \"sensors\" TO \"writer\"");
+    daemon.restart();
+    // One record (one point) lost to each kind of damage, no more.
+    let arrived = wait_until(Duration::from_secs(60), || {
+        influx.count("sensors", "dur", "seq") == N - 2
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let log = daemon.log();
+    assert!(
+        arrived,
+        "{} of {} arrived\n{log}",
+        influx.count("sensors", "dur", "seq"),
+        N - 2
+    );
+    assert_eq!(influx.count("sensors", "dur", "seq"), N - 2);
+    assert!(
+        log.contains("spool damage") && log.contains("torn record"),
+        "{log}"
+    );
+    assert!(log.contains("corrupt data"), "{log}");
+    assert!(daemon.is_running());
+    assert!(
+        daemon
+            .terminate(Duration::from_secs(10))
+            .is_some_and(|s| s.success())
+    );
+}
