@@ -177,6 +177,9 @@ struct Inner {
     segments: VecDeque<Segment>,
     /// Open handle of the last segment while it takes appends.
     active: Option<File>,
+    /// Segments sealed since the last sync whose records are not yet on
+    /// disk: the next commit syncs them before acking anything.
+    unsynced: Vec<(PathBuf, File)>,
     /// Next record to read.
     read: Position,
     total_bytes: u64,
@@ -258,6 +261,7 @@ impl Spool {
             inner: Mutex::new(Inner {
                 segments,
                 active: None,
+                unsynced: Vec::new(),
                 read,
                 total_bytes,
                 dropped_points: 0,
@@ -300,7 +304,7 @@ impl Spool {
                     // The segment taking appends can be dropped too once
                     // sealed; a new one starts below.
                     if inner.segments.front().is_some_and(|s| !s.sealed) {
-                        self.seal_active(&mut inner);
+                        self.seal_active(&mut inner, false);
                     }
                     if !self.drop_oldest(&mut inner)? {
                         return Err(SpoolError::Full {
@@ -319,7 +323,7 @@ impl Spool {
             None => true,
         };
         if needs_new {
-            self.seal_active(&mut inner);
+            self.seal_active(&mut inner, true);
             self.start_segment(&mut inner)?;
         }
         let mut record = Vec::with_capacity(HEADER + payload.len());
@@ -334,7 +338,7 @@ impl Spool {
         if let Err(source) = file.write_all(&record) {
             // What reached the file is not a valid record and later records
             // must not follow it: seal at the last good record.
-            self.seal_active(&mut inner);
+            self.seal_active(&mut inner, true);
             return Err(SpoolError::Io { path, source });
         }
         let seg = inner.segments.back_mut().expect("active segment");
@@ -347,34 +351,47 @@ impl Spool {
     /// Makes everything appended so far durable under the fsync policy and
     /// readable by the writer. Acknowledge to the broker only after this.
     pub fn commit(&self) -> Result<(), SpoolError> {
-        let (file, path, due) = {
-            let inner = self.lock();
+        let io = |path: PathBuf| move |source| SpoolError::Io { path, source };
+        let (to_sync, ends, due) = {
+            let mut inner = self.lock();
             let due = match self.config.fsync {
                 FsyncPolicy::Batch => true,
                 FsyncPolicy::Interval(every) => inner.last_sync.elapsed() >= every,
                 FsyncPolicy::Never => false,
             };
-            let file = match (&inner.active, due) {
-                (Some(f), true) => Some(f.try_clone().map_err(|source| SpoolError::Io {
-                    path: self.config.dir.clone(),
-                    source,
-                })?),
-                _ => None,
-            };
-            let path = inner.segments.back().map(|s| s.path.clone());
-            (file, path, due)
+            let mut to_sync = Vec::new();
+            if due {
+                to_sync = std::mem::take(&mut inner.unsynced);
+                if let (Some(file), Some(seg)) = (&inner.active, inner.segments.back()) {
+                    let clone = file.try_clone().map_err(io(seg.path.clone()))?;
+                    to_sync.push((seg.path.clone(), clone));
+                }
+            }
+            // Only what exists now is made readable: records appended while
+            // this commit syncs belong to the next one.
+            let ends: Vec<(u64, u64)> = inner.segments.iter().map(|s| (s.id, s.end)).collect();
+            (to_sync, ends, due)
         };
         // The sync runs without the lock so the writer keeps reading.
-        if let (Some(file), Some(path)) = (file, path) {
-            file.sync_data()
-                .map_err(|source| SpoolError::Io { path, source })?;
+        for (path, file) in &to_sync {
+            if let Err(e) = file.sync_data() {
+                // Keep the handles so the retry syncs them again.
+                self.lock().unsynced.extend(
+                    to_sync
+                        .iter()
+                        .filter_map(|(p, f)| Some((p.clone(), f.try_clone().ok()?))),
+                );
+                return Err(io(path.clone())(e));
+            }
         }
         let mut inner = self.lock();
         if due {
             inner.last_sync = Instant::now();
         }
-        for seg in inner.segments.iter_mut() {
-            seg.committed = seg.end;
+        for (id, end) in ends {
+            if let Some(seg) = inner.segments.iter_mut().find(|s| s.id == id) {
+                seg.committed = seg.committed.max(end);
+            }
         }
         drop(inner);
         self.readable.notify_all();
@@ -469,7 +486,7 @@ impl Spool {
                 // The writer caught up with the segment taking appends:
                 // free it too (the next append starts a new one), or a
                 // full spool under overflow = block could never drain.
-                self.seal_active(&mut inner);
+                self.seal_active(&mut inner, false);
             }
             let seg = inner.segments.pop_front().expect("front exists");
             inner.total_bytes -= seg.end;
@@ -563,9 +580,17 @@ impl Spool {
         Ok(true)
     }
 
-    fn seal_active(&self, inner: &mut Inner) {
+    /// Stops appends to the last segment. With `sync_later`, its handle is
+    /// kept for the next commit to sync, because its newest records may be
+    /// acked by that commit; without, the segment is about to be deleted.
+    fn seal_active(&self, inner: &mut Inner, sync_later: bool) {
         if let Some(seg) = inner.segments.back_mut() {
             seg.sealed = true;
+            if let Some(file) = inner.active.take() {
+                if sync_later && self.config.fsync != FsyncPolicy::Never {
+                    inner.unsynced.push((seg.path.clone(), file));
+                }
+            }
         }
         inner.active = None;
     }
