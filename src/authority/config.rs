@@ -120,7 +120,8 @@ fn read(t: &Table<'_>) -> Option<AuthorityConfig> {
             t.problem(
                 "public_url",
                 format!(
-                    "{url:?} must start with {}",
+                    "{:?} must start with {}",
+                    crate::config::redact_url(url),
                     if tls {
                         "https://"
                     } else {
@@ -161,7 +162,7 @@ fn read(t: &Table<'_>) -> Option<AuthorityConfig> {
             backend
         })
         .collect();
-    if !t.has("backend") {
+    if backends.is_empty() && t.tables_len("backend").unwrap_or(0) == 0 {
         t.problem("backend", "missing: add at least one [[backend]]");
     }
     for (i, b) in backends.iter().enumerate() {
@@ -173,7 +174,7 @@ fn read(t: &Table<'_>) -> Option<AuthorityConfig> {
         }
     }
     let role_tables = t.tables("role");
-    if !t.has("role") {
+    if t.tables_len("role").unwrap_or(0) == 0 {
         t.problem("role", "missing: add at least one [[role]]");
     }
     let roles: Vec<Role> = role_tables
@@ -217,7 +218,15 @@ fn read_backend(t: &Table<'_>) -> Option<Backend> {
     let url = t.required_string("url");
     if let Some(u) = &url {
         if !(u.starts_with("http://") || u.starts_with("https://")) {
-            t.problem("url", format!("{u:?} must start with http:// or https://"));
+            t.problem(
+                "url",
+                format!(
+                    "{:?} must start with http:// or https://",
+                    crate::config::redact_url(u)
+                ),
+            );
+        } else if crate::config::redact_url(u) != *u {
+            t.problem("url", "must not carry credentials; use admin_username and admin_password_file or admin_token_file");
         }
     }
     let org_id = t.string("org_id");
@@ -314,6 +323,9 @@ fn read_role(t: &Table<'_>, backends: &[Backend]) -> Option<Role> {
             }
         })
         .collect();
+    if t.tables_len("access") == Some(0) {
+        t.problem("access", "must list at least one of read, write");
+    }
     let default_ttl = t.duration(
         "default_ttl",
         Duration::from_secs(15 * 60),

@@ -262,6 +262,13 @@ fn read_mqtt(t: &Table<'_>) -> Option<Mqtt> {
         Duration::from_secs(30),
         Duration::from_secs(5),
     );
+    // MQTT carries the keep-alive as 16-bit seconds.
+    if keep_alive > Duration::from_secs(u64::from(u16::MAX)) {
+        t.problem(
+            "keep_alive",
+            "must be at most 65535s (18h 12m 15s), MQTT's limit",
+        );
+    }
     let max_packet_size = t.size("max_packet_size", 1 << 20, 1024, 256 << 20);
     let subscribe: Vec<Subscription> = t
         .tables("subscribe")
@@ -272,7 +279,7 @@ fn read_mqtt(t: &Table<'_>) -> Option<Mqtt> {
             sub
         })
         .collect();
-    if !t.has("subscribe") {
+    if !t.has("subscribe") || t.tables_len("subscribe") == Some(0) {
         t.problem(
             "subscribe",
             "missing: add at least one [[mqtt.subscribe]] table with a topic",
@@ -388,6 +395,16 @@ fn read_influx(t: &Table<'_>) -> Option<Influx> {
                     "set username and password together",
                 );
             }
+        }
+        Api::V2 | Api::V3 if password.is_some() => {
+            t.problem(
+                if t.has("password") {
+                    "password"
+                } else {
+                    "password_file"
+                },
+                "not used with api = \"v2\" or \"v3\" (they use token or token_file)",
+            );
         }
         Api::V2 => {
             need("org", org.is_some(), "with api = \"v2\"");
@@ -505,17 +522,18 @@ fn read_spool(t: &Table<'_>) -> Spool {
 /// authority, because a path or credentials in the URL would be ignored
 /// silently by MQTT.
 pub fn parse_broker_url(url: &str) -> Result<BrokerUrl, String> {
+    let shown = super::redact_url(url);
     let (tls, rest) = if let Some(r) = url.strip_prefix("mqtt://") {
         (false, r)
     } else if let Some(r) = url.strip_prefix("mqtts://") {
         (true, r)
     } else {
-        return Err(format!("{url:?} must start with mqtt:// or mqtts://"));
+        return Err(format!("{shown:?} must start with mqtt:// or mqtts://"));
     };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     if rest.contains(['/', '@', '?']) {
         return Err(format!(
-            "{url:?} must be only scheme, host and port (set username and password as keys)"
+            "{shown:?} must be only scheme, host and port (set username and password as keys)"
         ));
     }
     let default_port = if tls { 8883 } else { 1883 };
@@ -526,14 +544,14 @@ pub fn parse_broker_url(url: &str) -> Result<BrokerUrl, String> {
                 .parse::<u16>()
                 .ok()
                 .filter(|&p| p != 0)
-                .ok_or_else(|| format!("{url:?} has an invalid port {p:?}"))?;
+                .ok_or_else(|| format!("{shown:?} has an invalid port {p:?}"))?;
             (h, port)
         }
         _ => (rest, default_port),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
-        return Err(format!("{url:?} has no host"));
+        return Err(format!("{shown:?} has no host"));
     }
     Ok(BrokerUrl {
         tls,
@@ -543,12 +561,13 @@ pub fn parse_broker_url(url: &str) -> Result<BrokerUrl, String> {
 }
 
 fn check_http_url(url: &str) -> Result<(), String> {
+    let shown = super::redact_url(url);
     let rest = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))
-        .ok_or_else(|| format!("{url:?} must start with http:// or https://"))?;
+        .ok_or_else(|| format!("{shown:?} must start with http:// or https://"))?;
     if rest.is_empty() || rest.starts_with('/') {
-        return Err(format!("{url:?} has no host"));
+        return Err(format!("{shown:?} has no host"));
     }
     if rest
         .split('/')
@@ -556,7 +575,7 @@ fn check_http_url(url: &str) -> Result<(), String> {
         .is_some_and(|authority| authority.contains('@'))
     {
         return Err(format!(
-            "{url:?} must not carry credentials; use username/password or token keys"
+            "{shown:?} must not carry credentials; use username/password or token keys"
         ));
     }
     Ok(())
@@ -743,6 +762,41 @@ database = "d"
     }
 
     #[test]
+    fn empty_or_out_of_range_mqtt_settings_are_named() {
+        let empty = MINIMAL.replace(
+            "[[mqtt.subscribe]]\ntopic = \"sensors/#\"\n",
+            "subscribe = []\n",
+        );
+        assert!(
+            problems(&empty)
+                .iter()
+                .any(|p| p.contains("mqtt.subscribe: missing")),
+            "{:?}",
+            problems(&empty)
+        );
+        let long = MINIMAL.replace(
+            "[[mqtt.subscribe]]",
+            "keep_alive = \"1day\"\n[[mqtt.subscribe]]",
+        );
+        assert!(
+            problems(&long)
+                .iter()
+                .any(|p| p.contains("mqtt.keep_alive: must be at most 65535s"))
+        );
+        let v3 = MINIMAL.replace(
+            "database = \"sensors\"",
+            "api = \"v3\"\ndatabase = \"s\"\ntoken = \"t\"\npassword = \"p\"",
+        );
+        assert!(
+            problems(&v3)
+                .iter()
+                .any(|p| p.contains("influxdb.password: not used with api")),
+            "{:?}",
+            problems(&v3)
+        );
+    }
+
+    #[test]
     fn spool_settings() {
         let text = format!(
             "{MINIMAL}[spool]\nmax_bytes = \"1MiB\"\nfsync = \"interval\"\nfsync_interval = \"250ms\"\noverflow = \"block\"\n"
@@ -781,6 +835,35 @@ database = "d"
             p[0].contains("mqtt.url: mqtts:// (TLS) is not available"),
             "{p:?}"
         );
+    }
+
+    #[test]
+    fn urls_with_credentials_are_refused_without_showing_them() {
+        for text in [
+            MINIMAL.replace(
+                "mqtt://127.0.0.1:1883",
+                "mqtt://gw:mqtt-pw-1@127.0.0.1:1883",
+            ),
+            MINIMAL.replace(
+                "http://127.0.0.1:8086",
+                "http://writer:influx-pw-2@127.0.0.1:8086",
+            ),
+            MINIMAL.replace(
+                "http://127.0.0.1:8086",
+                "ftp://writer:influx-pw-2@127.0.0.1:8086",
+            ),
+            MINIMAL.replace(
+                "database = \"sensors\"",
+                "database = \"sensors\"\nusername = \"u\"\npassword = 876543",
+            ),
+        ] {
+            let p = problems(&text).join("\n");
+            assert!(!p.is_empty());
+            assert!(
+                !p.contains("pw-1") && !p.contains("pw-2") && !p.contains("876543"),
+                "{p}"
+            );
+        }
     }
 
     #[test]

@@ -121,6 +121,20 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
+/// A URL as it may appear in a message: any `user:password@` replaced, so
+/// a credential typed into a URL never reaches a log.
+pub(crate) fn redact_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let sep = if scheme.is_empty() { "" } else { "://" };
+            format!("{scheme}{sep}<redacted>@{}", &rest[at + 1..])
+        }
+        None => url.to_owned(),
+    }
+}
+
 /// The `log_level` key both binaries share; `None` leaves the default.
 pub(crate) fn log_level(t: &reader::Table<'_>) -> Option<log::LevelFilter> {
     use log::LevelFilter as L;

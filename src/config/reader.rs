@@ -240,6 +240,12 @@ impl<'a> Table<'a> {
         out
     }
 
+    /// How many entries an array key holds, if it is an array (`[[key]]`
+    /// tables or a plain list).
+    pub fn tables_len(&self, key: &'static str) -> Option<usize> {
+        self.get(key).and_then(Value::as_array).map(Vec::len)
+    }
+
     /// A sub-table; `None` when absent or not a table.
     pub fn table(&self, key: &'static str) -> Option<Table<'a>> {
         let t = self.typed(key, "a table", Value::as_table)?;
@@ -307,15 +313,17 @@ fn sorted(keys: &[&'static str]) -> Vec<&'static str> {
     v
 }
 
-fn describe(v: &Value) -> String {
+/// The type of a value, never the value itself: a secret written with the
+/// wrong type (`password = 123456`) must not be echoed back.
+fn describe(v: &Value) -> &'static str {
     match v {
-        Value::String(s) => format!("string {s:?}"),
-        Value::Integer(n) => format!("integer {n}"),
-        Value::Float(f) => format!("float {f}"),
-        Value::Boolean(b) => format!("boolean {b}"),
-        Value::Datetime(d) => format!("datetime {d}"),
-        Value::Array(_) => "an array".to_owned(),
-        Value::Table(_) => "a table".to_owned(),
+        Value::String(_) => "a string",
+        Value::Integer(_) => "an integer",
+        Value::Float(_) => "a float",
+        Value::Boolean(_) => "a boolean",
+        Value::Datetime(_) => "a datetime",
+        Value::Array(_) => "an array",
+        Value::Table(_) => "a table",
     }
 }
 
@@ -384,7 +392,7 @@ mod tests {
             vec![
                 "batch.max_lines: -4 is out of range 1 to 10",
                 "batch.flush_intervall: unknown key; did you mean \"flush_interval\"?",
-                "sub[0].topic: expected a string, found integer 3",
+                "sub[0].topic: expected a string, found an integer",
                 "sub[0].format: missing (required)",
                 "colour: unknown key; did you mean \"color\"?",
             ]
