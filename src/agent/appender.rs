@@ -24,8 +24,18 @@ pub struct Delivery {
     /// Line protocol, each line ending in `\n`.
     pub lines: String,
     pub points: u64,
-    /// Packet id to acknowledge once stored; `None` for QoS 0 messages.
-    pub ack: Option<u16>,
+    /// What to acknowledge once stored; `None` for QoS 0 messages.
+    pub ack: Option<AckToken>,
+}
+
+/// A packet id is only meaningful on the connection it arrived on: after a
+/// reconnect the broker resends unacked messages and may reuse the id for
+/// another message, so an ack carries its connection's number and the
+/// acker drops acks from earlier connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckToken {
+    pub connection: u64,
+    pub pkid: u16,
 }
 
 /// Most messages stored under one commit.
@@ -34,7 +44,7 @@ const GROUP: usize = 4096;
 pub struct Appender {
     pub spool: Arc<Spool>,
     pub deliveries: mpsc::Receiver<Delivery>,
-    pub acks: mpsc::UnboundedSender<u16>,
+    pub acks: mpsc::UnboundedSender<AckToken>,
     pub shutdown: Shutdown,
     pub stats: Arc<Stats>,
 }
@@ -61,10 +71,10 @@ impl Appender {
                 return;
             }
             for d in group.drain(..) {
-                if let Some(id) = d.ack {
+                if let Some(token) = d.ack {
                     // Gone only when the MQTT side stopped; the broker then
                     // redelivers, which is safe.
-                    let _ = self.acks.send(id);
+                    let _ = self.acks.send(token);
                 }
             }
         }

@@ -1,14 +1,16 @@
 //! MQTT intake: keeps the broker session, subscribes at QoS 1, decodes each
-//! message into line protocol for the writer, and sends the acks the writer
-//! releases.
+//! message into line protocol for the spool, and sends the acks the spool
+//! thread releases once the points are stored.
 //!
 //! The session is persistent (clean session off) with manual acks, so a
-//! message the writer has not written stays with the broker across restarts
-//! and reconnects. This module must never wait on an HTTP write: it hands
-//! decoded lines to the writer over a channel and keeps polling the event
-//! loop (pings, acks, reconnects) whatever the writer is doing.
+//! message that is not stored yet stays with the broker across restarts and
+//! reconnects. This module must never wait on an HTTP write or on the disk:
+//! it hands decoded lines over a channel and keeps polling the event loop
+//! (pings, acks, reconnects), and it never acks a packet id on a connection
+//! other than the one the message arrived on.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rumqttc::{
@@ -16,7 +18,7 @@ use rumqttc::{
 };
 use tokio::sync::mpsc;
 
-use super::appender::Delivery;
+use super::appender::{AckToken, Delivery};
 use super::stats::Stats;
 use crate::backoff::Backoff;
 use crate::config::{Mqtt, Precision, Subscription};
@@ -26,7 +28,7 @@ use crate::shutdown::Shutdown;
 pub struct Intake {
     pub config: Mqtt,
     pub deliveries: mpsc::Sender<Delivery>,
-    pub acks: mpsc::UnboundedReceiver<u16>,
+    pub acks: mpsc::UnboundedReceiver<AckToken>,
     pub shutdown: Shutdown,
     pub stats: Arc<Stats>,
 }
@@ -45,7 +47,10 @@ impl Intake {
             .set_keep_alive(config.keep_alive)
             .set_clean_session(false)
             .set_manual_acks(true)
-            .set_max_packet_size(config.max_packet_size as usize, 64 * 1024);
+            // The library drops the connection on a larger packet, and the
+            // broker would resend it after every reconnect: accept anything
+            // MQTT allows and reject oversized messages in the decoder.
+            .set_max_packet_size(MQTT_MAX_PACKET, 64 * 1024);
         if let (Some(user), Some(password)) = (&config.username, &config.password) {
             options.set_credentials(user, password.expose());
         } else if let Some(user) = &config.username {
@@ -53,10 +58,11 @@ impl Intake {
         }
         let (client, mut eventloop) = AsyncClient::new(options, 1024);
         let broker = format!("{}:{}", config.url.host, config.url.port);
-        let acker = tokio::spawn(send_acks(client.clone(), acks));
+        let connection = Arc::new(AtomicU64::new(0));
+        let acker = tokio::spawn(send_acks(client.clone(), acks, connection.clone()));
 
         let mut deliveries = Some(deliveries);
-        let mut decoder = Decoder::new(config.subscribe.clone());
+        let mut decoder = Decoder::new(config.subscribe.clone(), config.max_packet_size as usize);
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30), 0.25);
         let mut subscribed_once = false;
         loop {
@@ -73,6 +79,7 @@ impl Intake {
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     backoff.reset();
+                    decoder.connection = connection.fetch_add(1, Ordering::SeqCst) + 1;
                     log::info!(
                         "connected to MQTT broker {broker} (session present: {})",
                         ack.session_present
@@ -83,7 +90,9 @@ impl Intake {
                         let filters = config.subscribe.iter().map(|s| {
                             rumqttc::SubscribeFilter::new(s.topic.clone(), QoS::AtLeastOnce)
                         });
-                        if let Err(e) = client.subscribe_many(filters).await {
+                        // Not awaited: this task is the one that drains the
+                        // request queue the call would wait on.
+                        if let Err(e) = client.try_subscribe_many(filters) {
                             log::error!("cannot subscribe: {e}");
                         }
                         subscribed_once = true;
@@ -117,8 +126,15 @@ impl Intake {
                                 publish.topic
                             );
                         }
-                    } else if tx.send(delivery).await.is_err() {
-                        log::error!("writer stopped; message left for the broker to redeliver");
+                    } else {
+                        tokio::select! {
+                            sent = tx.send(delivery) => if sent.is_err() {
+                                log::error!("spool thread stopped; message left for the broker to redeliver");
+                            },
+                            // Shutdown while the spool is not taking more:
+                            // left unacked, the broker keeps the message.
+                            _ = shutdown.wait() => {}
+                        }
                     }
                 }
                 Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
@@ -146,12 +162,22 @@ impl Intake {
     }
 }
 
-/// Sends the acks the writer releases, in order; when the writer is done
-/// (its sender dropped), disconnects cleanly.
-async fn send_acks(client: AsyncClient, mut acks: mpsc::UnboundedReceiver<u16>) {
-    while let Some(pkid) = acks.recv().await {
+/// Sends the acks the spool thread releases, in order, skipping those from
+/// an earlier connection; when the spool thread is done (its sender
+/// dropped), disconnects cleanly.
+async fn send_acks(
+    client: AsyncClient,
+    mut acks: mpsc::UnboundedReceiver<AckToken>,
+    connection: Arc<AtomicU64>,
+) {
+    while let Some(token) = acks.recv().await {
+        if token.connection != connection.load(Ordering::SeqCst) {
+            // The broker resends that message on the new connection; its
+            // new copy is acked once stored.
+            continue;
+        }
         let mut p = Publish::new("", QoS::AtLeastOnce, Vec::new());
-        p.pkid = pkid;
+        p.pkid = token.pkid;
         if let Err(e) = client.ack(&p).await {
             log::warn!("cannot queue MQTT ack: {e}");
         }
@@ -159,22 +185,33 @@ async fn send_acks(client: AsyncClient, mut acks: mpsc::UnboundedReceiver<u16>) 
     let _ = client.disconnect().await;
 }
 
-/// Turns MQTT messages into line protocol for the writer.
+/// The largest packet MQTT 3.1.1 can carry.
+const MQTT_MAX_PACKET: usize = 268_435_455;
+
+/// Turns MQTT messages into line protocol for the spool.
 struct Decoder {
     subscriptions: Vec<Subscription>,
+    max_payload: usize,
     clock: ReceiptClock,
+    /// Number of the current broker connection, for ack tokens.
+    connection: u64,
 }
 
 impl Decoder {
-    fn new(subscriptions: Vec<Subscription>) -> Self {
+    fn new(subscriptions: Vec<Subscription>, max_payload: usize) -> Self {
         Decoder {
             subscriptions,
+            max_payload,
             clock: ReceiptClock::default(),
+            connection: 0,
         }
     }
 
     fn decode(&mut self, publish: &Publish, stats: &Stats) -> Delivery {
-        let ack = (publish.qos != QoS::AtMostOnce).then_some(publish.pkid);
+        let ack = (publish.qos != QoS::AtMostOnce).then_some(AckToken {
+            connection: self.connection,
+            pkid: publish.pkid,
+        });
         let topic = publish.topic.as_str();
         let mut delivery = Delivery {
             lines: String::with_capacity(publish.payload.len() + 32),
@@ -192,6 +229,15 @@ impl Decoder {
             Stats::add(&stats.points_invalid, 1);
             return delivery;
         };
+        if publish.payload.len() > self.max_payload {
+            log::warn!(
+                "rejected message on {topic:?}: {} bytes, more than mqtt.max_packet_size ({})",
+                publish.payload.len(),
+                self.max_payload
+            );
+            Stats::add(&stats.points_invalid, 1);
+            return delivery;
+        }
         let precision = sub.precision;
         let lines = match lineproto::parse_payload(&publish.payload) {
             Ok(lines) => lines,
@@ -321,11 +367,14 @@ mod tests {
     #[test]
     fn decoding_keeps_good_lines_and_counts_bad_ones() {
         let stats = Stats::default();
-        let mut d = Decoder::new(vec![Subscription {
-            topic: "s/#".into(),
-            format: crate::config::Format::Line,
-            precision: Precision::Nanoseconds,
-        }]);
+        let mut d = Decoder::new(
+            vec![Subscription {
+                topic: "s/#".into(),
+                format: crate::config::Format::Line,
+                precision: Precision::Nanoseconds,
+            }],
+            64,
+        );
         let mut p = Publish::new(
             "s/1",
             QoS::AtLeastOnce,
@@ -334,9 +383,17 @@ mod tests {
         p.pkid = 9;
         let out = d.decode(&p, &stats);
         assert_eq!(out.lines, "m v=1.0 5\nm,t=x v=2i 7\n");
-        assert_eq!((out.points, out.ack), (2, Some(9)));
+        assert_eq!((out.points, out.ack.map(|a| a.pkid)), (2, Some(9)));
         assert_eq!(Stats::get(&stats.points_invalid), 1);
         let other = Publish::new("elsewhere", QoS::AtLeastOnce, "m v=1");
         assert_eq!(d.decode(&other, &stats).points, 0);
+        let mut oversized = Publish::new("s/2", QoS::AtLeastOnce, "m v=1 1\n".repeat(10));
+        oversized.pkid = 10;
+        let out = d.decode(&oversized, &stats);
+        assert_eq!(
+            (out.points, out.ack.map(|a| a.pkid)),
+            (0, Some(10)),
+            "rejected, still acked"
+        );
     }
 }

@@ -127,11 +127,27 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<Arc<Stats>, AgentError
     let deadline = Instant::now() + config.shutdown_timeout;
     while threads.iter().any(|(_, t)| !t.is_finished()) {
         if Instant::now() >= deadline {
-            return Err(AgentError::DrainTimeout(config.shutdown_timeout));
+            let busy: Vec<&str> = threads
+                .iter()
+                .filter(|(_, t)| !t.is_finished())
+                .map(|(n, _)| *n)
+                .collect();
+            if busy != ["writer"] {
+                return Err(AgentError::DrainTimeout(config.shutdown_timeout));
+            }
+            // Only a write request is still in flight; its batch is in the
+            // spool and goes again after the restart.
+            log::warn!(
+                "a write to InfluxDB is still in flight; leaving it, its points stay in the spool"
+            );
+            break;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     for (name, t) in threads {
+        if !t.is_finished() {
+            continue;
+        }
         if t.join().is_err() {
             died.get_or_insert(name);
         }

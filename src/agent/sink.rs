@@ -19,6 +19,7 @@ use crate::secret::Secret;
 const MAX_ERROR_BODY: u64 = 4096;
 
 pub struct Sink {
+    api: Api,
     agent: ureq::Agent,
     url: String,
     authorization: Option<Secret>,
@@ -44,16 +45,22 @@ pub enum WriteError {
 }
 
 impl WriteError {
-    /// The server refused the content itself (bad lines, type conflict):
-    /// sending the same bytes again cannot succeed.
-    pub fn is_rejected_content(&self) -> bool {
-        matches!(
-            self,
+    /// InfluxDB wrote the valid lines of the batch and refused the rest for
+    /// their content (a partial write): sending it again cannot help, and
+    /// holding it would stall everything behind it. Any other 400 (a bad
+    /// org or precision, a broken gzip body, a malformed header, or a 2.x
+    /// rejection of the whole batch) leaves the points unwritten, so the
+    /// batch must be kept and retried, never dropped.
+    pub fn is_partial_write(&self, api: Api) -> bool {
+        match self {
+            WriteError::Status { status: 422, .. } => true,
             WriteError::Status {
-                status: 400 | 422,
+                status: 400,
+                message,
                 ..
-            }
-        )
+            } => matches!(api, Api::V1 | Api::V3) && message.contains("partial write"),
+            _ => false,
+        }
     }
 }
 
@@ -66,6 +73,7 @@ impl Sink {
             .build()
             .into();
         Sink {
+            api: influx.api,
             agent,
             url: write_url(influx),
             authorization: authorization(influx),
@@ -75,6 +83,10 @@ impl Sink {
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    pub fn api(&self) -> Api {
+        self.api
     }
 
     /// Sends one batch of line protocol (each line ending in `\n`).
@@ -254,6 +266,30 @@ mod tests {
             "http://h:8086/api/v3/write_lp?db=my%20db&precision=ns&accept_partial=true"
         );
         assert_eq!(authorization(&v3).unwrap().expose(), "Bearer tok");
+    }
+
+    #[test]
+    fn only_partial_writes_count_as_refused_content() {
+        let status = |status: u16, message: &str| WriteError::Status {
+            status,
+            message: message.into(),
+            retry_after: None,
+        };
+        let v1_partial = status(
+            400,
+            "partial write: unable to parse 'x': invalid field format dropped=1",
+        );
+        assert!(v1_partial.is_partial_write(Api::V1));
+        assert!(status(400, "partial write of line protocol occurred").is_partial_write(Api::V3));
+        assert!(status(422, "field type conflict").is_partial_write(Api::V2));
+        // The whole batch was rejected, or the request itself was wrong.
+        assert!(
+            !status(400, "write buffer error: parsing for line protocol failed")
+                .is_partial_write(Api::V2)
+        );
+        assert!(!status(400, "organization name \"x\" not found").is_partial_write(Api::V2));
+        assert!(!status(400, "unable to decode gzip body").is_partial_write(Api::V1));
+        assert!(!status(401, "authorization failed").is_partial_write(Api::V1));
     }
 
     #[test]

@@ -96,11 +96,10 @@ impl Writer {
                     backoff.reset();
                     return true;
                 }
-                Err(e) if e.is_rejected_content() => {
-                    // InfluxDB 1.x has already written the valid lines of a
-                    // 400 answer; sending the batch again cannot help.
+                Err(e) if e.is_partial_write(self.sink.api()) => {
+                    // The valid lines are written; the rest never can be.
                     log::error!(
-                        "InfluxDB refused a batch of {} points: {}",
+                        "InfluxDB wrote part of a batch of {} points and refused the rest: {}",
                         batch.points,
                         crate::error_chain(&e)
                     );
