@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Installs the real servers the tests and the demo run against (Debian
-# packages mosquitto and influxdb), only if missing.
-# Uses sudo when not root. The packages' own services are not needed: the
-# tests start their own servers on free loopback ports.
+# Installs what the tests and the demo need, only where it is missing: the
+# real servers (Debian packages mosquitto and influxdb) and a C toolchain
+# for linking (gcc, libc6-dev). Uses sudo when not root. The tests start
+# their own servers on free loopback ports, so the system services that the
+# packages start are stopped and disabled again for packages installed here.
 set -euo pipefail
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
 missing=()
-have mosquitto || missing+=(mosquitto)
-have influxd || missing+=(influxdb)
+services=()
+have mosquitto || { missing+=(mosquitto); services+=(mosquitto); }
+have influxd || { missing+=(influxdb); services+=(influxdb); }
+have cc || missing+=(gcc libc6-dev)
 [ ${#missing[@]} -eq 0 ] && exit 0
 sudo=
 if [ "$(id -u)" != 0 ]; then
@@ -17,3 +20,6 @@ fi
 echo "installing ${missing[*]} from Debian's packages"
 $sudo apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+if [ ${#services[@]} -gt 0 ] && [ -d /run/systemd/system ]; then
+  $sudo systemctl disable --now "${services[@]}" >/dev/null 2>&1 || true
+fi
