@@ -67,10 +67,78 @@ fn ten_thousand_points_arrive_exactly() {
         .terminate(Duration::from_secs(10))
         .expect("exits within 10 s of SIGTERM");
     assert!(status.success(), "exit status {status:?}");
+    // Counted by the daemon itself: InfluxDB would merge a point written
+    // twice, so only the daemon's own count shows duplicates.
     let log = daemon.log();
     assert!(
-        !log.contains("writer-pw"),
-        "the InfluxDB password reached the log"
+        log.contains("10000 messages in, 10000 points spooled, 10000 written"),
+        "{log}"
+    );
+}
+
+#[test]
+fn no_secret_reaches_even_a_trace_log() {
+    use base64::Engine as _;
+    let broker = Mosquitto::start();
+    let influx = Influx::start();
+    influx.create_writer("sensors", "writer", "writer-pw");
+    let dir = tempfile::tempdir().unwrap();
+    let pw = write_secret(dir.path(), "influx.password", "writer-pw");
+    let config = static_config(&broker, &influx, "gw-trace", &pw);
+    let mut daemon = Daemon::start_logging(dir, &config, "trace,ureq=trace,ureq_proto=trace,rumqttc=trace");
+    assert!(
+        daemon.wait_for_log("subscribed to", 1, Duration::from_secs(20)),
+        "{}",
+        daemon.log()
+    );
+    let messages = vec![(
+        "sensors/t".to_owned(),
+        b"trace seq=1i 1700000000000000000".to_vec(),
+    )];
+    publish_all(broker.port, "pub-trace", messages, Duration::from_secs(30));
+    assert!(wait_until(Duration::from_secs(20), || influx
+        .count("sensors", "trace", "seq")
+        == 1));
+    assert!(
+        daemon
+            .terminate(Duration::from_secs(10))
+            .is_some_and(|s| s.success())
+    );
+    let log = daemon.log();
+    let basic = base64::engine::general_purpose::STANDARD.encode("writer:writer-pw");
+    assert!(log.contains("TRACE ureq") || log.contains("DEBUG ureq"), "expected ureq's trace:\n{log}");
+    assert!(!log.contains("writer-pw"), "password in the log");
+    assert!(!log.contains(&basic), "Basic credentials in the log");
+}
+
+#[test]
+fn special_characters_survive_the_round_trip_to_influxdb() {
+    let broker = Mosquitto::start();
+    let influx = Influx::start();
+    let mut daemon = start_daemon(&broker, &influx, "gw-escape");
+    // Every escape of the facts sheet, and text InfluxDB must store as is.
+    let line = r#"we\ ather\,x,loc=a\,b\ c\=d,path=C:\temp t\ emp=21.5,s="say \"hi\" \\o/ é😀",n=-3i 1700000000000000000"#;
+    publish_all(
+        broker.port,
+        "pub-escape",
+        vec![("sensors/e".to_owned(), line.as_bytes().to_vec())],
+        Duration::from_secs(30),
+    );
+    let query = r#"SELECT "t emp", "s", "n", "loc", "path" FROM "sensors"."autogen"."we ather,x""#;
+    let arrived = wait_until(Duration::from_secs(20), || {
+        influx.query(query)["results"][0]["series"][0]["values"][0].is_array()
+    });
+    assert!(arrived, "{}", daemon.log());
+    let row = influx.query(query)["results"][0]["series"][0]["values"][0].clone();
+    assert_eq!(row[1], 21.5);
+    assert_eq!(row[2], r#"say "hi" \o/ é😀"#);
+    assert_eq!(row[3], -3);
+    assert_eq!(row[4], "a,b c=d");
+    assert_eq!(row[5], r"C:\temp");
+    assert!(
+        daemon
+            .terminate(Duration::from_secs(10))
+            .is_some_and(|s| s.success())
     );
 }
 

@@ -123,12 +123,14 @@ impl Sink {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body = response
-            .body_mut()
-            .with_config()
-            .limit(MAX_ERROR_BODY)
-            .read_to_string()
-            .unwrap_or_default();
+        // Only the start of a long error body is kept (read_to_string with a
+        // limit fails outright on a longer body).
+        let mut raw = Vec::new();
+        let _ = std::io::Read::read_to_end(
+            &mut std::io::Read::take(response.body_mut().as_reader(), MAX_ERROR_BODY),
+            &mut raw,
+        );
+        let body = String::from_utf8_lossy(&raw);
         Err(WriteError::Status {
             status,
             message: error_message(&body),

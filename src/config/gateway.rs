@@ -549,6 +549,11 @@ pub fn parse_broker_url(url: &str) -> Result<BrokerUrl, String> {
         }
         _ => (rest, default_port),
     };
+    if host.contains(':') && !host.starts_with('[') {
+        return Err(format!(
+            "{shown:?}: write an IPv6 address in brackets, as mqtt://[::1]:1883"
+        ));
+    }
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
         return Err(format!("{shown:?} has no host"));
@@ -878,6 +883,11 @@ database = "d"
         );
         assert_eq!(parse_broker_url("mqtt://[::1]:1884").unwrap().host, "::1");
         assert_eq!(parse_broker_url("mqtt://[::1]").unwrap().port, 1883);
+        assert!(
+            parse_broker_url("mqtt://::1")
+                .unwrap_err()
+                .contains("in brackets")
+        );
         assert!(parse_broker_url("tcp://x").is_err());
         assert!(parse_broker_url("mqtt://x:0").is_err());
         assert!(parse_broker_url("mqtt://u:p@x").is_err());

@@ -112,7 +112,12 @@ fn parse_toml(path: &Path, text: &str) -> Result<toml::Table, ConfigError> {
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
+    // The parser's offset may fall inside a multi-byte character.
+    let cut = (0..=offset.min(text.len()))
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    let before = &text[..cut];
     let line = before.matches('\n').count() + 1;
     let col = before
         .rfind('\n')

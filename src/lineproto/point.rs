@@ -75,14 +75,17 @@ impl Point {
         if self.measurement.starts_with(['#', '\t']) {
             return Err(InvalidPoint::BadStart(self.measurement.clone()));
         }
-        let mut series_key = self.measurement.len();
+        // InfluxDB measures the series key as written, escapes included.
+        let escaped =
+            |t: &str, special: &[char]| t.len() + t.chars().filter(|c| special.contains(c)).count();
+        let mut series_key = escaped(&self.measurement, &[',', ' ']);
         for (i, (key, value)) in self.tags.iter().enumerate() {
             check_name(key, InvalidPoint::EmptyTagKey)?;
             check_text(value, InvalidPoint::EmptyTagValue(key.clone()))?;
             if self.tags[..i].iter().any(|(k, _)| k == key) {
                 return Err(InvalidPoint::DuplicateTag(key.clone()));
             }
-            series_key += 2 + key.len() + value.len();
+            series_key += 2 + escaped(key, &[',', '=', ' ']) + escaped(value, &[',', '=', ' ']);
         }
         if series_key > MAX_SERIES_KEY_BYTES {
             return Err(InvalidPoint::SeriesKeyTooLong(series_key));

@@ -386,6 +386,7 @@ pub struct Daemon {
     child: Child,
     pub dir: TempDir,
     log: PathBuf,
+    rust_log: String,
 }
 
 /// A gateway config with static InfluxDB 1.x credentials, subscribed to
@@ -434,6 +435,11 @@ impl Daemon {
     }
 
     pub fn start_in(dir: TempDir, config: &str) -> Daemon {
+        Self::start_logging(dir, config, "info")
+    }
+
+    /// Starts with `RUST_LOG` set to `rust_log`.
+    pub fn start_logging(dir: TempDir, config: &str, rust_log: &str) -> Daemon {
         let conf = dir.path().join("leasegate.toml");
         fs::write(
             &conf,
@@ -441,15 +447,24 @@ impl Daemon {
         )
         .unwrap();
         let log = dir.path().join("leasegate.log");
-        let child = spawn_daemon(&conf, &log);
-        Daemon { child, dir, log }
+        let child = spawn_daemon(&conf, &log, rust_log);
+        Daemon {
+            child,
+            dir,
+            log,
+            rust_log: rust_log.to_owned(),
+        }
     }
 
     /// Starts the daemon again on the same config and state directory,
     /// once the previous process has exited (or been killed).
     pub fn restart(&mut self) {
         assert!(!self.is_running(), "restart only a stopped daemon");
-        self.child = spawn_daemon(&self.dir.path().join("leasegate.toml"), &self.log);
+        self.child = spawn_daemon(
+            &self.dir.path().join("leasegate.toml"),
+            &self.log,
+            &self.rust_log,
+        );
     }
 
     pub fn pid(&self) -> u32 {
@@ -481,7 +496,7 @@ impl Daemon {
     }
 }
 
-fn spawn_daemon(conf: &Path, log: &Path) -> Child {
+fn spawn_daemon(conf: &Path, log: &Path, rust_log: &str) -> Child {
     let file = fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -491,7 +506,7 @@ fn spawn_daemon(conf: &Path, log: &Path) -> Child {
         .arg("run")
         .arg("--config")
         .arg(conf)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", rust_log)
         .stdout(file.try_clone().unwrap())
         .stderr(file)
         .spawn()
