@@ -176,3 +176,54 @@ fn a_damaged_spool_costs_only_the_damaged_records() {
             .is_some_and(|s| s.success())
     );
 }
+
+#[test]
+fn a_broker_restart_mid_stream_loses_no_acked_point() {
+    let mut broker = Mosquitto::start();
+    let influx = Influx::start();
+    let mut daemon = daemon(&broker, &influx, "gw-broker", "");
+    const FIRST: u64 = 60_000;
+    // All acked by the broker; the daemon is still taking them when the
+    // broker goes down, so some are only in the broker's persistence file.
+    publish_all(
+        broker.port,
+        "pub-broker-1",
+        messages(0, FIRST),
+        Duration::from_secs(120),
+    );
+    broker.stop();
+    let at_stop = influx.count("sensors", "dur", "seq");
+    assert!(
+        at_stop < FIRST,
+        "not mid-stream: all {at_stop} points were through before the broker stopped"
+    );
+    broker.restart();
+    assert!(
+        daemon.wait_for_log("connected to MQTT broker", 2, Duration::from_secs(60)),
+        "daemon did not reconnect\n{}",
+        daemon.log()
+    );
+    let second: Vec<_> = messages(1, FIRST);
+    publish_all(
+        broker.port,
+        "pub-broker-2",
+        second,
+        Duration::from_secs(120),
+    );
+    let all = wait_until(Duration::from_secs(120), || {
+        influx.count("sensors", "dur", "seq") == 2 * FIRST
+    });
+    assert!(
+        all,
+        "{} of {} arrived\n{}",
+        influx.count("sensors", "dur", "seq"),
+        2 * FIRST,
+        daemon.log()
+    );
+    assert!(daemon.is_running());
+    assert!(
+        daemon
+            .terminate(Duration::from_secs(10))
+            .is_some_and(|s| s.success())
+    );
+}

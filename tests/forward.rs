@@ -85,7 +85,11 @@ fn no_secret_reaches_even_a_trace_log() {
     let dir = tempfile::tempdir().unwrap();
     let pw = write_secret(dir.path(), "influx.password", "writer-pw");
     let config = static_config(&broker, &influx, "gw-trace", &pw);
-    let mut daemon = Daemon::start_logging(dir, &config, "trace,ureq=trace,ureq_proto=trace,rumqttc=trace");
+    let mut daemon = Daemon::start_logging(
+        dir,
+        &config,
+        "trace,ureq=trace,ureq_proto=trace,rumqttc=trace",
+    );
     assert!(
         daemon.wait_for_log("subscribed to", 1, Duration::from_secs(20)),
         "{}",
@@ -106,7 +110,10 @@ fn no_secret_reaches_even_a_trace_log() {
     );
     let log = daemon.log();
     let basic = base64::engine::general_purpose::STANDARD.encode("writer:writer-pw");
-    assert!(log.contains("TRACE ureq") || log.contains("DEBUG ureq"), "expected ureq's trace:\n{log}");
+    assert!(
+        log.contains("TRACE ureq") || log.contains("DEBUG ureq"),
+        "expected ureq's trace:\n{log}"
+    );
     assert!(!log.contains("writer-pw"), "password in the log");
     assert!(!log.contains(&basic), "Basic credentials in the log");
 }

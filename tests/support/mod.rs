@@ -181,6 +181,33 @@ impl Mosquitto {
     pub fn stop(&mut self) {
         stop_child(&mut self.child);
     }
+
+    /// Starts the broker again on the same port and persistence file.
+    pub fn restart(&mut self) {
+        let binary = find_binary("mosquitto", "mosquitto");
+        let conf = self.dir.path().join("mosquitto.conf");
+        for _ in 0..20 {
+            let mut child = Command::new(&binary)
+                .arg("-c")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start mosquitto");
+            let port = self.port;
+            let up = wait_until(Duration::from_secs(10), || {
+                matches!(child.try_wait(), Ok(None))
+                    && TcpStream::connect(("127.0.0.1", port)).is_ok()
+            });
+            if up {
+                self.child = child;
+                return;
+            }
+            stop_child(&mut child);
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!("mosquitto did not restart");
+    }
 }
 
 impl Drop for Mosquitto {
@@ -205,6 +232,45 @@ pub struct Influx {
     child: Child,
     dir: TempDir,
     http: ureq::Agent,
+    binary: PathBuf,
+}
+
+/// Starts influxd on `conf` and waits until it answers /ping; `None` if it
+/// exits or does not answer (its port may have been taken meanwhile).
+fn launch_influxd(
+    binary: &Path,
+    conf: &Path,
+    dir: &Path,
+    http: &ureq::Agent,
+    port: u16,
+) -> Option<Child> {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("influxd.log"))
+        .unwrap();
+    let mut child = Command::new(binary)
+        .arg("run")
+        .arg("-config")
+        .arg(conf)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start influxd");
+    let ping = format!("http://127.0.0.1:{port}/ping");
+    let up = wait_until(Duration::from_secs(30), || {
+        matches!(child.try_wait(), Ok(None))
+            && http
+                .get(&ping)
+                .call()
+                .is_ok_and(|r| r.status().as_u16() == 204)
+    });
+    if up {
+        Some(child)
+    } else {
+        stop_child(&mut child);
+        None
+    }
 }
 
 impl Influx {
@@ -235,38 +301,24 @@ impl Influx {
                 ),
             )
             .unwrap();
-            let log = fs::File::create(dir.path().join("influxd.log")).unwrap();
-            let mut child = Command::new(&binary)
-                .arg("run")
-                .arg("-config")
-                .arg(&conf)
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("start influxd");
-            let ping = format!("http://127.0.0.1:{port}/ping");
-            let up = wait_until(Duration::from_secs(30), || {
-                matches!(child.try_wait(), Ok(None))
-                    && http
-                        .get(&ping)
-                        .call()
-                        .is_ok_and(|r| r.status().as_u16() == 204)
-            });
-            if up {
-                let influx = Influx {
-                    port,
-                    child,
-                    dir,
-                    http,
-                };
-                // With auth on, the first statement must create an admin.
-                influx.query_as(
-                    None,
-                    &format!("CREATE USER {ADMIN_USER} WITH PASSWORD '{ADMIN_PASSWORD}' WITH ALL PRIVILEGES"),
-                );
-                return influx;
-            }
-            stop_child(&mut child);
+            let Some(child) = launch_influxd(&binary, &conf, dir.path(), &http, port) else {
+                continue;
+            };
+            let influx = Influx {
+                port,
+                child,
+                dir,
+                http,
+                binary,
+            };
+            // With auth on, the first statement must create an admin.
+            influx.query_as(
+                None,
+                &format!(
+                    "CREATE USER {ADMIN_USER} WITH PASSWORD '{ADMIN_PASSWORD}' WITH ALL PRIVILEGES"
+                ),
+            );
+            return influx;
         }
         panic!(
             "influxd did not start; log:\n{}",
@@ -276,6 +328,29 @@ impl Influx {
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops influxd (SIGTERM), keeping its data.
+    pub fn stop(&mut self) {
+        stop_child(&mut self.child);
+    }
+
+    /// Starts influxd again on the same port and data after [`Influx::stop`].
+    pub fn restart(&mut self) {
+        let conf = self.dir.path().join("influxdb.conf");
+        for _ in 0..20 {
+            if let Some(child) =
+                launch_influxd(&self.binary, &conf, self.dir.path(), &self.http, self.port)
+            {
+                self.child = child;
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!(
+            "influxd did not restart; log:\n{}",
+            tail(&self.dir.path().join("influxd.log"), 4000)
+        );
     }
 
     /// Runs an InfluxQL statement as admin; panics on any error.
