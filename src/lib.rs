@@ -7,6 +7,7 @@
 //!
 //! - [`lineproto`]: InfluxDB line protocol, parsed and written exactly.
 //! - [`config`]: the gateway's configuration and its checks.
+//! - [`payload`]: MQTT payload formats (line, JSON, value) into points.
 //! - [`agent`]: the gateway daemon's pipeline.
 //! - [`shutdown`], [`backoff`], [`secret`]: the small shared pieces every
 //!   long-running loop and every credential goes through.
@@ -19,6 +20,7 @@ pub mod config;
 pub mod exit;
 pub mod lineproto;
 pub mod logging;
+pub mod payload;
 pub mod secret;
 pub mod shutdown;
 

@@ -331,3 +331,119 @@ fn a_missing_server_binary_names_the_package_to_install() {
         "{message}"
     );
 }
+
+#[test]
+fn json_and_value_payloads_with_topic_templates_reach_influxdb() {
+    let broker = Mosquitto::start();
+    let influx = Influx::start();
+    influx.create_writer("sensors", "writer", "writer-pw");
+    let dir = tempfile::tempdir().unwrap();
+    let pw = write_secret(dir.path(), "influx.password", "writer-pw");
+    let config = format!(
+        r#"{}
+[[mqtt.subscribe]]
+topic = "json/#"
+format = "json"
+topic_template = "json/{{site}}/+"
+measurement = "env"
+precision = "ms"
+
+[[mqtt.subscribe]]
+topic = "values/#"
+format = "value"
+topic_template = "values/{{site}}/{{device}}/{{measurement}}"
+tags = {{ source = "value" }}
+"#,
+        static_config(&broker, &influx, "gw-formats", &pw)
+    );
+    let mut daemon = Daemon::start_in(dir, &config);
+    assert!(
+        daemon.wait_for_log("subscribed to \"values/#\"", 1, Duration::from_secs(20)),
+        "{}",
+        daemon.log()
+    );
+
+    let messages: Vec<(String, Vec<u8>)> = [
+        ("json/north/a", r#"{"temp": 21.5, "hum": 40, "time": 1700000000000}"#),
+        (
+            "json/north/b",
+            r#"[{"measurement": "env2", "tags": {"k": "v"}, "fields": {"x": 1}, "time": "2023-11-14T22:13:20Z"}]"#,
+        ),
+        ("values/south/dev1/temperature", "19.5"),
+        ("values/south/dev1/count", "7i"),
+        ("values/south/dev1/door", "open"),
+        // Rejected, each for its own reason; the rest keeps flowing.
+        ("values/south/dev1/temperature", "NaN"),
+        ("json/north/c", r#"{"temp": [1]}"#),
+        ("json/north/d", r#"{"temp": 1"#),
+        ("values/too/short", "1"),
+    ]
+    .into_iter()
+    .map(|(t, p)| (t.to_owned(), p.as_bytes().to_vec()))
+    .collect();
+    publish_all(
+        broker.port,
+        "pub-formats",
+        messages,
+        Duration::from_secs(30),
+    );
+
+    let q = |query: &str| influx.query(query)["results"][0]["series"][0].clone();
+    assert!(
+        wait_until(Duration::from_secs(20), || influx
+            .count("sensors", "door", "value")
+            == 1
+            && influx.count("sensors", "env", "temp") == 1
+            && influx.count("sensors", "env2", "x") == 1),
+        "{}",
+        daemon.log()
+    );
+    let env = q(r#"SELECT "temp", "hum", "site" FROM "sensors"."autogen"."env""#);
+    // precision = "ms": 1700000000000 ms is this instant.
+    assert_eq!(env["values"][0][0], "2023-11-14T22:13:20Z");
+    assert_eq!(
+        (env["values"][0][1].as_f64(), env["values"][0][2].as_f64()),
+        (Some(21.5), Some(40.0))
+    );
+    assert_eq!(env["values"][0][3], "north");
+    let env2 = q(r#"SELECT "x", "k", "site" FROM "sensors"."autogen"."env2""#);
+    assert_eq!(
+        (env2["values"][0][2].as_str(), env2["values"][0][3].as_str()),
+        (Some("v"), Some("north"))
+    );
+    let temp =
+        q(r#"SELECT "value", "site", "device", "source" FROM "sensors"."autogen"."temperature""#);
+    assert_eq!(
+        temp["values"].as_array().map(Vec::len),
+        Some(1),
+        "NaN must not arrive"
+    );
+    assert_eq!(temp["values"][0][1].as_f64(), Some(19.5));
+    assert_eq!(
+        temp["values"][0],
+        serde_json::json!([temp["values"][0][0], 19.5, "south", "dev1", "value"])
+    );
+    assert_eq!(
+        q(r#"SELECT "value" FROM "sensors"."autogen"."count""#)["values"][0][1],
+        7
+    );
+    assert_eq!(
+        q(r#"SELECT "value" FROM "sensors"."autogen"."door""#)["values"][0][1],
+        "open"
+    );
+
+    let log = daemon.log();
+    for reason in [
+        "value payload \"NaN\" is not a number",
+        "field \"temp\": must be a number, boolean or string, found an array",
+        "invalid JSON at line 1",
+        "topic \"values/too/short\" does not fit",
+    ] {
+        assert!(log.contains(reason), "missing {reason:?} in\n{log}");
+    }
+    assert!(
+        daemon
+            .terminate(Duration::from_secs(10))
+            .is_some_and(|s| s.success())
+    );
+}

@@ -21,8 +21,9 @@ use tokio::sync::mpsc;
 use super::appender::{AckToken, Delivery};
 use super::stats::Stats;
 use crate::backoff::Backoff;
-use crate::config::{Mqtt, Precision, Subscription};
+use crate::config::{Mqtt, Subscription};
 use crate::lineproto::{self, Point};
+use crate::payload;
 use crate::shutdown::Shutdown;
 
 pub struct Intake {
@@ -238,28 +239,23 @@ impl Decoder {
             Stats::add(&stats.points_invalid, 1);
             return delivery;
         }
-        let precision = sub.precision;
-        let lines = match lineproto::parse_payload(&publish.payload) {
-            Ok(lines) => lines,
-            Err(e) => {
-                log::warn!("rejected message on {topic:?}: {e}");
-                Stats::add(&stats.points_invalid, 1);
-                return delivery;
-            }
+        let decoding = payload::Decoding {
+            format: sub.format,
+            precision: sub.precision,
+            template: sub.topic_template.clone(),
+            tags: sub.tags.clone(),
+            measurement: sub.measurement.clone(),
         };
-        for line in lines {
-            let result = line.map_err(|e| e.to_string()).and_then(|mut p| {
-                self.clock.stamp(&mut p, precision)?;
-                Ok(p)
-            });
+        for result in payload::decode(&decoding, topic, &publish.payload) {
             match result {
-                Ok(point) => {
+                Ok(mut point) => {
+                    self.clock.stamp(&mut point);
                     lineproto::write_point(&mut delivery.lines, &point);
                     delivery.lines.push('\n');
                     delivery.points += 1;
                 }
                 Err(reason) => {
-                    log::warn!("rejected line on {topic:?}: {reason}");
+                    log::warn!("rejected payload on {topic:?}: {reason}");
                     Stats::add(&stats.points_invalid, 1);
                 }
             }
@@ -277,23 +273,15 @@ struct ReceiptClock {
 }
 
 impl ReceiptClock {
-    fn stamp(&mut self, point: &mut Point, precision: Precision) -> Result<(), String> {
-        match point.timestamp {
-            Some(ts) => {
-                point.timestamp = Some(ts.checked_mul(precision.nanos()).ok_or_else(|| {
-                    format!("timestamp {ts} is out of range for precision {precision:?}")
-                })?);
-            }
-            None => {
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as i64)
-                    .unwrap_or(0);
-                self.last = now.max(self.last + 1);
-                point.timestamp = Some(self.last);
-            }
+    fn stamp(&mut self, point: &mut Point) {
+        if point.timestamp.is_none() {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as i64)
+                .unwrap_or(0);
+            self.last = now.max(self.last + 1);
+            point.timestamp = Some(self.last);
         }
-        Ok(())
     }
 }
 
@@ -338,30 +326,19 @@ mod tests {
     }
 
     #[test]
-    fn receipt_stamps_are_strictly_increasing_and_precision_scales() {
+    fn receipt_stamps_are_strictly_increasing_and_keep_given_times() {
         let mut clock = ReceiptClock::default();
         let mut last = 0;
         for _ in 0..1000 {
             let mut p = lineproto::parse_line("m v=1", 0, 1).unwrap().unwrap();
-            clock.stamp(&mut p, Precision::Nanoseconds).unwrap();
+            clock.stamp(&mut p);
             let ts = p.timestamp.unwrap();
             assert!(ts > last);
             last = ts;
         }
-        let mut p = lineproto::parse_line("m v=1 1700000000", 0, 1)
-            .unwrap()
-            .unwrap();
-        clock.stamp(&mut p, Precision::Seconds).unwrap();
-        assert_eq!(p.timestamp, Some(1_700_000_000_000_000_000));
-        let mut p = lineproto::parse_line("m v=1 9000000000000", 0, 1)
-            .unwrap()
-            .unwrap();
-        assert!(
-            clock
-                .stamp(&mut p, Precision::Seconds)
-                .unwrap_err()
-                .contains("out of range")
-        );
+        let mut p = lineproto::parse_line("m v=1 17", 0, 1).unwrap().unwrap();
+        clock.stamp(&mut p);
+        assert_eq!(p.timestamp, Some(17));
     }
 
     #[test]
@@ -371,7 +348,10 @@ mod tests {
             vec![Subscription {
                 topic: "s/#".into(),
                 format: crate::config::Format::Line,
-                precision: Precision::Nanoseconds,
+                precision: crate::config::Precision::Nanoseconds,
+                topic_template: None,
+                tags: Vec::new(),
+                measurement: None,
             }],
             64,
         );

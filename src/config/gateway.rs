@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use super::reader::{Problems, Table};
 use super::{ConfigError, check_text, load_file, log_level, read_secret};
+use crate::payload::TopicTemplate;
 use crate::secret::Secret;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/leasegate/leasegate.toml";
@@ -55,6 +56,12 @@ pub struct Subscription {
     pub format: Format,
     /// Unit of the timestamps in this subscription's payloads.
     pub precision: Precision,
+    /// Topic levels that become tags and the measurement.
+    pub topic_template: Option<TopicTemplate>,
+    /// Tags added to every point of this subscription.
+    pub tags: Vec<(String, String)>,
+    /// Measurement for JSON and value payloads that name none.
+    pub measurement: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -312,9 +319,6 @@ fn read_subscription(t: &Table<'_>) -> Option<Subscription> {
         ],
         Format::Line,
     );
-    if format != Format::Line {
-        t.problem("format", "only \"line\" is supported in this version; json and value come with the durable pipeline");
-    }
     let precision = t.choice(
         "precision",
         &[
@@ -325,10 +329,42 @@ fn read_subscription(t: &Table<'_>) -> Option<Subscription> {
         ],
         Precision::Nanoseconds,
     );
+    let topic_template =
+        t.string("topic_template")
+            .and_then(|text| match TopicTemplate::parse(&text) {
+                Ok(template) => Some(template),
+                Err(e) => {
+                    t.problem("topic_template", e);
+                    None
+                }
+            });
+    let tags = t.string_map("tags");
+    for (key, value) in &tags {
+        if key.is_empty() || key.starts_with('_') || value.is_empty() {
+            t.problem(
+                "tags",
+                format!("tag {key:?} = {value:?} needs a key not starting with '_' and a value"),
+            );
+        }
+    }
+    let measurement = t.string("measurement");
+    let measured = measurement.is_some()
+        || topic_template
+            .as_ref()
+            .is_some_and(TopicTemplate::has_measurement);
+    if format == Format::Value && !measured {
+        t.problem(
+            "measurement",
+            "missing: a value payload names no measurement; set measurement or a {measurement} level in topic_template",
+        );
+    }
     Some(Subscription {
         topic: topic?,
         format,
         precision,
+        topic_template,
+        tags,
+        measurement,
     })
 }
 
