@@ -205,6 +205,51 @@ fn bad_lines_are_rejected_and_the_pipeline_keeps_flowing() {
             .terminate(Duration::from_secs(10))
             .is_some_and(|s| s.success())
     );
+
+    // Each rejected message is in the dead-letter file with its reason.
+    let dead = std::fs::read_to_string(daemon.dir.path().join("state/dead-letter.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = dead
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let by_topic = |t: &str| {
+        records
+            .iter()
+            .find(|r| r["topic"] == t)
+            .unwrap_or_else(|| panic!("no {t} in {dead}"))
+    };
+    assert!(
+        by_topic("sensors/a")["reason"]
+            .as_str()
+            .unwrap()
+            .contains("invalid value \"oops\"")
+    );
+    assert_eq!(
+        by_topic("sensors/a")["payload"],
+        "mixed seq=1i\nmixed seq=oops\nmixed seq=2i\n"
+    );
+    assert!(
+        by_topic("sensors/b")["reason"]
+            .as_str()
+            .unwrap()
+            .contains("UTF-8")
+    );
+    assert_eq!(by_topic("sensors/b")["payload_base64"], "//4gbm90IHV0Zi04");
+    assert!(
+        by_topic("sensors/c")["reason"]
+            .as_str()
+            .unwrap()
+            .contains("NaN")
+    );
+    assert_eq!(by_topic("sensors/c")["subscription"], "sensors/#");
+    assert_eq!(records.len(), 3, "{dead}");
+    assert!(
+        daemon
+            .log()
+            .contains("rejected 3 messages on subscription \"sensors/#\""),
+        "{}",
+        daemon.log()
+    );
 }
 
 #[test]

@@ -2,6 +2,9 @@
 //! to the disk spool in groups, commits each group once (one fsync under
 //! `fsync = "batch"`) and only then releases their MQTT acks.
 //!
+//! Rejected messages go to the dead-letter file here too, before their ack,
+//! so that disk writes stay off the MQTT event loop.
+//!
 //! This is the point where a message becomes leasegate's responsibility:
 //! it must never ack a message whose points are not in the spool, except
 //! when the overflow policy drops them (counted by the spool) or a record
@@ -13,6 +16,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use super::deadletter::{DeadLetters, Rejection};
 use super::spool::{Appended, Spool, SpoolError};
 use super::stats::Stats;
 use crate::backoff::Backoff;
@@ -26,6 +30,8 @@ pub struct Delivery {
     pub points: u64,
     /// What to acknowledge once stored; `None` for QoS 0 messages.
     pub ack: Option<AckToken>,
+    /// Why (part of) the message was rejected, for the dead-letter file.
+    pub rejected: Option<Rejection>,
 }
 
 /// A packet id is only meaningful on the connection it arrived on: after a
@@ -43,6 +49,7 @@ const GROUP: usize = 4096;
 
 pub struct Appender {
     pub spool: Arc<Spool>,
+    pub dead_letters: DeadLetters,
     pub deliveries: mpsc::Receiver<Delivery>,
     pub acks: mpsc::UnboundedSender<AckToken>,
     pub shutdown: Shutdown,
@@ -62,6 +69,9 @@ impl Appender {
                     Ok(d) => group.push(d),
                     Err(_) => break,
                 }
+            }
+            for rejected in group.iter().filter_map(|d| d.rejected.as_ref()) {
+                self.dead_letters.record(rejected);
             }
             if !self.store(&group, &mut backoff) {
                 log::warn!(

@@ -19,6 +19,7 @@ use rumqttc::{
 use tokio::sync::mpsc;
 
 use super::appender::{AckToken, Delivery};
+use super::deadletter::Rejection;
 use super::stats::Stats;
 use crate::backoff::Backoff;
 use crate::config::{Mqtt, Subscription};
@@ -196,6 +197,48 @@ struct Decoder {
     clock: ReceiptClock,
     /// Number of the current broker connection, for ack tokens.
     connection: u64,
+    log_limit: LogLimit,
+}
+
+/// At most a few warnings a minute about bad input, then one line saying
+/// how many were left out: a misconfigured sensor must not flood the log.
+struct LogLimit {
+    window: std::time::Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl LogLimit {
+    const PER_MINUTE: u32 = 10;
+
+    fn allow(&mut self) -> bool {
+        if self.window.elapsed() >= Duration::from_secs(60) {
+            if self.suppressed > 0 {
+                log::warn!(
+                    "{} more rejected messages in the last minute (see the dead-letter file)",
+                    self.suppressed
+                );
+            }
+            *self = LogLimit::default();
+        }
+        if self.logged < Self::PER_MINUTE {
+            self.logged += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+}
+
+impl Default for LogLimit {
+    fn default() -> Self {
+        LogLimit {
+            window: std::time::Instant::now(),
+            logged: 0,
+            suppressed: 0,
+        }
+    }
 }
 
 impl Decoder {
@@ -205,6 +248,7 @@ impl Decoder {
             max_payload,
             clock: ReceiptClock::default(),
             connection: 0,
+            log_limit: LogLimit::default(),
         }
     }
 
@@ -218,47 +262,69 @@ impl Decoder {
             lines: String::with_capacity(publish.payload.len() + 32),
             points: 0,
             ack,
+            rejected: None,
         };
-        let Some(sub) = self
+        let found = self
             .subscriptions
             .iter()
-            .find(|s| topic_matches(&s.topic, topic))
-        else {
+            .position(|s| topic_matches(&s.topic, topic));
+        let mut reasons = Vec::new();
+        match found {
             // Possible after a subscription was removed from the config
             // while the broker kept the session.
-            log::warn!("message on {topic:?} matches no configured subscription; skipped");
-            Stats::add(&stats.points_invalid, 1);
-            return delivery;
-        };
-        if publish.payload.len() > self.max_payload {
-            log::warn!(
-                "rejected message on {topic:?}: {} bytes, more than mqtt.max_packet_size ({})",
+            None => reasons.push("matches no configured subscription".to_owned()),
+            Some(_) if publish.payload.len() > self.max_payload => reasons.push(format!(
+                "{} bytes, more than mqtt.max_packet_size ({})",
                 publish.payload.len(),
                 self.max_payload
-            );
-            Stats::add(&stats.points_invalid, 1);
-            return delivery;
-        }
-        let decoding = payload::Decoding {
-            format: sub.format,
-            precision: sub.precision,
-            template: sub.topic_template.clone(),
-            tags: sub.tags.clone(),
-            measurement: sub.measurement.clone(),
-        };
-        for result in payload::decode(&decoding, topic, &publish.payload) {
-            match result {
-                Ok(mut point) => {
-                    self.clock.stamp(&mut point);
-                    lineproto::write_point(&mut delivery.lines, &point);
-                    delivery.lines.push('\n');
-                    delivery.points += 1;
-                }
-                Err(reason) => {
-                    log::warn!("rejected payload on {topic:?}: {reason}");
-                    Stats::add(&stats.points_invalid, 1);
+            )),
+            Some(i) => {
+                let sub = &self.subscriptions[i];
+                let decoding = payload::Decoding {
+                    format: sub.format,
+                    precision: sub.precision,
+                    template: sub.topic_template.clone(),
+                    tags: sub.tags.clone(),
+                    measurement: sub.measurement.clone(),
+                };
+                for result in payload::decode(&decoding, topic, &publish.payload) {
+                    match result {
+                        Ok(mut point) => {
+                            self.clock.stamp(&mut point);
+                            lineproto::write_point(&mut delivery.lines, &point);
+                            delivery.lines.push('\n');
+                            delivery.points += 1;
+                        }
+                        Err(reason) => {
+                            Stats::add(&stats.points_invalid, 1);
+                            reasons.push(reason.to_string());
+                        }
+                    }
                 }
             }
+        }
+        if !reasons.is_empty() {
+            let slot = found.unwrap_or(self.subscriptions.len());
+            if let Some(counter) = stats.rejected.get(slot) {
+                Stats::add(counter, 1);
+            }
+            if reasons.len() > 10 {
+                let more = reasons.len() - 10;
+                reasons.truncate(10);
+                reasons.push(format!("and {more} more"));
+            }
+            let reason = reasons.join("; ");
+            if self.log_limit.allow() {
+                log::warn!("rejected message on {topic:?}: {reason}");
+            }
+            delivery.rejected = Some(Rejection {
+                topic: topic.to_owned(),
+                subscription: found
+                    .map(|i| self.subscriptions[i].topic.clone())
+                    .unwrap_or_default(),
+                reason,
+                payload: publish.payload.to_vec(),
+            });
         }
         delivery
     }
@@ -343,7 +409,7 @@ mod tests {
 
     #[test]
     fn decoding_keeps_good_lines_and_counts_bad_ones() {
-        let stats = Stats::default();
+        let stats = Stats::new(1);
         let mut d = Decoder::new(
             vec![Subscription {
                 topic: "s/#".into(),

@@ -11,6 +11,7 @@
 //! exits the process itself (the binary decides exit codes).
 
 mod appender;
+mod deadletter;
 mod intake;
 mod sink;
 pub mod spool;
@@ -74,7 +75,7 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<Arc<Stats>, AgentError
         );
     }
     let spool = Arc::new(spool);
-    let stats = Arc::new(Stats::default());
+    let stats = Arc::new(Stats::new(config.mqtt.subscribe.len()));
     let (delivery_tx, delivery_rx) = mpsc::channel(QUEUE);
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
 
@@ -89,8 +90,12 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<Arc<Stats>, AgentError
     };
     let writer = spawn("writer", move || writer.run())?;
 
+    let dead_letters =
+        deadletter::DeadLetters::new(&config.state_dir, config.dead_letter_max_bytes);
+    log::info!("rejected messages go to {}", dead_letters.path().display());
     let appender = appender::Appender {
         spool: spool.clone(),
+        dead_letters,
         deliveries: delivery_rx,
         acks: ack_tx,
         shutdown: shutdown.clone(),
@@ -164,6 +169,17 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<Arc<Stats>, AgentError
         spool_stats.dropped_points,
         spool_stats.points_unread,
     );
+    for (i, counter) in stats.rejected.iter().enumerate() {
+        let rejected = Stats::get(counter);
+        if rejected > 0 {
+            let name = config
+                .mqtt
+                .subscribe
+                .get(i)
+                .map_or("(no subscription)", |s| s.topic.as_str());
+            log::info!("rejected {rejected} messages on subscription {name:?}");
+        }
+    }
     match died {
         Some(name) => Err(AgentError::ThreadDied(name)),
         None => Ok(stats),

@@ -19,9 +19,19 @@ pub struct Stats {
     /// Points in batches InfluxDB refused as content (400/422).
     pub points_refused: AtomicU64,
     pub write_failures: AtomicU64,
+    /// Rejected messages per subscription, in config order; the last slot
+    /// counts messages that matched no subscription.
+    pub rejected: Vec<AtomicU64>,
 }
 
 impl Stats {
+    pub fn new(subscriptions: usize) -> Stats {
+        Stats {
+            rejected: (0..=subscriptions).map(|_| AtomicU64::new(0)).collect(),
+            ..Stats::default()
+        }
+    }
+
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }

@@ -29,6 +29,8 @@ pub struct Config {
     pub influxdb: Option<Influx>,
     pub batch: Batch,
     pub spool: Spool,
+    /// Budget of the dead-letter file and its one rotated predecessor.
+    pub dead_letter_max_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -221,6 +223,9 @@ fn read(t: &Table<'_>) -> Option<Config> {
     }
     let batch = section(t, "batch", read_batch);
     let spool = section(t, "spool", read_spool);
+    let dead_letter_max_bytes = section(t, "dead_letter", |d| {
+        d.size("max_bytes", 16 << 20, 64 << 10, 1 << 30)
+    });
     Some(Config {
         state_dir,
         ticket_dir,
@@ -230,6 +235,7 @@ fn read(t: &Table<'_>) -> Option<Config> {
         influxdb,
         batch,
         spool,
+        dead_letter_max_bytes,
     })
 }
 
