@@ -7,23 +7,9 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use support::{Daemon, Influx, Mosquitto, publish_all, static_config, wait_until, write_secret};
+use support::{Influx, Mosquitto, publish_all, start_static_daemon, wait_until};
 
 const BASE_TS: u64 = 1_700_000_000_000_000_000;
-
-fn daemon(broker: &Mosquitto, influx: &Influx, client_id: &str, extra: &str) -> Daemon {
-    influx.create_writer("sensors", "writer", "writer-pw");
-    let dir = tempfile::tempdir().unwrap();
-    let pw = write_secret(dir.path(), "influx.password", "writer-pw");
-    let config = format!("{}{extra}", static_config(broker, influx, client_id, &pw));
-    let daemon = Daemon::start_in(dir, &config);
-    assert!(
-        daemon.wait_for_log("subscribed to", 1, Duration::from_secs(20)),
-        "{}",
-        daemon.log()
-    );
-    daemon
-}
 
 fn messages(publisher: u64, n: u64) -> Vec<(String, Vec<u8>)> {
     (0..n)
@@ -39,7 +25,7 @@ fn messages(publisher: u64, n: u64) -> Vec<(String, Vec<u8>)> {
 fn sigkill_twice_mid_stream_loses_nothing() {
     let broker = Mosquitto::start();
     let influx = Influx::start();
-    let mut daemon = daemon(&broker, &influx, "gw-kill", "");
+    let mut daemon = start_static_daemon(&broker, &influx, "gw-kill", "");
     const PUBLISHERS: u64 = 4;
     const EACH: u64 = 25_000;
     let port = broker.port;
@@ -104,7 +90,7 @@ fn a_damaged_spool_costs_only_the_damaged_records() {
     let broker = Mosquitto::start();
     let influx = Influx::start();
     // Small segments so the points spread over several files.
-    let mut daemon = daemon(
+    let mut daemon = start_static_daemon(
         &broker,
         &influx,
         "gw-damage",
@@ -181,7 +167,7 @@ fn a_damaged_spool_costs_only_the_damaged_records() {
 fn a_broker_restart_mid_stream_loses_no_acked_point() {
     let mut broker = Mosquitto::start();
     let influx = Influx::start();
-    let mut daemon = daemon(&broker, &influx, "gw-broker", "");
+    let mut daemon = start_static_daemon(&broker, &influx, "gw-broker", "");
     const FIRST: u64 = 60_000;
     // All acked by the broker; the daemon is still taking them when the
     // broker goes down, so some are only in the broker's persistence file.

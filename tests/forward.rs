@@ -5,26 +5,16 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Daemon, Influx, Mosquitto, publish_all, static_config, wait_until, write_secret};
-
-fn start_daemon(broker: &Mosquitto, influx: &Influx, client_id: &str) -> Daemon {
-    influx.create_writer("sensors", "writer", "writer-pw");
-    let dir = tempfile::tempdir().unwrap();
-    let pw = write_secret(dir.path(), "influx.password", "writer-pw\n");
-    let daemon = Daemon::start_in(dir, &static_config(broker, influx, client_id, &pw));
-    assert!(
-        daemon.wait_for_log("subscribed to \"sensors/#\"", 1, Duration::from_secs(20)),
-        "daemon did not subscribe:\n{}",
-        daemon.log()
-    );
-    daemon
-}
+use support::{
+    Daemon, Influx, Mosquitto, publish_all, start_static_daemon, static_config, wait_until,
+    write_secret,
+};
 
 #[test]
 fn ten_thousand_points_arrive_exactly() {
     let broker = Mosquitto::start();
     let influx = Influx::start();
-    let mut daemon = start_daemon(&broker, &influx, "gw-e2e");
+    let mut daemon = start_static_daemon(&broker, &influx, "gw-e2e", "");
 
     const N: u64 = 10_000;
     let base: u64 = 1_700_000_000_000_000_000;
@@ -122,7 +112,7 @@ fn no_secret_reaches_even_a_trace_log() {
 fn special_characters_survive_the_round_trip_to_influxdb() {
     let broker = Mosquitto::start();
     let influx = Influx::start();
-    let mut daemon = start_daemon(&broker, &influx, "gw-escape");
+    let mut daemon = start_static_daemon(&broker, &influx, "gw-escape", "");
     // Every escape of the facts sheet, and text InfluxDB must store as is.
     let line = r#"we\ ather\,x,loc=a\,b\ c\=d,path=C:\temp t\ emp=21.5,s="say \"hi\" \\o/ é😀",n=-3i 1700000000000000000"#;
     publish_all(
@@ -153,7 +143,7 @@ fn special_characters_survive_the_round_trip_to_influxdb() {
 fn bad_lines_are_rejected_and_the_pipeline_keeps_flowing() {
     let broker = Mosquitto::start();
     let influx = Influx::start();
-    let mut daemon = start_daemon(&broker, &influx, "gw-bad");
+    let mut daemon = start_static_daemon(&broker, &influx, "gw-bad", "");
 
     let messages = vec![
         // Good and bad lines in one message: the good ones still go.
@@ -256,7 +246,7 @@ fn bad_lines_are_rejected_and_the_pipeline_keeps_flowing() {
 fn points_published_while_influxdb_is_unreachable_arrive_once_it_is_back() {
     let broker = Mosquitto::start();
     let influx = Influx::start();
-    let mut daemon = start_daemon(&broker, &influx, "gw-outage");
+    let mut daemon = start_static_daemon(&broker, &influx, "gw-outage", "");
     // Lock the writer out: InfluxDB answers 401 until the user is back.
     influx.query("DROP USER \"writer\"");
 

@@ -8,23 +8,9 @@ use std::path::Path;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use support::{Daemon, Influx, Mosquitto, publish_all, static_config, wait_until, write_secret};
+use support::{Daemon, Influx, Mosquitto, publish_all, start_static_daemon, wait_until};
 
 const BASE_TS: u64 = 1_700_000_000_000_000_000;
-
-fn start_daemon(broker: &Mosquitto, influx: &Influx, client_id: &str, extra: &str) -> Daemon {
-    influx.create_writer("sensors", "writer", "writer-pw");
-    let dir = tempfile::tempdir().unwrap();
-    let pw = write_secret(dir.path(), "influx.password", "writer-pw");
-    let config = format!("{}{extra}", static_config(broker, influx, client_id, &pw));
-    let daemon = Daemon::start_in(dir, &config);
-    assert!(
-        daemon.wait_for_log("subscribed to", 1, Duration::from_secs(20)),
-        "{}",
-        daemon.log()
-    );
-    daemon
-}
 
 fn points(measurement: &str, seqs: std::ops::Range<u64>) -> Vec<(String, Vec<u8>)> {
     seqs.map(|seq| {
@@ -103,7 +89,7 @@ fn counter(log: &str, label: &str) -> u64 {
 fn influxdb_stopped_for_a_minute_mid_stream_loses_nothing() {
     let broker = Mosquitto::start();
     let mut influx = Influx::start();
-    let mut daemon = start_daemon(&broker, &influx, "gw-outage-60", "");
+    let mut daemon = start_static_daemon(&broker, &influx, "gw-outage-60", "");
     publish_all(
         broker.port,
         "pub-before",
@@ -155,7 +141,7 @@ fn a_one_mib_spool_through_a_two_minute_outage_drops_exactly_what_it_counts() {
     let broker = Mosquitto::start();
     let mut influx = Influx::start();
     let spool = "[spool]\nmax_bytes = \"1MiB\"\noverflow = \"drop_oldest\"\n";
-    let mut daemon = start_daemon(&broker, &influx, "gw-outage-120", spool);
+    let mut daemon = start_static_daemon(&broker, &influx, "gw-outage-120", spool);
 
     influx.stop();
     const PUBLISHED: u64 = 60 * 1000;

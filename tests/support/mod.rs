@@ -493,6 +493,28 @@ password_file = "{}"
     )
 }
 
+/// Creates the InfluxDB user `writer`, starts the daemon with static
+/// credentials (its password in a 0600 file) plus `extra` config, and waits
+/// until it has subscribed.
+pub fn start_static_daemon(
+    broker: &Mosquitto,
+    influx: &Influx,
+    client_id: &str,
+    extra: &str,
+) -> Daemon {
+    influx.create_writer("sensors", "writer", "writer-pw");
+    let dir = tempfile::tempdir().unwrap();
+    let pw = write_secret(dir.path(), "influx.password", "writer-pw\n");
+    let config = format!("{}{extra}", static_config(broker, influx, client_id, &pw));
+    let daemon = Daemon::start_in(dir, &config);
+    assert!(
+        daemon.wait_for_log("subscribed to \"sensors/#\"", 1, Duration::from_secs(20)),
+        "daemon did not subscribe:\n{}",
+        daemon.log()
+    );
+    daemon
+}
+
 /// Writes a secret file with mode 0600, as an operator would.
 pub fn write_secret(dir: &Path, name: &str, secret: &str) -> PathBuf {
     let path = dir.join(name);
