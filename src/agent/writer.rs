@@ -87,49 +87,122 @@ impl Writer {
     /// Writes the batch, retrying until it is written or refused as content
     /// (true), or shutdown starts during a retry (false).
     fn write(&self, batch: &spool::Batch, backoff: &mut Backoff) -> bool {
+        self.write_lines(&batch.data, batch.points, backoff)
+    }
+
+    /// Writes `data` (whole lines, `points` of them), retrying until it is
+    /// written or refused as content (true), or shutdown starts during a
+    /// retry (false). A body InfluxDB finds too large (413) is split at a
+    /// line boundary and the halves are written in order.
+    fn write_lines(&self, data: &[u8], points: u64, backoff: &mut Backoff) -> bool {
         loop {
             let started = Instant::now();
-            match self.sink.write(&batch.data) {
+            match self.sink.write(data) {
                 Ok(()) => {
-                    log::debug!("wrote {} points in {:?}", batch.points, started.elapsed());
-                    Stats::add(&self.stats.points_written, batch.points);
+                    log::debug!("wrote {points} points in {:?}", started.elapsed());
+                    Stats::add(&self.stats.points_written, points);
                     backoff.reset();
                     return true;
                 }
                 Err(e) if e.is_partial_write(self.sink.api()) => {
                     // The valid lines are written; the rest never can be.
                     log::error!(
-                        "InfluxDB wrote part of a batch of {} points and refused the rest: {}",
-                        batch.points,
+                        "InfluxDB wrote part of a batch of {points} points and refused the rest: {}",
                         crate::error_chain(&e)
                     );
-                    Stats::add(&self.stats.points_refused, batch.points);
+                    Stats::add(&self.stats.points_refused, points);
+                    return true;
+                }
+                Err(WriteError::Status { status: 413, .. }) if points > 1 => {
+                    let (first, second) = split_lines(data);
+                    let first_points = count_lines(first);
+                    log::info!(
+                        "InfluxDB found a batch of {points} points too large (413); writing it in halves"
+                    );
+                    return self.write_lines(first, first_points, backoff)
+                        && self.write_lines(second, points - first_points, backoff);
+                }
+                Err(e @ WriteError::Status { status: 413, .. }) => {
+                    log::error!(
+                        "InfluxDB refuses even a single line as too large ({} bytes): {}; dropped",
+                        data.len(),
+                        crate::error_chain(&e)
+                    );
+                    Stats::add(&self.stats.points_refused, points);
                     return true;
                 }
                 Err(e) => {
                     Stats::add(&self.stats.write_failures, 1);
                     let delay = match &e {
+                        // Honour the server's wait, but never spin on 0.
                         WriteError::Status {
                             retry_after: Some(after),
                             ..
-                        } => (*after).min(Duration::from_secs(300)),
+                        } => (*after).clamp(Duration::from_millis(100), Duration::from_secs(300)),
+                        // A missing database or bucket takes a human to fix.
+                        WriteError::Status { status: 404, .. } => {
+                            backoff.next_delay().max(Duration::from_secs(10))
+                        }
                         _ => backoff.next_delay(),
                     };
+                    let hint = if matches!(e, WriteError::Status { status: 404, .. }) {
+                        " (the database or bucket does not exist; create it, the points are held meanwhile)"
+                    } else {
+                        ""
+                    };
                     log::warn!(
-                        "write of {} points failed: {}; retrying in {}",
-                        batch.points,
+                        "write of {points} points failed: {}{hint}; retrying in {}",
                         crate::error_chain(&e),
                         humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
                     );
                     if self.shutdown.sleep(delay) {
                         log::info!(
-                            "stopping with {} points unwritten; they stay in the spool",
-                            batch.points
+                            "stopping with {points} points unwritten; they stay in the spool"
                         );
                         return false;
                     }
                 }
             }
         }
+    }
+}
+
+/// Splits whole lines into two halves of about equal size.
+fn split_lines(data: &[u8]) -> (&[u8], &[u8]) {
+    let middle = data.len() / 2;
+    let cut = data[middle..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|i| middle + i + 1)
+        .filter(|&c| c < data.len())
+        .or_else(|| {
+            data[..middle]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map(|i| i + 1)
+        })
+        .unwrap_or(data.len());
+    data.split_at(cut)
+}
+
+fn count_lines(data: &[u8]) -> u64 {
+    data.iter().filter(|&&b| b == b'\n').count() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn halves_split_at_line_boundaries() {
+        let data = b"a 1\nbb 2\nccc 3\nd 4\n";
+        let (x, y) = split_lines(data);
+        assert_eq!([x, y].concat(), data);
+        assert!(x.ends_with(b"\n") && !x.is_empty() && !y.is_empty());
+        assert_eq!(count_lines(x) + count_lines(y), 4);
+        // A long last line still leaves two non-empty halves.
+        let data = b"a 1\nb 2\nlonglonglonglonglonglonglonglong 3\n";
+        let (x, y) = split_lines(data);
+        assert_eq!((count_lines(x), count_lines(y)), (2, 1));
     }
 }

@@ -10,6 +10,8 @@
 
 #![allow(dead_code)]
 
+pub mod v2;
+
 use std::fs;
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
