@@ -277,14 +277,7 @@ fn json_point(
                         });
                     };
                     for (k, v) in f {
-                        fields.push((
-                            k.clone(),
-                            field(v).map_err(|reason| PayloadError::Field {
-                                at: at.clone(),
-                                field: k.clone(),
-                                reason,
-                            })?,
-                        ));
+                        fields.push(named_field(k, v, &at)?);
                     }
                 }
                 "time" => timestamp = Some(json_time(value, d.precision, &at)?),
@@ -303,14 +296,7 @@ fn json_point(
                 timestamp = Some(json_time(v, d.precision, &at)?);
                 continue;
             }
-            fields.push((
-                k.clone(),
-                field(v).map_err(|reason| PayloadError::Field {
-                    at: at.clone(),
-                    field: k.clone(),
-                    reason,
-                })?,
-            ));
+            fields.push(named_field(k, v, &at)?);
         }
     }
     let Some(measurement) = measurement else {
@@ -329,6 +315,16 @@ fn json_point(
         .validate()
         .map_err(|source| PayloadError::Invalid { at, source })?;
     Ok(point)
+}
+
+/// A JSON member as a field, or an error naming the field and where it is.
+fn named_field(key: &str, v: &Value, at: &str) -> Result<(String, FieldValue), PayloadError> {
+    let value = field(v).map_err(|reason| PayloadError::Field {
+        at: at.to_owned(),
+        field: key.to_owned(),
+        reason,
+    })?;
+    Ok((key.to_owned(), value))
 }
 
 fn field(v: &Value) -> Result<FieldValue, String> {

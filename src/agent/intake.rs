@@ -193,6 +193,8 @@ const MQTT_MAX_PACKET: usize = 268_435_455;
 /// Turns MQTT messages into line protocol for the spool.
 struct Decoder {
     subscriptions: Vec<Subscription>,
+    /// How each subscription's messages decode, built once at start.
+    decodings: Vec<payload::Decoding>,
     max_payload: usize,
     clock: ReceiptClock,
     /// Number of the current broker connection, for ack tokens.
@@ -243,8 +245,19 @@ impl Default for LogLimit {
 
 impl Decoder {
     fn new(subscriptions: Vec<Subscription>, max_payload: usize) -> Self {
+        let decodings = subscriptions
+            .iter()
+            .map(|sub| payload::Decoding {
+                format: sub.format,
+                precision: sub.precision,
+                template: sub.topic_template.clone(),
+                tags: sub.tags.clone(),
+                measurement: sub.measurement.clone(),
+            })
+            .collect();
         Decoder {
             subscriptions,
+            decodings,
             max_payload,
             clock: ReceiptClock::default(),
             connection: 0,
@@ -279,15 +292,7 @@ impl Decoder {
                 self.max_payload
             )),
             Some(i) => {
-                let sub = &self.subscriptions[i];
-                let decoding = payload::Decoding {
-                    format: sub.format,
-                    precision: sub.precision,
-                    template: sub.topic_template.clone(),
-                    tags: sub.tags.clone(),
-                    measurement: sub.measurement.clone(),
-                };
-                for result in payload::decode(&decoding, topic, &publish.payload) {
+                for result in payload::decode(&self.decodings[i], topic, &publish.payload) {
                     match result {
                         Ok(mut point) => {
                             self.clock.stamp(&mut point);

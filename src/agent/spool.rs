@@ -52,13 +52,6 @@ pub enum SpoolError {
     TooLarge(usize),
 }
 
-impl SpoolError {
-    /// Out of disk space: the caller should stop acking and retry later.
-    pub fn is_disk_full(&self) -> bool {
-        matches!(self, SpoolError::Io { source, .. } if source.raw_os_error() == Some(28))
-    }
-}
-
 /// Damage found in a segment, reported once when it is first scanned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Damage {

@@ -125,6 +125,27 @@ fn tail(path: &Path, bytes: usize) -> String {
 /// worth of data) before leasegate can take it.
 pub const GATEWAY_BROKER_SETTINGS: &str = "max_queued_messages 1000000\n";
 
+/// Starts mosquitto on `conf` and waits until `port` takes connections;
+/// `None` if it exits or does not answer (the port may have been taken).
+fn launch_mosquitto(binary: &Path, conf: &Path, port: u16) -> Option<Child> {
+    let mut child = Command::new(binary)
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start mosquitto");
+    let up = wait_until(Duration::from_secs(10), || {
+        matches!(child.try_wait(), Ok(None)) && TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    if up {
+        Some(child)
+    } else {
+        stop_child(&mut child);
+        None
+    }
+}
+
 pub struct Mosquitto {
     pub port: u16,
     child: Child,
@@ -153,21 +174,9 @@ impl Mosquitto {
                 ),
             )
             .unwrap();
-            let mut child = Command::new(&binary)
-                .arg("-c")
-                .arg(&conf)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start mosquitto");
-            let up = wait_until(Duration::from_secs(10), || {
-                matches!(child.try_wait(), Ok(None))
-                    && TcpStream::connect(("127.0.0.1", port)).is_ok()
-            });
-            if up {
+            if let Some(child) = launch_mosquitto(&binary, &conf, port) {
                 return Mosquitto { port, child, dir };
             }
-            stop_child(&mut child);
         }
         panic!(
             "mosquitto did not start; log:\n{}",
@@ -189,23 +198,10 @@ impl Mosquitto {
         let binary = find_binary("mosquitto", "mosquitto");
         let conf = self.dir.path().join("mosquitto.conf");
         for _ in 0..20 {
-            let mut child = Command::new(&binary)
-                .arg("-c")
-                .arg(&conf)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start mosquitto");
-            let port = self.port;
-            let up = wait_until(Duration::from_secs(10), || {
-                matches!(child.try_wait(), Ok(None))
-                    && TcpStream::connect(("127.0.0.1", port)).is_ok()
-            });
-            if up {
+            if let Some(child) = launch_mosquitto(&binary, &conf, self.port) {
                 self.child = child;
                 return;
             }
-            stop_child(&mut child);
             std::thread::sleep(Duration::from_millis(250));
         }
         panic!("mosquitto did not restart");
