@@ -11,7 +11,7 @@
 //! can never fit. When the spool is full under `block`, or the disk is full
 //! or failing, it stops acking and retries, so the broker keeps the data.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -49,7 +49,7 @@ const GROUP: usize = 4096;
 
 pub struct Appender {
     pub spool: Arc<Spool>,
-    pub dead_letters: DeadLetters,
+    pub dead_letters: Arc<Mutex<DeadLetters>>,
     pub deliveries: mpsc::Receiver<Delivery>,
     pub acks: mpsc::UnboundedSender<AckToken>,
     pub shutdown: Shutdown,
@@ -70,8 +70,13 @@ impl Appender {
                     Err(_) => break,
                 }
             }
-            for rejected in group.iter().filter_map(|d| d.rejected.as_ref()) {
-                self.dead_letters.record(rejected);
+            let mut rejected = group.iter().filter_map(|d| d.rejected.as_ref()).peekable();
+            if rejected.peek().is_some() {
+                let mut dead_letters = self
+                    .dead_letters
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                rejected.for_each(|r| dead_letters.record(r));
             }
             if !self.store(&group, &mut backoff) {
                 log::warn!(

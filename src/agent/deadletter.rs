@@ -15,9 +15,20 @@ use std::time::SystemTime;
 
 use base64::Engine as _;
 
-/// A message the decoder rejected.
+/// Who refused the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The payload decoder: a message as it came from the broker.
+    Mqtt,
+    /// InfluxDB refused a stored line (a 400 or 422): one line of line
+    /// protocol, without its topic.
+    Influxdb,
+}
+
+/// A message the decoder rejected, or a line InfluxDB refused.
 #[derive(Debug, Clone)]
 pub struct Rejection {
+    pub source: Source,
     pub topic: String,
     /// The subscription's topic filter, or empty when none matched.
     pub subscription: String,
@@ -91,6 +102,10 @@ impl DeadLetters {
         let kept = &r.payload[..r.payload.len().min(MAX_PAYLOAD)];
         let mut record = serde_json::json!({
             "time": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            "source": match r.source {
+                Source::Mqtt => "mqtt",
+                Source::Influxdb => "influxdb",
+            },
             "topic": r.topic,
             "subscription": r.subscription,
             "reason": r.reason,
@@ -117,6 +132,7 @@ mod tests {
 
     fn rejection(i: usize) -> Rejection {
         Rejection {
+            source: Source::Mqtt,
             topic: format!("sensors/{i}"),
             subscription: "sensors/#".into(),
             reason: "line 1, byte 4: field \"v\" has invalid value \"x\"".into(),

@@ -19,7 +19,7 @@ use rumqttc::{
 use tokio::sync::mpsc;
 
 use super::appender::{AckToken, Delivery};
-use super::deadletter::Rejection;
+use super::deadletter::{Rejection, Source};
 use super::stats::Stats;
 use crate::backoff::Backoff;
 use crate::config::{Mqtt, Subscription};
@@ -323,6 +323,7 @@ impl Decoder {
                 log::warn!("rejected message on {topic:?}: {reason}");
             }
             delivery.rejected = Some(Rejection {
+                source: Source::Mqtt,
                 topic: topic.to_owned(),
                 subscription: found
                     .map(|i| self.subscriptions[i].topic.clone())

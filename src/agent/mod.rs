@@ -19,7 +19,7 @@ mod stats;
 mod writer;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -79,6 +79,14 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<Arc<Stats>, AgentError
     let (delivery_tx, delivery_rx) = mpsc::channel(QUEUE);
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
 
+    let dead_letters =
+        deadletter::DeadLetters::new(&config.state_dir, config.dead_letter_max_bytes);
+    log::info!(
+        "rejected messages and refused lines go to {}",
+        dead_letters.path().display()
+    );
+    let dead_letters = Arc::new(Mutex::new(dead_letters));
+
     let sink = Sink::new(influx);
     log::info!("writing to {}", sink.url());
     let writer = writer::Writer {
@@ -87,12 +95,10 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<Arc<Stats>, AgentError
         spool: spool.clone(),
         shutdown: shutdown.clone(),
         stats: stats.clone(),
+        dead_letters: dead_letters.clone(),
     };
     let writer = spawn("writer", move || writer.run())?;
 
-    let dead_letters =
-        deadletter::DeadLetters::new(&config.state_dir, config.dead_letter_max_bytes);
-    log::info!("rejected messages go to {}", dead_letters.path().display());
     let appender = appender::Appender {
         spool: spool.clone(),
         dead_letters,

@@ -15,8 +15,11 @@ use base64::Engine as _;
 use crate::config::{Api, Influx};
 use crate::secret::Secret;
 
-/// How much of an error body is kept for logs; InfluxDB's are short JSON.
-const MAX_ERROR_BODY: u64 = 4096;
+/// How much of an error body is read. InfluxDB's are short JSON, but a 3.x
+/// partial write lists every refused line, and a 1.x one quotes them.
+const MAX_ERROR_BODY: u64 = 256 << 10;
+/// How much of a server message goes into a log line or an error.
+const MAX_MESSAGE: usize = 2048;
 
 pub struct Sink {
     api: Api,
@@ -34,34 +37,163 @@ pub enum WriteError {
         #[source]
         source: ureq::Error,
     },
-    #[error("InfluxDB answered {status}: {message}")]
+    #[error("InfluxDB answered {status}: {}", cut(message))]
     Status {
         status: u16,
         message: String,
         retry_after: Option<Duration>,
+        /// The refused lines a 3.x partial write lists.
+        refused: Vec<RefusedLine>,
     },
     #[error("cannot compress the batch")]
     Compress(#[source] std::io::Error),
 }
 
+/// One entry of a 3.x partial write's `data` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedLine {
+    /// Counted from 1.
+    pub number: usize,
+    pub line: String,
+    pub reason: String,
+}
+
+/// What a failed write says about the batch's content.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Nothing about the content: the request itself failed (a bad org or
+    /// precision, a broken gzip body, a dead credential, an outage). The
+    /// batch must be held and retried, never dropped.
+    NotContent,
+    /// These lines (indices from 0 into the batch) can never be written,
+    /// each with the server's reason. `rest_written` says whether InfluxDB
+    /// wrote the others (a partial write) or refused the whole batch.
+    Lines {
+        bad: Vec<(usize, String)>,
+        rest_written: bool,
+    },
+    /// Some lines were refused for their content, but the answer does not
+    /// say which: the caller has to bisect. Writing a line again is safe
+    /// (InfluxDB merges a point written twice).
+    Unknown,
+}
+
 impl WriteError {
-    /// InfluxDB wrote the valid lines of the batch and refused the rest for
-    /// their content (a partial write): sending it again cannot help, and
-    /// holding it would stall everything behind it. Any other 400 (a bad
-    /// org or precision, a broken gzip body, a malformed header, or a 2.x
-    /// rejection of the whole batch) leaves the points unwritten, so the
-    /// batch must be kept and retried, never dropped.
-    pub fn is_partial_write(&self, api: Api) -> bool {
-        match self {
-            WriteError::Status { status: 422, .. } => true,
-            WriteError::Status {
-                status: 400,
-                message,
-                ..
-            } => matches!(api, Api::V1 | Api::V3) && message.contains("partial write"),
-            _ => false,
+    /// Reads a 400 or 422 for which lines of `data` InfluxDB refused:
+    /// - 1.x: 400 `partial write: unable to parse '<line>': <reason>` for
+    ///   each malformed line, the valid ones written; but a type conflict
+    ///   quotes no line, hides the parse errors beside it, and within one
+    ///   batch refuses the whole batch (`field type conflict`). So quoted
+    ///   lines are taken out and the rest is written again (safe: a point
+    ///   written twice merges), and anything else is bisected.
+    /// - 2.x: 400 `invalid` quoting the first malformed line, with the whole
+    ///   batch refused; 422 for a partial write (type conflict, retention)
+    ///   without line numbers.
+    /// - 3.x: 400 `partial write of line protocol occurred` with the line
+    ///   numbers of the refused lines; the rest is written.
+    pub fn refusal(&self, api: Api, data: &[u8]) -> Refusal {
+        let WriteError::Status {
+            status,
+            message,
+            refused,
+            ..
+        } = self
+        else {
+            return Refusal::NotContent;
+        };
+        match (status, api) {
+            (422, _) => Refusal::Unknown,
+            (400, Api::V1)
+                if message.contains("partial write")
+                    || message.contains("unable to parse")
+                    || message.contains("field type conflict") =>
+            {
+                let bad = quoted_lines(message, data);
+                if bad.is_empty() {
+                    Refusal::Unknown
+                } else {
+                    Refusal::Lines {
+                        bad,
+                        rest_written: false,
+                    }
+                }
+            }
+            (400, Api::V2) => {
+                let bad = quoted_lines(message, data);
+                if bad.is_empty() {
+                    Refusal::NotContent
+                } else {
+                    Refusal::Lines {
+                        bad,
+                        rest_written: false,
+                    }
+                }
+            }
+            (400, Api::V3) if message.contains("partial write") => {
+                let lines: Vec<&[u8]> = data.split(|&b| b == b'\n').collect();
+                // Trust the list only if each entry names the line it quotes.
+                let matches = |r: &RefusedLine| {
+                    r.number >= 1
+                        && lines
+                            .get(r.number - 1)
+                            .is_some_and(|l| *l == r.line.as_bytes())
+                };
+                if refused.is_empty() || !refused.iter().all(matches) {
+                    Refusal::Unknown
+                } else {
+                    Refusal::Lines {
+                        bad: refused
+                            .iter()
+                            .map(|r| (r.number - 1, r.reason.clone()))
+                            .collect(),
+                        rest_written: true,
+                    }
+                }
+            }
+            _ => Refusal::NotContent,
         }
     }
+}
+
+/// The lines of `data` that `message` quotes as `unable to parse '<line>':`
+/// (1.x and 2.x), each with the reason that follows the quote.
+fn quoted_lines(message: &str, data: &[u8]) -> Vec<(usize, String)> {
+    const QUOTE: &str = "unable to parse '";
+    if !message.contains(QUOTE) {
+        return Vec::new();
+    }
+    let mut bad = Vec::new();
+    for (index, line) in data.split(|&b| b == b'\n').enumerate() {
+        let Ok(line) = std::str::from_utf8(line) else {
+            continue;
+        };
+        if line.is_empty() {
+            continue;
+        }
+        let quoted = format!("{QUOTE}{line}': ");
+        if let Some(at) = message.find(&quoted) {
+            let reason = message[at + quoted.len()..]
+                .split('\n')
+                .next()
+                .unwrap_or_default();
+            // 1.x puts the drop count after the last reason.
+            let reason = reason.split(" dropped=").next().unwrap_or(reason);
+            bad.push((index, reason.to_owned()));
+        }
+    }
+    bad
+}
+
+/// A server message short enough for a log line.
+fn cut(message: &str) -> &str {
+    if message.len() <= MAX_MESSAGE {
+        return message;
+    }
+    let mut end = MAX_MESSAGE;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    &message[..end]
 }
 
 impl Sink {
@@ -135,8 +267,30 @@ impl Sink {
             status,
             message: error_message(&body),
             retry_after,
+            refused: refused_lines(&body),
         })
     }
+}
+
+/// The `data` list of a 3.x partial write:
+/// `[{"original_line": .., "line_number": .., "error_message": ..}]`.
+fn refused_lines(body: &str) -> Vec<RefusedLine> {
+    let Ok(parsed) = serde_json::from_str::<serde_json::Value>(body) else {
+        return Vec::new();
+    };
+    let Some(data) = parsed.get("data").and_then(|d| d.as_array()) else {
+        return Vec::new();
+    };
+    data.iter()
+        .filter_map(|entry| {
+            let text = |k: &str| entry.get(k).and_then(|m| m.as_str()).map(str::to_owned);
+            Some(RefusedLine {
+                number: usize::try_from(entry.get("line_number")?.as_u64()?).ok()?,
+                line: text("original_line")?,
+                reason: text("error_message").unwrap_or_else(|| "refused".into()),
+            })
+        })
+        .collect()
 }
 
 /// Picks the human message out of InfluxDB's JSON error bodies
@@ -270,28 +424,110 @@ mod tests {
         assert_eq!(authorization(&v3).unwrap().expose(), "Bearer tok");
     }
 
-    #[test]
-    fn only_partial_writes_count_as_refused_content() {
-        let status = |status: u16, message: &str| WriteError::Status {
+    fn status(status: u16, message: &str) -> WriteError {
+        WriteError::Status {
             status,
             message: message.into(),
             retry_after: None,
-        };
-        let v1_partial = status(
+            refused: Vec::new(),
+        }
+    }
+
+    const BATCH: &[u8] = b"p v=1i 1\np v=x 2\np v=2i 3\np v=3u 5\n";
+
+    #[test]
+    fn a_1x_partial_write_names_its_malformed_lines() {
+        // As influxd 1.6 answers that batch.
+        let e = status(
             400,
-            "partial write: unable to parse 'x': invalid field format dropped=1",
+            "partial write: unable to parse 'p v=x 2': invalid boolean\nunable to parse 'p v=3u 5': invalid number dropped=0",
         );
-        assert!(v1_partial.is_partial_write(Api::V1));
-        assert!(status(400, "partial write of line protocol occurred").is_partial_write(Api::V3));
-        assert!(status(422, "field type conflict").is_partial_write(Api::V2));
-        // The whole batch was rejected, or the request itself was wrong.
-        assert!(
-            !status(400, "write buffer error: parsing for line protocol failed")
-                .is_partial_write(Api::V2)
+        assert_eq!(
+            e.refusal(Api::V1, BATCH),
+            Refusal::Lines {
+                bad: vec![(1, "invalid boolean".into()), (3, "invalid number".into())],
+                rest_written: false
+            }
         );
-        assert!(!status(400, "organization name \"x\" not found").is_partial_write(Api::V2));
-        assert!(!status(400, "unable to decode gzip body").is_partial_write(Api::V1));
-        assert!(!status(401, "authorization failed").is_partial_write(Api::V1));
+        // Type conflicts quote no line: bisect.
+        let conflict = "partial write: field type conflict: input field \"v\" on measurement \"r\" is type float, already exists as type integer dropped=1";
+        assert_eq!(
+            status(400, conflict).refusal(Api::V1, BATCH),
+            Refusal::Unknown
+        );
+        assert_eq!(
+            status(400, "field type conflict").refusal(Api::V1, BATCH),
+            Refusal::Unknown
+        );
+        // The request itself was wrong: hold.
+        for (code, msg) in [
+            (400, "unable to decode gzip body"),
+            (401, "authorization failed"),
+            (500, "retention policy not found: x"),
+        ] {
+            assert_eq!(
+                status(code, msg).refusal(Api::V1, BATCH),
+                Refusal::NotContent
+            );
+        }
+    }
+
+    #[test]
+    fn a_2x_refusal_names_its_first_bad_line_or_is_held() {
+        let e = status(400, "unable to parse 'p v=x 2': invalid boolean");
+        assert_eq!(
+            e.refusal(Api::V2, BATCH),
+            Refusal::Lines {
+                bad: vec![(1, "invalid boolean".into())],
+                rest_written: false
+            }
+        );
+        assert_eq!(
+            status(422, "partial write: field type conflict").refusal(Api::V2, BATCH),
+            Refusal::Unknown
+        );
+        // No line of ours quoted: a bad org or precision, never the content.
+        for msg in [
+            "organization name \"x\" not found",
+            "unable to parse 'other v=1 1': something",
+            "write buffer error: parsing for line protocol failed",
+        ] {
+            assert_eq!(
+                status(400, msg).refusal(Api::V2, BATCH),
+                Refusal::NotContent
+            );
+        }
+    }
+
+    #[test]
+    fn a_3x_partial_write_is_read_by_line_number() {
+        let body = r#"{"error":"partial write of line protocol occurred","data":[{"original_line":"p v=x 2","line_number":2,"error_message":"invalid column type"}]}"#;
+        let e = WriteError::Status {
+            status: 400,
+            message: error_message(body),
+            retry_after: None,
+            refused: refused_lines(body),
+        };
+        assert_eq!(
+            e.refusal(Api::V3, BATCH),
+            Refusal::Lines {
+                bad: vec![(1, "invalid column type".into())],
+                rest_written: true
+            }
+        );
+        // A number that does not point at the quoted line: bisect instead.
+        let off = body.replace("\"line_number\":2", "\"line_number\":3");
+        let e = WriteError::Status {
+            status: 400,
+            message: error_message(&off),
+            retry_after: None,
+            refused: refused_lines(&off),
+        };
+        assert_eq!(e.refusal(Api::V3, BATCH), Refusal::Unknown);
+        assert_eq!(
+            status(400, "invalid Authorization header").refusal(Api::V3, BATCH),
+            Refusal::NotContent
+        );
     }
 
     #[test]

@@ -13,7 +13,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::sink::{Sink, WriteError};
+use std::sync::Mutex;
+
+use super::deadletter::{DeadLetters, Rejection, Source};
+use super::sink::{Refusal, Sink, WriteError};
 use super::spool::{self, Spool};
 use super::stats::Stats;
 use crate::backoff::Backoff;
@@ -26,6 +29,8 @@ pub struct Writer {
     pub spool: Arc<Spool>,
     pub shutdown: Shutdown,
     pub stats: Arc<Stats>,
+    /// Shared with the spool thread, which records rejected messages.
+    pub dead_letters: Arc<Mutex<DeadLetters>>,
 }
 
 impl Writer {
@@ -93,78 +98,156 @@ impl Writer {
     /// Writes `data` (whole lines, `points` of them), retrying until it is
     /// written or refused as content (true), or shutdown starts during a
     /// retry (false). A body InfluxDB finds too large (413) is split at a
-    /// line boundary and the halves are written in order.
+    /// line boundary and the halves are written in order. Lines refused for
+    /// their content go to the dead-letter file and the rest is written:
+    /// where InfluxDB names the bad lines they are taken out, otherwise the
+    /// batch is bisected down to them.
     fn write_lines(&self, data: &[u8], points: u64, backoff: &mut Backoff) -> bool {
+        let mut data = std::borrow::Cow::Borrowed(data);
+        let mut points = points;
         loop {
             let started = Instant::now();
-            match self.sink.write(data) {
+            let e = match self.sink.write(&data) {
                 Ok(()) => {
                     log::debug!("wrote {points} points in {:?}", started.elapsed());
                     Stats::add(&self.stats.points_written, points);
                     backoff.reset();
                     return true;
                 }
-                Err(e) if e.is_partial_write(self.sink.api()) => {
-                    // The valid lines are written; the rest never can be.
-                    log::error!(
-                        "InfluxDB wrote part of a batch of {points} points and refused the rest: {}",
-                        crate::error_chain(&e)
-                    );
-                    Stats::add(&self.stats.points_refused, points);
+                Err(e) => e,
+            };
+            let status = match &e {
+                WriteError::Status { status, .. } => *status,
+                _ => 0,
+            };
+            let mut split = |why: &str| {
+                let (first, second) = split_lines(&data);
+                let first_points = count_lines(first);
+                log::info!("{why}; writing the batch of {points} points in halves");
+                self.write_lines(first, first_points, backoff)
+                    && self.write_lines(second, points - first_points, backoff)
+            };
+            if status == 413 {
+                if points > 1 {
+                    return split("InfluxDB found a batch too large (413)");
+                }
+                self.refuse(&data, &[(0, "too large even alone".into())], &e);
+                return true;
+            }
+            match e.refusal(self.sink.api(), &data) {
+                Refusal::Lines { bad, rest_written } => {
+                    let refused = self.refuse(&data, &bad, &e);
+                    if rest_written {
+                        Stats::add(&self.stats.points_written, points - refused);
+                        backoff.reset();
+                        return true;
+                    }
+                    // The rest was refused with them: write it again.
+                    let rest = without_lines(&data, &bad);
+                    points -= refused;
+                    if points == 0 {
+                        return true;
+                    }
+                    data = std::borrow::Cow::Owned(rest);
+                }
+                Refusal::Unknown if points > 1 => {
+                    return split(&format!(
+                        "InfluxDB refused some lines ({status}) without saying which"
+                    ));
+                }
+                Refusal::Unknown => {
+                    let reason = match &e {
+                        WriteError::Status { message, .. } => message.clone(),
+                        _ => e.to_string(),
+                    };
+                    self.refuse(&data, &[(0, reason)], &e);
                     return true;
                 }
-                Err(WriteError::Status { status: 413, .. }) if points > 1 => {
-                    let (first, second) = split_lines(data);
-                    let first_points = count_lines(first);
-                    log::info!(
-                        "InfluxDB found a batch of {points} points too large (413); writing it in halves"
-                    );
-                    return self.write_lines(first, first_points, backoff)
-                        && self.write_lines(second, points - first_points, backoff);
-                }
-                Err(e @ WriteError::Status { status: 413, .. }) => {
-                    log::error!(
-                        "InfluxDB refuses even a single line as too large ({} bytes): {}; dropped",
-                        data.len(),
-                        crate::error_chain(&e)
-                    );
-                    Stats::add(&self.stats.points_refused, points);
-                    return true;
-                }
-                Err(e) => {
-                    Stats::add(&self.stats.write_failures, 1);
-                    let delay = match &e {
-                        // Honour the server's wait, but never spin on 0.
-                        WriteError::Status {
-                            retry_after: Some(after),
-                            ..
-                        } => (*after).clamp(Duration::from_millis(100), Duration::from_secs(300)),
-                        // A missing database or bucket takes a human to fix.
-                        WriteError::Status { status: 404, .. } => {
-                            backoff.next_delay().max(Duration::from_secs(10))
-                        }
-                        _ => backoff.next_delay(),
-                    };
-                    let hint = if matches!(e, WriteError::Status { status: 404, .. }) {
-                        " (the database or bucket does not exist; create it, the points are held meanwhile)"
-                    } else {
-                        ""
-                    };
-                    log::warn!(
-                        "write of {points} points failed: {}{hint}; retrying in {}",
-                        crate::error_chain(&e),
-                        humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
-                    );
-                    if self.shutdown.sleep(delay) {
-                        log::info!(
-                            "stopping with {points} points unwritten; they stay in the spool"
-                        );
+                Refusal::NotContent => {
+                    if !self.wait_to_retry(&e, points, backoff) {
                         return false;
                     }
                 }
             }
         }
     }
+
+    /// Dead-letters the `bad` lines of `data` (indices from 0, with the
+    /// server's reason) and counts them; returns how many there were.
+    fn refuse(&self, data: &[u8], bad: &[(usize, String)], e: &WriteError) -> u64 {
+        let lines: Vec<&[u8]> = data.split_inclusive(|&b| b == b'\n').collect();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut dead_letters = self
+            .dead_letters
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (index, reason) in bad {
+            let Some(line) = lines.get(*index) else {
+                continue;
+            };
+            if !seen.insert(*index) {
+                continue;
+            }
+            dead_letters.record(&Rejection {
+                source: Source::Influxdb,
+                topic: String::new(),
+                subscription: String::new(),
+                reason: format!("InfluxDB refused the line: {reason}"),
+                payload: line.strip_suffix(b"\n").unwrap_or(line).to_vec(),
+            });
+        }
+        let refused = seen.len() as u64;
+        Stats::add(&self.stats.points_refused, refused);
+        log::error!(
+            "InfluxDB refused {refused} line(s) for their content ({}); they are in the dead-letter file, the rest is written",
+            crate::error_chain(e)
+        );
+        refused
+    }
+
+    /// Waits before retrying a failed write: the server's Retry-After if it
+    /// gave one, at least 10 s for a missing database, else the backoff.
+    /// False if shutdown started meanwhile.
+    fn wait_to_retry(&self, e: &WriteError, points: u64, backoff: &mut Backoff) -> bool {
+        Stats::add(&self.stats.write_failures, 1);
+        let delay = match e {
+            // Honour the server's wait, but never spin on 0.
+            WriteError::Status {
+                retry_after: Some(after),
+                ..
+            } => (*after).clamp(Duration::from_millis(100), Duration::from_secs(300)),
+            // A missing database or bucket takes a human to fix.
+            WriteError::Status { status: 404, .. } => {
+                backoff.next_delay().max(Duration::from_secs(10))
+            }
+            _ => backoff.next_delay(),
+        };
+        let hint = if matches!(e, WriteError::Status { status: 404, .. }) {
+            " (the database or bucket does not exist; create it, the points are held meanwhile)"
+        } else {
+            ""
+        };
+        log::warn!(
+            "write of {points} points failed: {}{hint}; retrying in {}",
+            crate::error_chain(e),
+            humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
+        );
+        if self.shutdown.sleep(delay) {
+            log::info!("stopping with {points} points unwritten; they stay in the spool");
+            return false;
+        }
+        true
+    }
+}
+
+/// `data` without the lines at the given indices.
+fn without_lines(data: &[u8], bad: &[(usize, String)]) -> Vec<u8> {
+    let bad: std::collections::BTreeSet<usize> = bad.iter().map(|(i, _)| *i).collect();
+    data.split_inclusive(|&b| b == b'\n')
+        .enumerate()
+        .filter(|(i, _)| !bad.contains(i))
+        .flat_map(|(_, line)| line.iter().copied())
+        .collect()
 }
 
 /// Splits whole lines into two halves of about equal size.
@@ -204,5 +287,13 @@ mod tests {
         let data = b"a 1\nb 2\nlonglonglonglonglonglonglonglong 3\n";
         let (x, y) = split_lines(data);
         assert_eq!((count_lines(x), count_lines(y)), (2, 1));
+    }
+
+    #[test]
+    fn refused_lines_are_taken_out_in_order() {
+        let data = b"a 1\nb 2\nc 3\nd 4\n";
+        let bad = [(1, String::new()), (3, String::new()), (1, String::new())];
+        assert_eq!(without_lines(data, &bad), b"a 1\nc 3\n");
+        assert_eq!(without_lines(data, &[]), data);
     }
 }

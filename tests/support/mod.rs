@@ -10,7 +10,7 @@
 
 #![allow(dead_code)]
 
-pub mod v2;
+pub mod fake_influx;
 
 use std::fs;
 use std::net::{TcpListener, TcpStream};
