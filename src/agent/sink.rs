@@ -221,6 +221,35 @@ impl Sink {
         self.api
     }
 
+    /// Whether InfluxDB's port takes TCP connections again, for ending a
+    /// backoff wait early once a server that was down is back: a cheap
+    /// probe, not a write, so it never hammers a server that is up but
+    /// failing.
+    pub fn reachable(&self, timeout: Duration) -> bool {
+        use std::net::{TcpStream, ToSocketAddrs};
+        let Some((scheme, rest)) = self.url.split_once("://") else {
+            return false;
+        };
+        let authority = rest.split(['/', '?']).next().unwrap_or_default();
+        let authority = authority.rsplit('@').next().unwrap_or(authority);
+        let has_port = authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            && !authority.ends_with(']');
+        let target = if has_port {
+            authority.to_owned()
+        } else {
+            let port = if scheme == "https" { 443 } else { 80 };
+            format!("{authority}:{port}")
+        };
+        let Ok(addrs) = target.to_socket_addrs() else {
+            return false;
+        };
+        addrs
+            .into_iter()
+            .any(|a| TcpStream::connect_timeout(&a, timeout).is_ok())
+    }
+
     /// Sends one batch of line protocol (each line ending in `\n`).
     pub fn write(&self, lines: &[u8]) -> Result<(), WriteError> {
         let mut request = self

@@ -23,6 +23,9 @@ use crate::backoff::Backoff;
 use crate::config::Batch;
 use crate::shutdown::Shutdown;
 
+/// How often an unreachable InfluxDB is probed during a backoff wait.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
 pub struct Writer {
     pub sink: Sink,
     pub batch: Batch,
@@ -232,11 +235,28 @@ impl Writer {
             crate::error_chain(e),
             humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
         );
-        if self.shutdown.sleep(delay) {
-            log::info!("stopping with {points} points unwritten; they stay in the spool");
-            return false;
+        // A server that could not be reached is probed every second, so
+        // that the backlog starts draining soon after it is back rather
+        // than up to a full backoff later.
+        // Only a server that refuses connections now is probed: one that
+        // takes them but times out keeps its full backoff.
+        let probe = matches!(e, WriteError::Transport { .. }) && !self.sink.reachable(PROBE_EVERY);
+        let until = Instant::now() + delay;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            let step = if probe { left.min(PROBE_EVERY) } else { left };
+            if self.shutdown.sleep(step) {
+                log::info!("stopping with {points} points unwritten; they stay in the spool");
+                return false;
+            }
+            if Instant::now() >= until {
+                return true;
+            }
+            if probe && self.sink.reachable(PROBE_EVERY) {
+                log::info!("InfluxDB takes connections again; retrying now");
+                return true;
+            }
         }
-        true
     }
 }
 
