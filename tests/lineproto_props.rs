@@ -79,12 +79,24 @@ proptest! {
         ],
         0..64,
     )) {
-        if let Ok(lines) = parse_payload(&bytes) {
-            for point in lines.flatten() {
+        if let Ok(mut lines) = parse_payload(&bytes) {
+            while let Some(result) = lines.next() {
+                let Ok(point) = result else { continue };
                 let mut again = String::new();
                 write_line(&mut again, &point).unwrap();
                 let reparsed: Vec<_> = parse_payload(again.as_bytes()).unwrap().collect();
-                prop_assert_eq!(reparsed, vec![Ok(point)]);
+                prop_assert_eq!(reparsed, vec![Ok(point.clone())]);
+                // The daemon forwards a valid line's own text: it must read
+                // as the same point, even with a timestamp added after it.
+                let kept = lines.last_text();
+                let reparsed: Vec<_> = parse_payload(kept.as_bytes()).unwrap().collect();
+                prop_assert_eq!(reparsed, vec![Ok(point.clone())]);
+                if point.timestamp.is_none() {
+                    let stamped = format!("{kept} 42");
+                    let reparsed: Vec<_> = parse_payload(stamped.as_bytes()).unwrap().collect();
+                    let expected = Point { timestamp: Some(42), ..point };
+                    prop_assert_eq!(reparsed, vec![Ok(expected)]);
+                }
             }
         }
     }

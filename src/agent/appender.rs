@@ -46,6 +46,11 @@ pub struct AckToken {
 
 /// Most messages stored under one commit.
 const GROUP: usize = 4096;
+/// Most bytes of small messages stored together as one spool record; a
+/// larger message gets a record of its own. A corrupt record costs all its
+/// points, so this stays small: 16 KiB already makes writes 200 times
+/// fewer for one-point messages.
+pub const RECORD_BYTES: usize = 16 << 10;
 
 pub struct Appender {
     pub spool: Arc<Spool>,
@@ -54,6 +59,10 @@ pub struct Appender {
     pub acks: mpsc::UnboundedSender<AckToken>,
     pub shutdown: Shutdown,
     pub stats: Arc<Stats>,
+    /// Limits of a record holding several messages: [`RECORD_BYTES`], and
+    /// at most a writer batch of points, so that batches keep their size.
+    pub record_bytes: usize,
+    pub record_points: u64,
 }
 
 impl Appender {
@@ -97,27 +106,41 @@ impl Appender {
 
     /// Appends and commits the group, retrying while the spool is full
     /// (block) or the disk fails. Returns false if shutdown stopped it.
+    ///
+    /// Small messages are stored together, several to a record, because
+    /// one write per message costs more CPU than everything else the
+    /// pipeline does with a one-point message.
     fn store(&self, group: &[Delivery], backoff: &mut Backoff) -> bool {
+        let mut record = Vec::new();
+        let mut record_points = 0;
         let mut next = 0;
-        while next < group.len() {
-            let d = &group[next];
-            if d.points == 0 {
+        while next < group.len() || !record.is_empty() {
+            // Fill the record with whole messages, up to its limits.
+            while let Some(d) = group.get(next) {
+                let fits = record.is_empty()
+                    || (record.len() + d.lines.len() <= self.record_bytes
+                        && record_points + d.points <= self.record_points);
+                if !fits {
+                    break;
+                }
+                record.extend_from_slice(d.lines.as_bytes());
+                record_points += d.points;
                 next += 1;
+            }
+            if record_points == 0 {
+                record.clear();
                 continue;
             }
-            match self.spool.append(d.lines.as_bytes(), d.points) {
+            match self.spool.append(&record, record_points) {
                 Ok(Appended::Stored) => {
-                    Stats::add(&self.stats.points_in, d.points);
-                    next += 1;
+                    Stats::add(&self.stats.points_in, record_points);
                 }
                 Ok(Appended::DroppedNewest(points)) => {
                     log::warn!("spool full: dropped {points} new points (overflow = drop_newest)");
-                    next += 1;
                 }
                 Err(SpoolError::TooLarge(bytes)) => {
                     log::error!("a message of {bytes} bytes can never fit in the spool; dropped");
-                    Stats::add(&self.stats.points_invalid, d.points);
-                    next += 1;
+                    Stats::add(&self.stats.points_invalid, record_points);
                 }
                 Err(SpoolError::Full { .. }) => {
                     // Commit what is appended so the writer can drain it.
@@ -126,6 +149,7 @@ impl Appender {
                     {
                         return false;
                     }
+                    continue;
                 }
                 Err(e) => {
                     let delay = backoff.next_delay();
@@ -136,8 +160,11 @@ impl Appender {
                     if self.shutdown.sleep(delay) {
                         return false;
                     }
+                    continue;
                 }
             }
+            record.clear();
+            record_points = 0;
         }
         loop {
             match self.spool.commit() {

@@ -291,6 +291,31 @@ impl Decoder {
                 publish.payload.len(),
                 self.max_payload
             )),
+            Some(i) if self.decodings[i].keeps_lines_as_they_are() => {
+                match lineproto::parse_payload(&publish.payload) {
+                    Ok(mut lines) => {
+                        while let Some(result) = lines.next() {
+                            match result {
+                                Ok(point) => {
+                                    delivery.lines.push_str(lines.last_text());
+                                    if point.timestamp.is_none() {
+                                        delivery.lines.push(' ');
+                                        let now = self.clock.next();
+                                        delivery.lines.push_str(&now.to_string());
+                                    }
+                                    delivery.lines.push('\n');
+                                    delivery.points += 1;
+                                }
+                                Err(e) => {
+                                    Stats::add(&stats.points_invalid, 1);
+                                    reasons.push(payload::PayloadError::from(e).to_string());
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => reasons.push(payload::PayloadError::from(e).to_string()),
+                }
+            }
             Some(i) => {
                 for result in payload::decode(&self.decodings[i], topic, &publish.payload) {
                     match result {
@@ -347,13 +372,18 @@ struct ReceiptClock {
 impl ReceiptClock {
     fn stamp(&mut self, point: &mut Point) {
         if point.timestamp.is_none() {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos() as i64)
-                .unwrap_or(0);
-            self.last = now.max(self.last + 1);
-            point.timestamp = Some(self.last);
+            point.timestamp = Some(self.next());
         }
+    }
+
+    /// The receipt time in nanoseconds, later than any given before.
+    fn next(&mut self) -> i64 {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0);
+        self.last = now.max(self.last + 1);
+        self.last
     }
 }
 
@@ -434,7 +464,8 @@ mod tests {
         );
         p.pkid = 9;
         let out = d.decode(&p, &stats);
-        assert_eq!(out.lines, "m v=1.0 5\nm,t=x v=2i 7\n");
+        // Valid lines go on as they came (no template, tags or precision).
+        assert_eq!(out.lines, "m v=1 5\nm,t=x v=2i 7\n");
         assert_eq!((out.points, out.ack.map(|a| a.pkid)), (2, Some(9)));
         assert_eq!(Stats::get(&stats.points_invalid), 1);
         let other = Publish::new("elsewhere", QoS::AtLeastOnce, "m v=1");

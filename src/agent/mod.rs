@@ -106,6 +106,10 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<Arc<Stats>, AgentError
         acks: ack_tx,
         shutdown: shutdown.clone(),
         stats: stats.clone(),
+        record_bytes: appender::RECORD_BYTES
+            .min(config.batch.max_bytes as usize)
+            .min((config.spool.max_bytes / 8) as usize),
+        record_points: config.batch.max_lines as u64,
     };
     let appender = spawn("spool", move || appender.run())?;
 
@@ -166,7 +170,7 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<Arc<Stats>, AgentError
     let spool_stats = spool.stats();
     log::info!(
         "stopped: {} messages in, {} points spooled, {} written, {} invalid, {} refused by InfluxDB, \
-         {} dropped by the spool's overflow policy, {} left in the spool",
+         {} dropped by the spool's overflow policy, {} left in the spool ({} bytes appended to it)",
         Stats::get(&stats.messages_in),
         Stats::get(&stats.points_in),
         Stats::get(&stats.points_written),
@@ -174,6 +178,7 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<Arc<Stats>, AgentError
         Stats::get(&stats.points_refused),
         spool_stats.dropped_points,
         spool_stats.points_unread,
+        spool_stats.appended_bytes,
     );
     for (i, counter) in stats.rejected.iter().enumerate() {
         let rejected = Stats::get(counter);

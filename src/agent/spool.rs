@@ -144,6 +144,9 @@ pub struct SpoolStats {
     pub points_unread: u64,
     pub segments: usize,
     pub dropped_points: u64,
+    /// Bytes of records written since start (headers included), for
+    /// measuring write amplification.
+    pub appended_bytes: u64,
 }
 
 pub struct Spool {
@@ -177,6 +180,7 @@ struct Inner {
     read: Position,
     total_bytes: u64,
     dropped_points: u64,
+    appended_bytes: u64,
     last_sync: Instant,
     next_id: u64,
     pending_damage: Vec<Damage>,
@@ -258,6 +262,7 @@ impl Spool {
                 read,
                 total_bytes,
                 dropped_points: 0,
+                appended_bytes: 0,
                 last_sync: Instant::now(),
                 next_id,
                 pending_damage: Vec::new(),
@@ -338,6 +343,7 @@ impl Spool {
         seg.end += record_len;
         seg.unread_points += points;
         inner.total_bytes += record_len;
+        inner.appended_bytes += record_len;
         Ok(Appended::Stored)
     }
 
@@ -498,6 +504,7 @@ impl Spool {
             points_unread: inner.segments.iter().map(|s| s.unread_points).sum(),
             segments: inner.segments.len(),
             dropped_points: inner.dropped_points,
+            appended_bytes: inner.appended_bytes,
         }
     }
 

@@ -76,16 +76,20 @@ impl Point {
             return Err(InvalidPoint::BadStart(self.measurement.clone()));
         }
         // InfluxDB measures the series key as written, escapes included.
-        let escaped =
-            |t: &str, special: &[char]| t.len() + t.chars().filter(|c| special.contains(c)).count();
-        let mut series_key = escaped(&self.measurement, &[',', ' ']);
+        let escaped = |t: &str, equals_too: bool| {
+            t.len()
+                + t.bytes()
+                    .filter(|&b| b == b',' || b == b' ' || (equals_too && b == b'='))
+                    .count()
+        };
+        let mut series_key = escaped(&self.measurement, false);
         for (i, (key, value)) in self.tags.iter().enumerate() {
             check_name(key, InvalidPoint::EmptyTagKey)?;
             check_text(value, InvalidPoint::EmptyTagValue(key.clone()))?;
             if self.tags[..i].iter().any(|(k, _)| k == key) {
                 return Err(InvalidPoint::DuplicateTag(key.clone()));
             }
-            series_key += 2 + escaped(key, &[',', '=', ' ']) + escaped(value, &[',', '=', ' ']);
+            series_key += 2 + escaped(key, true) + escaped(value, true);
         }
         if series_key > MAX_SERIES_KEY_BYTES {
             return Err(InvalidPoint::SeriesKeyTooLong(series_key));
@@ -134,7 +138,7 @@ fn check_text(text: &str, if_empty: InvalidPoint) -> Result<(), InvalidPoint> {
     if text.is_empty() {
         return Err(if_empty);
     }
-    if text.contains(['\n', '\r']) {
+    if text.bytes().any(|b| b == b'\n' || b == b'\r') {
         return Err(InvalidPoint::Newline(text.to_owned()));
     }
     if text.ends_with('\\') {
