@@ -53,6 +53,11 @@ impl Intake {
             // broker would resend it after every reconnect: accept anything
             // MQTT allows and reject oversized messages in the decoder.
             .set_max_packet_size(MQTT_MAX_PACKET, 64 * 1024);
+        if let Some(tls) = &config.tls {
+            options.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(tls.0.clone()),
+            ));
+        }
         if let (Some(user), Some(password)) = (&config.username, &config.password) {
             options.set_credentials(user, password.expose());
         } else if let Some(user) = &config.username {

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::reader::{Problems, Table};
+use super::tls::TlsClient;
 use super::{ConfigError, check_text, load_file, log_level, read_secret};
 use crate::payload::TopicTemplate;
 use crate::secret::Secret;
@@ -43,6 +44,8 @@ pub struct Mqtt {
     /// Largest MQTT packet accepted from the broker.
     pub max_packet_size: u64,
     pub subscribe: Vec<Subscription>,
+    /// Set exactly when the url is `mqtts://`.
+    pub tls: Option<TlsClient>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -243,15 +246,6 @@ fn read_mqtt(t: &Table<'_>) -> Option<Mqtt> {
     let url = t
         .required_string("url")
         .and_then(|u| match parse_broker_url(&u) {
-            // Connecting in plain text to a broker the operator asked to
-            // reach over TLS would be a silent downgrade.
-            Ok(url) if url.tls => {
-                t.problem(
-                    "url",
-                    "mqtts:// (TLS) is not available in this version; it comes with the durable pipeline",
-                );
-                None
-            }
             Ok(url) => Some(url),
             Err(e) => {
                 t.problem("url", e);
@@ -298,6 +292,7 @@ fn read_mqtt(t: &Table<'_>) -> Option<Mqtt> {
             "missing: add at least one [[mqtt.subscribe]] table with a topic",
         );
     }
+    let tls = read_tls(t, url.as_ref());
     Some(Mqtt {
         url: url?,
         client_id,
@@ -306,7 +301,49 @@ fn read_mqtt(t: &Table<'_>) -> Option<Mqtt> {
         keep_alive,
         max_packet_size,
         subscribe,
+        tls,
     })
+}
+
+/// The TLS settings of an `mqtts://` broker; refused beside `mqtt://`,
+/// where they would suggest a protection the connection does not have.
+fn read_tls(t: &Table<'_>, url: Option<&BrokerUrl>) -> Option<TlsClient> {
+    const KEYS: [&str; 3] = ["ca_file", "client_cert_file", "client_key_file"];
+    let ca_file = t.path("ca_file");
+    let cert = t.path("client_cert_file");
+    let key = t.path("client_key_file");
+    match url {
+        Some(u) if u.tls => {}
+        Some(_) => {
+            for k in KEYS.into_iter().filter(|k| t.has(k)) {
+                t.problem(k, "only used with an mqtts:// url");
+            }
+            return None;
+        }
+        None => return None,
+    }
+    let client = match (&cert, &key) {
+        (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+        (None, None) => None,
+        (Some(_), None) => {
+            t.problem("client_key_file", "missing: client_cert_file needs its key");
+            return None;
+        }
+        (None, Some(_)) => {
+            t.problem(
+                "client_cert_file",
+                "missing: client_key_file needs its certificate",
+            );
+            return None;
+        }
+    };
+    match super::tls::client_config(ca_file.as_deref(), client) {
+        Ok(tls) => Some(tls),
+        Err(p) => {
+            t.problem(p.key, p.message);
+            None
+        }
+    }
 }
 
 fn read_subscription(t: &Table<'_>) -> Option<Subscription> {
@@ -875,13 +912,26 @@ database = "d"
     }
 
     #[test]
-    fn tls_broker_is_refused_until_supported() {
-        let p = problems(&MINIMAL.replace("mqtt://", "mqtts://"));
-        assert_eq!(p.len(), 1);
+    fn tls_files_are_checked_and_only_taken_with_mqtts() {
+        let with = |url: &str, extra: &str| {
+            problems(&MINIMAL.replace("mqtt://", url).replace(
+                "[[mqtt.subscribe]]",
+                &format!("{extra}\n[[mqtt.subscribe]]"),
+            ))
+        };
+        let p = with("mqtts://", "ca_file = \"/nonexistent/ca.pem\"");
+        assert_eq!(p.len(), 1, "{p:?}");
         assert!(
-            p[0].contains("mqtt.url: mqtts:// (TLS) is not available"),
+            p[0].contains("mqtt.ca_file: cannot read /nonexistent/ca.pem"),
             "{p:?}"
         );
+        let p = with("mqtt://", "ca_file = \"/etc/ca.pem\"");
+        assert!(
+            p[0].contains("mqtt.ca_file: only used with an mqtts:// url"),
+            "{p:?}"
+        );
+        let p = with("mqtts://", "client_cert_file = \"/etc/c.pem\"");
+        assert!(p[0].contains("mqtt.client_key_file: missing"), "{p:?}");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 mod gateway;
 pub mod reader;
+pub mod tls;
 pub mod units;
 
 use std::path::{Path, PathBuf};

@@ -123,7 +123,8 @@ fn tail(path: &Path, bytes: usize) -> String {
 /// What README tells gateway owners to set: Mosquitto's default of 1000
 /// queued QoS 1 messages per client drops a burst (or a daemon restart's
 /// worth of data) before leasegate can take it.
-pub const GATEWAY_BROKER_SETTINGS: &str = "max_queued_messages 1000000\n";
+pub const GATEWAY_BROKER_SETTINGS: &str =
+    "max_queued_messages 1000000\nmax_inflight_messages 1000\n";
 
 /// Starts mosquitto on `conf` and waits until `port` takes connections;
 /// `None` if it exits or does not answer (the port may have been taken).
@@ -154,6 +155,13 @@ pub struct Mosquitto {
 
 impl Mosquitto {
     pub fn start() -> Mosquitto {
+        Self::start_with("", |_| String::new())
+    }
+
+    /// Starts with `global` configuration before the plain listener (such
+    /// as `per_listener_settings true`) and `extra` after it (such as a
+    /// second listener); `extra` gets the broker's temp dir.
+    pub fn start_with(global: &str, extra: impl Fn(&Path) -> String) -> Mosquitto {
         let binary = find_binary("mosquitto", "mosquitto");
         let dir = tempfile::tempdir().unwrap();
         for _ in 0..5 {
@@ -165,12 +173,13 @@ impl Mosquitto {
             fs::write(
                 &conf,
                 format!(
-                    "{stay_root}listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+                    "{stay_root}{global}listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
                      {GATEWAY_BROKER_SETTINGS}\
                      persistence_location {}/\nlog_dest file {}/mosquitto.log\n\
-                     log_type error\nlog_type warning\nlog_type notice\n",
+                     log_type error\nlog_type warning\nlog_type notice\n{}",
                     dir.path().display(),
-                    dir.path().display()
+                    dir.path().display(),
+                    extra(dir.path())
                 ),
             )
             .unwrap();

@@ -1,0 +1,121 @@
+//! TLS client settings for the broker connection (`mqtts://`): the CA that
+//! vouches for the broker and an optional client certificate, read from PEM
+//! files into a rustls configuration once, when the configuration loads,
+//! so that `config check` finds an unreadable file or a key that does not
+//! match its certificate before the daemon runs.
+//!
+//! It owns nothing but that translation. It must never print key material:
+//! the built configuration is opaque in Debug output, and errors name the
+//! file and what is wrong with it, never its content.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// A ready rustls client configuration, shared by every reconnect.
+#[derive(Clone)]
+pub struct TlsClient(pub Arc<rustls::ClientConfig>);
+
+impl fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TlsClient { .. }")
+    }
+}
+
+/// What went wrong, and under which configuration key.
+#[derive(Debug)]
+pub struct TlsProblem {
+    pub key: &'static str,
+    pub message: String,
+}
+
+fn problem(key: &'static str, message: impl Into<String>) -> TlsProblem {
+    TlsProblem {
+        key,
+        message: message.into(),
+    }
+}
+
+/// Builds the client configuration: the certificates of `ca_file` as the
+/// only trust anchors, or the system's CA certificates without one; a
+/// client certificate chain and key when both files are given. Uses ring
+/// as the crypto provider (the only C rustls needs on the gateway).
+pub fn client_config(
+    ca_file: Option<&Path>,
+    client: Option<(&Path, &Path)>,
+) -> Result<TlsClient, TlsProblem> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let certs = read_certs(path, "ca_file")?;
+            for cert in certs {
+                roots.add(cert).map_err(|e| {
+                    problem(
+                        "ca_file",
+                        format!("{}: unusable CA certificate: {e}", path.display()),
+                    )
+                })?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for cert in found.certs {
+                // One odd certificate in the system store is no reason to
+                // refuse the rest.
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                return Err(problem(
+                    "ca_file",
+                    "no system CA certificates found (install ca-certificates) and no ca_file set",
+                ));
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| problem("url", format!("TLS setup: {e}")))?
+        .with_root_certificates(roots);
+    let config = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert_path, key_path)) => {
+            let chain = read_certs(cert_path, "client_cert_file")?;
+            let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| {
+                problem(
+                    "client_key_file",
+                    format!("{}: no usable private key ({e})", key_path.display()),
+                )
+            })?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| {
+                problem(
+                    "client_key_file",
+                    format!(
+                        "{} does not go with the certificate in {}: {e}",
+                        key_path.display(),
+                        cert_path.display()
+                    ),
+                )
+            })?
+        }
+    };
+    Ok(TlsClient(Arc::new(config)))
+}
+
+fn read_certs(path: &Path, key: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsProblem> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| problem(key, format!("cannot read {}: {e}", path.display())))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| problem(key, format!("{}: bad PEM ({e})", path.display())))?;
+    if certs.is_empty() {
+        return Err(problem(
+            key,
+            format!("{}: no PEM certificate in it", path.display()),
+        ));
+    }
+    Ok(certs)
+}

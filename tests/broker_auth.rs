@@ -1,0 +1,244 @@
+//! The broker connection's protections against real Mosquitto: `mqtts://`
+//! with a CA file and a client certificate (Mosquitto requiring one), a
+//! broker certificate from the wrong CA refused with a clear error, and a
+//! username with a password file against a broker without anonymous
+//! access. Certificates are made for each test with rcgen; the publisher
+//! uses a second, plain listener of the same broker.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+use support::{Daemon, Influx, Mosquitto, free_port, publish_all, wait_until, write_secret};
+
+/// A CA, and PEM files of certificates it signed.
+struct Ca {
+    params: CertificateParams,
+    key: KeyPair,
+    pem: String,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let pem = params.clone().self_signed(&key).unwrap().pem();
+        Ca { params, key, pem }
+    }
+
+    /// Writes `NAME.pem` and `NAME.key` (0600) into `dir`: a certificate
+    /// for 127.0.0.1 signed by this CA.
+    fn issue(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        params.distinguished_name.push(DnType::CommonName, name);
+        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let cert_path = dir.join(format!("{name}.pem"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        let key_path = write_secret(dir, &format!("{name}.key"), &key.serialize_pem());
+        (cert_path, key_path)
+    }
+
+    fn write(&self, dir: &Path, name: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, &self.pem).unwrap();
+        path
+    }
+}
+
+fn line(i: u64) -> (String, Vec<u8>) {
+    (
+        "sensors/tls".to_owned(),
+        format!("secure seq={i}i {}", 1_700_000_000_000_000_000u64 + i).into_bytes(),
+    )
+}
+
+/// A broker with a plain listener (for the publisher) and a TLS listener
+/// that requires a client certificate from `ca`.
+fn tls_broker(ca: &Ca, tls_port: u16) -> Mosquitto {
+    Mosquitto::start_with("", |dir| {
+        let ca_file = ca.write(dir, "broker-ca.pem");
+        let (cert, key) = ca.issue(dir, "broker");
+        format!(
+            "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+            ca_file.display(),
+            cert.display(),
+            key.display()
+        )
+    })
+}
+
+fn daemon_config(mqtt: &str, influx: &Influx) -> String {
+    influx.create_writer("sensors", "writer", "writer-pw");
+    format!(
+        r#"state_dir = "{{dir}}/state"
+[mqtt]
+{mqtt}
+client_id = "gw-secure"
+[[mqtt.subscribe]]
+topic = "sensors/#"
+[influxdb]
+api = "v1"
+url = "{}"
+database = "sensors"
+username = "writer"
+password = "writer-pw"
+"#,
+        influx.url()
+    )
+}
+
+#[test]
+fn mqtts_with_a_ca_file_and_a_client_certificate_delivers() {
+    let ca = Ca::new("leasegate test CA");
+    let tls_port = free_port();
+    let broker = tls_broker(&ca, tls_port);
+    let influx = Influx::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = ca.write(dir.path(), "ca.pem");
+    let (cert, key) = ca.issue(dir.path(), "gateway");
+    let mqtt = format!(
+        "url = \"mqtts://127.0.0.1:{tls_port}\"\nca_file = \"{}\"\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"",
+        ca_file.display(),
+        cert.display(),
+        key.display()
+    );
+    let mut daemon = Daemon::start_in(dir, &daemon_config(&mqtt, &influx));
+    assert!(
+        daemon.wait_for_log("subscribed to", 1, Duration::from_secs(30)),
+        "{}",
+        daemon.log()
+    );
+    publish_all(
+        broker.port,
+        "pub-tls",
+        (0..500).map(line).collect(),
+        Duration::from_secs(30),
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || influx
+            .count("sensors", "secure", "seq")
+            == 500),
+        "{} of 500\n{}",
+        influx.count("sensors", "secure", "seq"),
+        daemon.log()
+    );
+    let log = daemon.log();
+    assert!(!log.contains("BEGIN"), "key material in the log:\n{log}");
+    assert!(
+        daemon
+            .terminate(Duration::from_secs(10))
+            .is_some_and(|s| s.success())
+    );
+}
+
+#[test]
+fn a_broker_certificate_from_another_ca_is_refused_clearly() {
+    let ca = Ca::new("the broker's CA");
+    let tls_port = free_port();
+    let _broker = tls_broker(&ca, tls_port);
+    let influx = Influx::start();
+    let dir = tempfile::tempdir().unwrap();
+    let other = Ca::new("some other CA");
+    let ca_file = other.write(dir.path(), "ca.pem");
+    let (cert, key) = ca.issue(dir.path(), "gateway");
+    let mqtt = format!(
+        "url = \"mqtts://127.0.0.1:{tls_port}\"\nca_file = \"{}\"\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"",
+        ca_file.display(),
+        cert.display(),
+        key.display()
+    );
+    let mut daemon = Daemon::start_in(dir, &daemon_config(&mqtt, &influx));
+    // It says why, keeps trying, and never falls back to plain text.
+    assert!(
+        daemon.wait_for_log("UnknownIssuer", 2, Duration::from_secs(30)),
+        "{}",
+        daemon.log()
+    );
+    assert!(daemon.is_running());
+    assert!(!daemon.log().contains("subscribed to"));
+    assert!(
+        daemon
+            .terminate(Duration::from_secs(10))
+            .is_some_and(|s| s.success())
+    );
+}
+
+#[test]
+fn a_password_file_logs_in_and_a_wrong_password_is_named() {
+    let auth_port = free_port();
+    let broker = Mosquitto::start_with("per_listener_settings true\n", |dir| {
+        let passwords = dir.join("passwords");
+        let status =
+            std::process::Command::new(support::find_binary("mosquitto_passwd", "mosquitto"))
+                .args(["-b", "-c"])
+                .arg(&passwords)
+                .args(["gateway", "s3cret-broker-pw"])
+                .status()
+                .unwrap();
+        assert!(status.success());
+        format!(
+            "listener {auth_port} 127.0.0.1\nallow_anonymous false\npassword_file {}\n",
+            passwords.display()
+        )
+    });
+    let influx = Influx::start();
+
+    // A wrong password: refused, said so, and the password is not shown.
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = write_secret(dir.path(), "mqtt.password", "not-the-password\n");
+    let mqtt = format!(
+        "url = \"mqtt://127.0.0.1:{auth_port}\"\nusername = \"gateway\"\npassword_file = \"{}\"",
+        wrong.display()
+    );
+    let mut daemon = Daemon::start_in(dir, &daemon_config(&mqtt, &influx));
+    assert!(
+        daemon.wait_for_log("NotAuthorized", 1, Duration::from_secs(30))
+            || daemon.wait_for_log("BadUserNamePassword", 1, Duration::from_secs(1)),
+        "{}",
+        daemon.log()
+    );
+    assert!(!daemon.log().contains("not-the-password"));
+    assert!(daemon.terminate(Duration::from_secs(10)).is_some());
+
+    // The right one: delivered.
+    let dir = tempfile::tempdir().unwrap();
+    let right = write_secret(dir.path(), "mqtt.password", "s3cret-broker-pw\n");
+    let mqtt = format!(
+        "url = \"mqtt://127.0.0.1:{auth_port}\"\nusername = \"gateway\"\npassword_file = \"{}\"",
+        right.display()
+    );
+    let mut daemon = Daemon::start_in(dir, &daemon_config(&mqtt, &influx));
+    assert!(
+        daemon.wait_for_log("subscribed to", 1, Duration::from_secs(30)),
+        "{}",
+        daemon.log()
+    );
+    publish_all(
+        broker.port,
+        "pub-auth",
+        (0..100).map(line).collect(),
+        Duration::from_secs(30),
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || influx
+            .count("sensors", "secure", "seq")
+            == 100),
+        "{}",
+        daemon.log()
+    );
+    assert!(!daemon.log().contains("s3cret-broker-pw"));
+    assert!(
+        daemon
+            .terminate(Duration::from_secs(10))
+            .is_some_and(|s| s.success())
+    );
+}
