@@ -446,6 +446,10 @@ fn form_encode(s: &str) -> String {
 /// The `leasegate` binary: cargo names it for integration tests; the demo
 /// example finds it beside its own directory (target/debug/examples/..).
 pub fn leasegate_binary() -> PathBuf {
+    // The benchmark runs the release binary from a driver built apart.
+    if let Some(path) = std::env::var_os("LEASEGATE_BIN") {
+        return PathBuf::from(path);
+    }
     if let Some(path) = option_env!("CARGO_BIN_EXE_leasegate") {
         return PathBuf::from(path);
     }

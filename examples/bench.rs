@@ -1,0 +1,739 @@
+//! The pipeline benchmark (README "Benchmarks", figures in BENCHMARKS.md):
+//! real Mosquitto, real InfluxDB 1.x, an in-process HTTP sink that only
+//! counts lines, the release `leasegate` binary, and load generators.
+//!
+//! It measures, in one run:
+//! 1. throughput of a plain subscriber that only counts messages, and of
+//!    leasegate into the counting sink and into InfluxDB, each taking the
+//!    same backlog of queued QoS 1 messages from the broker (so publishers
+//!    are not what is measured); leasegate/plain is the headline;
+//! 2. resident memory and CPU time per point at a steady 10,000 points/s;
+//! 3. write amplification: spool bytes, and bytes the kernel wrote to the
+//!    block device, per byte of MQTT payload;
+//! 4. how fast the backlog drains after a 60 s InfluxDB outage, against
+//!    the ingest rate.
+//!
+//! `--quick` runs smaller and shorter (a smoke run, not figures to quote).
+//! Every wait is bounded; every process it starts is stopped by PID.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use support::{Daemon, Influx, Mosquitto, publish_all, wait_until};
+
+/// leasegate's default `batch.max_lines`.
+const BATCH_LINES: u64 = 5000;
+
+/// The counting sink takes any database; the 1.x API needs one named.
+const SINK_DB: &str = "database = \"bench\"\n";
+
+struct Sizes {
+    backlog: u64,
+    reps: usize,
+    steady_secs: u64,
+    outage_secs: u64,
+    drain_ingest: u64,
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let sizes = if quick {
+        Sizes {
+            backlog: 20_000,
+            reps: 1,
+            steady_secs: 5,
+            outage_secs: 5,
+            drain_ingest: 2_000,
+        }
+    } else {
+        Sizes {
+            backlog: 300_000,
+            reps: 5,
+            steady_secs: 30,
+            outage_secs: 60,
+            drain_ingest: 2_000,
+        }
+    };
+    let broker = Mosquitto::start();
+    let influx = Influx::start();
+    influx.create_writer("sensors", "writer", "writer-pw");
+    let sink = CountingSink::start();
+    let mut report = Report::default();
+
+    // 1. Throughput on a backlog. The machine is shared and noisy, so the
+    // plain subscriber and leasegate take turns, and the medians count.
+    let n = sizes.backlog;
+    let (mut plains, mut sinks, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for rep in 1..=sizes.reps {
+        let plain = plain_subscriber_rate(&broker, n);
+        let (to_sink, _) = leasegate_backlog_rate(
+            &broker,
+            &sink.url(),
+            SINK_DB,
+            n,
+            "tput_sink",
+            Duration::from_millis(2),
+            || sink.lines(),
+        );
+        eprintln!(
+            "bench: (round {rep}: plain {} msg/s, leasegate {} points/s, ratio {:.2})",
+            round(plain),
+            round(to_sink),
+            to_sink / plain
+        );
+        plains.push(plain);
+        sinks.push(to_sink);
+        ratios.push(to_sink / plain);
+    }
+    let plain = median(&mut plains);
+    report.push(format!(
+        "plain subscriber (QoS 1, counts only): {} msg/s (median of {})",
+        round(plain),
+        sizes.reps
+    ));
+    report.push(format!(
+        "leasegate -> counting sink (fsync = batch): {} points/s; ratio leasegate/plain {:.2} (median of {} paired rounds, from {:.2} to {:.2})",
+        round(median(&mut sinks)),
+        median(&mut ratios),
+        sizes.reps,
+        ratios.first().unwrap(),
+        ratios.last().unwrap(),
+    ));
+    let (to_influx, _) = leasegate_backlog_rate(
+        &broker,
+        &influx.url(),
+        "database = \"sensors\"\nusername = \"writer\"\npassword = \"writer-pw\"\n",
+        n,
+        "tput_influx",
+        Duration::from_millis(50),
+        || influx.count("sensors", "tput_influx", "seq"),
+    );
+    report.push(format!(
+        "leasegate -> InfluxDB 1.x: {} points/s, ratio to plain {:.2}",
+        round(to_influx),
+        to_influx / plain
+    ));
+
+    if std::env::args().any(|a| a == "--throughput-only") {
+        println!("{}", report.0.join("\n"));
+        return;
+    }
+
+    // 2 and 3. Steady load.
+    report.extend(steady(&broker, &sink, 10_000, sizes.steady_secs));
+
+    // 4. Drain after an outage.
+    report.extend(drain_after_outage(
+        &broker,
+        influx,
+        sizes.drain_ingest,
+        sizes.outage_secs,
+    ));
+
+    println!(
+        "\n## leasegate pipeline benchmark{}",
+        if quick {
+            " (--quick: smoke run, not figures)"
+        } else {
+            ""
+        }
+    );
+    println!("machine: {}", machine());
+    for line in report.0 {
+        println!("- {line}");
+    }
+}
+
+/// The figures, printed as they come (for progress) and together at the end.
+#[derive(Default)]
+struct Report(Vec<String>);
+
+impl Report {
+    fn push(&mut self, line: String) {
+        eprintln!("bench: {line}");
+        self.0.push(line);
+    }
+
+    fn extend(&mut self, lines: Vec<String>) {
+        lines.into_iter().for_each(|l| self.push(l));
+    }
+}
+
+/// The middle value (sorts `xs`).
+fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    xs[xs.len() / 2]
+}
+
+fn round(x: f64) -> u64 {
+    x.round() as u64
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_owned())
+        })
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb >> 20);
+    format!(
+        "{cpu}, {cores} cores, {mem} GiB, {}",
+        std::env::consts::ARCH
+    )
+}
+
+/// One sensor point per message, as most sensors publish.
+fn message(measurement: &str, i: u64) -> (String, Vec<u8>) {
+    let line = format!(
+        "{measurement},sensor=s{:03} seq={i}i,value={}.{} {}",
+        i % 100,
+        i % 1000,
+        i % 7,
+        1_700_000_000_000_000_000u64 + i
+    );
+    // Each phase has its own topics, so no session queues another's load.
+    (
+        format!("bench/{measurement}/{}", i % 100),
+        line.into_bytes(),
+    )
+}
+
+/// Publishes `n` messages from 4 publishers in parallel, each waiting for
+/// its PUBACKs.
+fn preload(broker: &Mosquitto, measurement: &str, n: u64) -> u64 {
+    let mut bytes = 0;
+    let parts: Vec<Vec<(String, Vec<u8>)>> = (0..4)
+        .map(|p| {
+            (0..n)
+                .filter(|i| i % 4 == p)
+                .map(|i| message(measurement, i))
+                .collect()
+        })
+        .collect();
+    for part in &parts {
+        bytes += part.iter().map(|(_, p)| p.len() as u64).sum::<u64>();
+    }
+    std::thread::scope(|s| {
+        for (p, part) in parts.into_iter().enumerate() {
+            let port = broker.port;
+            std::thread::Builder::new()
+                .name(format!("bench-pub-{p}"))
+                .spawn_scoped(s, move || {
+                    publish_all(
+                        port,
+                        &format!("bench-pub-{p}"),
+                        part,
+                        Duration::from_secs(300),
+                    )
+                })
+                .unwrap();
+        }
+    });
+    bytes
+}
+
+/// Connects a persistent-session subscriber, subscribes, and (with
+/// `count`) counts messages until `count` arrive; returns the elapsed time
+/// from connecting.
+fn subscriber(port: u16, client_id: &str, count: Option<u64>) -> Duration {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+        options
+            .set_clean_session(false)
+            .set_keep_alive(Duration::from_secs(30));
+        let started = Instant::now();
+        let (client, mut eventloop) = AsyncClient::new(options, 1000);
+        client
+            .subscribe("bench/plain/#", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+        let mut seen = 0;
+        loop {
+            let event = tokio::time::timeout_at(deadline, eventloop.poll())
+                .await
+                .expect("plain subscriber timed out")
+                .expect("plain subscriber connection");
+            match event {
+                Event::Incoming(Packet::SubAck(_)) if count.is_none() => break,
+                Event::Incoming(Packet::Publish(_)) => {
+                    seen += 1;
+                    if Some(seen) == count {
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let elapsed = started.elapsed();
+        client.disconnect().await.ok();
+        let _ = tokio::time::timeout(Duration::from_secs(2), eventloop.poll()).await;
+        elapsed
+    })
+}
+
+fn plain_subscriber_rate(broker: &Mosquitto, n: u64) -> f64 {
+    subscriber(broker.port, "bench-plain", None);
+    preload(broker, "plain", n);
+    let took = subscriber(broker.port, "bench-plain", Some(n));
+    // Leave the session clean for later phases.
+    let _ = subscriber_unsubscribe(broker.port, "bench-plain");
+    n as f64 / took.as_secs_f64()
+}
+
+/// Ends a persistent session so the broker stops queueing for it.
+fn subscriber_unsubscribe(port: u16, client_id: &str) -> Option<()> {
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+    options.set_clean_session(true);
+    let (client, mut connection) = rumqttc::Client::new(options, 10);
+    for event in connection.iter().take(10) {
+        if matches!(event, Ok(Event::Incoming(Packet::ConnAck(_)))) {
+            break;
+        }
+    }
+    client.disconnect().ok()
+}
+
+/// The daemon under test; `BENCH_LOG` sets its log level (default info).
+fn start_daemon(config: &str) -> Daemon {
+    let level = std::env::var("BENCH_LOG").unwrap_or_else(|_| "info".into());
+    Daemon::start_logging(tempfile::tempdir().unwrap(), config, &level)
+}
+
+/// A daemon taking the messages of one phase (`bench/<measurement>/#`).
+fn daemon_config(broker: &Mosquitto, influx_url: &str, target: &str, measurement: &str) -> String {
+    let client_id = format!("bench-{measurement}");
+    format!(
+        r#"state_dir = "{{dir}}/state"
+[mqtt]
+url = "{}"
+client_id = "{client_id}"
+[[mqtt.subscribe]]
+topic = "bench/{measurement}/#"
+[influxdb]
+api = "v1"
+url = "{influx_url}"
+{target}"#,
+        broker.url()
+    )
+}
+
+/// Starts leasegate (it subscribes), stops it, queues `n` messages, starts
+/// it again and times until `written()` reaches `n`. Returns points/s and
+/// the daemon's final log.
+fn leasegate_backlog_rate(
+    broker: &Mosquitto,
+    url: &str,
+    target: &str,
+    n: u64,
+    measurement: &str,
+    poll_every: Duration,
+    written: impl Fn() -> u64,
+) -> (f64, String) {
+    let config = daemon_config(broker, url, target, measurement);
+    let mut daemon = start_daemon(&config);
+    assert!(
+        daemon.wait_for_log("subscribed to", 1, Duration::from_secs(20)),
+        "{}",
+        daemon.log()
+    );
+    assert!(daemon.terminate(Duration::from_secs(10)).is_some());
+    let before = written();
+    preload(broker, measurement, n);
+    let started = Instant::now();
+    daemon.restart();
+    // BENCH_PERF=DIR records a CPU profile of this phase with perf.
+    let perf = std::env::var("BENCH_PERF").ok().map(|dir| {
+        std::process::Command::new("perf")
+            .args(["record", "-F", "2999", "-g", "-o"])
+            .arg(format!("{dir}/perf-{measurement}.data"))
+            .args(["-p", &daemon.pid().to_string()])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("perf")
+    });
+    // The last batch is partial and waits out flush_interval for more;
+    // that wait is not throughput, so the clock stops at the last full one.
+    let counted = n - BATCH_LINES;
+    let poll = || {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while written() < before + counted && Instant::now() < deadline {
+            std::thread::sleep(poll_every);
+        }
+    };
+    poll();
+    let took = started.elapsed();
+    if let Some(mut perf) = perf {
+        unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
+        let _ = perf.wait();
+    }
+    let cpu = Proc { pid: daemon.pid() }.cpu();
+    eprintln!(
+        "bench: ({measurement}: leasegate used {:.2} us of CPU per point, {:.0}% of one core)",
+        cpu.as_secs_f64() * 1e6 / counted as f64,
+        cpu.as_secs_f64() / took.as_secs_f64() * 100.0
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || written() >= before + n),
+        "only {} of {n} arrived\n{}",
+        written() - before,
+        daemon.log()
+    );
+    assert!(daemon.terminate(Duration::from_secs(10)).is_some());
+    if let Ok(path) = std::env::var("BENCH_KEEP_LOG") {
+        std::fs::write(format!("{path}.{measurement}"), daemon.log()).unwrap();
+    }
+    (counted as f64 / took.as_secs_f64(), daemon.log())
+}
+
+/// Publishes at `rate` messages/s until `stop` is set; returns payload
+/// bytes and messages sent through `sent`.
+fn paced_publisher(
+    port: u16,
+    measurement: String,
+    rate: u64,
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("bench-paced".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let mut options = MqttOptions::new("bench-paced", "127.0.0.1", port);
+                options.set_inflight(1000).set_clean_session(true);
+                let (client, mut eventloop) = AsyncClient::new(options, 10_000);
+                let driver = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+                // 100 ticks a second, each publishing its share.
+                let mut tick = tokio::time::interval(Duration::from_millis(10));
+                let started = Instant::now();
+                let mut i = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    tick.tick().await;
+                    let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+                    while i < due {
+                        let (topic, payload) = message(&measurement, i);
+                        bytes.fetch_add(payload.len() as u64, Ordering::SeqCst);
+                        client
+                            .publish(topic, QoS::AtLeastOnce, false, payload)
+                            .await
+                            .unwrap();
+                        i += 1;
+                        sent.store(i, Ordering::SeqCst);
+                    }
+                }
+                // The queued publishes go out before the disconnect; the
+                // driver ends when the broker closes the connection.
+                client.disconnect().await.ok();
+                let _ = tokio::time::timeout(Duration::from_secs(30), driver).await;
+            });
+        })
+        .unwrap()
+}
+
+struct Proc {
+    pid: u32,
+}
+
+impl Proc {
+    fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// User plus system CPU time.
+    fn cpu(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+        // Fields after the command name, which may hold spaces.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let fields: Vec<u64> = rest
+            .split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect();
+        let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Duration::from_secs_f64(ticks as f64 / hz as f64)
+    }
+
+    /// Bytes this process caused to be written to the block device.
+    fn write_bytes(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/io", self.pid))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("write_bytes:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+}
+
+/// A number from the daemon's final "stopped:" line, the one before `label`.
+fn final_counter(log: &str, label: &str) -> u64 {
+    log.lines()
+        .rev()
+        .find(|l| l.contains("stopped:"))
+        .and_then(|line| {
+            let before = &line[..line.find(label)?];
+            before
+                .trim_end()
+                .rsplit(' ')
+                .next()?
+                .trim_start_matches('(')
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+fn steady(broker: &Mosquitto, sink: &CountingSink, rate: u64, secs: u64) -> Vec<String> {
+    let config = daemon_config(broker, &sink.url(), SINK_DB, "steady");
+    let mut daemon = start_daemon(&config);
+    assert!(daemon.wait_for_log("subscribed to", 1, Duration::from_secs(20)));
+    let proc = Proc { pid: daemon.pid() };
+    let base = sink.lines();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let publisher = paced_publisher(
+        broker.port,
+        "steady".into(),
+        rate,
+        stop.clone(),
+        sent.clone(),
+        bytes.clone(),
+    );
+    // Warm up, then measure over the window.
+    std::thread::sleep(Duration::from_secs(3));
+    let (cpu0, lines0, disk0, t0) = (proc.cpu(), sink.lines(), proc.write_bytes(), Instant::now());
+    let mut max_rss = 0;
+    let mut samples = Vec::new();
+    while t0.elapsed() < Duration::from_secs(secs) {
+        std::thread::sleep(Duration::from_millis(250));
+        let rss = proc.rss_kib();
+        max_rss = max_rss.max(rss);
+        samples.push(rss);
+    }
+    let (cpu1, lines1, disk1, window) =
+        (proc.cpu(), sink.lines(), proc.write_bytes(), t0.elapsed());
+    stop.store(true, Ordering::SeqCst);
+    publisher.join().unwrap();
+    let total = sent.load(Ordering::SeqCst);
+    assert!(
+        wait_until(Duration::from_secs(60), || sink.lines() >= base + total),
+        "steady load did not arrive: {} of {total}\n{}",
+        sink.lines() - base,
+        daemon.log()
+    );
+    assert!(daemon.terminate(Duration::from_secs(10)).is_some());
+    let log = daemon.log();
+    let points = lines1 - lines0;
+    let per_point = (cpu1 - cpu0).as_secs_f64() / points.max(1) as f64;
+    let payload = bytes.load(Ordering::SeqCst);
+    let appended = final_counter(&log, "bytes appended");
+    samples.sort_unstable();
+    let median = samples.get(samples.len() / 2).copied().unwrap_or(0);
+    vec![
+        format!(
+            "steady load: offered {rate} points/s, delivered {} points/s over {:.0} s",
+            round(points as f64 / window.as_secs_f64()),
+            window.as_secs_f64()
+        ),
+        format!(
+            "resident memory at that load: {:.1} MiB at most, {:.1} MiB median (target under 20 MiB)",
+            max_rss as f64 / 1024.0,
+            median as f64 / 1024.0
+        ),
+        format!(
+            "CPU time per point: {:.2} us ({:.0}% of one core)",
+            per_point * 1e6,
+            (cpu1 - cpu0).as_secs_f64() / window.as_secs_f64() * 100.0
+        ),
+        format!(
+            "write amplification: spool {:.2} bytes appended per payload byte; block device {:.2} bytes per payload byte in the window ({} payload bytes in all)",
+            appended as f64 / payload.max(1) as f64,
+            (disk1 - disk0) as f64
+                / (points as f64 * payload as f64 / total.max(1) as f64).max(1.0),
+            payload
+        ),
+    ]
+}
+
+fn drain_after_outage(
+    broker: &Mosquitto,
+    mut influx: Influx,
+    rate: u64,
+    outage_secs: u64,
+) -> Vec<String> {
+    let config = daemon_config(
+        broker,
+        &influx.url(),
+        "database = \"sensors\"\nusername = \"writer\"\npassword = \"writer-pw\"\n",
+        "drain",
+    );
+    let mut daemon = start_daemon(&config);
+    assert!(daemon.wait_for_log("subscribed to", 1, Duration::from_secs(20)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let publisher = paced_publisher(
+        broker.port,
+        "drain".into(),
+        rate,
+        stop.clone(),
+        sent.clone(),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let count = |influx: &Influx| influx.count("sensors", "drain", "seq");
+    std::thread::sleep(Duration::from_secs(3));
+    influx.stop();
+    std::thread::sleep(Duration::from_secs(outage_secs));
+    influx.restart();
+    let started = Instant::now();
+    let written_at_restart = count(&influx);
+    let backlog = sent.load(Ordering::SeqCst) - written_at_restart;
+    // Caught up: what is left is no more than one flush interval's worth.
+    let caught_up = wait_until(Duration::from_secs(300), || {
+        let sent = sent.load(Ordering::SeqCst);
+        sent.saturating_sub(count(&influx)) <= rate
+    });
+    let took = started.elapsed();
+    let drained = count(&influx) - written_at_restart;
+    stop.store(true, Ordering::SeqCst);
+    publisher.join().unwrap();
+    let total = sent.load(Ordering::SeqCst);
+    assert!(
+        wait_until(Duration::from_secs(120), || count(&influx) >= total),
+        "after the outage only {} of {total} points arrived\n{}",
+        count(&influx),
+        daemon.log()
+    );
+    assert!(daemon.terminate(Duration::from_secs(10)).is_some());
+    assert!(caught_up, "the backlog did not drain\n{}", daemon.log());
+    let drain_rate = drained as f64 / took.as_secs_f64();
+    vec![
+        format!(
+            "backlog after a {outage_secs} s InfluxDB outage at {rate} points/s: {backlog} points, caught up in {:.1} s",
+            took.as_secs_f64()
+        ),
+        format!(
+            "drain rate: {} points/s written while catching up, {:.1}x the ingest rate (target at least 5x); all {total} points arrived",
+            round(drain_rate),
+            drain_rate / rate as f64
+        ),
+    ]
+}
+
+/// An HTTP/1.1 server that answers 204 to every request and counts the
+/// lines in the bodies (gzip or not): InfluxDB's write contract at its
+/// cheapest, to show what leasegate itself costs.
+struct CountingSink {
+    port: u16,
+    lines: Arc<AtomicU64>,
+}
+
+impl CountingSink {
+    fn start() -> CountingSink {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let lines = Arc::new(AtomicU64::new(0));
+        let counter = lines.clone();
+        std::thread::Builder::new()
+            .name("bench-sink".into())
+            .spawn(move || {
+                for conn in listener.incoming().flatten() {
+                    let counter = counter.clone();
+                    std::thread::Builder::new()
+                        .name("bench-sink-conn".into())
+                        .spawn(move || {
+                            let _ = serve_counting(conn, &counter);
+                        })
+                        .unwrap();
+                }
+            })
+            .unwrap();
+        CountingSink { port, lines }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn lines(&self) -> u64 {
+        self.lines.load(Ordering::SeqCst)
+    }
+}
+
+fn serve_counting(conn: TcpStream, lines: &AtomicU64) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut out = conn;
+    loop {
+        let mut length = 0usize;
+        let mut gzip = false;
+        let mut first = true;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 {
+                return Ok(());
+            }
+            if line == "\r\n" && !first {
+                break;
+            }
+            first = false;
+            let lower = line.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+            if lower.starts_with("content-encoding:") && lower.contains("gzip") {
+                gzip = true;
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body)?;
+        let counted = if gzip {
+            let mut raw = Vec::new();
+            flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut raw)?;
+            raw.iter().filter(|&&b| b == b'\n').count()
+        } else {
+            body.iter().filter(|&&b| b == b'\n').count()
+        };
+        lines.fetch_add(counted as u64, Ordering::SeqCst);
+        out.write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")?;
+    }
+}

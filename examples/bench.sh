@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# README's benchmark: installs Mosquitto and InfluxDB 1.x from Debian's
+# packages if they are missing, builds the release leasegate binary (what
+# ships) and the benchmark drivers, then runs examples/bench.rs (the
+# pipeline: throughput, memory, CPU, write amplification, drain after an
+# outage) and examples/spool_compare.rs (the spool against two crates).
+# The figures go into BENCHMARKS.md. --quick runs a short smoke test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tests/install-servers.sh
+cargo build --quiet --release --bin leasegate
+cargo build --quiet --profile bench-run --example bench --example spool_compare
+export LEASEGATE_BIN="$PWD/target/release/leasegate"
+target/bench-run/examples/bench "$@"
+echo
+echo "## spool store comparison"
+target/bench-run/examples/spool_compare "$@"
