@@ -51,6 +51,9 @@ impl Writer {
                 }
             };
             if batch.records == 0 {
+                if let Err(e) = self.spool.sync_if_due() {
+                    log::error!("cannot sync the spool: {}", crate::error_chain(&e));
+                }
                 continue;
             }
             if !self.write(&batch, &mut backoff) {
