@@ -72,6 +72,7 @@ impl Intake {
         let mut decoder = Decoder::new(config.subscribe.clone(), config.max_packet_size as usize);
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30), 0.25);
         let mut subscribed_once = false;
+        let mut drops = DropWatch::default();
         loop {
             let event = tokio::select! {
                 biased;
@@ -94,9 +95,18 @@ impl Intake {
                     // A broker that kept our session kept our subscriptions
                     // too; subscribing again would replay retained messages.
                     if !ack.session_present || !subscribed_once {
-                        let filters = config.subscribe.iter().map(|s| {
-                            rumqttc::SubscribeFilter::new(s.topic.clone(), QoS::AtLeastOnce)
-                        });
+                        // Last, so the SubAck's codes line up with the
+                        // configured subscriptions first.
+                        let filters = config
+                            .subscribe
+                            .iter()
+                            .map(|s| {
+                                rumqttc::SubscribeFilter::new(s.topic.clone(), QoS::AtLeastOnce)
+                            })
+                            .chain(std::iter::once(rumqttc::SubscribeFilter::new(
+                                BROKER_DROPS.to_owned(),
+                                QoS::AtMostOnce,
+                            )));
                         // Not awaited: this task is the one that drains the
                         // request queue the call would wait on.
                         if let Err(e) = client.try_subscribe_many(filters) {
@@ -115,6 +125,11 @@ impl Intake {
                                 log::info!("subscribed to {:?} at {qos:?}", sub.topic)
                             }
                         }
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == BROKER_DROPS => {
+                    if let Some(warning) = drops.observe(&publish.payload) {
+                        log::warn!("{warning}");
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
@@ -190,6 +205,40 @@ async fn send_acks(
         }
     }
     let _ = client.disconnect().await;
+}
+
+/// Where Mosquitto publishes how many messages it dropped for queue and
+/// in-flight limits (every `sys_interval`). While the daemon is away the
+/// broker's queue is the only buffer, so a drop there is data lost before
+/// leasegate could take it: the daemon says so. Other brokers never publish
+/// it, and nothing changes.
+const BROKER_DROPS: &str = "$SYS/broker/publish/messages/dropped";
+
+/// Follows the broker's drop counter across reconnects.
+#[derive(Default)]
+struct DropWatch {
+    last: Option<u64>,
+}
+
+impl DropWatch {
+    /// A warning when the broker reports drops not reported before.
+    fn observe(&mut self, payload: &[u8]) -> Option<String> {
+        let now: u64 = std::str::from_utf8(payload).ok()?.trim().parse().ok()?;
+        let before = self.last.replace(now);
+        let hint = "it drops QoS 1 messages beyond max_queued_messages for a client that is \
+                    away or behind; if they were this gateway's, they are lost: raise the \
+                    limit (README: What to set on the gateway's Mosquitto)";
+        match before {
+            None if now > 0 => Some(format!(
+                "the MQTT broker reports {now} dropped messages since it started; {hint}"
+            )),
+            Some(b) if now > b => Some(format!(
+                "the MQTT broker dropped {} more messages ({now} since it started); {hint}",
+                now - b
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// The largest packet MQTT 3.1.1 can carry.
@@ -446,6 +495,25 @@ mod tests {
         let mut p = lineproto::parse_line("m v=1 17", 0, 1).unwrap().unwrap();
         clock.stamp(&mut p);
         assert_eq!(p.timestamp, Some(17));
+    }
+
+    #[test]
+    fn broker_drops_are_reported_once_each() {
+        let mut w = DropWatch::default();
+        assert!(w.observe(b"0").is_none());
+        let first = w.observe(b"400").unwrap();
+        assert!(
+            first.contains("dropped 400 more messages (400 since"),
+            "{first}"
+        );
+        assert!(w.observe(b"400").is_none());
+        assert!(w.observe(b"not a number").is_none());
+        // Seen for the first time with drops already counted.
+        let mut w = DropWatch::default();
+        let first = w.observe(b"12\n").unwrap();
+        assert!(first.contains("reports 12 dropped messages"), "{first}");
+        // A broker restart resets its counter: no warning for going down.
+        assert!(w.observe(b"3").is_none());
     }
 
     #[test]

@@ -473,6 +473,13 @@ pub struct Daemon {
     pub dir: TempDir,
     log: PathBuf,
     rust_log: String,
+    disk: Option<SmallDisk>,
+}
+
+/// A tmpfs of `bytes` mounted at `at` for the daemon alone, to fill up.
+pub struct SmallDisk {
+    pub at: PathBuf,
+    pub bytes: u64,
 }
 
 /// A gateway config with static InfluxDB 1.x credentials, subscribed to
@@ -555,12 +562,36 @@ impl Daemon {
         )
         .unwrap();
         let log = dir.path().join("leasegate.log");
-        let child = spawn_daemon(&conf, &log, rust_log);
+        let child = spawn_daemon(&conf, &log, rust_log, None);
         Daemon {
             child,
             dir,
             log,
             rust_log: rust_log.to_owned(),
+            disk: None,
+        }
+    }
+
+    /// Starts with `{dir}/small` on a tmpfs of `bytes` that only the daemon
+    /// sees (a new, empty one at each start), for running out of disk.
+    pub fn start_on_small_disk(dir: TempDir, config: &str, bytes: u64) -> Daemon {
+        let at = dir.path().join("small");
+        fs::create_dir_all(&at).unwrap();
+        let conf = dir.path().join("leasegate.toml");
+        fs::write(
+            &conf,
+            config.replace("{dir}", &dir.path().display().to_string()),
+        )
+        .unwrap();
+        let log = dir.path().join("leasegate.log");
+        let disk = SmallDisk { at, bytes };
+        let child = spawn_daemon(&conf, &log, "info", Some(&disk));
+        Daemon {
+            child,
+            dir,
+            log,
+            rust_log: "info".to_owned(),
+            disk: Some(disk),
         }
     }
 
@@ -572,6 +603,7 @@ impl Daemon {
             &self.dir.path().join("leasegate.toml"),
             &self.log,
             &self.rust_log,
+            self.disk.as_ref(),
         );
     }
 
@@ -604,13 +636,32 @@ impl Daemon {
     }
 }
 
-fn spawn_daemon(conf: &Path, log: &Path, rust_log: &str) -> Child {
+fn spawn_daemon(conf: &Path, log: &Path, rust_log: &str, disk: Option<&SmallDisk>) -> Child {
     let file = fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .unwrap();
-    Command::new(leasegate_binary())
+    let mut command = match disk {
+        None => Command::new(leasegate_binary()),
+        Some(disk) => {
+            // A private mount namespace: the tmpfs is the daemon's alone and
+            // goes with it. unshare and sh exec, so the PID stays the
+            // daemon's and signals reach it.
+            let mut c = Command::new(find_binary("unshare", "util-linux"));
+            if !is_root() {
+                c.arg("--map-root-user");
+            }
+            c.args(["--mount", "--propagation", "private", "sh", "-c"])
+                .arg(r#"mount -t tmpfs -o size="$1" tmpfs "$2" && shift 2 && exec "$@""#)
+                .arg("sh")
+                .arg(disk.bytes.to_string())
+                .arg(&disk.at)
+                .arg(leasegate_binary());
+            c
+        }
+    };
+    command
         .arg("run")
         .arg("--config")
         .arg(conf)
