@@ -16,6 +16,8 @@
 //! `--quick` runs smaller and shorter (a smoke run, not figures to quote).
 //! Every wait is bounded; every process it starts is stopped by PID.
 
+#[path = "common/procfs.rs"]
+mod procfs;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -26,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use support::{Daemon, Influx, Mosquitto, publish_all, wait_until};
+use support::{Daemon, Influx, Mosquitto, final_counter, publish_all, wait_until};
 
 /// leasegate's default `batch.max_lines`.
 const BATCH_LINES: u64 = 5000;
@@ -465,15 +467,7 @@ struct Proc {
 
 impl Proc {
     fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.pid))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|v| v.parse().ok())
-            })
-            .unwrap_or(0)
+        procfs::field(&format!("/proc/{}/status", self.pid), "VmRSS:")
     }
 
     /// User plus system CPU time.
@@ -492,34 +486,8 @@ impl Proc {
 
     /// Bytes this process caused to be written to the block device.
     fn write_bytes(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/io", self.pid))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("write_bytes:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|v| v.parse().ok())
-            })
-            .unwrap_or(0)
+        procfs::field(&format!("/proc/{}/io", self.pid), "write_bytes:")
     }
-}
-
-/// A number from the daemon's final "stopped:" line, the one before `label`.
-fn final_counter(log: &str, label: &str) -> u64 {
-    log.lines()
-        .rev()
-        .find(|l| l.contains("stopped:"))
-        .and_then(|line| {
-            let before = &line[..line.find(label)?];
-            before
-                .trim_end()
-                .rsplit(' ')
-                .next()?
-                .trim_start_matches('(')
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
 }
 
 fn steady(broker: &Mosquitto, sink: &CountingSink, rate: u64, secs: u64) -> Vec<String> {

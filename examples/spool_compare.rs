@@ -13,6 +13,9 @@
 //! what wears an SD card). Run: `cargo run --release --example
 //! spool_compare` (about a minute); `--quick` for a smoke run.
 
+#[path = "common/procfs.rs"]
+mod procfs;
+
 use std::time::{Duration, Instant};
 
 use leasegate::agent::spool::{Spool, SpoolConfig};
@@ -115,15 +118,7 @@ impl Store for Redb {
 }
 
 fn write_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/io")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("write_bytes:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    procfs::field("/proc/self/io", "write_bytes:")
 }
 
 fn record(i: u64) -> Vec<u8> {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
-use support::{Daemon, Influx, Mosquitto, free_port, publish_all, wait_until, write_secret};
+use support::{Daemon, Influx, Mosquitto, free_port, publish_all, write_secret};
 
 /// A CA, and PEM files of certificates it signed.
 struct Ca {
@@ -96,6 +96,32 @@ password = "writer-pw"
     )
 }
 
+/// Starts the daemon, waits until it has subscribed, publishes `n` points
+/// through the broker's plain listener and waits until all are in InfluxDB.
+fn start_and_deliver(
+    dir: tempfile::TempDir,
+    mqtt: &str,
+    broker: &Mosquitto,
+    influx: &Influx,
+    n: u64,
+) -> Daemon {
+    let daemon = Daemon::start_in(dir, &daemon_config(mqtt, influx));
+    assert!(
+        daemon.wait_for_log("subscribed to", 1, Duration::from_secs(30)),
+        "{}",
+        daemon.log()
+    );
+    let before = influx.count("sensors", "secure", "seq");
+    publish_all(
+        broker.port,
+        "pub-secure",
+        (before..before + n).map(line).collect(),
+        Duration::from_secs(30),
+    );
+    influx.assert_arrives("secure", before + n, Duration::from_secs(30), &daemon);
+    daemon
+}
+
 #[test]
 fn mqtts_with_a_ca_file_and_a_client_certificate_delivers() {
     let ca = Ca::new("leasegate test CA");
@@ -111,33 +137,10 @@ fn mqtts_with_a_ca_file_and_a_client_certificate_delivers() {
         cert.display(),
         key.display()
     );
-    let mut daemon = Daemon::start_in(dir, &daemon_config(&mqtt, &influx));
-    assert!(
-        daemon.wait_for_log("subscribed to", 1, Duration::from_secs(30)),
-        "{}",
-        daemon.log()
-    );
-    publish_all(
-        broker.port,
-        "pub-tls",
-        (0..500).map(line).collect(),
-        Duration::from_secs(30),
-    );
-    assert!(
-        wait_until(Duration::from_secs(30), || influx
-            .count("sensors", "secure", "seq")
-            == 500),
-        "{} of 500\n{}",
-        influx.count("sensors", "secure", "seq"),
-        daemon.log()
-    );
+    let mut daemon = start_and_deliver(dir, &mqtt, &broker, &influx, 500);
     let log = daemon.log();
     assert!(!log.contains("BEGIN"), "key material in the log:\n{log}");
-    assert!(
-        daemon
-            .terminate(Duration::from_secs(10))
-            .is_some_and(|s| s.success())
-    );
+    daemon.stop_cleanly();
 }
 
 #[test]
@@ -165,11 +168,7 @@ fn a_broker_certificate_from_another_ca_is_refused_clearly() {
     );
     assert!(daemon.is_running());
     assert!(!daemon.log().contains("subscribed to"));
-    assert!(
-        daemon
-            .terminate(Duration::from_secs(10))
-            .is_some_and(|s| s.success())
-    );
+    daemon.stop_cleanly();
 }
 
 #[test]
@@ -216,29 +215,7 @@ fn a_password_file_logs_in_and_a_wrong_password_is_named() {
         "url = \"mqtt://127.0.0.1:{auth_port}\"\nusername = \"gateway\"\npassword_file = \"{}\"",
         right.display()
     );
-    let mut daemon = Daemon::start_in(dir, &daemon_config(&mqtt, &influx));
-    assert!(
-        daemon.wait_for_log("subscribed to", 1, Duration::from_secs(30)),
-        "{}",
-        daemon.log()
-    );
-    publish_all(
-        broker.port,
-        "pub-auth",
-        (0..100).map(line).collect(),
-        Duration::from_secs(30),
-    );
-    assert!(
-        wait_until(Duration::from_secs(30), || influx
-            .count("sensors", "secure", "seq")
-            == 100),
-        "{}",
-        daemon.log()
-    );
+    let mut daemon = start_and_deliver(dir, &mqtt, &broker, &influx, 100);
     assert!(!daemon.log().contains("s3cret-broker-pw"));
-    assert!(
-        daemon
-            .terminate(Duration::from_secs(10))
-            .is_some_and(|s| s.success())
-    );
+    daemon.stop_cleanly();
 }

@@ -9,7 +9,9 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Daemon, Influx, Mosquitto, publish_all, static_config, wait_until, write_secret};
+use support::{
+    Daemon, Influx, Mosquitto, final_counter, publish_all, static_config, wait_until, write_secret,
+};
 
 fn messages(from: u64, to: u64) -> Vec<(String, Vec<u8>)> {
     (from..to)
@@ -25,22 +27,6 @@ fn messages(from: u64, to: u64) -> Vec<(String, Vec<u8>)> {
             )
         })
         .collect()
-}
-
-/// A number from the daemon's final "stopped:" line, the one before `label`.
-fn final_counter(log: &str, label: &str) -> u64 {
-    let line = log
-        .lines()
-        .rev()
-        .find(|l| l.contains("stopped:"))
-        .unwrap_or_else(|| panic!("no final counters in\n{log}"));
-    line[..line.find(label).unwrap()]
-        .trim_end()
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 /// The daemon config of the harness, with the subscription's filter and
@@ -145,19 +131,8 @@ fn qos_0_messages_are_forwarded_without_acks() {
         .await;
         assert_eq!(sent, Ok(true));
     });
-    assert!(
-        wait_until(Duration::from_secs(30), || influx
-            .count("sensors", "cases", "seq")
-            == N),
-        "{} of {N}\n{}",
-        influx.count("sensors", "cases", "seq"),
-        daemon.log()
-    );
-    assert!(
-        daemon
-            .terminate(Duration::from_secs(10))
-            .is_some_and(|s| s.success())
-    );
+    influx.assert_arrives("cases", N, Duration::from_secs(30), &daemon);
+    daemon.stop_cleanly();
     assert_eq!(final_counter(&daemon.log(), "messages in"), N);
 }
 
@@ -197,19 +172,8 @@ fn a_full_disk_stops_acks_and_every_point_arrives_once_there_is_room() {
 
     // Room again: the spool drains, the held messages come, all arrive.
     influx.restart();
-    assert!(
-        wait_until(Duration::from_secs(120), || influx
-            .count("sensors", "cases", "seq")
-            == N),
-        "{} of {N}\n{}",
-        influx.count("sensors", "cases", "seq"),
-        daemon.log()
-    );
-    assert!(
-        daemon
-            .terminate(Duration::from_secs(10))
-            .is_some_and(|s| s.success())
-    );
+    influx.assert_arrives("cases", N, Duration::from_secs(120), &daemon);
+    daemon.stop_cleanly();
     let log = daemon.log();
     assert_eq!(final_counter(&log, "dropped by the spool"), 0, "{log}");
 }
@@ -253,9 +217,5 @@ fn the_daemon_says_when_the_broker_dropped_messages_it_could_not_queue() {
         "{}",
         daemon.log()
     );
-    assert!(
-        daemon
-            .terminate(Duration::from_secs(10))
-            .is_some_and(|s| s.success())
-    );
+    daemon.stop_cleanly();
 }

@@ -8,7 +8,9 @@ use std::path::Path;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use support::{Daemon, Influx, Mosquitto, publish_all, start_static_daemon, wait_until};
+use support::{
+    Daemon, Influx, Mosquitto, final_counter, publish_all, start_static_daemon, wait_until,
+};
 
 const BASE_TS: u64 = 1_700_000_000_000_000_000;
 
@@ -64,25 +66,6 @@ fn spool_bytes(daemon: &Daemon) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
-}
-
-/// The number just before `label` in the daemon's final counters line.
-fn counter(log: &str, label: &str) -> u64 {
-    let line = log
-        .lines()
-        .rev()
-        .find(|l| l.contains("stopped:"))
-        .expect("final counters line");
-    let before = &line[..line
-        .find(label)
-        .unwrap_or_else(|| panic!("no {label:?} in {line}"))];
-    before
-        .trim_end()
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 #[test]
@@ -168,13 +151,13 @@ fn a_one_mib_spool_through_a_two_minute_outage_drops_exactly_what_it_counts() {
             .is_some_and(|s| s.success())
     );
     let log = daemon.log();
-    let dropped = counter(&log, "dropped by the spool");
+    let dropped = final_counter(&log, "dropped by the spool");
     let stored = influx.count("sensors", "budget", "seq");
     assert!(
         dropped > 0,
         "a 1 MiB spool cannot hold {PUBLISHED} points\n{log}"
     );
-    assert_eq!(counter(&log, "left in the spool"), 0);
+    assert_eq!(final_counter(&log, "left in the spool"), 0);
     assert_eq!(
         PUBLISHED - stored,
         dropped,

@@ -418,6 +418,21 @@ impl Influx {
     }
 }
 
+impl Influx {
+    /// Waits until `n` points of `measurement` (field `seq`, database
+    /// `sensors`) are in InfluxDB; panics with the count and the daemon's
+    /// log otherwise.
+    pub fn assert_arrives(&self, measurement: &str, n: u64, timeout: Duration, daemon: &Daemon) {
+        let arrived = wait_until(timeout, || self.count("sensors", measurement, "seq") == n);
+        assert!(
+            arrived,
+            "{} of {n} points arrived\n{}",
+            self.count("sensors", measurement, "seq"),
+            daemon.log()
+        );
+    }
+}
+
 impl Drop for Influx {
     fn drop(&mut self) {
         stop_child(&mut self.child);
@@ -630,6 +645,16 @@ impl Daemon {
         wait_exit(&mut self.child, timeout)
     }
 
+    /// SIGTERM, and asserts a clean exit within 10 s.
+    pub fn stop_cleanly(&mut self) {
+        let status = self.terminate(Duration::from_secs(10));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "leasegate exited with {status:?}\n{}",
+            self.log()
+        );
+    }
+
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -679,6 +704,25 @@ impl Drop for Daemon {
             eprintln!("--- leasegate log (tail) ---\n{}", tail(&self.log, 6000));
         }
     }
+}
+
+/// A number from the daemon's final "stopped: ..." line: the one just
+/// before `label` (an opening parenthesis before it is skipped).
+pub fn final_counter(log: &str, label: &str) -> u64 {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("stopped:"))
+        .unwrap_or_else(|| panic!("no final counters line in\n{log}"));
+    let before = &line[..line
+        .find(label)
+        .unwrap_or_else(|| panic!("no {label:?} in {line}"))];
+    before
+        .trim_end()
+        .rsplit(' ')
+        .next()
+        .and_then(|n| n.trim_start_matches('(').parse().ok())
+        .unwrap_or_else(|| panic!("no number before {label:?} in {line}"))
 }
 
 // ---------------------------------------------------------------- publisher
