@@ -73,6 +73,8 @@ impl Intake {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30), 0.25);
         let mut subscribed_once = false;
         let mut drops = DropWatch::default();
+        // Brokers answer SUBSCRIBEs in order: what each SubAck is for.
+        let mut suback_for = std::collections::VecDeque::new();
         loop {
             let event = tokio::select! {
                 biased;
@@ -95,27 +97,34 @@ impl Intake {
                     // A broker that kept our session kept our subscriptions
                     // too; subscribing again would replay retained messages.
                     if !ack.session_present || !subscribed_once {
-                        // Last, so the SubAck's codes line up with the
-                        // configured subscriptions first.
-                        let filters = config
-                            .subscribe
-                            .iter()
-                            .map(|s| {
-                                rumqttc::SubscribeFilter::new(s.topic.clone(), QoS::AtLeastOnce)
-                            })
-                            .chain(std::iter::once(rumqttc::SubscribeFilter::new(
-                                BROKER_DROPS.to_owned(),
-                                QoS::AtMostOnce,
-                            )));
+                        let filters = config.subscribe.iter().map(|s| {
+                            rumqttc::SubscribeFilter::new(s.topic.clone(), QoS::AtLeastOnce)
+                        });
                         // Not awaited: this task is the one that drains the
                         // request queue the call would wait on.
-                        if let Err(e) = client.try_subscribe_many(filters) {
-                            log::error!("cannot subscribe: {e}");
+                        suback_for.clear();
+                        match client.try_subscribe_many(filters) {
+                            Ok(()) => suback_for.push_back(Subscribed::Configured),
+                            Err(e) => log::error!("cannot subscribe: {e}"),
+                        }
+                        // Apart, so that a broker that refuses it (or
+                        // disconnects for it) costs only the warning.
+                        if config.watch_broker_drops
+                            && client.try_subscribe(BROKER_DROPS, QoS::AtMostOnce).is_ok()
+                        {
+                            suback_for.push_back(Subscribed::BrokerDrops);
                         }
                         subscribed_once = true;
                     }
                 }
+                Ok(Event::Incoming(Packet::SubAck(ack)))
+                    if suback_for.front() == Some(&Subscribed::BrokerDrops) =>
+                {
+                    suback_for.pop_front();
+                    log::debug!("broker drop counter subscription: {:?}", ack.return_codes);
+                }
                 Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    suback_for.pop_front();
                     for (sub, code) in config.subscribe.iter().zip(&ack.return_codes) {
                         match code {
                             SubscribeReasonCode::Failure => {
@@ -207,12 +216,27 @@ async fn send_acks(
     let _ = client.disconnect().await;
 }
 
+/// Whether InfluxDB reads a valid line's own text as exactly the parsed
+/// point. Our parser takes a few forms InfluxDB's refuses, which writing
+/// the point anew smooths over: a tab between sections, a `+` before a
+/// number, an unescaped `=` in a tag value.
+fn forwardable(text: &str, point: &Point) -> bool {
+    !text.bytes().any(|b| b == b'\t' || b == b'+')
+        && !point.tags.iter().any(|(_, v)| v.contains('='))
+}
+
 /// Where Mosquitto publishes how many messages it dropped for queue and
 /// in-flight limits (every `sys_interval`). While the daemon is away the
 /// broker's queue is the only buffer, so a drop there is data lost before
 /// leasegate could take it: the daemon says so. Other brokers never publish
 /// it, and nothing changes.
 const BROKER_DROPS: &str = "$SYS/broker/publish/messages/dropped";
+
+#[derive(Debug, PartialEq, Eq)]
+enum Subscribed {
+    Configured,
+    BrokerDrops,
+}
 
 /// Follows the broker's drop counter across reconnects.
 #[derive(Default)]
@@ -350,13 +374,19 @@ impl Decoder {
                     Ok(mut lines) => {
                         while let Some(result) = lines.next() {
                             match result {
-                                Ok(point) => {
+                                Ok(point) if forwardable(lines.last_text(), &point) => {
                                     delivery.lines.push_str(lines.last_text());
                                     if point.timestamp.is_none() {
                                         delivery.lines.push(' ');
                                         let now = self.clock.next();
                                         delivery.lines.push_str(&now.to_string());
                                     }
+                                    delivery.lines.push('\n');
+                                    delivery.points += 1;
+                                }
+                                Ok(mut point) => {
+                                    self.clock.stamp(&mut point);
+                                    lineproto::write_point(&mut delivery.lines, &point);
                                     delivery.lines.push('\n');
                                     delivery.points += 1;
                                 }
@@ -541,6 +571,15 @@ mod tests {
         assert_eq!(out.lines, "m v=1 5\nm,t=x v=2i 7\n");
         assert_eq!((out.points, out.ack.map(|a| a.pkid)), (2, Some(9)));
         assert_eq!(Stats::get(&stats.points_invalid), 1);
+        // Except forms InfluxDB's parser would read otherwise: written anew.
+        let mut odd = Publish::new(
+            "s/1",
+            QoS::AtLeastOnce,
+            "m v=+1.5 5\nm,t=a=b v=1 6\nm v=1\t7\n",
+        );
+        odd.pkid = 11;
+        let rewritten = d.decode(&odd, &stats);
+        assert_eq!(rewritten.lines, "m v=1.5 5\nm,t=a\\=b v=1.0 6\nm v=1.0 7\n");
         let other = Publish::new("elsewhere", QoS::AtLeastOnce, "m v=1");
         assert_eq!(d.decode(&other, &stats).points, 0);
         let mut oversized = Publish::new("s/2", QoS::AtLeastOnce, "m v=1 1\n".repeat(10));

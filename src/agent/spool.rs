@@ -367,12 +367,18 @@ impl Spool {
             };
             let mut to_sync = Vec::new();
             if due {
+                // Clone first: a failed clone must leave the handles and
+                // the dirty mark in place for the retry.
+                let active = match (&inner.active, inner.segments.back()) {
+                    (Some(file), Some(seg)) => Some((
+                        seg.path.clone(),
+                        file.try_clone().map_err(io(seg.path.clone()))?,
+                    )),
+                    _ => None,
+                };
                 inner.dirty = false;
                 to_sync = std::mem::take(&mut inner.unsynced);
-                if let (Some(file), Some(seg)) = (&inner.active, inner.segments.back()) {
-                    let clone = file.try_clone().map_err(io(seg.path.clone()))?;
-                    to_sync.push((seg.path.clone(), clone));
-                }
+                to_sync.extend(active);
             }
             // Only what exists now is made readable: records appended while
             // this commit syncs belong to the next one.
@@ -533,14 +539,18 @@ impl Spool {
             if !inner.dirty || inner.last_sync.elapsed() < every {
                 return Ok(());
             }
+            let active = match (&inner.active, inner.segments.back()) {
+                (Some(file), Some(seg)) => Some((
+                    seg.path.clone(),
+                    file.try_clone().map_err(|source| SpoolError::Io {
+                        path: seg.path.clone(),
+                        source,
+                    })?,
+                )),
+                _ => None,
+            };
             let mut to_sync = std::mem::take(&mut inner.unsynced);
-            if let (Some(file), Some(seg)) = (&inner.active, inner.segments.back()) {
-                let clone = file.try_clone().map_err(|source| SpoolError::Io {
-                    path: seg.path.clone(),
-                    source,
-                })?;
-                to_sync.push((seg.path.clone(), clone));
-            }
+            to_sync.extend(active);
             inner.dirty = false;
             inner.last_sync = Instant::now();
             to_sync
@@ -851,11 +861,6 @@ struct Chunk {
     damage: Option<Damage>,
 }
 
-/// Reads whole records from `offset` up to `end` of a segment, stopping
-/// before `max_bytes` of payload or `max_points` (with `force_one`, at least
-/// one record, so a record larger than the limits still goes). Damage found here (bits that flipped after start-up) is skipped
-/// to the next valid record, searched for in the whole rest of the segment
-/// so a record cut by the read buffer is never mistaken for damage.
 /// Drops the handles kept to sync a segment that is being deleted: an open
 /// handle keeps a deleted file's blocks allocated, and on a full disk the
 /// space would never come back.
@@ -863,6 +868,11 @@ fn forget_handles(inner: &mut Inner, path: &Path) {
     inner.unsynced.retain(|(p, _)| p != path);
 }
 
+/// Reads whole records from `offset` up to `end` of a segment, stopping
+/// before `max_bytes` of payload or `max_points` (with `force_one`, at least
+/// one record, so a record larger than the limits still goes). Damage found here (bits that flipped after start-up) is skipped
+/// to the next valid record, searched for in the whole rest of the segment
+/// so a record cut by the read buffer is never mistaken for damage.
 fn read_records(
     path: &Path,
     offset: u64,

@@ -246,8 +246,13 @@ impl Writer {
         let probe = matches!(e, WriteError::Transport { .. }) && !self.sink.reachable(PROBE_EVERY);
         let until = Instant::now() + delay;
         loop {
+            // Waiting in steps also keeps `fsync = "interval"` syncing what
+            // was acked meanwhile, however long InfluxDB is away.
+            if let Err(e) = self.spool.sync_if_due() {
+                log::error!("cannot sync the spool: {}", crate::error_chain(&e));
+            }
             let left = until.saturating_duration_since(Instant::now());
-            let step = if probe { left.min(PROBE_EVERY) } else { left };
+            let step = left.min(PROBE_EVERY);
             if self.shutdown.sleep(step) {
                 log::info!("stopping with {points} points unwritten; they stay in the spool");
                 return false;

@@ -46,6 +46,8 @@ pub struct Mqtt {
     pub subscribe: Vec<Subscription>,
     /// Set exactly when the url is `mqtts://`.
     pub tls: Option<TlsClient>,
+    /// Follow Mosquitto's `$SYS` drop counter and warn when it rises.
+    pub watch_broker_drops: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -293,6 +295,7 @@ fn read_mqtt(t: &Table<'_>) -> Option<Mqtt> {
         );
     }
     let tls = read_tls(t, url.as_ref());
+    let watch_broker_drops = t.bool("watch_broker_drops", true);
     Some(Mqtt {
         url: url?,
         client_id,
@@ -302,6 +305,7 @@ fn read_mqtt(t: &Table<'_>) -> Option<Mqtt> {
         max_packet_size,
         subscribe,
         tls,
+        watch_broker_drops,
     })
 }
 
