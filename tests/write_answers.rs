@@ -401,3 +401,68 @@ fn a_v1_server_s_refused_lines_are_dead_lettered_and_the_rest_written() {
             .collect()
     });
 }
+
+#[test]
+fn a_rotated_token_file_is_taken_up_without_a_restart() {
+    let broker = Mosquitto::start();
+    let influx = FakeInflux::start(Flavor::V2, "tok-first", "org", "bucket", 1 << 20);
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = support::write_secret(dir.path(), "influx.token", "tok-first\n");
+    let config = refusals_config(
+        &broker,
+        &format!(
+            "[influxdb]\napi = \"v2\"\nurl = \"{}\"\norg = \"org\"\nbucket = \"bucket\"\ntoken_file = \"{}\"\n",
+            influx.url(),
+            token_file.display()
+        ),
+    );
+    let mut daemon = Daemon::start_in(dir, &config);
+    assert!(daemon.wait_for_log("subscribed to", 1, Duration::from_secs(20)));
+    publish_all(
+        broker.port,
+        "pub-rotate",
+        points(0, 10),
+        Duration::from_secs(30),
+    );
+    assert!(wait_until(Duration::from_secs(30), || influx
+        .with(|s| s.lines.len())
+        >= 10));
+
+    // The operator rotates the token: InfluxDB refuses the old one, the
+    // points are held, and the new file content is taken up at once.
+    influx.with(|s| s.token = "tok-second".into());
+    publish_all(
+        broker.port,
+        "pub-rotate",
+        points(10, 20),
+        Duration::from_secs(30),
+    );
+    assert!(
+        daemon.wait_for_log(
+            "it is read again before each retry",
+            1,
+            Duration::from_secs(20)
+        ),
+        "{}",
+        daemon.log()
+    );
+    std::fs::write(&token_file, "tok-second\n").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || influx.with(|s| s.lines.len())
+            >= 20),
+        "{}",
+        daemon.log()
+    );
+    let log = daemon.log();
+    assert!(log.contains("took the new one from"), "{log}");
+    assert!(
+        !log.contains("tok-first") && !log.contains("tok-second"),
+        "{log}"
+    );
+    daemon.stop_cleanly();
+    assert_eq!(
+        influx.with(|s| s.lines.len()),
+        20,
+        "a point written twice or lost"
+    );
+}

@@ -25,7 +25,10 @@ pub struct Sink {
     api: Api,
     agent: ureq::Agent,
     url: String,
-    authorization: Option<Secret>,
+    /// Replaced when the credential's file holds a new one.
+    authorization: std::sync::Mutex<Option<Secret>>,
+    username: Option<String>,
+    secret_file: Option<std::path::PathBuf>,
     gzip: bool,
 }
 
@@ -209,13 +212,54 @@ impl Sink {
             .user_agent(concat!("leasegate/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
+        let secret = match influx.api {
+            Api::V1 => influx.password.as_ref(),
+            Api::V2 | Api::V3 => influx.token.as_ref(),
+        };
         Sink {
             api: influx.api,
             agent,
             url: write_url(influx),
-            authorization: authorization(influx),
+            authorization: std::sync::Mutex::new(authorization(
+                influx.api,
+                influx.username.as_deref(),
+                secret,
+            )),
+            username: influx.username.clone(),
+            secret_file: influx.secret_file.clone(),
             gzip: influx.gzip,
         }
+    }
+
+    /// Where the credential comes from, for messages.
+    pub fn secret_file(&self) -> Option<&std::path::Path> {
+        self.secret_file.as_deref()
+    }
+
+    /// InfluxDB refused the credential: reads its file again. Ok(true) when
+    /// the file now holds a different one, which later writes use. With
+    /// leases, the lease holder replaces the credential here instead.
+    pub fn reload_credential(&self) -> Result<bool, String> {
+        let Some(path) = &self.secret_file else {
+            return Ok(false);
+        };
+        // The error names the file and the OS error, never the content.
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let secret = Secret::new(text.trim());
+        if secret.expose().is_empty() {
+            return Err(format!("{} is empty", path.display()));
+        }
+        let fresh = authorization(self.api, self.username.as_deref(), Some(&secret));
+        let mut current = self
+            .authorization
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let changed = current.as_ref().map(Secret::expose) != fresh.as_ref().map(Secret::expose);
+        if changed {
+            *current = fresh;
+        }
+        Ok(changed)
     }
 
     pub fn url(&self) -> &str {
@@ -261,7 +305,12 @@ impl Sink {
             .agent
             .post(&self.url)
             .header("Content-Type", "text/plain; charset=utf-8");
-        if let Some(auth) = &self.authorization {
+        let auth = self
+            .authorization
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        if let Some(auth) = &auth {
             request = request.header("Authorization", auth.expose());
         }
         let response = if self.gzip {
@@ -381,25 +430,18 @@ fn write_url(influx: &Influx) -> String {
 
 /// The Authorization header value: Basic for 1.x (influxd 1.6 does not take
 /// `Token`), `Token` for 2.x, `Bearer` for 3.x.
-fn authorization(influx: &Influx) -> Option<Secret> {
-    match influx.api {
+fn authorization(api: Api, username: Option<&str>, secret: Option<&Secret>) -> Option<Secret> {
+    let secret = secret?.expose();
+    match api {
         Api::V1 => {
-            let user = influx.username.as_deref()?;
-            let password = influx.password.as_ref()?;
-            let pair = format!("{user}:{}", password.expose());
+            let pair = format!("{}:{secret}", username?);
             Some(Secret::new(format!(
                 "Basic {}",
                 base64::engine::general_purpose::STANDARD.encode(pair)
             )))
         }
-        Api::V2 => Some(Secret::new(format!(
-            "Token {}",
-            influx.token.as_ref()?.expose()
-        ))),
-        Api::V3 => Some(Secret::new(format!(
-            "Bearer {}",
-            influx.token.as_ref()?.expose()
-        ))),
+        Api::V2 => Some(Secret::new(format!("Token {secret}"))),
+        Api::V3 => Some(Secret::new(format!("Bearer {secret}"))),
     }
 }
 
@@ -431,9 +473,21 @@ mod tests {
             username: Some("u".into()),
             password: Some(Secret::new("p")),
             token: Some(Secret::new("tok")),
+            secret_file: None,
             gzip: true,
             timeout: Duration::from_secs(1),
         }
+    }
+
+    fn auth(influx: &Influx) -> String {
+        Sink::new(influx)
+            .authorization
+            .lock()
+            .unwrap()
+            .as_ref()
+            .unwrap()
+            .expose()
+            .to_owned()
     }
 
     #[test]
@@ -443,19 +497,19 @@ mod tests {
             write_url(&v1),
             "http://h:8086/write?db=my%20db&precision=ns"
         );
-        assert_eq!(authorization(&v1).unwrap().expose(), "Basic dTpw");
+        assert_eq!(auth(&v1), "Basic dTpw");
         let v2 = influx(Api::V2);
         assert_eq!(
             write_url(&v2),
             "http://h:8086/api/v2/write?org=o%26g&bucket=b&precision=ns"
         );
-        assert_eq!(authorization(&v2).unwrap().expose(), "Token tok");
+        assert_eq!(auth(&v2), "Token tok");
         let v3 = influx(Api::V3);
         assert_eq!(
             write_url(&v3),
             "http://h:8086/api/v3/write_lp?db=my%20db&precision=ns&accept_partial=true"
         );
-        assert_eq!(authorization(&v3).unwrap().expose(), "Bearer tok");
+        assert_eq!(auth(&v3), "Bearer tok");
     }
 
     fn status(status: u16, message: &str) -> WriteError {

@@ -170,10 +170,35 @@ impl Writer {
                     return true;
                 }
                 Refusal::NotContent => {
+                    // A refused credential goes back to its holder: with
+                    // static credentials, the file it came from.
+                    if matches!(status, 401 | 403) && self.took_new_credential(status) {
+                        continue;
+                    }
                     if !self.wait_to_retry(&e, points, backoff) {
                         return false;
                     }
                 }
+            }
+        }
+    }
+
+    /// Reads the refused credential's file again; true if it now holds a
+    /// new credential, to retry with at once.
+    fn took_new_credential(&self, status: u16) -> bool {
+        match self.sink.reload_credential() {
+            Ok(true) => {
+                let file = self.sink.secret_file().map(|p| p.display().to_string());
+                log::info!(
+                    "InfluxDB refused the credential ({status}); took the new one from {}",
+                    file.unwrap_or_default()
+                );
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                log::error!("InfluxDB refused the credential ({status}) and {e}");
+                false
             }
         }
     }
@@ -228,10 +253,23 @@ impl Writer {
             }
             _ => backoff.next_delay(),
         };
-        let hint = if matches!(e, WriteError::Status { status: 404, .. }) {
-            " (the database or bucket does not exist; create it, the points are held meanwhile)"
-        } else {
-            ""
+        let hint = match e {
+            WriteError::Status { status: 404, .. } => {
+                " (the database or bucket does not exist; create it, the points are held meanwhile)"
+                    .to_owned()
+            }
+            WriteError::Status {
+                status: 401 | 403, ..
+            } => match self.sink.secret_file() {
+                Some(file) => format!(
+                    " (the credential is refused; put a working one in {}, it is read again before each retry; the points are held)",
+                    file.display()
+                ),
+                None => {
+                    " (the credential is refused; the points are held until it works)".to_owned()
+                }
+            },
+            _ => String::new(),
         };
         log::warn!(
             "write of {points} points failed: {}{hint}; retrying in {}",

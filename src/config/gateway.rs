@@ -124,6 +124,10 @@ pub struct Influx {
     pub password: Option<Secret>,
     /// v2 and v3.
     pub token: Option<Secret>,
+    /// The file the password (v1) or token (v2, v3) came from, read again
+    /// when InfluxDB refuses the credential, so a rotated one is taken up
+    /// without a restart.
+    pub secret_file: Option<PathBuf>,
     pub gzip: bool,
     pub timeout: Duration,
 }
@@ -526,6 +530,10 @@ fn read_influx(t: &Table<'_>) -> Option<Influx> {
     if retention_policy.is_some() && api != Api::V1 {
         t.problem("retention_policy", "only used with api = \"v1\"");
     }
+    let secret_file = match api {
+        Api::V1 => t.path("password_file"),
+        Api::V2 | Api::V3 => t.path("token_file"),
+    };
     Some(Influx {
         api,
         url: url?,
@@ -536,6 +544,7 @@ fn read_influx(t: &Table<'_>) -> Option<Influx> {
         username,
         password,
         token,
+        secret_file,
         gzip,
         timeout,
     })
