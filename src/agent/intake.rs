@@ -100,9 +100,9 @@ impl Intake {
                         let filters = config.subscribe.iter().map(|s| {
                             rumqttc::SubscribeFilter::new(s.topic.clone(), QoS::AtLeastOnce)
                         });
+                        suback_for.clear();
                         // Not awaited: this task is the one that drains the
                         // request queue the call would wait on.
-                        suback_for.clear();
                         match client.try_subscribe_many(filters) {
                             Ok(()) => suback_for.push_back(Subscribed::Configured),
                             Err(e) => log::error!("cannot subscribe: {e}"),
