@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use support::{Daemon, Influx, Mosquitto, final_counter, publish_all, wait_until};
+use support::{Daemon, Influx, Mosquitto, final_counter, gateway_head, publish_all, wait_until};
 
 /// leasegate's default `batch.max_lines`.
 const BATCH_LINES: u64 = 5000;
@@ -328,19 +328,13 @@ fn start_daemon(config: &str) -> Daemon {
 
 /// A daemon taking the messages of one phase (`bench/<measurement>/#`).
 fn daemon_config(broker: &Mosquitto, influx_url: &str, target: &str, measurement: &str) -> String {
-    let client_id = format!("bench-{measurement}");
     format!(
-        r#"state_dir = "{{dir}}/state"
-[mqtt]
-url = "{}"
-client_id = "{client_id}"
-[[mqtt.subscribe]]
-topic = "bench/{measurement}/#"
-[influxdb]
-api = "v1"
-url = "{influx_url}"
-{target}"#,
-        broker.url()
+        "{}[influxdb]\napi = \"v1\"\nurl = \"{influx_url}\"\n{target}",
+        gateway_head(
+            broker,
+            &format!("bench-{measurement}"),
+            &format!("bench/{measurement}/#")
+        )
     )
 }
 

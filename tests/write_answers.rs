@@ -10,7 +10,9 @@ mod support;
 use std::time::Duration;
 
 use support::fake_influx::{FakeInflux, Flavor};
-use support::{Daemon, Influx, Mosquitto, publish_all, start_static_daemon, wait_until};
+use support::{
+    Daemon, Influx, Mosquitto, gateway_head, publish_all, start_static_daemon, wait_until,
+};
 
 fn points(from: u64, to: u64) -> Vec<(String, Vec<u8>)> {
     (from..to)
@@ -31,13 +33,7 @@ fn a_v2_server_gets_every_point_through_413_429_503_401_and_404() {
     let influx = FakeInflux::start(Flavor::V2, "tok-v2", "my-org", "my-bucket", 2000);
     influx.with(|s| s.scripted.extend([(429, Some(1)), (503, None)]));
     let config = format!(
-        r#"state_dir = "{{dir}}/state"
-[mqtt]
-url = "{}"
-client_id = "gw-v2"
-[[mqtt.subscribe]]
-topic = "sensors/#"
-[influxdb]
+        r#"{}[influxdb]
 api = "v2"
 url = "{}"
 org = "my-org"
@@ -47,7 +43,7 @@ gzip = false
 [batch]
 flush_interval = "200ms"
 "#,
-        broker.url(),
+        gateway_head(&broker, "gw-v2", "sensors/#"),
         influx.url()
     );
     let dir = tempfile::tempdir().unwrap();
@@ -239,17 +235,8 @@ fn refused_seqs(daemon: &Daemon) -> Vec<u64> {
 
 fn refusals_config(broker: &Mosquitto, influx_section: &str) -> String {
     format!(
-        r#"state_dir = "{{dir}}/state"
-[mqtt]
-url = "{}"
-client_id = "gw-refusals"
-[[mqtt.subscribe]]
-topic = "sensors/#"
-{influx_section}
-[batch]
-flush_interval = "300ms"
-"#,
-        broker.url()
+        "{}{influx_section}\n[batch]\nflush_interval = \"300ms\"\n",
+        gateway_head(broker, "gw-refusals", "sensors/#")
     )
 }
 

@@ -29,6 +29,8 @@ pub struct Sink {
     authorization: std::sync::Mutex<Option<Secret>>,
     username: Option<String>,
     secret_file: Option<std::path::PathBuf>,
+    /// `host:port` of the URL, for [`Sink::reachable`].
+    server: Option<String>,
     gzip: bool,
 }
 
@@ -216,10 +218,19 @@ impl Sink {
             Api::V1 => influx.password.as_ref(),
             Api::V2 | Api::V3 => influx.token.as_ref(),
         };
+        let url = write_url(influx);
+        let server = url.parse::<ureq::http::Uri>().ok().and_then(|uri| {
+            let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+                Some("https") => 443,
+                _ => 80,
+            });
+            Some(format!("{}:{port}", uri.host()?))
+        });
         Sink {
             api: influx.api,
             agent,
-            url: write_url(influx),
+            url,
+            server,
             authorization: std::sync::Mutex::new(authorization(
                 influx.api,
                 influx.username.as_deref(),
@@ -276,22 +287,7 @@ impl Sink {
     /// failing.
     pub fn reachable(&self, timeout: Duration) -> bool {
         use std::net::{TcpStream, ToSocketAddrs};
-        let Some((scheme, rest)) = self.url.split_once("://") else {
-            return false;
-        };
-        let authority = rest.split(['/', '?']).next().unwrap_or_default();
-        let authority = authority.rsplit('@').next().unwrap_or(authority);
-        let has_port = authority
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-            && !authority.ends_with(']');
-        let target = if has_port {
-            authority.to_owned()
-        } else {
-            let port = if scheme == "https" { 443 } else { 80 };
-            format!("{authority}:{port}")
-        };
-        let Ok(addrs) = target.to_socket_addrs() else {
+        let Some(Ok(addrs)) = self.server.as_ref().map(|s| s.to_socket_addrs()) else {
             return false;
         };
         addrs
@@ -488,6 +484,16 @@ mod tests {
             .unwrap()
             .expose()
             .to_owned()
+    }
+
+    #[test]
+    fn the_probe_targets_the_url_s_host_and_port() {
+        let mut i = influx(Api::V2);
+        assert_eq!(Sink::new(&i).server.as_deref(), Some("h:8086"));
+        i.url = "https://influx.example".into();
+        assert_eq!(Sink::new(&i).server.as_deref(), Some("influx.example:443"));
+        i.url = "http://[::1]:9999".into();
+        assert_eq!(Sink::new(&i).server.as_deref(), Some("[::1]:9999"));
     }
 
     #[test]

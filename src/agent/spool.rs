@@ -357,7 +357,6 @@ impl Spool {
     /// Makes everything appended so far durable under the fsync policy and
     /// readable by the writer. Acknowledge to the broker only after this.
     pub fn commit(&self) -> Result<(), SpoolError> {
-        let io = |path: PathBuf| move |source| SpoolError::Io { path, source };
         let (to_sync, ends, due) = {
             let mut inner = self.lock();
             let due = match self.config.fsync {
@@ -365,39 +364,18 @@ impl Spool {
                 FsyncPolicy::Interval(every) => inner.last_sync.elapsed() >= every,
                 FsyncPolicy::Never => false,
             };
-            let mut to_sync = Vec::new();
-            if due {
-                // Clone first: a failed clone must leave the handles and
-                // the dirty mark in place for the retry.
-                let active = match (&inner.active, inner.segments.back()) {
-                    (Some(file), Some(seg)) => Some((
-                        seg.path.clone(),
-                        file.try_clone().map_err(io(seg.path.clone()))?,
-                    )),
-                    _ => None,
-                };
-                inner.dirty = false;
-                to_sync = std::mem::take(&mut inner.unsynced);
-                to_sync.extend(active);
-            }
+            let to_sync = if due {
+                take_unsynced(&mut inner)?
+            } else {
+                Vec::new()
+            };
             // Only what exists now is made readable: records appended while
             // this commit syncs belong to the next one.
             let ends: Vec<(u64, u64)> = inner.segments.iter().map(|s| (s.id, s.end)).collect();
             (to_sync, ends, due)
         };
         // The sync runs without the lock so the writer keeps reading.
-        for (path, file) in &to_sync {
-            if let Err(e) = file.sync_data() {
-                // Keep the handles so the retry syncs them again.
-                self.lock().dirty = true;
-                self.lock().unsynced.extend(
-                    to_sync
-                        .iter()
-                        .filter_map(|(p, f)| Some((p.clone(), f.try_clone().ok()?))),
-                );
-                return Err(io(path.clone())(e));
-            }
-        }
+        self.sync_files(to_sync)?;
         let mut inner = self.lock();
         if due {
             inner.last_sync = Instant::now();
@@ -539,36 +517,24 @@ impl Spool {
             if !inner.dirty || inner.last_sync.elapsed() < every {
                 return Ok(());
             }
-            let active = match (&inner.active, inner.segments.back()) {
-                (Some(file), Some(seg)) => Some((
-                    seg.path.clone(),
-                    file.try_clone().map_err(|source| SpoolError::Io {
-                        path: seg.path.clone(),
-                        source,
-                    })?,
-                )),
-                _ => None,
-            };
-            let mut to_sync = std::mem::take(&mut inner.unsynced);
-            to_sync.extend(active);
-            inner.dirty = false;
             inner.last_sync = Instant::now();
-            to_sync
+            take_unsynced(&mut inner)?
         };
-        for (path, file) in &to_sync {
-            if let Err(source) = file.sync_data() {
-                let mut inner = self.lock();
-                inner.dirty = true;
-                inner.unsynced.extend(
-                    to_sync
-                        .iter()
-                        .filter_map(|(p, f)| Some((p.clone(), f.try_clone().ok()?))),
-                );
-                return Err(SpoolError::Io {
-                    path: path.clone(),
-                    source,
-                });
-            }
+        self.sync_files(to_sync)
+    }
+
+    /// Syncs the files `take_unsynced` handed out, without the lock; on a
+    /// failure, gives them back with the dirty mark so a retry syncs them
+    /// again.
+    fn sync_files(&self, to_sync: Vec<(PathBuf, File)>) -> Result<(), SpoolError> {
+        let failed = to_sync
+            .iter()
+            .find_map(|(path, file)| file.sync_data().err().map(|e| (path.clone(), e)));
+        if let Some((path, source)) = failed {
+            let mut inner = self.lock();
+            inner.dirty = true;
+            inner.unsynced.extend(to_sync);
+            return Err(SpoolError::Io { path, source });
         }
         Ok(())
     }
@@ -859,6 +825,27 @@ struct Chunk {
     records: u64,
     next: u64,
     damage: Option<Damage>,
+}
+
+/// Everything appended and not yet synced, as handles to sync without the
+/// lock: the sealed segments' and a clone of the active one's. The clone
+/// comes first, so a failed clone leaves the handles and the dirty mark in
+/// place for the retry.
+fn take_unsynced(inner: &mut Inner) -> Result<Vec<(PathBuf, File)>, SpoolError> {
+    let active = match (&inner.active, inner.segments.back()) {
+        (Some(file), Some(seg)) => Some((
+            seg.path.clone(),
+            file.try_clone().map_err(|source| SpoolError::Io {
+                path: seg.path.clone(),
+                source,
+            })?,
+        )),
+        _ => None,
+    };
+    inner.dirty = false;
+    let mut to_sync = std::mem::take(&mut inner.unsynced);
+    to_sync.extend(active);
+    Ok(to_sync)
 }
 
 /// Drops the handles kept to sync a segment that is being deleted: an open

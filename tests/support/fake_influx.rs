@@ -148,11 +148,12 @@ fn serve(conn: TcpStream, flavor: Flavor, state: &Mutex<State>) -> std::io::Resu
     let mut body = vec![0; length];
     reader.read_exact(&mut body)?;
 
+    let request = Request::parse(&request_line);
     let Answer(status, retry_after, json) = {
         let mut st = state.lock().unwrap();
         let answer = match flavor {
-            Flavor::V2 => answer_v2(&request_line, &headers, &body, &mut st),
-            Flavor::V3 => answer_v3(&request_line, &headers, &body, &mut st),
+            Flavor::V2 => answer_v2(&request, &headers, &body, &mut st),
+            Flavor::V3 => answer_v3(&request, &headers, &body, &mut st),
         };
         st.answers.push(answer.0);
         answer
@@ -187,6 +188,26 @@ fn serve(conn: TcpStream, flavor: Flavor, state: &Mutex<State>) -> std::io::Resu
     let mut conn = reader.into_inner();
     conn.write_all(out.as_bytes())?;
     conn.flush()
+}
+
+/// The parts of a request line the endpoints look at.
+#[derive(Clone, Copy)]
+struct Request<'a> {
+    post: bool,
+    path: &'a str,
+    query: &'a str,
+}
+
+impl<'a> Request<'a> {
+    fn parse(request_line: &'a str) -> Self {
+        let target = request_line.split(' ').nth(1).unwrap_or_default();
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        Request {
+            post: request_line.starts_with("POST "),
+            path,
+            query,
+        }
+    }
 }
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -232,7 +253,8 @@ fn decoded(headers: &[(String, String)], body: &[u8]) -> Option<Vec<u8>> {
 
 /// One line as the server's parser and schema see it.
 enum Checked {
-    Good(String, Vec<(String, &'static str)>),
+    /// The line, its measurement and its fields' types.
+    Good(String, String, Vec<(String, &'static str)>),
     Malformed(String, String),
     Conflict(String, String),
 }
@@ -286,7 +308,11 @@ fn check(raw: &[u8], st: &State) -> Vec<Checked> {
                 for (name, kind) in &fields {
                     pending.insert((point.measurement.clone(), name.clone()), kind);
                 }
-                out.push(Checked::Good(line.into(), fields));
+                out.push(Checked::Good(
+                    line.into(),
+                    point.measurement.clone(),
+                    fields,
+                ));
             }
         }
     }
@@ -304,23 +330,21 @@ fn parse_one(line: &str) -> Result<leasegate::lineproto::Point, String> {
     }
 }
 
-fn store(st: &mut State, line: String, measurement_fields: Vec<(String, &'static str)>) {
-    let measurement = parse_one(&line).map(|p| p.measurement).unwrap_or_default();
-    for (name, kind) in measurement_fields {
+fn store(st: &mut State, line: String, measurement: String, fields: Vec<(String, &'static str)>) {
+    for (name, kind) in fields {
         st.types.insert((measurement.clone(), name), kind);
     }
     st.lines.push(line);
 }
 
 fn answer_v2(
-    request_line: &str,
+    request: &Request<'_>,
     headers: &[(String, String)],
     body: &[u8],
     st: &mut State,
 ) -> Answer {
-    let target = request_line.split(' ').nth(1).unwrap_or_default();
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    if !request_line.starts_with("POST ") || path != "/api/v2/write" {
+    let Request { post, path, query } = *request;
+    if !post || path != "/api/v2/write" {
         return v2_error(404, "not found", format!("path {path} not found"));
     }
     let auth_ok = header(headers, "authorization").is_some_and(|v| {
@@ -373,7 +397,7 @@ fn answer_v2(
     let mut conflicts = Vec::new();
     for c in checked {
         match c {
-            Checked::Good(line, fields) => store(st, line, fields),
+            Checked::Good(line, measurement, fields) => store(st, line, measurement, fields),
             Checked::Conflict(_, why) => conflicts.push(why),
             Checked::Malformed(..) => unreachable!(),
         }
@@ -394,14 +418,13 @@ fn answer_v2(
 }
 
 fn answer_v3(
-    request_line: &str,
+    request: &Request<'_>,
     headers: &[(String, String)],
     body: &[u8],
     st: &mut State,
 ) -> Answer {
-    let target = request_line.split(' ').nth(1).unwrap_or_default();
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    if !request_line.starts_with("POST ") || path != "/api/v3/write_lp" {
+    let Request { post, path, query } = *request;
+    if !post || path != "/api/v3/write_lp" {
         return v3_error(404, format!("path {path} not found"));
     }
     match header(headers, "authorization") {
@@ -441,7 +464,7 @@ fn answer_v3(
     let mut good = Vec::new();
     for (i, c) in checked.into_iter().enumerate() {
         match c {
-            Checked::Good(line, fields) => good.push((line, fields)),
+            Checked::Good(line, measurement, fields) => good.push((line, measurement, fields)),
             Checked::Malformed(line, why) | Checked::Conflict(line, why) => {
                 refused.push(serde_json::json!({
                     "original_line": line,
@@ -452,8 +475,8 @@ fn answer_v3(
         }
     }
     if refused.is_empty() || accept_partial {
-        for (line, fields) in good {
-            store(st, line, fields);
+        for (line, measurement, fields) in good {
+            store(st, line, measurement, fields);
         }
     }
     if refused.is_empty() {

@@ -497,6 +497,21 @@ pub struct SmallDisk {
     pub bytes: u64,
 }
 
+/// The start of every test gateway config: the state dir in the daemon's
+/// temp dir (`{dir}`), the broker, and one subscription to `topic`.
+pub fn gateway_head(broker: &Mosquitto, client_id: &str, topic: &str) -> String {
+    format!(
+        r#"state_dir = "{{dir}}/state"
+[mqtt]
+url = "{}"
+client_id = "{client_id}"
+[[mqtt.subscribe]]
+topic = "{topic}"
+"#,
+        broker.url()
+    )
+}
+
 /// A gateway config with static InfluxDB 1.x credentials, subscribed to
 /// `sensors/#`; `{dir}` stands for the daemon's temp dir.
 pub fn static_config(
@@ -506,13 +521,7 @@ pub fn static_config(
     password_file: &Path,
 ) -> String {
     format!(
-        r#"state_dir = "{{dir}}/state"
-[mqtt]
-url = "{}"
-client_id = "{client_id}"
-[[mqtt.subscribe]]
-topic = "sensors/#"
-format = "line"
+        r#"{}format = "line"
 [influxdb]
 api = "v1"
 url = "{}"
@@ -520,7 +529,7 @@ database = "sensors"
 username = "writer"
 password_file = "{}"
 "#,
-        broker.url(),
+        gateway_head(broker, client_id, "sensors/#"),
         influx.url(),
         password_file.display()
     )
