@@ -13,6 +13,7 @@
 //!   long-running loop and every credential goes through.
 
 pub mod agent;
+pub mod api;
 #[cfg(feature = "authority")]
 pub mod authority;
 pub mod backoff;
@@ -23,6 +24,7 @@ pub mod logging;
 pub mod payload;
 pub mod secret;
 pub mod shutdown;
+pub mod ticket;
 
 /// An error with all its causes, joined by ": ", for one log line.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -32,6 +34,20 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         out.push_str(": ");
         out.push_str(&cause.to_string());
         source = cause.source();
+    }
+    out
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters, for a
+/// query parameter or path segment.
+pub(crate) fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
     }
     out
 }

@@ -83,6 +83,40 @@ impl Shutdown {
     }
 }
 
+/// SIGTERM or SIGINT starts the shutdown (a drain of at most `bound`, which
+/// is only logged here); a second one calls `second` with the signal number,
+/// where the binary exits at once. The handler runs on a named thread.
+pub fn on_termination_signals(
+    shutdown: Shutdown,
+    bound: Duration,
+    second: impl Fn(i32) + Send + 'static,
+) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                let name = if signal == SIGINT {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                };
+                if shutdown.is_triggered() {
+                    log::warn!("second {name}: exiting now");
+                    second(signal);
+                    continue;
+                }
+                log::info!(
+                    "{name}: draining, at most {}",
+                    humantime::format_duration(bound)
+                );
+                shutdown.trigger();
+            }
+        })?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -397,7 +397,7 @@ fn error_message(body: &str) -> String {
 }
 
 fn write_url(influx: &Influx) -> String {
-    let q = |s: &Option<String>| percent_encode(s.as_deref().unwrap_or_default());
+    let q = |s: &Option<String>| crate::percent_encode(s.as_deref().unwrap_or_default());
     match influx.api {
         Api::V1 => {
             let mut url = format!(
@@ -439,19 +439,6 @@ fn authorization(api: Api, username: Option<&str>, secret: Option<&Secret>) -> O
         Api::V2 => Some(Secret::new(format!("Token {secret}"))),
         Api::V3 => Some(Secret::new(format!("Bearer {secret}"))),
     }
-}
-
-/// Percent-encodes everything but RFC 3986 unreserved characters.
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -137,7 +137,14 @@ fn run(path: &Path) -> i32 {
     };
     logging::init(config.log_level);
     let shutdown = Shutdown::new();
-    if let Err(e) = on_termination(shutdown.clone(), config.shutdown_timeout) {
+    // A second signal exits at once: nothing acked is lost, because
+    // unwritten messages are still unacked at the broker.
+    let second = |signal| std::process::exit(128 + signal);
+    if let Err(e) = leasegate::shutdown::on_termination_signals(
+        shutdown.clone(),
+        config.shutdown_timeout,
+        second,
+    ) {
         log::error!("cannot install signal handlers: {e}");
         return exit::FAILURE;
     }
@@ -149,35 +156,6 @@ fn run(path: &Path) -> i32 {
             exit::FAILURE
         }
     }
-}
-
-/// SIGTERM or SIGINT starts a bounded drain; a second one exits at once
-/// (nothing acked is lost: unwritten messages are still unacked at the
-/// broker).
-fn on_termination(shutdown: Shutdown, bound: std::time::Duration) -> std::io::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            for signal in signals.forever() {
-                let name = if signal == SIGINT {
-                    "SIGINT"
-                } else {
-                    "SIGTERM"
-                };
-                if shutdown.is_triggered() {
-                    log::warn!("second {name}: exiting now");
-                    std::process::exit(128 + signal);
-                }
-                log::info!(
-                    "{name}: draining, at most {}",
-                    humantime::format_duration(bound)
-                );
-                shutdown.trigger();
-            }
-        })?;
-    Ok(())
 }
 
 fn not_yet(command: &str, capability: &str) -> i32 {

@@ -1,0 +1,238 @@
+//! The authority's HTTP API as types: requests, answers and error codes,
+//! shared by the server and the gateway so the two cannot drift apart.
+//!
+//! Routes (JSON bodies; lease routes take `Authorization: Bearer
+//! <identity credential>`):
+//! - `GET /v1/health` -> 200 `{"status":"ok"}`
+//! - `POST /v1/enroll` [`EnrollRequest`] -> 201 [`Enrollment`]
+//! - `POST /v1/leases` [`LeaseRequest`] -> 201 [`LeaseGrant`]
+//! - `GET /v1/leases` -> 200 `{"leases": [LeaseInfo]}` (the caller's own)
+//! - `GET /v1/leases/{id}` -> 200 [`LeaseInfo`]
+//! - `DELETE /v1/leases/{id}` -> 200 [`LeaseInfo`] (revoked, or revoking)
+//!
+//! Every refusal is `{"error": {"code": .., "message": ..}}` ([`ApiError`])
+//! with a stable [`ErrorCode`] a client can act on. Types that carry a
+//! secret keep it in a [`Secret`], so their `Debug` is safe to log.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::secret::Secret;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    #[serde(with = "crate::secret::wire")]
+    pub ticket_secret: Secret,
+    /// The gateway's chosen name: 1 to 128 of `A-Z a-z 0-9 . _ -`.
+    pub identity_name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Enrollment {
+    pub identity_id: String,
+    pub identity_name: String,
+    pub role: String,
+    pub attributes: BTreeMap<String, String>,
+    /// The bearer credential for lease calls; shown once, stored hashed.
+    #[serde(with = "crate::secret::wire")]
+    pub credential: Secret,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    /// Requested lifetime; the role's default when absent, capped at its
+    /// max_ttl.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+}
+
+/// Where and how to write with a lease: everything a gateway needs, so it
+/// has no InfluxDB settings of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    /// `influxdb-v1`, `influxdb-v2` or `influxdb-v3`.
+    pub api: String,
+    pub url: String,
+    /// 2.x: the organization (its id, which the write API accepts as `org`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<String>,
+    /// 2.x: the bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    /// 1.x and 3.x: the database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaseStatus {
+    /// The credential is being created.
+    Pending,
+    Active,
+    /// Expired or revoked; its credential's deletion failed and is retried.
+    Revoking,
+    /// Ended at its expiry; the credential is gone.
+    Expired,
+    /// Ended early by a revoke; the credential is gone.
+    Revoked,
+    /// Creating the credential failed; nothing exists in InfluxDB.
+    Failed,
+}
+
+impl LeaseStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaseStatus::Pending => "pending",
+            LeaseStatus::Active => "active",
+            LeaseStatus::Revoking => "revoking",
+            LeaseStatus::Expired => "expired",
+            LeaseStatus::Revoked => "revoked",
+            LeaseStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => LeaseStatus::Pending,
+            "active" => LeaseStatus::Active,
+            "revoking" => LeaseStatus::Revoking,
+            "expired" => LeaseStatus::Expired,
+            "revoked" => LeaseStatus::Revoked,
+            "failed" => LeaseStatus::Failed,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseInfo {
+    pub id: String,
+    pub identity_id: String,
+    /// The identity's name: who the lease was issued for.
+    pub issued_for: String,
+    pub role: String,
+    pub status: LeaseStatus,
+    pub ttl_secs: u64,
+    /// Unix milliseconds.
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    pub target: Target,
+    /// The last failed deletion, while `revoking`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseGrant {
+    #[serde(flatten)]
+    pub lease: LeaseInfo,
+    /// The InfluxDB credential: a token, or `user:password` on 1.x.
+    #[serde(with = "crate::secret::wire")]
+    pub secret: Secret,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseList {
+    pub leases: Vec<LeaseInfo>,
+}
+
+/// Why the authority refused; stable strings on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    TicketMalformed,
+    TicketUnknown,
+    TicketExpired,
+    TicketUsedUp,
+    TicketRevoked,
+    NoRoleMatches,
+    IdentityUnknown,
+    IdentityRevoked,
+    LeaseUnknown,
+    InvalidRequest,
+    BackendFailed,
+    Internal,
+}
+
+impl ErrorCode {
+    /// The HTTP status the code is sent with.
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorCode::TicketMalformed | ErrorCode::InvalidRequest => 400,
+            ErrorCode::IdentityUnknown => 401,
+            ErrorCode::TicketUnknown
+            | ErrorCode::TicketExpired
+            | ErrorCode::TicketUsedUp
+            | ErrorCode::TicketRevoked
+            | ErrorCode::NoRoleMatches
+            | ErrorCode::IdentityRevoked => 403,
+            ErrorCode::LeaseUnknown => 404,
+            ErrorCode::BackendFailed => 502,
+            ErrorCode::Internal => 500,
+        }
+    }
+
+    /// Whether asking again later can succeed (the gateway keeps its
+    /// ticket or identity and backs off) or never will.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, ErrorCode::BackendFailed | ErrorCode::Internal)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+#[error("{message} ({code:?})")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ApiError,
+}
+
+/// Whether `name` is a valid identity name. It ends up in InfluxDB token
+/// descriptions and names, so it is kept to characters that need no
+/// quoting anywhere.
+pub fn identity_name_is_valid(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_are_snake_case_on_the_wire() {
+        let body = ErrorBody {
+            error: ApiError::new(ErrorCode::TicketUsedUp, "used up"),
+        };
+        assert_eq!(
+            serde_json::to_string(&body).unwrap(),
+            r#"{"error":{"code":"ticket_used_up","message":"used up"}}"#
+        );
+    }
+
+    #[test]
+    fn identity_names() {
+        assert!(identity_name_is_valid("gw-07.site_3"));
+        assert!(!identity_name_is_valid(""));
+        assert!(!identity_name_is_valid("a:b"));
+        assert!(!identity_name_is_valid("a b"));
+        assert!(!identity_name_is_valid(&"a".repeat(129)));
+    }
+}

@@ -1,0 +1,205 @@
+//! The enrollment ticket: one line of text an admin hands to a field tech.
+//!
+//! It owns the ticket's format, shared by the authority (which writes it)
+//! and the gateway (which reads it): `LGT1.` followed by unpadded base64url
+//! of a JSON object with the authority's URL, the ticket id, the secret, the
+//! SHA-256 fingerprint of the authority's certificate (absent when the
+//! authority serves plain HTTP), an informational expiry and the
+//! attributes. The version prefix lets a later format be told apart and
+//! refused by name. One line of URL-safe characters survives copy, paste,
+//! mail and CRLF editors; surrounding whitespace is ignored.
+//!
+//! A ticket holds a secret: its `Debug` never shows it, and a parse error
+//! never quotes the ticket's text.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use crate::secret::Secret;
+
+pub const PREFIX: &str = "LGT1.";
+
+/// Random bytes in a ticket secret: 256 bits, twice the 128 asked for.
+pub const SECRET_BYTES: usize = 32;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ticket {
+    /// The authority's base URL (its `public_url`).
+    pub url: String,
+    /// The ticket's id, for logs and `ticket revoke`; not a secret.
+    pub id: String,
+    #[serde(with = "crate::secret::wire")]
+    pub secret: Secret,
+    /// Lowercase hex SHA-256 of the authority's DER certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_sha256: Option<String>,
+    /// Unix seconds after which the authority refuses the ticket; the
+    /// authority's clock decides, this is for people and early warnings.
+    pub expires: u64,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TicketError {
+    #[error("the ticket is empty")]
+    Empty,
+    #[error("not a leasegate ticket: it does not start with {PREFIX}")]
+    NotATicket,
+    #[error("ticket format version {0} is not one this leasegate reads (it reads {PREFIX})")]
+    Version(String),
+    #[error("the ticket's text after {PREFIX} is not base64url (character {0})")]
+    Encoding(usize),
+    #[error("the ticket's content is not valid: {0}")]
+    Content(String),
+    #[error("the ticket's secret is not {SECRET_BYTES} base64url-encoded bytes")]
+    Secret,
+}
+
+impl Ticket {
+    /// The one-line text form, without a line end.
+    pub fn encode(&self) -> String {
+        let json = serde_json::to_vec(self).expect("a ticket always serializes");
+        format!(
+            "{PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+        )
+    }
+
+    /// Reads a ticket from a file's text: whitespace, CR and LF around it
+    /// are ignored.
+    pub fn parse(text: &str) -> Result<Ticket, TicketError> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(TicketError::Empty);
+        }
+        let Some(body) = text.strip_prefix(PREFIX) else {
+            // "LGT2.xxx" is a newer format, anything else not a ticket.
+            return Err(match text.split_once('.') {
+                Some((v, _)) if v.len() <= 8 && v.starts_with("LGT") => {
+                    TicketError::Version(v[3..].to_owned())
+                }
+                _ => TicketError::NotATicket,
+            });
+        };
+        if let Some(at) = body
+            .bytes()
+            .position(|c| !(c.is_ascii_alphanumeric() || c == b'-' || c == b'_'))
+        {
+            return Err(TicketError::Encoding(PREFIX.len() + at + 1));
+        }
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|_| TicketError::Encoding(PREFIX.len() + body.len()))?;
+        // serde's messages name the field, never the secret's value.
+        let ticket: Ticket =
+            serde_json::from_slice(&json).map_err(|e| TicketError::Content(e.to_string()))?;
+        if !secret_is_well_formed(ticket.secret.expose()) {
+            return Err(TicketError::Secret);
+        }
+        if !(ticket.url.starts_with("https://") || ticket.url.starts_with("http://")) {
+            return Err(TicketError::Content(
+                "url must start with https:// or http://".into(),
+            ));
+        }
+        if ticket.url.starts_with("https://") && ticket.cert_sha256.is_none() {
+            return Err(TicketError::Content(
+                "an https:// ticket must carry cert_sha256".into(),
+            ));
+        }
+        Ok(ticket)
+    }
+}
+
+/// Whether `secret` has the shape of a ticket secret; the authority checks
+/// this before any lookup, so a mangled secret is reported as malformed
+/// rather than unknown.
+pub fn secret_is_well_formed(secret: &str) -> bool {
+    secret.len() == (SECRET_BYTES * 4).div_ceil(3)
+        && base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(secret)
+            .is_ok_and(|b| b.len() == SECRET_BYTES)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Ticket {
+        Ticket {
+            url: "https://authority.example:7443".into(),
+            id: "0123456789abcdef".into(),
+            secret: Secret::new(crate::secret::random_base64(SECRET_BYTES)),
+            cert_sha256: Some("ab".repeat(32)),
+            expires: 1_900_000_000,
+            attributes: [("service".to_owned(), "iot-sensor".to_owned())].into(),
+        }
+    }
+
+    #[test]
+    fn round_trips_through_whitespace_and_crlf() {
+        let t = sample();
+        let line = t.encode();
+        assert!(line.starts_with("LGT1."));
+        assert!(!line.contains(char::is_whitespace));
+        for text in [
+            line.clone(),
+            format!("{line}\n"),
+            format!("  {line}\r\n"),
+            format!("\r\n{line}\r\n\r\n"),
+        ] {
+            let back = Ticket::parse(&text).unwrap();
+            assert_eq!(back.secret, t.secret);
+            assert_eq!(back.url, t.url);
+            assert_eq!(back.attributes, t.attributes);
+            assert_eq!(back.cert_sha256, t.cert_sha256);
+        }
+    }
+
+    fn err(text: &str) -> TicketError {
+        Ticket::parse(text).unwrap_err()
+    }
+
+    #[test]
+    fn each_kind_of_bad_text_has_its_own_error() {
+        let line = sample().encode();
+        assert_eq!(err(" \r\n"), TicketError::Empty);
+        assert_eq!(err("hello"), TicketError::NotATicket);
+        assert_eq!(
+            err(&line.replacen("LGT1.", "LGT2.", 1)),
+            TicketError::Version("2".into())
+        );
+        assert_eq!(
+            err(&format!("{}!{}", &line[..10], &line[10..])),
+            TicketError::Encoding(11)
+        );
+        let cut = Ticket::parse(&line[..line.len() - 20]).unwrap_err();
+        assert!(matches!(
+            cut,
+            TicketError::Content(_) | TicketError::Encoding(_)
+        ));
+        let mut short = sample();
+        short.secret = Secret::new("abc");
+        assert_eq!(err(&short.encode()), TicketError::Secret);
+        let mut no_pin = sample();
+        no_pin.cert_sha256 = None;
+        assert!(
+            matches!(Ticket::parse(&no_pin.encode()), Err(TicketError::Content(m)) if m.contains("cert_sha256"))
+        );
+    }
+
+    #[test]
+    fn errors_and_debug_never_show_the_secret() {
+        let t = sample();
+        let secret = t.secret.expose().to_owned();
+        assert!(!format!("{t:?}").contains(&secret));
+        let line = t.encode();
+        for bad in [&line[..line.len() - 3], &line[..40]] {
+            if let Err(e) = Ticket::parse(bad) {
+                assert!(!e.to_string().contains(&secret));
+            }
+        }
+    }
+}
