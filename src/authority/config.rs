@@ -55,6 +55,9 @@ pub struct Backend {
     pub admin_username: Option<String>,
     /// v1 only.
     pub admin_password: Option<Secret>,
+    /// v3 only: an Enterprise server, where tokens can be scoped to a
+    /// database. Core cannot scope them.
+    pub enterprise: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,6 +236,10 @@ fn read_backend(t: &Table<'_>) -> Option<Backend> {
     let admin_token = read_secret(t, "admin_token", "admin_token_file");
     let admin_username = t.string("admin_username");
     let admin_password = read_secret(t, "admin_password", "admin_password_file");
+    let enterprise = t.bool("enterprise", false);
+    if enterprise && kind != BackendKind::InfluxdbV3 {
+        t.problem("enterprise", "applies only to influxdb-v3 backends");
+    }
     match kind {
         BackendKind::InfluxdbV1 => {
             if admin_username.is_none() {
@@ -265,6 +272,7 @@ fn read_backend(t: &Table<'_>) -> Option<Backend> {
         admin_token,
         admin_username,
         admin_password,
+        enterprise,
     })
 }
 

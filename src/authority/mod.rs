@@ -2,7 +2,128 @@
 //! and the real InfluxDB credentials behind each lease.
 //!
 //! Server-only: compiled only with the `authority` feature, so nothing here
-//! may be needed by the gateway. So far it holds the configuration; the
-//! server, store, backends and reaper come with the authority issue.
+//! may be needed by the gateway. The parts, each in its module:
+//! - [`config`]: the configuration and its checks;
+//! - [`store`]: SQLite state (hashes, never secrets) and the audit trail;
+//! - [`backends`]: creating and deleting credentials in InfluxDB 1.x/2.x/3.x;
+//! - [`service`]: the decisions (enrollment, roles, TTLs, revocation);
+//! - [`reaper`]: deletion at expiry, retries, start-up reconcile;
+//! - [`server`] and [`tls`]: the HTTPS front and its certificate;
+//! - [`admin`]: what the admin commands print.
+//!
+//! [`run`] wires them for `leasegate-authority serve`.
 
+pub mod admin;
+pub mod backends;
 pub mod config;
+pub mod reaper;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod tls;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use crate::shutdown::Shutdown;
+use config::AuthorityConfig;
+use service::Authority;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthorityError {
+    #[error("state dir {path}: {source}")]
+    StateDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Server(#[from] server::ServerError),
+    #[error("cannot start a thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// Creates the state dir (mode 0700) if it is missing.
+pub fn ensure_state_dir(config: &AuthorityConfig) -> Result<(), AuthorityError> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let dir = &config.state_dir;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| AuthorityError::StateDir {
+            path: dir.display().to_string(),
+            source,
+        })
+}
+
+/// Opens the authority for the admin commands: the same store and
+/// backends as the server, which may be running at the same time.
+pub fn open(config: AuthorityConfig) -> Result<Authority, AuthorityError> {
+    ensure_state_dir(&config)?;
+    let fingerprint = tls::fingerprint(&config)?;
+    Ok(Authority::open(config, fingerprint)?)
+}
+
+/// `leasegate-authority serve`: runs until `shutdown`.
+pub fn run(config: AuthorityConfig, shutdown: Shutdown) -> Result<(), AuthorityError> {
+    ensure_state_dir(&config)?;
+    let (tls_config, fingerprint) = if config.tls {
+        let identity = tls::load_or_create(&config)?;
+        let fingerprint = identity.fingerprint.clone();
+        (Some(tls::server_config(identity)?), Some(fingerprint))
+    } else {
+        (None, None)
+    };
+    let listen = config.listen;
+    let authority = Arc::new(Authority::open(config, fingerprint.clone())?);
+    let failed = authority.store().fail_pending(service::now_ms())?;
+    if failed > 0 {
+        log::warn!(
+            "{failed} lease(s) were being created when the authority last stopped; marked failed, their credentials are reconciled"
+        );
+    }
+    let listener = TcpListener::bind(listen).map_err(|source| AuthorityError::Bind {
+        addr: listen.to_string(),
+        source,
+    })?;
+    let reapers =
+        reaper::start(authority.clone(), shutdown.clone()).map_err(AuthorityError::Thread)?;
+    match &fingerprint {
+        Some(f) => log::info!(
+            "serving https on {} (certificate sha256 {f})",
+            listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default()
+        ),
+        None => log::info!(
+            "serving plain http on {} (tls = \"off\", loopback only)",
+            listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default()
+        ),
+    }
+    let served = server::serve(authority, listener, tls_config, shutdown.clone());
+    shutdown.trigger();
+    for r in reapers {
+        let _ = r.join();
+    }
+    served?;
+    log::info!("stopped");
+    Ok(())
+}

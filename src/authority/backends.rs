@@ -1,0 +1,680 @@
+//! The real credentials behind leases, in each kind of InfluxDB.
+//!
+//! It owns the three credential APIs (../shared/influxdb-api.md): 2.x
+//! authorizations, 1.x users through InfluxQL, 3.x tokens. For each it
+//! creates a least-privilege credential tagged with the lease id, deletes
+//! it by the handle the store keeps (authorization id, user name, token
+//! name), and lists the leasegate-tagged ones so start-up can delete those
+//! the store does not hold as live. Every call is blocking and bounded by a
+//! timeout; callers run it off the async runtime.
+//!
+//! It never logs or returns a credential except inside the [`Grant`] it
+//! hands back, and scrubs a new password out of any error text InfluxDB
+//! might echo. It keeps no state beyond resolved bucket ids.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use crate::api::Target;
+use crate::authority::config::{Access, Backend as BackendConfig, BackendKind, Role};
+use crate::secret::{self, Secret};
+
+/// Prefix of every 2.x description and 3.x token name leasegate makes:
+/// `leasegate:<lease id>:<identity name>:<expiry unix>`, so the state can be
+/// rebuilt from InfluxDB and orphans found.
+pub const TAG: &str = "leasegate:";
+/// Prefix of every 1.x user leasegate makes.
+pub const V1_USER_PREFIX: &str = "lg_";
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_MESSAGE: usize = 300;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("backend {backend}: {action}: {source}")]
+    Transport {
+        backend: String,
+        action: String,
+        #[source]
+        source: ureq::Error,
+    },
+    #[error("backend {backend}: {action}: HTTP {status}: {message}")]
+    Status {
+        backend: String,
+        action: String,
+        status: u16,
+        message: String,
+    },
+    #[error("backend {backend}: {action}: {message}")]
+    Answer {
+        backend: String,
+        action: String,
+        message: String,
+    },
+}
+
+/// A new credential: its secret (for the gateway, once) and its handle
+/// (for the store, to delete it).
+pub struct Grant {
+    pub secret: Secret,
+    pub handle: String,
+}
+
+/// What a credential is for.
+pub struct Wanted<'a> {
+    pub lease_id: &'a str,
+    pub identity_name: &'a str,
+    pub expires_unix: i64,
+    pub ttl: Duration,
+    pub role: &'a Role,
+}
+
+pub struct Backend {
+    config: BackendConfig,
+    agent: ureq::Agent,
+    /// The value of the Authorization header for admin calls.
+    authorization: Secret,
+    /// 2.x: bucket name -> id, resolved at start or on first use.
+    bucket_ids: Mutex<HashMap<String, String>>,
+}
+
+impl Backend {
+    pub fn new(config: &BackendConfig) -> Backend {
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(TIMEOUT))
+            .http_status_as_error(false)
+            .user_agent(concat!("leasegate-authority/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        let expose = |s: &Option<Secret>| {
+            s.as_ref()
+                .map(|s| s.expose().to_owned())
+                .unwrap_or_default()
+        };
+        let authorization = Secret::new(match config.kind {
+            BackendKind::InfluxdbV1 => format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!(
+                    "{}:{}",
+                    config.admin_username.as_deref().unwrap_or_default(),
+                    expose(&config.admin_password)
+                ))
+            ),
+            BackendKind::InfluxdbV2 => format!("Token {}", expose(&config.admin_token)),
+            BackendKind::InfluxdbV3 => format!("Bearer {}", expose(&config.admin_token)),
+        });
+        Backend {
+            config: config.clone(),
+            agent,
+            authorization,
+            bucket_ids: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn kind(&self) -> BackendKind {
+        self.config.kind
+    }
+
+    /// Where a lease of `role` writes.
+    pub fn target(&self, role: &Role) -> Target {
+        let v2 = self.config.kind == BackendKind::InfluxdbV2;
+        Target {
+            api: kind_name(self.config.kind).to_owned(),
+            url: self.config.url.clone(),
+            org: if v2 { self.config.org_id.clone() } else { None },
+            bucket: v2.then(|| role.target.clone()),
+            database: (!v2).then(|| role.target.clone()),
+        }
+    }
+
+    /// Start-up checks that need InfluxDB: 2.x bucket ids for `roles`, and
+    /// a warning where 3.x cannot scope tokens. A failure here is not
+    /// fatal (InfluxDB may come up later); creation resolves again.
+    pub fn prepare(&self, roles: &[&Role]) -> Result<(), BackendError> {
+        match self.config.kind {
+            BackendKind::InfluxdbV2 => {
+                for role in roles {
+                    self.bucket_id(&role.target)?;
+                }
+            }
+            BackendKind::InfluxdbV3 if !self.config.enterprise => log::warn!(
+                "backend {}: InfluxDB 3 Core cannot scope tokens, so each lease is a named admin token with full access until it expires; set enterprise = true on an Enterprise server for database-scoped tokens",
+                self.config.name
+            ),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    pub fn create(&self, w: &Wanted<'_>) -> Result<Grant, BackendError> {
+        match self.config.kind {
+            BackendKind::InfluxdbV1 => self.v1_create(w),
+            BackendKind::InfluxdbV2 => self.v2_create(w),
+            BackendKind::InfluxdbV3 => self.v3_create(w),
+        }
+    }
+
+    /// Deletes a credential; one that is already gone counts as deleted.
+    pub fn delete(&self, handle: &str) -> Result<(), BackendError> {
+        match self.config.kind {
+            BackendKind::InfluxdbV1 => {
+                let answer = self.influxql("drop user", &format!("DROP USER {}", ident(handle)))?;
+                match statement_error(&answer) {
+                    Some(e) if !e.contains("not found") => Err(self.answer_error("drop user", e)),
+                    _ => Ok(()),
+                }
+            }
+            BackendKind::InfluxdbV2 => {
+                let url = format!(
+                    "{}/api/v2/authorizations/{}",
+                    self.config.url,
+                    encode(handle)
+                );
+                let (status, body) = self.call(
+                    "delete authorization",
+                    self.agent
+                        .delete(&url)
+                        .header("Authorization", self.authorization.expose())
+                        .call(),
+                )?;
+                match status {
+                    204 | 200 | 404 => Ok(()),
+                    _ => Err(self.status_error("delete authorization", status, &body)),
+                }
+            }
+            BackendKind::InfluxdbV3 => {
+                let url = format!(
+                    "{}/api/v3/configure/token?token_name={}",
+                    self.config.url,
+                    encode(handle)
+                );
+                let (status, body) = self.call(
+                    "delete token",
+                    self.agent
+                        .delete(&url)
+                        .header("Authorization", self.authorization.expose())
+                        .call(),
+                )?;
+                match status {
+                    200 | 204 | 404 => Ok(()),
+                    _ => Err(self.status_error("delete token", status, &body)),
+                }
+            }
+        }
+    }
+
+    /// The leasegate-made credentials that exist in InfluxDB, as (handle,
+    /// lease id).
+    pub fn tagged(&self) -> Result<Vec<(String, String)>, BackendError> {
+        let found = self.tagged_handles()?;
+        Ok(found
+            .into_iter()
+            .filter_map(|(handle, tag)| lease_id_of(&tag).map(|id| (handle, id.to_owned())))
+            .collect())
+    }
+
+    /// (handle, the text carrying the tag): the user name on 1.x, the
+    /// authorization id and its description on 2.x, the name on 3.x.
+    fn tagged_handles(&self) -> Result<Vec<(String, String)>, BackendError> {
+        match self.config.kind {
+            BackendKind::InfluxdbV1 => {
+                let answer = self.influxql("show users", "SHOW USERS")?;
+                if let Some(e) = statement_error(&answer) {
+                    return Err(self.answer_error("show users", e));
+                }
+                let values = &answer["results"][0]["series"][0]["values"];
+                Ok(values
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|row| row[0].as_str())
+                    .filter(|u| u.starts_with(V1_USER_PREFIX))
+                    .map(|u| (u.to_owned(), u.to_owned()))
+                    .collect())
+            }
+            BackendKind::InfluxdbV2 => {
+                let url = format!(
+                    "{}/api/v2/authorizations?orgID={}",
+                    self.config.url,
+                    encode(self.config.org_id.as_deref().unwrap_or_default())
+                );
+                let action = "list authorizations";
+                let (status, body) = self.call(
+                    action,
+                    self.agent
+                        .get(&url)
+                        .header("Authorization", self.authorization.expose())
+                        .call(),
+                )?;
+                if status != 200 {
+                    return Err(self.status_error(action, status, &body));
+                }
+                let v: Value = self.json(action, &body)?;
+                Ok(v["authorizations"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|a| {
+                        let (id, description) = (a["id"].as_str()?, a["description"].as_str()?);
+                        description
+                            .starts_with(TAG)
+                            .then(|| (id.to_owned(), description.to_owned()))
+                    })
+                    .collect())
+            }
+            BackendKind::InfluxdbV3 => {
+                let url = format!(
+                    "{}/api/v3/query_sql?db=_internal&q={}&format=json",
+                    self.config.url,
+                    encode("SELECT * FROM system.tokens")
+                );
+                let action = "list tokens";
+                let (status, body) = self.call(
+                    action,
+                    self.agent
+                        .get(&url)
+                        .header("Authorization", self.authorization.expose())
+                        .call(),
+                )?;
+                if status != 200 {
+                    return Err(self.status_error(action, status, &body));
+                }
+                let v: Value = self.json(action, &body)?;
+                Ok(v.as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|t| t["name"].as_str())
+                    .filter(|n| n.starts_with(TAG))
+                    .map(|n| (n.to_owned(), n.to_owned()))
+                    .collect())
+            }
+        }
+    }
+
+    /// Deletes every leasegate-made credential whose lease is not live.
+    /// `live` is asked after InfluxDB is listed: a lease is recorded before
+    /// its credential is made, so a credential made meanwhile is never
+    /// taken for an orphan. Returns how many went.
+    pub fn reconcile(
+        &self,
+        live: impl FnOnce() -> Result<HashSet<String>, String>,
+    ) -> Result<usize, String> {
+        let tagged = self.tagged().map_err(|e| crate::error_chain(&e))?;
+        let live = live()?;
+        let mut deleted = 0;
+        for (handle, lease_id) in tagged {
+            if !live.contains(&lease_id) {
+                self.delete(&handle).map_err(|e| crate::error_chain(&e))?;
+                log::info!(
+                    "backend {}: deleted orphaned credential {handle} (no live lease holds it)",
+                    self.config.name
+                );
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+
+    // --- 1.x ---
+
+    fn v1_create(&self, w: &Wanted<'_>) -> Result<Grant, BackendError> {
+        let user = format!("{V1_USER_PREFIX}{}", w.lease_id);
+        let password = secret::random_base64(24);
+        let privilege = match (
+            w.role.access.contains(&Access::Read),
+            w.role.access.contains(&Access::Write),
+        ) {
+            (true, true) => "ALL",
+            (true, false) => "READ",
+            _ => "WRITE",
+        };
+        let q = format!(
+            "CREATE USER {} WITH PASSWORD '{password}'; GRANT {privilege} ON {} TO {}",
+            ident(&user),
+            ident(&w.role.target),
+            ident(&user)
+        );
+        let answer = self
+            .influxql("create user", &q)
+            .map_err(|e| scrub(e, &password))?;
+        if let Some(e) = statement_error(&answer) {
+            let e = e.replace(&password, "<redacted>");
+            // The user may exist without its grant: take it away again.
+            let _ = self.delete(&user);
+            return Err(self.answer_error("create user", &e));
+        }
+        Ok(Grant {
+            secret: Secret::new(format!("{user}:{password}")),
+            handle: user,
+        })
+    }
+
+    /// Runs InfluxQL as the admin; the parsed answer, or an error for a
+    /// failed request (a failed statement is inside the answer).
+    fn influxql(&self, action: &str, q: &str) -> Result<Value, BackendError> {
+        let url = format!("{}/query", self.config.url);
+        let (status, body) = self.call(
+            action,
+            self.agent
+                .post(&url)
+                .header("Authorization", self.authorization.expose())
+                .send_form([("q", q)]),
+        )?;
+        if status != 200 {
+            return Err(self.status_error(action, status, &body));
+        }
+        self.json(action, &body)
+    }
+
+    // --- 2.x ---
+
+    fn bucket_id(&self, bucket: &str) -> Result<String, BackendError> {
+        if let Some(id) = self
+            .bucket_ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(bucket)
+        {
+            return Ok(id.clone());
+        }
+        let action = format!("find bucket {bucket:?}");
+        let url = format!(
+            "{}/api/v2/buckets?orgID={}&name={}",
+            self.config.url,
+            encode(self.config.org_id.as_deref().unwrap_or_default()),
+            encode(bucket)
+        );
+        let (status, body) = self.call(
+            &action,
+            self.agent
+                .get(&url)
+                .header("Authorization", self.authorization.expose())
+                .call(),
+        )?;
+        if status != 200 {
+            return Err(self.status_error(&action, status, &body));
+        }
+        let v: Value = self.json(&action, &body)?;
+        let id = v["buckets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|b| b["name"].as_str() == Some(bucket))
+            .and_then(|b| b["id"].as_str())
+            .ok_or_else(|| self.answer_error(&action, "no such bucket in the organization"))?
+            .to_owned();
+        self.bucket_ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(bucket.to_owned(), id.clone());
+        Ok(id)
+    }
+
+    fn v2_create(&self, w: &Wanted<'_>) -> Result<Grant, BackendError> {
+        let bucket_id = self.bucket_id(&w.role.target)?;
+        let org_id = self.config.org_id.clone().unwrap_or_default();
+        let permissions: Vec<Value> = w
+            .role
+            .access
+            .iter()
+            .map(|a| {
+                json!({
+                    "action": access_name(*a),
+                    // Both id and orgID: a permission without them would
+                    // match every bucket of every organization.
+                    "resource": {"type": "buckets", "id": bucket_id, "orgID": org_id},
+                })
+            })
+            .collect();
+        let body = json!({
+            "orgID": org_id,
+            "description": tag(w),
+            "status": "active",
+            "permissions": permissions,
+        });
+        let action = "create authorization";
+        let url = format!("{}/api/v2/authorizations", self.config.url);
+        let (status, text) = self.call(
+            action,
+            self.agent
+                .post(&url)
+                .header("Authorization", self.authorization.expose())
+                .header("Content-Type", "application/json")
+                .send(body.to_string()),
+        )?;
+        if status != 201 {
+            return Err(self.status_error(action, status, &text));
+        }
+        let v: Value = self.json(action, &text)?;
+        match (v["id"].as_str(), v["token"].as_str()) {
+            (Some(id), Some(token)) => Ok(Grant {
+                secret: Secret::new(token),
+                handle: id.to_owned(),
+            }),
+            _ => Err(self.answer_error(action, "the answer has no id or token")),
+        }
+    }
+
+    // --- 3.x ---
+
+    fn v3_create(&self, w: &Wanted<'_>) -> Result<Grant, BackendError> {
+        let name = tag(w);
+        // Native expiry as a second line of defence; the reaper deletes at
+        // expiry anyway.
+        let expiry_secs = w.ttl.as_secs_f64().ceil() as u64;
+        let (url, body) = if self.config.enterprise {
+            let actions: Vec<&str> = w.role.access.iter().map(|a| access_name(*a)).collect();
+            (
+                format!("{}/api/v3/enterprise/configure/token", self.config.url),
+                json!({
+                    "token_name": name,
+                    "permissions": [{"resource_type": "db", "resource_names": [w.role.target], "actions": actions}],
+                    "expiry_secs": expiry_secs,
+                }),
+            )
+        } else {
+            (
+                format!("{}/api/v3/configure/token/named_admin", self.config.url),
+                json!({"token_name": name, "expiry_secs": expiry_secs}),
+            )
+        };
+        let action = "create token";
+        let (status, text) = self.call(
+            action,
+            self.agent
+                .post(&url)
+                .header("Authorization", self.authorization.expose())
+                .header("Content-Type", "application/json")
+                .send(body.to_string()),
+        )?;
+        if status != 201 && status != 200 {
+            return Err(self.status_error(action, status, &text));
+        }
+        let v: Value = self.json(action, &text)?;
+        match v["token"].as_str() {
+            Some(token) => Ok(Grant {
+                secret: Secret::new(token),
+                handle: name,
+            }),
+            None => Err(self.answer_error(action, "the answer has no token")),
+        }
+    }
+
+    // --- plumbing ---
+
+    fn call(
+        &self,
+        action: &str,
+        result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<(u16, String), BackendError> {
+        let mut response = result.map_err(|source| BackendError::Transport {
+            backend: self.config.name.clone(),
+            action: action.to_owned(),
+            source,
+        })?;
+        let status = response.status().as_u16();
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(16 * 1024 * 1024)
+            .read_to_string()
+            .map_err(|source| BackendError::Transport {
+                backend: self.config.name.clone(),
+                action: action.to_owned(),
+                source,
+            })?;
+        Ok((status, body))
+    }
+
+    fn json(&self, action: &str, body: &str) -> Result<Value, BackendError> {
+        serde_json::from_str(body)
+            .map_err(|e| self.answer_error(action, &format!("the answer is not JSON: {e}")))
+    }
+
+    fn status_error(&self, action: &str, status: u16, body: &str) -> BackendError {
+        // 2.x says {"code","message"}, 3.x {"error"}, 1.x {"error"}.
+        let message = serde_json::from_str::<Value>(body)
+            .ok()
+            .and_then(|v| {
+                v["message"]
+                    .as_str()
+                    .or(v["error"].as_str())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| body.trim().to_owned());
+        BackendError::Status {
+            backend: self.config.name.clone(),
+            action: action.to_owned(),
+            status,
+            message: shorten(&message),
+        }
+    }
+
+    fn answer_error(&self, action: &str, message: &str) -> BackendError {
+        BackendError::Answer {
+            backend: self.config.name.clone(),
+            action: action.to_owned(),
+            message: shorten(message),
+        }
+    }
+}
+
+/// The first error in a 1.x answer, top-level or per statement.
+fn statement_error(answer: &Value) -> Option<&str> {
+    answer["error"].as_str().or_else(|| {
+        answer["results"]
+            .as_array()?
+            .iter()
+            .find_map(|r| r["error"].as_str())
+    })
+}
+
+fn scrub(e: BackendError, password: &str) -> BackendError {
+    match e {
+        BackendError::Status {
+            backend,
+            action,
+            status,
+            message,
+        } => BackendError::Status {
+            backend,
+            action,
+            status,
+            message: message.replace(password, "<redacted>"),
+        },
+        BackendError::Answer {
+            backend,
+            action,
+            message,
+        } => BackendError::Answer {
+            backend,
+            action,
+            message: message.replace(password, "<redacted>"),
+        },
+        other => other,
+    }
+}
+
+/// The lease id inside a handle leasegate made.
+fn lease_id_of(handle: &str) -> Option<&str> {
+    match handle.strip_prefix(V1_USER_PREFIX) {
+        Some(id) => Some(id),
+        None => handle.strip_prefix(TAG)?.split(':').next(),
+    }
+}
+
+fn tag(w: &Wanted<'_>) -> String {
+    format!("{TAG}{}:{}:{}", w.lease_id, w.identity_name, w.expires_unix)
+}
+
+/// An InfluxQL identifier, double-quoted.
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+pub fn kind_name(kind: BackendKind) -> &'static str {
+    match kind {
+        BackendKind::InfluxdbV1 => "influxdb-v1",
+        BackendKind::InfluxdbV2 => "influxdb-v2",
+        BackendKind::InfluxdbV3 => "influxdb-v3",
+    }
+}
+
+fn access_name(a: Access) -> &'static str {
+    match a {
+        Access::Read => "read",
+        Access::Write => "write",
+    }
+}
+
+fn encode(s: &str) -> String {
+    crate::percent_encode(s)
+}
+
+fn shorten(s: &str) -> String {
+    if s.len() <= MAX_MESSAGE {
+        return s.to_owned();
+    }
+    let mut end = MAX_MESSAGE;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn influxql_identifiers_are_quoted() {
+        assert_eq!(ident("lg_ab12"), "\"lg_ab12\"");
+        assert_eq!(ident("we\"ird"), "\"we\\\"ird\"");
+    }
+
+    #[test]
+    fn lease_ids_come_back_out_of_handles() {
+        assert_eq!(lease_id_of("lg_00ff"), Some("00ff"));
+        assert_eq!(lease_id_of("leasegate:00ff:gw-1:1900000000"), Some("00ff"));
+        assert_eq!(lease_id_of("someone-elses"), None);
+    }
+
+    #[test]
+    fn statement_errors_are_found_anywhere() {
+        let v: Value = serde_json::from_str(
+            r#"{"results":[{"statement_id":0},{"statement_id":1,"error":"database not found: x"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(statement_error(&v), Some("database not found: x"));
+        let ok: Value = serde_json::from_str(r#"{"results":[{"statement_id":0}]}"#).unwrap();
+        assert_eq!(statement_error(&ok), None);
+    }
+}

@@ -1,0 +1,270 @@
+//! The authority's HTTP(S) front: routes of [`crate::api`] onto
+//! [`Authority`], over rustls unless TLS is off.
+//!
+//! It owns the wire: parsing bodies and bearer credentials, mapping each
+//! [`ApiError`] to its status, and the accept loop with its bounded
+//! shutdown. Every call into the authority runs on the blocking pool,
+//! because it may wait on SQLite or InfluxDB. It decides nothing itself and
+//! never logs a request body or header (they hold secrets).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+
+use crate::api::{ApiError, EnrollRequest, ErrorBody, ErrorCode, LeaseList, LeaseRequest};
+use crate::authority::service::Authority;
+use crate::secret::Secret;
+use crate::shutdown::Shutdown;
+
+/// How long a client may take for its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long in-flight requests get once shutdown starts.
+pub const DRAIN: Duration = Duration::from_secs(5);
+/// Request bodies are small JSON objects.
+const MAX_BODY: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot start the HTTP runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("cannot listen: {0}")]
+    Listen(#[source] std::io::Error),
+}
+
+pub fn router(authority: Arc<Authority>) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/enroll", post(enroll))
+        .route("/v1/leases", post(create_lease).get(list_leases))
+        .route("/v1/leases/{id}", get(show_lease).delete(revoke_lease))
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(authority)
+}
+
+/// Serves until `shutdown`, then gives requests in flight [`DRAIN`].
+pub fn serve(
+    authority: Arc<Authority>,
+    listener: std::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: Shutdown,
+) -> Result<(), ServerError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(32)
+        .thread_name("authority-http")
+        .enable_all()
+        .build()
+        .map_err(ServerError::Runtime)?;
+    listener
+        .set_nonblocking(true)
+        .map_err(ServerError::Listen)?;
+    let app = router(authority);
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(ServerError::Listen)?;
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = shutdown.wait() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: pause
+                        // rather than spin.
+                        log::warn!("accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let service = TowerToHyperService::new(app.clone());
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let builder = hyper::server::conn::http1::Builder::new();
+                let result = match acceptor {
+                    Some(acceptor) => {
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                        {
+                            Ok(Ok(tls)) => {
+                                builder.serve_connection(TokioIo::new(tls), service).await
+                            }
+                            Ok(Err(e)) => {
+                                log::debug!("{peer}: TLS handshake failed: {e}");
+                                return;
+                            }
+                            Err(_) => {
+                                log::debug!("{peer}: TLS handshake timed out");
+                                return;
+                            }
+                        }
+                    }
+                    None => {
+                        builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await
+                    }
+                };
+                if let Err(e) = result {
+                    log::debug!("{peer}: connection: {e}");
+                }
+            });
+        }
+        Ok::<(), ServerError>(())
+    })?;
+    runtime.shutdown_timeout(DRAIN);
+    Ok(())
+}
+
+fn error_response(e: ApiError) -> Response {
+    let status = StatusCode::from_u16(e.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, axum::Json(ErrorBody { error: e })).into_response()
+}
+
+fn ok_json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
+    (status, axum::Json(value)).into_response()
+}
+
+/// Runs `f` on the blocking pool: it may wait on SQLite or InfluxDB.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|_| {
+        Err(ApiError::new(
+            ErrorCode::Internal,
+            "the request's task failed",
+        ))
+    })
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        // serde names the field and position, never a value.
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("the request body is not valid: {e}"),
+        )
+    })
+}
+
+fn bearer(headers: &HeaderMap) -> Result<Secret, ApiError> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| Secret::new(t.trim()))
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::IdentityUnknown,
+                "missing Authorization: Bearer <identity credential>",
+            )
+        })
+}
+
+async fn health() -> Response {
+    ok_json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+}
+
+async fn not_found() -> Response {
+    error_response(ApiError::new(ErrorCode::InvalidRequest, "no such route"))
+}
+
+async fn enroll(State(a): State<Arc<Authority>>, body: Bytes) -> Response {
+    let result = async {
+        let req: EnrollRequest = parse_body(&body)?;
+        blocking(move || a.enroll(&req)).await
+    }
+    .await;
+    match result {
+        Ok(e) => ok_json(StatusCode::CREATED, &e),
+        Err(e) => error_response(e),
+    }
+}
+
+async fn create_lease(
+    State(a): State<Arc<Authority>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        let credential = bearer(&headers)?;
+        let req: LeaseRequest = if body.iter().all(u8::is_ascii_whitespace) {
+            LeaseRequest::default()
+        } else {
+            parse_body(&body)?
+        };
+        blocking(move || {
+            let identity = a.authenticate(&credential)?;
+            a.create_lease(&identity, &req)
+        })
+        .await
+    }
+    .await;
+    match result {
+        Ok(g) => ok_json(StatusCode::CREATED, &g),
+        Err(e) => error_response(e),
+    }
+}
+
+async fn list_leases(State(a): State<Arc<Authority>>, headers: HeaderMap) -> Response {
+    let result = async {
+        let credential = bearer(&headers)?;
+        blocking(move || {
+            let identity = a.authenticate(&credential)?;
+            a.leases(Some(&identity.id))
+        })
+        .await
+    }
+    .await;
+    match result {
+        Ok(leases) => ok_json(StatusCode::OK, &LeaseList { leases }),
+        Err(e) => error_response(e),
+    }
+}
+
+async fn show_lease(
+    State(a): State<Arc<Authority>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let result = async {
+        let credential = bearer(&headers)?;
+        blocking(move || {
+            let identity = a.authenticate(&credential)?;
+            a.lease(&id, Some(&identity.id))
+        })
+        .await
+    }
+    .await;
+    match result {
+        Ok(l) => ok_json(StatusCode::OK, &l),
+        Err(e) => error_response(e),
+    }
+}
+
+async fn revoke_lease(
+    State(a): State<Arc<Authority>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let result = async {
+        let credential = bearer(&headers)?;
+        blocking(move || {
+            let identity = a.authenticate(&credential)?;
+            a.revoke_lease(&id, Some(&identity.id))
+        })
+        .await
+    }
+    .await;
+    match result {
+        Ok(l) => ok_json(StatusCode::OK, &l),
+        Err(e) => error_response(e),
+    }
+}

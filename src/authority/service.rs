@@ -1,0 +1,505 @@
+//! The authority's decisions: who may enroll, which role an identity gets,
+//! how long a lease lives, and when its credential goes. The HTTP server
+//! and the admin commands both call this; neither decides anything itself.
+//!
+//! It owns the order of every lease's steps (recorded before its credential
+//! exists, active once it does, revoking until its deletion succeeds) and
+//! keeps the store's lock only around store calls, never around an
+//! InfluxDB call, so a slow or dead InfluxDB never blocks enrollment or
+//! another backend's leases. It never returns or logs a secret except in
+//! the one answer that hands it out.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::api::{
+    ApiError, EnrollRequest, Enrollment, ErrorCode, LeaseGrant, LeaseInfo, LeaseRequest,
+    LeaseStatus, identity_name_is_valid,
+};
+use crate::authority::backends::{Backend, Wanted};
+use crate::authority::config::{AuthorityConfig, Role};
+use crate::authority::store::{IdentityRow, LeaseRow, NewLease, Store, StoreError, TicketRow};
+use crate::secret::{self, Secret};
+use crate::ticket::{self, Ticket};
+
+/// Identity credentials: 256 random bits.
+const CREDENTIAL_BYTES: usize = 32;
+/// A failed deletion is retried after 1 s, doubling up to this, jittered.
+const RETRY_CAP: Duration = Duration::from_secs(60);
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub struct Authority {
+    config: AuthorityConfig,
+    store: Mutex<Store>,
+    backends: HashMap<String, Arc<Backend>>,
+    /// The certificate fingerprint tickets carry; None with tls off.
+    fingerprint: Option<String>,
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        log::error!("{}", crate::error_chain(&e));
+        ApiError::new(
+            ErrorCode::Internal,
+            "the authority's store failed; see its log",
+        )
+    }
+}
+
+impl Authority {
+    pub fn open(
+        config: AuthorityConfig,
+        fingerprint: Option<String>,
+    ) -> Result<Authority, StoreError> {
+        let store = Store::open(&config.state_dir.join("authority.db"))?;
+        let backends = config
+            .backends
+            .iter()
+            .map(|b| (b.name.clone(), Arc::new(Backend::new(b))))
+            .collect();
+        Ok(Authority {
+            config,
+            store: Mutex::new(store),
+            backends,
+            fingerprint,
+        })
+    }
+
+    pub fn config(&self) -> &AuthorityConfig {
+        &self.config
+    }
+
+    pub fn backends(&self) -> impl Iterator<Item = &Arc<Backend>> {
+        self.backends.values()
+    }
+
+    pub fn store(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    // --- tickets (admin) ---
+
+    pub fn create_ticket(
+        &self,
+        attributes: BTreeMap<String, String>,
+        usage_count: u32,
+        expires_in: Duration,
+        role: Option<String>,
+    ) -> Result<Ticket, ApiError> {
+        if usage_count == 0 {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "--usage-count must be at least 1",
+            ));
+        }
+        match &role {
+            Some(r) if !self.config.roles.iter().any(|c| &c.name == r) => {
+                return Err(ApiError::new(
+                    ErrorCode::NoRoleMatches,
+                    format!("no [[role]] is named {r:?}"),
+                ));
+            }
+            None if self.match_role(&attributes).is_none() => {
+                return Err(ApiError::new(
+                    ErrorCode::NoRoleMatches,
+                    format!(
+                        "no [[role]] matches the attributes {}",
+                        show_attributes(&attributes)
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        let now = now_ms();
+        let secret = Secret::new(secret::random_base64(ticket::SECRET_BYTES));
+        let row = TicketRow {
+            id: secret::random_hex(8),
+            attributes: attributes.clone(),
+            role,
+            usage_count,
+            used: 0,
+            created_ms: now,
+            expires_ms: now.saturating_add(expires_in.as_millis() as i64),
+            revoked_ms: None,
+        };
+        let store = self.store();
+        store.insert_ticket(&row, &secret::digest(&secret))?;
+        store.audit(
+            now,
+            "ticket create",
+            &row.id,
+            &format!(
+                "attributes {}, {} use(s), expires in {}",
+                show_attributes(&attributes),
+                usage_count,
+                humantime::format_duration(Duration::from_secs(expires_in.as_secs()))
+            ),
+        )?;
+        Ok(Ticket {
+            url: self.config.public_url.clone(),
+            id: row.id,
+            secret,
+            cert_sha256: self.fingerprint.clone(),
+            expires: (row.expires_ms / 1000) as u64,
+            attributes,
+        })
+    }
+
+    pub fn revoke_ticket(&self, id: &str) -> Result<(), ApiError> {
+        let now = now_ms();
+        let store = self.store();
+        if !store.revoke_ticket(id, now)? {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("no ticket {id}"),
+            ));
+        }
+        store.audit(now, "ticket revoke", id, "ticket revoked")?;
+        Ok(())
+    }
+
+    // --- enrollment ---
+
+    pub fn enroll(&self, req: &EnrollRequest) -> Result<Enrollment, ApiError> {
+        if !identity_name_is_valid(&req.identity_name) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "identity_name must be 1 to 128 characters of A-Z a-z 0-9 . _ -",
+            ));
+        }
+        let now = now_ms();
+        if !ticket::secret_is_well_formed(req.ticket_secret.expose()) {
+            self.store().audit(
+                now,
+                "enroll refused",
+                &req.identity_name,
+                "ticket_malformed",
+            )?;
+            return Err(ApiError::new(
+                ErrorCode::TicketMalformed,
+                format!(
+                    "the ticket secret is malformed: expected {} base64url characters",
+                    (ticket::SECRET_BYTES * 4).div_ceil(3)
+                ),
+            ));
+        }
+        let identity_id = secret::random_hex(8);
+        let credential = secret::generate("lgi_", CREDENTIAL_BYTES);
+        let mut store = self.store();
+        let outcome = store.enroll(
+            &secret::digest(&req.ticket_secret),
+            now,
+            |t| self.role_for(t),
+            (
+                &identity_id,
+                &req.identity_name,
+                &secret::digest(&credential),
+            ),
+        )?;
+        match outcome {
+            Ok(identity) => Ok(Enrollment {
+                identity_id: identity.id,
+                identity_name: identity.name,
+                role: identity.role,
+                attributes: identity.attributes,
+                credential,
+            }),
+            Err((code, ticket_id)) => {
+                let ticket_row = match &ticket_id {
+                    Some(id) => store.tickets()?.into_iter().find(|t| &t.id == id),
+                    None => None,
+                };
+                let message = refusal_message(code, ticket_row.as_ref(), now);
+                store.audit(
+                    now,
+                    "enroll refused",
+                    &req.identity_name,
+                    &format!("{}: {message}", code_name(code)),
+                )?;
+                Err(ApiError::new(code, message))
+            }
+        }
+    }
+
+    fn role_for(&self, t: &TicketRow) -> Result<String, ErrorCode> {
+        match &t.role {
+            Some(r) if self.config.roles.iter().any(|c| &c.name == r) => Ok(r.clone()),
+            Some(_) => Err(ErrorCode::NoRoleMatches),
+            None => self
+                .match_role(&t.attributes)
+                .map(|r| r.name.clone())
+                .ok_or(ErrorCode::NoRoleMatches),
+        }
+    }
+
+    /// The first role, in configuration order, all of whose `match` pairs
+    /// the attributes carry.
+    fn match_role(&self, attributes: &BTreeMap<String, String>) -> Option<&Role> {
+        self.config
+            .roles
+            .iter()
+            .find(|r| r.matches.iter().all(|(k, v)| attributes.get(k) == Some(v)))
+    }
+
+    /// The identity a bearer credential belongs to, if it may still act.
+    pub fn authenticate(&self, credential: &Secret) -> Result<IdentityRow, ApiError> {
+        match self
+            .store()
+            .identity_by_credential(&secret::digest(credential))?
+        {
+            None => Err(ApiError::new(
+                ErrorCode::IdentityUnknown,
+                "unknown identity credential",
+            )),
+            Some(i) if i.revoked_ms.is_some() => Err(ApiError::new(
+                ErrorCode::IdentityRevoked,
+                format!("identity {} ({}) was revoked", i.id, i.name),
+            )),
+            Some(i) => Ok(i),
+        }
+    }
+
+    // --- leases ---
+
+    pub fn create_lease(
+        &self,
+        identity: &IdentityRow,
+        req: &LeaseRequest,
+    ) -> Result<LeaseGrant, ApiError> {
+        let role = self
+            .config
+            .roles
+            .iter()
+            .find(|r| r.name == identity.role)
+            .or_else(|| self.match_role(&identity.attributes))
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::NoRoleMatches,
+                    format!(
+                        "role {:?} is no longer configured and no other matches",
+                        identity.role
+                    ),
+                )
+            })?;
+        let ttl = match req.ttl_secs {
+            Some(0) => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    "ttl_secs must be at least 1",
+                ));
+            }
+            Some(s) => Duration::from_secs(s).min(role.max_ttl),
+            None => role.default_ttl,
+        };
+        let backend = self.backends.get(&role.backend).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Internal,
+                format!("role {} names no backend", role.name),
+            )
+        })?;
+        let target = backend.target(role);
+        let id = secret::random_hex(8);
+        let created_ms = now_ms();
+        let expires_ms = created_ms + ttl.as_millis() as i64;
+        self.store().insert_lease(&NewLease {
+            id: &id,
+            identity_id: &identity.id,
+            role: &role.name,
+            backend: backend.name(),
+            target: &target,
+            created_ms,
+            expires_ms,
+        })?;
+        let wanted = Wanted {
+            lease_id: &id,
+            identity_name: &identity.name,
+            expires_unix: expires_ms.div_euclid(1000) + 1,
+            ttl,
+            role,
+        };
+        let grant = match backend.create(&wanted) {
+            Ok(g) => g,
+            Err(e) => {
+                let message = crate::error_chain(&e);
+                log::warn!("lease {id} for {}: {message}", identity.name);
+                self.store().fail_lease(&id, &message, now_ms())?;
+                return Err(ApiError::new(ErrorCode::BackendFailed, message));
+            }
+        };
+        self.store().activate_lease(&id, &grant.handle, now_ms())?;
+        let lease = self
+            .store()
+            .lease(&id)?
+            .ok_or_else(|| ApiError::new(ErrorCode::Internal, "the new lease vanished"))?;
+        log::info!(
+            "lease {id} issued for {} ({}), ttl {}",
+            identity.name,
+            identity.id,
+            humantime::format_duration(ttl)
+        );
+        Ok(LeaseGrant {
+            lease: info(&lease),
+            secret: grant.secret,
+        })
+    }
+
+    /// One lease; with `owner`, only if that identity holds it.
+    pub fn lease(&self, id: &str, owner: Option<&str>) -> Result<LeaseInfo, ApiError> {
+        match self.store().lease(id)? {
+            Some(l) if owner.is_none_or(|o| o == l.identity_id) => Ok(info(&l)),
+            _ => Err(ApiError::new(
+                ErrorCode::LeaseUnknown,
+                format!("no lease {id}"),
+            )),
+        }
+    }
+
+    pub fn leases(&self, owner: Option<&str>) -> Result<Vec<LeaseInfo>, ApiError> {
+        Ok(self.store().leases(owner)?.iter().map(info).collect())
+    }
+
+    /// Revokes a lease and deletes its credential at once; if the deletion
+    /// fails the lease stays `revoking` and the reaper retries.
+    pub fn revoke_lease(&self, id: &str, owner: Option<&str>) -> Result<LeaseInfo, ApiError> {
+        self.lease(id, owner)?;
+        let lease = self.store().begin_revoke(id, "revoke", now_ms())?;
+        if let Some(l) = lease.filter(|l| l.status == LeaseStatus::Revoking) {
+            self.delete_credential(&l);
+        }
+        self.lease(id, owner)
+    }
+
+    pub fn revoke_identity(&self, id: &str) -> Result<usize, ApiError> {
+        let leases = self.store().revoke_identity(id, now_ms())?.ok_or_else(|| {
+            ApiError::new(ErrorCode::IdentityUnknown, format!("no identity {id}"))
+        })?;
+        for l in &leases {
+            self.delete_credential(l);
+        }
+        Ok(leases.len())
+    }
+
+    /// Deletes one lease's credential and records the outcome: the lease
+    /// ends, or stays revoking with its error and a retry time. A lease
+    /// whose credential is still being made has no handle yet; the reaper
+    /// takes it once it has.
+    pub fn delete_credential(&self, lease: &LeaseRow) -> bool {
+        let Some(handle) = &lease.handle else {
+            return false;
+        };
+        let Some(backend) = self.backends.get(&lease.backend) else {
+            log::error!(
+                "lease {}: backend {:?} is no longer configured",
+                lease.id,
+                lease.backend
+            );
+            return false;
+        };
+        let result = backend.delete(handle);
+        let now = now_ms();
+        let store = self.store();
+        let recorded = match result {
+            Ok(()) => store.deleted(&lease.id, now).map(|_| true),
+            Err(e) => {
+                let message = crate::error_chain(&e);
+                let delay = retry_delay(lease.attempts);
+                log::warn!(
+                    "lease {}: deleting its credential failed (attempt {}), retrying in {}: {message}",
+                    lease.id,
+                    lease.attempts + 1,
+                    humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
+                );
+                store
+                    .deletion_failed(&lease.id, &message, now + delay.as_millis() as i64)
+                    .map(|_| false)
+            }
+        };
+        recorded.unwrap_or_else(|e| {
+            log::error!("lease {}: {}", lease.id, crate::error_chain(&e));
+            false
+        })
+    }
+
+    pub fn identities(&self) -> Result<Vec<IdentityRow>, ApiError> {
+        Ok(self.store().identities()?)
+    }
+
+    pub fn tickets(&self) -> Result<Vec<TicketRow>, ApiError> {
+        Ok(self.store().tickets()?)
+    }
+}
+
+/// 1 s doubling per failed attempt up to [`RETRY_CAP`], less up to 25% at
+/// random so that many failed deletions do not retry in step.
+pub fn retry_delay(attempts: u32) -> Duration {
+    let step = Duration::from_secs(1)
+        .saturating_mul(1u32 << attempts.min(16))
+        .min(RETRY_CAP);
+    let r = secret::random_bytes(1)[0] as f64 / 255.0;
+    step.mul_f64(1.0 - 0.25 * r)
+}
+
+pub fn info(l: &LeaseRow) -> LeaseInfo {
+    LeaseInfo {
+        id: l.id.clone(),
+        identity_id: l.identity_id.clone(),
+        issued_for: l.identity_name.clone(),
+        role: l.role.clone(),
+        status: l.status,
+        ttl_secs: ((l.expires_ms - l.created_ms).max(0) as u64).div_ceil(1000),
+        created_ms: l.created_ms,
+        expires_ms: l.expires_ms,
+        target: l.target.clone(),
+        last_error: l.last_error.clone(),
+    }
+}
+
+fn code_name(code: ErrorCode) -> String {
+    serde_json::to_value(code)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+pub fn show_attributes(a: &BTreeMap<String, String>) -> String {
+    let pairs: Vec<String> = a.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{{{}}}", pairs.join(", "))
+}
+
+fn refusal_message(code: ErrorCode, t: Option<&TicketRow>, now: i64) -> String {
+    let id = t.map(|t| t.id.as_str()).unwrap_or("?");
+    match (code, t) {
+        (ErrorCode::TicketUnknown, _) => {
+            "no such ticket: it was never issued by this authority".into()
+        }
+        (ErrorCode::TicketRevoked, _) => format!("ticket {id} was revoked"),
+        (ErrorCode::TicketExpired, Some(t)) => format!(
+            "ticket {id} expired {} ago",
+            humantime::format_duration(Duration::from_secs(
+                ((now - t.expires_ms).max(0) / 1000) as u64
+            ))
+        ),
+        (ErrorCode::TicketUsedUp, Some(t)) => {
+            format!(
+                "ticket {id} is used up: {} of {} enrollments made",
+                t.used, t.usage_count
+            )
+        }
+        (ErrorCode::NoRoleMatches, Some(t)) => format!(
+            "no role matches ticket {id}'s attributes {}{}",
+            show_attributes(&t.attributes),
+            t.role
+                .as_ref()
+                .map(|r| format!(" (its role {r:?} is not configured)"))
+                .unwrap_or_default()
+        ),
+        _ => format!("ticket {id} refused"),
+    }
+}
