@@ -2,14 +2,20 @@
 //! line.
 //!
 //! A thin shell over `leasegate::authority`: argument parsing, config
-//! loading and exit codes (78 for bad configuration), nothing else.
+//! loading, printing and exit codes (78 for bad configuration), nothing
+//! else. The admin commands open the same store as a running server.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use leasegate::api::{ApiError, ErrorCode};
 use leasegate::authority::config::{AuthorityConfig, DEFAULT_CONFIG_PATH, EXAMPLE};
-use leasegate::exit;
+use leasegate::authority::service::{Authority, now_ms};
+use leasegate::authority::{admin, run};
+use leasegate::shutdown::Shutdown;
+use leasegate::{error_chain, exit, logging};
 
 #[derive(Parser)]
 #[command(
@@ -70,7 +76,10 @@ enum TicketCommand {
         role: Option<String>,
     },
     /// List tickets (never their secrets).
-    List,
+    List {
+        #[arg(long)]
+        json: bool,
+    },
     /// Revoke a ticket.
     Revoke { id: String },
 }
@@ -78,17 +87,27 @@ enum TicketCommand {
 #[derive(Subcommand)]
 enum IdentityCommand {
     /// List enrolled identities.
-    List,
+    List {
+        #[arg(long)]
+        json: bool,
+    },
     /// Revoke an identity and every lease it holds.
     Revoke { id: String },
 }
 
 #[derive(Subcommand)]
 enum LeaseCommand {
-    /// List leases.
-    List,
+    /// List leases, newest first.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
     /// Show one lease.
-    Show { id: String },
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Revoke a lease and delete its InfluxDB credential.
     Revoke { id: String },
 }
@@ -113,32 +132,201 @@ fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Check,
         } => check(&cli.config),
-        Command::Serve => not_yet("serve"),
-        Command::Ticket { .. } => not_yet("ticket"),
-        Command::Identity { .. } => not_yet("identity"),
-        Command::Lease { .. } => not_yet("lease"),
+        Command::Serve => serve(&cli.config),
+        Command::Ticket { command } => admin_command(&cli.config, |a| ticket(a, command)),
+        Command::Identity { command } => admin_command(&cli.config, |a| identity(a, command)),
+        Command::Lease { command } => admin_command(&cli.config, |a| lease(a, command)),
     };
     ExitCode::from(code as u8)
 }
 
-fn check(path: &Path) -> i32 {
+fn load(path: &Path) -> Option<AuthorityConfig> {
     match AuthorityConfig::load(path) {
-        Ok(_) => {
-            println!("{}: ok", path.display());
-            exit::OK
-        }
+        Ok(c) => Some(c),
         Err(e) => {
             for line in e.lines() {
                 eprintln!("leasegate-authority: {line}");
             }
-            exit::CONFIG
+            None
         }
     }
 }
 
-fn not_yet(command: &str) -> i32 {
-    eprintln!(
-        "leasegate-authority {command}: not available in this version; it comes with the lease authority (tickets, identities, leases)"
+fn check(path: &Path) -> i32 {
+    match load(path) {
+        Some(_) => {
+            println!("{}: ok", path.display());
+            exit::OK
+        }
+        None => exit::CONFIG,
+    }
+}
+
+fn serve(path: &Path) -> i32 {
+    let Some(config) = load(path) else {
+        return exit::CONFIG;
+    };
+    logging::init(config.log_level);
+    let shutdown = Shutdown::new();
+    let bound = leasegate::authority::server::DRAIN * 3;
+    let second = |signal| std::process::exit(128 + signal);
+    if let Err(e) = leasegate::shutdown::on_termination_signals(shutdown.clone(), bound, second) {
+        log::error!("cannot install signal handlers: {e}");
+        return exit::FAILURE;
+    }
+    log::info!("leasegate-authority {} starting", env!("CARGO_PKG_VERSION"));
+    match run(config, shutdown) {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            log::error!("{}", error_chain(&e));
+            exit::FAILURE
+        }
+    }
+}
+
+/// Opens the authority's store and backends and runs one admin command;
+/// its errors go to stderr with an exit code that tells usage from
+/// failure.
+fn admin_command(path: &Path, f: impl FnOnce(&Authority) -> Result<(), ApiError>) -> i32 {
+    let Some(config) = load(path) else {
+        return exit::CONFIG;
+    };
+    logging::init(Some(config.log_level.unwrap_or(log::LevelFilter::Warn)));
+    let authority = match leasegate::authority::open(config) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("leasegate-authority: {}", error_chain(&e));
+            return exit::FAILURE;
+        }
+    };
+    match f(&authority) {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("leasegate-authority: {}", e.message);
+            match e.code {
+                ErrorCode::InvalidRequest
+                | ErrorCode::NoRoleMatches
+                | ErrorCode::LeaseUnknown
+                | ErrorCode::IdentityUnknown => exit::USAGE,
+                _ => exit::FAILURE,
+            }
+        }
+    }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("plain data always serializes")
     );
-    exit::USAGE
+}
+
+fn ticket(a: &Authority, command: TicketCommand) -> Result<(), ApiError> {
+    match command {
+        TicketCommand::Create {
+            attributes,
+            usage_count,
+            expires_in,
+            role,
+        } => {
+            let mut map = BTreeMap::new();
+            for pair in &attributes {
+                match pair.split_once('=') {
+                    Some((k, v)) if !k.trim().is_empty() => {
+                        map.insert(k.trim().to_owned(), v.trim().to_owned());
+                    }
+                    _ => {
+                        return Err(ApiError::new(
+                            ErrorCode::InvalidRequest,
+                            format!("--attribute {pair:?}: expected KEY=VALUE"),
+                        ));
+                    }
+                }
+            }
+            let ticket = a.create_ticket(map, usage_count, expires_in.into(), role)?;
+            eprintln!(
+                "ticket {} ({} use(s), expires {}); the line below is a secret, hand it over as a file",
+                ticket.id,
+                usage_count,
+                admin::expiry(ticket.expires as i64 * 1000, now_ms())
+            );
+            println!("{}", ticket.encode());
+        }
+        TicketCommand::List { json } => {
+            let tickets = a.tickets()?;
+            if json {
+                print_json(&admin::ticket_views(&tickets, now_ms()));
+            } else {
+                print!("{}", admin::ticket_table(&tickets, now_ms()));
+            }
+        }
+        TicketCommand::Revoke { id } => {
+            a.revoke_ticket(&id)?;
+            println!("ticket {id} revoked");
+        }
+    }
+    Ok(())
+}
+
+fn identity(a: &Authority, command: IdentityCommand) -> Result<(), ApiError> {
+    match command {
+        IdentityCommand::List { json } => {
+            let identities = a.identities()?;
+            if json {
+                print_json(&admin::identity_views(&identities));
+            } else {
+                print!("{}", admin::identity_table(&identities, now_ms()));
+            }
+        }
+        IdentityCommand::Revoke { id } => {
+            let n = a.revoke_identity(&id)?;
+            println!("identity {id} revoked; {n} lease(s) revoked with it");
+            let stuck: Vec<_> = a
+                .leases(None)?
+                .into_iter()
+                .filter(|l| l.identity_id == id && l.last_error.is_some())
+                .collect();
+            for l in stuck {
+                eprintln!(
+                    "lease {}: deletion failed, the server retries it: {}",
+                    l.id,
+                    l.last_error.unwrap_or_default()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn lease(a: &Authority, command: LeaseCommand) -> Result<(), ApiError> {
+    match command {
+        LeaseCommand::List { json } => {
+            let leases = a.leases(None)?;
+            if json {
+                print_json(&leases);
+            } else {
+                print!("{}", admin::lease_table(&leases, now_ms()));
+            }
+        }
+        LeaseCommand::Show { id, json } => {
+            let l = a.lease(&id, None)?;
+            if json {
+                print_json(&l);
+            } else {
+                print!("{}", admin::lease_detail(&l, now_ms()));
+            }
+        }
+        LeaseCommand::Revoke { id } => {
+            let l = a.revoke_lease(&id, None)?;
+            match &l.last_error {
+                None => println!("lease {id} {}", l.status.as_str()),
+                Some(e) => {
+                    println!(
+                        "lease {id} revoking: deleting its credential failed, the server retries it: {e}"
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
 }
