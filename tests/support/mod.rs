@@ -10,6 +10,7 @@
 
 #![allow(dead_code)]
 
+pub mod authority;
 pub mod fake_influx;
 
 use std::fs;

@@ -1,0 +1,761 @@
+//! The lease authority end to end: the real `leasegate-authority` binary,
+//! real InfluxDB 1.x, and the in-test 2.x/3.x token APIs
+//! (support/fake_influx.rs, which follows ../shared/influxdb-api.md).
+//!
+//! Times: lease expiries are the authority's wall-clock milliseconds, and
+//! the fake records each deletion with the same clock, so "gone within 2 s
+//! after expiry, none before" is checked per credential.
+
+mod support;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use support::authority::{AuthorityServer, role, v1_backend, v2_backend, v3_backend};
+use support::fake_influx::{FakeInflux, Flavor};
+use support::{ADMIN_PASSWORD, ADMIN_USER, Influx, wait_until};
+
+const ORG: &str = "0123456789abcdef";
+const ADMIN_TOKEN: &str = "admin-token-for-tests";
+
+fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+fn now_ms() -> i64 {
+    unix_ms(SystemTime::now())
+}
+
+fn v2_setup() -> (FakeInflux, AuthorityServer) {
+    let fake = FakeInflux::start(Flavor::V2, ADMIN_TOKEN, ORG, "sensors", 1 << 20);
+    let body = format!(
+        "{}{}",
+        v2_backend("main", &fake.url(), ORG, ADMIN_TOKEN),
+        role("sensor", "iot-sensor", "main", "bucket", "sensors")
+    );
+    let authority = AuthorityServer::start(&body);
+    (fake, authority)
+}
+
+fn v1_body(influx: &Influx) -> String {
+    format!(
+        "{}{}",
+        v1_backend("main", &influx.url(), ADMIN_USER, ADMIN_PASSWORD),
+        role("sensor", "iot-sensor", "main", "database", "sensors")
+    )
+}
+
+/// Writes one point with Basic auth as `user:password`; the status.
+fn v1_write(influx: &Influx, secret: &str) -> u16 {
+    use base64::Engine as _;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let auth = base64::engine::general_purpose::STANDARD.encode(secret);
+    agent
+        .post(format!("{}/write?db=sensors", influx.url()))
+        .header("Authorization", &format!("Basic {auth}"))
+        .send("m v=1")
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+fn v1_users(influx: &Influx) -> Vec<String> {
+    influx.query("SHOW USERS")["results"][0]["series"][0]["values"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r[0].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn v1_lease_user_writes_and_is_gone_within_2s_of_expiry() {
+    let influx = Influx::start();
+    influx.query("CREATE DATABASE sensors");
+    let authority = AuthorityServer::start(&v1_body(&influx));
+    let ticket = authority.ticket("iot-sensor", &[]);
+    let (_, credential) = authority.enroll_ok(&ticket, "gw-1");
+    let lease = authority.lease_ok(&credential, Some(3));
+    assert_eq!(lease["ttl_secs"], 3);
+    assert_eq!(lease["target"]["api"], "influxdb-v1");
+    assert_eq!(lease["target"]["database"], "sensors");
+    assert_eq!(lease["target"]["url"], influx.url());
+    let secret = lease["secret"].as_str().unwrap();
+    let user = secret.split(':').next().unwrap();
+    assert_eq!(user, format!("lg_{}", lease["id"].as_str().unwrap()));
+    assert_eq!(v1_write(&influx, secret), 204, "the lease's user writes");
+    let grants = influx.query(&format!("SHOW GRANTS FOR \"{user}\""));
+    assert_eq!(grants["results"][0]["series"][0]["values"][0][1], "WRITE");
+
+    let expires = lease["expires_ms"].as_i64().unwrap();
+    // Still there just before expiry.
+    std::thread::sleep(Duration::from_millis(
+        (expires - now_ms() - 400).max(0) as u64
+    ));
+    assert!(
+        v1_users(&influx).contains(&user.to_owned()),
+        "deleted early"
+    );
+    let gone = wait_until(Duration::from_secs(5), || {
+        !v1_users(&influx).contains(&user.to_owned())
+    });
+    let gone_at = now_ms();
+    assert!(gone, "user still there:\n{}", authority.log());
+    assert!(
+        gone_at - expires <= 2000,
+        "gone {} ms after expiry",
+        gone_at - expires
+    );
+    assert_eq!(
+        v1_write(&influx, secret),
+        401,
+        "a write with the dead lease"
+    );
+    let listed = authority.leases();
+    assert_eq!(listed[0]["status"], "expired");
+}
+
+#[test]
+fn v2_authorization_is_least_privilege_and_deleted_at_expiry_or_revoke() {
+    let (fake, authority) = v2_setup();
+    let ticket = authority.ticket("iot-sensor", &["--usage-count", "2"]);
+    let (_, credential) = authority.enroll_ok(&ticket, "gw-2");
+
+    let lease = authority.lease_ok(&credential, Some(3));
+    let id = lease["id"].as_str().unwrap();
+    assert_eq!(lease["target"]["api"], "influxdb-v2");
+    assert_eq!(lease["target"]["org"], ORG);
+    assert_eq!(lease["target"]["bucket"], "sensors");
+    let auth = fake
+        .with(|st| {
+            st.authorizations
+                .iter()
+                .find(|a| a.description.contains(id))
+                .cloned()
+        })
+        .expect("an authorization for the lease");
+    let bucket_id = fake.with(|st| st.bucket_id.clone());
+    assert_eq!(auth.org_id, ORG);
+    assert_eq!(auth.token, lease["secret"].as_str().unwrap());
+    assert_eq!(
+        auth.permissions,
+        serde_json::json!([{"action": "write", "resource": {"type": "buckets", "id": bucket_id, "orgID": ORG}}])
+    );
+    let expires = lease["expires_ms"].as_i64().unwrap();
+    let parts: Vec<&str> = auth.description.split(':').collect();
+    assert_eq!(parts[..3], ["leasegate", id, "gw-2"]);
+    let tagged_expiry: i64 = parts[3].parse().unwrap();
+    assert!((tagged_expiry * 1000 - expires).abs() <= 1000);
+
+    assert!(wait_until(Duration::from_secs(6), || !fake
+        .live_authorization(&auth.id)));
+    let deleted = unix_ms(
+        fake.with(|st| st.authorization_deleted_at(&auth.id))
+            .unwrap(),
+    );
+    assert!(deleted >= expires, "deleted {} ms early", expires - deleted);
+    assert!(
+        deleted - expires <= 2000,
+        "deleted {} ms late",
+        deleted - expires
+    );
+
+    // Revoked through the API: gone at once.
+    let lease = authority.lease_ok(&credential, Some(600));
+    let id = lease["id"].as_str().unwrap();
+    let auth_id = fake
+        .with(|st| {
+            st.authorizations
+                .iter()
+                .find(|a| a.description.contains(id))
+                .map(|a| a.id.clone())
+        })
+        .unwrap();
+    let (status, body) = authority.delete(&format!("/v1/leases/{id}"), &credential);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "revoked");
+    assert!(
+        !fake.live_authorization(&auth_id),
+        "deleted when the revoke answered"
+    );
+
+    // Revoked with the admin command while the server runs: gone at once.
+    let lease = authority.lease_ok(&credential, Some(600));
+    let id = lease["id"].as_str().unwrap();
+    let auth_id = fake
+        .with(|st| {
+            st.authorizations
+                .iter()
+                .find(|a| a.description.contains(id))
+                .map(|a| a.id.clone())
+        })
+        .unwrap();
+    let out = authority.cli_ok(&["lease", "revoke", id]);
+    assert!(out.contains("revoked"), "{out}");
+    assert!(!fake.live_authorization(&auth_id));
+    let (status, body) = authority.get(&format!("/v1/leases/{id}"), &credential);
+    assert_eq!((status, body["status"].as_str()), (200, Some("revoked")));
+
+    // A lease TTL above the role's max_ttl is capped.
+    let lease = authority.lease_ok(&credential, Some(86_400));
+    assert_eq!(lease["ttl_secs"], 3600);
+    // Another identity sees none of these.
+    let (_, other) = authority.enroll_ok(&ticket, "gw-3");
+    let (status, body) = authority.get("/v1/leases", &other);
+    assert_eq!(status, 200);
+    assert_eq!(body["leases"].as_array().unwrap().len(), 0);
+    let (status, body) = authority.get(
+        &format!("/v1/leases/{}", lease["id"].as_str().unwrap()),
+        &other,
+    );
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("lease_unknown"))
+    );
+    let (status, _) = authority.get("/v1/leases", &credential);
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn v2_restart_mid_lease_still_deletes_on_time_and_orphans_go_at_start() {
+    let fake = FakeInflux::start(Flavor::V2, ADMIN_TOKEN, ORG, "sensors", 1 << 20);
+    let perms = fake.with(|st| st.write_permissions());
+    let orphan = fake.with(|st| {
+        st.add_authorization(
+            "leasegate:00000000deadbeef:gw-old:1700000000",
+            perms.clone(),
+        )
+    });
+    let foreign = fake.with(|st| st.add_authorization("grafana reader", perms.clone()));
+    let body = format!(
+        "{}{}",
+        v2_backend("main", &fake.url(), ORG, ADMIN_TOKEN),
+        role("sensor", "iot-sensor", "main", "bucket", "sensors")
+    );
+    let mut authority = AuthorityServer::start(&body);
+    assert!(
+        wait_until(Duration::from_secs(5), || !fake
+            .live_authorization(&orphan.id)),
+        "the leasegate-tagged orphan is deleted at start:\n{}",
+        authority.log()
+    );
+    assert!(fake.live_authorization(&foreign.id), "others' tokens stay");
+
+    let ticket = authority.ticket("iot-sensor", &[]);
+    let (_, credential) = authority.enroll_ok(&ticket, "gw-4");
+    let lease = authority.lease_ok(&credential, Some(4));
+    let long = authority.lease_ok(&credential, Some(600));
+    let find = |id: &str| {
+        fake.with(|st| {
+            st.authorizations
+                .iter()
+                .find(|a| a.description.contains(id))
+                .map(|a| a.id.clone())
+        })
+        .unwrap()
+    };
+    let (auth_id, long_auth) = (
+        find(lease["id"].as_str().unwrap()),
+        find(long["id"].as_str().unwrap()),
+    );
+    let status = authority.terminate();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    std::thread::sleep(Duration::from_secs(1));
+    authority.restart();
+    let expires = lease["expires_ms"].as_i64().unwrap();
+    assert!(wait_until(Duration::from_secs(8), || !fake
+        .live_authorization(&auth_id)));
+    let deleted = unix_ms(
+        fake.with(|st| st.authorization_deleted_at(&auth_id))
+            .unwrap(),
+    );
+    assert!(
+        deleted >= expires && deleted - expires <= 2000,
+        "deleted at {} ms from expiry",
+        deleted - expires
+    );
+    assert!(
+        fake.live_authorization(&long_auth),
+        "a live lease survives the restart's reconcile"
+    );
+}
+
+/// A small deterministic generator, so a failure can be replayed from the
+/// seed it prints.
+fn lcg(seed: &mut u64) -> u64 {
+    *seed = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    *seed >> 33
+}
+
+#[test]
+fn two_hundred_leases_each_gone_within_2s_after_expiry_none_before() {
+    let (fake, authority) = v2_setup();
+    let ticket = authority.ticket("iot-sensor", &[]);
+    let (_, credential) = authority.enroll_ok(&ticket, "gw-many");
+    let mut seed = now_ms() as u64;
+    eprintln!("seed {seed}");
+    let mut leases = Vec::new();
+    for _ in 0..200 {
+        let ttl = 1 + lcg(&mut seed) % 20;
+        let lease = authority.lease_ok(&credential, Some(ttl));
+        leases.push((
+            lease["id"].as_str().unwrap().to_owned(),
+            lease["expires_ms"].as_i64().unwrap(),
+        ));
+    }
+    let last = leases.iter().map(|l| l.1).max().unwrap();
+    let all_gone = wait_until(
+        Duration::from_millis((last - now_ms() + 5000).max(0) as u64),
+        || {
+            fake.with(|st| {
+                st.authorizations
+                    .iter()
+                    .all(|a| !a.description.starts_with("leasegate:"))
+            })
+        },
+    );
+    assert!(all_gone, "credentials left after the last expiry");
+    let mut worst = 0;
+    for (id, expires) in &leases {
+        let deleted = fake.with(|st| {
+            st.deleted_authorizations
+                .iter()
+                .find(|(a, _)| a.description.contains(id.as_str()))
+                .map(|(_, t)| unix_ms(*t))
+        });
+        let deleted = deleted.unwrap_or_else(|| panic!("lease {id} never deleted"));
+        assert!(
+            deleted >= *expires,
+            "lease {id} deleted {} ms before expiry",
+            expires - deleted
+        );
+        assert!(
+            deleted - expires <= 2000,
+            "lease {id} deleted {} ms after expiry",
+            deleted - expires
+        );
+        worst = worst.max(deleted - expires);
+    }
+    eprintln!("200 leases: latest deletion {worst} ms after expiry");
+    let listed = authority.leases();
+    assert_eq!(listed.len(), 200);
+    assert!(listed.iter().all(|l| l["status"] == "expired"));
+}
+
+fn error_code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("<none>")
+}
+
+#[test]
+fn each_bad_ticket_has_its_own_reason_and_usage_counts_hold_under_concurrency() {
+    let (_fake, mut authority) = v2_setup();
+    let secret_of = |line: &str| {
+        leasegate::ticket::Ticket::parse(line)
+            .unwrap()
+            .secret
+            .expose()
+            .to_owned()
+    };
+
+    let expired = secret_of(&authority.ticket("iot-sensor", &["--expires-in", "1s"]));
+    let used = secret_of(&authority.ticket("iot-sensor", &[]));
+    let revoked_line = authority.ticket("iot-sensor", &[]);
+    let revoked_id = leasegate::ticket::Ticket::parse(&revoked_line).unwrap().id;
+    authority.cli_ok(&["ticket", "revoke", &revoked_id]);
+    assert_eq!(authority.enroll(&used, "gw-a").0, 201);
+    std::thread::sleep(Duration::from_millis(1200));
+
+    let cases = [
+        (expired.clone(), 403, "ticket_expired"),
+        (used.clone(), 403, "ticket_used_up"),
+        (secret_of(&revoked_line), 403, "ticket_revoked"),
+        (leasegate::secret::random_base64(32), 403, "ticket_unknown"),
+        ("not-a-ticket-secret".to_owned(), 400, "ticket_malformed"),
+    ];
+    for (secret, status, code) in &cases {
+        let (s, body) = authority.enroll(secret, "gw-b");
+        assert_eq!((s, error_code(&body)), (*status, *code), "{body}");
+        assert!(!body["error"]["message"].as_str().unwrap().is_empty());
+    }
+    let (s, body) = authority.enroll(&leasegate::secret::random_base64(32), "bad name!");
+    assert_eq!((s, error_code(&body)), (400, "invalid_request"));
+    let list = authority.cli_ok(&["ticket", "list"]);
+    assert!(
+        list.contains("revoked") && list.contains("used up") && list.contains("expired"),
+        "{list}"
+    );
+
+    // 10 enrollments at once on a ticket good for 3.
+    let three = secret_of(&authority.ticket("iot-sensor", &["--usage-count", "3"]));
+    let results: Vec<(u16, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..10)
+            .map(|i| {
+                let (a, secret) = (&authority, &three);
+                s.spawn(move || {
+                    let (status, body) = a.enroll(secret, &format!("gw-c{i}"));
+                    (status, error_code(&body).to_owned())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        results.iter().filter(|r| r.0 == 201).count(),
+        3,
+        "{results:?}"
+    );
+    assert!(
+        results
+            .iter()
+            .filter(|r| r.0 != 201)
+            .all(|r| r.1 == "ticket_used_up"),
+        "{results:?}"
+    );
+
+    // No role matches: the ticket's role was removed from the
+    // configuration before it was used.
+    let orphaned = secret_of(&authority.ticket("iot-sensor", &[]));
+    let config = std::fs::read_to_string(authority.config_path()).unwrap();
+    let no_sensor_role = config.replace("service = \"iot-sensor\"", "service = \"something-else\"");
+    std::fs::write(authority.config_path(), no_sensor_role).unwrap();
+    authority.restart();
+    let (s, body) = authority.enroll(&orphaned, "gw-d");
+    assert_eq!((s, error_code(&body)), (403, "no_role_matches"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("service=iot-sensor")
+    );
+    // And an admin cannot make a ticket that no role would take.
+    let out = authority.cli(&["ticket", "create", "--attribute", "service=iot-sensor"]);
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("no [[role]] matches"), "{}", out.stderr);
+    let trail = authority.log();
+    for code in [
+        "ticket_expired",
+        "ticket_used_up",
+        "ticket_revoked",
+        "ticket_unknown",
+        "ticket_malformed",
+        "no_role_matches",
+    ] {
+        assert!(trail.contains(code), "the audit log names {code}");
+    }
+}
+
+#[test]
+fn revoking_an_identity_removes_all_its_credentials_from_influxdb() {
+    let influx = Influx::start();
+    influx.query("CREATE DATABASE sensors");
+    let authority = AuthorityServer::start(&v1_body(&influx));
+    let ticket = authority.ticket("iot-sensor", &["--usage-count", "2"]);
+    let (identity, credential) = authority.enroll_ok(&ticket, "gw-5");
+    let (_, bystander) = authority.enroll_ok(&ticket, "gw-6");
+    let secrets: Vec<String> = (0..3)
+        .map(|_| {
+            authority.lease_ok(&credential, Some(600))["secret"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let kept = authority.lease_ok(&bystander, Some(600));
+    for s in &secrets {
+        assert_eq!(v1_write(&influx, s), 204);
+    }
+    let out = authority.cli_ok(&["identity", "revoke", &identity]);
+    assert!(out.contains("3 lease(s)"), "{out}");
+    let users = v1_users(&influx);
+    for s in &secrets {
+        let user = s.split(':').next().unwrap();
+        assert!(
+            !users.contains(&user.to_owned()),
+            "{user} still in InfluxDB"
+        );
+        assert_eq!(v1_write(&influx, s), 401);
+    }
+    assert_eq!(
+        v1_write(&influx, kept["secret"].as_str().unwrap()),
+        204,
+        "another identity's lease lives"
+    );
+    let (status, body) = authority.create_lease(&credential, None);
+    assert_eq!((status, error_code(&body)), (403, "identity_revoked"));
+    let (status, body) = authority.create_lease("lgi_unknown", None);
+    assert_eq!((status, error_code(&body)), (401, "identity_unknown"));
+    let identities = authority.cli_ok(&["identity", "list"]);
+    assert!(
+        identities.contains("revoked") && identities.contains("gw-5"),
+        "{identities}"
+    );
+}
+
+#[test]
+fn influxdb_down_at_expiry_is_retried_shown_revoking_and_blocks_no_issuing() {
+    let mut influx = Influx::start();
+    influx.query("CREATE DATABASE sensors");
+    let fake = FakeInflux::start(Flavor::V2, ADMIN_TOKEN, ORG, "sensors", 1 << 20);
+    let body = format!(
+        "{}{}{}{}",
+        v1_backend("one", &influx.url(), ADMIN_USER, ADMIN_PASSWORD),
+        v2_backend("two", &fake.url(), ORG, ADMIN_TOKEN),
+        role("sensor", "iot-sensor", "one", "database", "sensors"),
+        role("other", "other", "two", "bucket", "sensors"),
+    );
+    let authority = AuthorityServer::start(&body);
+    let (_, c1) = authority.enroll_ok(&authority.ticket("iot-sensor", &[]), "gw-7");
+    let (_, c2) = authority.enroll_ok(&authority.ticket("other", &[]), "gw-8");
+    let lease = authority.lease_ok(&c1, Some(2));
+    let user = lease["secret"]
+        .as_str()
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    influx.stop();
+    let revoking = wait_until(Duration::from_secs(8), || {
+        authority
+            .leases()
+            .iter()
+            .any(|l| l["status"] == "revoking" && l["last_error"].is_string())
+    });
+    assert!(
+        revoking,
+        "lease list shows the failed deletion:\n{}",
+        authority.log()
+    );
+    let human = authority.cli_ok(&["lease", "list"]);
+    assert!(
+        human.contains("revoking") && human.contains("expired"),
+        "{human}"
+    );
+    // Issuing on another backend goes on meanwhile.
+    let t0 = std::time::Instant::now();
+    let other = authority.lease_ok(&c2, Some(600));
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    assert_eq!(other["target"]["api"], "influxdb-v2");
+    // And the same backend's issuing fails fast with a clear reason.
+    let (status, body) = authority.create_lease(&c1, Some(60));
+    assert_eq!(
+        (status, error_code(&body)),
+        (502, "backend_failed"),
+        "{body}"
+    );
+
+    influx.restart();
+    let expired = wait_until(Duration::from_secs(30), || {
+        authority
+            .leases()
+            .iter()
+            .any(|l| l["id"] == lease["id"] && l["status"] == "expired")
+    });
+    assert!(
+        expired,
+        "the deletion was retried until it succeeded:\n{}",
+        authority.log()
+    );
+    assert!(!v1_users(&influx).contains(&user));
+}
+
+#[test]
+fn v3_tokens_expire_natively_and_are_deleted_on_revoke() {
+    let fake = FakeInflux::start(Flavor::V3, ADMIN_TOKEN, "", "sensors", 1 << 20);
+    let body = format!(
+        "{}{}",
+        v3_backend("core", &fake.url(), ADMIN_TOKEN, false),
+        role("sensor", "iot-sensor", "core", "database", "sensors")
+    );
+    let authority = AuthorityServer::start(&body);
+    assert!(
+        authority.log().contains("Core cannot scope tokens"),
+        "{}",
+        authority.log()
+    );
+    let (_, credential) = authority.enroll_ok(&authority.ticket("iot-sensor", &[]), "gw-9");
+    let lease = authority.lease_ok(&credential, Some(120));
+    let id = lease["id"].as_str().unwrap();
+    assert_eq!(lease["target"]["api"], "influxdb-v3");
+    assert_eq!(lease["target"]["database"], "sensors");
+    let name = fake
+        .v3_token_names()
+        .into_iter()
+        .find(|n| n.contains(id))
+        .expect("a token");
+    let token = fake.with(|st| st.v3_token(&name).cloned()).unwrap();
+    assert_eq!(token.token, lease["secret"].as_str().unwrap());
+    let native = unix_ms(token.expiry.expect("expiry_secs was sent"));
+    assert!((native - lease["expires_ms"].as_i64().unwrap()).abs() <= 1500);
+    let (status, _) = authority.delete(&format!("/v1/leases/{id}"), &credential);
+    assert_eq!(status, 200);
+    assert!(
+        fake.with(|st| st.v3_token_deleted_at(&name)).is_some(),
+        "deleted on revoke"
+    );
+
+    // Enterprise: database-scoped tokens.
+    let fake = FakeInflux::start(Flavor::V3, ADMIN_TOKEN, "", "sensors", 1 << 20);
+    fake.with(|st| st.enterprise = true);
+    let body = format!(
+        "{}{}",
+        v3_backend("ent", &fake.url(), ADMIN_TOKEN, true),
+        role("sensor", "iot-sensor", "ent", "database", "sensors")
+    );
+    let authority = AuthorityServer::start(&body);
+    let (_, credential) = authority.enroll_ok(&authority.ticket("iot-sensor", &[]), "gw-10");
+    let lease = authority.lease_ok(&credential, Some(120));
+    let name = fake
+        .v3_token_names()
+        .into_iter()
+        .find(|n| n.contains(lease["id"].as_str().unwrap()))
+        .unwrap();
+    let token = fake.with(|st| st.v3_token(&name).cloned()).unwrap();
+    assert_eq!(
+        token.permissions,
+        serde_json::json!([{"resource_type": "db", "resource_names": ["sensors"], "actions": ["write"]}])
+    );
+}
+
+#[test]
+fn no_secret_reaches_any_log_in_a_full_run() {
+    let influx = Influx::start();
+    influx.query("CREATE DATABASE sensors");
+    let mut authority = AuthorityServer::start_with(&v1_body(&influx), false, "trace");
+    let ticket_line = authority.ticket("iot-sensor", &[]);
+    let ticket = leasegate::ticket::Ticket::parse(&ticket_line).unwrap();
+    let (identity, credential) = authority.enroll_ok(&ticket_line, "gw-11");
+    let lease = authority.lease_ok(&credential, Some(30));
+    let lease_secret = lease["secret"].as_str().unwrap().to_owned();
+    let password = lease_secret.split_once(':').unwrap().1.to_owned();
+    assert_eq!(v1_write(&influx, &lease_secret), 204);
+    // A refused enrollment with the used ticket, a list, a show, a revoke.
+    assert_eq!(authority.enroll(ticket.secret.expose(), "gw-11").0, 403);
+    authority.cli_ok(&["lease", "list"]);
+    authority.cli_ok(&["lease", "show", lease["id"].as_str().unwrap()]);
+    authority.cli_ok(&["lease", "show", "--json", lease["id"].as_str().unwrap()]);
+    authority.cli_ok(&["ticket", "list", "--json"]);
+    let second = authority.lease_ok(&credential, Some(30));
+    let second_secret = second["secret"].as_str().unwrap().to_owned();
+    authority.delete(
+        &format!("/v1/leases/{}", lease["id"].as_str().unwrap()),
+        &credential,
+    );
+    authority.cli_ok(&["identity", "revoke", &identity]);
+    assert_eq!(authority.terminate().map(|s| s.success()), Some(true));
+
+    let log = authority.log();
+    assert!(
+        log.contains("audit: enroll"),
+        "the log is the one checked:\n{log}"
+    );
+    assert!(log.contains("audit: lease issue") && log.contains("audit: lease revoke"));
+    let mut secrets = vec![
+        ("ticket secret", ticket.secret.expose().to_owned()),
+        ("identity credential", credential.clone()),
+        ("lease secret", lease_secret.clone()),
+        ("lease password", password),
+        ("second lease secret", second_secret),
+        ("admin password", ADMIN_PASSWORD.to_owned()),
+        ("ticket line", ticket_line.clone()),
+    ];
+    // The same secrets base64'd (as in a Basic header) would be as bad.
+    use base64::Engine as _;
+    secrets.push((
+        "basic header",
+        base64::engine::general_purpose::STANDARD.encode(&lease_secret),
+    ));
+    for (what, secret) in &secrets {
+        assert!(!log.contains(secret.as_str()), "the {what} is in the log");
+    }
+    // The store holds hashes, never the secrets themselves.
+    let mut db = Vec::new();
+    for f in ["authority.db", "authority.db-wal"] {
+        db.extend(std::fs::read(authority.state_dir().join(f)).unwrap_or_default());
+    }
+    let db = String::from_utf8_lossy(&db);
+    for (what, secret) in &secrets[..5] {
+        assert!(!db.contains(secret.as_str()), "the {what} is in the store");
+    }
+}
+
+#[test]
+fn https_with_a_self_signed_certificate_pinned_in_every_ticket() {
+    let fake = FakeInflux::start(Flavor::V2, ADMIN_TOKEN, ORG, "sensors", 1 << 20);
+    let body = format!(
+        "{}{}",
+        v2_backend("main", &fake.url(), ORG, ADMIN_TOKEN),
+        role("sensor", "iot-sensor", "main", "bucket", "sensors")
+    );
+    let mut authority = AuthorityServer::start_with(&body, true, "info");
+    let cert_path = authority.state_dir().join("cert.pem");
+    let key_path = authority.state_dir().join("key.pem");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let pem = std::fs::read(&cert_path).unwrap();
+    use rustls::pki_types::pem::PemObject as _;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
+    let fingerprint = leasegate::secret::sha256_hex(der.as_ref());
+
+    let line = authority.ticket("iot-sensor", &[]);
+    let ticket = leasegate::ticket::Ticket::parse(&line).unwrap();
+    assert_eq!(ticket.cert_sha256.as_deref(), Some(fingerprint.as_str()));
+    assert_eq!(ticket.url, authority.url());
+
+    // A client trusting exactly that certificate enrolls over HTTPS.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(vec![
+                    ureq::tls::Certificate::from_der(der.as_ref()).to_owned(),
+                ])))
+                .build(),
+        )
+        .build()
+        .into();
+    let mut resp = agent
+        .post(format!("{}/v1/enroll", authority.url()))
+        .header("Content-Type", "application/json")
+        .send(
+            serde_json::json!({"ticket_secret": ticket.secret.expose(), "identity_name": "gw-tls"})
+                .to_string(),
+        )
+        .unwrap();
+    assert_eq!(
+        resp.status().as_u16(),
+        201,
+        "{}",
+        resp.body_mut().read_to_string().unwrap()
+    );
+    // Plain HTTP on the TLS port gets nowhere.
+    let plain: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    assert!(
+        plain
+            .get(format!("http://127.0.0.1:{}/v1/health", authority.port))
+            .call()
+            .is_err()
+    );
+
+    // The certificate survives a restart: tickets already out still pin it.
+    authority.restart();
+    let again = authority.ticket("iot-sensor", &[]);
+    assert_eq!(
+        leasegate::ticket::Ticket::parse(&again)
+            .unwrap()
+            .cert_sha256
+            .as_deref(),
+        Some(fingerprint.as_str())
+    );
+}
