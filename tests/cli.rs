@@ -186,14 +186,6 @@ fn later_subcommands_exit_2_naming_their_capability() {
         (GATEWAY, &["enroll", "x.ticket"], "lease lifecycle"),
         (GATEWAY, &["lease", "list"], "lease lifecycle"),
         (GATEWAY, &["status"], "service status"),
-        (AUTHORITY, &["serve"], "lease authority"),
-        (
-            AUTHORITY,
-            &["ticket", "create", "--attribute", "service=x"],
-            "lease authority",
-        ),
-        (AUTHORITY, &["identity", "list"], "lease authority"),
-        (AUTHORITY, &["lease", "revoke", "x"], "lease authority"),
     ];
     for (bin, args, capability) in cases {
         let out = run(bin, args);
@@ -204,4 +196,95 @@ fn later_subcommands_exit_2_naming_their_capability() {
             text(&out.stderr)
         );
     }
+}
+
+const AUTHORITY_CONFIG: &str = r#"
+listen = "127.0.0.1:1"
+public_url = "http://127.0.0.1:1"
+state_dir = "{dir}/state"
+tls = "off"
+[[backend]]
+name = "main"
+kind = "influxdb-v1"
+url = "http://127.0.0.1:1"
+admin_username = "admin"
+admin_password = "x"
+[[role]]
+name = "sensor"
+match = { service = "iot-sensor" }
+backend = "main"
+database = "sensors"
+"#;
+
+#[test]
+fn authority_commands_refuse_bad_arguments_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("a.toml");
+    let body = AUTHORITY_CONFIG.replace("{dir}", &dir.path().display().to_string());
+    std::fs::write(&conf, &body).unwrap();
+    let c = conf.to_str().unwrap();
+    let cases: &[(&[&str], i32, &str)] = &[
+        (
+            &["ticket", "create", "--attribute", "service"],
+            2,
+            "expected KEY=VALUE",
+        ),
+        (
+            &["ticket", "create", "--attribute", "service=other"],
+            2,
+            "no [[role]] matches",
+        ),
+        (
+            &[
+                "ticket",
+                "create",
+                "--attribute",
+                "service=iot-sensor",
+                "--role",
+                "x",
+            ],
+            2,
+            "no [[role]] is named \"x\"",
+        ),
+        (
+            &[
+                "ticket",
+                "create",
+                "--attribute",
+                "service=iot-sensor",
+                "--usage-count",
+                "0",
+            ],
+            2,
+            "at least 1",
+        ),
+        (&["ticket", "revoke", "nope"], 2, "no ticket nope"),
+        (&["lease", "show", "nope"], 2, "no lease nope"),
+        (&["identity", "revoke", "nope"], 2, "no identity nope"),
+    ];
+    for (args, code, message) in cases {
+        let mut all = vec!["--config", c];
+        all.extend_from_slice(args);
+        let out = run(AUTHORITY, &all);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(*code), "{args:?}: {err}");
+        assert!(err.contains(message), "{args:?}: {err}");
+    }
+    // A fresh store lists nothing, in both forms; the state dir is 0700.
+    let out = run(AUTHORITY, &["--config", c, "lease", "list", "--json"]);
+    assert_eq!(text(&out.stdout).trim(), "[]");
+    let out = run(AUTHORITY, &["--config", c, "ticket", "list"]);
+    assert!(text(&out.stdout).starts_with("ID"), "{}", text(&out.stdout));
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(dir.path().join("state"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
+
+    // serve with a configuration error exits 78 naming the key.
+    std::fs::write(&conf, body.replace("tls = \"off\"", "tls = \"maybe\"")).unwrap();
+    let out = run(AUTHORITY, &["--config", c, "serve"]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(text(&out.stderr).contains("tls"), "{}", text(&out.stderr));
 }
