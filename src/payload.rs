@@ -186,10 +186,10 @@ pub fn decode(d: &Decoding, topic: &str, payload: &[u8]) -> Vec<Result<Point, Pa
         tags: d.tags.clone(),
         measurement: d.measurement.clone(),
     };
-    if let Some(template) = &d.template {
-        if let Err(e) = template.apply(topic, &mut defaults) {
-            return vec![Err(e)];
-        }
+    if let Some(template) = &d.template
+        && let Err(e) = template.apply(topic, &mut defaults)
+    {
+        return vec![Err(e)];
     }
     match d.format {
         Format::Line => match lineproto::parse_payload(payload) {

@@ -618,10 +618,11 @@ impl Spool {
     fn seal_active(&self, inner: &mut Inner, sync_later: bool) {
         if let Some(seg) = inner.segments.back_mut() {
             seg.sealed = true;
-            if let Some(file) = inner.active.take() {
-                if sync_later && self.config.fsync != FsyncPolicy::Never {
-                    inner.unsynced.push((seg.path.clone(), file));
-                }
+            if let Some(file) = inner.active.take()
+                && sync_later
+                && self.config.fsync != FsyncPolicy::Never
+            {
+                inner.unsynced.push((seg.path.clone(), file));
             }
         }
         inner.active = None;

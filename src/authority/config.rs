@@ -104,13 +104,14 @@ fn read(t: &Table<'_>) -> Option<AuthorityConfig> {
         }
     };
     let tls = t.choice("tls", &[("on", true), ("off", false)], true);
-    if let Some(addr) = listen {
-        if !tls && !addr.ip().is_loopback() {
-            t.problem(
-                "tls",
-                "\"off\" is allowed only with a loopback listen address",
-            );
-        }
+    if let Some(addr) = listen
+        && !tls
+        && !addr.ip().is_loopback()
+    {
+        t.problem(
+            "tls",
+            "\"off\" is allowed only with a loopback listen address",
+        );
     }
     let public_url = t.required_string("public_url");
     if let Some(url) = &public_url {

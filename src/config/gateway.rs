@@ -356,10 +356,10 @@ fn read_tls(t: &Table<'_>, url: Option<&BrokerUrl>) -> Option<TlsClient> {
 
 fn read_subscription(t: &Table<'_>) -> Option<Subscription> {
     let topic = t.required_string("topic");
-    if let Some(topic) = &topic {
-        if let Err(e) = check_topic_filter(topic) {
-            t.problem("topic", e);
-        }
+    if let Some(topic) = &topic
+        && let Err(e) = check_topic_filter(topic)
+    {
+        t.problem("topic", e);
     }
     let format = t.choice(
         "format",

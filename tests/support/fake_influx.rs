@@ -1057,14 +1057,14 @@ fn create_authorization(body: &[u8], caller: &Caller, st: &mut State) -> Answer 
     if !caller.allows(st, &wanted) {
         return unauthorized_for(&wanted);
     }
-    if matches!(caller, Caller::Auth(..)) {
-        if let Some(p) = permissions.iter().find(|p| !caller.allows(st, p)) {
-            return v2_error(
-                403,
-                "forbidden",
-                format!("permission {} is not allowed", permission_text(p)),
-            );
-        }
+    if matches!(caller, Caller::Auth(..))
+        && let Some(p) = permissions.iter().find(|p| !caller.allows(st, p))
+    {
+        return v2_error(
+            403,
+            "forbidden",
+            format!("permission {} is not allowed", permission_text(p)),
+        );
     }
     if org_id != st.org {
         return invalid("organization not found");
