@@ -230,10 +230,14 @@ fn v2_restart_mid_lease_still_deletes_on_time_and_orphans_go_at_start() {
         )
     });
     let foreign = fake.with(|st| st.add_authorization("grafana reader", perms.clone()));
+    // A second backend on the same InfluxDB: its reconcile must not take
+    // the first one's live credentials for orphans.
     let body = format!(
-        "{}{}",
+        "{}{}{}{}",
         v2_backend("main", &fake.url(), ORG, ADMIN_TOKEN),
-        role("sensor", "iot-sensor", "main", "bucket", "sensors")
+        v2_backend("mirror", &fake.url(), ORG, ADMIN_TOKEN),
+        role("sensor", "iot-sensor", "main", "bucket", "sensors"),
+        role("mirrored", "mirrored", "mirror", "bucket", "sensors"),
     );
     let mut authority = AuthorityServer::start(&body);
     assert!(
@@ -281,6 +285,23 @@ fn v2_restart_mid_lease_still_deletes_on_time_and_orphans_go_at_start() {
         fake.live_authorization(&long_auth),
         "a live lease survives the restart's reconcile"
     );
+    assert!(authority.log().contains("backend mirror: reconciled"));
+
+    // A second server on the same state dir is refused, and the first
+    // one keeps serving.
+    let second = std::process::Command::new(support::authority::authority_binary())
+        .arg("--config")
+        .arg(authority.config_path())
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        err.contains("another leasegate-authority serve runs on this state dir"),
+        "{err}"
+    );
+    assert!(authority.is_running());
 }
 
 /// A small deterministic generator, so a failure can be replayed from the

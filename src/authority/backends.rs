@@ -31,6 +31,9 @@ pub const TAG: &str = "leasegate:";
 pub const V1_USER_PREFIX: &str = "lg_";
 
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// Deletions are small and come due on time: a hung one must not hold up
+/// the expiries queued behind it for long; it is retried instead.
+const DELETE_TIMEOUT: Duration = Duration::from_secs(3);
 const MAX_MESSAGE: usize = 300;
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +79,7 @@ pub struct Wanted<'a> {
 pub struct Backend {
     config: BackendConfig,
     agent: ureq::Agent,
+    delete_agent: ureq::Agent,
     /// The value of the Authorization header for admin calls.
     authorization: Secret,
     /// 2.x: bucket name -> id, resolved at start or on first use.
@@ -84,12 +88,14 @@ pub struct Backend {
 
 impl Backend {
     pub fn new(config: &BackendConfig) -> Backend {
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(TIMEOUT))
-            .http_status_as_error(false)
-            .user_agent(concat!("leasegate-authority/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
+        let agent = |timeout| {
+            ureq::Agent::config_builder()
+                .timeout_global(Some(timeout))
+                .http_status_as_error(false)
+                .user_agent(concat!("leasegate-authority/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .into()
+        };
         let expose = |s: &Option<Secret>| {
             s.as_ref()
                 .map(|s| s.expose().to_owned())
@@ -109,7 +115,8 @@ impl Backend {
         });
         Backend {
             config: config.clone(),
-            agent,
+            agent: agent(TIMEOUT),
+            delete_agent: agent(DELETE_TIMEOUT),
             authorization,
             bucket_ids: Mutex::new(HashMap::new()),
         }
@@ -121,6 +128,14 @@ impl Backend {
 
     pub fn kind(&self) -> BackendKind {
         self.config.kind
+    }
+
+    /// What an operator must know about this backend at start.
+    pub fn warning(&self) -> Option<String> {
+        (self.config.kind == BackendKind::InfluxdbV3 && !self.config.enterprise).then(|| format!(
+            "backend {}: InfluxDB 3 Core cannot scope tokens, so each lease is a named admin token with full access until it expires; set enterprise = true on an Enterprise server for database-scoped tokens",
+            self.config.name
+        ))
     }
 
     /// Where a lease of `role` writes.
@@ -135,21 +150,14 @@ impl Backend {
         }
     }
 
-    /// Start-up checks that need InfluxDB: 2.x bucket ids for `roles`, and
-    /// a warning where 3.x cannot scope tokens. A failure here is not
-    /// fatal (InfluxDB may come up later); creation resolves again.
+    /// Checks that need InfluxDB: 2.x bucket ids for `roles`. A failure
+    /// here is not fatal (InfluxDB may come up later); creation resolves
+    /// again.
     pub fn prepare(&self, roles: &[&Role]) -> Result<(), BackendError> {
-        match self.config.kind {
-            BackendKind::InfluxdbV2 => {
-                for role in roles {
-                    self.bucket_id(&role.target)?;
-                }
+        if self.config.kind == BackendKind::InfluxdbV2 {
+            for role in roles {
+                self.bucket_id(&role.target)?;
             }
-            BackendKind::InfluxdbV3 if !self.config.enterprise => log::warn!(
-                "backend {}: InfluxDB 3 Core cannot scope tokens, so each lease is a named admin token with full access until it expires; set enterprise = true on an Enterprise server for database-scoped tokens",
-                self.config.name
-            ),
-            _ => {}
         }
         Ok(())
     }
@@ -166,7 +174,11 @@ impl Backend {
     pub fn delete(&self, handle: &str) -> Result<(), BackendError> {
         match self.config.kind {
             BackendKind::InfluxdbV1 => {
-                let answer = self.influxql("drop user", &format!("DROP USER {}", ident(handle)))?;
+                let answer = self.influxql(
+                    &self.delete_agent,
+                    "drop user",
+                    &format!("DROP USER {}", ident(handle)),
+                )?;
                 match statement_error(&answer) {
                     Some(e) if !e.contains("not found") => Err(self.answer_error("drop user", e)),
                     _ => Ok(()),
@@ -180,7 +192,7 @@ impl Backend {
                 );
                 let (status, body) = self.call(
                     "delete authorization",
-                    self.agent
+                    self.delete_agent
                         .delete(&url)
                         .header("Authorization", self.authorization.expose())
                         .call(),
@@ -198,7 +210,7 @@ impl Backend {
                 );
                 let (status, body) = self.call(
                     "delete token",
-                    self.agent
+                    self.delete_agent
                         .delete(&url)
                         .header("Authorization", self.authorization.expose())
                         .call(),
@@ -226,7 +238,7 @@ impl Backend {
     fn tagged_handles(&self) -> Result<Vec<(String, String)>, BackendError> {
         match self.config.kind {
             BackendKind::InfluxdbV1 => {
-                let answer = self.influxql("show users", "SHOW USERS")?;
+                let answer = self.influxql(&self.agent, "show users", "SHOW USERS")?;
                 if let Some(e) = statement_error(&answer) {
                     return Err(self.answer_error("show users", e));
                 }
@@ -306,11 +318,15 @@ impl Backend {
     pub fn reconcile(
         &self,
         live: impl FnOnce() -> Result<HashSet<String>, String>,
+        stop: impl Fn() -> bool,
     ) -> Result<usize, String> {
         let tagged = self.tagged().map_err(|e| crate::error_chain(&e))?;
         let live = live()?;
         let mut deleted = 0;
         for (handle, lease_id) in tagged {
+            if stop() {
+                break;
+            }
             if !live.contains(&lease_id) {
                 self.delete(&handle).map_err(|e| crate::error_chain(&e))?;
                 log::info!(
@@ -343,7 +359,7 @@ impl Backend {
             ident(&user)
         );
         let answer = self
-            .influxql("create user", &q)
+            .influxql(&self.agent, "create user", &q)
             .map_err(|e| scrub(e, &password))?;
         if let Some(e) = statement_error(&answer) {
             let e = e.replace(&password, "<redacted>");
@@ -359,11 +375,11 @@ impl Backend {
 
     /// Runs InfluxQL as the admin; the parsed answer, or an error for a
     /// failed request (a failed statement is inside the answer).
-    fn influxql(&self, action: &str, q: &str) -> Result<Value, BackendError> {
+    fn influxql(&self, agent: &ureq::Agent, action: &str, q: &str) -> Result<Value, BackendError> {
         let url = format!("{}/query", self.config.url);
         let (status, body) = self.call(
             action,
-            self.agent
+            agent
                 .post(&url)
                 .header("Authorization", self.authorization.expose())
                 .send_form([("q", q)]),

@@ -51,6 +51,32 @@ pub enum AuthorityError {
     Server(#[from] server::ServerError),
     #[error("cannot start a thread: {0}")]
     Thread(#[source] std::io::Error),
+    #[error("{path}: {message}")]
+    Lock { path: String, message: String },
+}
+
+/// Holds the state dir's lock while the server runs: two servers on one
+/// store would each take the other's leases in creation for crashed ones.
+/// The OS drops the lock with the process, so a crash leaves none behind.
+fn lock_state_dir(config: &AuthorityConfig) -> Result<std::fs::File, AuthorityError> {
+    let path = config.state_dir.join("serve.lock");
+    let fail = |message: String| AuthorityError::Lock {
+        path: path.display().to_string(),
+        message,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| fail(e.to_string()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(fail(
+            "another leasegate-authority serve runs on this state dir".into(),
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(fail(e.to_string())),
+    }
 }
 
 /// Creates the state dir (mode 0700) if it is missing.
@@ -81,6 +107,7 @@ pub fn open(config: AuthorityConfig) -> Result<Authority, AuthorityError> {
 /// `leasegate-authority serve`: runs until `shutdown`.
 pub fn run(config: AuthorityConfig, shutdown: Shutdown) -> Result<(), AuthorityError> {
     ensure_state_dir(&config)?;
+    let _lock = lock_state_dir(&config)?;
     let (tls_config, fingerprint) = if config.tls {
         let identity = tls::load_or_create(&config)?;
         let fingerprint = identity.fingerprint.clone();
@@ -94,6 +121,17 @@ pub fn run(config: AuthorityConfig, shutdown: Shutdown) -> Result<(), AuthorityE
     if failed > 0 {
         log::warn!(
             "{failed} lease(s) were being created when the authority last stopped; marked failed, their credentials are reconciled"
+        );
+    }
+    for backend in authority.backends() {
+        if let Some(w) = backend.warning() {
+            log::warn!("{w}");
+        }
+    }
+    let configured: Vec<&str> = authority.backends().map(|b| b.name()).collect();
+    for (backend, n) in authority.store().leases_of_unknown_backends(&configured)? {
+        log::error!(
+            "{n} live lease(s) name backend {backend:?}, which is not in the configuration: their credentials stay in InfluxDB until it is added back"
         );
     }
     let listener = TcpListener::bind(listen).map_err(|source| AuthorityError::Bind {

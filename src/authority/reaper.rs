@@ -1,14 +1,18 @@
 //! The reaper: deletes each lease's credential when the lease expires, and
-//! retries deletions that failed.
+//! retries deletions that failed; and the housekeeping beside it.
 //!
 //! One named thread per backend, so an unreachable InfluxDB delays only its
 //! own deletions. Each pass takes the due leases from the store in expiry
 //! order (the store, not memory, is the queue: it survives restarts and
 //! sees leases the admin commands revoked), and sleeps until the next one
-//! is due, at most [`POLL`] so leases issued meanwhile are seen in time. It
-//! also reconciles its backend once at start, retrying until InfluxDB
-//! answers. It never deletes a lease's credential before its expiry and
-//! never issues anything.
+//! is due, at most [`POLL`] so leases issued meanwhile are seen in time.
+//! It never deletes a credential before its lease's expiry and never
+//! issues anything.
+//!
+//! The housekeeping thread reconciles every backend at start and then
+//! hourly (leasegate-made credentials whose lease is not live are deleted),
+//! and forgets leases that ended more than [`KEEP_ENDED`] ago. It runs
+//! apart from the reapers so a slow reconcile never delays an expiry.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -22,43 +26,36 @@ use crate::shutdown::Shutdown;
 pub const POLL: Duration = Duration::from_millis(250);
 /// Due leases taken per pass; the rest come in the next, without sleeping.
 const BATCH: usize = 64;
+/// How often every backend is reconciled after the first success.
+pub const RECONCILE_EVERY: Duration = Duration::from_secs(3600);
+/// How long ended leases stay listed.
+pub const KEEP_ENDED: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// Starts one reaper per backend and the housekeeping thread.
 pub fn start(
     authority: Arc<Authority>,
     shutdown: Shutdown,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
     let backends: Vec<Arc<Backend>> = authority.backends().cloned().collect();
-    backends
-        .into_iter()
-        .map(|backend| {
-            let (a, s) = (authority.clone(), shutdown.clone());
+    let mut threads = Vec::new();
+    for backend in backends {
+        let (a, s) = (authority.clone(), shutdown.clone());
+        threads.push(
             std::thread::Builder::new()
                 .name(format!("reaper-{}", backend.name()))
-                .spawn(move || run(&a, &backend, &s))
-        })
-        .collect()
+                .spawn(move || reap(&a, &backend, &s))?,
+        );
+    }
+    threads.push(
+        std::thread::Builder::new()
+            .name("housekeeping".into())
+            .spawn(move || housekeeping(&authority, &shutdown))?,
+    );
+    Ok(threads)
 }
 
-fn run(authority: &Authority, backend: &Backend, shutdown: &Shutdown) {
-    let mut reconcile_attempts = 0;
-    let mut next_reconcile = Some(now_ms());
+fn reap(authority: &Authority, backend: &Backend, shutdown: &Shutdown) {
     while !shutdown.is_triggered() {
-        let now = now_ms();
-        if next_reconcile.is_some_and(|t| t <= now) {
-            next_reconcile = match reconcile(authority, backend) {
-                Ok(()) => None,
-                Err(message) => {
-                    let delay = retry_delay(reconcile_attempts);
-                    reconcile_attempts += 1;
-                    log::warn!(
-                        "backend {}: start-up reconcile failed, retrying in {:?}: {message}",
-                        backend.name(),
-                        delay
-                    );
-                    Some(now + delay.as_millis() as i64)
-                }
-            };
-        }
         let due = match authority
             .store()
             .due_leases(backend.name(), now_ms(), BATCH)
@@ -96,7 +93,43 @@ fn run(authority: &Authority, backend: &Backend, shutdown: &Shutdown) {
     }
 }
 
-fn reconcile(authority: &Authority, backend: &Backend) -> Result<(), String> {
+fn housekeeping(authority: &Authority, shutdown: &Shutdown) {
+    let backends: Vec<Arc<Backend>> = authority.backends().cloned().collect();
+    let mut attempts = 0;
+    loop {
+        let mut failed = false;
+        for backend in &backends {
+            if shutdown.is_triggered() {
+                return;
+            }
+            if let Err(message) = reconcile(authority, backend, shutdown) {
+                log::warn!("backend {}: reconcile failed: {message}", backend.name());
+                failed = true;
+            }
+        }
+        let horizon = now_ms() - KEEP_ENDED.as_millis() as i64;
+        match authority.store().prune_ended(horizon) {
+            Ok(0) => {}
+            Ok(n) => log::info!(
+                "forgot {n} lease(s) that ended over {} ago",
+                humantime::format_duration(KEEP_ENDED)
+            ),
+            Err(e) => log::warn!("pruning ended leases: {}", crate::error_chain(&e)),
+        }
+        let wait = if failed {
+            attempts += 1;
+            retry_delay(attempts - 1)
+        } else {
+            attempts = 0;
+            RECONCILE_EVERY
+        };
+        if shutdown.sleep(wait) {
+            return;
+        }
+    }
+}
+
+fn reconcile(authority: &Authority, backend: &Backend, shutdown: &Shutdown) -> Result<(), String> {
     let roles: Vec<_> = authority
         .config()
         .roles
@@ -106,12 +139,15 @@ fn reconcile(authority: &Authority, backend: &Backend) -> Result<(), String> {
     backend
         .prepare(&roles)
         .map_err(|e| crate::error_chain(&e))?;
-    let deleted = backend.reconcile(|| {
-        authority
-            .store()
-            .live_lease_ids(backend.name())
-            .map_err(|e| crate::error_chain(&e))
-    })?;
+    let deleted = backend.reconcile(
+        || {
+            authority
+                .store()
+                .live_lease_ids()
+                .map_err(|e| crate::error_chain(&e))
+        },
+        || shutdown.is_triggered(),
+    )?;
     log::info!(
         "backend {}: reconciled with the store; {deleted} orphaned credential(s) deleted",
         backend.name()

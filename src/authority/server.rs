@@ -28,6 +28,10 @@ use crate::shutdown::Shutdown;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight requests get once shutdown starts.
 pub const DRAIN: Duration = Duration::from_secs(5);
+/// How long a client may take to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 1024;
 /// Request bodies are small JSON objects.
 const MAX_BODY: usize = 64 * 1024;
 
@@ -71,7 +75,14 @@ pub fn serve(
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener).map_err(ServerError::Listen)?;
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let mut connections = tokio::task::JoinSet::new();
         loop {
+            while connections.try_join_next().is_some() {}
+            let slot = tokio::select! {
+                _ = shutdown.wait() => break,
+                slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            };
             let (stream, peer) = tokio::select! {
                 _ = shutdown.wait() => break,
                 accepted = listener.accept() => match accepted {
@@ -86,16 +97,13 @@ pub fn serve(
                 },
             };
             let service = TowerToHyperService::new(app.clone());
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let builder = hyper::server::conn::http1::Builder::new();
+            let (acceptor, shutdown) = (acceptor.clone(), shutdown.clone());
+            connections.spawn(async move {
+                let _slot = slot;
                 let result = match acceptor {
                     Some(acceptor) => {
-                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                        {
-                            Ok(Ok(tls)) => {
-                                builder.serve_connection(TokioIo::new(tls), service).await
-                            }
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                            Ok(Ok(tls)) => serve_connection(tls, service, &shutdown).await,
                             Ok(Err(e)) => {
                                 log::debug!("{peer}: TLS handshake failed: {e}");
                                 return;
@@ -106,21 +114,51 @@ pub fn serve(
                             }
                         }
                     }
-                    None => {
-                        builder
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await
-                    }
+                    None => serve_connection(stream, service, &shutdown).await,
                 };
                 if let Err(e) = result {
                     log::debug!("{peer}: connection: {e}");
                 }
             });
         }
+        // Requests in flight finish (each connection closes after its
+        // current response), within the bound.
+        let drained = tokio::time::timeout(DRAIN, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            log::warn!("{} connection(s) cut at shutdown after {:?}", connections.len(), DRAIN);
+        }
         Ok::<(), ServerError>(())
     })?;
     runtime.shutdown_timeout(DRAIN);
     Ok(())
+}
+
+/// One HTTP/1.1 connection: a client slow to send its headers is cut, and
+/// at shutdown the connection ends after its current answer.
+async fn serve_connection<I>(
+    io: I,
+    service: TowerToHyperService<Router>,
+    shutdown: &Shutdown,
+) -> Result<(), hyper::Error>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => result,
+        _ = shutdown.wait() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    }
 }
 
 fn error_response(e: ApiError) -> Response {

@@ -266,6 +266,22 @@ impl Authority {
         }
     }
 
+    /// Whether the identity may still act, by id.
+    fn authenticate_id(&self, id: &str) -> Result<(), ApiError> {
+        let revoked = self
+            .store()
+            .identities()?
+            .into_iter()
+            .any(|i| i.id == id && i.revoked_ms.is_some());
+        if revoked {
+            return Err(ApiError::new(
+                ErrorCode::IdentityRevoked,
+                format!("identity {id} was revoked"),
+            ));
+        }
+        Ok(())
+    }
+
     // --- leases ---
 
     pub fn create_lease(
@@ -308,7 +324,7 @@ impl Authority {
         let id = secret::random_hex(8);
         let created_ms = now_ms();
         let expires_ms = created_ms + ttl.as_millis() as i64;
-        self.store().insert_lease(&NewLease {
+        let recorded = self.store().insert_lease(&NewLease {
             id: &id,
             identity_id: &identity.id,
             role: &role.name,
@@ -317,6 +333,12 @@ impl Authority {
             created_ms,
             expires_ms,
         })?;
+        if !recorded {
+            return Err(ApiError::new(
+                ErrorCode::IdentityRevoked,
+                format!("identity {} ({}) was revoked", identity.id, identity.name),
+            ));
+        }
         let wanted = Wanted {
             lease_id: &id,
             identity_name: &identity.name,
@@ -333,7 +355,28 @@ impl Authority {
                 return Err(ApiError::new(ErrorCode::BackendFailed, message));
             }
         };
-        self.store().activate_lease(&id, &grant.handle, now_ms())?;
+        let status = self.store().activate_lease(&id, &grant.handle, now_ms())?;
+        if status != Some(LeaseStatus::Active) {
+            // Revoked (with its identity) or ended by another process while
+            // the credential was being made: it must not be handed out, and
+            // goes now rather than at the reaper's next pass.
+            log::warn!("lease {id}: ended while its credential was being made; deleting it");
+            if let Err(e) = backend.delete(&grant.handle) {
+                log::warn!(
+                    "lease {id}: {} (the reaper retries)",
+                    crate::error_chain(&e)
+                );
+            } else {
+                self.store().deleted(&id, now_ms())?;
+            }
+            return Err(match self.authenticate_id(&identity.id) {
+                Err(e) => e,
+                Ok(()) => ApiError::new(
+                    ErrorCode::LeaseUnknown,
+                    format!("lease {id} was revoked while it was being made"),
+                ),
+            });
+        }
         let lease = self
             .store()
             .lease(&id)?
@@ -394,21 +437,18 @@ impl Authority {
         let Some(handle) = &lease.handle else {
             return false;
         };
-        let Some(backend) = self.backends.get(&lease.backend) else {
-            log::error!(
-                "lease {}: backend {:?} is no longer configured",
-                lease.id,
+        let result = match self.backends.get(&lease.backend) {
+            Some(backend) => backend.delete(handle).map_err(|e| crate::error_chain(&e)),
+            None => Err(format!(
+                "backend {:?} is not in the configuration; add it back so the credential can be deleted",
                 lease.backend
-            );
-            return false;
+            )),
         };
-        let result = backend.delete(handle);
         let now = now_ms();
         let store = self.store();
         let recorded = match result {
             Ok(()) => store.deleted(&lease.id, now).map(|_| true),
-            Err(e) => {
-                let message = crate::error_chain(&e);
+            Err(message) => {
                 let delay = retry_delay(lease.attempts);
                 log::warn!(
                     "lease {}: deleting its credential failed (attempt {}), retrying in {}: {message}",

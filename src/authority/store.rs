@@ -366,32 +366,47 @@ impl Store {
     // --- leases ---
 
     /// Records a lease before its credential is created, so that a crash in
-    /// between leaves a trace that start-up reconciles.
-    pub fn insert_lease(&self, l: &NewLease<'_>) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO leases (id, identity_id, role, backend, target, status, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7)",
+    /// between leaves a trace that start-up reconciles. In the same
+    /// statement it checks that the identity is not revoked: a revoke that
+    /// lands between authentication and this insert would otherwise miss
+    /// the lease. False when the identity is revoked (or gone).
+    pub fn insert_lease(&self, l: &NewLease<'_>) -> Result<bool, StoreError> {
+        let n = self.conn.execute(
+            "INSERT INTO leases (id, identity_id, role, backend, target, status, created_ms, expires_ms)
+             SELECT ?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7
+             WHERE EXISTS (SELECT 1 FROM identities WHERE id = ?2 AND revoked_ms IS NULL)",
             params![l.id, l.identity_id, l.role, l.backend, to_json(l.target), l.created_ms, l.expires_ms],
         )?;
-        Ok(())
+        Ok(n == 1)
     }
 
-    /// The credential exists: the lease is active, unless it was revoked
-    /// while its credential was being made, in which case the reaper takes
-    /// it (the handle is stored either way).
-    pub fn activate_lease(&self, id: &str, handle: &str, now_ms: i64) -> Result<(), StoreError> {
-        self.conn.execute(
-            "UPDATE leases SET handle = ?2, status = CASE status WHEN 'pending' THEN 'active' ELSE status END WHERE id = ?1",
+    /// The credential exists: the handle is stored and a pending lease
+    /// becomes active. Returns the lease's status after that: `Active`, or
+    /// `Revoking` if it was revoked while its credential was being made
+    /// (the reaper deletes it), or anything else if the lease was ended
+    /// meanwhile, when the caller must delete the credential itself.
+    pub fn activate_lease(
+        &self,
+        id: &str,
+        handle: &str,
+        now_ms: i64,
+    ) -> Result<Option<LeaseStatus>, StoreError> {
+        let n = self.conn.execute(
+            "UPDATE leases SET handle = ?2, status = CASE status WHEN 'pending' THEN 'active' ELSE status END WHERE id = ?1 AND status IN ('pending', 'revoking')",
             params![id, handle],
         )?;
-        self.audit(now_ms, "lease issue", id, &format!("credential {handle}"))?;
-        Ok(())
+        if n == 1 {
+            self.audit(now_ms, "lease issue", id, &format!("credential {handle}"))?;
+        }
+        Ok(self.lease(id)?.map(|l| l.status))
     }
 
     pub fn fail_lease(&self, id: &str, error: &str, now_ms: i64) -> Result<(), StoreError> {
         self.conn.execute(
-            "UPDATE leases SET status = 'failed', ended_ms = ?2, last_error = ?3 WHERE id = ?1",
+            "UPDATE leases SET status = 'failed', ended_ms = ?2, last_error = ?3 WHERE id = ?1 AND status IN ('pending', 'revoking')",
             params![id, now_ms, error],
         )?;
+        self.audit(now_ms, "lease failed", id, error)?;
         Ok(())
     }
 
@@ -449,12 +464,15 @@ impl Store {
         reason: &str,
         now_ms: i64,
     ) -> Result<Option<LeaseRow>, StoreError> {
-        self.conn.execute(
+        let n = self.conn.execute(
             &format!(
                 "UPDATE leases SET status = 'revoking', end_reason = COALESCE(end_reason, ?2), next_attempt_ms = ?3 WHERE id = ?1 AND status IN {LIVE}"
             ),
             params![id, reason, now_ms],
         )?;
+        if n == 1 {
+            self.audit(now_ms, "lease revoke requested", id, reason)?;
+        }
         self.lease(id)
     }
 
@@ -495,10 +513,13 @@ impl Store {
         error: &str,
         next_attempt_ms: i64,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
+        let n = self.conn.execute(
             "UPDATE leases SET status = 'revoking', end_reason = COALESCE(end_reason, 'expiry'), attempts = attempts + 1, next_attempt_ms = ?3, last_error = ?2 WHERE id = ?1 AND status IN ('active', 'revoking')",
             params![id, error, next_attempt_ms],
         )?;
+        if n == 1 {
+            self.audit(next_attempt_ms, "lease deletion failed", id, error)?;
+        }
         Ok(())
     }
 
@@ -512,14 +533,43 @@ impl Store {
         )?)
     }
 
-    /// Ids of `backend`'s leases whose credential may exist and must stay
-    /// (or is being deleted by the reaper).
-    pub fn live_lease_ids(&self, backend: &str) -> Result<HashSet<String>, StoreError> {
-        let mut stmt = self.conn.prepare(&format!(
-            "SELECT id FROM leases WHERE backend = ?1 AND status IN {LIVE}"
-        ))?;
-        let rows = stmt.query_map([backend], |r| r.get::<_, String>(0))?;
+    /// Ids of all leases whose credential may exist and must stay (or is
+    /// being deleted by the reaper), whatever their backend: two backends
+    /// may name the same InfluxDB.
+    pub fn live_lease_ids(&self) -> Result<HashSet<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT id FROM leases WHERE status IN {LIVE}"))?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
         rows.map(|r| r.map_err(StoreError::from)).collect()
+    }
+
+    /// Live leases per backend name, for the backends not in `configured`:
+    /// their credentials cannot be deleted until the backend is back.
+    pub fn leases_of_unknown_backends(
+        &self,
+        configured: &[&str],
+    ) -> Result<Vec<(String, usize)>, StoreError> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT backend, COUNT(*) FROM leases WHERE status IN {LIVE} GROUP BY backend ORDER BY backend"
+        ))?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as usize))
+        })?;
+        let all: Vec<(String, usize)> = rows.collect::<Result<_, _>>()?;
+        Ok(all
+            .into_iter()
+            .filter(|(b, _)| !configured.contains(&b.as_str()))
+            .collect())
+    }
+
+    /// Forgets leases that ended before `before_ms` (their credentials are
+    /// long gone; the audit trail keeps their story). Returns how many.
+    pub fn prune_ended(&self, before_ms: i64) -> Result<usize, StoreError> {
+        Ok(self.conn.execute(
+            "DELETE FROM leases WHERE status IN ('expired', 'revoked', 'failed') AND COALESCE(ended_ms, expires_ms) < ?1",
+            [before_ms],
+        )?)
     }
 
     // --- audit ---
@@ -727,17 +777,22 @@ mod tests {
             .unwrap();
         let t = target();
         for (id, exp) in [("a", 300), ("b", 100), ("c", 200), ("d", 900)] {
-            s.insert_lease(&NewLease {
-                id,
-                identity_id: "i1",
-                role: "r",
-                backend: "main",
-                target: &t,
-                created_ms: 0,
-                expires_ms: exp,
-            })
-            .unwrap();
-            s.activate_lease(id, &format!("h-{id}"), 0).unwrap();
+            let inserted = s
+                .insert_lease(&NewLease {
+                    id,
+                    identity_id: "i1",
+                    role: "r",
+                    backend: "main",
+                    target: &t,
+                    created_ms: 0,
+                    expires_ms: exp,
+                })
+                .unwrap();
+            assert!(inserted);
+            assert_eq!(
+                s.activate_lease(id, &format!("h-{id}"), 0).unwrap(),
+                Some(LeaseStatus::Active)
+            );
         }
         assert_eq!(s.next_due_ms("main").unwrap(), Some(100));
         let due: Vec<String> = s
@@ -770,11 +825,34 @@ mod tests {
             .collect();
         assert_eq!(due, ["a", "b"]);
         assert_eq!(
-            s.live_lease_ids("main").unwrap(),
+            s.live_lease_ids().unwrap(),
             ["a", "b"].iter().map(|h| h.to_string()).collect()
         );
         let gone = s.revoke_identity("i1", 400).unwrap().unwrap();
         assert_eq!(gone.len(), 2);
+        let late = NewLease {
+            id: "e",
+            identity_id: "i1",
+            role: "r",
+            backend: "main",
+            target: &t,
+            created_ms: 401,
+            expires_ms: 900,
+        };
+        assert!(
+            !s.insert_lease(&late).unwrap(),
+            "no lease for a revoked identity"
+        );
+        assert_eq!(
+            s.deleted("a", 500).unwrap().unwrap().status,
+            LeaseStatus::Revoked
+        );
+        assert_eq!(s.prune_ended(400).unwrap(), 2, "c and d ended before 400");
+        assert!(s.lease("c").unwrap().is_none() && s.lease("a").unwrap().is_some());
+        assert_eq!(
+            s.leases_of_unknown_backends(&["other"]).unwrap(),
+            [("main".to_owned(), 1)]
+        );
         assert!(
             s.audit_trail()
                 .unwrap()

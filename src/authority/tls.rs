@@ -65,15 +65,25 @@ fn generate(config: &AuthorityConfig, cert_path: &Path, key_path: &Path) -> Resu
         "127.0.0.1".to_owned(),
         "::1".to_owned(),
     ];
-    if let Some(host) = host_of(&config.public_url) {
-        if !names.contains(&host) {
-            names.insert(0, host);
-        }
+    if let Some(host) = host_of(&config.public_url)
+        && !names.contains(&host)
+    {
+        names.insert(0, host);
     }
     let made =
         rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
-    write_private(key_path, made.signing_key.serialize_pem().as_bytes())?;
-    std::fs::write(cert_path, made.cert.pem()).map_err(|e| file_error(cert_path, e.to_string()))?;
+    // Both files are written aside and renamed in, the certificate last:
+    // a certificate on disk means its key is complete too. A key left
+    // without one by a crash is simply made again.
+    let key_tmp = key_path.with_extension("pem.tmp");
+    let cert_tmp = cert_path.with_extension("pem.tmp");
+    write_synced(&key_tmp, made.signing_key.serialize_pem().as_bytes(), 0o600)?;
+    write_synced(&cert_tmp, made.cert.pem().as_bytes(), 0o644)?;
+    std::fs::rename(&key_tmp, key_path).map_err(|e| file_error(key_path, e.to_string()))?;
+    std::fs::rename(&cert_tmp, cert_path).map_err(|e| file_error(cert_path, e.to_string()))?;
+    if let Some(dir) = cert_path.parent() {
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
     log::info!(
         "made a self-signed certificate {} (tickets pin its fingerprint; keep it)",
         cert_path.display()
@@ -81,13 +91,14 @@ fn generate(config: &AuthorityConfig, cert_path: &Path, key_path: &Path) -> Resu
     Ok(())
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
+fn write_synced(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create_new(true)
-        .mode(0o600)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
         .open(path)
         .map_err(|e| file_error(path, e.to_string()))?;
     f.write_all(bytes)
@@ -113,12 +124,20 @@ pub fn load(cert_path: &Path, key_path: &Path) -> Result<Identity, TlsError> {
     })
 }
 
-/// Only the fingerprint, for admin commands that print tickets.
+/// Only the fingerprint, for admin commands that print tickets. They never
+/// make the certificate: that is the server's, made under its lock.
 pub fn fingerprint(config: &AuthorityConfig) -> Result<Option<String>, TlsError> {
     if !config.tls {
         return Ok(None);
     }
-    load_or_create(config).map(|i| Some(i.fingerprint))
+    let (cert_path, key_path) = paths(config);
+    if !cert_path.exists() {
+        return Err(file_error(
+            &cert_path,
+            "no certificate yet: start `leasegate-authority serve` once (it makes a self-signed one), or set cert_file and key_file",
+        ));
+    }
+    load(&cert_path, &key_path).map(|i| Some(i.fingerprint))
 }
 
 pub fn server_config(identity: Identity) -> Result<Arc<rustls::ServerConfig>, TlsError> {
