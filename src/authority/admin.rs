@@ -4,112 +4,11 @@
 //! Pure formatting over rows the service returns: it never reads the store
 //! itself, and the views it builds have no field that could hold a secret.
 
-use std::time::Duration;
-
 use serde::Serialize;
 
-use crate::api::LeaseInfo;
 use crate::authority::store::{IdentityRow, TicketRow};
-
-/// "in 9m 58s" for a future time, "3s ago" for a past one (to the second).
-pub fn relative(at_ms: i64, now_ms: i64) -> String {
-    let secs =
-        |d: i64| humantime::format_duration(Duration::from_secs((d / 1000) as u64)).to_string();
-    if at_ms > now_ms {
-        format!("in {}", secs(at_ms - now_ms + 999))
-    } else {
-        format!("{} ago", secs(now_ms - at_ms))
-    }
-}
-
-/// An expiry: "in 9m 58s", or "expired 3s ago".
-pub fn expiry(at_ms: i64, now_ms: i64) -> String {
-    if at_ms > now_ms {
-        relative(at_ms, now_ms)
-    } else {
-        format!("expired {}", relative(at_ms, now_ms))
-    }
-}
-
-fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: Vec<String>| {
-        let last = cells.len() - 1;
-        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
-            if i == last {
-                out.push_str(cell);
-            } else {
-                out.push_str(&format!("{cell:<w$}  "));
-            }
-        }
-        out.push('\n');
-    };
-    line(header.iter().map(|h| h.to_string()).collect());
-    for row in rows {
-        line(row);
-    }
-    out
-}
-
-pub fn lease_table(leases: &[LeaseInfo], now_ms: i64) -> String {
-    let rows = leases
-        .iter()
-        .map(|l| {
-            let mut status = l.status.as_str().to_owned();
-            if let Some(e) = &l.last_error {
-                status.push_str(&format!(" ({e})"));
-            }
-            vec![
-                l.id.clone(),
-                l.issued_for.clone(),
-                l.role.clone(),
-                relative(l.created_ms, now_ms),
-                expiry(l.expires_ms, now_ms),
-                status,
-            ]
-        })
-        .collect();
-    table(
-        &["ID", "ISSUED FOR", "ROLE", "CREATED", "EXPIRES", "STATUS"],
-        rows,
-    )
-}
-
-pub fn lease_detail(l: &LeaseInfo, now_ms: i64) -> String {
-    let t = &l.target;
-    let mut out = format!(
-        "id:          {}\nissued for:  {} ({})\nrole:        {}\nstatus:      {}\ncreated:     {}\nexpires:     {}\nttl:         {}\napi:         {}\nurl:         {}\n",
-        l.id,
-        l.issued_for,
-        l.identity_id,
-        l.role,
-        l.status.as_str(),
-        relative(l.created_ms, now_ms),
-        expiry(l.expires_ms, now_ms),
-        humantime::format_duration(Duration::from_secs(l.ttl_secs)),
-        t.api,
-        t.url
-    );
-    for (k, v) in [
-        ("org", &t.org),
-        ("bucket", &t.bucket),
-        ("database", &t.database),
-    ] {
-        if let Some(v) = v {
-            out.push_str(&format!("{:<13}{v}\n", format!("{k}:")));
-        }
-    }
-    if let Some(e) = &l.last_error {
-        out.push_str(&format!("last error:  {e}\n"));
-    }
-    out
-}
+use crate::render::table;
+pub use crate::render::{expiry, lease_detail, lease_table, relative};
 
 #[derive(Serialize)]
 pub struct TicketView<'a> {
@@ -225,27 +124,4 @@ pub fn identity_table(identities: &[IdentityRow], now_ms: i64) -> String {
         })
         .collect();
     table(&["ID", "NAME", "ROLE", "TICKET", "CREATED", "STATUS"], rows)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn times_read_as_people_say_them() {
-        let now = 1_000_000;
-        assert_eq!(expiry(now + 598_000, now), "in 9m 58s");
-        assert_eq!(expiry(now - 3_000, now), "expired 3s ago");
-        assert_eq!(relative(now - 62_500, now), "1m 2s ago");
-        assert_eq!(expiry(now + 200, now), "in 1s");
-    }
-
-    #[test]
-    fn tables_align() {
-        let t = table(
-            &["ID", "STATUS"],
-            vec![vec!["abcdef".into(), "active".into()]],
-        );
-        assert_eq!(t, "ID      STATUS\nabcdef  active\n");
-    }
 }
