@@ -17,11 +17,13 @@ pub mod api;
 #[cfg(feature = "authority")]
 pub mod authority;
 pub mod backoff;
+pub mod client;
 pub mod config;
 pub mod exit;
 pub mod lineproto;
 pub mod logging;
 pub mod payload;
+pub mod render;
 pub mod secret;
 pub mod shutdown;
 pub mod ticket;
@@ -50,4 +52,13 @@ pub(crate) fn percent_encode(s: &str) -> String {
         }
     }
     out
+}
+
+/// Unix milliseconds on this machine's wall clock, for records and
+/// displays; lifetimes are measured on the monotonic clock instead.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }

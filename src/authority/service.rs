@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::api::{
     ApiError, EnrollRequest, Enrollment, ErrorCode, LeaseGrant, LeaseInfo, LeaseRequest,
@@ -28,12 +28,7 @@ const CREDENTIAL_BYTES: usize = 32;
 /// A failed deletion is retried after 1 s, doubling up to this, jittered.
 const RETRY_CAP: Duration = Duration::from_secs(60);
 
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use crate::now_ms;
 
 pub struct Authority {
     config: AuthorityConfig,
