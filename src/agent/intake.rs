@@ -89,6 +89,7 @@ impl Intake {
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     backoff.reset();
+                    stats.mqtt_connected.store(true, Ordering::Relaxed);
                     decoder.connection = connection.fetch_add(1, Ordering::SeqCst) + 1;
                     log::info!(
                         "connected to MQTT broker {broker} (session present: {})",
@@ -171,6 +172,7 @@ impl Intake {
                 Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
                 Ok(_) => {}
                 Err(e) => {
+                    stats.mqtt_connected.store(false, Ordering::Relaxed);
                     if deliveries.is_none() {
                         // Stopping and the connection is gone: nothing more
                         // can be acked; the broker redelivers the rest.

@@ -12,10 +12,13 @@
 
 mod appender;
 mod deadletter;
+pub mod identity;
 mod intake;
+pub mod lease;
 mod sink;
 pub mod spool;
 mod stats;
+pub mod status;
 mod writer;
 
 use std::path::Path;
@@ -37,8 +40,6 @@ const QUEUE: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("config has no [influxdb] table to write to")]
-    NoInfluxdb,
     #[error("cannot prepare the state directory {0}")]
     StateDir(std::path::PathBuf, #[source] std::io::Error),
     #[error("cannot open the spool")]
@@ -54,8 +55,10 @@ pub enum AgentError {
 /// Runs the daemon until `shutdown` fires, then drains within
 /// `config.shutdown_timeout`. Returns the pipeline's counters.
 pub fn run(config: &Config, shutdown: Shutdown) -> Result<Arc<Stats>, AgentError> {
-    let influx = config.influxdb.as_ref().ok_or(AgentError::NoInfluxdb)?;
     prepare_state_dir(&config.state_dir)?;
+    if config.lease.is_some() {
+        prepare_state_dir(&config.ticket_dir)?;
+    }
     let (spool, recovery) = spool::Spool::open(spool::SpoolConfig {
         dir: config.state_dir.join("spool"),
         max_bytes: config.spool.max_bytes,
@@ -87,8 +90,38 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<Arc<Stats>, AgentError
     );
     let dead_letters = Arc::new(Mutex::new(dead_letters));
 
-    let sink = Sink::new(influx);
-    log::info!("writing to {}", sink.url());
+    let link = Arc::new(lease::LeaseLink::default());
+    let (sink, keeper) = match (&config.influxdb, &config.lease) {
+        (Some(influx), _) => {
+            let sink = Arc::new(Sink::new(influx));
+            log::info!("writing to {} with static credentials", sink.url());
+            (sink, None)
+        }
+        (None, Some(l)) => {
+            let sink = Arc::new(Sink::leased(l.gzip, l.timeout, link.clone()));
+            let keeper = lease::LeaseKeeper {
+                settings: lease::LeaseSettings {
+                    state_dir: config.state_dir.clone(),
+                    ticket_dir: config.ticket_dir.clone(),
+                    identity_name: l.identity_name.clone(),
+                    ttl: l.ttl,
+                    system_trust: l.system_trust,
+                    url_override: l.url_override.clone(),
+                    gzip: l.gzip,
+                    timeout: l.timeout,
+                },
+                sink: sink.clone(),
+                link: link.clone(),
+                shutdown: shutdown.clone(),
+            };
+            (sink, Some(keeper))
+        }
+        (None, None) => unreachable!("the config check gives one of the two"),
+    };
+    let keeper = match keeper {
+        Some(k) => Some(spawn("lease", move || k.run())?),
+        None => None,
+    };
     let writer = writer::Writer {
         sink,
         batch: config.batch.clone(),
@@ -131,14 +164,18 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<Arc<Stats>, AgentError
         },
     )?;
 
-    let threads = [("writer", writer), ("spool", appender), ("mqtt", mqtt)];
+    let mut threads = vec![("writer", writer), ("spool", appender), ("mqtt", mqtt)];
+    threads.extend(keeper.map(|k| ("lease", k)));
     let mut died = None;
+    let reporter = status::Reporter::new(&config.state_dir, config.lease.is_some());
     while !shutdown.sleep(Duration::from_millis(200)) {
         if let Some((name, _)) = threads.iter().find(|(_, t)| t.is_finished()) {
             died = Some(*name);
             shutdown.trigger();
         }
+        reporter.maybe_write(&stats, &spool, &link);
     }
+    reporter.stopped();
     let deadline = Instant::now() + config.shutdown_timeout;
     while threads.iter().any(|(_, t)| !t.is_finished()) {
         if Instant::now() >= deadline {

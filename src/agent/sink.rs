@@ -12,8 +12,23 @@ use std::time::Duration;
 
 use base64::Engine as _;
 
+use std::sync::{Arc, Mutex};
+
+use super::lease::LeaseLink;
 use crate::config::{Api, Influx};
 use crate::secret::Secret;
+
+/// How long a write refused for its lease waits for the next lease.
+const NEW_LEASE_WAIT: Duration = Duration::from_secs(20);
+
+fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .user_agent(concat!("leasegate/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .into()
+}
 
 /// How much of an error body is read. InfluxDB's are short JSON, but a 3.x
 /// partial write lists every refused line, and a 1.x one quotes them.
@@ -22,16 +37,53 @@ const MAX_ERROR_BODY: u64 = 256 << 10;
 const MAX_MESSAGE: usize = 2048;
 
 pub struct Sink {
-    api: Api,
     agent: ureq::Agent,
+    gzip: bool,
+    /// Where and how writes go now: fixed with static credentials, swapped
+    /// whole by the lease keeper with leases (None while there is no lease,
+    /// and writes wait).
+    dest: Mutex<Option<Arc<Dest>>>,
+    /// With leases: where a refused credential is reported.
+    leases: Option<Arc<LeaseLink>>,
+}
+
+/// One write destination and its credential.
+struct Dest {
+    api: Api,
     url: String,
+    /// `host:port`, for the reachability probe.
+    server: Option<String>,
     /// Replaced when the credential's file holds a new one.
-    authorization: std::sync::Mutex<Option<Secret>>,
+    authorization: Option<Secret>,
     username: Option<String>,
     secret_file: Option<std::path::PathBuf>,
-    /// `host:port` of the URL, for [`Sink::reachable`].
-    server: Option<String>,
-    gzip: bool,
+    lease_id: Option<String>,
+}
+
+impl Dest {
+    fn new(influx: &Influx, lease_id: Option<String>) -> Dest {
+        let secret = match influx.api {
+            Api::V1 => influx.password.as_ref(),
+            Api::V2 | Api::V3 => influx.token.as_ref(),
+        };
+        let url = write_url(influx);
+        let server = url.parse::<ureq::http::Uri>().ok().and_then(|uri| {
+            let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+                Some("https") => 443,
+                _ => 80,
+            });
+            Some(format!("{}:{port}", uri.host()?))
+        });
+        Dest {
+            api: influx.api,
+            url,
+            server,
+            authorization: authorization(influx.api, influx.username.as_deref(), secret),
+            username: influx.username.clone(),
+            secret_file: influx.secret_file.clone(),
+            lease_id,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +104,8 @@ pub enum WriteError {
     },
     #[error("cannot compress the batch")]
     Compress(#[source] std::io::Error),
+    #[error("no lease to write with yet")]
+    NoLease,
 }
 
 /// One entry of a 3.x partial write's `data` list.
@@ -207,51 +261,87 @@ fn cut(message: &str) -> &str {
 }
 
 impl Sink {
+    /// A sink with static credentials from the configuration.
     pub fn new(influx: &Influx) -> Sink {
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(influx.timeout))
-            .http_status_as_error(false)
-            .user_agent(concat!("leasegate/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
-        let secret = match influx.api {
-            Api::V1 => influx.password.as_ref(),
-            Api::V2 | Api::V3 => influx.token.as_ref(),
-        };
-        let url = write_url(influx);
-        let server = url.parse::<ureq::http::Uri>().ok().and_then(|uri| {
-            let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
-                Some("https") => 443,
-                _ => 80,
-            });
-            Some(format!("{}:{port}", uri.host()?))
-        });
         Sink {
-            api: influx.api,
-            agent,
-            url,
-            server,
-            authorization: std::sync::Mutex::new(authorization(
-                influx.api,
-                influx.username.as_deref(),
-                secret,
-            )),
-            username: influx.username.clone(),
-            secret_file: influx.secret_file.clone(),
+            agent: agent(influx.timeout),
             gzip: influx.gzip,
+            dest: Mutex::new(Some(Arc::new(Dest::new(influx, None)))),
+            leases: None,
         }
     }
 
-    /// Where the credential comes from, for messages.
-    pub fn secret_file(&self) -> Option<&std::path::Path> {
-        self.secret_file.as_deref()
+    /// A sink that writes with leases: nothing until the first is installed.
+    pub fn leased(gzip: bool, timeout: Duration, leases: Arc<LeaseLink>) -> Sink {
+        Sink {
+            agent: agent(timeout),
+            gzip,
+            dest: Mutex::new(None),
+            leases: Some(leases),
+        }
     }
 
-    /// InfluxDB refused the credential: reads its file again. Ok(true) when
-    /// the file now holds a different one, which later writes use. With
-    /// leases, the lease holder replaces the credential here instead.
-    pub fn reload_credential(&self) -> Result<bool, String> {
-        let Some(path) = &self.secret_file else {
+    fn dest(&self) -> Option<Arc<Dest>> {
+        self.dest
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Switches every later write to `influx` (settings and credential
+    /// built from a lease) at once.
+    pub fn install(&self, influx: &Influx, lease_id: &str) {
+        let dest = Arc::new(Dest::new(influx, Some(lease_id.to_owned())));
+        *self.dest.lock().unwrap_or_else(|p| p.into_inner()) = Some(dest);
+    }
+
+    /// No credential any more (the lease expired or the identity was
+    /// revoked): writes wait.
+    pub fn clear(&self) {
+        *self.dest.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// The lease the writes use now, if any.
+    pub fn lease_id(&self) -> Option<String> {
+        self.dest().and_then(|d| d.lease_id.clone())
+    }
+
+    /// Where the credential comes from, for messages.
+    pub fn secret_file(&self) -> Option<std::path::PathBuf> {
+        self.dest().and_then(|d| d.secret_file.clone())
+    }
+
+    pub fn is_leased(&self) -> bool {
+        self.leases.is_some()
+    }
+
+    /// InfluxDB refused the credential. With leases: reports it to the lease
+    /// keeper and waits (bounded) for another lease; Ok(true) when one came.
+    /// With static credentials: reads the credential's file again; Ok(true)
+    /// when it now holds a different one, which later writes use.
+    pub fn reload_credential(&self, shutdown: &crate::shutdown::Shutdown) -> Result<bool, String> {
+        let Some(dest) = self.dest() else {
+            return Ok(false);
+        };
+        if let Some(leases) = &self.leases {
+            let refused = dest.lease_id.clone().unwrap_or_default();
+            leases.report_refused(&refused);
+            let deadline = std::time::Instant::now() + NEW_LEASE_WAIT;
+            while std::time::Instant::now() < deadline {
+                match self.lease_id() {
+                    Some(id) if id != refused => return Ok(true),
+                    // The keeper dropped it (identity revoked): the writer
+                    // waits for a lease instead.
+                    None => return Ok(false),
+                    Some(_) => {}
+                }
+                if shutdown.sleep(Duration::from_millis(50)) {
+                    return Ok(false);
+                }
+            }
+            return Ok(false);
+        }
+        let Some(path) = &dest.secret_file else {
             return Ok(false);
         };
         // The error names the file and the OS error, never the content.
@@ -261,24 +351,29 @@ impl Sink {
         if secret.expose().is_empty() {
             return Err(format!("{} is empty", path.display()));
         }
-        let fresh = authorization(self.api, self.username.as_deref(), Some(&secret));
-        let mut current = self
-            .authorization
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let changed = current.as_ref().map(Secret::expose) != fresh.as_ref().map(Secret::expose);
-        if changed {
-            *current = fresh;
+        let fresh = authorization(dest.api, dest.username.as_deref(), Some(&secret));
+        if dest.authorization.as_ref().map(Secret::expose) == fresh.as_ref().map(Secret::expose) {
+            return Ok(false);
         }
-        Ok(changed)
+        let updated = Dest {
+            api: dest.api,
+            url: dest.url.clone(),
+            server: dest.server.clone(),
+            authorization: fresh,
+            username: dest.username.clone(),
+            secret_file: dest.secret_file.clone(),
+            lease_id: None,
+        };
+        *self.dest.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(updated));
+        Ok(true)
     }
 
-    pub fn url(&self) -> &str {
-        &self.url
+    pub fn url(&self) -> String {
+        self.dest().map(|d| d.url.clone()).unwrap_or_default()
     }
 
     pub fn api(&self) -> Api {
-        self.api
+        self.dest().map_or(Api::V1, |d| d.api)
     }
 
     /// Whether InfluxDB's port takes TCP connections again, for ending a
@@ -287,7 +382,10 @@ impl Sink {
     /// failing.
     pub fn reachable(&self, timeout: Duration) -> bool {
         use std::net::{TcpStream, ToSocketAddrs};
-        let Some(Ok(addrs)) = self.server.as_ref().map(|s| s.to_socket_addrs()) else {
+        let Some(dest) = self.dest() else {
+            return false;
+        };
+        let Some(Ok(addrs)) = dest.server.as_ref().map(|s| s.to_socket_addrs()) else {
             return false;
         };
         addrs
@@ -297,16 +395,14 @@ impl Sink {
 
     /// Sends one batch of line protocol (each line ending in `\n`).
     pub fn write(&self, lines: &[u8]) -> Result<(), WriteError> {
+        let Some(dest) = self.dest() else {
+            return Err(WriteError::NoLease);
+        };
         let mut request = self
             .agent
-            .post(&self.url)
+            .post(&dest.url)
             .header("Content-Type", "text/plain; charset=utf-8");
-        let auth = self
-            .authorization
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
-        if let Some(auth) = &auth {
+        if let Some(auth) = &dest.authorization {
             request = request.header("Authorization", auth.expose());
         }
         let response = if self.gzip {
@@ -321,7 +417,7 @@ impl Sink {
             request.send(lines)
         };
         let mut response = response.map_err(|source| WriteError::Transport {
-            url: self.url.clone(),
+            url: dest.url.clone(),
             source,
         })?;
         let status = response.status().as_u16();
@@ -464,9 +560,9 @@ mod tests {
 
     fn auth(influx: &Influx) -> String {
         Sink::new(influx)
-            .authorization
-            .lock()
+            .dest()
             .unwrap()
+            .authorization
             .as_ref()
             .unwrap()
             .expose()
@@ -476,11 +572,20 @@ mod tests {
     #[test]
     fn the_probe_targets_the_url_s_host_and_port() {
         let mut i = influx(Api::V2);
-        assert_eq!(Sink::new(&i).server.as_deref(), Some("h:8086"));
+        assert_eq!(
+            Sink::new(&i).dest().unwrap().server.clone().as_deref(),
+            Some("h:8086")
+        );
         i.url = "https://influx.example".into();
-        assert_eq!(Sink::new(&i).server.as_deref(), Some("influx.example:443"));
+        assert_eq!(
+            Sink::new(&i).dest().unwrap().server.clone().as_deref(),
+            Some("influx.example:443")
+        );
         i.url = "http://[::1]:9999".into();
-        assert_eq!(Sink::new(&i).server.as_deref(), Some("[::1]:9999"));
+        assert_eq!(
+            Sink::new(&i).dest().unwrap().server.clone().as_deref(),
+            Some("[::1]:9999")
+        );
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub struct Stats {
     /// Points in batches InfluxDB refused as content (400/422).
     pub points_refused: AtomicU64,
     pub write_failures: AtomicU64,
+    /// Whether the broker session is up (set by the intake).
+    pub mqtt_connected: std::sync::atomic::AtomicBool,
     /// Rejected messages per subscription, in config order; the last slot
     /// counts messages that matched no subscription.
     pub rejected: Vec<AtomicU64>,

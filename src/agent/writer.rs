@@ -27,7 +27,7 @@ use crate::shutdown::Shutdown;
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Writer {
-    pub sink: Sink,
+    pub sink: Arc<Sink>,
     pub batch: Batch,
     pub spool: Arc<Spool>,
     pub shutdown: Shutdown,
@@ -122,6 +122,12 @@ impl Writer {
                 }
                 Err(e) => e,
             };
+            if matches!(e, WriteError::NoLease) {
+                if !self.wait_for_lease(points) {
+                    return false;
+                }
+                continue;
+            }
             let status = match &e {
                 WriteError::Status { status, .. } => *status,
                 _ => 0,
@@ -183,10 +189,38 @@ impl Writer {
         }
     }
 
-    /// Reads the refused credential's file again; true if it now holds a
-    /// new credential, to retry with at once.
+    /// No lease yet (not enrolled, or the last one ran out while the
+    /// authority was away): the batch waits in the spool, without backoff,
+    /// and goes as soon as a lease is installed. False at shutdown.
+    fn wait_for_lease(&self, points: u64) -> bool {
+        log::info!("holding {points} points until there is a lease to write with");
+        loop {
+            if let Err(e) = self.spool.sync_if_due() {
+                log::error!("cannot sync the spool: {}", crate::error_chain(&e));
+            }
+            if self.sink.lease_id().is_some() {
+                return true;
+            }
+            if self.shutdown.sleep(Duration::from_millis(100)) {
+                return false;
+            }
+        }
+    }
+
+    /// A refused credential goes back to its holder: the lease keeper gets
+    /// a new lease, or the credential's file is read again. True if there
+    /// is a new credential to retry with at once.
     fn took_new_credential(&self, status: u16) -> bool {
-        match self.sink.reload_credential() {
+        let refused_lease = self.sink.lease_id();
+        match self.sink.reload_credential(&self.shutdown) {
+            Ok(true) if self.sink.is_leased() => {
+                log::info!(
+                    "InfluxDB refused lease {} ({status}); retrying with lease {}",
+                    refused_lease.unwrap_or_default(),
+                    self.sink.lease_id().unwrap_or_default()
+                );
+                true
+            }
             Ok(true) => {
                 let file = self.sink.secret_file().map(|p| p.display().to_string());
                 log::info!(
@@ -260,6 +294,12 @@ impl Writer {
             }
             WriteError::Status {
                 status: 401 | 403, ..
+            } if self.sink.is_leased() => {
+                " (the lease is refused; asking the authority for a new one; the points are held)"
+                    .to_owned()
+            }
+            WriteError::Status {
+                status: 401 | 403, ..
             } => match self.sink.secret_file() {
                 Some(file) => format!(
                     " (the credential is refused; put a working one in {}, it is read again before each retry; the points are held)",
@@ -283,6 +323,7 @@ impl Writer {
         // takes them but times out keeps its full backoff.
         let probe = matches!(e, WriteError::Transport { .. }) && !self.sink.reachable(PROBE_EVERY);
         let until = Instant::now() + delay;
+        let lease = self.sink.lease_id();
         loop {
             // Waiting in steps also keeps `fsync = "interval"` syncing what
             // was acked meanwhile, however long InfluxDB is away.
@@ -300,6 +341,10 @@ impl Writer {
             }
             if probe && self.sink.reachable(PROBE_EVERY) {
                 log::info!("InfluxDB takes connections again; retrying now");
+                return true;
+            }
+            // A new lease (or none) changes what the next try can do.
+            if self.sink.lease_id() != lease {
                 return true;
             }
         }

@@ -106,14 +106,9 @@ fn main() -> ExitCode {
             }
             None => exit::CONFIG,
         },
-        Command::Enroll { .. } => not_yet(
-            "enroll",
-            "the gateway lease lifecycle (ticket drop-in and enrollment)",
-        ),
-        Command::Lease { .. } => not_yet("lease", "the gateway's lease lifecycle"),
-        Command::Status { .. } => {
-            not_yet("status", "the gateway's lease lifecycle and service status")
-        }
+        Command::Enroll { file } => enroll(&cli.config, &file),
+        Command::Lease { command } => lease(&cli.config, command),
+        Command::Status { json } => status(&cli.config, json),
     };
     ExitCode::from(code as u8)
 }
@@ -158,7 +153,157 @@ fn run(path: &Path) -> i32 {
     }
 }
 
-fn not_yet(command: &str, capability: &str) -> i32 {
-    eprintln!("leasegate {command}: not available in this version; it comes with {capability}");
-    exit::USAGE
+/// The lease settings of a config that writes with leases; prints why not.
+fn leased(path: &Path) -> Option<(Config, leasegate::config::LeaseConfig)> {
+    let config = load(path)?;
+    match config.lease.clone() {
+        Some(l) => Some((config, l)),
+        None => {
+            eprintln!(
+                "leasegate: {} writes with static credentials ([influxdb] has them); enrollment and leases need a config without them",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
+fn enroll(path: &Path, file: &Path) -> i32 {
+    let Some((config, l)) = leased(path) else {
+        return exit::CONFIG;
+    };
+    logging::init(Some(config.log_level.unwrap_or(log::LevelFilter::Warn)));
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("leasegate: cannot read {}: {e}", file.display());
+            return exit::FAILURE;
+        }
+    };
+    if let Err(e) = std::fs::create_dir_all(&config.state_dir) {
+        eprintln!(
+            "leasegate: cannot create {}: {e}",
+            config.state_dir.display()
+        );
+        return exit::FAILURE;
+    }
+    let result = agent::identity::redeem(&text, &l.identity_name, l.system_trust)
+        .and_then(|i| agent::identity::save_identity(&config.state_dir, &i).map(|()| i));
+    match result {
+        Ok(i) => {
+            println!(
+                "enrolled as {} ({}), role {}, with the authority at {}",
+                i.identity_name, i.identity_id, i.role, i.authority_url
+            );
+            exit::OK
+        }
+        Err(e) => {
+            let what = if e.is_transient() {
+                "could not enroll now (try again)"
+            } else {
+                "the ticket was rejected"
+            };
+            eprintln!(
+                "leasegate: {what}: {} ({})",
+                error_chain(&e),
+                e.reason_code()
+            );
+            exit::FAILURE
+        }
+    }
+}
+
+fn lease(path: &Path, command: LeaseCommand) -> i32 {
+    use leasegate::render;
+    let Some((config, l)) = leased(path) else {
+        return exit::CONFIG;
+    };
+    logging::init(Some(config.log_level.unwrap_or(log::LevelFilter::Warn)));
+    let Some(identity) = agent::identity::load_identity(&config.state_dir) else {
+        eprintln!(
+            "leasegate: not enrolled (no identity in {}): drop a ticket into {} or run `leasegate enroll FILE`",
+            config.state_dir.display(),
+            config.ticket_dir.display()
+        );
+        return exit::FAILURE;
+    };
+    let client = match identity.client() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("leasegate: {}", error_chain(&e));
+            return exit::FAILURE;
+        }
+    };
+    let cred = &identity.credential;
+    let now = leasegate::now_ms();
+    let result = match command {
+        LeaseCommand::Create { ttl, json } => client
+            .create_lease(cred, ttl.map(Into::into).or(l.ttl))
+            .map(|g| {
+                if json {
+                    // Scripts asked for the credential: it is in the JSON.
+                    print_json(&g);
+                } else {
+                    print!("{}", render::lease_detail(&g.lease, now));
+                    println!("(the secret is shown only with --json)");
+                }
+            }),
+        LeaseCommand::List { json } => client.leases(cred).map(|list| {
+            if json {
+                print_json(&list);
+            } else {
+                print!("{}", render::lease_table(&list, now));
+            }
+        }),
+        LeaseCommand::Show { id, json } => client.lease(cred, &id).map(|info| {
+            if json {
+                print_json(&info);
+            } else {
+                print!("{}", render::lease_detail(&info, now));
+            }
+        }),
+        LeaseCommand::Revoke { id } => client
+            .revoke(cred, &id)
+            .map(|info| println!("lease {id} {}", info.status.as_str())),
+    };
+    match result {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("leasegate: {}", error_chain(&e));
+            exit::FAILURE
+        }
+    }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("plain data always serializes")
+    );
+}
+
+fn status(path: &Path, json: bool) -> i32 {
+    let Some(config) = load(path) else {
+        return exit::CONFIG;
+    };
+    match agent::status::read(&config.state_dir) {
+        Ok(report) => {
+            let now = leasegate::now_ms();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("plain data always serializes")
+                );
+            } else {
+                print!("{}", agent::status::render(&report, now));
+            }
+            let fresh = !report.stopped
+                && now - report.updated_ms <= agent::status::STALE.as_millis() as i64;
+            if fresh { exit::OK } else { exit::FAILURE }
+        }
+        Err(e) => {
+            eprintln!("leasegate: {e}");
+            exit::FAILURE
+        }
+    }
 }

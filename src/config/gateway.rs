@@ -27,7 +27,11 @@ pub struct Config {
     /// How long `run` may take to drain after SIGTERM before it exits.
     pub shutdown_timeout: Duration,
     pub mqtt: Mqtt,
+    /// Static write settings and credentials; None with leases.
     pub influxdb: Option<Influx>,
+    /// Writing with leases from an authority (no credentials in
+    /// `[influxdb]`); None with static credentials.
+    pub lease: Option<LeaseConfig>,
     pub batch: Batch,
     pub spool: Spool,
     /// Budget of the dead-letter file and its one rotated predecessor.
@@ -132,6 +136,21 @@ pub struct Influx {
     pub timeout: Duration,
 }
 
+/// Leased writing: the identity to enroll as, the lease to ask for, and
+/// what of the lease's write settings the gateway overrides.
+#[derive(Debug, Clone)]
+pub struct LeaseConfig {
+    pub identity_name: String,
+    pub ttl: Option<Duration>,
+    /// Trust the authority through the system's CA certificates rather
+    /// than the certificate the ticket pins.
+    pub system_trust: bool,
+    /// `[influxdb] url`: replaces the URL the lease names.
+    pub url_override: Option<String>,
+    pub gzip: bool,
+    pub timeout: Duration,
+}
+
 /// Batch limits: a write goes when it reaches `max_lines` or `max_bytes`,
 /// or `flush_interval` after its first line; a backlog goes in full batches
 /// back to back.
@@ -217,31 +236,66 @@ fn read(t: &Table<'_>) -> Option<Config> {
             None
         }
     };
-    let influxdb = t.table("influxdb").and_then(|i| {
-        let influx = read_influx(&i);
-        i.finish();
-        influx
+    // Where to write or with what credential, in [influxdb], means static
+    // writing (as before leases); without either the gateway writes with
+    // leases, and [influxdb] only overrides the URL, gzip and timeout.
+    let influx_table = t.table("influxdb");
+    let static_credentials = influx_table
+        .as_ref()
+        .is_some_and(|i| STATIC_KEYS.into_iter().any(|k| i.has(k)));
+    let (influxdb, overrides) = match influx_table {
+        Some(i) if static_credentials => {
+            let influx = read_influx(&i);
+            i.finish();
+            (influx, None)
+        }
+        Some(i) => {
+            let o = read_lease_overrides(&i);
+            i.finish();
+            (None, Some(o))
+        }
+        None => (None, Some((None, true, Duration::from_secs(10)))),
+    };
+    let (ttl, system_trust) = section(t, "lease", |l| {
+        let ttl = l
+            .has("ttl")
+            .then(|| l.duration("ttl", Duration::from_secs(900), Duration::from_secs(1)));
+        let system = l.choice("trust", &[("pinned", false), ("system", true)], false);
+        (ttl, system)
     });
-    if !t.has("influxdb") {
-        // Until the gateway can hold a lease, static credentials are the
-        // only way to write.
-        t.problem(
-            "influxdb",
-            "missing table: this version writes with static credentials only",
-        );
-    }
+    let identity_name = t.string("identity_name");
     let batch = section(t, "batch", read_batch);
     let spool = section(t, "spool", read_spool);
     let dead_letter_max_bytes = section(t, "dead_letter", |d| {
         d.size("max_bytes", 16 << 20, 64 << 10, 1 << 30)
+    });
+    let mqtt = mqtt?;
+    let identity_name = identity_name.unwrap_or_else(|| mqtt.client_id.clone());
+    if overrides.is_some() && !crate::api::identity_name_is_valid(&identity_name) {
+        t.problem(
+            "identity_name",
+            format!(
+                "{identity_name:?} (from {}) must be 1 to 128 of A-Z a-z 0-9 . _ -; set identity_name",
+                if t.has("identity_name") { "identity_name" } else { "mqtt.client_id" }
+            ),
+        );
+    }
+    let lease = overrides.map(|(url_override, gzip, timeout)| LeaseConfig {
+        identity_name,
+        ttl,
+        system_trust,
+        url_override,
+        gzip,
+        timeout,
     });
     Some(Config {
         state_dir,
         ticket_dir,
         log_level,
         shutdown_timeout,
-        mqtt: mqtt?,
+        mqtt,
         influxdb,
+        lease,
         batch,
         spool,
         dead_letter_max_bytes,
@@ -417,6 +471,41 @@ fn read_subscription(t: &Table<'_>) -> Option<Subscription> {
         tags,
         measurement,
     })
+}
+
+/// Keys of `[influxdb]` that make the gateway write statically: a
+/// destination or a credential of its own.
+const STATIC_KEYS: [&str; 10] = [
+    "api",
+    "database",
+    "retention_policy",
+    "org",
+    "bucket",
+    "username",
+    "password",
+    "password_file",
+    "token",
+    "token_file",
+];
+
+/// `[influxdb]` with none of [`STATIC_KEYS`]: what the gateway overrides of
+/// a lease's write settings (url, gzip, timeout). The rest comes from the
+/// lease.
+fn read_lease_overrides(t: &Table<'_>) -> (Option<String>, bool, Duration) {
+    let url = t.string("url").and_then(|u| match check_http_url(&u) {
+        Ok(()) => Some(u.trim_end_matches('/').to_owned()),
+        Err(e) => {
+            t.problem("url", e);
+            None
+        }
+    });
+    let gzip = t.bool("gzip", true);
+    let timeout = t.duration(
+        "timeout",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+    );
+    (url, gzip, timeout)
 }
 
 fn read_influx(t: &Table<'_>) -> Option<Influx> {
@@ -762,6 +851,55 @@ database = "sensors"
     fn example_passes_the_check() {
         let c = Config::from_toml(Path::new("example"), EXAMPLE).unwrap();
         assert_eq!(c.mqtt.subscribe.len(), 1);
+        // The example writes with leases.
+        assert!(c.influxdb.is_none());
+        let l = c.lease.unwrap();
+        assert_eq!(l.identity_name, "gw-01");
+        assert!(!l.system_trust && l.url_override.is_none() && l.ttl.is_none());
+    }
+
+    #[test]
+    fn without_credentials_influxdb_only_overrides_the_lease() {
+        let text = r#"
+identity_name = "gw:1"
+[lease]
+ttl = "6s"
+trust = "system"
+[mqtt]
+url = "mqtt://127.0.0.1"
+[[mqtt.subscribe]]
+topic = "a/#"
+[influxdb]
+url = "http://other:8086"
+api = "v2"
+"#;
+        let leased = text.replace("api = \"v2\"\n", "");
+        let lines = Config::from_toml(Path::new("l.toml"), &leased)
+            .unwrap_err()
+            .lines();
+        assert_eq!(
+            lines,
+            vec![
+                "l.toml: identity_name: \"gw:1\" (from identity_name) must be 1 to 128 of A-Z a-z 0-9 . _ -; set identity_name",
+            ]
+        );
+        // A destination in [influxdb] means static writing, with its rules.
+        let lines = Config::from_toml(Path::new("l.toml"), text)
+            .unwrap_err()
+            .lines();
+        assert!(
+            lines.iter().any(|l| l.contains("influxdb.org: missing")),
+            "{lines:?}"
+        );
+        let ok = text
+            .replace("identity_name = \"gw:1\"\n", "")
+            .replace("api = \"v2\"\n", "");
+        let c = Config::from_toml(Path::new("l.toml"), &ok).unwrap();
+        let l = c.lease.unwrap();
+        assert_eq!(l.ttl, Some(Duration::from_secs(6)));
+        assert!(l.system_trust);
+        assert_eq!(l.url_override.as_deref(), Some("http://other:8086"));
+        assert!(l.identity_name.starts_with("leasegate"));
     }
 
     #[test]

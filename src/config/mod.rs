@@ -15,8 +15,8 @@ pub mod units;
 use std::path::{Path, PathBuf};
 
 pub use gateway::{
-    Api, Batch, BrokerUrl, Config, DEFAULT_CONFIG_PATH, EXAMPLE, Format, FsyncPolicy, Influx, Mqtt,
-    Overflow, Precision, Spool, Subscription,
+    Api, Batch, BrokerUrl, Config, DEFAULT_CONFIG_PATH, EXAMPLE, Format, FsyncPolicy, Influx,
+    LeaseConfig, Mqtt, Overflow, Precision, Spool, Subscription,
 };
 pub use reader::Problem;
 

@@ -1,0 +1,302 @@
+//! The gateway's enrollment: redeeming a ticket for an identity, and the two
+//! files that hold what it gets: `identity.json` (the identity credential,
+//! the authority's URL and the certificate it trusts) and `lease.json` (the
+//! current lease) in the state dir.
+//!
+//! It owns the ticket directory's protocol: a `*.ticket` file is redeemed
+//! and deleted; a rejected one is renamed `NAME.ticket.rejected` with
+//! `NAME.ticket.reason` beside it; one that could not be redeemed for a
+//! transient reason (authority unreachable) stays for the next try. Both
+//! state files are written whole (temporary file, fsync, rename) with mode
+//! 0600 and are never logged.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use crate::api::LeaseGrant;
+use crate::client::{AuthorityClient, ClientError, Trust, fetch_certificate};
+use crate::secret::Secret;
+use crate::ticket::{Ticket, TicketError};
+
+/// How long a ticket file must be unchanged before it is read.
+pub const SETTLE: std::time::Duration = std::time::Duration::from_millis(300);
+
+pub const IDENTITY_FILE: &str = "identity.json";
+pub const LEASE_FILE: &str = "lease.json";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Identity {
+    pub identity_id: String,
+    pub identity_name: String,
+    pub role: String,
+    pub attributes: BTreeMap<String, String>,
+    #[serde(with = "crate::secret::wire")]
+    pub credential: Secret,
+    pub authority_url: String,
+    /// The pinned certificate (base64 DER) and its fingerprint; absent for
+    /// a plain-HTTP authority or with system trust.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_der_base64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_sha256: Option<String>,
+    #[serde(default)]
+    pub system_trust: bool,
+    pub enrolled_ms: i64,
+}
+
+impl Identity {
+    pub fn trust(&self) -> Trust {
+        if self.system_trust {
+            return Trust::System;
+        }
+        match &self.cert_der_base64 {
+            Some(b64) => base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map(Trust::Pinned)
+                .unwrap_or(Trust::None),
+            None => Trust::None,
+        }
+    }
+
+    pub fn client(&self) -> Result<AuthorityClient, ClientError> {
+        AuthorityClient::new(&self.authority_url, &self.trust())
+    }
+}
+
+/// A lease as kept on disk: the grant and when it was received.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredLease {
+    pub identity_id: String,
+    pub grant: LeaseGrant,
+    /// This gateway's wall clock when the grant arrived: after a restart
+    /// the monotonic clock is gone, so this is what tells how much is
+    /// left (and the lease is checked with the authority when it answers).
+    pub received_ms: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error("cannot read the ticket {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the ticket is malformed: {0}")]
+    Malformed(#[from] TicketError),
+    #[error(transparent)]
+    Authority(#[from] ClientError),
+    #[error("cannot store the identity in {path}: {source}")]
+    Store {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl EnrollError {
+    /// Whether the ticket may work later (keep it) or never will (reject).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            EnrollError::Authority(e) => e.is_transient(),
+            EnrollError::Read { .. } | EnrollError::Store { .. } => true,
+            EnrollError::Malformed(_) => false,
+        }
+    }
+
+    /// The reason code written to `.reason` files.
+    pub fn reason_code(&self) -> String {
+        match self {
+            EnrollError::Malformed(_) => "ticket_malformed".into(),
+            EnrollError::Authority(e) => e.reason_code(),
+            EnrollError::Read { .. } => "unreadable".into(),
+            EnrollError::Store { .. } => "store_failed".into(),
+        }
+    }
+}
+
+/// Redeems ticket text for an identity (not yet stored).
+pub fn redeem(
+    text: &str,
+    identity_name: &str,
+    system_trust: bool,
+) -> Result<Identity, EnrollError> {
+    let ticket = Ticket::parse(text)?;
+    let (trust, cert) = if ticket.url.starts_with("http://") {
+        (Trust::None, None)
+    } else if system_trust {
+        (Trust::System, None)
+    } else {
+        let pinned = ticket.cert_sha256.as_deref().unwrap_or_default();
+        let der = fetch_certificate(&ticket.url, pinned)?;
+        (Trust::Pinned(der.clone()), Some(der))
+    };
+    let client = AuthorityClient::new(&ticket.url, &trust)?;
+    let e = client.enroll(&ticket.secret, identity_name)?;
+    Ok(Identity {
+        identity_id: e.identity_id,
+        identity_name: e.identity_name,
+        role: e.role,
+        attributes: e.attributes,
+        credential: e.credential,
+        authority_url: ticket.url,
+        cert_der_base64: cert.map(|d| base64::engine::general_purpose::STANDARD.encode(d)),
+        cert_sha256: if system_trust {
+            None
+        } else {
+            ticket.cert_sha256
+        },
+        system_trust,
+        enrolled_ms: crate::now_ms(),
+    })
+}
+
+/// Writes `value` as JSON to `path` whole and durably, mode 0600.
+pub fn write_private<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    write_json(path, value, true)
+}
+
+/// Writes `value` as JSON to `path` whole, mode 0600; with `durable`, synced
+/// before and after the rename (identity and lease), else left to the
+/// kernel (the status report, rewritten every second, must not wear an SD
+/// card).
+pub fn write_json<T: Serialize>(path: &Path, value: &T, durable: bool) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(&serde_json::to_vec_pretty(value).expect("plain data always serializes"))?;
+    if durable {
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let (true, Some(dir)) = (durable, path.parent()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
+    let text = std::fs::read(path).ok()?;
+    match serde_json::from_slice(&text) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            log::error!("{} is damaged ({e}); ignoring it", path.display());
+            None
+        }
+    }
+}
+
+pub fn load_identity(state_dir: &Path) -> Option<Identity> {
+    read_json(&state_dir.join(IDENTITY_FILE))
+}
+
+pub fn save_identity(state_dir: &Path, identity: &Identity) -> Result<(), EnrollError> {
+    let path = state_dir.join(IDENTITY_FILE);
+    write_private(&path, identity).map_err(|source| EnrollError::Store {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+pub fn load_lease(state_dir: &Path) -> Option<StoredLease> {
+    read_json(&state_dir.join(LEASE_FILE))
+}
+
+pub fn save_lease(state_dir: &Path, lease: &StoredLease) -> std::io::Result<()> {
+    write_private(&state_dir.join(LEASE_FILE), lease)
+}
+
+/// Forgets the identity and its lease (the authority revoked it).
+pub fn forget(state_dir: &Path) {
+    for f in [IDENTITY_FILE, LEASE_FILE] {
+        let _ = std::fs::remove_file(state_dir.join(f));
+    }
+}
+
+/// `*.ticket` files in `dir`, oldest first; a file changed in the last
+/// [`SETTLE`] may still be being copied in and waits for the next look.
+pub fn waiting_tickets(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "ticket") && p.is_file())
+        .map(|p| {
+            let t = std::fs::metadata(&p)
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::UNIX_EPOCH);
+            (t, p)
+        })
+        .filter(|(t, _)| t.elapsed().is_ok_and(|age| age >= SETTLE))
+        .collect();
+    found.sort();
+    found.into_iter().map(|(_, p)| p).collect()
+}
+
+/// What became of a ticket file.
+pub enum TicketOutcome {
+    Enrolled(Identity),
+    /// Renamed `.rejected`, with the reason beside it.
+    Rejected(EnrollError),
+    /// Kept for another try.
+    Kept(EnrollError),
+}
+
+/// Redeems one ticket file, stores the identity and deletes the file; or
+/// rejects or keeps it (see the module doc).
+pub fn process_ticket(
+    path: &Path,
+    state_dir: &Path,
+    identity_name: &str,
+    system_trust: bool,
+) -> TicketOutcome {
+    let result = std::fs::read_to_string(path)
+        .map_err(|source| EnrollError::Read {
+            path: path.display().to_string(),
+            source,
+        })
+        .and_then(|text| redeem(&text, identity_name, system_trust))
+        .and_then(|identity| save_identity(state_dir, &identity).map(|()| identity));
+    match result {
+        Ok(identity) => {
+            // The ticket is a secret and is used: it goes.
+            if let Err(e) = std::fs::remove_file(path) {
+                log::warn!("cannot delete the used ticket {}: {e}", path.display());
+            }
+            TicketOutcome::Enrolled(identity)
+        }
+        Err(e) if e.is_transient() => TicketOutcome::Kept(e),
+        Err(e) => {
+            reject(path, &e);
+            TicketOutcome::Rejected(e)
+        }
+    }
+}
+
+fn reject(path: &Path, e: &EnrollError) {
+    let mut rejected = path.as_os_str().to_owned();
+    rejected.push(".rejected");
+    let mut reason = path.as_os_str().to_owned();
+    reason.push(".reason");
+    let text = format!("{}: {}\n", e.reason_code(), crate::error_chain(e));
+    if let Err(err) = std::fs::write(&reason, text) {
+        log::warn!("cannot write {}: {err}", PathBuf::from(&reason).display());
+    }
+    if let Err(err) = std::fs::rename(path, &rejected) {
+        log::error!(
+            "cannot rename the rejected ticket {}: {err}",
+            path.display()
+        );
+    }
+}
