@@ -181,21 +181,67 @@ fn version_and_help_on_every_level() {
 }
 
 #[test]
-fn later_subcommands_exit_2_naming_their_capability() {
-    let cases: &[(&str, &[&str], &str)] = &[
-        (GATEWAY, &["enroll", "x.ticket"], "lease lifecycle"),
-        (GATEWAY, &["lease", "list"], "lease lifecycle"),
-        (GATEWAY, &["status"], "service status"),
-    ];
-    for (bin, args, capability) in cases {
-        let out = run(bin, args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
+fn gateway_commands_need_a_leased_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("none.toml");
+    let m = missing.to_str().unwrap();
+    for args in [&["enroll", "x.ticket"][..], &["lease", "list"], &["status"]] {
+        let mut all = vec!["--config", m];
+        all.extend_from_slice(args);
+        let out = run(GATEWAY, &all);
+        assert_eq!(out.status.code(), Some(78), "{args:?}");
         assert!(
-            text(&out.stderr).contains(capability),
-            "{args:?}: {}",
+            text(&out.stderr).contains("none.toml"),
+            "{}",
             text(&out.stderr)
         );
     }
+    // With static credentials there is nothing to enroll.
+    let conf = dir.path().join("static.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "state_dir = \"{}\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1\"\n[[mqtt.subscribe]]\ntopic = \"a/#\"\n[influxdb]\nurl = \"http://127.0.0.1:1\"\ndatabase = \"d\"\nusername = \"u\"\npassword = \"p\"\n",
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let out = run(
+        GATEWAY,
+        &["--config", conf.to_str().unwrap(), "lease", "list"],
+    );
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        text(&out.stderr).contains("static credentials"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Leased but not enrolled.
+    std::fs::write(
+        &conf,
+        format!(
+            "state_dir = \"{}\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1\"\nclient_id = \"gw-1\"\n[[mqtt.subscribe]]\ntopic = \"a/#\"\n",
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let out = run(
+        GATEWAY,
+        &["--config", conf.to_str().unwrap(), "lease", "list"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("not enrolled"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(GATEWAY, &["--config", conf.to_str().unwrap(), "status"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("is the daemon running?"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 const AUTHORITY_CONFIG: &str = r#"

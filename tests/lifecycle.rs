@@ -1,0 +1,493 @@
+//! The gateway's lease lifecycle end to end: real Mosquitto, real InfluxDB
+//! 1.x, a real `leasegate-authority` and the `leasegate` daemon, joined by a
+//! ticket dropped into the daemon's ticket directory.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::authority::{AuthorityServer, role, v1_backend};
+use support::{ADMIN_PASSWORD, ADMIN_USER, Daemon, Influx, Mosquitto, publish_all, wait_until};
+
+fn authority_for(influx: &Influx) -> AuthorityServer {
+    AuthorityServer::start(&authority_body(influx))
+}
+
+fn authority_body(influx: &Influx) -> String {
+    format!(
+        "{}{}",
+        v1_backend("main", &influx.url(), ADMIN_USER, ADMIN_PASSWORD),
+        role("sensor", "iot-sensor", "main", "database", "sensors")
+    )
+}
+
+/// A gateway config without InfluxDB credentials: it writes with leases.
+fn leased_config(broker: &Mosquitto, client_id: &str, ttl: &str) -> String {
+    format!(
+        r#"state_dir = "{{dir}}/state"
+ticket_dir = "{{dir}}/tickets"
+[lease]
+ttl = "{ttl}"
+[mqtt]
+url = "{}"
+client_id = "{client_id}"
+[[mqtt.subscribe]]
+topic = "sensors/#"
+[batch]
+flush_interval = "200ms"
+"#,
+        broker.url()
+    )
+}
+
+fn servers() -> (Mosquitto, Influx) {
+    let broker = Mosquitto::start();
+    let influx = Influx::start();
+    influx.query("CREATE DATABASE sensors");
+    (broker, influx)
+}
+
+fn tickets(daemon: &Daemon) -> PathBuf {
+    daemon.dir.path().join("tickets")
+}
+
+fn drop_ticket(daemon: &Daemon, name: &str, line: &str) -> PathBuf {
+    let dir = tickets(daemon);
+    std::fs::create_dir_all(&dir).unwrap();
+    // Written aside and renamed in, as a careful tech (or scp) would; the
+    // CRLF is what a Windows editor leaves.
+    let tmp = dir.join(format!("{name}.part"));
+    std::fs::write(&tmp, format!("{line}\r\n")).unwrap();
+    let path = dir.join(format!("{name}.ticket"));
+    std::fs::rename(&tmp, &path).unwrap();
+    path
+}
+
+/// Publishes `n` points of `measurement` with seq `from..from+n`.
+fn publish(broker: &Mosquitto, measurement: &str, from: u64, n: u64) {
+    let messages = (from..from + n)
+        .map(|i| {
+            (
+                format!("sensors/{measurement}"),
+                format!(
+                    "{measurement} seq={i}i {}",
+                    1_700_000_000_000_000_000u64 + i
+                )
+                .into_bytes(),
+            )
+        })
+        .collect();
+    publish_all(
+        broker.port,
+        &format!("pub-{measurement}-{from}"),
+        messages,
+        Duration::from_secs(60),
+    );
+}
+
+fn status(daemon: &Daemon) -> Value {
+    let out = std::process::Command::new(support::leasegate_binary())
+        .arg("--config")
+        .arg(daemon.dir.path().join("leasegate.toml"))
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        Value::String(format!(
+            "no status: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    })
+}
+
+fn leasegate_users(influx: &Influx) -> Vec<String> {
+    influx.query("SHOW USERS")["results"][0]["series"][0]["values"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r[0].as_str().map(str::to_owned))
+        .filter(|u| u.starts_with("lg_"))
+        .collect()
+}
+
+fn enrolled(daemon: &Daemon, timeout: Duration) -> bool {
+    wait_until(timeout, || {
+        let s = status(daemon);
+        s["enrollment"]["state"] == "enrolled" && s["enrollment"]["lease_id"].is_string()
+    })
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn a_dropped_ticket_enrolls_within_5s_and_points_reach_influxdb() {
+    let (broker, influx) = servers();
+    let authority = authority_for(&influx);
+    let daemon = Daemon::start(&leased_config(&broker, "gw-drop", "1h"));
+    assert!(daemon.wait_for_log("waiting for a ticket", 1, Duration::from_secs(10)));
+    // Points published before enrollment wait in the spool.
+    publish(&broker, "early", 0, 50);
+    let waiting = wait_until(Duration::from_secs(5), || {
+        status(&daemon)["enrollment"]["state"] == "waiting for a ticket"
+    });
+    assert!(waiting, "{}", status(&daemon));
+
+    let ticket = drop_ticket(&daemon, "gw", &authority.ticket("iot-sensor", &[]));
+    let t0 = Instant::now();
+    assert!(
+        enrolled(&daemon, Duration::from_secs(5)),
+        "not enrolled within 5 s:\n{}",
+        daemon.log()
+    );
+    eprintln!("enrolled {:?} after the drop", t0.elapsed());
+    assert!(!ticket.exists(), "the used ticket is deleted");
+    let state = daemon.dir.path().join("state");
+    assert_eq!(mode(&state.join("identity.json")), 0o600);
+    assert_eq!(mode(&state.join("lease.json")), 0o600);
+    publish(&broker, "later", 0, 50);
+    influx.assert_arrives("early", 50, Duration::from_secs(20), &daemon);
+    influx.assert_arrives("later", 50, Duration::from_secs(20), &daemon);
+    let s = status(&daemon);
+    assert_eq!(s["enrollment"]["identity_name"], "gw-drop");
+    // The report is rewritten every second.
+    assert!(wait_until(
+        Duration::from_secs(3),
+        || status(&daemon)["points_written"] == 100
+    ));
+    assert_eq!(s["mqtt_connected"], true);
+    // The human status has every field.
+    let out = std::process::Command::new(support::leasegate_binary())
+        .arg("--config")
+        .arg(daemon.dir.path().join("leasegate.toml"))
+        .arg("status")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for field in [
+        "enrollment:",
+        "identity:",
+        "lease:",
+        "expires:",
+        "next renewal:",
+        "last error:",
+        "mqtt:",
+        "points in:",
+        "written:",
+        "dead-lettered:",
+        "dropped:",
+        "spool:",
+    ] {
+        assert!(text.contains(field), "status lacks {field}:\n{text}");
+    }
+    assert!(text.contains("in 59m") || text.contains("in 1h"), "{text}");
+}
+
+#[test]
+fn six_second_leases_renew_through_a_minute_with_no_refused_write() {
+    let (broker, influx) = servers();
+    let authority = authority_for(&influx);
+    let mut daemon = Daemon::start(&leased_config(&broker, "gw-renew", "6s"));
+    drop_ticket(&daemon, "gw", &authority.ticket("iot-sensor", &[]));
+    assert!(
+        enrolled(&daemon, Duration::from_secs(5)),
+        "{}",
+        daemon.log()
+    );
+    let start = Instant::now();
+    let mut sent = 0;
+    while start.elapsed() < Duration::from_secs(60) {
+        publish(&broker, "steady", sent, 20);
+        sent += 20;
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    influx.assert_arrives("steady", sent, Duration::from_secs(30), &daemon);
+    let s = status(&daemon);
+    let renewals = s["enrollment"]["renewals"].as_u64().unwrap();
+    eprintln!("{renewals} renewals in 60 s; {sent} points");
+    assert!(renewals >= 8, "only {renewals} renewals:\n{}", daemon.log());
+    let users = leasegate_users(&influx);
+    assert!(users.len() <= 2, "leasegate users left: {users:?}");
+    daemon.stop_cleanly();
+    let log = daemon.log();
+    assert!(
+        !log.contains("refused lease"),
+        "a write was refused:\n{log}"
+    );
+    assert!(!log.contains(" 401") && !log.contains(" 403"), "{log}");
+}
+
+#[test]
+fn a_lease_revoked_mid_stream_is_replaced_and_no_point_is_lost() {
+    let (broker, influx) = servers();
+    let authority = authority_for(&influx);
+    let daemon = Daemon::start(&leased_config(&broker, "gw-revoke", "10m"));
+    drop_ticket(&daemon, "gw", &authority.ticket("iot-sensor", &[]));
+    assert!(
+        enrolled(&daemon, Duration::from_secs(5)),
+        "{}",
+        daemon.log()
+    );
+    publish(&broker, "rv", 0, 200);
+    influx.assert_arrives("rv", 200, Duration::from_secs(20), &daemon);
+    let lease = status(&daemon)["enrollment"]["lease_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    authority.cli_ok(&["lease", "revoke", &lease]);
+    publish(&broker, "rv", 200, 300);
+    influx.assert_arrives("rv", 500, Duration::from_secs(30), &daemon);
+    assert!(
+        daemon
+            .log()
+            .contains(&format!("InfluxDB refused lease {lease}")),
+        "{}",
+        daemon.log()
+    );
+    let replaced = wait_until(Duration::from_secs(5), || {
+        status(&daemon)["enrollment"]["lease_id"]
+            .as_str()
+            .is_some_and(|l| l != lease)
+    });
+    assert!(replaced, "{}", status(&daemon));
+}
+
+#[test]
+fn the_authority_away_longer_than_the_ttl_loses_nothing() {
+    let (broker, influx) = servers();
+    let mut authority = authority_for(&influx);
+    let mut daemon = Daemon::start(&leased_config(&broker, "gw-away", "4s"));
+    drop_ticket(&daemon, "gw", &authority.ticket("iot-sensor", &[]));
+    assert!(
+        enrolled(&daemon, Duration::from_secs(5)),
+        "{}",
+        daemon.log()
+    );
+    publish(&broker, "away", 0, 100);
+    influx.assert_arrives("away", 100, Duration::from_secs(20), &daemon);
+    assert!(authority.terminate().is_some_and(|s| s.success()));
+    // 10 s away: the 4 s lease runs out (and the authority's reaper, down
+    // too, deletes its user once back).
+    for round in 0..10 {
+        publish(&broker, "away", 100 + round * 20, 20);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert!(daemon.is_running());
+    assert!(
+        daemon.log().contains("cannot get a lease"),
+        "{}",
+        daemon.log()
+    );
+    authority.restart();
+    influx.assert_arrives("away", 300, Duration::from_secs(60), &daemon);
+    assert!(daemon.is_running(), "the daemon never exits");
+}
+
+#[test]
+fn a_revoked_identity_waits_for_a_new_ticket_and_the_held_points_arrive() {
+    let (broker, influx) = servers();
+    let authority = authority_for(&influx);
+    let daemon = Daemon::start(&leased_config(&broker, "gw-again", "1h"));
+    drop_ticket(&daemon, "first", &authority.ticket("iot-sensor", &[]));
+    assert!(
+        enrolled(&daemon, Duration::from_secs(5)),
+        "{}",
+        daemon.log()
+    );
+    let identity = status(&daemon)["enrollment"]["identity_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    authority.cli_ok(&["identity", "revoke", &identity]);
+    // The next write is refused (the lease went with the identity); the
+    // authority then refuses the identity.
+    publish(&broker, "held", 0, 100);
+    let waiting = wait_until(Duration::from_secs(20), || {
+        status(&daemon)["enrollment"]["state"] == "waiting for a ticket"
+    });
+    assert!(waiting, "{}", daemon.log());
+    publish(&broker, "held", 100, 100);
+    std::thread::sleep(Duration::from_secs(1));
+    let s = status(&daemon);
+    assert!(
+        s["spool_points"].as_u64().unwrap() > 0,
+        "points are held: {s}"
+    );
+    assert!(!daemon.dir.path().join("state/identity.json").exists());
+
+    drop_ticket(&daemon, "second", &authority.ticket("iot-sensor", &[]));
+    assert!(
+        enrolled(&daemon, Duration::from_secs(5)),
+        "{}",
+        daemon.log()
+    );
+    influx.assert_arrives("held", 200, Duration::from_secs(30), &daemon);
+    assert_ne!(
+        status(&daemon)["enrollment"]["identity_id"]
+            .as_str()
+            .unwrap(),
+        identity
+    );
+}
+
+#[test]
+fn each_bad_ticket_is_rejected_with_its_reason_and_an_unreachable_authority_keeps_it() {
+    let (broker, influx) = servers();
+    let mut authority = authority_for(&influx);
+    let tls = AuthorityServer::start_with(&authority_body(&influx), true, "info");
+    let daemon = Daemon::start(&leased_config(&broker, "gw-bad", "1h"));
+    assert!(daemon.wait_for_log("waiting for a ticket", 1, Duration::from_secs(10)));
+
+    let expired = authority.ticket("iot-sensor", &["--expires-in", "1s"]);
+    let used = authority.ticket("iot-sensor", &[]);
+    authority.enroll_ok(&used, "someone-else");
+    let revoked = authority.ticket("iot-sensor", &[]);
+    let id = leasegate::ticket::Ticket::parse(&revoked).unwrap().id;
+    authority.cli_ok(&["ticket", "revoke", &id]);
+    let mut pinned = leasegate::ticket::Ticket::parse(&tls.ticket("iot-sensor", &[])).unwrap();
+    let real = pinned.cert_sha256.clone().unwrap();
+    pinned.cert_sha256 = Some("00".repeat(32));
+    let mismatch = pinned.encode();
+    // Valid, but its role is gone by the time it is used.
+    let no_role = authority.ticket("iot-sensor", &[]);
+    let config = std::fs::read_to_string(authority.config_path()).unwrap();
+    std::fs::write(
+        authority.config_path(),
+        config.replace("service = \"iot-sensor\"", "service = \"retired\""),
+    )
+    .unwrap();
+    authority.restart();
+    std::thread::sleep(Duration::from_millis(1200));
+
+    let cases = [
+        (
+            "malformed",
+            "this is not a ticket".to_owned(),
+            "ticket_malformed",
+        ),
+        ("expired", expired, "ticket_expired"),
+        ("used", used, "ticket_used_up"),
+        ("revoked", revoked, "ticket_revoked"),
+        ("norole", no_role, "no_role_matches"),
+        ("mismatch", mismatch, "certificate_mismatch"),
+    ];
+    for (name, line, _) in &cases {
+        drop_ticket(&daemon, name, line);
+    }
+    let dir = tickets(&daemon);
+    for (name, _, code) in &cases {
+        let rejected = dir.join(format!("{name}.ticket.rejected"));
+        let reason = dir.join(format!("{name}.ticket.reason"));
+        assert!(
+            wait_until(Duration::from_secs(10), || rejected.exists()),
+            "{name} not rejected:\n{}",
+            daemon.log()
+        );
+        let text = std::fs::read_to_string(&reason).unwrap();
+        assert!(text.starts_with(code), "{name}: {text}");
+        assert!(!dir.join(format!("{name}.ticket")).exists());
+    }
+    let reason = std::fs::read_to_string(dir.join("mismatch.ticket.reason")).unwrap();
+    assert!(
+        reason.contains(&real) && reason.contains(&"00".repeat(32)),
+        "both fingerprints named: {reason}"
+    );
+
+    // An authority that cannot be reached is no reason to reject.
+    let mut away = leasegate::ticket::Ticket::parse(&authority.ticket("retired", &[])).unwrap();
+    away.url = format!("http://127.0.0.1:{}", support::free_port());
+    let kept = drop_ticket(&daemon, "away", &away.encode());
+    assert!(daemon.wait_for_log("kept for another try", 1, Duration::from_secs(10)));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(kept.exists(), "the ticket stays for the next try");
+    assert!(!dir.join("away.ticket.rejected").exists());
+    assert!(status(&daemon)["enrollment"]["state"] == "waiting for a ticket");
+}
+
+#[test]
+fn a_restart_with_a_valid_stored_lease_creates_no_new_one() {
+    let (broker, influx) = servers();
+    let authority = authority_for(&influx);
+    let mut daemon = Daemon::start(&leased_config(&broker, "gw-restart", "10m"));
+    drop_ticket(&daemon, "gw", &authority.ticket("iot-sensor", &[]));
+    assert!(
+        enrolled(&daemon, Duration::from_secs(5)),
+        "{}",
+        daemon.log()
+    );
+    let before = status(&daemon)["enrollment"]["lease_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    daemon.stop_cleanly();
+    daemon.restart();
+    assert!(
+        enrolled(&daemon, Duration::from_secs(5)),
+        "{}",
+        daemon.log()
+    );
+    publish(&broker, "restart", 0, 100);
+    influx.assert_arrives("restart", 100, Duration::from_secs(20), &daemon);
+    assert_eq!(status(&daemon)["enrollment"]["lease_id"], before.as_str());
+    assert_eq!(authority.leases().len(), 1, "no new lease was created");
+    assert!(
+        daemon
+            .log()
+            .contains(&format!("reusing stored lease {before}"))
+    );
+}
+
+#[test]
+fn enroll_and_lease_commands_work_with_the_stored_identity() {
+    let (broker, influx) = servers();
+    let authority = authority_for(&influx);
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("leasegate.toml");
+    std::fs::write(
+        &conf,
+        leased_config(&broker, "gw-cli", "10m").replace("{dir}", &dir.path().display().to_string()),
+    )
+    .unwrap();
+    let ticket = dir.path().join("gw.ticket");
+    std::fs::write(&ticket, authority.ticket("iot-sensor", &[])).unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(support::leasegate_binary())
+            .arg("--config")
+            .arg(&conf)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&["enroll", ticket.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("enrolled as gw-cli"), "{out}");
+    let (code, out, _) = run(&["lease", "create", "--ttl", "5m", "--json"]);
+    assert_eq!(code, Some(0));
+    let lease: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(lease["ttl_secs"], 300);
+    let id = lease["id"].as_str().unwrap();
+    let (_, out, _) = run(&["lease", "list"]);
+    assert!(
+        out.contains(id) && out.contains("gw-cli") && out.contains("in 5m"),
+        "{out}"
+    );
+    let (_, out, _) = run(&["lease", "show", id]);
+    assert!(out.contains("status:      active"), "{out}");
+    let (code, out, _) = run(&["lease", "revoke", id]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("revoked"), "{out}");
+    // Enrolling again with the used ticket fails with its reason.
+    let (code, _, err) = run(&["enroll", ticket.to_str().unwrap()]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("ticket_used_up"), "{err}");
+}
