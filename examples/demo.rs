@@ -1,7 +1,9 @@
 //! The end-to-end demo behind README's first command: real Mosquitto and
-//! InfluxDB 1.x on free loopback ports, the leasegate daemon forwarding
-//! between them with static credentials, sample sensor points published at
-//! QoS 1 and queried back from InfluxDB.
+//! InfluxDB 1.x on free loopback ports, a `leasegate-authority` (HTTPS with
+//! its self-signed certificate) with its embedded store, and the leasegate
+//! daemon. A ticket is created and dropped into the running daemon's ticket
+//! directory; the daemon enrolls, writes with short leases that it renews,
+//! and the sample sensor points are queried back from InfluxDB.
 //!
 //! It reuses the test harness, so everything it starts it stops again by
 //! PID, also when it fails. Run it through `examples/demo.sh`, which
@@ -13,26 +15,72 @@ mod support;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use support::{Daemon, Influx, Mosquitto, publish_all, static_config, wait_until, write_secret};
+use support::authority::{AuthorityServer, role, v1_backend};
+use support::{ADMIN_PASSWORD, ADMIN_USER, Daemon, Influx, Mosquitto, publish_all, wait_until};
 
 fn main() -> ExitCode {
     println!("== starting Mosquitto and InfluxDB 1.x on free loopback ports");
     let broker = Mosquitto::start();
     let influx = Influx::start();
     println!("   mosquitto {}   influxdb {}", broker.url(), influx.url());
-    influx.create_writer("sensors", "writer", "demo-writer-pw");
+    influx.query("CREATE DATABASE sensors");
+
+    let body = format!(
+        "{}{}",
+        v1_backend("main", &influx.url(), ADMIN_USER, ADMIN_PASSWORD),
+        role("sensor", "iot-sensor", "main", "database", "sensors")
+    );
+    let authority = AuthorityServer::start_with(&body, true, "info");
+    println!(
+        "== leasegate-authority serving {} (self-signed certificate, made on first start)",
+        authority.url()
+    );
+    println!(
+        "   config:\n{}",
+        indent(&std::fs::read_to_string(authority.config_path()).unwrap())
+    );
 
     let dir = tempfile::tempdir().unwrap();
-    let password = write_secret(dir.path(), "influx.password", "demo-writer-pw\n");
-    let config = static_config(&broker, &influx, "demo-gateway", &password);
+    let config = format!(
+        r#"state_dir = "{{dir}}/state"
+ticket_dir = "{{dir}}/tickets"
+[lease]
+# Short, so that renewals show within the demo.
+ttl = "8s"
+[mqtt]
+url = "{}"
+client_id = "demo-gateway"
+[[mqtt.subscribe]]
+topic = "sensors/#"
+"#,
+        broker.url()
+    );
+    let ticket_dir = dir.path().join("tickets");
     println!(
-        "== leasegate config:\n{}",
+        "== leasegate config (no InfluxDB settings: the lease brings them):\n{}",
         indent(&config.replace("{dir}", &dir.path().display().to_string()))
     );
     let mut daemon = Daemon::start_in(dir, &config);
-    if !daemon.wait_for_log("subscribed to", 1, Duration::from_secs(20)) {
-        panic!("leasegate did not subscribe:\n{}", daemon.log());
+    if !daemon.wait_for_log("waiting for a ticket", 1, Duration::from_secs(20)) {
+        panic!("leasegate did not start:\n{}", daemon.log());
     }
+    println!(
+        "== leasegate-authority ticket create --attribute service=iot-sensor > tickets/demo.ticket"
+    );
+    let line = authority.ticket("iot-sensor", &[]);
+    std::fs::create_dir_all(&ticket_dir).unwrap();
+    let part = ticket_dir.join("demo.part");
+    std::fs::write(&part, format!("{line}\n")).unwrap();
+    std::fs::rename(&part, ticket_dir.join("demo.ticket")).unwrap();
+    if !daemon.wait_for_log("lease ", 1, Duration::from_secs(10))
+        || !daemon.wait_for_log("obtained", 1, Duration::from_secs(10))
+    {
+        panic!("leasegate did not enroll:\n{}", daemon.log());
+    }
+    println!(
+        "   enrolled; the ticket file is gone: {}",
+        !ticket_dir.join("demo.ticket").exists()
+    );
 
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -60,13 +108,22 @@ fn main() -> ExitCode {
         b"door,room=hall open=maybe".to_vec(),
     ));
     let total = messages.len();
-    println!("== publishing {total} messages at QoS 1 (waiting for every PUBACK)");
-    publish_all(
-        broker.port,
-        "demo-sensor",
-        messages,
-        Duration::from_secs(60),
+    println!(
+        "== publishing {total} messages at QoS 1 in three waves over 20 s, while the 8 s leases renew"
     );
+    let waves: Vec<Vec<(String, Vec<u8>)>> = messages
+        .chunks(total.div_ceil(3))
+        .map(|c| c.to_vec())
+        .collect();
+    for (i, wave) in waves.into_iter().enumerate() {
+        publish_all(
+            broker.port,
+            &format!("demo-sensor-{i}"),
+            wave,
+            Duration::from_secs(60),
+        );
+        std::thread::sleep(Duration::from_secs(7));
+    }
 
     let arrived = wait_until(Duration::from_secs(30), || {
         influx.count("sensors", "climate", "temperature") == 90
@@ -100,7 +157,22 @@ fn main() -> ExitCode {
         "   door events: {}",
         influx.count("sensors", "door", "open")
     );
+    let status = std::process::Command::new(support::leasegate_binary())
+        .arg("--config")
+        .arg(daemon.dir.path().join("leasegate.toml"))
+        .arg("status")
+        .output()
+        .unwrap();
+    println!(
+        "== leasegate status:\n{}",
+        indent(&String::from_utf8_lossy(&status.stdout))
+    );
+    println!(
+        "== leasegate-authority lease list:\n{}",
+        indent(&authority.cli_ok(&["lease", "list"]))
+    );
     println!("== daemon log:\n{}", indent(&daemon.log()));
+    let renewals = daemon.log().matches("obtained").count().saturating_sub(1);
     let status = daemon.terminate(Duration::from_secs(10));
     println!("== SIGTERM: leasegate exited with {status:?}");
     if !arrived {
@@ -108,7 +180,9 @@ fn main() -> ExitCode {
         eprintln!("demo FAILED: not every point arrived");
         return ExitCode::FAILURE;
     }
-    println!("== demo OK: 90 climate points and 1 door event forwarded; the bad line was rejected");
+    println!(
+        "== demo OK: enrolled from a dropped ticket; 90 climate points and 1 door event forwarded with {renewals} lease renewal(s); the bad line was rejected"
+    );
     ExitCode::SUCCESS
 }
 
