@@ -3,12 +3,14 @@
 //!
 //! It owns trust in the authority. A self-signed authority is trusted by
 //! the SHA-256 fingerprint its ticket pins: [`fetch_certificate`] takes the
-//! certificate from a TLS handshake (signatures checked, chain not), and it
-//! is used only if its fingerprint is the pinned one; from then on it is
+//! certificate chain from a TLS handshake (signatures checked, chain not),
+//! and goes on only if the leaf's fingerprint is the pinned one; from then
+//! on the chain's last certificate (the leaf itself when self-signed) is
 //! the one trust anchor of every connection, with the usual checks of name
-//! and signature. Or the system's roots, when configured. It never sends a
-//! secret anywhere but the authority it trusts, and its errors never carry
-//! one.
+//! and signature. (ureq takes no custom verifier, so the pin itself is
+//! checked at enrollment.) Or the system's roots, when configured. It never
+//! sends a secret anywhere but the authority it trusts, and its errors
+//! never carry one.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -227,10 +229,7 @@ impl AuthorityClient {
                 r.call()
             }
         };
-        let mut response = result.map_err(|source| ClientError::Unreachable {
-            url: self.base.clone(),
-            source,
-        })?;
+        let mut response = result.map_err(|source| self.transport_error(source))?;
         let status = response.status().as_u16();
         let text = response
             .body_mut()
@@ -249,10 +248,42 @@ impl AuthorityClient {
         }
         match serde_json::from_str::<ErrorBody>(&text) {
             Ok(e) => Err(ClientError::Refused(e.error)),
+            // Never echoed: a 2xx body may hold a credential, and any
+            // other JSON is not ours to print.
+            Err(_) if (200..300).contains(&status) || text.trim_start().starts_with('{') => {
+                Err(ClientError::BadAnswer {
+                    status,
+                    body: format!("{} bytes, not the expected answer", text.len()),
+                })
+            }
             Err(_) => Err(ClientError::BadAnswer {
                 status,
                 body: text.chars().take(200).collect(),
             }),
+        }
+    }
+
+    /// A failed request: TLS trouble (a changed certificate, a name that
+    /// does not match) is told apart from an unreachable authority.
+    fn transport_error(&self, source: ureq::Error) -> ClientError {
+        let tls = match &source {
+            ureq::Error::Rustls(e) => Some(e.to_string()),
+            ureq::Error::Tls(e) => Some((*e).to_owned()),
+            ureq::Error::Io(e) => e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .map(|e| e.to_string()),
+            _ => None,
+        };
+        match tls {
+            Some(message) => ClientError::Tls {
+                url: self.base.clone(),
+                message,
+            },
+            None => ClientError::Unreachable {
+                url: self.base.clone(),
+                source,
+            },
         }
     }
 }
@@ -305,13 +336,15 @@ pub fn fetch_certificate(url: &str, pinned: &str) -> Result<Vec<u8>, ClientError
         conn.complete_io(&mut sock)
             .map_err(|e| tls_error(format!("handshake: {e}")))?;
     }
-    let cert = conn
+    let chain = conn
         .peer_certificates()
-        .and_then(|c| c.first())
-        .ok_or_else(|| tls_error("the server sent no certificate".into()))?
-        .as_ref()
-        .to_vec();
-    let found = sha256_hex(&cert);
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| tls_error("the server sent no certificate".into()))?;
+    let found = sha256_hex(chain[0].as_ref());
+    // The anchor for later connections: the leaf itself when self-signed,
+    // else the last certificate the server sends (its CA side), so a
+    // configured CA-issued certificate verifies as well.
+    let cert = chain[chain.len() - 1].as_ref().to_vec();
     if !found.eq_ignore_ascii_case(pinned) {
         return Err(ClientError::Mismatch {
             url: url.to_owned(),

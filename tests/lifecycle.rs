@@ -454,7 +454,8 @@ fn enroll_and_lease_commands_work_with_the_stored_identity() {
     )
     .unwrap();
     let ticket = dir.path().join("gw.ticket");
-    std::fs::write(&ticket, authority.ticket("iot-sensor", &[])).unwrap();
+    let line = authority.ticket("iot-sensor", &[]);
+    std::fs::write(&ticket, &line).unwrap();
     let run = |args: &[&str]| {
         let out = std::process::Command::new(support::leasegate_binary())
             .arg("--config")
@@ -471,6 +472,7 @@ fn enroll_and_lease_commands_work_with_the_stored_identity() {
     let (code, out, err) = run(&["enroll", ticket.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("enrolled as gw-cli"), "{out}");
+    assert!(!ticket.exists(), "the used ticket is deleted");
     let (code, out, _) = run(&["lease", "create", "--ttl", "5m", "--json"]);
     assert_eq!(code, Some(0));
     let lease: Value = serde_json::from_str(&out).unwrap();
@@ -486,8 +488,54 @@ fn enroll_and_lease_commands_work_with_the_stored_identity() {
     let (code, out, _) = run(&["lease", "revoke", id]);
     assert_eq!(code, Some(0));
     assert!(out.contains("revoked"), "{out}");
-    // Enrolling again with the used ticket fails with its reason.
+    // Enrolling again with the used ticket fails with its reason, and the
+    // file is renamed as in the ticket directory.
+    std::fs::write(&ticket, &line).unwrap();
     let (code, _, err) = run(&["enroll", ticket.to_str().unwrap()]);
     assert_eq!(code, Some(1));
     assert!(err.contains("ticket_used_up"), "{err}");
+    assert!(dir.path().join("gw.ticket.rejected").exists());
+    let reason = std::fs::read_to_string(dir.path().join("gw.ticket.reason")).unwrap();
+    assert!(reason.starts_with("ticket_used_up"), "{reason}");
+}
+
+#[test]
+fn leases_refused_before_they_ever_wrote_back_off_instead_of_churning() {
+    let (broker, influx) = servers();
+    // A role that may only read: InfluxDB refuses every write with its
+    // leases (403), however new.
+    let body = authority_body(&influx).replace("access = [\"write\"]", "access = [\"read\"]");
+    let authority = AuthorityServer::start(&body);
+    let mut daemon = Daemon::start(&leased_config(&broker, "gw-churn", "10m"));
+    drop_ticket(&daemon, "gw", &authority.ticket("iot-sensor", &[]));
+    assert!(
+        enrolled(&daemon, Duration::from_secs(5)),
+        "{}",
+        daemon.log()
+    );
+    publish(&broker, "churn", 0, 10);
+    std::thread::sleep(Duration::from_secs(15));
+    let leases = authority.leases().len();
+    eprintln!("{leases} leases in 15 s of refused writes");
+    // 1 s, 2 s, 4 s, 8 s of backoff: about five, never one per write.
+    assert!(
+        (2..=7).contains(&leases),
+        "{leases} leases:\n{}",
+        daemon.log()
+    );
+    assert!(
+        daemon.log().contains("before it wrote anything"),
+        "{}",
+        daemon.log()
+    );
+    assert!(daemon.is_running());
+    // Nothing was lost: the points are held (spooled, not written, not
+    // dropped).
+    let s = status(&daemon);
+    assert_eq!(
+        (s["points_in"].as_u64(), s["points_written"].as_u64()),
+        (Some(10), Some(0)),
+        "{s}"
+    );
+    assert_eq!(s["points_dropped"], 0);
 }

@@ -48,21 +48,32 @@ pub struct Identity {
 }
 
 impl Identity {
-    pub fn trust(&self) -> Trust {
+    /// How to trust the authority: never silently less than enrollment
+    /// did (an https identity without a usable pinned certificate is an
+    /// error, not plain trust in whatever answers).
+    pub fn trust(&self) -> Result<Trust, ClientError> {
         if self.system_trust {
-            return Trust::System;
+            return Ok(Trust::System);
         }
-        match &self.cert_der_base64 {
-            Some(b64) => base64::engine::general_purpose::STANDARD
-                .decode(b64)
-                .map(Trust::Pinned)
-                .unwrap_or(Trust::None),
-            None => Trust::None,
+        if self.authority_url.starts_with("http://") {
+            return Ok(Trust::None);
         }
+        let broken = |message: &str| ClientError::Tls {
+            url: self.authority_url.clone(),
+            message: format!("{message} in {IDENTITY_FILE}; enroll again with a new ticket"),
+        };
+        let b64 = self
+            .cert_der_base64
+            .as_deref()
+            .ok_or_else(|| broken("no pinned certificate"))?;
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map(Trust::Pinned)
+            .map_err(|_| broken("the pinned certificate is damaged"))
     }
 
     pub fn client(&self) -> Result<AuthorityClient, ClientError> {
-        AuthorityClient::new(&self.authority_url, &self.trust())
+        AuthorityClient::new(&self.authority_url, &self.trust()?)
     }
 }
 
@@ -125,6 +136,13 @@ pub fn redeem(
     system_trust: bool,
 ) -> Result<Identity, EnrollError> {
     let ticket = Ticket::parse(text)?;
+    if ticket.url.starts_with("http://") && !is_loopback_url(&ticket.url) {
+        // Plain HTTP would carry the ticket secret, the identity credential
+        // and every lease in clear across a network.
+        return Err(EnrollError::Malformed(TicketError::Content(
+            "a plain http:// authority is accepted only on a loopback address".into(),
+        )));
+    }
     let (trust, cert) = if ticket.url.starts_with("http://") {
         (Trust::None, None)
     } else if system_trust {
@@ -152,6 +170,21 @@ pub fn redeem(
         system_trust,
         enrolled_ms: crate::now_ms(),
     })
+}
+
+fn is_loopback_url(url: &str) -> bool {
+    let Some(host) = url
+        .parse::<ureq::http::Uri>()
+        .ok()
+        .and_then(|u| u.host().map(str::to_owned))
+    else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Writes `value` as JSON to `path` whole and durably, mode 0600.
@@ -185,7 +218,16 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T, durable: bool) -> std::i
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
-    let text = std::fs::read(path).ok()?;
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            // Most often a file written by `leasegate enroll` run as
+            // another user than the daemon.
+            log::error!("cannot read {}: {e}", path.display());
+            return None;
+        }
+    };
     match serde_json::from_slice(&text) {
         Ok(v) => Some(v),
         Err(e) => {
@@ -215,6 +257,38 @@ pub fn save_lease(state_dir: &Path, lease: &StoredLease) -> std::io::Result<()> 
     write_private(&state_dir.join(LEASE_FILE), lease)
 }
 
+pub const RETIRED_FILE: &str = "retired.json";
+
+/// Identities replaced by a new enrollment whose leases are still to be
+/// revoked: on disk, so a restart in between does not forget them.
+pub fn load_retired(state_dir: &Path) -> Vec<Identity> {
+    read_json(&state_dir.join(RETIRED_FILE)).unwrap_or_default()
+}
+
+pub fn save_retired(state_dir: &Path, old: &Identity) {
+    let mut all = load_retired(state_dir);
+    if !all.iter().any(|i| i.identity_id == old.identity_id) {
+        all.push(old.clone());
+    }
+    if let Err(e) = write_private(&state_dir.join(RETIRED_FILE), &all) {
+        log::warn!(
+            "cannot note the replaced identity in {}: {e}",
+            state_dir.display()
+        );
+    }
+}
+
+pub fn clear_retired(state_dir: &Path, identity_id: &str) {
+    let mut all = load_retired(state_dir);
+    all.retain(|i| i.identity_id != identity_id);
+    let path = state_dir.join(RETIRED_FILE);
+    let _ = if all.is_empty() {
+        std::fs::remove_file(&path)
+    } else {
+        write_private(&path, &all)
+    };
+}
+
 /// Forgets the identity and its lease (the authority revoked it).
 pub fn forget(state_dir: &Path) {
     for f in [IDENTITY_FILE, LEASE_FILE] {
@@ -238,7 +312,9 @@ pub fn waiting_tickets(dir: &Path) -> Vec<PathBuf> {
                 .unwrap_or(std::time::UNIX_EPOCH);
             (t, p)
         })
-        .filter(|(t, _)| t.elapsed().is_ok_and(|age| age >= SETTLE))
+        // A time in the future (a clock behind the copy's origin) counts
+        // as settled: nothing is copying it now.
+        .filter(|(t, _)| t.elapsed().map_or(true, |age| age >= SETTLE))
         .collect();
     found.sort();
     found.into_iter().map(|(_, p)| p).collect()
@@ -266,8 +342,17 @@ pub fn process_ticket(
             path: path.display().to_string(),
             source,
         })
-        .and_then(|text| redeem(&text, identity_name, system_trust))
-        .and_then(|identity| save_identity(state_dir, &identity).map(|()| identity));
+        .and_then(|text| redeem(&text, identity_name, system_trust));
+    if let Ok(identity) = &result
+        && let Err(e) = save_identity(state_dir, identity)
+    {
+        // The ticket is used up now: the identity is kept in memory (and
+        // lost at a restart), rather than burning the ticket on a retry.
+        log::error!(
+            "{}; this enrollment lasts until the daemon stops",
+            crate::error_chain(&e)
+        );
+    }
     match result {
         Ok(identity) => {
             // The ticket is a secret and is used: it goes.
@@ -298,5 +383,91 @@ fn reject(path: &Path, e: &EnrollError) {
             "cannot rename the rejected ticket {}: {err}",
             path.display()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_is_taken_only_from_a_loopback_authority() {
+        assert!(is_loopback_url("http://127.0.0.1:7443"));
+        assert!(is_loopback_url("http://[::1]:7443"));
+        assert!(is_loopback_url("http://localhost:7443"));
+        assert!(!is_loopback_url("http://authority.example:7443"));
+        assert!(!is_loopback_url("http://10.0.0.5"));
+        // Refused before any connection is tried.
+        let ticket = Ticket {
+            url: "http://authority.example:7443".into(),
+            id: "t".into(),
+            secret: Secret::new(crate::secret::random_base64(crate::ticket::SECRET_BYTES)),
+            cert_sha256: None,
+            expires: 0,
+            attributes: BTreeMap::new(),
+        };
+        let e = redeem(&ticket.encode(), "gw", false).unwrap_err();
+        assert_eq!(e.reason_code(), "ticket_malformed");
+        assert!(!e.is_transient());
+        assert!(e.to_string().contains("loopback"), "{e}");
+    }
+
+    #[test]
+    fn an_https_identity_without_its_certificate_is_an_error_not_plain_trust() {
+        let mut id = Identity {
+            identity_id: "i".into(),
+            identity_name: "gw".into(),
+            role: "r".into(),
+            attributes: BTreeMap::new(),
+            credential: Secret::new("lgi_x"),
+            authority_url: "https://127.0.0.1:7443".into(),
+            cert_der_base64: None,
+            cert_sha256: None,
+            system_trust: false,
+            enrolled_ms: 0,
+        };
+        assert!(matches!(id.trust(), Err(ClientError::Tls { .. })));
+        id.cert_der_base64 = Some("%%%".into());
+        assert!(matches!(id.trust(), Err(ClientError::Tls { .. })));
+        id.cert_der_base64 = Some("AAEC".into());
+        assert!(matches!(id.trust(), Ok(Trust::Pinned(d)) if d == [0, 1, 2]));
+        assert!(
+            !format!("{id:?}").contains("lgi_x"),
+            "Debug hides the credential"
+        );
+    }
+
+    #[test]
+    fn state_files_are_private_and_retired_identities_are_remembered() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let id = Identity {
+            identity_id: "old".into(),
+            identity_name: "gw".into(),
+            role: "r".into(),
+            attributes: BTreeMap::new(),
+            credential: Secret::new("lgi_x"),
+            authority_url: "http://127.0.0.1:1".into(),
+            cert_der_base64: None,
+            cert_sha256: None,
+            system_trust: false,
+            enrolled_ms: 0,
+        };
+        save_identity(dir.path(), &id).unwrap();
+        let mode = std::fs::metadata(dir.path().join(IDENTITY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(
+            load_identity(dir.path()).unwrap().credential.expose(),
+            "lgi_x"
+        );
+        save_retired(dir.path(), &id);
+        save_retired(dir.path(), &id);
+        assert_eq!(load_retired(dir.path()).len(), 1);
+        clear_retired(dir.path(), "old");
+        assert!(load_retired(dir.path()).is_empty());
+        assert!(!dir.path().join(RETIRED_FILE).exists());
     }
 }

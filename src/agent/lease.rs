@@ -37,6 +37,9 @@ const REVOKE_GRACE: Duration = Duration::from_secs(3);
 /// The share of a lease's lifetime after which it is renewed, before
 /// jitter.
 const RENEW_AT: f64 = 2.0 / 3.0;
+/// Longer lease lifetimes from the authority are taken as this (a year):
+/// bad answers must not overflow the clock arithmetic.
+const MAX_TTL_SECS: u64 = 365 * 24 * 3600;
 
 /// What the keeper needs from the configuration.
 #[derive(Debug, Clone)]
@@ -79,6 +82,7 @@ pub struct LeaseView {
 #[derive(Default)]
 pub struct LeaseLink {
     refused: Mutex<Option<String>>,
+    proven: Mutex<Option<String>>,
     wake: Condvar,
     view: Mutex<LeaseView>,
 }
@@ -106,6 +110,23 @@ impl LeaseLink {
         let _ = self.wake.wait_timeout(guard, d);
     }
 
+    /// A write with lease `id` succeeded.
+    pub fn wrote_with(&self, id: &str) {
+        let mut proven = self.proven.lock().unwrap_or_else(|p| p.into_inner());
+        if proven.as_deref() != Some(id) {
+            *proven = Some(id.to_owned());
+        }
+    }
+
+    /// Whether lease `id` ever wrote (the last lease that did is kept).
+    fn proven(&self, id: &str) -> bool {
+        self.proven
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_deref()
+            == Some(id)
+    }
+
     pub fn view(&self) -> LeaseView {
         self.view.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -120,10 +141,11 @@ struct Held {
 }
 
 impl Held {
-    /// `remaining` of `ttl` is left now.
-    fn new(grant: LeaseGrant, identity_id: &str, remaining: Duration) -> Held {
-        let ttl = Duration::from_secs(grant.lease.ttl_secs.max(1));
-        let now = Instant::now();
+    /// `remaining` of the lease's lifetime was left at `at`.
+    fn new(grant: LeaseGrant, identity_id: &str, remaining: Duration, at: Instant) -> Held {
+        let ttl = Duration::from_secs(grant.lease.ttl_secs.clamp(1, MAX_TTL_SECS));
+        let remaining = remaining.min(ttl);
+        let now = at;
         // Renew at 2/3 of the lifetime, less 10 to 20% of that at random.
         let share = RENEW_AT * (1.0 - 0.10 - 0.10 * unit_random());
         let used = ttl.saturating_sub(remaining);
@@ -212,12 +234,46 @@ impl LeaseKeeper {
         let mut stamp = identity_stamp(s);
         let mut held = identity.as_ref().and_then(|id| self.restore(id));
         let mut retired: Vec<Retired> = Vec::new();
+        // A stored lease too far gone to reuse still holds a credential:
+        // given back once a new lease is there.
+        if held.is_none()
+            && let Some(id) = &identity
+            && let Some(stored) = identity::load_lease(&s.state_dir)
+            && stored.identity_id == id.identity_id
+        {
+            retired.push(Retired {
+                identity: id.clone(),
+                lease_id: Some(stored.grant.lease.id),
+                all: false,
+                at: Instant::now() + REVOKE_GRACE,
+            });
+        }
         let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300), 0.25);
-        let mut ticket_backoff =
-            Backoff::new(Duration::from_secs(1), Duration::from_secs(60), 0.25);
         let mut next_try = Instant::now();
         let mut next_scan = Instant::now();
-        let mut next_ticket_try = Instant::now();
+        let (ticket_tx, tickets) = std::sync::mpsc::channel();
+        let (settings, shutdown) = (self.settings.clone(), self.shutdown.clone());
+        // Redeeming a ticket may wait on an unreachable authority: on its
+        // own thread, so renewals and refused leases never wait behind it.
+        if let Err(e) = std::thread::Builder::new()
+            .name("tickets".into())
+            .spawn(move || watch_tickets(&settings, &ticket_tx, &shutdown))
+        {
+            log::error!("cannot start the ticket watcher: {e}");
+        }
+        // A refused lease is replaced at once, but one that InfluxDB
+        // refuses before it ever wrote (a role without the right, a token
+        // not yet valid) goes through the backoff: no lease churn.
+        let mut unproven_refusals = 0u32;
+        // Leases of an identity replaced before a restart.
+        for old in identity::load_retired(&s.state_dir) {
+            retired.push(Retired {
+                identity: old,
+                lease_id: None,
+                all: true,
+                at: Instant::now() + REVOKE_GRACE,
+            });
+        }
         let mut want_new = false;
         let mut view = LeaseView::default();
         if identity.is_none() {
@@ -231,46 +287,10 @@ impl LeaseKeeper {
             if now >= next_scan {
                 next_scan = now + TICKET_SCAN;
                 let mut enrolled = None;
-                if now >= next_ticket_try {
-                    for path in identity::waiting_tickets(&s.ticket_dir) {
-                        match identity::process_ticket(
-                            &path,
-                            &s.state_dir,
-                            &s.identity_name,
-                            s.system_trust,
-                        ) {
-                            TicketOutcome::Enrolled(new) => {
-                                log::info!(
-                                    "enrolled with ticket {} as identity {} ({}), role {}",
-                                    path.display(),
-                                    new.identity_id,
-                                    new.identity_name,
-                                    new.role
-                                );
-                                ticket_backoff.reset();
-                                enrolled = Some(new);
-                            }
-                            TicketOutcome::Rejected(e) => {
-                                log::error!(
-                                    "ticket {} rejected ({}): {}; it is renamed .rejected with the reason beside it",
-                                    path.display(),
-                                    e.reason_code(),
-                                    crate::error_chain(&e)
-                                );
-                            }
-                            TicketOutcome::Kept(e) => {
-                                let d = ticket_backoff.next_delay();
-                                next_ticket_try = now + d;
-                                log::warn!(
-                                    "ticket {} kept for another try in {}: {}",
-                                    path.display(),
-                                    humantime::format_duration(whole_ms(d)),
-                                    crate::error_chain(&e)
-                                );
-                                view.last_error = Some(crate::error_chain(&e));
-                                break;
-                            }
-                        }
+                while let Ok(event) = tickets.try_recv() {
+                    match event {
+                        TicketEvent::Enrolled(new) => enrolled = Some(new),
+                        TicketEvent::Trouble(e) => view.last_error = Some(e),
                     }
                 }
                 // `leasegate enroll FILE` replaces the identity file.
@@ -297,7 +317,9 @@ impl LeaseKeeper {
                                 .unwrap_or_default()
                     {
                         // Re-enrolled: the old identity's leases go once
-                        // the new identity writes.
+                        // the new identity has its lease; kept on disk so
+                        // a restart in between does not forget them.
+                        identity::save_retired(&s.state_dir, &old);
                         retired.push(Retired {
                             identity: old,
                             lease_id: None,
@@ -324,19 +346,35 @@ impl LeaseKeeper {
             if let Some(refused) = self.link.take_refused()
                 && held.as_ref().is_some_and(|h| h.id() == refused)
             {
-                log::warn!("InfluxDB refused lease {refused}; getting a new one now");
                 want_new = true;
-                next_try = now;
+                if self.link.proven(&refused) {
+                    unproven_refusals = 0;
+                    log::warn!("InfluxDB refused lease {refused}; getting a new one now");
+                    next_try = now;
+                } else {
+                    unproven_refusals += 1;
+                    let d = backoff.next_delay();
+                    next_try = now + d;
+                    log::warn!(
+                        "InfluxDB refused lease {refused} before it wrote anything ({unproven_refusals} in a row): the role may lack the right; next lease in {}",
+                        humantime::format_duration(whole_ms(d))
+                    );
+                    view.last_error = Some(format!(
+                        "InfluxDB refused lease {refused} before it wrote anything"
+                    ));
+                }
             }
 
             if let Some(id) = identity.clone() {
                 let due =
                     held.is_none() || want_new || held.as_ref().is_some_and(|h| now >= h.renew_at);
                 if due && now >= next_try {
+                    let asked = Instant::now();
                     match self.obtain(&id) {
                         Ok((grant, influx)) => {
                             self.sink.install(&influx, &grant.lease.id);
-                            let ttl = Duration::from_secs(grant.lease.ttl_secs.max(1));
+                            let ttl =
+                                Duration::from_secs(grant.lease.ttl_secs.clamp(1, MAX_TTL_SECS));
                             let stored = StoredLease {
                                 identity_id: id.identity_id.clone(),
                                 grant: grant.clone(),
@@ -348,7 +386,9 @@ impl LeaseKeeper {
                                     s.state_dir.display()
                                 );
                             }
-                            let new = Held::new(grant, &id.identity_id, ttl);
+                            // The lifetime counts from when it was asked for:
+                            // the authority started it before answering.
+                            let new = Held::new(grant, &id.identity_id, ttl, asked);
                             log::info!(
                                 "lease {} obtained for {} (ttl {}), renewing in {}",
                                 new.id(),
@@ -382,8 +422,10 @@ impl LeaseKeeper {
                                 r.at = now + REVOKE_GRACE;
                             }
                             want_new = false;
-                            backoff.reset();
-                            view.last_error = None;
+                            if unproven_refusals == 0 {
+                                backoff.reset();
+                                view.last_error = None;
+                            }
                         }
                         Err(e)
                             if matches!(
@@ -473,6 +515,7 @@ impl LeaseKeeper {
             stored.grant,
             &id.identity_id,
             Duration::from_millis(left_ms as u64),
+            Instant::now(),
         );
         log::info!(
             "reusing stored lease {} ({} left)",
@@ -488,10 +531,16 @@ impl LeaseKeeper {
             .create_lease(&id.credential, self.settings.ttl)?;
         match influx_for(&grant, &self.settings) {
             Ok(influx) => Ok((grant, influx)),
-            Err(message) => Err(crate::client::ClientError::BadAnswer {
-                status: 201,
-                body: message,
-            }),
+            Err(message) => {
+                // Unusable here, but it exists in InfluxDB: give it back.
+                if let Ok(client) = id.client() {
+                    let _ = client.revoke(&id.credential, &grant.lease.id);
+                }
+                Err(crate::client::ClientError::BadAnswer {
+                    status: 201,
+                    body: message,
+                })
+            }
         }
     }
 
@@ -528,6 +577,9 @@ impl LeaseKeeper {
             } else {
                 r.lease_id.into_iter().collect()
             };
+            if r.all {
+                identity::clear_retired(&self.settings.state_dir, &r.identity.identity_id);
+            }
             for lease in ids {
                 match client.revoke(&r.identity.credential, &lease) {
                     Ok(_) => log::info!("revoked replaced lease {lease}"),
@@ -559,6 +611,169 @@ impl LeaseKeeper {
     }
 }
 
+enum TicketEvent {
+    Enrolled(Identity),
+    /// A ticket kept for another try, and why.
+    Trouble(String),
+}
+
+/// The ticket directory's watcher: redeems each settled `*.ticket` file,
+/// rejects the bad ones, and keeps those that failed for a transient
+/// reason for another try with their own backoff, so one ticket for an
+/// unreachable authority never holds up another.
+fn watch_tickets(
+    s: &LeaseSettings,
+    tx: &std::sync::mpsc::Sender<TicketEvent>,
+    shutdown: &Shutdown,
+) {
+    let mut later: std::collections::HashMap<PathBuf, (Backoff, Instant)> =
+        std::collections::HashMap::new();
+    while !shutdown.sleep(TICKET_SCAN) {
+        let waiting = identity::waiting_tickets(&s.ticket_dir);
+        later.retain(|p, _| waiting.contains(p));
+        for path in waiting {
+            if shutdown.is_triggered() {
+                return;
+            }
+            if later.get(&path).is_some_and(|(_, at)| Instant::now() < *at) {
+                continue;
+            }
+            match identity::process_ticket(&path, &s.state_dir, &s.identity_name, s.system_trust) {
+                TicketOutcome::Enrolled(new) => {
+                    log::info!(
+                        "enrolled with ticket {} as identity {} ({}), role {}",
+                        path.display(),
+                        new.identity_id,
+                        new.identity_name,
+                        new.role
+                    );
+                    later.remove(&path);
+                    if tx.send(TicketEvent::Enrolled(new)).is_err() {
+                        return;
+                    }
+                }
+                TicketOutcome::Rejected(e) => log::error!(
+                    "ticket {} rejected ({}): {}; renamed .rejected with the reason beside it",
+                    path.display(),
+                    e.reason_code(),
+                    crate::error_chain(&e)
+                ),
+                TicketOutcome::Kept(e) => {
+                    let entry = later.entry(path.clone()).or_insert_with(|| {
+                        (
+                            Backoff::new(Duration::from_secs(1), Duration::from_secs(60), 0.25),
+                            Instant::now(),
+                        )
+                    });
+                    let d = entry.0.next_delay();
+                    entry.1 = Instant::now() + d;
+                    let message = crate::error_chain(&e);
+                    log::warn!(
+                        "ticket {} kept for another try in {}: {message}",
+                        path.display(),
+                        humantime::format_duration(whole_ms(d))
+                    );
+                    let _ = tx.send(TicketEvent::Trouble(message));
+                }
+            }
+        }
+    }
+}
+
 fn whole_ms(d: Duration) -> Duration {
     Duration::from_millis(d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{LeaseInfo, Target};
+
+    fn grant(ttl_secs: u64) -> LeaseGrant {
+        LeaseGrant {
+            lease: LeaseInfo {
+                id: "l".into(),
+                identity_id: "i".into(),
+                issued_for: "gw".into(),
+                role: "r".into(),
+                status: LeaseStatus::Active,
+                ttl_secs,
+                created_ms: 0,
+                expires_ms: 0,
+                target: Target {
+                    api: "influxdb-v1".into(),
+                    url: "http://127.0.0.1:8086/".into(),
+                    org: None,
+                    bucket: None,
+                    database: Some("db".into()),
+                },
+                last_error: None,
+            },
+            secret: Secret::new("lg_l:pw"),
+        }
+    }
+
+    #[test]
+    fn renewal_falls_between_53_and_60_percent_of_the_lifetime() {
+        let at = Instant::now();
+        for _ in 0..200 {
+            let h = Held::new(grant(600), "i", Duration::from_secs(600), at);
+            let share = (h.renew_at - at).as_secs_f64() / 600.0;
+            assert!((0.53..=0.601).contains(&share), "{share}");
+            assert_eq!(h.deadline - at, Duration::from_secs(600));
+        }
+        // Restored with 30% left: renewal is due at once; with half left,
+        // at the same share of the whole lifetime.
+        let h = Held::new(grant(600), "i", Duration::from_secs(180), at);
+        assert_eq!(h.renew_at, at);
+        let h = Held::new(grant(600), "i", Duration::from_secs(300), at);
+        let in_secs = (h.renew_at - at).as_secs_f64();
+        assert!((17.9..=61.0).contains(&in_secs), "{in_secs}");
+        // A lifetime from a broken answer cannot overflow the clock.
+        let h = Held::new(grant(u64::MAX), "i", Duration::MAX, at);
+        assert_eq!(h.deadline - at, Duration::from_secs(MAX_TTL_SECS));
+    }
+
+    #[test]
+    fn a_lease_gives_every_write_setting() {
+        let mut s = LeaseSettings {
+            state_dir: "/x".into(),
+            ticket_dir: "/x/t".into(),
+            identity_name: "gw".into(),
+            ttl: None,
+            system_trust: false,
+            url_override: None,
+            gzip: true,
+            timeout: Duration::from_secs(1),
+        };
+        let i = influx_for(&grant(60), &s).unwrap();
+        assert_eq!((i.api, i.url.as_str()), (Api::V1, "http://127.0.0.1:8086"));
+        assert_eq!(i.username.as_deref(), Some("lg_l"));
+        assert_eq!(i.password.unwrap().expose(), "pw");
+        assert_eq!(i.database.as_deref(), Some("db"));
+        s.url_override = Some("http://127.0.0.1:9999".into());
+        assert_eq!(
+            influx_for(&grant(60), &s).unwrap().url,
+            "http://127.0.0.1:9999"
+        );
+        let mut g = grant(60);
+        g.lease.target.api = "influxdb-v9".into();
+        assert!(influx_for(&g, &s).unwrap_err().contains("influxdb-v9"));
+        let mut g = grant(60);
+        g.secret = Secret::new("no-colon");
+        assert!(influx_for(&g, &s).is_err());
+    }
+
+    #[test]
+    fn a_lease_that_wrote_is_told_from_one_that_never_did() {
+        let link = LeaseLink::default();
+        assert!(!link.proven("a"));
+        link.wrote_with("a");
+        assert!(link.proven("a"));
+        link.wrote_with("b");
+        assert!(!link.proven("a") && link.proven("b"));
+        link.report_refused("b");
+        assert_eq!(link.take_refused().as_deref(), Some("b"));
+        assert_eq!(link.take_refused(), None);
+    }
 }

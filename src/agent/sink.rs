@@ -45,6 +45,9 @@ pub struct Sink {
     dest: Mutex<Option<Arc<Dest>>>,
     /// With leases: where a refused credential is reported.
     leases: Option<Arc<LeaseLink>>,
+    /// The lease the last write went with: a refusal is about that one,
+    /// not about one installed while the write was in flight.
+    last_used: Mutex<Option<String>>,
 }
 
 /// One write destination and its credential.
@@ -268,6 +271,7 @@ impl Sink {
             gzip: influx.gzip,
             dest: Mutex::new(Some(Arc::new(Dest::new(influx, None)))),
             leases: None,
+            last_used: Mutex::new(None),
         }
     }
 
@@ -278,6 +282,7 @@ impl Sink {
             gzip,
             dest: Mutex::new(None),
             leases: Some(leases),
+            last_used: Mutex::new(None),
         }
     }
 
@@ -324,7 +329,16 @@ impl Sink {
             return Ok(false);
         };
         if let Some(leases) = &self.leases {
-            let refused = dest.lease_id.clone().unwrap_or_default();
+            let refused = self
+                .last_used
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or_default();
+            if dest.lease_id.as_deref() != Some(refused.as_str()) {
+                // A newer lease came while the write was in flight.
+                return Ok(true);
+            }
             leases.report_refused(&refused);
             let deadline = std::time::Instant::now() + NEW_LEASE_WAIT;
             while std::time::Instant::now() < deadline {
@@ -398,6 +412,9 @@ impl Sink {
         let Some(dest) = self.dest() else {
             return Err(WriteError::NoLease);
         };
+        if self.leases.is_some() {
+            *self.last_used.lock().unwrap_or_else(|p| p.into_inner()) = dest.lease_id.clone();
+        }
         let mut request = self
             .agent
             .post(&dest.url)
@@ -422,6 +439,9 @@ impl Sink {
         })?;
         let status = response.status().as_u16();
         if (200..300).contains(&status) {
+            if let (Some(leases), Some(id)) = (&self.leases, &dest.lease_id) {
+                leases.wrote_with(id);
+            }
             return Ok(());
         }
         let retry_after = response

@@ -173,13 +173,6 @@ fn enroll(path: &Path, file: &Path) -> i32 {
         return exit::CONFIG;
     };
     logging::init(Some(config.log_level.unwrap_or(log::LevelFilter::Warn)));
-    let text = match std::fs::read_to_string(file) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("leasegate: cannot read {}: {e}", file.display());
-            return exit::FAILURE;
-        }
-    };
     if let Err(e) = std::fs::create_dir_all(&config.state_dir) {
         eprintln!(
             "leasegate: cannot create {}: {e}",
@@ -187,26 +180,35 @@ fn enroll(path: &Path, file: &Path) -> i32 {
         );
         return exit::FAILURE;
     }
-    let result = agent::identity::redeem(&text, &l.identity_name, l.system_trust)
-        .and_then(|i| agent::identity::save_identity(&config.state_dir, &i).map(|()| i));
-    match result {
-        Ok(i) => {
+    // The same as a drop-in: a used ticket is deleted (it is a secret), a
+    // rejected one renamed .rejected with its reason beside it.
+    use agent::identity::TicketOutcome;
+    match agent::identity::process_ticket(file, &config.state_dir, &l.identity_name, l.system_trust)
+    {
+        TicketOutcome::Enrolled(i) => {
             println!(
-                "enrolled as {} ({}), role {}, with the authority at {}",
-                i.identity_name, i.identity_id, i.role, i.authority_url
+                "enrolled as {} ({}), role {}, with the authority at {}; {} deleted",
+                i.identity_name,
+                i.identity_id,
+                i.role,
+                i.authority_url,
+                file.display()
             );
             exit::OK
         }
-        Err(e) => {
-            let what = if e.is_transient() {
-                "could not enroll now (try again)"
-            } else {
-                "the ticket was rejected"
-            };
+        TicketOutcome::Rejected(e) => {
             eprintln!(
-                "leasegate: {what}: {} ({})",
-                error_chain(&e),
-                e.reason_code()
+                "leasegate: the ticket was rejected ({}): {}; renamed .rejected",
+                e.reason_code(),
+                error_chain(&e)
+            );
+            exit::FAILURE
+        }
+        TicketOutcome::Kept(e) => {
+            eprintln!(
+                "leasegate: could not enroll now, try again ({}): {}",
+                e.reason_code(),
+                error_chain(&e)
             );
             exit::FAILURE
         }
