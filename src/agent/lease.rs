@@ -20,13 +20,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::identity::{self, Identity, StoredLease, TicketOutcome};
 use super::sink::Sink;
 use crate::api::{ErrorCode, LeaseGrant, LeaseStatus};
 use crate::backoff::Backoff;
-use crate::config::{Api, Influx};
+use crate::config::{Api, Influx, LeaseConfig};
 use crate::secret::Secret;
 use crate::shutdown::Shutdown;
 
@@ -46,21 +46,11 @@ const MAX_TTL_SECS: u64 = 365 * 24 * 3600;
 pub struct LeaseSettings {
     pub state_dir: PathBuf,
     pub ticket_dir: PathBuf,
-    pub identity_name: String,
-    /// Requested lease lifetime; the role's default when None.
-    pub ttl: Option<Duration>,
-    /// Trust the authority by the system's roots instead of the ticket's
-    /// pinned certificate.
-    pub system_trust: bool,
-    /// Replaces the URL the lease names (a gateway that reaches InfluxDB
-    /// through another address).
-    pub url_override: Option<String>,
-    pub gzip: bool,
-    pub timeout: Duration,
+    pub lease: LeaseConfig,
 }
 
 /// The keeper's state as `leasegate status` shows it.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LeaseView {
     /// "waiting for a ticket" or "enrolled".
     pub state: String,
@@ -193,6 +183,7 @@ pub fn influx_for(grant: &LeaseGrant, s: &LeaseSettings) -> Result<Influx, Strin
         other => return Err(format!("the lease names an unknown InfluxDB API {other:?}")),
     };
     let url = s
+        .lease
         .url_override
         .clone()
         .unwrap_or_else(|| t.url.clone())
@@ -216,8 +207,8 @@ pub fn influx_for(grant: &LeaseGrant, s: &LeaseSettings) -> Result<Influx, Strin
         password,
         token,
         secret_file: None,
-        gzip: s.gzip,
-        timeout: s.timeout,
+        gzip: s.lease.gzip,
+        timeout: s.lease.timeout,
     })
 }
 
@@ -528,7 +519,7 @@ impl LeaseKeeper {
     fn obtain(&self, id: &Identity) -> Result<(LeaseGrant, Influx), crate::client::ClientError> {
         let grant = id
             .client()?
-            .create_lease(&id.credential, self.settings.ttl)?;
+            .create_lease(&id.credential, self.settings.lease.ttl)?;
         match influx_for(&grant, &self.settings) {
             Ok(influx) => Ok((grant, influx)),
             Err(message) => {
@@ -638,7 +629,12 @@ fn watch_tickets(
             if later.get(&path).is_some_and(|(_, at)| Instant::now() < *at) {
                 continue;
             }
-            match identity::process_ticket(&path, &s.state_dir, &s.identity_name, s.system_trust) {
+            match identity::process_ticket(
+                &path,
+                &s.state_dir,
+                &s.lease.identity_name,
+                s.lease.system_trust,
+            ) {
                 TicketOutcome::Enrolled(new) => {
                     log::info!(
                         "enrolled with ticket {} as identity {} ({}), role {}",
@@ -739,19 +735,21 @@ mod tests {
         let mut s = LeaseSettings {
             state_dir: "/x".into(),
             ticket_dir: "/x/t".into(),
-            identity_name: "gw".into(),
-            ttl: None,
-            system_trust: false,
-            url_override: None,
-            gzip: true,
-            timeout: Duration::from_secs(1),
+            lease: LeaseConfig {
+                identity_name: "gw".into(),
+                ttl: None,
+                system_trust: false,
+                url_override: None,
+                gzip: true,
+                timeout: Duration::from_secs(1),
+            },
         };
         let i = influx_for(&grant(60), &s).unwrap();
         assert_eq!((i.api, i.url.as_str()), (Api::V1, "http://127.0.0.1:8086"));
         assert_eq!(i.username.as_deref(), Some("lg_l"));
         assert_eq!(i.password.unwrap().expose(), "pw");
         assert_eq!(i.database.as_deref(), Some("db"));
-        s.url_override = Some("http://127.0.0.1:9999".into());
+        s.lease.url_override = Some("http://127.0.0.1:9999".into());
         assert_eq!(
             influx_for(&grant(60), &s).unwrap().url,
             "http://127.0.0.1:9999"

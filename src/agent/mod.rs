@@ -103,12 +103,7 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<Arc<Stats>, AgentError
                 settings: lease::LeaseSettings {
                     state_dir: config.state_dir.clone(),
                     ticket_dir: config.ticket_dir.clone(),
-                    identity_name: l.identity_name.clone(),
-                    ttl: l.ttl,
-                    system_trust: l.system_trust,
-                    url_override: l.url_override.clone(),
-                    gzip: l.gzip,
-                    timeout: l.timeout,
+                    lease: l.clone(),
                 },
                 sink: sink.clone(),
                 link: link.clone(),

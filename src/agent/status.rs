@@ -27,7 +27,7 @@ pub struct Report {
     pub updated_ms: i64,
     /// "lease" or "static".
     pub credentials: String,
-    pub enrollment: EnrollmentReport,
+    pub enrollment: LeaseView,
     pub mqtt_connected: bool,
     pub points_in: u64,
     pub points_written: u64,
@@ -42,37 +42,6 @@ pub struct Report {
     /// second; points from before the daemon started count from its start).
     pub oldest_point_age_secs: Option<u64>,
     pub stopped: bool,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct EnrollmentReport {
-    pub state: String,
-    pub identity_id: Option<String>,
-    pub identity_name: Option<String>,
-    pub authority_url: Option<String>,
-    pub lease_id: Option<String>,
-    pub lease_expires_ms: Option<i64>,
-    pub next_renewal_ms: Option<i64>,
-    pub last_error: Option<String>,
-    pub leases_obtained: u64,
-    pub renewals: u64,
-}
-
-impl From<LeaseView> for EnrollmentReport {
-    fn from(v: LeaseView) -> Self {
-        EnrollmentReport {
-            state: v.state,
-            identity_id: v.identity_id,
-            identity_name: v.identity_name,
-            authority_url: v.authority_url,
-            lease_id: v.lease_id,
-            lease_expires_ms: v.lease_expires_ms,
-            next_renewal_ms: v.next_renewal_ms,
-            last_error: v.last_error,
-            leases_obtained: v.leases_obtained,
-            renewals: v.renewals,
-        }
-    }
 }
 
 pub struct Reporter {
@@ -138,11 +107,11 @@ impl Reporter {
             updated_ms: crate::now_ms(),
             credentials: if self.leased { "lease" } else { "static" }.into(),
             enrollment: if self.leased {
-                link.view().into()
+                link.view()
             } else {
-                EnrollmentReport {
+                LeaseView {
                     state: "static credentials".into(),
-                    ..EnrollmentReport::default()
+                    ..LeaseView::default()
                 }
             },
             mqtt_connected: stats

@@ -184,42 +184,37 @@ impl Backend {
                     _ => Ok(()),
                 }
             }
-            BackendKind::InfluxdbV2 => {
-                let url = format!(
+            BackendKind::InfluxdbV2 => self.delete_at(
+                "delete authorization",
+                &format!(
                     "{}/api/v2/authorizations/{}",
                     self.config.url,
                     encode(handle)
-                );
-                let (status, body) = self.call(
-                    "delete authorization",
-                    self.delete_agent
-                        .delete(&url)
-                        .header("Authorization", self.authorization.expose())
-                        .call(),
-                )?;
-                match status {
-                    204 | 200 | 404 => Ok(()),
-                    _ => Err(self.status_error("delete authorization", status, &body)),
-                }
-            }
-            BackendKind::InfluxdbV3 => {
-                let url = format!(
+                ),
+            ),
+            BackendKind::InfluxdbV3 => self.delete_at(
+                "delete token",
+                &format!(
                     "{}/api/v3/configure/token?token_name={}",
                     self.config.url,
                     encode(handle)
-                );
-                let (status, body) = self.call(
-                    "delete token",
-                    self.delete_agent
-                        .delete(&url)
-                        .header("Authorization", self.authorization.expose())
-                        .call(),
-                )?;
-                match status {
-                    200 | 204 | 404 => Ok(()),
-                    _ => Err(self.status_error("delete token", status, &body)),
-                }
-            }
+                ),
+            ),
+        }
+    }
+
+    /// DELETE `url`; gone already (404) counts as deleted.
+    fn delete_at(&self, action: &str, url: &str) -> Result<(), BackendError> {
+        let (status, body) = self.call(
+            action,
+            self.delete_agent
+                .delete(url)
+                .header("Authorization", self.authorization.expose())
+                .call(),
+        )?;
+        match status {
+            200 | 204 | 404 => Ok(()),
+            _ => Err(self.status_error(action, status, &body)),
         }
     }
 

@@ -21,6 +21,7 @@ use hyper_util::service::TowerToHyperService;
 
 use crate::api::{ApiError, EnrollRequest, ErrorBody, ErrorCode, LeaseList, LeaseRequest};
 use crate::authority::service::Authority;
+use crate::authority::store::IdentityRow;
 use crate::secret::Secret;
 use crate::shutdown::Shutdown;
 
@@ -226,45 +227,53 @@ async fn enroll(State(a): State<Arc<Authority>>, body: Bytes) -> Response {
     }
 }
 
+/// Runs `f` for the identity the request's bearer credential belongs to,
+/// on the blocking pool, and answers `ok` with its result.
+async fn as_identity<T: serde::Serialize + Send + 'static>(
+    a: Arc<Authority>,
+    headers: &HeaderMap,
+    ok: StatusCode,
+    f: impl FnOnce(&Authority, &IdentityRow) -> Result<T, ApiError> + Send + 'static,
+) -> Response {
+    let result = async {
+        let credential = bearer(headers)?;
+        blocking(move || {
+            let identity = a.authenticate(&credential)?;
+            f(&a, &identity)
+        })
+        .await
+    }
+    .await;
+    match result {
+        Ok(v) => ok_json(ok, &v),
+        Err(e) => error_response(e),
+    }
+}
+
 async fn create_lease(
     State(a): State<Arc<Authority>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let result = async {
-        let credential = bearer(&headers)?;
-        let req: LeaseRequest = if body.iter().all(u8::is_ascii_whitespace) {
-            LeaseRequest::default()
-        } else {
-            parse_body(&body)?
-        };
-        blocking(move || {
-            let identity = a.authenticate(&credential)?;
-            a.create_lease(&identity, &req)
-        })
-        .await
-    }
-    .await;
-    match result {
-        Ok(g) => ok_json(StatusCode::CREATED, &g),
-        Err(e) => error_response(e),
-    }
+    let req: LeaseRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        LeaseRequest::default()
+    } else {
+        match parse_body(&body) {
+            Ok(r) => r,
+            Err(e) => return error_response(e),
+        }
+    };
+    as_identity(a, &headers, StatusCode::CREATED, move |a, i| {
+        a.create_lease(i, &req)
+    })
+    .await
 }
 
 async fn list_leases(State(a): State<Arc<Authority>>, headers: HeaderMap) -> Response {
-    let result = async {
-        let credential = bearer(&headers)?;
-        blocking(move || {
-            let identity = a.authenticate(&credential)?;
-            a.leases(Some(&identity.id))
-        })
-        .await
-    }
-    .await;
-    match result {
-        Ok(leases) => ok_json(StatusCode::OK, &LeaseList { leases }),
-        Err(e) => error_response(e),
-    }
+    as_identity(a, &headers, StatusCode::OK, |a, i| {
+        a.leases(Some(&i.id)).map(|leases| LeaseList { leases })
+    })
+    .await
 }
 
 async fn show_lease(
@@ -272,19 +281,10 @@ async fn show_lease(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let result = async {
-        let credential = bearer(&headers)?;
-        blocking(move || {
-            let identity = a.authenticate(&credential)?;
-            a.lease(&id, Some(&identity.id))
-        })
-        .await
-    }
-    .await;
-    match result {
-        Ok(l) => ok_json(StatusCode::OK, &l),
-        Err(e) => error_response(e),
-    }
+    as_identity(a, &headers, StatusCode::OK, move |a, i| {
+        a.lease(&id, Some(&i.id))
+    })
+    .await
 }
 
 async fn revoke_lease(
@@ -292,17 +292,8 @@ async fn revoke_lease(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let result = async {
-        let credential = bearer(&headers)?;
-        blocking(move || {
-            let identity = a.authenticate(&credential)?;
-            a.revoke_lease(&id, Some(&identity.id))
-        })
-        .await
-    }
-    .await;
-    match result {
-        Ok(l) => ok_json(StatusCode::OK, &l),
-        Err(e) => error_response(e),
-    }
+    as_identity(a, &headers, StatusCode::OK, move |a, i| {
+        a.revoke_lease(&id, Some(&i.id))
+    })
+    .await
 }
