@@ -1,8 +1,22 @@
 //! Logger setup shared by both binaries.
 //!
 //! `RUST_LOG` wins when set; otherwise the configured level, else `info`.
+//! Under systemd (`JOURNAL_STREAM` set: stderr goes to the journal) each
+//! line is `<PRIORITY>target: message`, the syslog priority prefix journald
+//! reads (so `journalctl -p warning` works), without a timestamp (the
+//! journal has its own). Elsewhere env_logger's usual format.
 //! Must never log at a level that could carry secrets by default: nothing
 //! in this crate logs a secret at any level, and this module adds nothing.
+
+/// The syslog priority journald takes from a `<N>` line prefix.
+pub fn journal_priority(level: log::Level) -> u8 {
+    match level {
+        log::Level::Error => 3,
+        log::Level::Warn => 4,
+        log::Level::Info => 6,
+        log::Level::Debug | log::Level::Trace => 7,
+    }
+}
 
 pub fn init(level: Option<log::LevelFilter>) {
     let mut builder = env_logger::Builder::new();
@@ -12,8 +26,33 @@ pub fn init(level: Option<log::LevelFilter>) {
     builder.filter_module("rumqttc", log::LevelFilter::Warn);
     builder.filter_module("ureq", log::LevelFilter::Warn);
     builder.filter_module("rustls", log::LevelFilter::Warn);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.format(|buf, record| {
+            use std::io::Write as _;
+            writeln!(
+                buf,
+                "<{}>{}: {}",
+                journal_priority(record.level()),
+                record.target(),
+                record.args()
+            )
+        });
+    }
     if let Ok(spec) = std::env::var("RUST_LOG") {
         builder.parse_filters(&spec);
     }
     let _ = builder.try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journald_priorities_follow_syslog() {
+        assert_eq!(journal_priority(log::Level::Error), 3);
+        assert_eq!(journal_priority(log::Level::Warn), 4);
+        assert_eq!(journal_priority(log::Level::Info), 6);
+        assert_eq!(journal_priority(log::Level::Debug), 7);
+    }
 }

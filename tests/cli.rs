@@ -334,3 +334,55 @@ fn authority_commands_refuse_bad_arguments_by_name() {
     assert_eq!(out.status.code(), Some(78));
     assert!(text(&out.stderr).contains("tls"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn under_systemd_log_lines_carry_syslog_priorities_and_no_timestamp() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("gw.toml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        &conf,
+        format!(
+            "state_dir = \"{}\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"gw-j\"\n[[mqtt.subscribe]]\ntopic = \"a/#\"\n",
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(GATEWAY)
+        .args(["--config", conf.to_str().unwrap(), "run"])
+        .env("JOURNAL_STREAM", "8:12345")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(!lines.is_empty());
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("<6>leasegate: leasegate ")),
+        "{err}"
+    );
+    // The broker is not there: a warning, at priority 4.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("<4>leasegate::agent::intake: ")),
+        "{err}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.starts_with('<') && !l.contains("Z ")),
+        "{err}"
+    );
+}
