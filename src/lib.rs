@@ -22,6 +22,7 @@ pub mod config;
 pub mod exit;
 pub mod lineproto;
 pub mod logging;
+pub mod notify;
 pub mod payload;
 pub mod render;
 pub mod secret;

@@ -126,6 +126,7 @@ impl Intake {
                 }
                 Ok(Event::Incoming(Packet::SubAck(ack))) => {
                     suback_for.pop_front();
+                    stats.subscribed.store(true, Ordering::Relaxed);
                     for (sub, code) in config.subscribe.iter().zip(&ack.return_codes) {
                         match code {
                             SubscribeReasonCode::Failure => {

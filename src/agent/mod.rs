@@ -163,13 +163,34 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<Arc<Stats>, AgentError
     threads.extend(keeper.map(|k| ("lease", k)));
     let mut died = None;
     let reporter = status::Reporter::new(&config.state_dir, config.lease.is_some());
+    // systemd hears READY=1 only once the spool is open (it is) and the
+    // broker has confirmed the subscriptions: then messages flow.
+    let notifier = crate::notify::Notifier::from_env();
+    let mut ready = false;
+    let mut last_status = Instant::now();
     while !shutdown.sleep(Duration::from_millis(200)) {
         if let Some((name, _)) = threads.iter().find(|(_, t)| t.is_finished()) {
             died = Some(*name);
             shutdown.trigger();
         }
         reporter.maybe_write(&stats, &spool, &link);
+        let subscribed = stats.subscribed.load(std::sync::atomic::Ordering::Relaxed);
+        if (subscribed && !ready) || (ready && last_status.elapsed() >= Duration::from_secs(5)) {
+            let line = reporter
+                .last()
+                .map(|r| status::one_line(&r, crate::now_ms()))
+                .unwrap_or_default();
+            if ready {
+                notifier.send(&format!("STATUS={line}"));
+            } else {
+                notifier.send(&format!("READY=1\nSTATUS={line}"));
+                log::info!("ready: the spool is open and the subscriptions are confirmed");
+                ready = true;
+            }
+            last_status = Instant::now();
+        }
     }
+    notifier.send("STOPPING=1\nSTATUS=draining");
     reporter.stopped();
     let deadline = Instant::now() + config.shutdown_timeout;
     while threads.iter().any(|(_, t)| !t.is_finished()) {

@@ -21,6 +21,8 @@ pub struct Stats {
     pub write_failures: AtomicU64,
     /// Whether the broker session is up (set by the intake).
     pub mqtt_connected: std::sync::atomic::AtomicBool,
+    /// Whether the broker has answered the configured subscriptions once.
+    pub subscribed: std::sync::atomic::AtomicBool,
     /// Rejected messages per subscription, in config order; the last slot
     /// counts messages that matched no subscription.
     pub rejected: Vec<AtomicU64>,

@@ -144,6 +144,41 @@ impl Reporter {
     }
 }
 
+/// One line for systemd's `STATUS=`: the state and the backlog.
+pub fn one_line(r: &Report, now_ms: i64) -> String {
+    let e = &r.enrollment;
+    let state = match (&e.lease_id, e.lease_expires_ms) {
+        (Some(lease), Some(t)) => format!(
+            "{} as {}, lease {lease} expires {}",
+            e.state,
+            e.identity_name.as_deref().unwrap_or("-"),
+            crate::render::expiry(t, now_ms).trim_start_matches("in ")
+        ),
+        _ => e.state.clone(),
+    };
+    format!(
+        "{state}; mqtt {}; {} points written, {} in the spool",
+        if r.mqtt_connected {
+            "connected"
+        } else {
+            "disconnected"
+        },
+        r.points_written,
+        r.spool_points
+    )
+}
+
+/// The last report written, if any.
+impl Reporter {
+    pub fn last(&self) -> Option<Report> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .report
+            .clone()
+    }
+}
+
 pub fn read(state_dir: &Path) -> Result<Report, String> {
     let path = state_dir.join(STATUS_FILE);
     let text = std::fs::read(&path).map_err(|e| {

@@ -156,7 +156,10 @@ pub fn run(config: AuthorityConfig, shutdown: Shutdown) -> Result<(), AuthorityE
                 .unwrap_or_default()
         ),
     }
+    let notifier = crate::notify::Notifier::from_env();
+    notifier.send(&format!("READY=1\nSTATUS=serving on {listen}"));
     let served = server::serve(authority, listener, tls_config, shutdown.clone());
+    notifier.send("STOPPING=1");
     shutdown.trigger();
     for r in reapers {
         let _ = r.join();

@@ -1,0 +1,101 @@
+//! Running under systemd: the notify protocol against a socket of the
+//! test's own (`$NOTIFY_SOCKET`), with a real Mosquitto.
+
+mod support;
+
+use std::os::unix::net::UnixDatagram;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{Mosquitto, free_port, leasegate_binary};
+
+fn config(dir: &std::path::Path, broker_url: &str) -> std::path::PathBuf {
+    let conf = dir.join("gw.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "state_dir = \"{}\"\n[mqtt]\nurl = \"{broker_url}\"\nclient_id = \"gw-notify\"\n[[mqtt.subscribe]]\ntopic = \"sensors/#\"\n",
+            dir.join("state").display()
+        ),
+    )
+    .unwrap();
+    conf
+}
+
+/// Datagrams received within `timeout`, each as text.
+fn receive(socket: &UnixDatagram, timeout: Duration) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        socket
+            .set_read_timeout(Some(
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1)),
+            ))
+            .unwrap();
+        match socket.recv(&mut buf) {
+            Ok(n) => out.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+#[test]
+fn ready_only_once_subscribed_and_stopping_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+
+    // No broker: the daemon runs but is not ready.
+    let conf = config(dir.path(), &format!("mqtt://127.0.0.1:{}", free_port()));
+    let log = std::fs::File::create(dir.path().join("a.log")).unwrap();
+    let mut lonely = Command::new(leasegate_binary())
+        .args(["--config", conf.to_str().unwrap(), "run"])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let heard = receive(&socket, Duration::from_secs(3));
+    let _ = lonely.kill();
+    let _ = lonely.wait();
+    assert!(
+        !heard.iter().any(|m| m.contains("READY=1")),
+        "READY without a broker: {heard:?}"
+    );
+
+    // With the broker: READY=1 once the subscription is confirmed.
+    let broker = Mosquitto::start();
+    let conf = config(dir.path(), &broker.url());
+    let log_path = dir.path().join("b.log");
+    let mut daemon = Command::new(leasegate_binary())
+        .args(["--config", conf.to_str().unwrap(), "run"])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let heard = receive(&socket, Duration::from_secs(10));
+    let ready = heard.iter().find(|m| m.contains("READY=1"));
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(ready.is_some(), "no READY=1: {heard:?}\n{log}");
+    assert!(
+        log.contains("subscribed to \"sensors/#\""),
+        "READY came before the SubAck:\n{log}"
+    );
+    assert!(
+        ready.unwrap().contains("STATUS=") && ready.unwrap().contains("mqtt connected"),
+        "{ready:?}"
+    );
+    // SIGTERM: STOPPING=1, and a clean exit.
+    // SAFETY: kill(2) on the PID of the child this test started.
+    unsafe { libc::kill(daemon.id() as libc::pid_t, libc::SIGTERM) };
+    let heard = receive(&socket, Duration::from_secs(5));
+    let status = daemon.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(heard.iter().any(|m| m.contains("STOPPING=1")), "{heard:?}");
+}
