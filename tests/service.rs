@@ -99,3 +99,72 @@ fn ready_only_once_subscribed_and_stopping_on_sigterm() {
     assert!(status.success(), "{status:?}");
     assert!(heard.iter().any(|m| m.contains("STOPPING=1")), "{heard:?}");
 }
+
+#[test]
+fn watchdog_pings_while_healthy_and_stop_when_the_writer_stalls() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    // An "InfluxDB" that takes connections and never answers: a write to
+    // it (with a one-hour timeout) wedges the writer thread.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hung_port = hung.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        hung.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline && conns.len() < 16 {
+            if let Ok((c, _)) = hung.accept() {
+                conns.push(c);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let broker = Mosquitto::start();
+    let conf = dir.path().join("gw.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "state_dir = \"{}\"\n[mqtt]\nurl = \"{}\"\nclient_id = \"gw-dog\"\n[[mqtt.subscribe]]\ntopic = \"sensors/#\"\n[influxdb]\nurl = \"http://127.0.0.1:{hung_port}\"\ndatabase = \"sensors\"\ntimeout = \"1h\"\n[batch]\nflush_interval = \"100ms\"\n",
+            dir.path().join("state").display(),
+            broker.url()
+        ),
+    )
+    .unwrap();
+    let log_path = dir.path().join("d.log");
+    let mut daemon = Command::new(leasegate_binary())
+        .args(["--config", conf.to_str().unwrap(), "run"])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "2000000")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let healthy = receive(&socket, Duration::from_secs(3));
+    let pings = healthy.iter().filter(|m| m.contains("WATCHDOG=1")).count();
+    assert!(pings >= 3, "pings while healthy: {healthy:?}");
+
+    support::publish_all(
+        broker.port,
+        "pub-dog",
+        vec![("sensors/a".into(), b"m v=1".to_vec())],
+        Duration::from_secs(10),
+    );
+    // The writer is now inside a write that never returns; after half the
+    // interval (1 s) without a beat the pings stop.
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = receive(&socket, Duration::from_millis(100));
+    let stalled = receive(&socket, Duration::from_secs(3));
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        !stalled.iter().any(|m| m.contains("WATCHDOG=1")),
+        "pings while the writer is wedged: {stalled:?}\n{log}"
+    );
+    assert!(
+        log.contains("the writer thread has made no progress"),
+        "{log}"
+    );
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    drop(held);
+}

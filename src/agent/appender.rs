@@ -71,7 +71,14 @@ impl Appender {
     pub fn run(mut self) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10), 0.25);
         let mut group = Vec::with_capacity(GROUP);
-        while let Some(first) = self.deliveries.blocking_recv() {
+        let stats = self.stats.clone();
+        let beat = &stats.health.spool;
+        loop {
+            beat.set_idle(true);
+            let Some(first) = self.deliveries.blocking_recv() else {
+                break;
+            };
+            beat.set_idle(false);
             group.push(first);
             while group.len() < GROUP {
                 match self.deliveries.try_recv() {
@@ -143,6 +150,7 @@ impl Appender {
                     Stats::add(&self.stats.points_invalid, record_points);
                 }
                 Err(SpoolError::Full { .. }) => {
+                    self.stats.health.spool.beat();
                     // Commit what is appended so the writer can drain it.
                     if self.spool.commit().is_err()
                         || self.shutdown.sleep(Duration::from_millis(50))

@@ -67,6 +67,18 @@ impl Intake {
         let broker = format!("{}:{}", config.url.host, config.url.port);
         let connection = Arc::new(AtomicU64::new(0));
         let acker = tokio::spawn(send_acks(client.clone(), acks, connection.clone()));
+        // The watchdog's beat for this thread: a task on the same
+        // single-threaded runtime runs only while the thread is not stuck.
+        let beats = {
+            let stats = stats.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    stats.health.mqtt.beat();
+                }
+            })
+        };
 
         let mut deliveries = Some(deliveries);
         let mut decoder = Decoder::new(config.subscribe.clone(), config.max_packet_size as usize);
@@ -193,6 +205,7 @@ impl Intake {
             }
         }
         acker.abort();
+        beats.abort();
     }
 }
 

@@ -171,6 +171,8 @@ pub struct LeaseKeeper {
     pub sink: Arc<Sink>,
     pub link: Arc<LeaseLink>,
     pub shutdown: Shutdown,
+    /// For the watchdog beat.
+    pub stats: Arc<super::stats::Stats>,
 }
 
 /// The settings and credential a lease writes with.
@@ -274,6 +276,7 @@ impl LeaseKeeper {
             );
         }
         while !self.shutdown.is_triggered() {
+            self.stats.health.lease.beat();
             let now = Instant::now();
             if now >= next_scan {
                 next_scan = now + TICKET_SCAN;
@@ -572,6 +575,7 @@ impl LeaseKeeper {
                 identity::clear_retired(&self.settings.state_dir, &r.identity.identity_id);
             }
             for lease in ids {
+                self.stats.health.lease.beat();
                 match client.revoke(&r.identity.credential, &lease) {
                     Ok(_) => log::info!("revoked replaced lease {lease}"),
                     Err(e) => log::warn!(

@@ -12,6 +12,7 @@
 
 mod appender;
 mod deadletter;
+pub mod health;
 pub mod identity;
 mod intake;
 pub mod lease;
@@ -79,6 +80,11 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<Arc<Stats>, AgentError
     }
     let spool = Arc::new(spool);
     let stats = Arc::new(Stats::new(config.mqtt.subscribe.len()));
+    stats.health.start();
+    if config.lease.is_none() {
+        // No lease keeper with static credentials.
+        stats.health.lease.set_idle(true);
+    }
     let (delivery_tx, delivery_rx) = mpsc::channel(QUEUE);
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
 
@@ -108,6 +114,7 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<Arc<Stats>, AgentError
                 sink: sink.clone(),
                 link: link.clone(),
                 shutdown: shutdown.clone(),
+                stats: stats.clone(),
             };
             (sink, Some(keeper))
         }
@@ -168,12 +175,39 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<Arc<Stats>, AgentError
     let notifier = crate::notify::Notifier::from_env();
     let mut ready = false;
     let mut last_status = Instant::now();
+    // WATCHDOG=1 at a quarter of systemd's interval, and only while every
+    // thread makes progress (or is idle): silence for half the interval
+    // withholds it.
+    let watchdog = health::watchdog_interval();
+    let mut last_ping = Instant::now();
+    let mut withheld = false;
     while !shutdown.sleep(Duration::from_millis(200)) {
         if let Some((name, _)) = threads.iter().find(|(_, t)| t.is_finished()) {
             died = Some(*name);
             shutdown.trigger();
         }
         reporter.maybe_write(&stats, &spool, &link);
+        if let Some(interval) = watchdog
+            && last_ping.elapsed() >= interval / 4
+        {
+            match stats.health.stalled(interval / 2) {
+                None => {
+                    notifier.send("WATCHDOG=1");
+                    last_ping = Instant::now();
+                    withheld = false;
+                }
+                Some((thread, silent)) if !withheld => {
+                    log::error!(
+                        "the {thread} thread has made no progress for {}; withholding the watchdog ping",
+                        humantime::format_duration(
+                            Duration::from_millis(silent.as_millis() as u64)
+                        )
+                    );
+                    withheld = true;
+                }
+                Some(_) => {}
+            }
+        }
         let subscribed = stats.subscribed.load(std::sync::atomic::Ordering::Relaxed);
         if (subscribed && !ready) || (ready && last_status.elapsed() >= Duration::from_secs(5)) {
             let line = reporter

@@ -21,6 +21,8 @@ pub struct Stats {
     pub write_failures: AtomicU64,
     /// Whether the broker session is up (set by the intake).
     pub mqtt_connected: std::sync::atomic::AtomicBool,
+    /// The threads' progress beats, for the watchdog.
+    pub health: super::health::Health,
     /// Whether the broker has answered the configured subscriptions once.
     pub subscribed: std::sync::atomic::AtomicBool,
     /// Rejected messages per subscription, in config order; the last slot

@@ -42,6 +42,7 @@ impl Writer {
     pub fn run(self) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(60), 0.25);
         while !self.shutdown.is_triggered() {
+            self.stats.health.writer.beat();
             let batch = match self.collect() {
                 Ok(b) => b,
                 Err(e) => {
@@ -86,6 +87,7 @@ impl Writer {
             if now >= deadline {
                 break;
             }
+            self.stats.health.writer.beat();
             let wait = (deadline - now).min(Duration::from_millis(200));
             let more =
                 self.spool
@@ -198,6 +200,7 @@ impl Writer {
             if let Err(e) = self.spool.sync_if_due() {
                 log::error!("cannot sync the spool: {}", crate::error_chain(&e));
             }
+            self.stats.health.writer.beat();
             if self.sink.lease_id().is_some() {
                 return true;
             }
@@ -330,6 +333,7 @@ impl Writer {
             if let Err(e) = self.spool.sync_if_due() {
                 log::error!("cannot sync the spool: {}", crate::error_chain(&e));
             }
+            self.stats.health.writer.beat();
             let left = until.saturating_duration_since(Instant::now());
             let step = left.min(PROBE_EVERY);
             if self.shutdown.sleep(step) {
