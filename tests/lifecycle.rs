@@ -150,6 +150,11 @@ fn a_dropped_ticket_enrolls_within_5s_and_points_reach_influxdb() {
     let state = daemon.dir.path().join("state");
     assert_eq!(mode(&state.join("identity.json")), 0o600);
     assert_eq!(mode(&state.join("lease.json")), 0o600);
+    // `status` asks the daemon through its socket (the report file is only
+    // the fallback).
+    assert_eq!(mode(&state.join("status.sock")), 0o660);
+    std::fs::remove_file(state.join("status.json")).unwrap();
+    assert_eq!(status(&daemon)["enrollment"]["state"], "enrolled");
     publish(&broker, "later", 0, 50);
     influx.assert_arrives("early", 50, Duration::from_secs(20), &daemon);
     influx.assert_arrives("later", 50, Duration::from_secs(20), &daemon);

@@ -169,7 +169,15 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<Arc<Stats>, AgentError
     let mut threads = vec![("writer", writer), ("spool", appender), ("mqtt", mqtt)];
     threads.extend(keeper.map(|k| ("lease", k)));
     let mut died = None;
-    let reporter = status::Reporter::new(&config.state_dir, config.lease.is_some());
+    let reporter = Arc::new(status::Reporter::new(
+        &config.state_dir,
+        config.lease.is_some(),
+    ));
+    let status_thread = status::serve(
+        &config.daemon_runtime_dir(),
+        reporter.clone(),
+        shutdown.clone(),
+    );
     // systemd hears READY=1 only once the spool is open (it is) and the
     // broker has confirmed the subscriptions: then messages flow.
     let notifier = crate::notify::Notifier::from_env();
@@ -226,6 +234,9 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<Arc<Stats>, AgentError
     }
     notifier.send("STOPPING=1\nSTATUS=draining");
     reporter.stopped();
+    if let Some(t) = status_thread {
+        let _ = t.join();
+    }
     let deadline = Instant::now() + config.shutdown_timeout;
     while threads.iter().any(|(_, t)| !t.is_finished()) {
         if Instant::now() >= deadline {

@@ -1,6 +1,9 @@
-//! What `leasegate status` shows: the daemon writes its state to
-//! `state_dir/status.json` every second (whole file, renamed in), and the
-//! command reads it and says how fresh it is.
+//! What `leasegate status` shows. The daemon answers on a unix socket,
+//! `runtime_dir/status.sock` (mode 0660), with its current report as one
+//! JSON object; it also writes the report to `state_dir/status.json` every
+//! second (whole file, renamed in), which the command reads when the
+//! socket is not there (a daemon that could not make it, or has stopped)
+//! and says how fresh it is.
 //!
 //! It owns the report's shape and its human rendering. The report is built
 //! from counters, the spool's statistics and the lease keeper's view, none
@@ -177,6 +180,85 @@ impl Reporter {
             .report
             .clone()
     }
+}
+
+pub const STATUS_SOCKET: &str = "status.sock";
+
+/// Serves the report on `runtime_dir/status.sock` until `shutdown`, on its
+/// own thread; None (with a warning) when the socket cannot be made.
+pub fn serve(
+    runtime_dir: &Path,
+    reporter: std::sync::Arc<Reporter>,
+    shutdown: crate::shutdown::Shutdown,
+) -> Option<std::thread::JoinHandle<()>> {
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::os::unix::net::UnixListener;
+    let path = runtime_dir.join(STATUS_SOCKET);
+    let made = std::fs::create_dir_all(runtime_dir)
+        .and_then(|()| match std::fs::remove_file(&path) {
+            // A socket left by a daemon that died: nobody listens on it.
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        })
+        .and_then(|()| UnixListener::bind(&path))
+        .and_then(|l| {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        });
+    let listener = match made {
+        Ok(l) => l,
+        Err(e) => {
+            log::warn!(
+                "no status socket at {}: {e}; `leasegate status` reads {STATUS_FILE} instead",
+                path.display()
+            );
+            return None;
+        }
+    };
+    std::thread::Builder::new()
+        .name("status".into())
+        .spawn(move || {
+            while !shutdown.sleep(Duration::from_millis(50)) {
+                while let Ok((mut conn, _)) = listener.accept() {
+                    use std::io::Write as _;
+                    let _ = conn.set_nonblocking(false);
+                    let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
+                    let mut report = reporter.last();
+                    if let Some(r) = &mut report {
+                        r.updated_ms = crate::now_ms();
+                    }
+                    let body = serde_json::to_vec(&report).expect("plain data always serializes");
+                    let _ = conn.write_all(&body);
+                }
+            }
+            let _ = std::fs::remove_file(&path);
+        })
+        .ok()
+}
+
+/// The running daemon's report from its socket, else the last one it
+/// wrote to the state dir.
+pub fn fetch(runtime_dirs: &[PathBuf], state_dir: &Path) -> Result<Report, String> {
+    use std::io::Read as _;
+    let found = runtime_dirs.iter().find_map(|d| {
+        let path = d.join(STATUS_SOCKET);
+        std::os::unix::net::UnixStream::connect(&path)
+            .ok()
+            .map(|c| (path, c))
+    });
+    if let Some((path, mut conn)) = found {
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut body = Vec::new();
+        conn.read_to_end(&mut body)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        match serde_json::from_slice::<Option<Report>>(&body) {
+            Ok(Some(r)) => return Ok(r),
+            Ok(None) => return Err("the daemon is starting; no report yet".into()),
+            Err(e) => return Err(format!("{}: not a status report: {e}", path.display())),
+        }
+    }
+    read(state_dir)
 }
 
 pub fn read(state_dir: &Path) -> Result<Report, String> {

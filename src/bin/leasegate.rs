@@ -288,7 +288,7 @@ fn status(path: &Path, json: bool) -> i32 {
     let Some(config) = load(path) else {
         return exit::CONFIG;
     };
-    match agent::status::read(&config.state_dir) {
+    match agent::status::fetch(&config.status_dirs(), &config.state_dir) {
         Ok(report) => {
             let now = leasegate::now_ms();
             if json {

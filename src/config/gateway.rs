@@ -22,6 +22,9 @@ pub const EXAMPLE: &str = include_str!("../../examples/leasegate.toml");
 pub struct Config {
     pub state_dir: PathBuf,
     pub ticket_dir: PathBuf,
+    /// Where the status socket lives; by default systemd's
+    /// `$RUNTIME_DIRECTORY` (/run/leasegate), else the state dir.
+    pub runtime_dir: Option<PathBuf>,
     /// Overrides the default log level when `RUST_LOG` is not set.
     pub log_level: Option<log::LevelFilter>,
     /// How long `run` may take to drain after SIGTERM before it exits.
@@ -151,6 +154,29 @@ pub struct LeaseConfig {
     pub timeout: Duration,
 }
 
+impl Config {
+    /// Where the running daemon puts its status socket.
+    pub fn daemon_runtime_dir(&self) -> PathBuf {
+        self.runtime_dir
+            .clone()
+            .or_else(|| std::env::var_os("RUNTIME_DIRECTORY").map(PathBuf::from))
+            .unwrap_or_else(|| self.state_dir.clone())
+    }
+
+    /// Where `leasegate status` looks for it: the configured dir, else the
+    /// unit's (/run/leasegate) and the state dir.
+    pub fn status_dirs(&self) -> Vec<PathBuf> {
+        match &self.runtime_dir {
+            Some(d) => vec![d.clone()],
+            None => std::env::var_os("RUNTIME_DIRECTORY")
+                .map(PathBuf::from)
+                .into_iter()
+                .chain([PathBuf::from("/run/leasegate"), self.state_dir.clone()])
+                .collect(),
+        }
+    }
+}
+
 /// Batch limits: a write goes when it reaches `max_lines` or `max_bytes`,
 /// or `flush_interval` after its first line; a backlog goes in full batches
 /// back to back.
@@ -211,7 +237,15 @@ fn read(t: &Table<'_>) -> Option<Config> {
     let ticket_dir = t
         .path("ticket_dir")
         .unwrap_or_else(|| state_dir.join("tickets"));
-    for (key, dir) in [("state_dir", &state_dir), ("ticket_dir", &ticket_dir)] {
+    let runtime_dir = t.path("runtime_dir");
+    for (key, dir) in [
+        ("state_dir", Some(&state_dir)),
+        ("ticket_dir", Some(&ticket_dir)),
+        ("runtime_dir", runtime_dir.as_ref()),
+    ]
+    .into_iter()
+    .filter_map(|(k, d)| Some((k, d?)))
+    {
         if !dir.is_absolute() {
             t.problem(key, format!("{} is not an absolute path", dir.display()));
         }
@@ -291,6 +325,7 @@ fn read(t: &Table<'_>) -> Option<Config> {
     Some(Config {
         state_dir,
         ticket_dir,
+        runtime_dir,
         log_level,
         shutdown_timeout,
         mqtt,
