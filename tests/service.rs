@@ -168,3 +168,61 @@ fn watchdog_pings_while_healthy_and_stop_when_the_writer_stalls() {
     let _ = daemon.wait();
     drop(held);
 }
+
+#[test]
+fn sigterm_under_load_exits_0_within_10s_and_a_restart_delivers_every_acked_point() {
+    use support::{Influx, publish_all, start_static_daemon, wait_until};
+    let broker = Mosquitto::start();
+    let influx = Influx::start();
+    let mut daemon = start_static_daemon(&broker, &influx, "gw-term", "");
+    const EACH: u64 = 20_000;
+    let port = broker.port;
+    let publishers: Vec<_> = (0..2u64)
+        .map(|p| {
+            std::thread::spawn(move || {
+                let messages = (0..EACH)
+                    .map(|i| {
+                        let seq = p * EACH + i;
+                        (
+                            format!("sensors/p{p}"),
+                            format!("term seq={seq}i {}", 1_700_000_000_000_000_000u64 + seq)
+                                .into_bytes(),
+                        )
+                    })
+                    .collect();
+                publish_all(
+                    port,
+                    &format!("pub-term-{p}"),
+                    messages,
+                    Duration::from_secs(300),
+                );
+            })
+        })
+        .collect();
+    assert!(wait_until(Duration::from_secs(120), || influx
+        .count("sensors", "term", "seq")
+        >= 10_000));
+    let t0 = Instant::now();
+    let status = daemon.terminate(Duration::from_secs(10));
+    let took = t0.elapsed();
+    eprintln!("SIGTERM under load: exited {status:?} after {took:?}");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?} after {took:?}\n{}",
+        daemon.log()
+    );
+    daemon.restart();
+    for p in publishers {
+        p.join().unwrap();
+    }
+    let all = wait_until(Duration::from_secs(120), || {
+        influx.count("sensors", "term", "seq") == 2 * EACH
+    });
+    assert!(
+        all,
+        "{} of {}\n{}",
+        influx.count("sensors", "term", "seq"),
+        2 * EACH,
+        daemon.log()
+    );
+}
