@@ -18,9 +18,23 @@ pub fn journal_priority(level: log::Level) -> u8 {
     }
 }
 
+/// Whether `RUST_LOG` decides (then a reload leaves the level alone).
+fn from_env() -> bool {
+    std::env::var_os("RUST_LOG").is_some()
+}
+
+/// A reloaded `log_level` (ignored while `RUST_LOG` is set, which wins).
+pub fn set_level(level: Option<log::LevelFilter>) {
+    if !from_env() {
+        log::set_max_level(level.unwrap_or(log::LevelFilter::Info));
+    }
+}
+
 pub fn init(level: Option<log::LevelFilter>) {
     let mut builder = env_logger::Builder::new();
-    builder.filter_level(level.unwrap_or(log::LevelFilter::Info));
+    // Everything passes env_logger's own filter; the level is the global
+    // maximum, which a reload can change.
+    builder.filter_level(log::LevelFilter::Trace);
     // Dependencies' chatter at info (connection pool, TLS) is noise on a
     // gateway's journal.
     builder.filter_module("rumqttc", log::LevelFilter::Warn);
@@ -41,7 +55,9 @@ pub fn init(level: Option<log::LevelFilter>) {
     if let Ok(spec) = std::env::var("RUST_LOG") {
         builder.parse_filters(&spec);
     }
-    let _ = builder.try_init();
+    if builder.try_init().is_ok() {
+        set_level(level);
+    }
 }
 
 #[cfg(test)]

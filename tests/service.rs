@@ -226,3 +226,136 @@ fn sigterm_under_load_exits_0_within_10s_and_a_restart_delivers_every_acked_poin
         daemon.log()
     );
 }
+
+#[test]
+fn sighup_adds_a_subscription_without_a_restart_and_a_broken_file_keeps_the_old_one() {
+    use support::{Influx, publish_all, start_static_daemon};
+    let broker = Mosquitto::start();
+    let influx = Influx::start();
+    let mut daemon = start_static_daemon(&broker, &influx, "gw-hup", "");
+    let conf = daemon.dir.path().join("leasegate.toml");
+    let original = std::fs::read_to_string(&conf).unwrap();
+    let publish = |topic: &str, measurement: &str, from: u64, n: u64| {
+        let messages = (from..from + n)
+            .map(|i| {
+                (
+                    topic.to_owned(),
+                    format!(
+                        "{measurement} seq={i}i {}",
+                        1_700_000_000_000_000_000u64 + i
+                    )
+                    .into_bytes(),
+                )
+            })
+            .collect();
+        publish_all(
+            broker.port,
+            &format!("pub-{measurement}-{from}"),
+            messages,
+            Duration::from_secs(60),
+        );
+    };
+    publish("sensors/a", "before", 0, 200);
+    influx.assert_arrives("before", 200, Duration::from_secs(20), &daemon);
+
+    // A second subscription, with a JSON payload format, and a new batch
+    // size; the first subscription's messages keep flowing meanwhile.
+    std::fs::write(
+        &conf,
+        format!(
+            "{original}[[mqtt.subscribe]]\ntopic = \"extra/+\"\nformat = \"json\"\nmeasurement = \"extra\"\n[batch]\nmax_lines = 100\n"
+        ),
+    )
+    .unwrap();
+    let flowing = {
+        let port = broker.port;
+        std::thread::spawn(move || {
+            for round in 0..10u64 {
+                let messages = (0..20u64)
+                    .map(|i| {
+                        let seq = round * 20 + i;
+                        (
+                            "sensors/b".to_owned(),
+                            format!("during seq={seq}i {}", 1_700_000_000_000_000_000u64 + seq)
+                                .into_bytes(),
+                        )
+                    })
+                    .collect();
+                publish_all(
+                    port,
+                    &format!("pub-during-{round}"),
+                    messages,
+                    Duration::from_secs(60),
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    // SAFETY: kill(2) on the PID of the daemon this test started.
+    unsafe { libc::kill(daemon.pid() as libc::pid_t, libc::SIGHUP) };
+    assert!(
+        daemon.wait_for_log("subscribed to \"extra/+\"", 1, Duration::from_secs(10)),
+        "{}",
+        daemon.log()
+    );
+    let messages = (0..50u64)
+        .map(|i| {
+            (
+                format!("extra/s{i}"),
+                format!("{{\"seq\": {i}}}").into_bytes(),
+            )
+        })
+        .collect();
+    publish_all(broker.port, "pub-extra", messages, Duration::from_secs(60));
+    flowing.join().unwrap();
+    influx.assert_arrives("during", 200, Duration::from_secs(20), &daemon);
+    let extra = support::wait_until(Duration::from_secs(20), || {
+        influx.count("sensors", "extra", "seq") == 50
+    });
+    assert!(
+        extra,
+        "{} of 50 on the new subscription\n{}",
+        influx.count("sensors", "extra", "seq"),
+        daemon.log()
+    );
+    assert!(
+        daemon
+            .log()
+            .contains("reloaded: subscriptions [\"sensors/#\", \"extra/+\"], batch 100 lines")
+    );
+
+    // A broken file: refused, named, and the running configuration stays.
+    std::fs::write(&conf, format!("{original}[batch]\nmax_lines = \"lots\"\n")).unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(daemon.pid() as libc::pid_t, libc::SIGHUP) };
+    assert!(
+        daemon.wait_for_log("reload refused", 1, Duration::from_secs(10)),
+        "{}",
+        daemon.log()
+    );
+    assert!(daemon.log().contains("batch.max_lines"), "{}", daemon.log());
+    let messages = (50..60u64)
+        .map(|i| {
+            (
+                format!("extra/s{i}"),
+                format!("{{\"seq\": {i}}}").into_bytes(),
+            )
+        })
+        .collect();
+    publish_all(
+        broker.port,
+        "pub-extra-2",
+        messages,
+        Duration::from_secs(60),
+    );
+    let still = support::wait_until(Duration::from_secs(20), || {
+        influx.count("sensors", "extra", "seq") == 60
+    });
+    assert!(
+        still,
+        "the old configuration stopped working\n{}",
+        daemon.log()
+    );
+    assert!(daemon.is_running());
+    daemon.stop_cleanly();
+}

@@ -33,16 +33,19 @@ pub struct Intake {
     pub acks: mpsc::UnboundedReceiver<AckToken>,
     pub shutdown: Shutdown,
     pub stats: Arc<Stats>,
+    /// New subscriptions from a configuration reload (SIGHUP).
+    pub reload: tokio::sync::watch::Receiver<Vec<Subscription>>,
 }
 
 impl Intake {
     pub async fn run(self) {
         let Intake {
-            config,
+            mut config,
             deliveries,
             acks,
             shutdown,
             stats,
+            mut reload,
         } = self;
         let mut options = MqttOptions::new(&config.client_id, &config.url.host, config.url.port);
         options
@@ -96,6 +99,11 @@ impl Intake {
                     deliveries = None;
                     continue;
                 }
+                Ok(()) = reload.changed() => {
+                    let new = reload.borrow_and_update().clone();
+                    resubscribe(&client, &mut config, &mut decoder, &mut suback_for, new);
+                    continue;
+                }
                 event = eventloop.poll() => event,
             };
             match event {
@@ -135,6 +143,22 @@ impl Intake {
                 {
                     suback_for.pop_front();
                     log::debug!("broker drop counter subscription: {:?}", ack.return_codes);
+                }
+                Ok(Event::Incoming(Packet::SubAck(ack)))
+                    if matches!(suback_for.front(), Some(Subscribed::Added(_))) =>
+                {
+                    if let Some(Subscribed::Added(topics)) = suback_for.pop_front() {
+                        for (topic, code) in topics.iter().zip(&ack.return_codes) {
+                            match code {
+                                SubscribeReasonCode::Failure => {
+                                    log::error!("broker refused the new subscription to {topic:?}")
+                                }
+                                SubscribeReasonCode::Success(qos) => {
+                                    log::info!("subscribed to {topic:?} at {qos:?} (reload)")
+                                }
+                            }
+                        }
+                    }
                 }
                 Ok(Event::Incoming(Packet::SubAck(ack))) => {
                     suback_for.pop_front();
@@ -252,6 +276,51 @@ const BROKER_DROPS: &str = "$SYS/broker/publish/messages/dropped";
 enum Subscribed {
     Configured,
     BrokerDrops,
+    /// Subscriptions a reload added, in order.
+    Added(Vec<String>),
+}
+
+/// Applies reloaded subscriptions on the live session: the decoder takes
+/// the new formats at once, new filters are subscribed and dropped ones
+/// unsubscribed. A message already on its way for a dropped filter finds
+/// no subscription and goes to the dead-letter file, acked: nothing is
+/// lost silently.
+fn resubscribe(
+    client: &AsyncClient,
+    config: &mut Mqtt,
+    decoder: &mut Decoder,
+    suback_for: &mut std::collections::VecDeque<Subscribed>,
+    new: Vec<Subscription>,
+) {
+    let had = |t: &str| config.subscribe.iter().any(|s| s.topic == t);
+    let added: Vec<String> = new
+        .iter()
+        .filter(|s| !had(&s.topic))
+        .map(|s| s.topic.clone())
+        .collect();
+    let removed: Vec<String> = config
+        .subscribe
+        .iter()
+        .filter(|s| !new.iter().any(|n| n.topic == s.topic))
+        .map(|s| s.topic.clone())
+        .collect();
+    decoder.set_subscriptions(new.clone());
+    config.subscribe = new;
+    if !added.is_empty() {
+        let filters = added
+            .iter()
+            .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+        match client.try_subscribe_many(filters) {
+            Ok(()) => suback_for.push_back(Subscribed::Added(added)),
+            Err(e) => log::error!("cannot subscribe to the reloaded filters: {e}"),
+        }
+    }
+    for topic in removed {
+        match client.try_unsubscribe(topic.clone()) {
+            Ok(()) => log::info!("unsubscribed from {topic:?} (reload)"),
+            Err(e) => log::error!("cannot unsubscribe from {topic:?}: {e}"),
+        }
+    }
 }
 
 /// Follows the broker's drop counter across reconnects.
@@ -337,21 +406,30 @@ impl Default for LogLimit {
     }
 }
 
+fn decodings(subscriptions: &[Subscription]) -> Vec<payload::Decoding> {
+    subscriptions
+        .iter()
+        .map(|sub| payload::Decoding {
+            format: sub.format,
+            precision: sub.precision,
+            template: sub.topic_template.clone(),
+            tags: sub.tags.clone(),
+            measurement: sub.measurement.clone(),
+        })
+        .collect()
+}
+
 impl Decoder {
+    /// Reloaded subscriptions; the receipt clock and connection stay.
+    fn set_subscriptions(&mut self, subscriptions: Vec<Subscription>) {
+        self.decodings = decodings(&subscriptions);
+        self.subscriptions = subscriptions;
+    }
+
     fn new(subscriptions: Vec<Subscription>, max_payload: usize) -> Self {
-        let decodings = subscriptions
-            .iter()
-            .map(|sub| payload::Decoding {
-                format: sub.format,
-                precision: sub.precision,
-                template: sub.topic_template.clone(),
-                tags: sub.tags.clone(),
-                measurement: sub.measurement.clone(),
-            })
-            .collect();
         Decoder {
+            decodings: decodings(&subscriptions),
             subscriptions,
-            decodings,
             max_payload,
             clock: ReceiptClock::default(),
             connection: 0,

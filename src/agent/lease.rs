@@ -71,6 +71,7 @@ pub struct LeaseView {
 /// Between the writer (through the sink) and the keeper.
 #[derive(Default)]
 pub struct LeaseLink {
+    rescan: std::sync::atomic::AtomicBool,
     refused: Mutex<Option<String>>,
     proven: Mutex<Option<String>>,
     wake: Condvar,
@@ -98,6 +99,12 @@ impl LeaseLink {
             return;
         }
         let _ = self.wake.wait_timeout(guard, d);
+    }
+
+    /// A reload asks the ticket watcher to try every waiting ticket now,
+    /// kept ones included.
+    pub fn rescan_tickets(&self) {
+        self.rescan.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// A write with lease `id` succeeded.
@@ -245,12 +252,16 @@ impl LeaseKeeper {
         let mut next_try = Instant::now();
         let mut next_scan = Instant::now();
         let (ticket_tx, tickets) = std::sync::mpsc::channel();
-        let (settings, shutdown) = (self.settings.clone(), self.shutdown.clone());
+        let (settings, shutdown, link) = (
+            self.settings.clone(),
+            self.shutdown.clone(),
+            self.link.clone(),
+        );
         // Redeeming a ticket may wait on an unreachable authority: on its
         // own thread, so renewals and refused leases never wait behind it.
         if let Err(e) = std::thread::Builder::new()
             .name("tickets".into())
-            .spawn(move || watch_tickets(&settings, &ticket_tx, &shutdown))
+            .spawn(move || watch_tickets(&settings, &ticket_tx, &shutdown, &link))
         {
             log::error!("cannot start the ticket watcher: {e}");
         }
@@ -620,10 +631,14 @@ fn watch_tickets(
     s: &LeaseSettings,
     tx: &std::sync::mpsc::Sender<TicketEvent>,
     shutdown: &Shutdown,
+    link: &LeaseLink,
 ) {
     let mut later: std::collections::HashMap<PathBuf, (Backoff, Instant)> =
         std::collections::HashMap::new();
     while !shutdown.sleep(TICKET_SCAN) {
+        if link.rescan.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            later.clear();
+        }
         let waiting = identity::waiting_tickets(&s.ticket_dir);
         later.retain(|p, _| waiting.contains(p));
         for path in waiting {

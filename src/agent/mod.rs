@@ -55,7 +55,18 @@ pub enum AgentError {
 
 /// Runs the daemon until `shutdown` fires, then drains within
 /// `config.shutdown_timeout`. Returns the pipeline's counters.
-pub fn run(config: &Config, shutdown: Shutdown) -> Result<Arc<Stats>, AgentError> {
+/// A configuration reload (SIGHUP): the file to read again, and the flag
+/// the signal handler sets.
+pub struct Reload {
+    pub path: std::path::PathBuf,
+    pub requested: Arc<std::sync::atomic::AtomicBool>,
+}
+
+pub fn run(
+    config: &Config,
+    shutdown: Shutdown,
+    reload: Option<Reload>,
+) -> Result<Arc<Stats>, AgentError> {
     prepare_state_dir(&config.state_dir)?;
     if config.lease.is_some() {
         prepare_state_dir(&config.ticket_dir)?;
@@ -124,9 +135,10 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<Arc<Stats>, AgentError
         Some(k) => Some(spawn("lease", move || k.run())?),
         None => None,
     };
+    let batch = Arc::new(Mutex::new(config.batch.clone()));
     let writer = writer::Writer {
         sink,
-        batch: config.batch.clone(),
+        batch: batch.clone(),
         spool: spool.clone(),
         shutdown: shutdown.clone(),
         stats: stats.clone(),
@@ -148,7 +160,10 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<Arc<Stats>, AgentError
     };
     let appender = spawn("spool", move || appender.run())?;
 
+    let (subscriptions, reloaded_subscriptions) =
+        tokio::sync::watch::channel(config.mqtt.subscribe.clone());
     let intake = intake::Intake {
+        reload: reloaded_subscriptions,
         config: config.mqtt.clone(),
         deliveries: delivery_tx,
         acks: ack_rx,
@@ -166,6 +181,7 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<Arc<Stats>, AgentError
         },
     )?;
 
+    let mut current = config.clone();
     let mut threads = vec![("writer", writer), ("spool", appender), ("mqtt", mqtt)];
     threads.extend(keeper.map(|k| ("lease", k)));
     let mut died = None;
@@ -195,6 +211,11 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<Arc<Stats>, AgentError
             shutdown.trigger();
         }
         reporter.maybe_write(&stats, &spool, &link);
+        if let Some(r) = &reload
+            && r.requested.swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            current = reload_config(&r.path, current, &subscriptions, &batch, &link);
+        }
         if let Some(interval) = watchdog
             && last_ping.elapsed() >= interval / 4
         {
@@ -293,6 +314,75 @@ pub fn run(config: &Config, shutdown: Shutdown) -> Result<Arc<Stats>, AgentError
         Some(name) => Err(AgentError::ThreadDied(name)),
         None => Ok(stats),
     }
+}
+
+/// SIGHUP: reads the file again. An invalid one is refused with every
+/// problem logged, and the running configuration stays. A valid one takes
+/// effect at once for subscriptions and formats (on the live broker
+/// session), batch limits and the log level, and rescans the ticket
+/// directory; settings that need a restart are named. Returns the
+/// configuration now in force.
+fn reload_config(
+    path: &Path,
+    current: Config,
+    subscriptions: &tokio::sync::watch::Sender<Vec<crate::config::Subscription>>,
+    batch: &Mutex<crate::config::Batch>,
+    link: &lease::LeaseLink,
+) -> Config {
+    log::info!("SIGHUP: reloading {}", path.display());
+    let new = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            for line in e.lines() {
+                log::error!("reload refused, the running configuration stays: {line}");
+            }
+            return current;
+        }
+    };
+    let mut restart = Vec::new();
+    if new.state_dir != current.state_dir {
+        restart.push("state_dir");
+    }
+    if new.mqtt.url != current.mqtt.url
+        || new.mqtt.client_id != current.mqtt.client_id
+        || new.mqtt.username != current.mqtt.username
+        || new.mqtt.password != current.mqtt.password
+        || new.mqtt.keep_alive != current.mqtt.keep_alive
+    {
+        restart.push("mqtt connection settings");
+    }
+    if new.influxdb.is_some() != current.influxdb.is_some()
+        || format!("{:?}", new.influxdb) != format!("{:?}", current.influxdb)
+        || format!("{:?}", new.lease) != format!("{:?}", current.lease)
+    {
+        restart.push("[influxdb] and [lease]");
+    }
+    if format!("{:?}", new.spool) != format!("{:?}", current.spool) {
+        restart.push("[spool]");
+    }
+    if !restart.is_empty() {
+        log::warn!(
+            "reload: {} changed; that takes effect after a restart",
+            restart.join(", ")
+        );
+    }
+    let topics: Vec<&str> = new
+        .mqtt
+        .subscribe
+        .iter()
+        .map(|s| s.topic.as_str())
+        .collect();
+    subscriptions.send_replace(new.mqtt.subscribe.clone());
+    *batch.lock().unwrap_or_else(|p| p.into_inner()) = new.batch.clone();
+    crate::logging::set_level(new.log_level);
+    link.rescan_tickets();
+    log::info!(
+        "reloaded: subscriptions {topics:?}, batch {} lines / {} bytes / {:?}",
+        new.batch.max_lines,
+        new.batch.max_bytes,
+        new.batch.flush_interval
+    );
+    new
 }
 
 /// Creates the state directory owner-only: the spool holds sensor data and,

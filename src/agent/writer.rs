@@ -28,7 +28,8 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Writer {
     pub sink: Arc<Sink>,
-    pub batch: Batch,
+    /// Replaced whole by a configuration reload; read per batch.
+    pub batch: Arc<Mutex<Batch>>,
     pub spool: Arc<Spool>,
     pub shutdown: Shutdown,
     pub stats: Arc<Stats>,
@@ -70,15 +71,16 @@ impl Writer {
     /// a full batch, keeps reading until `flush_interval` after the first
     /// line. Returns an empty batch after a quiet spell (to check shutdown).
     fn collect(&self) -> Result<spool::Batch, spool::SpoolError> {
-        let max_lines = self.batch.max_lines as u64;
-        let max_bytes = self.batch.max_bytes as usize;
+        let limits = self.batch.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let max_lines = limits.max_lines as u64;
+        let max_bytes = limits.max_bytes as usize;
         let mut batch = self
             .spool
             .read(max_lines, max_bytes, Duration::from_millis(200))?;
         if batch.records == 0 {
             return Ok(batch);
         }
-        let deadline = Instant::now() + self.batch.flush_interval;
+        let deadline = Instant::now() + limits.flush_interval;
         while batch.points < max_lines
             && batch.data.len() < max_bytes
             && !self.shutdown.is_triggered()

@@ -144,7 +144,16 @@ fn run(path: &Path) -> i32 {
         return exit::FAILURE;
     }
     log::info!("leasegate {} starting", env!("CARGO_PKG_VERSION"));
-    match agent::run(&config, shutdown) {
+    let requested = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, requested.clone()) {
+        log::error!("cannot install the SIGHUP handler: {e}");
+        return exit::FAILURE;
+    }
+    let reload = agent::Reload {
+        path: path.to_owned(),
+        requested,
+    };
+    match agent::run(&config, shutdown, Some(reload)) {
         Ok(_) => exit::OK,
         Err(e) => {
             log::error!("{}", error_chain(&e));
