@@ -359,3 +359,119 @@ fn sighup_adds_a_subscription_without_a_restart_and_a_broken_file_keeps_the_old_
     assert!(daemon.is_running());
     daemon.stop_cleanly();
 }
+
+/// Messages on `topic` (retained ones included) seen within `timeout`.
+fn watch_topic(
+    port: u16,
+    topic: &str,
+    timeout: Duration,
+    until: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+    let mut options = MqttOptions::new(format!("watch-{}", free_port()), "127.0.0.1", port);
+    options.set_keep_alive(Duration::from_secs(5));
+    let (client, mut connection) = Client::new(options, 10);
+    client.subscribe(topic, QoS::AtLeastOnce).unwrap();
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    while Instant::now() < deadline && !until(&seen) {
+        match connection.recv_timeout(Duration::from_millis(200)) {
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                seen.push(String::from_utf8_lossy(&p.payload).into_owned())
+            }
+            Ok(Err(_)) => std::thread::sleep(Duration::from_millis(100)),
+            _ => {}
+        }
+    }
+    let _ = client.disconnect();
+    seen
+}
+
+#[test]
+fn metrics_endpoint_and_retained_mqtt_status_with_an_offline_will() {
+    use support::{Daemon, Influx, publish_all, static_config, wait_until, write_secret};
+    let broker = Mosquitto::start();
+    let influx = Influx::start();
+    influx.create_writer("sensors", "writer", "writer-pw");
+    let dir = tempfile::tempdir().unwrap();
+    let pw = write_secret(dir.path(), "influx.password", "writer-pw\n");
+    let metrics_port = free_port();
+    let config = static_config(&broker, &influx, "gw-stat", &pw).replacen(
+        "[mqtt]\n",
+        "[mqtt]\npublish_status = true\nstatus_interval = \"1s\"\n",
+        1,
+    ) + &format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n");
+    let mut daemon = Daemon::start_in(dir, &config);
+    assert!(
+        daemon.wait_for_log("subscribed to", 1, Duration::from_secs(20)),
+        "{}",
+        daemon.log()
+    );
+    let messages = (0..100u64)
+        .map(|i| {
+            (
+                "sensors/m".to_owned(),
+                format!("met seq={i}i {}", 1_700_000_000_000_000_000u64 + i).into_bytes(),
+            )
+        })
+        .collect();
+    publish_all(broker.port, "pub-met", messages, Duration::from_secs(30));
+    influx.assert_arrives("met", 100, Duration::from_secs(20), &daemon);
+
+    let scrape = || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        agent
+            .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_to_string().ok())
+            .unwrap_or_default()
+    };
+    let value = |text: &str, name: &str| -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    assert!(wait_until(Duration::from_secs(5), || value(
+        &scrape(),
+        "leasegate_points_written_total"
+    ) == Some(100.0)));
+    let text = scrape();
+    assert_eq!(
+        value(&text, "leasegate_points_in_total"),
+        Some(100.0),
+        "{text}"
+    );
+    assert_eq!(value(&text, "leasegate_points_dropped_total"), Some(0.0));
+    assert_eq!(value(&text, "leasegate_mqtt_connected"), Some(1.0));
+    assert!(
+        value(&text, "leasegate_write_duration_seconds_count").unwrap() >= 1.0,
+        "{text}"
+    );
+    assert!(text.contains("leasegate_write_duration_seconds_bucket{le=\"+Inf\"}"));
+    assert!(text.contains("# TYPE leasegate_spool_bytes gauge"));
+    assert!(!text.contains("writer-pw"));
+
+    // The retained status carries the report; kill -9 and the broker
+    // publishes the will.
+    let seen = watch_topic(
+        broker.port,
+        "leasegate/gw-stat/status",
+        Duration::from_secs(10),
+        |s| !s.is_empty(),
+    );
+    let report: serde_json::Value = serde_json::from_str(&seen[0]).unwrap_or_default();
+    assert_eq!(report["credentials"], "static", "{seen:?}");
+    assert!(report["points_written"].as_u64().is_some());
+    daemon.kill9();
+    let seen = watch_topic(
+        broker.port,
+        "leasegate/gw-stat/status",
+        Duration::from_secs(10),
+        |s| s.iter().any(|m| m == "offline"),
+    );
+    assert!(seen.iter().any(|m| m == "offline"), "{seen:?}");
+}

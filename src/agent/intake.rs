@@ -35,6 +35,8 @@ pub struct Intake {
     pub stats: Arc<Stats>,
     /// New subscriptions from a configuration reload (SIGHUP).
     pub reload: tokio::sync::watch::Receiver<Vec<Subscription>>,
+    /// With `publish_status`: the report to publish, retained.
+    pub status: Option<Arc<super::status::Reporter>>,
 }
 
 impl Intake {
@@ -46,6 +48,7 @@ impl Intake {
             shutdown,
             stats,
             mut reload,
+            status,
         } = self;
         let mut options = MqttOptions::new(&config.client_id, &config.url.host, config.url.port);
         options
@@ -66,10 +69,37 @@ impl Intake {
         } else if let Some(user) = &config.username {
             options.set_credentials(user, "");
         }
+        let status_topic = status
+            .as_ref()
+            .map(|_| format!("leasegate/{}/status", config.client_id));
+        if let Some(topic) = &status_topic {
+            // The broker says "offline" for us if we vanish without a word.
+            options.set_last_will(rumqttc::LastWill::new(
+                topic.clone(),
+                "offline",
+                QoS::AtLeastOnce,
+                true,
+            ));
+        }
         let (client, mut eventloop) = AsyncClient::new(options, 1024);
+        let status_task = match (&status, &status_topic) {
+            (Some(reporter), Some(topic)) => Some(tokio::spawn(publish_status(
+                client.clone(),
+                topic.clone(),
+                reporter.clone(),
+                config.status_interval,
+                stats.clone(),
+            ))),
+            _ => None,
+        };
         let broker = format!("{}:{}", config.url.host, config.url.port);
         let connection = Arc::new(AtomicU64::new(0));
-        let acker = tokio::spawn(send_acks(client.clone(), acks, connection.clone()));
+        let acker = tokio::spawn(send_acks(
+            client.clone(),
+            acks,
+            connection.clone(),
+            status_topic.clone(),
+        ));
         // The watchdog's beat for this thread: a task on the same
         // single-threaded runtime runs only while the thread is not stuck.
         let beats = {
@@ -230,6 +260,9 @@ impl Intake {
         }
         acker.abort();
         beats.abort();
+        if let Some(t) = status_task {
+            t.abort();
+        }
     }
 }
 
@@ -240,6 +273,7 @@ async fn send_acks(
     client: AsyncClient,
     mut acks: mpsc::UnboundedReceiver<AckToken>,
     connection: Arc<AtomicU64>,
+    status_topic: Option<String>,
 ) {
     while let Some(token) = acks.recv().await {
         if token.connection != connection.load(Ordering::SeqCst) {
@@ -253,7 +287,43 @@ async fn send_acks(
             log::warn!("cannot queue MQTT ack: {e}");
         }
     }
+    if let Some(topic) = status_topic {
+        // A clean stop sends no last will: say it ourselves.
+        let _ = client
+            .publish(topic, QoS::AtLeastOnce, true, "offline")
+            .await;
+    }
     let _ = client.disconnect().await;
+}
+
+/// Publishes the status report, retained, every `interval` while the
+/// broker session is up (and once soon after each connection).
+async fn publish_status(
+    client: AsyncClient,
+    topic: String,
+    reporter: Arc<super::status::Reporter>,
+    interval: Duration,
+    stats: Arc<Stats>,
+) {
+    let mut was_connected = false;
+    let mut since = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let connected = stats.mqtt_connected.load(Ordering::Relaxed);
+        let due = (connected && !was_connected) || since.elapsed() >= interval;
+        was_connected = connected;
+        if !connected || !due {
+            continue;
+        }
+        let Some(report) = reporter.last() else {
+            continue;
+        };
+        let body = serde_json::to_vec(&report).expect("plain data always serializes");
+        if let Err(e) = client.try_publish(topic.clone(), QoS::AtLeastOnce, true, body) {
+            log::debug!("cannot queue the status message: {e}");
+        }
+        since = tokio::time::Instant::now();
+    }
 }
 
 /// Whether InfluxDB reads a valid line's own text as exactly the parsed

@@ -16,6 +16,7 @@ pub mod health;
 pub mod identity;
 mod intake;
 pub mod lease;
+pub mod metrics;
 mod sink;
 pub mod spool;
 mod stats;
@@ -160,10 +161,15 @@ pub fn run(
     };
     let appender = spawn("spool", move || appender.run())?;
 
+    let reporter = Arc::new(status::Reporter::new(
+        &config.state_dir,
+        config.lease.is_some(),
+    ));
     let (subscriptions, reloaded_subscriptions) =
         tokio::sync::watch::channel(config.mqtt.subscribe.clone());
     let intake = intake::Intake {
         reload: reloaded_subscriptions,
+        status: config.mqtt.publish_status.then(|| reporter.clone()),
         config: config.mqtt.clone(),
         deliveries: delivery_tx,
         acks: ack_rx,
@@ -185,15 +191,29 @@ pub fn run(
     let mut threads = vec![("writer", writer), ("spool", appender), ("mqtt", mqtt)];
     threads.extend(keeper.map(|k| ("lease", k)));
     let mut died = None;
-    let reporter = Arc::new(status::Reporter::new(
-        &config.state_dir,
-        config.lease.is_some(),
-    ));
     let status_thread = status::serve(
         &config.daemon_runtime_dir(),
         reporter.clone(),
         shutdown.clone(),
     );
+    let metrics_thread = match config.metrics_listen {
+        Some(listen) => {
+            let sources = metrics::Sources {
+                stats: stats.clone(),
+                spool: spool.clone(),
+                link: link.clone(),
+                leased: config.lease.is_some(),
+            };
+            match metrics::serve(listen, sources, shutdown.clone()) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    log::error!("no metrics endpoint on {listen}: {e}");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
     // systemd hears READY=1 only once the spool is open (it is) and the
     // broker has confirmed the subscriptions: then messages flow.
     let notifier = crate::notify::Notifier::from_env();
@@ -255,7 +275,7 @@ pub fn run(
     }
     notifier.send("STOPPING=1\nSTATUS=draining");
     reporter.stopped();
-    if let Some(t) = status_thread {
+    for t in [status_thread, metrics_thread].into_iter().flatten() {
         let _ = t.join();
     }
     let deadline = Instant::now() + config.shutdown_timeout;

@@ -119,6 +119,7 @@ impl Writer {
             let started = Instant::now();
             let e = match self.sink.write(&data) {
                 Ok(()) => {
+                    self.stats.write_latency.observe(started.elapsed());
                     log::debug!("wrote {points} points in {:?}", started.elapsed());
                     Stats::add(&self.stats.points_written, points);
                     backoff.reset();

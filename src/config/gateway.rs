@@ -35,6 +35,9 @@ pub struct Config {
     /// Writing with leases from an authority (no credentials in
     /// `[influxdb]`); None with static credentials.
     pub lease: Option<LeaseConfig>,
+    /// `[metrics] listen`: a loopback address for the Prometheus text
+    /// endpoint; None (the default) serves none.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub batch: Batch,
     pub spool: Spool,
     /// Budget of the dead-letter file and its one rotated predecessor.
@@ -55,6 +58,10 @@ pub struct Mqtt {
     pub tls: Option<TlsClient>,
     /// Follow Mosquitto's `$SYS` drop counter and warn when it rises.
     pub watch_broker_drops: bool,
+    /// Publish a retained status message on `leasegate/<client id>/status`
+    /// every `status_interval`, with a last will of "offline".
+    pub publish_status: bool,
+    pub status_interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -298,6 +305,28 @@ fn read(t: &Table<'_>) -> Option<Config> {
         (ttl, system)
     });
     let identity_name = t.string("identity_name");
+    let metrics_listen = section(t, "metrics", |m| {
+        let listen = m.string("listen")?;
+        match listen.parse::<std::net::SocketAddr>() {
+            Ok(a) if a.ip().is_loopback() => Some(a),
+            Ok(_) => {
+                m.problem(
+                    "listen",
+                    format!(
+                        "{listen:?} is not a loopback address; the endpoint has no authentication"
+                    ),
+                );
+                None
+            }
+            Err(_) => {
+                m.problem(
+                    "listen",
+                    format!("{listen:?} is not an address:port such as \"127.0.0.1:9464\""),
+                );
+                None
+            }
+        }
+    });
     let batch = section(t, "batch", read_batch);
     let spool = section(t, "spool", read_spool);
     let dead_letter_max_bytes = section(t, "dead_letter", |d| {
@@ -331,6 +360,7 @@ fn read(t: &Table<'_>) -> Option<Config> {
         mqtt,
         influxdb,
         lease,
+        metrics_listen,
         batch,
         spool,
         dead_letter_max_bytes,
@@ -389,6 +419,12 @@ fn read_mqtt(t: &Table<'_>) -> Option<Mqtt> {
     }
     let tls = read_tls(t, url.as_ref());
     let watch_broker_drops = t.bool("watch_broker_drops", true);
+    let publish_status = t.bool("publish_status", false);
+    let status_interval = t.duration(
+        "status_interval",
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+    );
     Some(Mqtt {
         url: url?,
         client_id,
@@ -399,6 +435,8 @@ fn read_mqtt(t: &Table<'_>) -> Option<Mqtt> {
         subscribe,
         tls,
         watch_broker_drops,
+        publish_status,
+        status_interval,
     })
 }
 
@@ -891,6 +929,27 @@ database = "sensors"
         let l = c.lease.unwrap();
         assert_eq!(l.identity_name, "gw-01");
         assert!(!l.system_trust && l.url_override.is_none() && l.ttl.is_none());
+    }
+
+    #[test]
+    fn the_metrics_endpoint_is_loopback_only() {
+        let base = "[mqtt]\nurl = \"mqtt://127.0.0.1\"\n[[mqtt.subscribe]]\ntopic = \"a/#\"\n";
+        let c = Config::from_toml(Path::new("m"), base).unwrap();
+        assert_eq!(c.metrics_listen, None);
+        assert!(!c.mqtt.publish_status);
+        let ok = format!("{base}[metrics]\nlisten = \"127.0.0.1:9464\"\n");
+        let c = Config::from_toml(Path::new("m"), &ok).unwrap();
+        assert_eq!(c.metrics_listen.unwrap().port(), 9464);
+        let open = format!("{base}[metrics]\nlisten = \"0.0.0.0:9464\"\n");
+        let lines = Config::from_toml(Path::new("m"), &open)
+            .unwrap_err()
+            .lines();
+        assert_eq!(
+            lines,
+            vec![
+                "m: metrics.listen: \"0.0.0.0:9464\" is not a loopback address; the endpoint has no authentication"
+            ]
+        );
     }
 
     #[test]

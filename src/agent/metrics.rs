@@ -1,0 +1,146 @@
+//! The optional Prometheus text endpoint (`[metrics] listen`, loopback
+//! only, off by default): `GET /metrics` answers the pipeline's counters,
+//! the spool's size, the lease's seconds left and the write latency
+//! histogram in the text exposition format.
+//!
+//! It owns only the rendering and a minimal HTTP/1.0 answer on its own
+//! thread: the gateway build carries no HTTP server library for one
+//! read-only page. It never exposes a credential or an identity secret.
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::lease::LeaseLink;
+use super::spool::Spool;
+use super::stats::Stats;
+use crate::shutdown::Shutdown;
+
+/// What the page is made from.
+pub struct Sources {
+    pub stats: Arc<Stats>,
+    pub spool: Arc<Spool>,
+    pub link: Arc<LeaseLink>,
+    pub leased: bool,
+}
+
+pub fn render(s: &Sources) -> String {
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        ));
+    };
+    let st = &s.stats;
+    let spool = s.spool.stats();
+    metric(
+        "leasegate_points_in_total",
+        "counter",
+        "Points stored in the spool and acknowledged to the broker.",
+        Stats::get(&st.points_in).to_string(),
+    );
+    metric(
+        "leasegate_points_written_total",
+        "counter",
+        "Points InfluxDB accepted.",
+        Stats::get(&st.points_written).to_string(),
+    );
+    metric(
+        "leasegate_points_dropped_total",
+        "counter",
+        "Points dropped by the spool's overflow policy.",
+        spool.dropped_points.to_string(),
+    );
+    metric(
+        "leasegate_points_dead_lettered_total",
+        "counter",
+        "Invalid points and points InfluxDB refused, kept in the dead-letter file.",
+        (Stats::get(&st.points_invalid) + Stats::get(&st.points_refused)).to_string(),
+    );
+    metric(
+        "leasegate_spool_bytes",
+        "gauge",
+        "Bytes in the spool.",
+        spool.bytes.to_string(),
+    );
+    metric(
+        "leasegate_spool_points",
+        "gauge",
+        "Points in the spool not yet read by the writer.",
+        spool.points_unread.to_string(),
+    );
+    metric(
+        "leasegate_mqtt_connected",
+        "gauge",
+        "1 while the broker session is up.",
+        u8::from(st.mqtt_connected.load(std::sync::atomic::Ordering::Relaxed)).to_string(),
+    );
+    if s.leased {
+        let left = s
+            .link
+            .view()
+            .lease_expires_ms
+            .map(|t| ((t - crate::now_ms()).max(0) as f64 / 1000.0).to_string())
+            .unwrap_or_else(|| "0".into());
+        metric(
+            "leasegate_lease_seconds_left",
+            "gauge",
+            "Seconds until the current lease expires (0 without one).",
+            left,
+        );
+    }
+    let (buckets, count, sum) = st.write_latency.snapshot();
+    out.push_str(
+        "# HELP leasegate_write_duration_seconds Time InfluxDB took for accepted writes.\n\
+         # TYPE leasegate_write_duration_seconds histogram\n",
+    );
+    for (bound, n) in buckets {
+        out.push_str(&format!(
+            "leasegate_write_duration_seconds_bucket{{le=\"{bound}\"}} {n}\n"
+        ));
+    }
+    out.push_str(&format!(
+        "leasegate_write_duration_seconds_bucket{{le=\"+Inf\"}} {count}\n\
+         leasegate_write_duration_seconds_sum {sum}\n\
+         leasegate_write_duration_seconds_count {count}\n"
+    ));
+    out
+}
+
+/// Serves `/metrics` on `listen` until `shutdown`.
+pub fn serve(
+    listen: SocketAddr,
+    sources: Sources,
+    shutdown: Shutdown,
+) -> std::io::Result<JoinHandle<()>> {
+    let listener = TcpListener::bind(listen)?;
+    listener.set_nonblocking(true)?;
+    log::info!("Prometheus metrics on http://{listen}/metrics");
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            while !shutdown.sleep(Duration::from_millis(50)) {
+                while let Ok((mut conn, _)) = listener.accept() {
+                    let _ = conn.set_nonblocking(false);
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                    let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
+                    let mut request = [0u8; 2048];
+                    let n = conn.read(&mut request).unwrap_or(0);
+                    let line = String::from_utf8_lossy(&request[..n]);
+                    let line = line.lines().next().unwrap_or_default();
+                    let answer = if line.starts_with("GET /metrics ") || line == "GET /metrics" {
+                        let body = render(&sources);
+                        format!(
+                            "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        )
+                    } else {
+                        "HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_owned()
+                    };
+                    let _ = conn.write_all(answer.as_bytes());
+                }
+            }
+        })
+}
