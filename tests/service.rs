@@ -475,3 +475,44 @@ fn metrics_endpoint_and_retained_mqtt_status_with_an_offline_will() {
     );
     assert!(seen.iter().any(|m| m == "offline"), "{seen:?}");
 }
+
+#[test]
+fn the_authority_is_ready_once_it_listens_pings_the_watchdog_and_says_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    let port = free_port();
+    let conf = dir.path().join("authority.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\nstate_dir = \"{}\"\ntls = \"off\"\n{}{}",
+            dir.path().join("state").display(),
+            support::authority::v1_backend("main", &format!("http://127.0.0.1:{}", free_port()), "admin", "pw"),
+            support::authority::role("sensor", "iot-sensor", "main", "database", "sensors"),
+        ),
+    )
+    .unwrap();
+    let mut authority = Command::new(support::authority::authority_binary())
+        .args(["--config", conf.to_str().unwrap(), "serve"])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "2000000")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("a.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let heard = receive(&socket, Duration::from_secs(3));
+    assert!(
+        heard.first().is_some_and(|m| m.starts_with("READY=1")),
+        "{heard:?}"
+    );
+    let pings = heard.iter().filter(|m| m.contains("WATCHDOG=1")).count();
+    assert!(pings >= 3, "{heard:?}");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    // SAFETY: kill(2) on the PID of the child this test started.
+    unsafe { libc::kill(authority.id() as libc::pid_t, libc::SIGTERM) };
+    let heard = receive(&socket, Duration::from_secs(3));
+    let status = authority.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(heard.iter().any(|m| m.contains("STOPPING=1")), "{heard:?}");
+}

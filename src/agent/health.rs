@@ -35,7 +35,7 @@ impl Beat {
     }
 
     /// How long the thread has been busy without a beat.
-    fn silent_for(&self) -> Duration {
+    pub fn silent_for(&self) -> Duration {
         if self.idle.load(Ordering::Relaxed) {
             return Duration::ZERO;
         }

@@ -25,6 +25,7 @@ pub mod tls;
 use std::net::TcpListener;
 use std::sync::Arc;
 
+use crate::agent::health::Beat;
 use crate::shutdown::Shutdown;
 use config::AuthorityConfig;
 use service::Authority;
@@ -77,6 +78,41 @@ fn lock_state_dir(config: &AuthorityConfig) -> Result<std::fs::File, AuthorityEr
         )),
         Err(std::fs::TryLockError::Error(e)) => Err(fail(e.to_string())),
     }
+}
+
+/// Pings systemd's watchdog at a quarter of its interval while the HTTP
+/// runtime and every reaper make progress; one silent for half the
+/// interval withholds the ping (and systemd restarts the authority).
+fn start_watchdog(
+    beats: Vec<Arc<Beat>>,
+    shutdown: Shutdown,
+) -> std::io::Result<Option<std::thread::JoinHandle<()>>> {
+    let Some(interval) = crate::agent::health::watchdog_interval() else {
+        return Ok(None);
+    };
+    let notifier = crate::notify::Notifier::from_env();
+    std::thread::Builder::new()
+        .name("watchdog".into())
+        .spawn(move || {
+            let mut withheld = false;
+            while !shutdown.sleep(interval / 4) {
+                match beats.iter().map(|b| b.silent_for()).max() {
+                    Some(silent) if silent > interval / 2 => {
+                        if !withheld {
+                            log::error!(
+                                "a reaper or the HTTP runtime has made no progress for {silent:?}; withholding the watchdog ping"
+                            );
+                            withheld = true;
+                        }
+                    }
+                    _ => {
+                        notifier.send("WATCHDOG=1");
+                        withheld = false;
+                    }
+                }
+            }
+        })
+        .map(Some)
 }
 
 /// Creates the state dir (mode 0700) if it is missing.
@@ -138,8 +174,21 @@ pub fn run(config: AuthorityConfig, shutdown: Shutdown) -> Result<(), AuthorityE
         addr: listen.to_string(),
         source,
     })?;
-    let reapers =
-        reaper::start(authority.clone(), shutdown.clone()).map_err(AuthorityError::Thread)?;
+    let http_beat = Arc::new(Beat::default());
+    http_beat.beat();
+    let reaper_beats: Vec<Arc<Beat>> = authority
+        .backends()
+        .map(|_| {
+            let b = Arc::new(Beat::default());
+            b.beat();
+            b
+        })
+        .collect();
+    let reapers = reaper::start(authority.clone(), shutdown.clone(), &reaper_beats)
+        .map_err(AuthorityError::Thread)?;
+    let mut watched = reaper_beats;
+    watched.push(http_beat.clone());
+    let watchdog = start_watchdog(watched, shutdown.clone()).map_err(AuthorityError::Thread)?;
     match &fingerprint {
         Some(f) => log::info!(
             "serving https on {} (certificate sha256 {f})",
@@ -158,8 +207,11 @@ pub fn run(config: AuthorityConfig, shutdown: Shutdown) -> Result<(), AuthorityE
     }
     let notifier = crate::notify::Notifier::from_env();
     notifier.send(&format!("READY=1\nSTATUS=serving on {listen}"));
-    let served = server::serve(authority, listener, tls_config, shutdown.clone());
+    let served = server::serve(authority, listener, tls_config, shutdown.clone(), http_beat);
     notifier.send("STOPPING=1");
+    if let Some(w) = watchdog {
+        let _ = w.join();
+    }
     shutdown.trigger();
     for r in reapers {
         let _ = r.join();

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::agent::health::Beat;
 use crate::authority::backends::Backend;
 use crate::authority::service::{Authority, now_ms, retry_delay};
 use crate::shutdown::Shutdown;
@@ -32,18 +33,21 @@ pub const RECONCILE_EVERY: Duration = Duration::from_secs(3600);
 pub const KEEP_ENDED: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Starts one reaper per backend and the housekeeping thread.
+/// `beats` gets one beat per backend, in `Authority::backends` order, for
+/// the watchdog.
 pub fn start(
     authority: Arc<Authority>,
     shutdown: Shutdown,
+    beats: &[Arc<Beat>],
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
     let backends: Vec<Arc<Backend>> = authority.backends().cloned().collect();
     let mut threads = Vec::new();
-    for backend in backends {
+    for (backend, beat) in backends.into_iter().zip(beats.iter().cloned()) {
         let (a, s) = (authority.clone(), shutdown.clone());
         threads.push(
             std::thread::Builder::new()
                 .name(format!("reaper-{}", backend.name()))
-                .spawn(move || reap(&a, &backend, &s))?,
+                .spawn(move || reap(&a, &backend, &s, &beat))?,
         );
     }
     threads.push(
@@ -54,8 +58,9 @@ pub fn start(
     Ok(threads)
 }
 
-fn reap(authority: &Authority, backend: &Backend, shutdown: &Shutdown) {
+fn reap(authority: &Authority, backend: &Backend, shutdown: &Shutdown, beat: &Beat) {
     while !shutdown.is_triggered() {
+        beat.beat();
         let due = match authority
             .store()
             .due_leases(backend.name(), now_ms(), BATCH)
@@ -71,6 +76,7 @@ fn reap(authority: &Authority, backend: &Backend, shutdown: &Shutdown) {
             if shutdown.is_triggered() {
                 return;
             }
+            beat.beat();
             if authority.delete_credential(lease) {
                 log::debug!(
                     "lease {}: credential deleted {} ms after expiry",

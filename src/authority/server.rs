@@ -56,11 +56,14 @@ pub fn router(authority: Arc<Authority>) -> Router {
 }
 
 /// Serves until `shutdown`, then gives requests in flight [`DRAIN`].
+/// `beat` is bumped every second by a task on the server's runtime: it
+/// stops if the runtime is wedged.
 pub fn serve(
     authority: Arc<Authority>,
     listener: std::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: Shutdown,
+    beat: Arc<crate::agent::health::Beat>,
 ) -> Result<(), ServerError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -74,6 +77,13 @@ pub fn serve(
         .map_err(ServerError::Listen)?;
     let app = router(authority);
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    runtime.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            beat.beat();
+        }
+    });
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener).map_err(ServerError::Listen)?;
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
