@@ -18,6 +18,24 @@ pub fn journal_priority(level: log::Level) -> u8 {
     }
 }
 
+/// Whether stderr is the journal stream systemd named in `JOURNAL_STREAM`
+/// (`DEV:INODE`): a command started from a shell that inherited the
+/// variable writes to a terminal and keeps the usual format.
+fn stderr_is_the_journal() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let stream = stream.to_string_lossy().into_owned();
+    let Some((dev, ino)) = stream.split_once(':') else {
+        return false;
+    };
+    match std::fs::metadata("/proc/self/fd/2") {
+        Ok(m) => dev.parse() == Ok(m.dev()) && ino.parse() == Ok(m.ino()),
+        Err(_) => false,
+    }
+}
+
 /// Whether `RUST_LOG` decides (then a reload leaves the level alone).
 fn from_env() -> bool {
     std::env::var_os("RUST_LOG").is_some()
@@ -40,7 +58,7 @@ pub fn init(level: Option<log::LevelFilter>) {
     builder.filter_module("rumqttc", log::LevelFilter::Warn);
     builder.filter_module("ureq", log::LevelFilter::Warn);
     builder.filter_module("rustls", log::LevelFilter::Warn);
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
+    if stderr_is_the_journal() {
         builder.format(|buf, record| {
             use std::io::Write as _;
             writeln!(

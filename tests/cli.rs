@@ -352,18 +352,33 @@ fn under_systemd_log_lines_carry_syslog_priorities_and_no_timestamp() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(GATEWAY)
-        .args(["--config", conf.to_str().unwrap(), "run"])
-        .env("JOURNAL_STREAM", "8:12345")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
-    let err = text(&out.stderr);
+    // stderr is a file whose device and inode JOURNAL_STREAM names, as
+    // systemd does for the journal's stream.
+    let run_with = |stream: &dyn Fn(&std::fs::Metadata) -> String| {
+        let path = dir.path().join(format!("err-{}.log", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let file = std::fs::File::create(&path).unwrap();
+        let meta = file.metadata().unwrap();
+        let mut child = Command::new(GATEWAY)
+            .args(["--config", conf.to_str().unwrap(), "run"])
+            .env("JOURNAL_STREAM", stream(&meta))
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let _ = child.kill();
+        let _ = child.wait();
+        std::fs::read_to_string(&path).unwrap()
+    };
+    use std::os::unix::fs::MetadataExt as _;
+    let inherited = run_with(&|_| "8:12345".to_owned());
+    assert!(
+        inherited.lines().all(|l| !l.starts_with('<')),
+        "a stale JOURNAL_STREAM is not the journal: {inherited}"
+    );
+    let err = run_with(&|m| format!("{}:{}", m.dev(), m.ino()));
     let lines: Vec<&str> = err.lines().collect();
     assert!(!lines.is_empty());
     assert!(

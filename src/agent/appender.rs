@@ -160,6 +160,8 @@ impl Appender {
                     continue;
                 }
                 Err(e) => {
+                    // A failing disk is a wait, not a wedge: still alive.
+                    self.stats.health.spool.beat();
                     let delay = backoff.next_delay();
                     log::error!(
                         "cannot store points: {}; not acking, retrying in {delay:?}",
@@ -181,6 +183,8 @@ impl Appender {
                     return true;
                 }
                 Err(e) => {
+                    // A failing disk is a wait, not a wedge: still alive.
+                    self.stats.health.spool.beat();
                     let delay = backoff.next_delay();
                     log::error!(
                         "cannot sync the spool: {}; not acking, retrying in {delay:?}",

@@ -116,7 +116,10 @@ impl Intake {
         let mut deliveries = Some(deliveries);
         let mut decoder = Decoder::new(config.subscribe.clone(), config.max_packet_size as usize);
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30), 0.25);
+        // Set once the broker has confirmed the configured subscriptions.
         let mut subscribed_once = false;
+        // Filters a reload added that the broker has not confirmed yet.
+        let mut unconfirmed: Vec<String> = Vec::new();
         let mut drops = DropWatch::default();
         // Brokers answer SUBSCRIBEs in order: what each SubAck is for.
         let mut suback_for = std::collections::VecDeque::new();
@@ -131,7 +134,14 @@ impl Intake {
                 }
                 Ok(()) = reload.changed() => {
                     let new = reload.borrow_and_update().clone();
-                    resubscribe(&client, &mut config, &mut decoder, &mut suback_for, new);
+                    resubscribe(
+                        &client,
+                        &mut config,
+                        &mut decoder,
+                        &mut suback_for,
+                        &mut unconfirmed,
+                        new,
+                    );
                     continue;
                 }
                 event = eventloop.poll() => event,
@@ -147,11 +157,14 @@ impl Intake {
                     );
                     // A broker that kept our session kept our subscriptions
                     // too; subscribing again would replay retained messages.
+                    // SUBSCRIBEs of the old connection that were never
+                    // answered are gone with it.
+                    suback_for.clear();
                     if !ack.session_present || !subscribed_once {
                         let filters = config.subscribe.iter().map(|s| {
                             rumqttc::SubscribeFilter::new(s.topic.clone(), QoS::AtLeastOnce)
                         });
-                        suback_for.clear();
+                        unconfirmed.clear();
                         // Not awaited: this task is the one that drains the
                         // request queue the call would wait on.
                         match client.try_subscribe_many(filters) {
@@ -165,7 +178,15 @@ impl Intake {
                         {
                             suback_for.push_back(Subscribed::BrokerDrops);
                         }
-                        subscribed_once = true;
+                    } else if !unconfirmed.is_empty() {
+                        // Added by a reload and not confirmed before the
+                        // connection dropped: the kept session lacks them.
+                        let filters = unconfirmed
+                            .iter()
+                            .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+                        if client.try_subscribe_many(filters).is_ok() {
+                            suback_for.push_back(Subscribed::Added(unconfirmed.clone()));
+                        }
                     }
                 }
                 Ok(Event::Incoming(Packet::SubAck(ack)))
@@ -178,6 +199,7 @@ impl Intake {
                     if matches!(suback_for.front(), Some(Subscribed::Added(_))) =>
                 {
                     if let Some(Subscribed::Added(topics)) = suback_for.pop_front() {
+                        unconfirmed.retain(|t| !topics.contains(t));
                         for (topic, code) in topics.iter().zip(&ack.return_codes) {
                             match code {
                                 SubscribeReasonCode::Failure => {
@@ -192,6 +214,7 @@ impl Intake {
                 }
                 Ok(Event::Incoming(Packet::SubAck(ack))) => {
                     suback_for.pop_front();
+                    subscribed_once = true;
                     stats.subscribed.store(true, Ordering::Relaxed);
                     for (sub, code) in config.subscribe.iter().zip(&ack.return_codes) {
                         match code {
@@ -360,6 +383,7 @@ fn resubscribe(
     config: &mut Mqtt,
     decoder: &mut Decoder,
     suback_for: &mut std::collections::VecDeque<Subscribed>,
+    unconfirmed: &mut Vec<String>,
     new: Vec<Subscription>,
 ) {
     let had = |t: &str| config.subscribe.iter().any(|s| s.topic == t);
@@ -368,6 +392,7 @@ fn resubscribe(
         .filter(|s| !had(&s.topic))
         .map(|s| s.topic.clone())
         .collect();
+    unconfirmed.retain(|t| new.iter().any(|s| &s.topic == t));
     let removed: Vec<String> = config
         .subscribe
         .iter()
@@ -380,6 +405,7 @@ fn resubscribe(
         let filters = added
             .iter()
             .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+        unconfirmed.extend(added.iter().cloned());
         match client.try_subscribe_many(filters) {
             Ok(()) => suback_for.push_back(Subscribed::Added(added)),
             Err(e) => log::error!("cannot subscribe to the reloaded filters: {e}"),

@@ -223,6 +223,27 @@ pub fn run(
     // thread makes progress (or is idle): silence for half the interval
     // withholds it.
     let watchdog = health::watchdog_interval();
+    if let Some(interval) = watchdog {
+        let timeouts = [
+            config
+                .influxdb
+                .as_ref()
+                .map(|i| ("influxdb.timeout", i.timeout)),
+            config
+                .lease
+                .as_ref()
+                .map(|l| ("influxdb.timeout", l.timeout)),
+        ];
+        for (key, timeout) in timeouts.into_iter().flatten() {
+            if timeout >= interval / 2 {
+                log::warn!(
+                    "{key} ({}) is not below half the watchdog interval ({}): one slow write would be taken for a wedged daemon; raise WatchdogSec",
+                    humantime::format_duration(timeout),
+                    humantime::format_duration(interval)
+                );
+            }
+        }
+    }
     let mut last_ping = Instant::now();
     let mut withheld = false;
     while !shutdown.sleep(Duration::from_millis(200)) {
@@ -256,6 +277,17 @@ pub fn run(
                 }
                 Some(_) => {}
             }
+        }
+        // Until READY, a healthy daemon waiting for its broker asks systemd
+        // for more start-up time, so a broker down at boot is no failed
+        // start.
+        if !ready
+            && notifier.is_enabled()
+            && last_status.elapsed() >= Duration::from_secs(10)
+            && stats.health.stalled(Duration::from_secs(30)).is_none()
+        {
+            notifier.send("EXTEND_TIMEOUT_USEC=60000000\nSTATUS=waiting for the broker to confirm the subscriptions");
+            last_status = Instant::now();
         }
         let subscribed = stats.subscribed.load(std::sync::atomic::Ordering::Relaxed);
         if (subscribed && !ready) || (ready && last_status.elapsed() >= Duration::from_secs(5)) {
@@ -359,26 +391,41 @@ fn reload_config(
             return current;
         }
     };
+    // What a reload applies: subscriptions, batch limits, log level. Every
+    // other difference is named and waits for a restart; the running
+    // values stay (so a later reload names it again).
+    let differs =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
     let mut restart = Vec::new();
-    if new.state_dir != current.state_dir {
-        restart.push("state_dir");
-    }
-    if new.mqtt.url != current.mqtt.url
-        || new.mqtt.client_id != current.mqtt.client_id
-        || new.mqtt.username != current.mqtt.username
-        || new.mqtt.password != current.mqtt.password
-        || new.mqtt.keep_alive != current.mqtt.keep_alive
-    {
-        restart.push("mqtt connection settings");
-    }
-    if new.influxdb.is_some() != current.influxdb.is_some()
-        || format!("{:?}", new.influxdb) != format!("{:?}", current.influxdb)
-        || format!("{:?}", new.lease) != format!("{:?}", current.lease)
-    {
-        restart.push("[influxdb] and [lease]");
-    }
-    if format!("{:?}", new.spool) != format!("{:?}", current.spool) {
-        restart.push("[spool]");
+    let mqtt_rest = |m: &crate::config::Mqtt| {
+        let mut m = m.clone();
+        m.subscribe.clear();
+        format!("{m:?}")
+    };
+    for (name, changed) in [
+        ("state_dir", new.state_dir != current.state_dir),
+        ("ticket_dir", new.ticket_dir != current.ticket_dir),
+        ("runtime_dir", new.runtime_dir != current.runtime_dir),
+        (
+            "shutdown_timeout",
+            new.shutdown_timeout != current.shutdown_timeout,
+        ),
+        (
+            "[mqtt] (but its subscriptions)",
+            mqtt_rest(&new.mqtt) != mqtt_rest(&current.mqtt),
+        ),
+        ("[influxdb]", differs(&new.influxdb, &current.influxdb)),
+        ("[lease]", differs(&new.lease, &current.lease)),
+        ("[metrics]", new.metrics_listen != current.metrics_listen),
+        ("[spool]", differs(&new.spool, &current.spool)),
+        (
+            "dead_letter",
+            new.dead_letter_max_bytes != current.dead_letter_max_bytes,
+        ),
+    ] {
+        if changed {
+            restart.push(name);
+        }
     }
     if !restart.is_empty() {
         log::warn!(
@@ -402,7 +449,11 @@ fn reload_config(
         new.batch.max_bytes,
         new.batch.flush_interval
     );
-    new
+    let mut running = current;
+    running.mqtt.subscribe = new.mqtt.subscribe;
+    running.batch = new.batch;
+    running.log_level = new.log_level;
+    running
 }
 
 /// Creates the state directory owner-only: the spool holds sensor data and,

@@ -1,7 +1,7 @@
 //! What `leasegate status` shows. The daemon answers on a unix socket,
 //! `runtime_dir/status.sock` (mode 0660), with its current report as one
 //! JSON object; it also writes the report to `state_dir/status.json` every
-//! second (whole file, renamed in), which the command reads when the
+//! ten seconds (whole file, renamed in), which the command reads when the
 //! socket is not there (a daemon that could not make it, or has stopped)
 //! and says how fresh it is.
 //!
@@ -21,8 +21,10 @@ use super::spool::Spool;
 use super::stats::Stats;
 
 pub const STATUS_FILE: &str = "status.json";
+/// How often the report file is rewritten.
+pub const FILE_EVERY: Duration = Duration::from_secs(10);
 /// A report older than this means the daemon is not running (or stuck).
-pub const STALE: Duration = Duration::from_secs(5);
+pub const STALE: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
@@ -56,6 +58,7 @@ pub struct Reporter {
 
 struct Tracking {
     last: Option<Instant>,
+    written: Option<Instant>,
     /// (when, points appended so far): to tell when the oldest unread
     /// point arrived.
     marks: VecDeque<(Instant, u64)>,
@@ -70,6 +73,7 @@ impl Reporter {
             started: Instant::now(),
             inner: Mutex::new(Tracking {
                 last: None,
+                written: None,
                 marks: VecDeque::new(),
                 report: None,
             }),
@@ -130,8 +134,13 @@ impl Reporter {
             oldest_point_age_secs: age,
             stopped: false,
         };
-        if let Err(e) = super::identity::write_json(&self.path, &report, false) {
-            log::debug!("cannot write {}: {e}", self.path.display());
+        // The socket serves the report of every second; the file, for when
+        // the socket is not there, is rewritten less often (flash wears).
+        if t.written.is_none_or(|w| now - w >= FILE_EVERY) {
+            if let Err(e) = super::identity::write_json(&self.path, &report, false) {
+                log::debug!("cannot write {}: {e}", self.path.display());
+            }
+            t.written = Some(now);
         }
         t.report = Some(report);
     }

@@ -116,6 +116,7 @@ impl Writer {
         let mut data = std::borrow::Cow::Borrowed(data);
         let mut points = points;
         loop {
+            self.stats.health.writer.beat();
             let started = Instant::now();
             let e = match self.sink.write(&data) {
                 Ok(()) => {
@@ -218,7 +219,9 @@ impl Writer {
     /// is a new credential to retry with at once.
     fn took_new_credential(&self, status: u16) -> bool {
         let refused_lease = self.sink.lease_id();
-        match self.sink.reload_credential(&self.shutdown) {
+        let reloaded = self.sink.reload_credential(&self.shutdown);
+        self.stats.health.writer.beat();
+        match reloaded {
             Ok(true) if self.sink.is_leased() => {
                 log::info!(
                     "InfluxDB refused lease {} ({status}); retrying with lease {}",

@@ -209,6 +209,8 @@ pub fn run(config: AuthorityConfig, shutdown: Shutdown) -> Result<(), AuthorityE
     notifier.send(&format!("READY=1\nSTATUS=serving on {listen}"));
     let served = server::serve(authority, listener, tls_config, shutdown.clone(), http_beat);
     notifier.send("STOPPING=1");
+    // The server may also have stopped on an error: everything stops.
+    shutdown.trigger();
     if let Some(w) = watchdog {
         let _ = w.join();
     }

@@ -195,6 +195,7 @@ fn enroll(path: &Path, file: &Path) -> i32 {
     match agent::identity::process_ticket(file, &config.state_dir, &l.identity_name, l.system_trust)
     {
         TicketOutcome::Enrolled(i) => {
+            give_to_state_dir_owner(&config.state_dir);
             println!(
                 "enrolled as {} ({}), role {}, with the authority at {}; {} deleted",
                 i.identity_name,
@@ -221,6 +222,24 @@ fn enroll(path: &Path, file: &Path) -> i32 {
             );
             exit::FAILURE
         }
+    }
+}
+
+/// Run as root (`sudo leasegate enroll`), the identity file would be
+/// root's and unreadable to the daemon's user: it goes to the owner of the
+/// state dir, as the daemon's own files are.
+fn give_to_state_dir_owner(state_dir: &Path) {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(dir) = std::fs::metadata(state_dir) else {
+        return;
+    };
+    let file = state_dir.join(agent::identity::IDENTITY_FILE);
+    let owned = std::fs::metadata(&file).is_ok_and(|m| m.uid() == dir.uid());
+    if !owned && let Err(e) = std::os::unix::fs::chown(&file, Some(dir.uid()), Some(dir.gid())) {
+        eprintln!(
+            "leasegate: {} is not owned by the daemon's user and cannot be given to it: {e}",
+            file.display()
+        );
     }
 }
 
