@@ -7,7 +7,7 @@
 pub const OK: i32 = 0;
 /// A runtime failure.
 pub const FAILURE: i32 = 1;
-/// Bad usage, or a subcommand this version does not provide yet.
+/// Bad usage: arguments or a request the command refuses.
 pub const USAGE: i32 = 2;
 /// EX_CONFIG: the configuration is invalid.
 pub const CONFIG: i32 = 78;
