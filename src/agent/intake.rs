@@ -105,7 +105,7 @@ impl Intake {
         let beats = {
             let stats = stats.clone();
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                let mut tick = tokio::time::interval(Duration::from_millis(250));
                 loop {
                     tick.tick().await;
                     stats.health.mqtt.beat();

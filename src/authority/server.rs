@@ -56,7 +56,7 @@ pub fn router(authority: Arc<Authority>) -> Router {
 }
 
 /// Serves until `shutdown`, then gives requests in flight [`DRAIN`].
-/// `beat` is bumped every second by a task on the server's runtime: it
+/// `beat` is bumped four times a second by a task on the server's runtime: it
 /// stops if the runtime is wedged.
 pub fn serve(
     authority: Arc<Authority>,
@@ -78,7 +78,7 @@ pub fn serve(
     let app = router(authority);
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     runtime.spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tick.tick().await;
             beat.beat();
