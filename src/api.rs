@@ -174,6 +174,15 @@ impl ErrorCode {
         }
     }
 
+    /// The code as it is on the wire (`ticket_used_up`), for logs and
+    /// `.reason` files.
+    pub fn name(self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+
     /// Whether asking again later can succeed (the gateway keeps its
     /// ticket or identity and backs off) or never will.
     pub fn is_retryable(self) -> bool {
@@ -225,6 +234,7 @@ mod tests {
             serde_json::to_string(&body).unwrap(),
             r#"{"error":{"code":"ticket_used_up","message":"used up"}}"#
         );
+        assert_eq!(ErrorCode::NoRoleMatches.name(), "no_role_matches");
     }
 
     #[test]

@@ -44,7 +44,7 @@ pub enum ClientError {
     },
     #[error("TLS to the authority at {url}: {message}")]
     Tls { url: String, message: String },
-    #[error("the authority refused: {} ({})", .0.message, code_name(.0.code))]
+    #[error("the authority refused: {} ({})", .0.message, .0.code.name())]
     Refused(ApiError),
     #[error("the authority answered HTTP {status} with no reason leasegate understands: {body}")]
     BadAnswer { status: u16, body: String },
@@ -74,20 +74,13 @@ impl ClientError {
     /// what went wrong here.
     pub fn reason_code(&self) -> String {
         match self {
-            ClientError::Refused(e) => code_name(e.code),
+            ClientError::Refused(e) => e.code.name(),
             ClientError::Mismatch { .. } => "certificate_mismatch".into(),
             ClientError::Tls { .. } => "tls".into(),
             ClientError::Unreachable { .. } => "unreachable".into(),
             ClientError::BadAnswer { .. } => "bad_answer".into(),
         }
     }
-}
-
-pub fn code_name(code: ErrorCode) -> String {
-    serde_json::to_value(code)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 /// How the gateway trusts the authority.

@@ -254,17 +254,7 @@ impl Backend {
                     encode(self.config.org_id.as_deref().unwrap_or_default())
                 );
                 let action = "list authorizations";
-                let (status, body) = self.call(
-                    action,
-                    self.agent
-                        .get(&url)
-                        .header("Authorization", self.authorization.expose())
-                        .call(),
-                )?;
-                if status != 200 {
-                    return Err(self.status_error(action, status, &body));
-                }
-                let v: Value = self.json(action, &body)?;
+                let v = self.get_json(action, &url)?;
                 Ok(v["authorizations"]
                     .as_array()
                     .into_iter()
@@ -284,17 +274,7 @@ impl Backend {
                     encode("SELECT * FROM system.tokens")
                 );
                 let action = "list tokens";
-                let (status, body) = self.call(
-                    action,
-                    self.agent
-                        .get(&url)
-                        .header("Authorization", self.authorization.expose())
-                        .call(),
-                )?;
-                if status != 200 {
-                    return Err(self.status_error(action, status, &body));
-                }
-                let v: Value = self.json(action, &body)?;
+                let v = self.get_json(action, &url)?;
                 Ok(v.as_array()
                     .into_iter()
                     .flatten()
@@ -403,17 +383,7 @@ impl Backend {
             encode(self.config.org_id.as_deref().unwrap_or_default()),
             encode(bucket)
         );
-        let (status, body) = self.call(
-            &action,
-            self.agent
-                .get(&url)
-                .header("Authorization", self.authorization.expose())
-                .call(),
-        )?;
-        if status != 200 {
-            return Err(self.status_error(&action, status, &body));
-        }
-        let v: Value = self.json(&action, &body)?;
+        let v = self.get_json(&action, &url)?;
         let id = v["buckets"]
             .as_array()
             .into_iter()
@@ -453,18 +423,7 @@ impl Backend {
         });
         let action = "create authorization";
         let url = format!("{}/api/v2/authorizations", self.config.url);
-        let (status, text) = self.call(
-            action,
-            self.agent
-                .post(&url)
-                .header("Authorization", self.authorization.expose())
-                .header("Content-Type", "application/json")
-                .send(body.to_string()),
-        )?;
-        if status != 201 {
-            return Err(self.status_error(action, status, &text));
-        }
-        let v: Value = self.json(action, &text)?;
+        let v = self.post_json(action, &url, &body, &[201])?;
         match (v["id"].as_str(), v["token"].as_str()) {
             (Some(id), Some(token)) => Ok(Grant {
                 secret: Secret::new(token),
@@ -498,18 +457,7 @@ impl Backend {
             )
         };
         let action = "create token";
-        let (status, text) = self.call(
-            action,
-            self.agent
-                .post(&url)
-                .header("Authorization", self.authorization.expose())
-                .header("Content-Type", "application/json")
-                .send(body.to_string()),
-        )?;
-        if status != 201 && status != 200 {
-            return Err(self.status_error(action, status, &text));
-        }
-        let v: Value = self.json(action, &text)?;
+        let v = self.post_json(action, &url, &body, &[200, 201])?;
         match v["token"].as_str() {
             Some(token) => Ok(Grant {
                 secret: Secret::new(token),
@@ -543,6 +491,43 @@ impl Backend {
                 source,
             })?;
         Ok((status, body))
+    }
+
+    /// GET `url` as the admin: the JSON answer of a 200.
+    fn get_json(&self, action: &str, url: &str) -> Result<Value, BackendError> {
+        let (status, body) = self.call(
+            action,
+            self.agent
+                .get(url)
+                .header("Authorization", self.authorization.expose())
+                .call(),
+        )?;
+        if status != 200 {
+            return Err(self.status_error(action, status, &body));
+        }
+        self.json(action, &body)
+    }
+
+    /// POST `body` as JSON as the admin: the JSON answer of an `ok` status.
+    fn post_json(
+        &self,
+        action: &str,
+        url: &str,
+        body: &Value,
+        ok: &[u16],
+    ) -> Result<Value, BackendError> {
+        let (status, text) = self.call(
+            action,
+            self.agent
+                .post(url)
+                .header("Authorization", self.authorization.expose())
+                .header("Content-Type", "application/json")
+                .send(body.to_string()),
+        )?;
+        if !ok.contains(&status) {
+            return Err(self.status_error(action, status, &text));
+        }
+        self.json(action, &text)
     }
 
     fn json(&self, action: &str, body: &str) -> Result<Value, BackendError> {

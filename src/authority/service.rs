@@ -208,7 +208,7 @@ impl Authority {
             }),
             Err((code, ticket_id)) => {
                 let ticket_row = match &ticket_id {
-                    Some(id) => store.tickets()?.into_iter().find(|t| &t.id == id),
+                    Some(id) => store.ticket(id)?,
                     None => None,
                 };
                 let message = refusal_message(code, ticket_row.as_ref(), now);
@@ -216,7 +216,7 @@ impl Authority {
                     now,
                     "enroll refused",
                     &req.identity_name,
-                    &format!("{}: {message}", code_name(code)),
+                    &format!("{}: {message}", code.name()),
                 )?;
                 Err(ApiError::new(code, message))
             }
@@ -494,13 +494,6 @@ pub fn info(l: &LeaseRow) -> LeaseInfo {
         target: l.target.clone(),
         last_error: l.last_error.clone(),
     }
-}
-
-fn code_name(code: ErrorCode) -> String {
-    serde_json::to_value(code)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 pub fn show_attributes(a: &BTreeMap<String, String>) -> String {

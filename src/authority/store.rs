@@ -222,6 +222,17 @@ impl Store {
         rows.map(|r| r.map_err(StoreError::from)).collect()
     }
 
+    pub fn ticket(&self, id: &str) -> Result<Option<TicketRow>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id, attributes, role, usage_count, used, created_ms, expires_ms, revoked_ms FROM tickets WHERE id = ?1",
+                [id],
+                ticket_row,
+            )
+            .optional()?)
+    }
+
     /// Revokes a ticket; false when there is no such ticket.
     pub fn revoke_ticket(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
         let n = self.conn.execute(
