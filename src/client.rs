@@ -1,14 +1,14 @@
 //! The gateway's side of the authority's HTTP API (`crate::api`): enroll,
 //! and create, list, show and revoke leases with the identity credential.
 //!
-//! It owns trust in the authority. A self-signed authority is trusted by
-//! the SHA-256 fingerprint its ticket pins: [`fetch_certificate`] takes the
-//! certificate chain from a TLS handshake (signatures checked, chain not),
-//! and goes on only if the leaf's fingerprint is the pinned one; from then
-//! on the chain's last certificate (the leaf itself when self-signed) is
-//! the one trust anchor of every connection, with the usual checks of name
-//! and signature. (ureq takes no custom verifier, so the pin itself is
-//! checked at enrollment.) Or the system's roots, when configured. It never
+//! It owns trust in the authority. A self-signed (or any) authority
+//! certificate is trusted by the SHA-256 fingerprint its ticket pins, and
+//! the pin is checked inside the TLS handshake of every connection, by
+//! [`PinnedVerifier`] under a connector of our own, before one byte of a
+//! request leaves: enrollment's and every later call's. The pin names one
+//! certificate exactly, as an SSH known-hosts line names one host key, so
+//! another certificate from the same CA, or with the same name, is refused
+//! (README, "Security model"). Or the system's roots, when configured. It never
 //! sends a secret anywhere but the authority it trusts, and its errors
 //! never carry one.
 
@@ -17,6 +17,10 @@ use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use ureq::unversioned::transport::{
+    Buffers, ConnectionDetails, Connector, Either, LazyBuffers, NextTimeout, TcpConnector,
+    Transport, TransportAdapter,
+};
 
 use crate::api::{
     ApiError, EnrollRequest, Enrollment, ErrorBody, ErrorCode, LeaseGrant, LeaseInfo, LeaseList,
@@ -88,8 +92,9 @@ impl ClientError {
 pub enum Trust {
     /// Plain HTTP (an authority with `tls = "off"` on loopback).
     None,
-    /// Exactly this certificate (DER), whose fingerprint a ticket pinned.
-    Pinned(Vec<u8>),
+    /// Exactly the certificate with this SHA-256 fingerprint (lowercase
+    /// hex of its DER), as the ticket pinned it.
+    Pinned(String),
     /// The system's CA certificates.
     System,
 }
@@ -105,9 +110,19 @@ impl AuthorityClient {
             .timeout_global(Some(TIMEOUT))
             .http_status_as_error(false)
             .user_agent(concat!("leasegate/", env!("CARGO_PKG_VERSION")));
-        let roots: Option<Vec<ureq::tls::Certificate<'static>>> = match trust {
-            Trust::None => None,
-            Trust::Pinned(der) => Some(vec![ureq::tls::Certificate::from_der(der).to_owned()]),
+        let agent = match trust {
+            Trust::None => config.build().into(),
+            Trust::Pinned(pin) => {
+                let tls = PinnedTls::new(pin).map_err(|e| ClientError::Tls {
+                    url: base.to_owned(),
+                    message: e.to_string(),
+                })?;
+                ureq::Agent::with_parts(
+                    config.build(),
+                    ().chain(TcpConnector::default()).chain(tls),
+                    ureq::unversioned::resolver::DefaultResolver::default(),
+                )
+            }
             Trust::System => {
                 let found = rustls_native_certs::load_native_certs();
                 if found.certs.is_empty() {
@@ -116,25 +131,22 @@ impl AuthorityClient {
                         message: "no system CA certificates found".into(),
                     });
                 }
-                Some(
-                    found
-                        .certs
-                        .iter()
-                        .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
-                        .collect(),
-                )
+                let roots = found
+                    .certs
+                    .iter()
+                    .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
+                    .collect();
+                config = config.tls_config(
+                    ureq::tls::TlsConfig::builder()
+                        .root_certs(ureq::tls::RootCerts::Specific(Arc::new(roots)))
+                        .build(),
+                );
+                config.build().into()
             }
         };
-        if let Some(roots) = roots {
-            config = config.tls_config(
-                ureq::tls::TlsConfig::builder()
-                    .root_certs(ureq::tls::RootCerts::Specific(Arc::new(roots)))
-                    .build(),
-            );
-        }
         Ok(AuthorityClient {
             base: base.trim_end_matches('/').to_owned(),
-            agent: config.build().into(),
+            agent,
         })
     }
 
@@ -256,26 +268,41 @@ impl AuthorityClient {
         }
     }
 
-    /// A failed request: TLS trouble (a changed certificate, a name that
-    /// does not match) is told apart from an unreachable authority.
+    /// A failed request: a certificate that is not the pinned one, and
+    /// other TLS trouble (a name that does not match), are told apart from
+    /// an unreachable authority.
     fn transport_error(&self, source: ureq::Error) -> ClientError {
         let tls = match &source {
-            ureq::Error::Rustls(e) => Some(e.to_string()),
-            ureq::Error::Tls(e) => Some((*e).to_owned()),
+            ureq::Error::Rustls(e) => Some(e),
             ureq::Error::Io(e) => e
                 .get_ref()
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-                .map(|e| e.to_string()),
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
             _ => None,
         };
         match tls {
-            Some(message) => ClientError::Tls {
+            Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)))
+                if other.0.downcast_ref::<PinMismatch>().is_some() =>
+            {
+                let m = other.0.downcast_ref::<PinMismatch>().expect("checked");
+                ClientError::Mismatch {
+                    url: self.base.clone(),
+                    found: m.found.clone(),
+                    pinned: m.pinned.clone(),
+                }
+            }
+            Some(e) => ClientError::Tls {
                 url: self.base.clone(),
-                message,
+                message: e.to_string(),
             },
-            None => ClientError::Unreachable {
-                url: self.base.clone(),
-                source,
+            None => match &source {
+                ureq::Error::Tls(message) => ClientError::Tls {
+                    url: self.base.clone(),
+                    message: (*message).to_owned(),
+                },
+                _ => ClientError::Unreachable {
+                    url: self.base.clone(),
+                    source,
+                },
             },
         }
     }
@@ -285,85 +312,63 @@ fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("plain data always serializes")
 }
 
-/// Takes the authority's certificate from a TLS handshake and returns it
-/// (DER) if its SHA-256 fingerprint is `pinned`; names both fingerprints
-/// when it is not.
-pub fn fetch_certificate(url: &str, pinned: &str) -> Result<Vec<u8>, ClientError> {
-    let tls_error = |message: String| ClientError::Tls {
-        url: url.to_owned(),
-        message,
-    };
-    let uri: ureq::http::Uri = url
-        .parse()
-        .map_err(|e| tls_error(format!("not a URL: {e}")))?;
-    let host = uri
-        .host()
-        .ok_or_else(|| tls_error("the URL has no host".into()))?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    let port = uri.port_u16().unwrap_or(443);
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls_error(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(TakeAnyCertificate(provider)))
-        .with_no_client_auth();
-    let name = ServerName::try_from(host.clone()).map_err(|e| tls_error(e.to_string()))?;
-    let mut conn = rustls::ClientConnection::new(Arc::new(config), name)
-        .map_err(|e| tls_error(e.to_string()))?;
-    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
-        .map_err(|e| tls_error(format!("cannot resolve {host}: {e}")))?
-        .next()
-        .ok_or_else(|| tls_error(format!("{host} has no address")))?;
-    let mut sock = std::net::TcpStream::connect_timeout(&addr, TIMEOUT).map_err(|e| {
-        ClientError::Unreachable {
-            url: url.to_owned(),
-            source: ureq::Error::Io(e),
-        }
-    })?;
-    sock.set_read_timeout(Some(TIMEOUT)).ok();
-    sock.set_write_timeout(Some(TIMEOUT)).ok();
-    while conn.is_handshaking() {
-        conn.complete_io(&mut sock)
-            .map_err(|e| tls_error(format!("handshake: {e}")))?;
-    }
-    let chain = conn
-        .peer_certificates()
-        .filter(|c| !c.is_empty())
-        .ok_or_else(|| tls_error("the server sent no certificate".into()))?;
-    let found = sha256_hex(chain[0].as_ref());
-    // The anchor for later connections: the leaf itself when self-signed,
-    // else the last certificate the server sends (its CA side), so a
-    // configured CA-issued certificate verifies as well.
-    let cert = chain[chain.len() - 1].as_ref().to_vec();
-    if !found.eq_ignore_ascii_case(pinned) {
-        return Err(ClientError::Mismatch {
-            url: url.to_owned(),
-            found,
-            pinned: pinned.to_owned(),
-        });
-    }
-    Ok(cert)
+/// The certificate a server showed was not the one the ticket pinned; the
+/// verifier's error, carried through rustls and ureq to [`ClientError`].
+#[derive(Debug, thiserror::Error)]
+#[error("certificate SHA-256 {found} is not the pinned {pinned}")]
+struct PinMismatch {
+    found: String,
+    pinned: String,
 }
 
-/// Accepts whatever certificate the server shows (the caller compares its
-/// fingerprint) but still checks the handshake signatures, so the server
-/// must hold the certificate's key.
+/// Accepts exactly the pinned certificate, whatever it says of itself (a
+/// self-signed certificate's name and dates are the authority's own word,
+/// and the pin already says which one is meant), and checks the
+/// handshake's signatures with its key, so the server must hold that key.
 #[derive(Debug)]
-struct TakeAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+pub struct PinnedVerifier {
+    pin: String,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
 
-impl ServerCertVerifier for TakeAnyCertificate {
+impl PinnedVerifier {
+    /// A verifier for `pin`, lowercase or uppercase hex of 32 bytes.
+    pub fn new(pin: &str) -> Result<PinnedVerifier, ClientError> {
+        if pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ClientError::Tls {
+                url: String::new(),
+                message: format!(
+                    "the pinned fingerprint is not 64 hex digits ({} characters)",
+                    pin.len()
+                ),
+            });
+        }
+        Ok(PinnedVerifier {
+            pin: pin.to_ascii_lowercase(),
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+        })
+    }
+}
+
+impl ServerCertVerifier for PinnedVerifier {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
+        end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        let found = sha256_hex(end_entity.as_ref());
+        if found == self.pin {
+            return Ok(ServerCertVerified::assertion());
+        }
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::Other(rustls::OtherError(Arc::new(PinMismatch {
+                found,
+                pinned: self.pin.clone(),
+            }))),
+        ))
     }
 
     fn verify_tls12_signature(
@@ -376,7 +381,7 @@ impl ServerCertVerifier for TakeAnyCertificate {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -390,11 +395,119 @@ impl ServerCertVerifier for TakeAnyCertificate {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// ureq's TLS step with our own rustls configuration: ureq's built-in one
+/// takes only root certificates, and a root would trust every certificate
+/// its CA signs.
+#[derive(Debug)]
+struct PinnedTls {
+    config: Arc<rustls::ClientConfig>,
+}
+
+impl PinnedTls {
+    fn new(pin: &str) -> Result<PinnedTls, ClientError> {
+        let verifier = PinnedVerifier::new(pin)?;
+        let provider = verifier.provider.clone();
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ClientError::Tls {
+                url: String::new(),
+                message: e.to_string(),
+            })?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        Ok(PinnedTls {
+            config: Arc::new(config),
+        })
+    }
+}
+
+impl<In: Transport> Connector<In> for PinnedTls {
+    type Out = Either<In, PinnedTransport>;
+
+    fn connect(
+        &self,
+        details: &ConnectionDetails,
+        chained: Option<In>,
+    ) -> Result<Option<Self::Out>, ureq::Error> {
+        let Some(transport) = chained else {
+            return Ok(None);
+        };
+        if !details.needs_tls() || transport.is_tls() {
+            return Ok(Some(Either::A(transport)));
+        }
+        let host = details
+            .uri
+            .host()
+            .unwrap_or_default()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let name = ServerName::try_from(host).map_err(|_| ureq::Error::Tls("invalid host name"))?;
+        let mut conn = rustls::ClientConnection::new(self.config.clone(), name)?;
+        let mut sock = TransportAdapter::new(transport.boxed(), details.current_time.clone());
+        sock.set_timeout(details.timeout);
+        // The handshake, pin check included, completes before ureq writes
+        // the request.
+        conn.complete_io(&mut sock)?;
+        Ok(Some(Either::B(PinnedTransport {
+            buffers: LazyBuffers::new(
+                details.config.input_buffer_size(),
+                details.config.output_buffer_size(),
+            ),
+            stream: rustls::StreamOwned::new(conn, sock),
+        })))
+    }
+}
+
+/// A TLS connection for ureq, after [`PinnedTls`]'s handshake.
+pub struct PinnedTransport {
+    buffers: LazyBuffers,
+    stream: rustls::StreamOwned<rustls::ClientConnection, TransportAdapter>,
+}
+
+impl std::fmt::Debug for PinnedTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PinnedTransport").finish_non_exhaustive()
+    }
+}
+
+impl Transport for PinnedTransport {
+    fn buffers(&mut self) -> &mut dyn Buffers {
+        &mut self.buffers
+    }
+
+    fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), ureq::Error> {
+        use std::io::Write as _;
+        self.stream.sock.set_timeout(timeout);
+        self.stream.write_all(&self.buffers.output()[..amount])?;
+        Ok(())
+    }
+
+    fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
+        use std::io::Read as _;
+        self.stream.sock.set_timeout(timeout);
+        let n = self.stream.read(self.buffers.input_append_buf())?;
+        self.buffers.input_appended(n);
+        Ok(n > 0)
+    }
+
+    fn is_open(&mut self) -> bool {
+        self.stream.sock.get_mut().is_open()
+    }
+
+    fn is_tls(&self) -> bool {
+        true
     }
 }

@@ -7,52 +7,10 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+use support::pki::Ca;
 use support::{Daemon, Influx, Mosquitto, free_port, publish_all, write_secret};
-
-/// A CA, and PEM files of certificates it signed.
-struct Ca {
-    params: CertificateParams,
-    key: KeyPair,
-    pem: String,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let pem = params.clone().self_signed(&key).unwrap().pem();
-        Ca { params, key, pem }
-    }
-
-    /// Writes `NAME.pem` and `NAME.key` (0600) into `dir`: a certificate
-    /// for 127.0.0.1 signed by this CA.
-    fn issue(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-        params.distinguished_name.push(DnType::CommonName, name);
-        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
-        let cert = params.signed_by(&key, &issuer).unwrap();
-        let cert_path = dir.join(format!("{name}.pem"));
-        std::fs::write(&cert_path, cert.pem()).unwrap();
-        let key_path = write_secret(dir, &format!("{name}.key"), &key.serialize_pem());
-        (cert_path, key_path)
-    }
-
-    fn write(&self, dir: &Path, name: &str) -> PathBuf {
-        let path = dir.join(name);
-        std::fs::write(&path, &self.pem).unwrap();
-        path
-    }
-}
 
 fn line(i: u64) -> (String, Vec<u8>) {
     (

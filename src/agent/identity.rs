@@ -13,11 +13,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use crate::api::LeaseGrant;
-use crate::client::{AuthorityClient, ClientError, Trust, fetch_certificate};
+use crate::client::{AuthorityClient, ClientError, Trust};
 use crate::secret::Secret;
 use crate::ticket::{Ticket, TicketError};
 
@@ -36,10 +35,10 @@ pub struct Identity {
     #[serde(with = "crate::secret::wire")]
     pub credential: Secret,
     pub authority_url: String,
-    /// The pinned certificate (base64 DER) and its fingerprint; absent for
-    /// a plain-HTTP authority or with system trust.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cert_der_base64: Option<String>,
+    /// The pinned certificate's SHA-256 fingerprint, from the ticket,
+    /// checked in every TLS handshake; absent for a plain-HTTP authority or
+    /// with system trust. (Identities from before the pin was checked on
+    /// every call also hold `cert_der_base64`, which is no longer read.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_sha256: Option<String>,
     #[serde(default)]
@@ -58,18 +57,15 @@ impl Identity {
         if self.authority_url.starts_with("http://") {
             return Ok(Trust::None);
         }
-        let broken = |message: &str| ClientError::Tls {
-            url: self.authority_url.clone(),
-            message: format!("{message} in {IDENTITY_FILE}; enroll again with a new ticket"),
-        };
-        let b64 = self
-            .cert_der_base64
-            .as_deref()
-            .ok_or_else(|| broken("no pinned certificate"))?;
-        base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .map(Trust::Pinned)
-            .map_err(|_| broken("the pinned certificate is damaged"))
+        match &self.cert_sha256 {
+            Some(pin) => Ok(Trust::Pinned(pin.clone())),
+            None => Err(ClientError::Tls {
+                url: self.authority_url.clone(),
+                message: format!(
+                    "no pinned certificate in {IDENTITY_FILE}; enroll again with a new ticket"
+                ),
+            }),
+        }
     }
 
     pub fn client(&self) -> Result<AuthorityClient, ClientError> {
@@ -143,14 +139,13 @@ pub fn redeem(
             "a plain http:// authority is accepted only on a loopback address".into(),
         )));
     }
-    let (trust, cert) = if ticket.url.starts_with("http://") {
-        (Trust::None, None)
+    let trust = if ticket.url.starts_with("http://") {
+        Trust::None
     } else if system_trust {
-        (Trust::System, None)
+        Trust::System
     } else {
-        let pinned = ticket.cert_sha256.as_deref().unwrap_or_default();
-        let der = fetch_certificate(&ticket.url, pinned)?;
-        (Trust::Pinned(der.clone()), Some(der))
+        // Ticket::parse makes sure an https ticket carries a pin.
+        Trust::Pinned(ticket.cert_sha256.clone().unwrap_or_default())
     };
     let client = AuthorityClient::new(&ticket.url, &trust)?;
     let e = client.enroll(&ticket.secret, identity_name)?;
@@ -161,7 +156,6 @@ pub fn redeem(
         attributes: e.attributes,
         credential: e.credential,
         authority_url: ticket.url,
-        cert_der_base64: cert.map(|d| base64::engine::general_purpose::STANDARD.encode(d)),
         cert_sha256: if system_trust {
             None
         } else {
@@ -421,16 +415,20 @@ mod tests {
             attributes: BTreeMap::new(),
             credential: Secret::new("lgi_x"),
             authority_url: "https://127.0.0.1:7443".into(),
-            cert_der_base64: None,
             cert_sha256: None,
             system_trust: false,
             enrolled_ms: 0,
         };
         assert!(matches!(id.trust(), Err(ClientError::Tls { .. })));
-        id.cert_der_base64 = Some("%%%".into());
-        assert!(matches!(id.trust(), Err(ClientError::Tls { .. })));
-        id.cert_der_base64 = Some("AAEC".into());
-        assert!(matches!(id.trust(), Ok(Trust::Pinned(d)) if d == [0, 1, 2]));
+        id.cert_sha256 = Some("ab".repeat(32));
+        assert!(matches!(id.trust(), Ok(Trust::Pinned(p)) if p == "ab".repeat(32)));
+        // An identity stored before the pin was checked on every call
+        // (it kept the certificate's DER too) reads with its pin.
+        let old = r#"{"identity_id":"i","identity_name":"gw","role":"r","attributes":{},
+            "credential":"lgi_x","authority_url":"https://127.0.0.1:7443",
+            "cert_der_base64":"AAEC","cert_sha256":"CDCD","system_trust":false,"enrolled_ms":0}"#;
+        let old: Identity = serde_json::from_str(old).unwrap();
+        assert!(matches!(old.trust(), Ok(Trust::Pinned(p)) if p == "CDCD"));
         assert!(
             !format!("{id:?}").contains("lgi_x"),
             "Debug hides the credential"
@@ -448,7 +446,6 @@ mod tests {
             attributes: BTreeMap::new(),
             credential: Secret::new("lgi_x"),
             authority_url: "http://127.0.0.1:1".into(),
-            cert_der_base64: None,
             cert_sha256: None,
             system_trust: false,
             enrolled_ms: 0,

@@ -12,6 +12,7 @@
 
 pub mod authority;
 pub mod fake_influx;
+pub mod pki;
 
 use std::fs;
 use std::net::{TcpListener, TcpStream};

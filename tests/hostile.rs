@@ -1,0 +1,229 @@
+//! Attacks from the network, tried on loopback against the real binaries:
+//! each test here reproduced its attack against the code before its fix.
+//!
+//! - A man in the middle holding another certificate from the authority's
+//!   own CA gets nothing from a gateway, at enrollment or after.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use leasegate::ticket::Ticket;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use support::authority::{AuthorityServer, role, v1_backend};
+use support::pki::{Ca, Leaf};
+
+/// A TCP front for the authority that passes the first `passthrough`
+/// connections through untouched and terminates every later one with its
+/// own certificate, keeping whatever the client sends it once TLS is up.
+struct Interceptor {
+    port: u16,
+    passthrough: Arc<AtomicUsize>,
+    /// Application bytes the interceptor decrypted.
+    received: Arc<Mutex<Vec<u8>>>,
+    /// Connections it terminated with its own certificate.
+    intercepted: Arc<AtomicUsize>,
+}
+
+impl Interceptor {
+    fn start(upstream: u16, leaf: &Leaf, ca_pem: &str, passthrough: usize) -> Interceptor {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(format!("{}{ca_pem}", leaf.pem).as_bytes())
+                .collect::<Result<_, _>>()
+                .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+        let config = Arc::new(
+            rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap(),
+        );
+        let i = Interceptor {
+            port,
+            passthrough: Arc::new(AtomicUsize::new(passthrough)),
+            received: Arc::default(),
+            intercepted: Arc::default(),
+        };
+        let (left, received, intercepted) = (
+            i.passthrough.clone(),
+            i.received.clone(),
+            i.intercepted.clone(),
+        );
+        std::thread::spawn(move || {
+            // Bounded: a test makes a handful of connections.
+            for stream in listener.incoming().take(64) {
+                let Ok(client) = stream else { continue };
+                let pass = left
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+                if pass {
+                    relay(client, upstream);
+                } else {
+                    intercepted.fetch_add(1, Ordering::SeqCst);
+                    let (config, received) = (config.clone(), received.clone());
+                    std::thread::spawn(move || terminate(client, config, received));
+                }
+            }
+        });
+        i
+    }
+
+    fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    fn received(&self) -> Vec<u8> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+/// Copies bytes both ways between `client` and the authority.
+fn relay(client: TcpStream, upstream: u16) {
+    let server = TcpStream::connect(("127.0.0.1", upstream)).unwrap();
+    for (mut from, mut to) in [
+        (client.try_clone().unwrap(), server.try_clone().unwrap()),
+        (server, client),
+    ] {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from, &mut to);
+            let _ = to.shutdown(std::net::Shutdown::Write);
+        });
+    }
+}
+
+/// Plays the authority with the interceptor's own certificate and keeps
+/// every byte the client sends once the handshake completes.
+fn terminate(
+    mut sock: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    received: Arc<Mutex<Vec<u8>>>,
+) {
+    sock.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let mut conn = rustls::ServerConnection::new(config).unwrap();
+    let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = tls.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        received.lock().unwrap().extend_from_slice(&buf[..n]);
+        if received
+            .lock()
+            .unwrap()
+            .windows(4)
+            .any(|w| w == b"\r\n\r\n")
+        {
+            // Enough to look like the authority to a careless client.
+            let _ = tls.write_all(
+                b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            );
+            break;
+        }
+    }
+}
+
+/// An HTTPS authority serving `leaf` (with its CA in the chain) on the
+/// loopback, with a role for `service = iot-sensor` on a v1 backend that is
+/// never reached (enrollment does not touch InfluxDB).
+fn authority_on(leaf: &Leaf, ca: &Ca) -> AuthorityServer {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = leaf.write(dir.path(), "authority", Some(&ca.pem));
+    let body = format!(
+        "cert_file = \"{}\"\nkey_file = \"{}\"\n{}{}",
+        cert.display(),
+        key.display(),
+        v1_backend("main", "http://127.0.0.1:9", "admin", "pw"),
+        role("sensor", "iot-sensor", "main", "database", "sensors")
+    );
+    let a = AuthorityServer::start_with(&body, true, "info");
+    // The certificate files must outlive the server's start.
+    std::mem::forget(dir);
+    a
+}
+
+/// The ticket the authority issues, with its URL pointed at `url`.
+fn ticket_via(authority: &AuthorityServer, url: &str) -> (Ticket, String) {
+    let mut ticket = Ticket::parse(&authority.ticket("iot-sensor", &[])).unwrap();
+    ticket.url = url.to_owned();
+    (ticket.clone(), ticket.encode())
+}
+
+#[test]
+fn a_man_in_the_middle_with_a_certificate_from_the_same_ca_gets_nothing() {
+    let ca = Ca::new("the authority's CA");
+    let real = ca.leaf("authority");
+    let forged = ca.leaf("interceptor");
+    let authority = authority_on(&real, &ca);
+    let pinned = leasegate::secret::sha256_hex(&real.der);
+
+    // At enrollment: the interceptor lets n connections through to the real
+    // authority, then answers every later one itself.
+    for passthrough in [0, 1] {
+        let mitm = Interceptor::start(authority.port, &forged, &ca.pem, passthrough);
+        let (ticket, line) = ticket_via(&authority, &mitm.url());
+        assert_eq!(ticket.cert_sha256.as_deref(), Some(pinned.as_str()));
+        let result = leasegate::agent::identity::redeem(&line, "gw-mitm", false);
+        let got = mitm.received();
+        assert!(
+            got.is_empty(),
+            "passthrough {passthrough}: the interceptor read {} bytes:\n{}",
+            got.len(),
+            String::from_utf8_lossy(&got)
+        );
+        assert!(
+            !String::from_utf8_lossy(&got).contains(ticket.secret.expose()),
+            "the ticket secret reached the interceptor"
+        );
+        match result {
+            // Every connection the client made went to the real authority.
+            Ok(_) => assert_eq!(mitm.intercepted.load(Ordering::SeqCst), 0),
+            Err(e) => {
+                let text = leasegate::error_chain(&e);
+                assert_eq!(e.reason_code(), "certificate_mismatch", "{text}");
+                assert!(
+                    text.contains(&pinned),
+                    "names the pinned fingerprint: {text}"
+                );
+                let found = leasegate::secret::sha256_hex(&forged.der);
+                assert!(text.contains(&found), "names the one it found: {text}");
+            }
+        }
+    }
+
+    // After enrollment: the identity was made through the real authority;
+    // then the interceptor takes over every connection.
+    let mitm = Interceptor::start(authority.port, &forged, &ca.pem, usize::MAX);
+    let (_, line) = ticket_via(&authority, &mitm.url());
+    let identity = leasegate::agent::identity::redeem(&line, "gw-later", false)
+        .expect("enrollment through the real authority");
+    mitm.passthrough.store(0, Ordering::SeqCst);
+    let client = identity.client().expect("a client for the stored identity");
+    let lease = client.create_lease(&identity.credential, None);
+    let listed = client.leases(&identity.credential);
+    let got = mitm.received();
+    assert!(
+        got.is_empty(),
+        "the interceptor read {} bytes after enrollment:\n{}",
+        got.len(),
+        String::from_utf8_lossy(&got)
+    );
+    assert!(mitm.intercepted.load(Ordering::SeqCst) >= 2);
+    for err in [
+        lease.unwrap_err().to_string(),
+        listed.unwrap_err().to_string(),
+    ] {
+        assert!(err.contains(&pinned), "a mismatch naming the pin: {err}");
+    }
+    assert!(!authority.log().contains(identity.credential.expose()));
+}
