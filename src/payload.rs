@@ -89,7 +89,7 @@ impl TopicTemplate {
                 Level::Literal(l) if l != part => return Err(misfit()),
                 Level::Literal(_) | Level::Skip => {}
                 Level::Tag(_) | Level::Measurement if part.is_empty() => return Err(misfit()),
-                Level::Tag(name) => merge_tag(&mut into.tags, name, part),
+                Level::Tag(name) => merge_tag(&mut into.tags, usize::MAX, name, part),
                 Level::Measurement => into.measurement = Some(part.to_owned()),
             }
         }
@@ -107,6 +107,8 @@ pub struct Decoding {
     /// Measurement for JSON and value payloads that carry none and whose
     /// template has no `{measurement}`.
     pub measurement: Option<String>,
+    /// Most tags and fields per point.
+    pub limits: lineproto::Limits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -192,7 +194,7 @@ pub fn decode(d: &Decoding, topic: &str, payload: &[u8]) -> Vec<Result<Point, Pa
         return vec![Err(e)];
     }
     match d.format {
-        Format::Line => match lineproto::parse_payload(payload) {
+        Format::Line => match lineproto::parse_payload_with(payload, d.limits) {
             Ok(lines) => lines
                 .map(|line| {
                     let mut p = line?;
@@ -273,6 +275,12 @@ fn json_point(
                             found: kind(value),
                         });
                     };
+                    if t.len() > d.limits.max_tags {
+                        return Err(PayloadError::Invalid {
+                            at,
+                            source: InvalidPoint::TooManyTags(d.limits.max_tags),
+                        });
+                    }
                     for (k, v) in t {
                         let text = match v {
                             Value::String(s) => s.clone(),
@@ -280,7 +288,7 @@ fn json_point(
                             Value::Bool(b) => b.to_string(),
                             _ => return Err(PayloadError::Tag { at, tag: k.clone() }),
                         };
-                        merge_tag(&mut tags, k, &text);
+                        merge_tag(&mut tags, defaults.tags.len(), k, &text);
                     }
                 }
                 "fields" => {
@@ -290,6 +298,12 @@ fn json_point(
                             found: kind(value),
                         });
                     };
+                    if f.len() > d.limits.max_fields {
+                        return Err(PayloadError::Invalid {
+                            at,
+                            source: InvalidPoint::TooManyFields(d.limits.max_fields),
+                        });
+                    }
                     for (k, v) in f {
                         fields.push(named_field(k, v, &at)?);
                     }
@@ -305,6 +319,12 @@ fn json_point(
             }
         }
     } else {
+        if obj.len() > d.limits.max_fields + usize::from(obj.contains_key("time")) {
+            return Err(PayloadError::Invalid {
+                at,
+                source: InvalidPoint::TooManyFields(d.limits.max_fields),
+            });
+        }
         for (k, v) in obj {
             if k == "time" {
                 timestamp = Some(json_time(v, d.precision, &at)?);
@@ -326,7 +346,8 @@ fn json_point(
         timestamp,
     };
     point
-        .validate()
+        .check_limits(&d.limits)
+        .and_then(|()| point.validate())
         .map_err(|source| PayloadError::Invalid { at, source })?;
     Ok(point)
 }
@@ -451,8 +472,13 @@ fn finish(mut p: Point, precision: Precision, at: &str) -> Result<Point, Payload
     Ok(p)
 }
 
-fn merge_tag(tags: &mut Vec<(String, String)>, key: &str, value: &str) {
-    match tags.iter_mut().find(|(k, _)| k == key) {
+/// Sets tag `key`, replacing one of the first `earlier` tags of that key
+/// (the defaults a payload's own tags override); the payload's own keys are
+/// distinct already, and searching them too would cost quadratic time on a
+/// payload with very many tags.
+fn merge_tag(tags: &mut Vec<(String, String)>, earlier: usize, key: &str, value: &str) {
+    let n = earlier.min(tags.len());
+    match tags[..n].iter_mut().find(|(k, _)| k == key) {
         Some(slot) => slot.1 = value.to_owned(),
         None => tags.push((key.to_owned(), value.to_owned())),
     }
@@ -480,6 +506,7 @@ mod tests {
             template: None,
             tags: vec![("gateway".into(), "gw-01".into())],
             measurement: None,
+            limits: Default::default(),
         }
     }
 

@@ -3,6 +3,8 @@
 //!
 //! - A man in the middle holding another certificate from the authority's
 //!   own CA gets nothing from a gateway, at enrollment or after.
+//! - A sensor's message with 120,000 fields is refused at once, and the
+//!   broker session that carries it never times out.
 
 mod support;
 
@@ -17,6 +19,7 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use support::authority::{AuthorityServer, role, v1_backend};
 use support::pki::{Ca, Leaf};
+use support::{Influx, Mosquitto, publish_all, start_static_daemon, wait_until};
 
 /// A TCP front for the authority that passes the first `passthrough`
 /// connections through untouched and terminates every later one with its
@@ -226,4 +229,64 @@ fn a_man_in_the_middle_with_a_certificate_from_the_same_ca_gets_nothing() {
         assert!(err.contains(&pinned), "a mismatch naming the pin: {err}");
     }
     assert!(!authority.log().contains(identity.credential.expose()));
+}
+
+/// One line of protocol just under 1 MiB with 120,000 distinct fields.
+fn wide_line() -> String {
+    let mut line = String::from("wide ");
+    for i in 0..120_000u32 {
+        if i > 0 {
+            line.push(',');
+        }
+        line.push_str(&format!("{i:x}=1"));
+    }
+    line.push_str(" 1700000000000000000");
+    assert!(line.len() < 1 << 20, "{} bytes", line.len());
+    line
+}
+
+#[test]
+fn a_message_with_120k_fields_is_refused_at_once_and_the_session_stays() {
+    let broker = Mosquitto::start();
+    let influx = Influx::start();
+    influx.query("CREATE DATABASE sensors");
+    let daemon = start_static_daemon(&broker, &influx, "gw-wide", "");
+    let dead_letters = daemon.dir.path().join("state/dead-letter.jsonl");
+    let started = std::time::Instant::now();
+    publish_all(
+        broker.port,
+        "wide-sensor",
+        vec![("sensors/wide".to_owned(), wide_line().into_bytes())],
+        Duration::from_secs(10),
+    );
+    let published = started.elapsed();
+    let refused = wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&dead_letters).is_ok_and(|t| t.contains("sensors/wide"))
+    });
+    let took = started.elapsed() - published;
+    assert!(refused, "not refused within 10 s:\n{}", daemon.log());
+    eprintln!("refused {took:?} after the broker had it");
+    let dead = std::fs::read_to_string(&dead_letters).unwrap();
+    assert!(
+        dead.contains("fields"),
+        "the reason names the field count: {dead}"
+    );
+    // The pipeline flows on; the session was never cut.
+    let points = (0..50)
+        .map(|i| {
+            (
+                "sensors/after".to_owned(),
+                format!("after seq={i}i {}", 1_700_000_000_000_000_000u64 + i).into_bytes(),
+            )
+        })
+        .collect();
+    publish_all(broker.port, "after-sensor", points, Duration::from_secs(10));
+    influx.assert_arrives("after", 50, Duration::from_secs(20), &daemon);
+    let log = daemon.log();
+    assert_eq!(
+        log.matches("connected to MQTT broker").count(),
+        1,
+        "the session was cut:\n{log}"
+    );
+    assert!(took < Duration::from_secs(1), "refused only after {took:?}");
 }

@@ -14,6 +14,7 @@ fn decoding(format: Format) -> Decoding {
         template: Some(TopicTemplate::parse("s/{site}/{measurement}").unwrap()),
         tags: vec![("gw".into(), "g1".into())],
         measurement: Some("m".into()),
+        limits: Default::default(),
     }
 }
 

@@ -1,6 +1,7 @@
-//! The `spool` thread: takes decoded messages from the intake, appends them
-//! to the disk spool in groups, commits each group once (one fsync under
-//! `fsync = "batch"`) and only then releases their MQTT acks.
+//! The `spool` thread: takes messages from the intake, decodes them
+//! ([`super::decode`]), appends them to the disk spool in groups, commits
+//! each group once (one fsync under `fsync = "batch"`) and only then
+//! releases their MQTT acks.
 //!
 //! Rejected messages go to the dead-letter file here too, before their ack,
 //! so that disk writes stay off the MQTT event loop.
@@ -17,9 +18,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::deadletter::{DeadLetters, Rejection};
+use super::decode::{Decoder, Received};
 use super::spool::{Appended, Spool, SpoolError};
 use super::stats::Stats;
 use crate::backoff::Backoff;
+use crate::config::Subscription;
 use crate::shutdown::Shutdown;
 
 /// The lines decoded from one MQTT message, and how to acknowledge it.
@@ -55,7 +58,11 @@ pub const RECORD_BYTES: usize = 16 << 10;
 pub struct Appender {
     pub spool: Arc<Spool>,
     pub dead_letters: Arc<Mutex<DeadLetters>>,
-    pub deliveries: mpsc::Receiver<Delivery>,
+    pub deliveries: mpsc::Receiver<Received>,
+    pub decoder: Decoder,
+    /// New subscriptions from a configuration reload (SIGHUP), for the
+    /// decoder.
+    pub reload: tokio::sync::watch::Receiver<Vec<Subscription>>,
     pub acks: mpsc::UnboundedSender<AckToken>,
     pub shutdown: Shutdown,
     pub stats: Arc<Stats>,
@@ -79,10 +86,15 @@ impl Appender {
                 break;
             };
             beat.set_idle(false);
-            group.push(first);
+            if self.reload.has_changed().unwrap_or(false) {
+                let subscriptions = self.reload.borrow_and_update().clone();
+                self.decoder.set_subscriptions(subscriptions);
+            }
+            group.push(self.decoder.decode(&first, &stats));
+            drop(first);
             while group.len() < GROUP {
                 match self.deliveries.try_recv() {
-                    Ok(d) => group.push(d),
+                    Ok(m) => group.push(self.decoder.decode(&m, &stats)),
                     Err(_) => break,
                 }
             }

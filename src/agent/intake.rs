@@ -1,35 +1,34 @@
-//! MQTT intake: keeps the broker session, subscribes at QoS 1, decodes each
-//! message into line protocol for the spool, and sends the acks the spool
-//! thread releases once the points are stored.
+//! MQTT intake: keeps the broker session, subscribes at QoS 1, hands each
+//! message to the `spool` thread as it came, and sends the acks that thread
+//! releases once the points are stored.
 //!
 //! The session is persistent (clean session off) with manual acks, so a
 //! message that is not stored yet stays with the broker across restarts and
-//! reconnects. This module must never wait on an HTTP write or on the disk:
-//! it hands decoded lines over a channel and keeps polling the event loop
-//! (pings, acks, reconnects), and it never acks a packet id on a connection
-//! other than the one the message arrived on.
+//! reconnects. This module must never wait on an HTTP write, on the disk or
+//! on decoding (a hostile payload must not delay a keep-alive): it passes
+//! raw messages over a channel bounded in bytes and keeps polling the event
+//! loop (pings, acks, reconnects), and it never acks a packet id on a
+//! connection other than the one the message arrived on.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rumqttc::{
     AsyncClient, Event, MqttOptions, Outgoing, Packet, Publish, QoS, SubscribeReasonCode,
 };
 use tokio::sync::mpsc;
 
-use super::appender::{AckToken, Delivery};
-use super::deadletter::{Rejection, Source};
+use super::appender::AckToken;
+use super::decode::Received;
 use super::stats::Stats;
 use crate::backoff::Backoff;
 use crate::config::{Mqtt, Subscription};
-use crate::lineproto::{self, Point};
-use crate::payload;
 use crate::shutdown::Shutdown;
 
 pub struct Intake {
     pub config: Mqtt,
-    pub deliveries: mpsc::Sender<Delivery>,
+    pub deliveries: mpsc::Sender<Received>,
     pub acks: mpsc::UnboundedReceiver<AckToken>,
     pub shutdown: Shutdown,
     pub stats: Arc<Stats>,
@@ -114,7 +113,13 @@ impl Intake {
         };
 
         let mut deliveries = Some(deliveries);
-        let mut decoder = Decoder::new(config.subscribe.clone(), config.max_packet_size as usize);
+        // Bytes of messages between here and the spool thread: with the
+        // broker's in-flight window this bounds what a flood of large
+        // messages can hold in memory.
+        let budget_bytes = queue_bytes(config.max_packet_size);
+        let budget = Arc::new(tokio::sync::Semaphore::new(budget_bytes));
+        // Number of the current broker connection, for ack tokens.
+        let mut current = 0;
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30), 0.25);
         // Set once the broker has confirmed the configured subscriptions.
         let mut subscribed_once = false;
@@ -137,7 +142,6 @@ impl Intake {
                     resubscribe(
                         &client,
                         &mut config,
-                        &mut decoder,
                         &mut suback_for,
                         &mut unconfirmed,
                         new,
@@ -150,7 +154,7 @@ impl Intake {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     backoff.reset();
                     stats.mqtt_connected.store(true, Ordering::Relaxed);
-                    decoder.connection = connection.fetch_add(1, Ordering::SeqCst) + 1;
+                    current = connection.fetch_add(1, Ordering::SeqCst) + 1;
                     log::info!(
                         "connected to MQTT broker {broker} (session present: {})",
                         ack.session_present
@@ -238,19 +242,39 @@ impl Intake {
                         continue;
                     };
                     Stats::add(&stats.messages_in, 1);
-                    let delivery = decoder.decode(&publish, &stats);
-                    if publish.qos == QoS::AtMostOnce {
+                    let bytes = publish.payload.len().min(budget_bytes) as u32;
+                    let ack = (publish.qos != QoS::AtMostOnce).then_some(AckToken {
+                        connection: current,
+                        pkid: publish.pkid,
+                    });
+                    if ack.is_none() {
                         // QoS 0 promises nothing; never stall the event
                         // loop for it.
-                        if tx.try_send(delivery).is_err() {
-                            log::warn!(
-                                "dropped a QoS 0 message on {:?}: writer is behind",
-                                publish.topic
-                            );
+                        let sent =
+                            budget
+                                .clone()
+                                .try_acquire_many_owned(bytes)
+                                .ok()
+                                .and_then(|permit| {
+                                    let topic = publish.topic.clone();
+                                    let received = Received {
+                                        publish,
+                                        ack,
+                                        budget: Some(permit),
+                                    };
+                                    tx.try_send(received).err().map(|_| topic)
+                                });
+                        if let Some(topic) = sent {
+                            log::warn!("dropped a QoS 0 message on {topic:?}: writer is behind");
                         }
                     } else {
+                        // Waits while the spool thread is behind: the broker
+                        // keeps the message until it is acked.
                         tokio::select! {
-                            sent = tx.send(delivery) => if sent.is_err() {
+                            sent = async {
+                                let permit = budget.clone().acquire_many_owned(bytes).await.ok();
+                                tx.send(Received { publish, ack, budget: permit }).await
+                            } => if sent.is_err() {
                                 log::error!("spool thread stopped; message left for the broker to redeliver");
                             },
                             // Shutdown while the spool is not taking more:
@@ -349,15 +373,6 @@ async fn publish_status(
     }
 }
 
-/// Whether InfluxDB reads a valid line's own text as exactly the parsed
-/// point. Our parser takes a few forms InfluxDB's refuses, which writing
-/// the point anew smooths over: a tab between sections, a `+` before a
-/// number, an unescaped `=` in a tag value.
-fn forwardable(text: &str, point: &Point) -> bool {
-    !text.bytes().any(|b| b == b'\t' || b == b'+')
-        && !point.tags.iter().any(|(_, v)| v.contains('='))
-}
-
 /// Where Mosquitto publishes how many messages it dropped for queue and
 /// in-flight limits (every `sys_interval`). While the daemon is away the
 /// broker's queue is the only buffer, so a drop there is data lost before
@@ -373,15 +388,14 @@ enum Subscribed {
     Added(Vec<String>),
 }
 
-/// Applies reloaded subscriptions on the live session: the decoder takes
-/// the new formats at once, new filters are subscribed and dropped ones
-/// unsubscribed. A message already on its way for a dropped filter finds
+/// Applies reloaded subscriptions on the live session (the spool thread's
+/// decoder takes the new formats from the same reload): new filters are
+/// subscribed and dropped ones unsubscribed. A message already on its way for a dropped filter finds
 /// no subscription and goes to the dead-letter file, acked: nothing is
 /// lost silently.
 fn resubscribe(
     client: &AsyncClient,
     config: &mut Mqtt,
-    decoder: &mut Decoder,
     suback_for: &mut std::collections::VecDeque<Subscribed>,
     unconfirmed: &mut Vec<String>,
     new: Vec<Subscription>,
@@ -399,7 +413,6 @@ fn resubscribe(
         .filter(|s| !new.iter().any(|n| n.topic == s.topic))
         .map(|s| s.topic.clone())
         .collect();
-    decoder.set_subscriptions(new.clone());
     config.subscribe = new;
     if !added.is_empty() {
         let filters = added
@@ -449,273 +462,18 @@ impl DropWatch {
 /// The largest packet MQTT 3.1.1 can carry.
 const MQTT_MAX_PACKET: usize = 268_435_455;
 
-/// Turns MQTT messages into line protocol for the spool.
-struct Decoder {
-    subscriptions: Vec<Subscription>,
-    /// How each subscription's messages decode, built once at start.
-    decodings: Vec<payload::Decoding>,
-    max_payload: usize,
-    clock: ReceiptClock,
-    /// Number of the current broker connection, for ack tokens.
-    connection: u64,
-    log_limit: LogLimit,
-}
-
-/// At most a few warnings a minute about bad input, then one line saying
-/// how many were left out: a misconfigured sensor must not flood the log.
-struct LogLimit {
-    window: std::time::Instant,
-    logged: u32,
-    suppressed: u64,
-}
-
-impl LogLimit {
-    const PER_MINUTE: u32 = 10;
-
-    fn allow(&mut self) -> bool {
-        if self.window.elapsed() >= Duration::from_secs(60) {
-            if self.suppressed > 0 {
-                log::warn!(
-                    "{} more rejected messages in the last minute (see the dead-letter file)",
-                    self.suppressed
-                );
-            }
-            *self = LogLimit::default();
-        }
-        if self.logged < Self::PER_MINUTE {
-            self.logged += 1;
-            true
-        } else {
-            self.suppressed += 1;
-            false
-        }
-    }
-}
-
-impl Default for LogLimit {
-    fn default() -> Self {
-        LogLimit {
-            window: std::time::Instant::now(),
-            logged: 0,
-            suppressed: 0,
-        }
-    }
-}
-
-fn decodings(subscriptions: &[Subscription]) -> Vec<payload::Decoding> {
-    subscriptions
-        .iter()
-        .map(|sub| payload::Decoding {
-            format: sub.format,
-            precision: sub.precision,
-            template: sub.topic_template.clone(),
-            tags: sub.tags.clone(),
-            measurement: sub.measurement.clone(),
-        })
-        .collect()
-}
-
-impl Decoder {
-    /// Reloaded subscriptions; the receipt clock and connection stay.
-    fn set_subscriptions(&mut self, subscriptions: Vec<Subscription>) {
-        self.decodings = decodings(&subscriptions);
-        self.subscriptions = subscriptions;
-    }
-
-    fn new(subscriptions: Vec<Subscription>, max_payload: usize) -> Self {
-        Decoder {
-            decodings: decodings(&subscriptions),
-            subscriptions,
-            max_payload,
-            clock: ReceiptClock::default(),
-            connection: 0,
-            log_limit: LogLimit::default(),
-        }
-    }
-
-    fn decode(&mut self, publish: &Publish, stats: &Stats) -> Delivery {
-        let ack = (publish.qos != QoS::AtMostOnce).then_some(AckToken {
-            connection: self.connection,
-            pkid: publish.pkid,
-        });
-        let topic = publish.topic.as_str();
-        let mut delivery = Delivery {
-            lines: String::with_capacity(publish.payload.len() + 32),
-            points: 0,
-            ack,
-            rejected: None,
-        };
-        let found = self
-            .subscriptions
-            .iter()
-            .position(|s| topic_matches(&s.topic, topic));
-        let mut reasons = Vec::new();
-        match found {
-            // Possible after a subscription was removed from the config
-            // while the broker kept the session.
-            None => reasons.push("matches no configured subscription".to_owned()),
-            Some(_) if publish.payload.len() > self.max_payload => reasons.push(format!(
-                "{} bytes, more than mqtt.max_packet_size ({})",
-                publish.payload.len(),
-                self.max_payload
-            )),
-            Some(i) if self.decodings[i].keeps_lines_as_they_are() => {
-                match lineproto::parse_payload(&publish.payload) {
-                    Ok(mut lines) => {
-                        while let Some(result) = lines.next() {
-                            match result {
-                                Ok(point) if forwardable(lines.last_text(), &point) => {
-                                    delivery.lines.push_str(lines.last_text());
-                                    if point.timestamp.is_none() {
-                                        delivery.lines.push(' ');
-                                        let now = self.clock.next();
-                                        delivery.lines.push_str(&now.to_string());
-                                    }
-                                    delivery.lines.push('\n');
-                                    delivery.points += 1;
-                                }
-                                Ok(mut point) => {
-                                    self.clock.stamp(&mut point);
-                                    lineproto::write_point(&mut delivery.lines, &point);
-                                    delivery.lines.push('\n');
-                                    delivery.points += 1;
-                                }
-                                Err(e) => {
-                                    Stats::add(&stats.points_invalid, 1);
-                                    reasons.push(payload::PayloadError::from(e).to_string());
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => reasons.push(payload::PayloadError::from(e).to_string()),
-                }
-            }
-            Some(i) => {
-                for result in payload::decode(&self.decodings[i], topic, &publish.payload) {
-                    match result {
-                        Ok(mut point) => {
-                            self.clock.stamp(&mut point);
-                            lineproto::write_point(&mut delivery.lines, &point);
-                            delivery.lines.push('\n');
-                            delivery.points += 1;
-                        }
-                        Err(reason) => {
-                            Stats::add(&stats.points_invalid, 1);
-                            reasons.push(reason.to_string());
-                        }
-                    }
-                }
-            }
-        }
-        if !reasons.is_empty() {
-            let slot = found.unwrap_or(self.subscriptions.len());
-            if let Some(counter) = stats.rejected.get(slot) {
-                Stats::add(counter, 1);
-            }
-            if reasons.len() > 10 {
-                let more = reasons.len() - 10;
-                reasons.truncate(10);
-                reasons.push(format!("and {more} more"));
-            }
-            let reason = reasons.join("; ");
-            if self.log_limit.allow() {
-                log::warn!("rejected message on {topic:?}: {reason}");
-            }
-            delivery.rejected = Some(Rejection {
-                source: Source::Mqtt,
-                topic: topic.to_owned(),
-                subscription: found
-                    .map(|i| self.subscriptions[i].topic.clone())
-                    .unwrap_or_default(),
-                reason,
-                payload: publish.payload.to_vec(),
-            });
-        }
-        delivery
-    }
-}
-
-/// Gives points without a timestamp the time of receipt, in nanoseconds,
-/// strictly increasing: two such points of one series received in the same
-/// nanosecond would otherwise be merged by InfluxDB into one.
-#[derive(Default)]
-struct ReceiptClock {
-    last: i64,
-}
-
-impl ReceiptClock {
-    fn stamp(&mut self, point: &mut Point) {
-        if point.timestamp.is_none() {
-            point.timestamp = Some(self.next());
-        }
-    }
-
-    /// The receipt time in nanoseconds, later than any given before.
-    fn next(&mut self) -> i64 {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or(0);
-        self.last = now.max(self.last + 1);
-        self.last
-    }
-}
-
-/// MQTT filter matching: `+` one level, `#` the rest (including none). A
-/// `$share/GROUP/` prefix is not part of the topic.
-fn topic_matches(filter: &str, topic: &str) -> bool {
-    let filter = match filter.strip_prefix("$share/") {
-        Some(rest) => rest.split_once('/').map_or(rest, |(_, f)| f),
-        None => filter,
-    };
-    // Wildcards at the first level do not match topics starting with '$'.
-    if topic.starts_with('$') && filter.starts_with(['+', '#']) {
-        return false;
-    }
-    let mut f = filter.split('/');
-    let mut t = topic.split('/');
-    loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
+/// Bytes of payload allowed between the session and the spool thread:
+/// room for a few of the largest messages taken, and never less than 8 MiB
+/// so that small messages stream.
+fn queue_bytes(max_packet_size: u64) -> usize {
+    (max_packet_size as usize)
+        .saturating_mul(2)
+        .clamp(8 << 20, u32::MAX as usize)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn filters_match_like_mqtt() {
-        assert!(topic_matches("sensors/#", "sensors/a/b"));
-        assert!(topic_matches("sensors/#", "sensors"));
-        assert!(topic_matches("+/t", "a/t"));
-        assert!(!topic_matches("+/t", "a/b/t"));
-        assert!(topic_matches("$share/g/a/+", "a/x"));
-        assert!(!topic_matches("#", "$SYS/x"));
-        assert!(!topic_matches("a/b", "a/b/c"));
-        assert!(topic_matches("a//b", "a//b"));
-    }
-
-    #[test]
-    fn receipt_stamps_are_strictly_increasing_and_keep_given_times() {
-        let mut clock = ReceiptClock::default();
-        let mut last = 0;
-        for _ in 0..1000 {
-            let mut p = lineproto::parse_line("m v=1", 0, 1).unwrap().unwrap();
-            clock.stamp(&mut p);
-            let ts = p.timestamp.unwrap();
-            assert!(ts > last);
-            last = ts;
-        }
-        let mut p = lineproto::parse_line("m v=1 17", 0, 1).unwrap().unwrap();
-        clock.stamp(&mut p);
-        assert_eq!(p.timestamp, Some(17));
-    }
 
     #[test]
     fn broker_drops_are_reported_once_each() {
@@ -734,51 +492,5 @@ mod tests {
         assert!(first.contains("reports 12 dropped messages"), "{first}");
         // A broker restart resets its counter: no warning for going down.
         assert!(w.observe(b"3").is_none());
-    }
-
-    #[test]
-    fn decoding_keeps_good_lines_and_counts_bad_ones() {
-        let stats = Stats::new(1);
-        let mut d = Decoder::new(
-            vec![Subscription {
-                topic: "s/#".into(),
-                format: crate::config::Format::Line,
-                precision: crate::config::Precision::Nanoseconds,
-                topic_template: None,
-                tags: Vec::new(),
-                measurement: None,
-            }],
-            64,
-        );
-        let mut p = Publish::new(
-            "s/1",
-            QoS::AtLeastOnce,
-            "m v=1 5\nm v=bad 6\nm,t=x v=2i 7\n",
-        );
-        p.pkid = 9;
-        let out = d.decode(&p, &stats);
-        // Valid lines go on as they came (no template, tags or precision).
-        assert_eq!(out.lines, "m v=1 5\nm,t=x v=2i 7\n");
-        assert_eq!((out.points, out.ack.map(|a| a.pkid)), (2, Some(9)));
-        assert_eq!(Stats::get(&stats.points_invalid), 1);
-        // Except forms InfluxDB's parser would read otherwise: written anew.
-        let mut odd = Publish::new(
-            "s/1",
-            QoS::AtLeastOnce,
-            "m v=+1.5 5\nm,t=a=b v=1 6\nm v=1\t7\n",
-        );
-        odd.pkid = 11;
-        let rewritten = d.decode(&odd, &stats);
-        assert_eq!(rewritten.lines, "m v=1.5 5\nm,t=a\\=b v=1.0 6\nm v=1.0 7\n");
-        let other = Publish::new("elsewhere", QoS::AtLeastOnce, "m v=1");
-        assert_eq!(d.decode(&other, &stats).points, 0);
-        let mut oversized = Publish::new("s/2", QoS::AtLeastOnce, "m v=1 1\n".repeat(10));
-        oversized.pkid = 10;
-        let out = d.decode(&oversized, &stats);
-        assert_eq!(
-            (out.points, out.ack.map(|a| a.pkid)),
-            (0, Some(10)),
-            "rejected, still acked"
-        );
     }
 }

@@ -1,9 +1,9 @@
 //! The gateway daemon (`leasegate run`): MQTT in, disk spool, InfluxDB out.
 //!
 //! Three named threads do the work. `mqtt` runs the broker session on a
-//! single-threaded tokio runtime ([`intake`]) and decodes messages; `spool`
-//! appends them to the disk spool and acks them once committed
-//! ([`appender`]); `writer` reads batches from the spool and writes them to
+//! single-threaded tokio runtime ([`intake`]); `spool` decodes messages
+//! ([`decode`]), appends them to the disk spool and acks them once
+//! committed ([`appender`]); `writer` reads batches from the spool and writes them to
 //! InfluxDB with blocking HTTP ([`writer`]). A point is acked to the broker
 //! only once it is in the spool, and leaves the spool only once InfluxDB
 //! has it. [`run`] owns the threads' lifetimes: it must return within the
@@ -12,6 +12,7 @@
 
 mod appender;
 mod deadletter;
+mod decode;
 pub mod health;
 pub mod identity;
 mod intake;
@@ -147,10 +148,18 @@ pub fn run(
     };
     let writer = spawn("writer", move || writer.run())?;
 
+    let (subscriptions, reloaded_subscriptions) =
+        tokio::sync::watch::channel(config.mqtt.subscribe.clone());
     let appender = appender::Appender {
         spool: spool.clone(),
         dead_letters,
         deliveries: delivery_rx,
+        decoder: decode::Decoder::new(
+            config.mqtt.subscribe.clone(),
+            config.mqtt.max_packet_size as usize,
+            config.mqtt.point_limits,
+        ),
+        reload: reloaded_subscriptions.clone(),
         acks: ack_tx,
         shutdown: shutdown.clone(),
         stats: stats.clone(),
@@ -165,8 +174,6 @@ pub fn run(
         &config.state_dir,
         config.lease.is_some(),
     ));
-    let (subscriptions, reloaded_subscriptions) =
-        tokio::sync::watch::channel(config.mqtt.subscribe.clone());
     let intake = intake::Intake {
         reload: reloaded_subscriptions,
         status: config.mqtt.publish_status.then(|| reporter.clone()),

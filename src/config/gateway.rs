@@ -53,6 +53,8 @@ pub struct Mqtt {
     pub keep_alive: Duration,
     /// Largest MQTT packet accepted from the broker.
     pub max_packet_size: u64,
+    /// Most tags and fields in one point of a message.
+    pub point_limits: crate::lineproto::Limits,
     pub subscribe: Vec<Subscription>,
     /// Set exactly when the url is `mqtts://`.
     pub tls: Option<TlsClient>,
@@ -402,6 +404,16 @@ fn read_mqtt(t: &Table<'_>) -> Option<Mqtt> {
         );
     }
     let max_packet_size = t.size("max_packet_size", 1 << 20, 1024, 256 << 20);
+    let defaults = crate::lineproto::Limits::default();
+    let point_limits = crate::lineproto::Limits {
+        max_tags: t.integer("max_tags_per_point", defaults.max_tags as u64, 1, 65_535) as usize,
+        max_fields: t.integer(
+            "max_fields_per_point",
+            defaults.max_fields as u64,
+            1,
+            65_535,
+        ) as usize,
+    };
     let subscribe: Vec<Subscription> = t
         .tables("subscribe")
         .into_iter()
@@ -432,6 +444,7 @@ fn read_mqtt(t: &Table<'_>) -> Option<Mqtt> {
         password,
         keep_alive,
         max_packet_size,
+        point_limits,
         subscribe,
         tls,
         watch_broker_drops,

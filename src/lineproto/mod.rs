@@ -13,7 +13,7 @@ mod parse;
 mod point;
 mod write;
 
-pub use parse::{ParseError, ParseErrorKind, parse_line, parse_payload};
+pub use parse::{ParseError, ParseErrorKind, parse_line, parse_payload, parse_payload_with};
 pub use point::{FieldValue, InvalidPoint, Point};
 pub use write::{write_line, write_point};
 
@@ -21,3 +21,23 @@ pub use write::{write_line, write_point};
 pub const MAX_SERIES_KEY_BYTES: usize = 65_535;
 /// Largest string field value InfluxDB 2.x accepts, in bytes.
 pub const MAX_STRING_FIELD_BYTES: usize = 1 << 20;
+
+/// How many tags and fields one point may carry. A sensor can send a line
+/// with 100,000 fields inside any size limit; InfluxDB 3 refuses a table of
+/// more than 500 columns by default and no sensor reading needs more, so the
+/// gateway refuses such a point at once (`mqtt.max_tags_per_point`,
+/// `mqtt.max_fields_per_point`) instead of paying for it downstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_tags: usize,
+    pub max_fields: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_tags: 256,
+            max_fields: 1024,
+        }
+    }
+}

@@ -7,7 +7,7 @@
 //! never guesses: a value that is not exactly a float, integer, unsigned,
 //! boolean or string is an error, not a string.
 
-use super::{FieldValue, InvalidPoint, Point};
+use super::{FieldValue, InvalidPoint, Limits, Point};
 
 /// Why a line was rejected, and where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -68,17 +68,26 @@ pub struct PayloadLines<'a> {
     line: usize,
     /// The point text of the line `next` returned last.
     last: &'a str,
+    limits: Limits,
 }
 
 /// Splits a payload into lines and parses each; invalid UTF-8 rejects the
 /// whole payload because no line boundary in it can be trusted.
 pub fn parse_payload(payload: &[u8]) -> Result<PayloadLines<'_>, ParseError> {
+    parse_payload_with(payload, Limits::default())
+}
+
+/// [`parse_payload`] with per-point `limits`: a point over them is refused
+/// as soon as its first extra tag or field is seen, before the rest of its
+/// line costs anything.
+pub fn parse_payload_with(payload: &[u8], limits: Limits) -> Result<PayloadLines<'_>, ParseError> {
     match std::str::from_utf8(payload) {
         Ok(text) => Ok(PayloadLines {
             text,
             pos: 0,
             line: 0,
             last: "",
+            limits,
         }),
         Err(e) => {
             let offset = e.valid_up_to();
@@ -113,7 +122,7 @@ impl Iterator for PayloadLines<'_> {
             self.pos = end + 1;
             self.line += 1;
             let line = &self.text[start..end];
-            if let Some((result, span)) = parse_spanned(line, start, self.line) {
+            if let Some((result, span)) = parse_spanned(line, start, self.line, self.limits) {
                 self.last = &line[span];
                 return Some(result);
             }
@@ -126,7 +135,7 @@ impl Iterator for PayloadLines<'_> {
 /// its payload and `line` its 1-based number, used only in errors. Returns
 /// `None` for a blank or comment line.
 pub fn parse_line(line: &str, base: usize, line_no: usize) -> Option<Result<Point, ParseError>> {
-    parse_spanned(line, base, line_no).map(|(result, _)| result)
+    parse_spanned(line, base, line_no, Limits::default()).map(|(result, _)| result)
 }
 
 /// [`parse_line`], with the byte range of the point's text in `line`.
@@ -134,6 +143,7 @@ fn parse_spanned(
     line: &str,
     base: usize,
     line_no: usize,
+    limits: Limits,
 ) -> Option<(Result<Point, ParseError>, std::ops::Range<usize>)> {
     let line = line.strip_suffix('\r').unwrap_or(line);
     let mut c = Cursor {
@@ -142,6 +152,7 @@ fn parse_spanned(
         base,
         line: line_no,
         end: 0,
+        limits,
     };
     c.skip_blanks();
     if c.at_end() || c.peek() == Some(b'#') {
@@ -160,6 +171,7 @@ struct Cursor<'a> {
     line: usize,
     /// Where the last token of a point ended (before trailing blanks).
     end: usize,
+    limits: Limits,
 }
 
 const MEASUREMENT_ESCAPES: &[u8] = b", ";
@@ -189,6 +201,10 @@ impl<'a> Cursor<'a> {
             if value.is_empty() {
                 return Err(self.err(value_at, ParseErrorKind::EmptyTagValue(key)));
             }
+            if tags.len() == self.limits.max_tags {
+                let e = InvalidPoint::TooManyTags(self.limits.max_tags);
+                return Err(self.err(key_at, e.into()));
+            }
             tags.push((key, value));
         }
         self.skip_blanks();
@@ -206,6 +222,10 @@ impl<'a> Cursor<'a> {
                 return Err(self.err(self.pos, ParseErrorKind::FieldWithoutValue(key)));
             }
             self.pos += 1;
+            if fields.len() == self.limits.max_fields {
+                let e = InvalidPoint::TooManyFields(self.limits.max_fields);
+                return Err(self.err(key_at, e.into()));
+            }
             let value = self.field_value(&key)?;
             fields.push((key, value));
             if self.peek() == Some(b',') {

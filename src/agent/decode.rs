@@ -1,0 +1,464 @@
+//! Decoding: turns each MQTT message into line protocol for the spool,
+//! per its subscription's format, and says why any part was rejected.
+//!
+//! It runs on the `spool` thread, never on the MQTT runtime: a message is
+//! untrusted input, and however long one takes to decode, the thread that
+//! answers the broker's keep-alives must not wait for it. Every step is
+//! linear in the message's size and each point is bounded in tags and
+//! fields ([`lineproto::Limits`]). It does no I/O and never drops a message
+//! silently: what it cannot take becomes a [`Rejection`] for the
+//! dead-letter file.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rumqttc::Publish;
+
+use super::appender::{AckToken, Delivery};
+use super::deadletter::{Rejection, Source};
+use super::stats::Stats;
+use crate::config::Subscription;
+use crate::lineproto::{self, Point};
+use crate::payload;
+
+/// One message as it came from the broker, on its way to be decoded.
+#[derive(Debug)]
+pub struct Received {
+    pub publish: Publish,
+    /// What to acknowledge once stored; `None` for QoS 0 messages.
+    pub ack: Option<AckToken>,
+    /// The message's share of the bytes allowed in flight between the
+    /// MQTT session and the spool, given back when the message is dropped
+    /// after decoding.
+    #[allow(dead_code, reason = "held, not read: dropping it gives the bytes back")]
+    pub budget: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// Whether InfluxDB reads a valid line's own text as exactly the parsed
+/// point. Our parser takes a few forms InfluxDB's refuses, which writing
+/// the point anew smooths over: a tab between sections, a `+` before a
+/// number, an unescaped `=` in a tag value.
+fn forwardable(text: &str, point: &Point) -> bool {
+    !text.bytes().any(|b| b == b'\t' || b == b'+')
+        && !point.tags.iter().any(|(_, v)| v.contains('='))
+}
+
+/// Turns MQTT messages into line protocol for the spool.
+pub struct Decoder {
+    subscriptions: Vec<Subscription>,
+    /// How each subscription's messages decode, built once at start.
+    decodings: Vec<payload::Decoding>,
+    max_payload: usize,
+    limits: lineproto::Limits,
+    clock: ReceiptClock,
+    log_limit: LogLimit,
+}
+
+/// At most a few warnings a minute about bad input, then one line saying
+/// how many were left out: a misconfigured sensor must not flood the log.
+struct LogLimit {
+    window: std::time::Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl LogLimit {
+    const PER_MINUTE: u32 = 10;
+
+    fn allow(&mut self) -> bool {
+        if self.window.elapsed() >= Duration::from_secs(60) {
+            if self.suppressed > 0 {
+                log::warn!(
+                    "{} more rejected messages in the last minute (see the dead-letter file)",
+                    self.suppressed
+                );
+            }
+            *self = LogLimit::default();
+        }
+        if self.logged < Self::PER_MINUTE {
+            self.logged += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+}
+
+impl Default for LogLimit {
+    fn default() -> Self {
+        LogLimit {
+            window: std::time::Instant::now(),
+            logged: 0,
+            suppressed: 0,
+        }
+    }
+}
+
+fn decodings(subscriptions: &[Subscription], limits: lineproto::Limits) -> Vec<payload::Decoding> {
+    subscriptions
+        .iter()
+        .map(|sub| payload::Decoding {
+            format: sub.format,
+            precision: sub.precision,
+            template: sub.topic_template.clone(),
+            tags: sub.tags.clone(),
+            measurement: sub.measurement.clone(),
+            limits,
+        })
+        .collect()
+}
+
+impl Decoder {
+    /// Reloaded subscriptions; the receipt clock stays.
+    pub fn set_subscriptions(&mut self, subscriptions: Vec<Subscription>) {
+        self.decodings = decodings(&subscriptions, self.limits);
+        self.subscriptions = subscriptions;
+    }
+
+    pub fn new(
+        subscriptions: Vec<Subscription>,
+        max_payload: usize,
+        limits: lineproto::Limits,
+    ) -> Self {
+        Decoder {
+            decodings: decodings(&subscriptions, limits),
+            subscriptions,
+            max_payload,
+            limits,
+            clock: ReceiptClock::default(),
+            log_limit: LogLimit::default(),
+        }
+    }
+
+    /// The lines of one message, and what to ack once they are stored.
+    pub fn decode(&mut self, message: &Received, stats: &Stats) -> Delivery {
+        let Received { publish, ack, .. } = message;
+        let ack = *ack;
+        let topic = publish.topic.as_str();
+        let mut delivery = Delivery {
+            lines: String::with_capacity(publish.payload.len() + 32),
+            points: 0,
+            ack,
+            rejected: None,
+        };
+        let found = self
+            .subscriptions
+            .iter()
+            .position(|s| topic_matches(&s.topic, topic));
+        let mut reasons = Vec::new();
+        match found {
+            // Possible after a subscription was removed from the config
+            // while the broker kept the session.
+            None => reasons.push("matches no configured subscription".to_owned()),
+            Some(_) if publish.payload.len() > self.max_payload => reasons.push(format!(
+                "{} bytes, more than mqtt.max_packet_size ({})",
+                publish.payload.len(),
+                self.max_payload
+            )),
+            Some(i) if self.decodings[i].keeps_lines_as_they_are() => {
+                match lineproto::parse_payload_with(&publish.payload, self.limits) {
+                    Ok(mut lines) => {
+                        while let Some(result) = lines.next() {
+                            match result {
+                                Ok(point) if forwardable(lines.last_text(), &point) => {
+                                    delivery.lines.push_str(lines.last_text());
+                                    if point.timestamp.is_none() {
+                                        delivery.lines.push(' ');
+                                        let now = self.clock.next();
+                                        delivery.lines.push_str(&now.to_string());
+                                    }
+                                    delivery.lines.push('\n');
+                                    delivery.points += 1;
+                                }
+                                Ok(mut point) => {
+                                    self.clock.stamp(&mut point);
+                                    lineproto::write_point(&mut delivery.lines, &point);
+                                    delivery.lines.push('\n');
+                                    delivery.points += 1;
+                                }
+                                Err(e) => {
+                                    Stats::add(&stats.points_invalid, 1);
+                                    reasons.push(payload::PayloadError::from(e).to_string());
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => reasons.push(payload::PayloadError::from(e).to_string()),
+                }
+            }
+            Some(i) => {
+                for result in payload::decode(&self.decodings[i], topic, &publish.payload) {
+                    match result {
+                        Ok(mut point) => {
+                            self.clock.stamp(&mut point);
+                            lineproto::write_point(&mut delivery.lines, &point);
+                            delivery.lines.push('\n');
+                            delivery.points += 1;
+                        }
+                        Err(reason) => {
+                            Stats::add(&stats.points_invalid, 1);
+                            reasons.push(reason.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        if !reasons.is_empty() {
+            let slot = found.unwrap_or(self.subscriptions.len());
+            if let Some(counter) = stats.rejected.get(slot) {
+                Stats::add(counter, 1);
+            }
+            if reasons.len() > 10 {
+                let more = reasons.len() - 10;
+                reasons.truncate(10);
+                reasons.push(format!("and {more} more"));
+            }
+            let reason = reasons.join("; ");
+            if self.log_limit.allow() {
+                log::warn!("rejected message on {topic:?}: {reason}");
+            }
+            delivery.rejected = Some(Rejection {
+                source: Source::Mqtt,
+                topic: topic.to_owned(),
+                subscription: found
+                    .map(|i| self.subscriptions[i].topic.clone())
+                    .unwrap_or_default(),
+                reason,
+                payload: publish.payload.to_vec(),
+            });
+        }
+        delivery
+    }
+}
+
+/// Gives points without a timestamp the time of receipt, in nanoseconds,
+/// strictly increasing: two such points of one series received in the same
+/// nanosecond would otherwise be merged by InfluxDB into one.
+#[derive(Default)]
+struct ReceiptClock {
+    last: i64,
+}
+
+impl ReceiptClock {
+    fn stamp(&mut self, point: &mut Point) {
+        if point.timestamp.is_none() {
+            point.timestamp = Some(self.next());
+        }
+    }
+
+    /// The receipt time in nanoseconds, later than any given before.
+    fn next(&mut self) -> i64 {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0);
+        self.last = now.max(self.last + 1);
+        self.last
+    }
+}
+
+/// MQTT filter matching: `+` one level, `#` the rest (including none). A
+/// `$share/GROUP/` prefix is not part of the topic.
+fn topic_matches(filter: &str, topic: &str) -> bool {
+    let filter = match filter.strip_prefix("$share/") {
+        Some(rest) => rest.split_once('/').map_or(rest, |(_, f)| f),
+        None => filter,
+    };
+    // Wildcards at the first level do not match topics starting with '$'.
+    if topic.starts_with('$') && filter.starts_with(['+', '#']) {
+        return false;
+    }
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::QoS;
+
+    #[test]
+    fn filters_match_like_mqtt() {
+        assert!(topic_matches("sensors/#", "sensors/a/b"));
+        assert!(topic_matches("sensors/#", "sensors"));
+        assert!(topic_matches("+/t", "a/t"));
+        assert!(!topic_matches("+/t", "a/b/t"));
+        assert!(topic_matches("$share/g/a/+", "a/x"));
+        assert!(!topic_matches("#", "$SYS/x"));
+        assert!(!topic_matches("a/b", "a/b/c"));
+        assert!(topic_matches("a//b", "a//b"));
+    }
+
+    #[test]
+    fn receipt_stamps_are_strictly_increasing_and_keep_given_times() {
+        let mut clock = ReceiptClock::default();
+        let mut last = 0;
+        for _ in 0..1000 {
+            let mut p = lineproto::parse_line("m v=1", 0, 1).unwrap().unwrap();
+            clock.stamp(&mut p);
+            let ts = p.timestamp.unwrap();
+            assert!(ts > last);
+            last = ts;
+        }
+        let mut p = lineproto::parse_line("m v=1 17", 0, 1).unwrap().unwrap();
+        clock.stamp(&mut p);
+        assert_eq!(p.timestamp, Some(17));
+    }
+
+    fn line_subscription() -> Subscription {
+        Subscription {
+            topic: "s/#".into(),
+            format: crate::config::Format::Line,
+            precision: crate::config::Precision::Nanoseconds,
+            topic_template: None,
+            tags: Vec::new(),
+            measurement: None,
+        }
+    }
+
+    fn received(topic: &str, payload: impl Into<Vec<u8>>, pkid: u16) -> Received {
+        let mut publish = Publish::new(topic, QoS::AtLeastOnce, payload.into());
+        publish.pkid = pkid;
+        Received {
+            publish,
+            ack: Some(AckToken {
+                connection: 1,
+                pkid,
+            }),
+            budget: None,
+        }
+    }
+
+    #[test]
+    fn decoding_keeps_good_lines_and_counts_bad_ones() {
+        let stats = Stats::new(1);
+        let mut d = Decoder::new(vec![line_subscription()], 64, lineproto::Limits::default());
+        let p = received("s/1", "m v=1 5\nm v=bad 6\nm,t=x v=2i 7\n", 9);
+        let out = d.decode(&p, &stats);
+        // Valid lines go on as they came (no template, tags or precision).
+        assert_eq!(out.lines, "m v=1 5\nm,t=x v=2i 7\n");
+        assert_eq!((out.points, out.ack.map(|a| a.pkid)), (2, Some(9)));
+        assert_eq!(Stats::get(&stats.points_invalid), 1);
+        // Except forms InfluxDB's parser would read otherwise: written anew.
+        let odd = received("s/1", "m v=+1.5 5\nm,t=a=b v=1 6\nm v=1\t7\n", 11);
+        let rewritten = d.decode(&odd, &stats);
+        assert_eq!(rewritten.lines, "m v=1.5 5\nm,t=a\\=b v=1.0 6\nm v=1.0 7\n");
+        let other = received("elsewhere", "m v=1", 12);
+        assert_eq!(d.decode(&other, &stats).points, 0);
+        let oversized = received("s/2", "m v=1 1\n".repeat(10), 10);
+        let out = d.decode(&oversized, &stats);
+        assert_eq!(
+            (out.points, out.ack.map(|a| a.pkid)),
+            (0, Some(10)),
+            "rejected, still acked"
+        );
+    }
+
+    /// A line of `n` distinct fields (and as many tags when `tags`).
+    fn wide(n: usize, tags: bool) -> String {
+        let mut line = String::from("wide");
+        if tags {
+            for i in 0..n {
+                line.push_str(&format!(",t{i:x}=v"));
+            }
+        }
+        line.push(' ');
+        let fields: Vec<String> = (0..n).map(|i| format!("{i:x}=1")).collect();
+        line.push_str(&fields.join(","));
+        line.push_str(" 1700000000000000000\n");
+        line
+    }
+
+    #[test]
+    fn points_over_the_tag_or_field_limit_are_refused_by_name() {
+        let stats = Stats::new(1);
+        let limits = lineproto::Limits {
+            max_tags: 8,
+            max_fields: 16,
+        };
+        let mut d = Decoder::new(vec![line_subscription()], 4 << 20, limits);
+        let out = d.decode(&received("s/1", wide(16, false), 1), &stats);
+        assert_eq!((out.points, out.rejected.is_none()), (1, true));
+        let out = d.decode(&received("s/1", wide(17, false), 2), &stats);
+        let reason = out.rejected.unwrap().reason;
+        assert!(
+            reason.contains("more than 16 fields") && reason.contains("mqtt.max_fields_per_point"),
+            "{reason}"
+        );
+        let out = d.decode(&received("s/1", wide(9, true), 3), &stats);
+        let reason = out.rejected.unwrap().reason;
+        assert!(
+            reason.contains("more than 8 tags") && reason.contains("mqtt.max_tags_per_point"),
+            "{reason}"
+        );
+        // JSON objects are held to the same limits.
+        let mut json = line_subscription();
+        json.format = crate::config::Format::Json;
+        json.measurement = Some("m".into());
+        let mut d = Decoder::new(vec![json], 4 << 20, limits);
+        let fields: Vec<String> = (0..17).map(|i| format!("\"f{i}\":1")).collect();
+        let body = format!("{{{}}}", fields.join(","));
+        let reason = d
+            .decode(&received("s/1", body, 4), &stats)
+            .rejected
+            .unwrap()
+            .reason;
+        assert!(reason.contains("more than 16 fields"), "{reason}");
+    }
+
+    /// The hostile message of the issue: just under 1 MiB, 120,000 fields.
+    /// Decoding it must cost about what any 1 MiB message costs, not the
+    /// pairwise duplicate search that took 25 s. Compared with ordinary
+    /// lines in the same run, so a slow machine cannot fail it.
+    #[test]
+    fn a_120k_field_line_costs_no_more_than_ordinary_lines_of_its_size() {
+        let stats = Stats::new(1);
+        let huge = lineproto::Limits {
+            max_tags: 1 << 20,
+            max_fields: 1 << 20,
+        };
+        let hostile = wide(120_000, false);
+        assert!(hostile.len() < 1 << 20);
+        let ordinary =
+            "room,site=north temp=21.5,hum=40i 1700000000000000000\n".repeat(hostile.len() / 52);
+        let time = |limits, payload: &str| {
+            let mut d = Decoder::new(vec![line_subscription()], 2 << 20, limits);
+            let started = std::time::Instant::now();
+            let out = d.decode(&received("s/1", payload.to_owned(), 1), &stats);
+            (started.elapsed(), out)
+        };
+        let (base, out) = time(lineproto::Limits::default(), &ordinary);
+        assert!(out.points > 10_000);
+        // With the default limits it is refused at its 1025th field.
+        let (refused, out) = time(lineproto::Limits::default(), &hostile);
+        assert_eq!(out.points, 0);
+        assert!(
+            out.rejected
+                .unwrap()
+                .reason
+                .contains("more than 1024 fields")
+        );
+        // Even allowed all its fields, every check is linear.
+        let (accepted, out) = time(huge, &hostile);
+        assert_eq!(out.points, 1);
+        eprintln!(
+            "1 MiB: ordinary lines {base:?}, 120k fields refused {refused:?}, accepted {accepted:?}"
+        );
+        assert!(
+            refused <= base + Duration::from_millis(20),
+            "{refused:?} vs {base:?}"
+        );
+        assert!(
+            accepted <= base * 10 + Duration::from_millis(50),
+            "{accepted:?} vs {base:?}"
+        );
+    }
+}
