@@ -80,6 +80,37 @@ fn start_and_deliver(
     daemon
 }
 
+/// A message over `max_packet_size` is taken off the session by a second
+/// connection that must log in the same way (TLS, client certificate or
+/// password): it is dead-lettered, and the points after it arrive.
+fn an_oversized_message_is_cleared_and_the_rest_delivered(
+    daemon: &Daemon,
+    broker: &Mosquitto,
+    influx: &Influx,
+) {
+    publish_all(
+        broker.port,
+        "pub-big",
+        vec![("sensors/big".to_owned(), vec![b'x'; 3 << 20])],
+        Duration::from_secs(30),
+    );
+    let before = influx.count("sensors", "secure", "seq");
+    publish_all(
+        broker.port,
+        "pub-secure",
+        (before..before + 100).map(line).collect(),
+        Duration::from_secs(30),
+    );
+    influx.assert_arrives("secure", before + 100, Duration::from_secs(30), daemon);
+    let dead = std::fs::read_to_string(daemon.dir.path().join("state/dead-letter.jsonl"))
+        .unwrap_or_default();
+    assert!(
+        dead.contains("sensors/big") && dead.contains("3145728 bytes"),
+        "{dead}\n{}",
+        daemon.log()
+    );
+}
+
 #[test]
 fn mqtts_with_a_ca_file_and_a_client_certificate_delivers() {
     let ca = Ca::new("leasegate test CA");
@@ -96,6 +127,7 @@ fn mqtts_with_a_ca_file_and_a_client_certificate_delivers() {
         key.display()
     );
     let mut daemon = start_and_deliver(dir, &mqtt, &broker, &influx, 500);
+    an_oversized_message_is_cleared_and_the_rest_delivered(&daemon, &broker, &influx);
     let log = daemon.log();
     assert!(!log.contains("BEGIN"), "key material in the log:\n{log}");
     daemon.stop_cleanly();
@@ -174,6 +206,7 @@ fn a_password_file_logs_in_and_a_wrong_password_is_named() {
         right.display()
     );
     let mut daemon = start_and_deliver(dir, &mqtt, &broker, &influx, 100);
+    an_oversized_message_is_cleared_and_the_rest_delivered(&daemon, &broker, &influx);
     assert!(!daemon.log().contains("s3cret-broker-pw"));
     daemon.stop_cleanly();
 }

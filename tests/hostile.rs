@@ -5,6 +5,8 @@
 //!   own CA gets nothing from a gateway, at enrollment or after.
 //! - A sensor's message with 120,000 fields is refused at once, and the
 //!   broker session that carries it never times out.
+//! - A 200 MiB message is refused before it is read into memory, and the
+//!   pipeline flows on.
 
 mod support;
 
@@ -289,4 +291,71 @@ fn a_message_with_120k_fields_is_refused_at_once_and_the_session_stays() {
         "the session was cut:\n{log}"
     );
     assert!(took < Duration::from_secs(1), "refused only after {took:?}");
+}
+
+/// The most memory the process has held (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM in /proc/PID/status");
+    let kb: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+#[test]
+fn a_200_mib_message_is_refused_unread_and_memory_stays_bounded() {
+    let broker = Mosquitto::start();
+    let influx = Influx::start();
+    influx.query("CREATE DATABASE sensors");
+    let mut daemon = start_static_daemon(&broker, &influx, "gw-huge", "");
+    let dead_letters = daemon.dir.path().join("state/dead-letter.jsonl");
+    let huge = vec![b'x'; 200 << 20];
+    publish_all(
+        broker.port,
+        "huge-sensor",
+        vec![("sensors/huge".to_owned(), huge)],
+        Duration::from_secs(60),
+    );
+    let refused = wait_until(Duration::from_secs(60), || {
+        std::fs::read_to_string(&dead_letters).is_ok_and(|t| t.contains("sensors/huge"))
+    });
+    assert!(refused, "not refused within 60 s:\n{}", daemon.log());
+    let dead = std::fs::read_to_string(&dead_letters).unwrap();
+    assert!(
+        dead.contains("209715200 bytes"),
+        "the record names the size: {}",
+        &dead[..dead.len().min(2000)]
+    );
+    // The pipeline flows on, and the broker does not hand the message
+    // over again.
+    let points = (0..50)
+        .map(|i| {
+            (
+                "sensors/after".to_owned(),
+                format!("after seq={i}i {}", 1_700_000_000_000_000_000u64 + i).into_bytes(),
+            )
+        })
+        .collect();
+    publish_all(broker.port, "after-sensor", points, Duration::from_secs(20));
+    influx.assert_arrives("after", 50, Duration::from_secs(30), &daemon);
+    std::thread::sleep(Duration::from_secs(2));
+    let records = std::fs::read_to_string(&dead_letters)
+        .unwrap()
+        .matches("sensors/huge")
+        .count();
+    assert_eq!(records, 1, "refused once, not on every redelivery");
+    assert!(daemon.is_running());
+    let peak = peak_rss(daemon.pid());
+    eprintln!("peak RSS {} KiB", peak / 1024);
+    assert!(
+        peak < 32 << 20,
+        "peak RSS {} MiB after a 200 MiB message",
+        peak >> 20
+    );
 }

@@ -259,7 +259,7 @@ impl ReceiptClock {
 
 /// MQTT filter matching: `+` one level, `#` the rest (including none). A
 /// `$share/GROUP/` prefix is not part of the topic.
-fn topic_matches(filter: &str, topic: &str) -> bool {
+pub(super) fn topic_matches(filter: &str, topic: &str) -> bool {
     let filter = match filter.strip_prefix("$share/") {
         Some(rest) => rest.split_once('/').map_or(rest, |(_, f)| f),
         None => filter,

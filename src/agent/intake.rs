@@ -20,7 +20,8 @@ use rumqttc::{
 use tokio::sync::mpsc;
 
 use super::appender::AckToken;
-use super::decode::Received;
+use super::deadletter::{DeadLetters, Rejection, Source};
+use super::decode::{Received, topic_matches};
 use super::stats::Stats;
 use crate::backoff::Backoff;
 use crate::config::{Mqtt, Subscription};
@@ -32,6 +33,8 @@ pub struct Intake {
     pub acks: mpsc::UnboundedReceiver<AckToken>,
     pub shutdown: Shutdown,
     pub stats: Arc<Stats>,
+    /// Where a message cleared off the session unread is recorded.
+    pub dead_letters: Arc<std::sync::Mutex<DeadLetters>>,
     /// New subscriptions from a configuration reload (SIGHUP).
     pub reload: tokio::sync::watch::Receiver<Vec<Subscription>>,
     /// With `publish_status`: the report to publish, retained.
@@ -46,6 +49,7 @@ impl Intake {
             acks,
             shutdown,
             stats,
+            dead_letters,
             mut reload,
             status,
         } = self;
@@ -54,10 +58,9 @@ impl Intake {
             .set_keep_alive(config.keep_alive)
             .set_clean_session(false)
             .set_manual_acks(true)
-            // The library drops the connection on a larger packet, and the
-            // broker would resend it after every reconnect: accept anything
-            // MQTT allows and reject oversized messages in the decoder.
-            .set_max_packet_size(MQTT_MAX_PACKET, 64 * 1024);
+            // A larger packet is refused by its header, before it is read;
+            // the connection drops and `oversize` clears it off the session.
+            .set_max_packet_size(incoming_limit(config.max_packet_size), 64 * 1024);
         if let Some(tls) = &config.tls {
             options.set_transport(rumqttc::Transport::tls_with_config(
                 rumqttc::TlsConfiguration::Rustls(tls.0.clone()),
@@ -292,6 +295,21 @@ impl Intake {
                         // can be acked; the broker redelivers the rest.
                         break;
                     }
+                    if let Some(size) = oversized(&e) {
+                        log::warn!(
+                            "the broker handed over a message of {size} bytes, more than mqtt.max_packet_size ({}); taking it off the session unread",
+                            config.max_packet_size
+                        );
+                        let cleared = clear_oversized(&config, &dead_letters, &stats, &shutdown);
+                        let cleared = tokio::select! {
+                            n = cleared => n,
+                            _ = shutdown.wait() => 0,
+                        };
+                        if cleared > 0 {
+                            // What came after it is delivered at once.
+                            continue;
+                        }
+                    }
                     let delay = backoff.next_delay();
                     log::warn!(
                         "MQTT broker {broker}: {}; reconnecting in {}",
@@ -459,8 +477,101 @@ impl DropWatch {
     }
 }
 
-/// The largest packet MQTT 3.1.1 can carry.
-const MQTT_MAX_PACKET: usize = 268_435_455;
+/// The largest packet taken from the broker: a payload of
+/// `max_packet_size` with the longest topic MQTT allows and a packet id. A
+/// payload just over the limit still arrives and is refused by the decoder
+/// (kept whole in the dead-letter record); anything larger is refused by
+/// its header.
+fn incoming_limit(max_packet_size: u64) -> usize {
+    max_packet_size as usize + 2 + 65_535 + 2
+}
+
+/// The size of the packet the client refused for its size, if that is why
+/// the connection dropped.
+fn oversized(e: &rumqttc::ConnectionError) -> Option<usize> {
+    match e {
+        rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::Error::PayloadSizeLimitExceeded(size),
+        )) => Some(*size),
+        _ => None,
+    }
+}
+
+/// Runs [`super::oversize::clear`] on a thread of its own (it blocks on
+/// the network) while the session is down; each message it takes is in
+/// the dead-letter file before it is acked.
+async fn clear_oversized(
+    config: &Mqtt,
+    dead_letters: &Arc<std::sync::Mutex<DeadLetters>>,
+    stats: &Arc<Stats>,
+    shutdown: &Shutdown,
+) -> usize {
+    let (done, result) = tokio::sync::oneshot::channel();
+    let (config, dead_letters, stats, shutdown) = (
+        config.clone(),
+        dead_letters.clone(),
+        stats.clone(),
+        shutdown.clone(),
+    );
+    let spawned = std::thread::Builder::new()
+        .name("mqtt-clear".into())
+        .spawn(move || {
+            let limit = incoming_limit(config.max_packet_size);
+            let mut record = |c: &super::oversize::Cleared| {
+                let slot = config
+                    .subscribe
+                    .iter()
+                    .position(|s| topic_matches(&s.topic, &c.topic));
+                Stats::add(&stats.messages_in, 1);
+                if let Some(counter) = stats.rejected.get(slot.unwrap_or(config.subscribe.len())) {
+                    Stats::add(counter, 1);
+                }
+                let reason = format!(
+                    "{} bytes, more than mqtt.max_packet_size ({}); taken off the session unread, its first {} bytes kept",
+                    c.bytes,
+                    config.max_packet_size,
+                    c.sample.len()
+                );
+                log::warn!("rejected message on {:?}: {reason}", c.topic);
+                dead_letters
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .record(&Rejection {
+                        source: Source::Mqtt,
+                        topic: c.topic.clone(),
+                        subscription: slot
+                            .map(|i| config.subscribe[i].topic.clone())
+                            .unwrap_or_default(),
+                        reason,
+                        payload: c.sample.clone(),
+                    });
+            };
+            let outcome = super::oversize::clear(&config, limit, &mut record, &shutdown);
+            let _ = done.send(outcome);
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot start the thread that clears an oversized message: {e}");
+        return 0;
+    }
+    match result.await {
+        Ok(Ok(0)) => {
+            log::info!("no oversized message was waiting any more");
+            0
+        }
+        Ok(Ok(n)) => {
+            log::info!("{n} oversized message(s) taken off the session");
+            n
+        }
+        Ok(Err(e)) => {
+            log::warn!(
+                "could not clear the oversized message, trying again after reconnecting: {}",
+                crate::error_chain(&e)
+            );
+            0
+        }
+        Err(_) => 0,
+    }
+}
 
 /// Bytes of payload allowed between the session and the spool thread:
 /// room for a few of the largest messages taken, and never less than 8 MiB

@@ -18,6 +18,7 @@ pub mod identity;
 mod intake;
 pub mod lease;
 pub mod metrics;
+mod oversize;
 mod sink;
 pub mod spool;
 mod stats;
@@ -152,7 +153,7 @@ pub fn run(
         tokio::sync::watch::channel(config.mqtt.subscribe.clone());
     let appender = appender::Appender {
         spool: spool.clone(),
-        dead_letters,
+        dead_letters: dead_letters.clone(),
         deliveries: delivery_rx,
         decoder: decode::Decoder::new(
             config.mqtt.subscribe.clone(),
@@ -182,6 +183,7 @@ pub fn run(
         acks: ack_rx,
         shutdown: shutdown.clone(),
         stats: stats.clone(),
+        dead_letters,
     };
     let mqtt = spawn(
         "mqtt",

@@ -757,7 +757,7 @@ pub fn publish_all(
         options
             .set_inflight(100)
             .set_clean_session(true)
-            .set_max_packet_size(4 << 20, 4 << 20);
+            .set_max_packet_size(4 << 20, 256 << 20);
         let (client, mut eventloop) = AsyncClient::new(options, 1000);
         let total = messages.len();
         let sender = tokio::spawn(async move {

@@ -1,0 +1,321 @@
+//! Clearing a message too large to take off the broker's session.
+//!
+//! The MQTT client refuses a packet larger than `mqtt.max_packet_size` as
+//! soon as its header arrives, so such a message never sits in memory; but
+//! it drops the connection to do so, and the broker, keeping our session,
+//! would hand the same message over again after every reconnect, before
+//! anything queued behind it. So the session is cleared once, here: a
+//! short connection of our own with the same client id and kept session
+//! reads each oversized PUBLISH through a small buffer (its first bytes
+//! kept as a sample), records it for the dead-letter file, and only then
+//! acks it. Every other message it sees it leaves unacked, so the broker
+//! delivers those again to the real session that follows.
+//!
+//! It speaks just enough MQTT 3.1.1 for that (CONNECT, CONNACK, PUBLISH,
+//! PUBACK, PINGREQ, DISCONNECT), blocking, on its own thread, with the same
+//! TLS settings and credentials as the session. It must never hold more
+//! than a buffer and a sample of a message, and never ack one it did not
+//! record. It never logs the password.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use crate::config::Mqtt;
+use crate::shutdown::Shutdown;
+
+/// Bytes of an oversized message kept for the dead-letter record.
+pub const SAMPLE: usize = 1024;
+/// The broker resends what was in flight right after CONNACK: a second
+/// without a packet means it has nothing more to resend.
+const IDLE: Duration = Duration::from_secs(1);
+/// How long a read inside a packet may wait for data before the link is
+/// taken for dead.
+const STALL: Duration = Duration::from_secs(30);
+/// Packets looked at per clearing, at most.
+const MAX_PACKETS: usize = 100_000;
+
+/// An oversized message taken off the session.
+#[derive(Debug, Clone)]
+pub struct Cleared {
+    pub topic: String,
+    /// The whole payload's size.
+    pub bytes: usize,
+    /// Its first [`SAMPLE`] bytes.
+    pub sample: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClearError {
+    #[error("cannot connect to {broker}: {source}")]
+    Connect {
+        broker: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS to {broker}: {message}")]
+    Tls { broker: String, message: String },
+    #[error("the broker refused the connection (CONNACK return code {0})")]
+    Refused(u8),
+    #[error("the broker answered the connection with packet type {0}, not CONNACK")]
+    NotConnAck(u8),
+    #[error("the broker's packets do not parse: {0}")]
+    Protocol(&'static str),
+    #[error("reading from the broker: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("stopped: shutting down")]
+    Stopped,
+}
+
+trait Link: Read + Write {}
+impl<T: Read + Write> Link for T {}
+
+/// Connects as the session's client, takes every PUBLISH whose packet is
+/// larger than `limit` bytes off the session: `record` sees it first, then
+/// it is acked. Returns how many were cleared; other messages stay with
+/// the broker.
+pub fn clear(
+    config: &Mqtt,
+    limit: usize,
+    record: &mut dyn FnMut(&Cleared),
+    shutdown: &Shutdown,
+) -> Result<usize, ClearError> {
+    let broker = format!("{}:{}", config.url.host, config.url.port);
+    let connect_error = |source| ClearError::Connect {
+        broker: broker.clone(),
+        source,
+    };
+    let addr = (config.url.host.as_str(), config.url.port)
+        .to_socket_addrs()
+        .map_err(connect_error)?
+        .next()
+        .ok_or_else(|| {
+            connect_error(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the host has no address",
+            ))
+        })?;
+    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map_err(connect_error)?;
+    tcp.set_read_timeout(Some(STALL))?;
+    tcp.set_write_timeout(Some(STALL))?;
+    let timeouts = tcp.try_clone()?;
+    let mut link: Box<dyn Link> = match &config.tls {
+        None => Box::new(tcp),
+        Some(tls) => {
+            let tls_error = |message: String| ClearError::Tls {
+                broker: broker.clone(),
+                message,
+            };
+            let name = rustls::pki_types::ServerName::try_from(config.url.host.clone())
+                .map_err(|e| tls_error(e.to_string()))?;
+            let conn = rustls::ClientConnection::new(tls.0.clone(), name)
+                .map_err(|e| tls_error(e.to_string()))?;
+            Box::new(rustls::StreamOwned::new(conn, tcp))
+        }
+    };
+    link.write_all(&connect_packet(config))?;
+    link.flush()?;
+    let (kind, len) = read_header(&mut link)?.ok_or(ClearError::Protocol("no CONNACK"))?;
+    if kind >> 4 != 2 || len != 2 {
+        return Err(ClearError::NotConnAck(kind >> 4));
+    }
+    let mut ack = [0u8; 2];
+    link.read_exact(&mut ack)?;
+    if ack[1] != 0 {
+        return Err(ClearError::Refused(ack[1]));
+    }
+    let mut cleared = 0;
+    let mut last_sent = Instant::now();
+    let ping_every = config.keep_alive / 2;
+    for _ in 0..MAX_PACKETS {
+        if shutdown.is_triggered() {
+            return Err(ClearError::Stopped);
+        }
+        timeouts.set_read_timeout(Some(IDLE))?;
+        let header = match read_header(&mut link) {
+            Ok(Some(h)) => h,
+            Ok(None) => break,
+            Err(ClearError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break;
+            }
+            Err(e) => return Err(e),
+        };
+        timeouts.set_read_timeout(Some(STALL))?;
+        let (first, len) = header;
+        let mut left = len;
+        let mut keep_alive = |link: &mut Box<dyn Link>| -> std::io::Result<()> {
+            if last_sent.elapsed() >= ping_every {
+                link.write_all(&[0xC0, 0x00])?;
+                link.flush()?;
+                last_sent = Instant::now();
+            }
+            Ok(())
+        };
+        if first >> 4 != 3 || len <= limit {
+            // Not ours to take: left unacked, the broker delivers it to the
+            // session again.
+            skip(&mut link, &mut left, None, shutdown, &mut keep_alive)?;
+            continue;
+        }
+        let qos = (first >> 1) & 3;
+        let mut topic_len = [0u8; 2];
+        link.read_exact(&mut topic_len)?;
+        let topic_len = u16::from_be_bytes(topic_len) as usize;
+        let ids = if qos > 0 { 2 } else { 0 };
+        left = left
+            .checked_sub(2 + topic_len + ids)
+            .ok_or(ClearError::Protocol("a PUBLISH shorter than its topic"))?;
+        let mut topic = vec![0u8; topic_len];
+        link.read_exact(&mut topic)?;
+        let mut pkid = [0u8; 2];
+        if qos > 0 {
+            link.read_exact(&mut pkid)?;
+        }
+        let bytes = left;
+        let mut sample = Vec::with_capacity(SAMPLE);
+        skip(
+            &mut link,
+            &mut left,
+            Some(&mut sample),
+            shutdown,
+            &mut keep_alive,
+        )?;
+        record(&Cleared {
+            topic: String::from_utf8_lossy(&topic).into_owned(),
+            bytes,
+            sample,
+        });
+        if qos > 0 {
+            link.write_all(&[0x40, 0x02, pkid[0], pkid[1]])?;
+            link.flush()?;
+            last_sent = Instant::now();
+        }
+        cleared += 1;
+    }
+    link.write_all(&[0xE0, 0x00])?;
+    link.flush()?;
+    Ok(cleared)
+}
+
+/// Reads and drops `left` bytes through a small buffer, keeping the first
+/// [`SAMPLE`] in `sample`, pinging the broker while it takes long.
+fn skip(
+    link: &mut Box<dyn Link>,
+    left: &mut usize,
+    mut sample: Option<&mut Vec<u8>>,
+    shutdown: &Shutdown,
+    keep_alive: &mut dyn FnMut(&mut Box<dyn Link>) -> std::io::Result<()>,
+) -> Result<(), ClearError> {
+    let mut buf = [0u8; 16 << 10];
+    while *left > 0 {
+        if shutdown.is_triggered() {
+            return Err(ClearError::Stopped);
+        }
+        let n = link.read(&mut buf[..(*left).min(16 << 10)])?;
+        if n == 0 {
+            return Err(ClearError::Protocol("the connection ended inside a packet"));
+        }
+        if let Some(s) = sample.as_deref_mut() {
+            let room = SAMPLE - s.len();
+            s.extend_from_slice(&buf[..n.min(room)]);
+        }
+        *left -= n;
+        keep_alive(link)?;
+    }
+    Ok(())
+}
+
+/// A packet's first byte and remaining length; `None` at a clean end.
+fn read_header(link: &mut Box<dyn Link>) -> Result<Option<(u8, usize)>, ClearError> {
+    let mut first = [0u8; 1];
+    if link.read(&mut first)? == 0 {
+        return Ok(None);
+    }
+    let mut len = 0usize;
+    for i in 0..4 {
+        let mut b = [0u8; 1];
+        link.read_exact(&mut b)?;
+        len |= ((b[0] & 0x7F) as usize) << (7 * i);
+        if b[0] & 0x80 == 0 {
+            return Ok(Some((first[0], len)));
+        }
+    }
+    Err(ClearError::Protocol(
+        "a remaining length of more than 4 bytes",
+    ))
+}
+
+/// CONNECT for MQTT 3.1.1 with the session kept (clean session off) and
+/// the session's client id and credentials.
+fn connect_packet(config: &Mqtt) -> Vec<u8> {
+    let mut body = Vec::new();
+    let string = |body: &mut Vec<u8>, s: &[u8]| {
+        body.extend_from_slice(&(s.len().min(65_535) as u16).to_be_bytes());
+        body.extend_from_slice(&s[..s.len().min(65_535)]);
+    };
+    string(&mut body, b"MQTT");
+    body.push(4);
+    let mut flags = 0u8;
+    if config.username.is_some() {
+        flags |= 0x80;
+        if config.password.is_some() {
+            flags |= 0x40;
+        }
+    }
+    body.push(flags);
+    let keep_alive = config.keep_alive.as_secs().min(u64::from(u16::MAX)) as u16;
+    body.extend_from_slice(&keep_alive.to_be_bytes());
+    string(&mut body, config.client_id.as_bytes());
+    if let Some(user) = &config.username {
+        string(&mut body, user.as_bytes());
+        if let Some(password) = &config.password {
+            string(&mut body, password.expose().as_bytes());
+        }
+    }
+    let mut packet = vec![0x10];
+    let mut len = body.len();
+    loop {
+        let mut b = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            b |= 0x80;
+        }
+        packet.push(b);
+        if len == 0 {
+            break;
+        }
+    }
+    packet.extend_from_slice(&body);
+    packet
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_keeps_the_session_and_carries_the_credentials() {
+        let toml = "[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nclient_id = \"gw-1\"\nusername = \"u\"\npassword_file = \"PW\"\n[[mqtt.subscribe]]\ntopic = \"s/#\"\n[influxdb]\napi = \"v1\"\nurl = \"http://127.0.0.1:8086\"\ndatabase = \"d\"\n";
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "p\n").unwrap();
+        let toml = toml.replace("PW", &pw.display().to_string());
+        let config = crate::config::Config::from_toml(&dir.path().join("t.toml"), &toml)
+            .unwrap_or_else(|e| panic!("{:?}", e.lines()));
+        let p = connect_packet(&config.mqtt);
+        assert_eq!(p[0], 0x10);
+        assert_eq!(&p[2..8], b"\x00\x04MQTT");
+        assert_eq!(p[8], 4);
+        assert_eq!(
+            p[9],
+            0x80 | 0x40,
+            "username and password, clean session off"
+        );
+        assert!(p.ends_with(b"\x00\x04gw-1\x00\x01u\x00\x01p"));
+    }
+}
