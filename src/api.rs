@@ -153,6 +153,9 @@ pub enum ErrorCode {
     LeaseUnknown,
     InvalidRequest,
     BackendFailed,
+    /// Too many requests from one address, or at once: come back after the
+    /// answer's `Retry-After`.
+    RateLimited,
     Internal,
 }
 
@@ -170,6 +173,7 @@ impl ErrorCode {
             | ErrorCode::IdentityRevoked => 403,
             ErrorCode::LeaseUnknown => 404,
             ErrorCode::BackendFailed => 502,
+            ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
         }
     }
@@ -186,7 +190,10 @@ impl ErrorCode {
     /// Whether asking again later can succeed (the gateway keeps its
     /// ticket or identity and backs off) or never will.
     pub fn is_retryable(self) -> bool {
-        matches!(self, ErrorCode::BackendFailed | ErrorCode::Internal)
+        matches!(
+            self,
+            ErrorCode::BackendFailed | ErrorCode::Internal | ErrorCode::RateLimited
+        )
     }
 }
 

@@ -7,6 +7,11 @@
 //!   broker session that carries it never times out.
 //! - A 200 MiB message is refused before it is read into memory, and the
 //!   pipeline flows on.
+//! - 1,100 connections trickling request bodies (or headers) from many
+//!   addresses leave an enrolled gateway's lease requests answered within
+//!   a second.
+//! - A flood of bad enrollments is throttled per address and costs the
+//!   audit trail a record or two a minute, not one each.
 
 mod support;
 
@@ -358,4 +363,194 @@ fn a_200_mib_message_is_refused_unread_and_memory_stays_bounded() {
         "peak RSS {} MiB after a 200 MiB message",
         peak >> 20
     );
+}
+
+/// A TCP connection to `to` from the loopback address `from` (all of
+/// 127.0.0.0/8 is the loopback on Linux), so that one test can be many
+/// clients.
+fn connect_from(
+    from: std::net::Ipv4Addr,
+    to: std::net::SocketAddrV4,
+) -> std::io::Result<TcpStream> {
+    use std::os::fd::FromRawFd as _;
+    fn sockaddr(a: std::net::SocketAddrV4) -> libc::sockaddr_in {
+        libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: a.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*a.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        }
+    }
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a descriptor owned here; on success it
+    // moves into the TcpStream, which closes it.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        let local = sockaddr(std::net::SocketAddrV4::new(from, 0));
+        if libc::bind(fd, (&raw const local).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let remote = sockaddr(to);
+        if libc::connect(fd, (&raw const remote).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(stream)
+    }
+}
+
+/// Raises this process's open-file limit to its hard limit (children
+/// started after inherit it): the test holds over a thousand sockets.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut l = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 {
+            l.rlim_cur = l.rlim_max.min(65_536);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+}
+
+#[test]
+fn slow_request_bodies_cannot_lock_an_enrolled_gateway_out() {
+    raise_fd_limit();
+    let influx = Influx::start();
+    influx.query("CREATE DATABASE sensors");
+    let authority = AuthorityServer::start(&format!(
+        "{}{}",
+        v1_backend(
+            "main",
+            &influx.url(),
+            support::ADMIN_USER,
+            support::ADMIN_PASSWORD
+        ),
+        role("sensor", "iot-sensor", "main", "database", "sensors")
+    ));
+    // A gateway enrolls and leases before the attack: an established
+    // identity, on 127.0.0.1.
+    let ticket = authority.ticket("iot-sensor", &[]);
+    let identity = leasegate::agent::identity::redeem(&ticket, "gw-steady", false).unwrap();
+    let lease = || {
+        let started = std::time::Instant::now();
+        let client = identity.client().unwrap();
+        let result = client.create_lease(&identity.credential, Some(Duration::from_secs(60)));
+        (started.elapsed(), result)
+    };
+    let (_, first) = lease();
+    first.expect("a lease before the attack");
+
+    // Slow bodies (declared 60 KB, a byte every 2 s), then slow headers
+    // (a header line a byte at a time): 1,100 connections each, from 44
+    // other loopback addresses, more than the server serves at once.
+    let target = std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, authority.port);
+    let slow_body = "POST /v1/enroll HTTP/1.1\r\nhost: a\r\ncontent-type: application/json\r\ncontent-length: 60000\r\n\r\n{";
+    let slow_header = "POST /v1/leases HTTP/1.1\r\nhost: a\r\nx-slow: ";
+    for (wave, head) in [("slow bodies", slow_body), ("slow headers", slow_header)] {
+        let mut slow = Vec::new();
+        for i in 0..1_100u32 {
+            let from = std::net::Ipv4Addr::new(127, 0, 1, 2 + (i / 25) as u8);
+            if let Ok(mut s) = connect_from(from, target) {
+                s.set_write_timeout(Some(Duration::from_millis(200))).ok();
+                if s.write_all(head.as_bytes()).is_ok() {
+                    slow.push(s);
+                }
+            }
+        }
+        eprintln!("{wave}: {} connections open", slow.len());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let trickle = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                // Bounded: 10 rounds of 2 s.
+                for _ in 0..10 {
+                    for s in &mut slow {
+                        let _ = s.write_all(b"x");
+                    }
+                    for _ in 0..20 {
+                        if stop.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            })
+        };
+        // The gateway keeps getting its leases, each within a second,
+        // while the trickle goes on.
+        let mut worst = Duration::ZERO;
+        for round in 0..12 {
+            let (took, result) = lease();
+            worst = worst.max(took);
+            assert!(
+                result.is_ok() && took < Duration::from_secs(1),
+                "{wave}: lease {round}: {took:?} {:?}\n{}",
+                result.err().map(|e| e.to_string()),
+                support::tail(&authority.log_path(), 3000)
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        stop.store(true, Ordering::SeqCst);
+        trickle.join().unwrap();
+        eprintln!("{wave}: slowest lease under attack {worst:?}");
+    }
+    assert!(
+        authority.log().contains("refusing connections from"),
+        "the refusals are logged"
+    );
+}
+
+#[test]
+fn a_flood_of_bad_enrollments_is_throttled_and_audited_in_summary() {
+    let authority = AuthorityServer::start(&format!(
+        "{}{}",
+        v1_backend("main", "http://127.0.0.1:9", "admin", "pw"),
+        role("sensor", "iot-sensor", "main", "database", "sensors")
+    ));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let url = format!("{}/v1/enroll", authority.url());
+    let unknown = leasegate::secret::random_base64(leasegate::ticket::SECRET_BYTES);
+    let body = format!(r#"{{"ticket_secret":"{unknown}","identity_name":"flood"}}"#);
+    let mut statuses = std::collections::BTreeMap::new();
+    let started = std::time::Instant::now();
+    for _ in 0..6_000 {
+        let r = agent
+            .post(&url)
+            .header("content-type", "application/json")
+            .send(body.as_str())
+            .unwrap();
+        let retry = r.headers().get("retry-after").is_some();
+        *statuses.entry((r.status().as_u16(), retry)).or_insert(0) += 1;
+    }
+    let took = started.elapsed();
+    eprintln!("6,000 enrollments in {took:?}: {statuses:?}");
+    // A burst gets through, then about one a second; the rest are told
+    // when to come back.
+    let answered = statuses.get(&(403, false)).copied().unwrap_or(0);
+    assert!(
+        answered <= 20 + took.as_secs() as usize + 2,
+        "{answered} refusals answered in {took:?}: {statuses:?}"
+    );
+    assert!(statuses.get(&(429, true)).copied().unwrap_or(0) >= 6_000 - answered);
+    // The audit trail has the first refusal in full, and the rest summed
+    // up once their minute is over: not a record each.
+    let log = authority.log();
+    let audited = log.matches("audit: enroll refused ").count();
+    assert!(
+        audited <= 2,
+        "{audited} audit records for one kind of refusal"
+    );
+    assert!(log.contains("ticket_unknown"), "{log}");
 }

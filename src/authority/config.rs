@@ -31,6 +31,8 @@ pub struct AuthorityConfig {
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
     pub log_level: Option<log::LevelFilter>,
+    /// How long audit records are kept; older ones are pruned hourly.
+    pub audit_retention: std::time::Duration,
     pub backends: Vec<Backend>,
     pub roles: Vec<Role>,
 }
@@ -114,6 +116,22 @@ fn read(t: &Table<'_>) -> Option<AuthorityConfig> {
         );
     }
     let public_url = t.required_string("public_url");
+    if let Some(url) = &public_url
+        && url
+            .parse::<ureq::http::Uri>()
+            .ok()
+            .and_then(|u| u.authority().map(|a| a.as_str().contains('@')))
+            .unwrap_or(false)
+    {
+        // Every ticket carries the URL, and tickets are handed around.
+        t.problem(
+            "public_url",
+            format!(
+                "{:?} carries credentials; tickets would hand them to every gateway",
+                crate::config::redact_url(url)
+            ),
+        );
+    }
     if let Some(url) = &public_url {
         let scheme_ok = if tls {
             url.starts_with("https://")
@@ -157,6 +175,11 @@ fn read(t: &Table<'_>) -> Option<AuthorityConfig> {
         );
     }
     let log_level = log_level(t);
+    let audit_retention = t.duration(
+        "audit_retention",
+        std::time::Duration::from_secs(365 * 24 * 3600),
+        std::time::Duration::from_secs(24 * 3600),
+    );
     let backends: Vec<Backend> = t
         .tables("backend")
         .into_iter()
@@ -197,6 +220,7 @@ fn read(t: &Table<'_>) -> Option<AuthorityConfig> {
         cert_file,
         key_file,
         log_level,
+        audit_retention,
         backends,
         roles,
     })
@@ -401,5 +425,25 @@ max_ttl = "1h"
                 "a.toml: role[0].default_ttl: must not be longer than max_ttl",
             ]
         );
+    }
+
+    #[test]
+    fn a_public_url_with_credentials_is_refused_without_showing_them() {
+        let text = EXAMPLE.replacen(
+            "public_url = \"https://",
+            "public_url = \"https://admin:hunter2@",
+            1,
+        );
+        assert_ne!(text, EXAMPLE, "the example sets an https public_url");
+        let lines = AuthorityConfig::from_toml(Path::new("a.toml"), &text)
+            .unwrap_err()
+            .lines();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("public_url") && l.contains("carries credentials")),
+            "{lines:?}"
+        );
+        assert!(!lines.iter().any(|l| l.contains("hunter2")), "{lines:?}");
     }
 }

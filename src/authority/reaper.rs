@@ -122,6 +122,18 @@ fn housekeeping(authority: &Authority, shutdown: &Shutdown) {
             ),
             Err(e) => log::warn!("pruning ended leases: {}", crate::error_chain(&e)),
         }
+        let keep = authority.config().audit_retention;
+        match authority
+            .store()
+            .prune_audit(now_ms() - keep.as_millis() as i64)
+        {
+            Ok(0) => {}
+            Ok(n) => log::info!(
+                "pruned {n} audit record(s) older than {} (audit_retention)",
+                humantime::format_duration(keep)
+            ),
+            Err(e) => log::warn!("pruning the audit trail: {}", crate::error_chain(&e)),
+        }
         let wait = if failed {
             attempts += 1;
             retry_delay(attempts - 1)

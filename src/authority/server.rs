@@ -2,22 +2,33 @@
 //! [`Authority`], over rustls unless TLS is off.
 //!
 //! It owns the wire: parsing bodies and bearer credentials, mapping each
-//! [`ApiError`] to its status, and the accept loop with its bounded
-//! shutdown. Every call into the authority runs on the blocking pool,
-//! because it may wait on SQLite or InfluxDB. It decides nothing itself and
-//! never logs a request body or header (they hold secrets).
+//! [`ApiError`] to its status, and who gets served when many ask at once.
+//! Every call into the authority runs on the blocking pool, because it may
+//! wait on SQLite or InfluxDB. It decides nothing itself and never logs a
+//! request body or header (they hold secrets).
+//!
+//! Nobody can hold the server's capacity by being slow ([`Gate`]): a
+//! connection has a bounded handshake, header time, body time and
+//! lifetime; one client address holds at most [`MAX_PER_ADDRESS`]
+//! connections; a share of the connections ([`RESERVED`]) is kept for
+//! addresses an identity has authenticated from recently, so gateways are
+//! served while strangers crowd the rest; a lease call's bearer is checked
+//! before its body is read; and enrollment, the one route open to anyone,
+//! is rate-limited per address and capped in concurrency.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::body::{Body, Bytes};
+use axum::extract::{Extension, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
+use tower::ServiceExt as _;
 
 use crate::api::{ApiError, EnrollRequest, ErrorBody, ErrorCode, LeaseList, LeaseRequest};
 use crate::authority::service::Authority;
@@ -31,8 +42,33 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DRAIN: Duration = Duration::from_secs(5);
 /// How long a client may take to send a request's headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections served at once; more wait in the listen backlog.
+/// How long a client may take to send a request's body, once its headers
+/// are in: the bodies are small JSON objects.
+const BODY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one request may take from its headers to its answer, body and
+/// InfluxDB calls included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one connection may stay open; the request in flight finishes.
+/// Gateways make a call every few minutes, each on a new connection.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+/// Connections served at once, all addresses together.
 const MAX_CONNECTIONS: usize = 1024;
+/// Of those, connections only addresses that authenticated an identity
+/// within [`ESTABLISHED_FOR`] may use.
+const RESERVED: usize = 256;
+/// Connections one client address may hold at once. A site's NAT with
+/// hundreds of gateways still needs only a few at a time.
+pub const MAX_PER_ADDRESS: usize = 32;
+/// How long an address counts as a gateway's after an identity
+/// authenticated from it.
+const ESTABLISHED_FOR: Duration = Duration::from_secs(24 * 3600);
+/// Addresses remembered as established, at most (the oldest go first).
+const ESTABLISHED_MAX: usize = 100_000;
+/// Enrollments one address may start: a burst, then one per this long.
+const ENROLL_BURST: f64 = 20.0;
+const ENROLL_EVERY: Duration = Duration::from_secs(1);
+/// Enrollments read and processed at once, all addresses together.
+const ENROLL_CONCURRENCY: usize = 16;
 /// Request bodies are small JSON objects.
 const MAX_BODY: usize = 64 * 1024;
 
@@ -44,15 +80,175 @@ pub enum ServerError {
     Listen(#[source] std::io::Error),
 }
 
-pub fn router(authority: Arc<Authority>) -> Router {
+/// The client's address, put into each request by the accept loop.
+#[derive(Debug, Clone, Copy)]
+struct Peer(SocketAddr);
+
+#[derive(Clone)]
+struct App {
+    authority: Arc<Authority>,
+    gate: Arc<Gate>,
+}
+
+/// Who may use the server's capacity: connection counts per address and
+/// in all, addresses known for a gateway, and enrollment buckets.
+#[derive(Default)]
+pub struct Gate {
+    state: Mutex<GateState>,
+    enrolling: EnrollSlots,
+}
+
+struct EnrollSlots(tokio::sync::Semaphore);
+
+impl Default for EnrollSlots {
+    fn default() -> Self {
+        EnrollSlots(tokio::sync::Semaphore::new(ENROLL_CONCURRENCY))
+    }
+}
+
+#[derive(Default)]
+struct GateState {
+    open: usize,
+    per_address: HashMap<IpAddr, usize>,
+    established: HashMap<IpAddr, Instant>,
+    buckets: HashMap<IpAddr, Bucket>,
+    last_refusal_log: Option<Instant>,
+}
+
+/// A token bucket: `tokens` left as of `at`.
+#[derive(Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// A connection admitted by the [`Gate`]; gives its place back when dropped.
+pub struct Admitted {
+    gate: Arc<Gate>,
+    ip: IpAddr,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut s = self.gate.lock();
+        s.open = s.open.saturating_sub(1);
+        if let Some(n) = s.per_address.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                s.per_address.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Gate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Admits a connection from `ip`, or says why not.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, &'static str> {
+        let mut s = self.lock();
+        if s.per_address.get(&ip).copied().unwrap_or(0) >= MAX_PER_ADDRESS {
+            return Err("it holds the most connections one address may");
+        }
+        let established = s
+            .established
+            .get(&ip)
+            .is_some_and(|at| at.elapsed() < ESTABLISHED_FOR);
+        let room = if established {
+            MAX_CONNECTIONS
+        } else {
+            MAX_CONNECTIONS - RESERVED
+        };
+        if s.open >= room {
+            return Err("the server is full");
+        }
+        s.open += 1;
+        *s.per_address.entry(ip).or_default() += 1;
+        Ok(Admitted {
+            gate: self.clone(),
+            ip,
+        })
+    }
+
+    /// An identity authenticated from `ip`: it may use the reserved share.
+    fn established(&self, ip: IpAddr) {
+        let mut s = self.lock();
+        if s.established.len() >= ESTABLISHED_MAX && !s.established.contains_key(&ip) {
+            // Forget the older half rather than grow: bounded memory wins
+            // over perfect recall of every gateway.
+            let mut ages: Vec<Instant> = s.established.values().copied().collect();
+            ages.sort_unstable();
+            let cut = ages[ages.len() / 2];
+            s.established.retain(|_, at| *at > cut);
+        }
+        s.established.insert(ip, Instant::now());
+    }
+
+    /// Takes one enrollment token of `ip`'s bucket, or says how long until
+    /// one is there.
+    fn enroll_allowed(&self, ip: IpAddr) -> Result<(), Duration> {
+        let mut s = self.lock();
+        let now = Instant::now();
+        if s.buckets.len() >= ESTABLISHED_MAX {
+            // Full buckets carry no information: forget them.
+            s.buckets.retain(|_, b| b.tokens < ENROLL_BURST - 1.0);
+        }
+        let b = s.buckets.entry(ip).or_insert(Bucket {
+            tokens: ENROLL_BURST,
+            at: now,
+        });
+        let refill = now.duration_since(b.at).as_secs_f64() / ENROLL_EVERY.as_secs_f64();
+        b.tokens = (b.tokens + refill).min(ENROLL_BURST);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(ENROLL_EVERY.mul_f64(1.0 - b.tokens))
+        }
+    }
+
+    /// Whether a refused connection should be logged: once a minute at
+    /// most, an attack must not fill the journal.
+    fn log_refusal(&self) -> bool {
+        let mut s = self.lock();
+        let due = s
+            .last_refusal_log
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(60));
+        if due {
+            s.last_refusal_log = Some(Instant::now());
+        }
+        due
+    }
+}
+
+fn router(app: App) -> Router {
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/enroll", post(enroll))
         .route("/v1/leases", post(create_lease).get(list_leases))
         .route("/v1/leases/{id}", get(show_lease).delete(revoke_lease))
         .fallback(not_found)
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .with_state(authority)
+        .layer(axum::middleware::from_fn(deadline))
+        .with_state(app)
+}
+
+/// Every request answers within [`REQUEST_TIMEOUT`] of its headers.
+async fn deadline(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            let mut r = error_response(ApiError::new(
+                ErrorCode::Internal,
+                "the request took too long and was cut",
+            ));
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            r
+        }
+    }
 }
 
 /// Serves until `shutdown`, then gives requests in flight [`DRAIN`].
@@ -75,7 +271,23 @@ pub fn serve(
     listener
         .set_nonblocking(true)
         .map_err(ServerError::Listen)?;
-    let app = router(authority);
+    let gate = Arc::new(Gate::default());
+    let app = router(App {
+        authority: authority.clone(),
+        gate: gate.clone(),
+    });
+    // Summaries of refused enrollments, once their minute is over.
+    runtime.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(15));
+        loop {
+            tick.tick().await;
+            let a = authority.clone();
+            let flushed = tokio::task::spawn_blocking(move || a.flush_refusals()).await;
+            if let Ok(Err(e)) = flushed {
+                log::warn!("audit of refused enrollments: {}", crate::error_chain(&e));
+            }
+        }
+    });
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     runtime.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -86,14 +298,12 @@ pub fn serve(
     });
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener).map_err(ServerError::Listen)?;
-        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let mut connections = tokio::task::JoinSet::new();
         loop {
             while connections.try_join_next().is_some() {}
-            let slot = tokio::select! {
-                _ = shutdown.wait() => break,
-                slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
-            };
+            // Never waits for room: a connection that cannot be served is
+            // closed at once, so the listen backlog never fills with them
+            // and a gateway's connection is always looked at.
             let (stream, peer) = tokio::select! {
                 _ = shutdown.wait() => break,
                 accepted = listener.accept() => match accepted {
@@ -107,14 +317,26 @@ pub fn serve(
                     }
                 },
             };
-            let service = TowerToHyperService::new(app.clone());
-            let (acceptor, shutdown) = (acceptor.clone(), shutdown.clone());
+            let admitted = match gate.admit(peer.ip()) {
+                Ok(a) => a,
+                Err(why) => {
+                    if gate.log_refusal() {
+                        log::warn!(
+                            "refusing connections from {}: {why} (logged once a minute)",
+                            peer.ip()
+                        );
+                    }
+                    continue;
+                }
+            };
+            let (acceptor, shutdown, app) = (acceptor.clone(), shutdown.clone(), app.clone());
             connections.spawn(async move {
-                let _slot = slot;
+                let _admitted = admitted;
                 let result = match acceptor {
                     Some(acceptor) => {
-                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                            Ok(Ok(tls)) => serve_connection(tls, service, &shutdown).await,
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                        {
+                            Ok(Ok(tls)) => serve_connection(tls, app, peer, &shutdown).await,
                             Ok(Err(e)) => {
                                 log::debug!("{peer}: TLS handshake failed: {e}");
                                 return;
@@ -125,7 +347,7 @@ pub fn serve(
                             }
                         }
                     }
-                    None => serve_connection(stream, service, &shutdown).await,
+                    None => serve_connection(stream, app, peer, &shutdown).await,
                 };
                 if let Err(e) = result {
                     log::debug!("{peer}: connection: {e}");
@@ -139,7 +361,11 @@ pub fn serve(
         })
         .await;
         if drained.is_err() {
-            log::warn!("{} connection(s) cut at shutdown after {:?}", connections.len(), DRAIN);
+            log::warn!(
+                "{} connection(s) cut at shutdown after {:?}",
+                connections.len(),
+                DRAIN
+            );
         }
         Ok::<(), ServerError>(())
     })?;
@@ -148,15 +374,22 @@ pub fn serve(
 }
 
 /// One HTTP/1.1 connection: a client slow to send its headers is cut, and
-/// at shutdown the connection ends after its current answer.
+/// at shutdown or at the end of its lifetime the connection ends after its
+/// current answer.
 async fn serve_connection<I>(
     io: I,
-    service: TowerToHyperService<Router>,
+    app: Router,
+    peer: SocketAddr,
     shutdown: &Shutdown,
 ) -> Result<(), hyper::Error>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let service =
+        hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(Peer(peer));
+            app.clone().oneshot(request)
+        });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(hyper_util::rt::TokioTimer::new())
@@ -166,6 +399,10 @@ where
     tokio::select! {
         result = connection.as_mut() => result,
         _ = shutdown.wait() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+        _ = tokio::time::sleep(CONNECTION_LIFETIME) => {
             connection.as_mut().graceful_shutdown();
             connection.await
         }
@@ -193,6 +430,24 @@ async fn blocking<T: Send + 'static>(
     })
 }
 
+/// The request body, read within [`BODY_TIMEOUT`] and [`MAX_BODY`].
+async fn read_body(body: Body) -> Result<Bytes, ApiError> {
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("the request body is larger than {MAX_BODY} bytes or broken off"),
+        )),
+        Err(_) => Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "the request body did not arrive within {}",
+                humantime::format_duration(BODY_TIMEOUT)
+            ),
+        )),
+    }
+}
+
 fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         // serde names the field and position, never a value.
@@ -203,12 +458,16 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiErro
     })
 }
 
+/// The bearer credential: the scheme's name in any case (RFC 9110 11.1),
+/// then the credential.
 fn bearer(headers: &HeaderMap) -> Result<Secret, ApiError> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| Secret::new(t.trim()))
+        .and_then(|v| v.trim_start().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| Secret::new(t.trim()))
+        .filter(|t| !t.expose().is_empty())
         .ok_or_else(|| {
             ApiError::new(
                 ErrorCode::IdentityUnknown,
@@ -225,33 +484,76 @@ async fn not_found() -> Response {
     error_response(ApiError::new(ErrorCode::InvalidRequest, "no such route"))
 }
 
-async fn enroll(State(a): State<Arc<Authority>>, body: Bytes) -> Response {
+/// A 429 that says when to come back.
+fn rate_limited(wait: Duration, message: &str) -> Response {
+    let mut r = error_response(ApiError::new(ErrorCode::RateLimited, message));
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
+}
+
+async fn enroll(
+    State(app): State<App>,
+    Extension(Peer(peer)): Extension<Peer>,
+    body: Body,
+) -> Response {
+    if let Err(wait) = app.gate.enroll_allowed(peer.ip()) {
+        return rate_limited(
+            wait,
+            "too many enrollments from this address; try again later",
+        );
+    }
+    let Ok(_slot) = app.gate.enrolling.0.try_acquire() else {
+        return rate_limited(
+            Duration::from_secs(1),
+            "too many enrollments at once; try again later",
+        );
+    };
+    let a = app.authority.clone();
     let result = async {
+        let body = read_body(body).await?;
         let req: EnrollRequest = parse_body(&body)?;
-        blocking(move || a.enroll(&req)).await
+        blocking(move || a.enroll(&req, Some(peer.ip()))).await
     }
     .await;
     match result {
-        Ok(e) => ok_json(StatusCode::CREATED, &e),
+        Ok(e) => {
+            app.gate.established(peer.ip());
+            ok_json(StatusCode::CREATED, &e)
+        }
         Err(e) => error_response(e),
     }
+}
+
+/// The identity of the request's bearer credential, checked before any
+/// body is read; its address then counts as a gateway's.
+async fn identity(
+    app: &App,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<IdentityRow, ApiError> {
+    let credential = bearer(headers)?;
+    let a = app.authority.clone();
+    let identity = blocking(move || a.authenticate(&credential)).await?;
+    app.gate.established(peer.ip());
+    Ok(identity)
 }
 
 /// Runs `f` for the identity the request's bearer credential belongs to,
 /// on the blocking pool, and answers `ok` with its result.
 async fn as_identity<T: serde::Serialize + Send + 'static>(
-    a: Arc<Authority>,
+    app: App,
     headers: &HeaderMap,
+    peer: SocketAddr,
     ok: StatusCode,
     f: impl FnOnce(&Authority, &IdentityRow) -> Result<T, ApiError> + Send + 'static,
 ) -> Response {
     let result = async {
-        let credential = bearer(headers)?;
-        blocking(move || {
-            let identity = a.authenticate(&credential)?;
-            f(&a, &identity)
-        })
-        .await
+        let identity = identity(&app, headers, peer).await?;
+        let a = app.authority.clone();
+        blocking(move || f(&a, &identity)).await
     }
     .await;
     match result {
@@ -261,49 +563,129 @@ async fn as_identity<T: serde::Serialize + Send + 'static>(
 }
 
 async fn create_lease(
-    State(a): State<Arc<Authority>>,
+    State(app): State<App>,
+    Extension(Peer(peer)): Extension<Peer>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
-    let req: LeaseRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        LeaseRequest::default()
-    } else {
-        match parse_body(&body) {
-            Ok(r) => r,
-            Err(e) => return error_response(e),
-        }
-    };
-    as_identity(a, &headers, StatusCode::CREATED, move |a, i| {
-        a.create_lease(i, &req)
-    })
-    .await
+    let result = async {
+        let identity = identity(&app, &headers, peer).await?;
+        let body = read_body(body).await?;
+        let req: LeaseRequest = if body.iter().all(u8::is_ascii_whitespace) {
+            LeaseRequest::default()
+        } else {
+            parse_body(&body)?
+        };
+        let a = app.authority.clone();
+        blocking(move || a.create_lease(&identity, &req)).await
+    }
+    .await;
+    match result {
+        Ok(grant) => ok_json(StatusCode::CREATED, &grant),
+        Err(e) => error_response(e),
+    }
 }
 
-async fn list_leases(State(a): State<Arc<Authority>>, headers: HeaderMap) -> Response {
-    as_identity(a, &headers, StatusCode::OK, |a, i| {
+async fn list_leases(
+    State(app): State<App>,
+    Extension(Peer(peer)): Extension<Peer>,
+    headers: HeaderMap,
+) -> Response {
+    as_identity(app, &headers, peer, StatusCode::OK, |a, i| {
         a.leases(Some(&i.id)).map(|leases| LeaseList { leases })
     })
     .await
 }
 
 async fn show_lease(
-    State(a): State<Arc<Authority>>,
+    State(app): State<App>,
+    Extension(Peer(peer)): Extension<Peer>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    as_identity(a, &headers, StatusCode::OK, move |a, i| {
+    as_identity(app, &headers, peer, StatusCode::OK, move |a, i| {
         a.lease(&id, Some(&i.id))
     })
     .await
 }
 
 async fn revoke_lease(
-    State(a): State<Arc<Authority>>,
+    State(app): State<App>,
+    Extension(Peer(peer)): Extension<Peer>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    as_identity(a, &headers, StatusCode::OK, move |a, i| {
+    as_identity(app, &headers, peer, StatusCode::OK, move |a, i| {
         a.revoke_lease(&id, Some(&i.id))
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_never_empty() {
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+            bearer(&h).map(|s| s.expose().to_owned())
+        };
+        for v in [
+            "Bearer lgi_x",
+            "bearer lgi_x",
+            "BEARER  lgi_x ",
+            " Bearer lgi_x",
+        ] {
+            assert_eq!(with(v).unwrap(), "lgi_x", "{v:?}");
+        }
+        for v in ["Basic lgi_x", "Bearer", "Bearer ", "Bearerlgi_x", "lgi_x"] {
+            assert!(with(v).is_err(), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn the_gate_caps_each_address_and_keeps_a_share_for_gateways() {
+        let gate = Arc::new(Gate::default());
+        let stranger: IpAddr = "192.0.2.1".parse().unwrap();
+        let held: Vec<Admitted> = (0..MAX_PER_ADDRESS)
+            .map(|_| gate.admit(stranger).unwrap())
+            .collect();
+        assert!(gate.admit(stranger).is_err(), "one address is capped");
+        drop(held);
+        // Strangers from many addresses fill the general share...
+        let mut crowd = Vec::new();
+        for i in 0..(MAX_CONNECTIONS - RESERVED) {
+            let ip = IpAddr::from([10, 0, (i / 256) as u8, (i % 256) as u8]);
+            crowd.push(gate.admit(ip).unwrap());
+        }
+        assert!(gate.admit("10.9.9.9".parse().unwrap()).is_err());
+        // ...and a gateway's address still gets in, up to the whole.
+        let gateway: IpAddr = "198.51.100.7".parse().unwrap();
+        gate.established(gateway);
+        let mine: Vec<Admitted> = (0..MAX_PER_ADDRESS)
+            .map(|_| gate.admit(gateway).unwrap())
+            .collect();
+        assert_eq!(
+            gate.lock().open,
+            MAX_CONNECTIONS - RESERVED + MAX_PER_ADDRESS
+        );
+        drop(mine);
+        drop(crowd);
+        assert_eq!(gate.lock().open, 0);
+        assert!(gate.lock().per_address.is_empty());
+    }
+
+    #[test]
+    fn enrollment_is_a_burst_then_one_a_second_per_address() {
+        let gate = Gate::default();
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        for _ in 0..ENROLL_BURST as usize {
+            assert!(gate.enroll_allowed(ip).is_ok());
+        }
+        let wait = gate.enroll_allowed(ip).unwrap_err();
+        assert!(wait <= ENROLL_EVERY, "{wait:?}");
+        assert!(gate.enroll_allowed("192.0.2.10".parse().unwrap()).is_ok());
+    }
 }

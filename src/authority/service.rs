@@ -33,6 +33,8 @@ pub use crate::now_ms;
 pub struct Authority {
     config: AuthorityConfig,
     store: Mutex<Store>,
+    /// Refused enrollments not yet in the audit trail (see [`Refusals`]).
+    refusals: Mutex<Refusals>,
     backends: HashMap<String, Arc<Backend>>,
     /// The certificate fingerprint tickets carry; None with tls off.
     fingerprint: Option<String>,
@@ -62,6 +64,7 @@ impl Authority {
         Ok(Authority {
             config,
             store: Mutex::new(store),
+            refusals: Mutex::default(),
             backends,
             fingerprint,
         })
@@ -162,7 +165,13 @@ impl Authority {
 
     // --- enrollment ---
 
-    pub fn enroll(&self, req: &EnrollRequest) -> Result<Enrollment, ApiError> {
+    /// Redeems a ticket for an identity. `peer` is the client's address,
+    /// for the audit trail of refusals.
+    pub fn enroll(
+        &self,
+        req: &EnrollRequest,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<Enrollment, ApiError> {
         if !identity_name_is_valid(&req.identity_name) {
             return Err(ApiError::new(
                 ErrorCode::InvalidRequest,
@@ -171,11 +180,12 @@ impl Authority {
         }
         let now = now_ms();
         if !ticket::secret_is_well_formed(req.ticket_secret.expose()) {
-            self.store().audit(
+            self.refused(
                 now,
-                "enroll refused",
+                peer,
                 &req.identity_name,
-                "ticket_malformed",
+                ErrorCode::TicketMalformed,
+                "",
             )?;
             return Err(ApiError::new(
                 ErrorCode::TicketMalformed,
@@ -212,15 +222,61 @@ impl Authority {
                     None => None,
                 };
                 let message = refusal_message(code, ticket_row.as_ref(), now);
-                store.audit(
-                    now,
-                    "enroll refused",
-                    &req.identity_name,
-                    &format!("{}: {message}", code.name()),
-                )?;
+                drop(store);
+                self.refused(now, peer, &req.identity_name, code, &message)?;
                 Err(ApiError::new(code, message))
             }
         }
+    }
+
+    /// Audits a refused enrollment: the first of its kind in a minute in
+    /// full, the rest of that minute counted and summed up in one record,
+    /// so that a flood of bad enrollments costs one write a minute rather
+    /// than one (fsynced) write each.
+    fn refused(
+        &self,
+        now: i64,
+        peer: Option<std::net::IpAddr>,
+        name: &str,
+        code: ErrorCode,
+        message: &str,
+    ) -> Result<(), StoreError> {
+        let from = peer
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "local".into());
+        let (first, summary) = self
+            .refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .note(now, &code.name(), &from);
+        let store = self.store();
+        if let Some((event, subject, detail)) = summary {
+            store.audit(now, event, &subject, &detail)?;
+        }
+        if first {
+            let detail = if message.is_empty() {
+                format!("{} (from {from})", code.name())
+            } else {
+                format!("{}: {message} (from {from})", code.name())
+            };
+            store.audit(now, "enroll refused", name, &detail)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the summaries of refusal windows that have closed; called
+    /// now and then, so a burst that stopped is still summed up.
+    pub fn flush_refusals(&self) -> Result<(), StoreError> {
+        let now = now_ms();
+        let due = self
+            .refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .closed(now);
+        for (event, subject, detail) in due {
+            self.store().audit(now, event, &subject, &detail)?;
+        }
+        Ok(())
     }
 
     fn role_for(&self, t: &TicketRow) -> Result<String, ErrorCode> {
@@ -471,6 +527,91 @@ impl Authority {
     }
 }
 
+/// How long a window of refused enrollments of one kind lasts.
+const REFUSAL_WINDOW_MS: i64 = 60_000;
+/// Addresses named in one summary, at most.
+const REFUSAL_ADDRESSES: usize = 10;
+
+/// Refused enrollments per error code within the current window.
+#[derive(Default)]
+struct Refusals {
+    windows: BTreeMap<String, RefusalWindow>,
+}
+
+struct RefusalWindow {
+    started_ms: i64,
+    /// Refusals after the first, not audited one by one.
+    more: u64,
+    addresses: std::collections::BTreeSet<String>,
+}
+
+type AuditRecord = (&'static str, String, String);
+
+impl Refusals {
+    /// Counts one refusal. Returns whether it opens a window (audit it in
+    /// full) and the summary of the window it closes, if any.
+    fn note(&mut self, now: i64, code: &str, from: &str) -> (bool, Option<AuditRecord>) {
+        let mut summary = None;
+        if let Some(w) = self.windows.get(code)
+            && now - w.started_ms >= REFUSAL_WINDOW_MS
+        {
+            summary = self.take(code);
+        }
+        match self.windows.get_mut(code) {
+            Some(w) => {
+                w.more += 1;
+                if w.addresses.len() < REFUSAL_ADDRESSES {
+                    w.addresses.insert(from.to_owned());
+                }
+                (false, summary)
+            }
+            None => {
+                self.windows.insert(
+                    code.to_owned(),
+                    RefusalWindow {
+                        started_ms: now,
+                        more: 0,
+                        addresses: std::collections::BTreeSet::new(),
+                    },
+                );
+                (true, summary)
+            }
+        }
+    }
+
+    /// The summaries of every window older than a window's length.
+    fn closed(&mut self, now: i64) -> Vec<AuditRecord> {
+        let codes: Vec<String> = self
+            .windows
+            .iter()
+            .filter(|(_, w)| now - w.started_ms >= REFUSAL_WINDOW_MS)
+            .map(|(c, _)| c.clone())
+            .collect();
+        codes.iter().filter_map(|c| self.take(c)).collect()
+    }
+
+    fn take(&mut self, code: &str) -> Option<AuditRecord> {
+        let w = self.windows.remove(code)?;
+        (w.more > 0).then(|| {
+            let addresses: Vec<String> = w.addresses.into_iter().collect();
+            (
+                "enroll refused (repeated)",
+                code.to_owned(),
+                format!(
+                    "{} more refusal(s) in the minute after the one above, from {}{}",
+                    w.more,
+                    addresses.join(", "),
+                    if addresses.len() >= REFUSAL_ADDRESSES {
+                        " and others"
+                    } else {
+                        ""
+                    }
+                ),
+            )
+        })
+    }
+}
+
 /// 1 s doubling per failed attempt up to [`RETRY_CAP`], less up to 25% at
 /// random so that many failed deletions do not retry in step.
 pub fn retry_delay(attempts: u32) -> Duration {
@@ -529,5 +670,36 @@ fn refusal_message(code: ErrorCode, t: Option<&TicketRow>, now: i64) -> String {
                 .unwrap_or_default()
         ),
         _ => format!("ticket {id} refused"),
+    }
+}
+
+#[cfg(test)]
+mod refusal_tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_of_refusals_is_one_record_and_a_summary_a_minute() {
+        let mut r = Refusals::default();
+        assert_eq!(r.note(0, "ticket_unknown", "192.0.2.1"), (true, None));
+        for i in 0..5_999 {
+            let (first, summary) = r.note(10 + i, "ticket_unknown", &format!("192.0.2.{}", i % 50));
+            assert!(!first && summary.is_none());
+        }
+        // Another kind has its own window.
+        assert!(r.note(100, "ticket_malformed", "192.0.2.1").0);
+        assert!(r.closed(59_999).is_empty());
+        let closed = r.closed(60_000);
+        assert_eq!(closed.len(), 1, "only the kind with more than one");
+        let (event, code, detail) = &closed[0];
+        assert_eq!(
+            (*event, code.as_str()),
+            ("enroll refused (repeated)", "ticket_unknown")
+        );
+        assert!(
+            detail.starts_with("5999 more refusal(s)") && detail.ends_with("and others"),
+            "{detail}"
+        );
+        // The next one opens a new window.
+        assert!(r.note(70_000, "ticket_unknown", "192.0.2.1").0);
     }
 }

@@ -39,7 +39,8 @@ pub enum StoreError {
 
 /// Each migration moves the schema one version up; never edit one that has
 /// shipped, append a new one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE tickets (
     id TEXT PRIMARY KEY,
     secret_hash TEXT NOT NULL UNIQUE,
@@ -86,7 +87,11 @@ CREATE TABLE audit (
     subject TEXT NOT NULL,
     detail TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE INDEX audit_by_time ON audit(at_ms);
+"#,
+];
 
 #[derive(Debug, Clone)]
 pub struct TicketRow {
@@ -585,6 +590,13 @@ impl Store {
 
     // --- audit ---
 
+    /// Deletes audit records older than `before_ms`. Returns how many.
+    pub fn prune_audit(&self, before_ms: i64) -> Result<usize, StoreError> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM audit WHERE at_ms < ?1", [before_ms])?)
+    }
+
     pub fn audit(
         &self,
         now_ms: i64,
@@ -870,5 +882,17 @@ mod tests {
                 .iter()
                 .any(|a| a.1 == "identity revoke")
         );
+    }
+
+    #[test]
+    fn audit_records_past_their_age_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("a.db")).unwrap();
+        for at in [10, 20, 30, 40] {
+            s.audit(at, "e", "s", "d").unwrap();
+        }
+        assert_eq!(s.prune_audit(25).unwrap(), 2);
+        let left: Vec<i64> = s.audit_trail().unwrap().iter().map(|r| r.0).collect();
+        assert_eq!(left, [30, 40]);
     }
 }

@@ -111,7 +111,7 @@ fn stop_child(child: &mut Child) {
     }
 }
 
-fn tail(path: &Path, bytes: usize) -> String {
+pub fn tail(path: &Path, bytes: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let start = text.len().saturating_sub(bytes);
     let start = (start..text.len())
