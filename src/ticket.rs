@@ -56,6 +56,12 @@ pub enum TicketError {
     Content(String),
     #[error("the ticket's secret is not {SECRET_BYTES} base64url-encoded bytes")]
     Secret,
+    #[error("{0}; tickets are read only from regular files, never through a link")]
+    NotRegular(String),
+    #[error("the ticket file is {0} bytes, more than the 64 KiB a ticket can be")]
+    TooLarge(u64),
+    #[error("the ticket is not UTF-8 text: byte {0} is not valid UTF-8")]
+    NotUtf8(usize),
 }
 
 impl Ticket {

@@ -780,3 +780,36 @@ fn https_with_a_self_signed_certificate_pinned_in_every_ticket() {
         Some(fingerprint.as_str())
     );
 }
+
+#[test]
+fn a_removed_role_is_not_replaced_by_whichever_role_now_matches() {
+    let influx = Influx::start();
+    influx.query("CREATE DATABASE sensors");
+    influx.query("CREATE DATABASE other");
+    let backend = v1_backend("main", &influx.url(), ADMIN_USER, ADMIN_PASSWORD);
+    let sensor = role("sensor", "iot-sensor", "main", "database", "sensors");
+    let fallback = role("fallback", "iot-sensor", "main", "database", "other");
+    let mut authority = AuthorityServer::start(&format!("{backend}{sensor}{fallback}"));
+    let (_, credential) = authority.enroll_ok(&authority.ticket("iot-sensor", &[]), "gw-role");
+    assert_eq!(authority.lease_ok(&credential, None)["role"], "sensor");
+    // The identity's role goes; another role still matches its attributes.
+    authority.write_config(&format!("{backend}{fallback}"));
+    authority.restart();
+    let (status, body) = authority.create_lease(&credential, None);
+    assert_eq!(
+        (status, error_code(&body)),
+        (403, "no_role_matches"),
+        "{body}"
+    );
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("\"sensor\""), "{message}");
+    assert!(
+        !authority.leases().iter().any(|l| l["role"] == "fallback"),
+        "no lease under another role"
+    );
+    assert!(
+        authority.log().contains("audit: lease refused gw-role"),
+        "{}",
+        authority.log()
+    );
+}

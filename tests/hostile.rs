@@ -12,6 +12,11 @@
 //!   a second.
 //! - A flood of bad enrollments is throttled per address and costs the
 //!   audit trail a record or two a minute, not one each.
+//! - Whatever lands in the ticket directory (a 1 GB file, invalid UTF-8, a
+//!   symlink, a FIFO, a planted `.reason` symlink) is refused by name
+//!   without being read whole, followed or waited on.
+//! - Every file holding sensor data or a secret is private, and so are the
+//!   directories, whatever the umask.
 
 mod support;
 
@@ -26,7 +31,7 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use support::authority::{AuthorityServer, role, v1_backend};
 use support::pki::{Ca, Leaf};
-use support::{Influx, Mosquitto, publish_all, start_static_daemon, wait_until};
+use support::{Daemon, Influx, Mosquitto, publish_all, start_static_daemon, wait_until};
 
 /// A TCP front for the authority that passes the first `passthrough`
 /// connections through untouched and terminates every later one with its
@@ -553,4 +558,215 @@ fn a_flood_of_bad_enrollments_is_throttled_and_audited_in_summary() {
         "{audited} audit records for one kind of refusal"
     );
     assert!(log.contains("ticket_unknown"), "{log}");
+}
+
+#[test]
+fn hostile_files_in_the_ticket_directory_are_refused_unread() {
+    use std::os::unix::fs::symlink;
+    let broker = Mosquitto::start();
+    let authority = AuthorityServer::start(&format!(
+        "{}{}",
+        v1_backend("main", "http://127.0.0.1:9", "admin", "pw"),
+        role("sensor", "iot-sensor", "main", "database", "sensors")
+    ));
+    let mut daemon = Daemon::start(&format!(
+        r#"state_dir = "{{dir}}/state"
+ticket_dir = "{{dir}}/tickets"
+[mqtt]
+url = "{}"
+client_id = "gw-tickets"
+[[mqtt.subscribe]]
+topic = "sensors/#"
+"#,
+        broker.url()
+    ));
+    let dir = daemon.dir.path().join("tickets");
+    assert!(wait_until(Duration::from_secs(10), || dir.is_dir()));
+    let outside = daemon.dir.path().join("victim.txt");
+    std::fs::write(&outside, "precious\n").unwrap();
+    // A 1 GB ticket (sparse: no disk used).
+    let big = std::fs::File::create(dir.join("big.ticket")).unwrap();
+    big.set_len(1 << 30).unwrap();
+    drop(big);
+    // Invalid UTF-8.
+    std::fs::write(dir.join("latin1.ticket"), b"LGT1.\xff\xfe\xfd\n").unwrap();
+    // A symlink to a file outside.
+    symlink(&outside, dir.join("link.ticket")).unwrap();
+    // A FIFO: opening it for reading would wait for a writer forever.
+    let fifo = std::ffi::CString::new(dir.join("fifo.ticket").to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo on a path made here.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    // A malformed ticket whose .reason is planted as a symlink to a file
+    // outside.
+    symlink(&outside, dir.join("planted.ticket.reason")).unwrap();
+    std::fs::write(dir.join("planted.ticket"), "not a ticket\n").unwrap();
+
+    let reason = |name: &str| std::fs::read_to_string(dir.join(format!("{name}.ticket.reason")));
+    let settled = wait_until(Duration::from_secs(20), || {
+        ["big", "latin1", "link", "planted"]
+            .iter()
+            .all(|n| reason(n).is_ok_and(|r| r.contains("ticket_malformed")))
+    });
+    let listing: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(settled, "{listing:?}\n{}", daemon.log());
+    assert!(
+        reason("big").unwrap().contains("64 KiB"),
+        "{:?}",
+        reason("big")
+    );
+    assert!(
+        reason("latin1").unwrap().contains("UTF-8"),
+        "{:?}",
+        reason("latin1")
+    );
+    assert!(
+        reason("link").unwrap().contains("not a regular file"),
+        "{:?}",
+        reason("link")
+    );
+    // Nothing outside the directory was read into a reason or written.
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), "precious\n");
+    assert!(!reason("link").unwrap().contains("precious"));
+    // A reason says it once.
+    let planted = reason("planted").unwrap();
+    assert_eq!(
+        planted.matches("does not start with LGT1.").count(),
+        1,
+        "{planted}"
+    );
+    assert!(
+        std::fs::symlink_metadata(dir.join("link.ticket.rejected"))
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the link itself is set aside, not what it points at"
+    );
+    // The watcher is not stuck on the FIFO: a good ticket still enrolls.
+    let good = authority.ticket("iot-sensor", &[]);
+    std::fs::write(dir.join("good.part"), format!("{good}\n")).unwrap();
+    std::fs::rename(dir.join("good.part"), dir.join("good.ticket")).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || daemon
+            .dir
+            .path()
+            .join("state/identity.json")
+            .exists()),
+        "{}",
+        daemon.log()
+    );
+    assert!(daemon.is_running());
+    let peak = peak_rss(daemon.pid());
+    eprintln!("peak RSS {} KiB", peak / 1024);
+    assert!(peak < 32 << 20, "peak RSS {} MiB", peak >> 20);
+}
+
+/// Modes of everything under `dir` that is not private to its owner.
+fn not_private(dir: &std::path::Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            found.push(format!("{} {mode:o}", d.display()));
+        }
+        for e in std::fs::read_dir(&d).unwrap() {
+            let path = e.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            // The status socket is 0660 on purpose (for the admin group,
+            // in runtime_dir); it holds nothing, and in the state dir the
+            // directory's own mode keeps others out.
+            let socket = std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type());
+            if meta.is_dir() {
+                todo.push(path);
+            } else if !socket && meta.permissions().mode() & 0o077 != 0 {
+                found.push(format!(
+                    "{} {:o}",
+                    path.display(),
+                    meta.permissions().mode() & 0o777
+                ));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn state_and_spool_are_private_whatever_the_umask() {
+    let broker = Mosquitto::start();
+    let authority = AuthorityServer::start(&format!(
+        "{}{}",
+        v1_backend("main", "http://127.0.0.1:9", "admin", "pw"),
+        role("sensor", "iot-sensor", "main", "database", "sensors")
+    ));
+    let config = format!(
+        r#"state_dir = "{{dir}}/state"
+ticket_dir = "{{dir}}/tickets"
+[mqtt]
+url = "{}"
+client_id = "gw-private"
+[[mqtt.subscribe]]
+topic = "sensors/#"
+"#,
+        broker.url()
+    );
+    // `leasegate enroll` as a tech would run it, under umask 0, before
+    // the daemon ever ran: it makes the state dir itself.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("leasegate.toml"),
+        config.replace("{dir}", &dir.path().display().to_string()),
+    )
+    .unwrap();
+    let ticket = dir.path().join("gw.ticket");
+    std::fs::write(&ticket, authority.ticket("iot-sensor", &[])).unwrap();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"umask 0; exec "$@""#)
+        .arg("sh")
+        .arg(support::leasegate_binary())
+        .arg("--config")
+        .arg(dir.path().join("leasegate.toml"))
+        .arg("enroll")
+        .arg(&ticket)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(not_private(&dir.path().join("state")), Vec::<String>::new());
+    // The daemon (run with umask 0 by the harness) spools, dead-letters
+    // and keeps its lease under it.
+    let daemon = Daemon::start_in(dir, &config);
+    assert!(
+        daemon.wait_for_log("subscribed to", 1, Duration::from_secs(20)),
+        "{}",
+        daemon.log()
+    );
+    let messages = (0..20)
+        .map(|i| {
+            (
+                "sensors/p".to_owned(),
+                format!("p v={i} {}", 1_700_000_000_000_000_000u64 + i).into_bytes(),
+            )
+        })
+        .chain([("sensors/p".to_owned(), b"not line protocol".to_vec())])
+        .collect();
+    publish_all(
+        broker.port,
+        "pub-private",
+        messages,
+        Duration::from_secs(10),
+    );
+    let state = daemon.dir.path().join("state");
+    assert!(wait_until(Duration::from_secs(10), || state
+        .join("dead-letter.jsonl")
+        .exists()));
+    assert!(std::fs::read_dir(state.join("spool")).unwrap().count() > 0);
+    assert_eq!(not_private(&state), Vec::<String>::new());
 }

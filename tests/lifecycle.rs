@@ -361,6 +361,7 @@ fn each_bad_ticket_is_rejected_with_its_reason_and_an_unreachable_authority_keep
     authority.cli_ok(&["ticket", "revoke", &id]);
     let mut pinned = leasegate::ticket::Ticket::parse(&tls.ticket("iot-sensor", &[])).unwrap();
     let real = pinned.cert_sha256.clone().unwrap();
+    let pinned_id = pinned.id.clone();
     pinned.cert_sha256 = Some("00".repeat(32));
     let mismatch = pinned.encode();
     // Valid, but its role is gone by the time it is used.
@@ -407,6 +408,14 @@ fn each_bad_ticket_is_rejected_with_its_reason_and_an_unreachable_authority_keep
         reason.contains(&real) && reason.contains(&"00".repeat(32)),
         "both fingerprints named: {reason}"
     );
+    // Its secret never left, so the ticket still works at the authority:
+    // the operator is told what that may mean and what to do.
+    let advice = format!("leasegate-authority ticket revoke {pinned_id}");
+    assert!(
+        reason.contains("POSSIBLE ATTACK") && reason.contains(&advice),
+        "{reason}"
+    );
+    assert!(daemon.log().contains(&advice));
 
     // An authority that cannot be reached is no reason to reject.
     let mut away = leasegate::ticket::Ticket::parse(&authority.ticket("retired", &[])).unwrap();

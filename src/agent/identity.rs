@@ -92,7 +92,7 @@ pub enum EnrollError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the ticket is malformed: {0}")]
+    #[error("the ticket is malformed")]
     Malformed(#[from] TicketError),
     #[error(transparent)]
     Authority(#[from] ClientError),
@@ -290,8 +290,9 @@ pub fn forget(state_dir: &Path) {
     }
 }
 
-/// `*.ticket` files in `dir`, oldest first; a file changed in the last
-/// [`SETTLE`] may still be being copied in and waits for the next look.
+/// `*.ticket` entries in `dir` (whatever their type: a symlink or a FIFO
+/// is refused by name when it is read), oldest first; one changed in the
+/// last [`SETTLE`] may still be being copied in and waits for the next look.
 pub fn waiting_tickets(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
@@ -299,12 +300,13 @@ pub fn waiting_tickets(dir: &Path) -> Vec<PathBuf> {
     let mut found: Vec<(std::time::SystemTime, PathBuf)> = entries
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "ticket") && p.is_file())
-        .map(|p| {
-            let t = std::fs::metadata(&p)
-                .and_then(|m| m.modified())
-                .unwrap_or(std::time::UNIX_EPOCH);
-            (t, p)
+        .filter(|p| p.extension().is_some_and(|x| x == "ticket"))
+        .filter_map(|p| {
+            let m = std::fs::symlink_metadata(&p).ok()?;
+            if m.is_dir() {
+                return None;
+            }
+            Some((m.modified().unwrap_or(std::time::UNIX_EPOCH), p))
         })
         // A time in the future (a clock behind the copy's origin) counts
         // as settled: nothing is copying it now.
@@ -312,6 +314,68 @@ pub fn waiting_tickets(dir: &Path) -> Vec<PathBuf> {
         .collect();
     found.sort();
     found.into_iter().map(|(_, p)| p).collect()
+}
+
+/// Largest ticket file read; a ticket is a few hundred bytes.
+pub const MAX_TICKET_BYTES: u64 = 64 << 10;
+
+/// Reads a ticket file literally: never through a symbolic link, never
+/// waiting (a FIFO or device is refused, not opened for a writer), only a
+/// regular file of at most [`MAX_TICKET_BYTES`], and only UTF-8 text. Who
+/// can write into the ticket directory must not make the daemon read
+/// another file, block, or take a gigabyte into memory.
+pub fn read_ticket(path: &Path) -> Result<String, EnrollError> {
+    use std::io::Read as _;
+    use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
+    let read_error = |source| EnrollError::Read {
+        path: path.display().to_string(),
+        source,
+    };
+    let not_regular = |kind: &str| {
+        EnrollError::Malformed(TicketError::NotRegular(format!(
+            "{} is {kind}, not a regular file",
+            path.display()
+        )))
+    };
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(not_regular("a symbolic link"));
+        }
+        Err(e) => return Err(read_error(e)),
+    };
+    let meta = file.metadata().map_err(read_error)?;
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        return Err(not_regular(if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_socket() {
+            "a socket"
+        } else if kind.is_block_device() || kind.is_char_device() {
+            "a device"
+        } else {
+            "not a file"
+        }));
+    }
+    if meta.len() > MAX_TICKET_BYTES {
+        return Err(EnrollError::Malformed(TicketError::TooLarge(meta.len())));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // The file may grow after the check: never more than the limit.
+    file.take(MAX_TICKET_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() as u64 > MAX_TICKET_BYTES {
+        return Err(EnrollError::Malformed(TicketError::TooLarge(
+            bytes.len() as u64
+        )));
+    }
+    String::from_utf8(bytes)
+        .map_err(|e| EnrollError::Malformed(TicketError::NotUtf8(e.utf8_error().valid_up_to())))
 }
 
 /// What became of a ticket file.
@@ -331,12 +395,13 @@ pub fn process_ticket(
     identity_name: &str,
     system_trust: bool,
 ) -> TicketOutcome {
-    let result = std::fs::read_to_string(path)
-        .map_err(|source| EnrollError::Read {
-            path: path.display().to_string(),
-            source,
-        })
-        .and_then(|text| redeem(&text, identity_name, system_trust));
+    let text = read_ticket(path);
+    let ticket_id = text
+        .as_ref()
+        .ok()
+        .and_then(|t| Ticket::parse(t).ok())
+        .map(|t| t.id);
+    let result = text.and_then(|text| redeem(&text, identity_name, system_trust));
     if let Ok(identity) = &result
         && let Err(e) = save_identity(state_dir, identity)
     {
@@ -357,24 +422,65 @@ pub fn process_ticket(
         }
         Err(e) if e.is_transient() => TicketOutcome::Kept(e),
         Err(e) => {
-            reject(path, &e);
+            let mut text = format!("{}: {}\n", e.reason_code(), crate::error_chain(&e));
+            if e.reason_code() == "certificate_mismatch" {
+                // The pin is checked in the handshake, so the secret never
+                // left: the ticket still works at the real authority, and
+                // whoever answered may be waiting for one that does.
+                let id = ticket_id.as_deref().unwrap_or("(unknown id)");
+                let warning = format!(
+                    "POSSIBLE ATTACK: the server at the ticket's URL is not the authority that issued ticket {id}; \
+                     its secret was not sent and is still valid. Revoke it on the authority \
+                     (leasegate-authority ticket revoke {id}) unless the authority's certificate was replaced on purpose, \
+                     and check the network path to it."
+                );
+                log::error!("{warning}");
+                text.push_str(&warning);
+                text.push('\n');
+            }
+            reject(path, &text);
             TicketOutcome::Rejected(e)
         }
     }
 }
 
-fn reject(path: &Path, e: &EnrollError) {
-    let mut rejected = path.as_os_str().to_owned();
-    rejected.push(".rejected");
-    let mut reason = path.as_os_str().to_owned();
-    reason.push(".reason");
-    let text = format!("{}: {}\n", e.reason_code(), crate::error_chain(e));
-    if let Err(err) = std::fs::write(&reason, text) {
-        log::warn!("cannot write {}: {err}", PathBuf::from(&reason).display());
+/// Sets a rejected ticket aside as `NAME.ticket.rejected` with its reason
+/// in `NAME.ticket.reason`. Both are made new, never through a symbolic
+/// link: whatever sits at those names (a link planted to have the daemon
+/// overwrite another file, an old rejection) is unlinked first, and a name
+/// taken again in between is left alone.
+fn reject(path: &Path, text: &str) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let beside = |suffix: &str| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    let (rejected, reason) = (beside(".rejected"), beside(".reason"));
+    let clear = |p: &Path| {
+        if std::fs::symlink_metadata(p).is_ok_and(|m| !m.is_dir()) {
+            let _ = std::fs::remove_file(p);
+        }
+    };
+    clear(&reason);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&reason)
+        .and_then(|mut f| f.write_all(text.as_bytes()));
+    if let Err(err) = written {
+        log::warn!("cannot write {}: {err}", reason.display());
     }
-    if let Err(err) = std::fs::rename(path, &rejected) {
+    clear(&rejected);
+    // A hard link never replaces an existing name and links a symbolic
+    // link itself, not what it points at.
+    let moved = std::fs::hard_link(path, &rejected).and_then(|()| std::fs::remove_file(path));
+    if let Err(err) = moved {
         log::error!(
-            "cannot rename the rejected ticket {}: {err}",
+            "cannot set the rejected ticket {} aside: {err}",
             path.display()
         );
     }
@@ -403,7 +509,8 @@ mod tests {
         let e = redeem(&ticket.encode(), "gw", false).unwrap_err();
         assert_eq!(e.reason_code(), "ticket_malformed");
         assert!(!e.is_transient());
-        assert!(e.to_string().contains("loopback"), "{e}");
+        let text = crate::error_chain(&e);
+        assert!(text.contains("loopback"), "{text}");
     }
 
     #[test]

@@ -468,18 +468,26 @@ fn reload_config(
 /// Creates the state directory owner-only: the spool holds sensor data and,
 /// later, the identity and leases.
 fn prepare_state_dir(dir: &Path) -> Result<(), AgentError> {
+    private_dir(dir).map_err(|e| AgentError::StateDir(dir.to_owned(), e))
+}
+
+/// Creates `dir` (and its parents) with mode 0700, and takes group and
+/// other access away from it if it already had any: it holds sensor data
+/// or secrets, and the umask of whoever started us must not decide who
+/// may read them.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let err = |e| AgentError::StateDir(dir.to_owned(), e);
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(dir)
-        .map_err(err)?;
-    let mode = std::fs::metadata(dir).map_err(err)?.permissions().mode() & 0o777;
+        .create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        log::warn!(
-            "state directory {} is mode {mode:o}; it should be 0700",
-            dir.display()
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o700))?;
+        log::info!(
+            "{} was mode {mode:o}; made it {:o} (owner only)",
+            dir.display(),
+            mode & 0o700
         );
     }
     Ok(())

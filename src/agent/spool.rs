@@ -18,6 +18,7 @@
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -200,7 +201,7 @@ impl Spool {
             path: config.dir.clone(),
             source,
         };
-        fs::create_dir_all(&config.dir).map_err(io)?;
+        super::private_dir(&config.dir).map_err(io)?;
         let mut ids: Vec<u64> = fs::read_dir(&config.dir)
             .map_err(io)?
             .filter_map(|e| e.ok())
@@ -639,6 +640,7 @@ impl Spool {
         let mut file = OpenOptions::new()
             .create_new(true)
             .append(true)
+            .mode(0o600)
             .open(&path)
             .map_err(io)?;
         file.write_all(FILE_MAGIC).map_err(io)?;

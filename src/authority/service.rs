@@ -264,6 +264,26 @@ impl Authority {
         Ok(())
     }
 
+    /// Audits a lease refused because the identity's role is gone, summed
+    /// up like refused enrollments (a fleet keeps asking).
+    fn lease_refused(&self, identity: &IdentityRow, message: &str) -> Result<(), StoreError> {
+        let now = now_ms();
+        let key = format!("lease:{}", identity.role);
+        let (first, summary) = self
+            .refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .note(now, &key, &identity.name);
+        let store = self.store();
+        if let Some((event, subject, detail)) = summary {
+            store.audit(now, event, &subject, &detail)?;
+        }
+        if first {
+            store.audit(now, "lease refused", &identity.name, message)?;
+        }
+        Ok(())
+    }
+
     /// Writes the summaries of refusal windows that have closed; called
     /// now and then, so a burst that stopped is still summed up.
     pub fn flush_refusals(&self) -> Result<(), StoreError> {
@@ -340,21 +360,18 @@ impl Authority {
         identity: &IdentityRow,
         req: &LeaseRequest,
     ) -> Result<LeaseGrant, ApiError> {
-        let role = self
-            .config
-            .roles
-            .iter()
-            .find(|r| r.name == identity.role)
-            .or_else(|| self.match_role(&identity.attributes))
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::NoRoleMatches,
-                    format!(
-                        "role {:?} is no longer configured and no other matches",
-                        identity.role
-                    ),
-                )
-            })?;
+        // An identity keeps the role it enrolled with. If that role is gone
+        // it gets nothing until an admin acts (restores the role, or
+        // revokes the identity and issues a new ticket): silently handing
+        // it whatever role now matches would grant access nobody chose.
+        let Some(role) = self.config.roles.iter().find(|r| r.name == identity.role) else {
+            let message = format!(
+                "role {:?} of identity {} is no longer configured; an admin must restore it, or revoke the identity and issue a new ticket",
+                identity.role, identity.id
+            );
+            self.lease_refused(identity, &message)?;
+            return Err(ApiError::new(ErrorCode::NoRoleMatches, message));
+        };
         let ttl = match req.ttl_secs {
             Some(0) => {
                 return Err(ApiError::new(
@@ -595,7 +612,11 @@ impl Refusals {
         (w.more > 0).then(|| {
             let addresses: Vec<String> = w.addresses.into_iter().collect();
             (
-                "enroll refused (repeated)",
+                if code.starts_with("lease:") {
+                    "lease refused (repeated)"
+                } else {
+                    "enroll refused (repeated)"
+                },
                 code.to_owned(),
                 format!(
                     "{} more refusal(s) in the minute after the one above, from {}{}",

@@ -182,7 +182,7 @@ fn enroll(path: &Path, file: &Path) -> i32 {
         return exit::CONFIG;
     };
     logging::init(Some(config.log_level.unwrap_or(log::LevelFilter::Warn)));
-    if let Err(e) = std::fs::create_dir_all(&config.state_dir) {
+    if let Err(e) = agent::private_dir(&config.state_dir) {
         eprintln!(
             "leasegate: cannot create {}: {e}",
             config.state_dir.display()

@@ -697,6 +697,15 @@ fn spawn_daemon(conf: &Path, log: &Path, rust_log: &str, disk: Option<&SmallDisk
             c
         }
     };
+    // Every daemon under test runs with umask 0, so a file that is private
+    // only because of the usual umask shows up as not private.
+    // SAFETY: umask is async-signal-safe and touches only the child.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            libc::umask(0);
+            Ok(())
+        });
+    }
     command
         .arg("run")
         .arg("--config")
