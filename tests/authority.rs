@@ -85,7 +85,11 @@ fn v1_lease_user_writes_and_is_gone_within_2s_of_expiry() {
     assert_eq!(lease["target"]["url"], influx.url());
     let secret = lease["secret"].as_str().unwrap();
     let user = secret.split(':').next().unwrap();
-    assert_eq!(user, format!("lg_{}", lease["id"].as_str().unwrap()));
+    // lg_<deployment>_<lease id>: another deployment's users are not ours.
+    assert!(
+        user.starts_with("lg_") && user.ends_with(&format!("_{}", lease["id"].as_str().unwrap())),
+        "{user}"
+    );
     assert_eq!(v1_write(&influx, secret), 204, "the lease's user writes");
     let grants = influx.query(&format!("SHOW GRANTS FOR \"{user}\""));
     assert_eq!(grants["results"][0]["series"][0]["values"][0][1], "WRITE");
@@ -145,9 +149,11 @@ fn v2_authorization_is_least_privilege_and_deleted_at_expiry_or_revoke() {
         serde_json::json!([{"action": "write", "resource": {"type": "buckets", "id": bucket_id, "orgID": ORG}}])
     );
     let expires = lease["expires_ms"].as_i64().unwrap();
+    // leasegate:<deployment>:<lease>:<identity>:<expiry>
     let parts: Vec<&str> = auth.description.split(':').collect();
-    assert_eq!(parts[..3], ["leasegate", id, "gw-2"]);
-    let tagged_expiry: i64 = parts[3].parse().unwrap();
+    assert_eq!((parts[0], parts[2], parts[3]), ("leasegate", id, "gw-2"));
+    assert!(!parts[1].is_empty(), "{}", auth.description);
+    let tagged_expiry: i64 = parts[4].parse().unwrap();
     assert!((tagged_expiry * 1000 - expires).abs() <= 1000);
 
     assert!(wait_until(Duration::from_secs(6), || !fake
@@ -225,15 +231,29 @@ fn v2_restart_mid_lease_still_deletes_on_time_and_orphans_go_at_start() {
     let perms = fake.with(|st| st.write_permissions());
     let orphan = fake.with(|st| {
         st.add_authorization(
-            "leasegate:00000000deadbeef:gw-old:1700000000",
+            "leasegate:test-dep:00000000deadbeef:gw-old:1700000000",
             perms.clone(),
         )
     });
     let foreign = fake.with(|st| st.add_authorization("grafana reader", perms.clone()));
+    // Another deployment's, and one named as before deployment ids whose
+    // lease this store never knew: neither is this authority's to delete.
+    let other = fake.with(|st| {
+        st.add_authorization(
+            "leasegate:other-dep:00000000deadbeef:gw-old:1700000000",
+            perms.clone(),
+        )
+    });
+    let unscoped = fake.with(|st| {
+        st.add_authorization(
+            "leasegate:00000000deadbeef:gw-old:1700000000",
+            perms.clone(),
+        )
+    });
     // A second backend on the same InfluxDB: its reconcile must not take
     // the first one's live credentials for orphans.
     let body = format!(
-        "{}{}{}{}",
+        "deployment_id = \"test-dep\"\n{}{}{}{}",
         v2_backend("main", &fake.url(), ORG, ADMIN_TOKEN),
         v2_backend("mirror", &fake.url(), ORG, ADMIN_TOKEN),
         role("sensor", "iot-sensor", "main", "bucket", "sensors"),
@@ -247,6 +267,14 @@ fn v2_restart_mid_lease_still_deletes_on_time_and_orphans_go_at_start() {
         authority.log()
     );
     assert!(fake.live_authorization(&foreign.id), "others' tokens stay");
+    assert!(
+        fake.live_authorization(&other.id),
+        "another deployment's stay"
+    );
+    assert!(
+        fake.live_authorization(&unscoped.id),
+        "an unknown unscoped one stays"
+    );
 
     let ticket = authority.ticket("iot-sensor", &[]);
     let (_, credential) = authority.enroll_ok(&ticket, "gw-4");
@@ -812,4 +840,53 @@ fn a_removed_role_is_not_replaced_by_whichever_role_now_matches() {
         "{}",
         authority.log()
     );
+}
+
+#[test]
+fn two_deployments_on_one_influxdb_never_delete_each_others_credentials() {
+    let influx = Influx::start();
+    influx.query("CREATE DATABASE sensors");
+    let first = AuthorityServer::start(&v1_body(&influx));
+    let (_, credential) = first.enroll_ok(&first.ticket("iot-sensor", &[]), "gw-first");
+    let leases: Vec<String> = (0..4)
+        .map(|_| {
+            let l = first.lease_ok(&credential, Some(600));
+            l["secret"]
+                .as_str()
+                .unwrap()
+                .split(':')
+                .next()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    // An admin's own users that merely look like leasegate's.
+    influx.query("CREATE USER lg_x WITH PASSWORD 'x'");
+    influx.query("CREATE USER lg_0123456789abcdef WITH PASSWORD 'x'");
+    // A second deployment starts on the same InfluxDB and reconciles.
+    let second = AuthorityServer::start(&v1_body(&influx));
+    assert!(
+        wait_until(Duration::from_secs(10), || second
+            .log()
+            .contains("backend main: reconciled")),
+        "{}",
+        second.log()
+    );
+    let users = v1_users(&influx);
+    for user in leases
+        .iter()
+        .map(String::as_str)
+        .chain(["lg_x", "lg_0123456789abcdef"])
+    {
+        assert!(
+            users.iter().any(|u| u == user),
+            "{user} was deleted: {users:?}"
+        );
+    }
+    // The first one's leases still write.
+    let secret = first.lease_ok(&credential, Some(600))["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(v1_write(&influx, &secret), 204);
 }

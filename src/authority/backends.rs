@@ -24,11 +24,23 @@ use crate::authority::config::{Access, Backend as BackendConfig, BackendKind, Ro
 use crate::secret::{self, Secret};
 
 /// Prefix of every 2.x description and 3.x token name leasegate makes:
-/// `leasegate:<lease id>:<identity name>:<expiry unix>`, so the state can be
-/// rebuilt from InfluxDB and orphans found.
+/// `leasegate:<deployment>:<lease id>:<identity name>:<expiry unix>`, so
+/// the state can be rebuilt from InfluxDB and orphans found, and never
+/// another deployment's (two authorities may share an InfluxDB).
 pub const TAG: &str = "leasegate:";
-/// Prefix of every 1.x user leasegate makes.
+/// Prefix of every 1.x user leasegate makes: `lg_<deployment>_<lease id>`.
 pub const V1_USER_PREFIX: &str = "lg_";
+
+/// Whose a leasegate-looking credential is, by its exact name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Made {
+    /// Made by this deployment for this lease.
+    Here(String),
+    /// Named the way authorities named credentials before deployment ids
+    /// (`lg_<lease>`, `leasegate:<lease>:...`): ours only if this store
+    /// knows the lease.
+    Unscoped(String),
+}
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// Deletions are small and come due on time: a hung one must not hold up
@@ -78,6 +90,8 @@ pub struct Wanted<'a> {
 
 pub struct Backend {
     config: BackendConfig,
+    /// This deployment's id, in every credential's name (see [`Made`]).
+    deployment: String,
     agent: ureq::Agent,
     delete_agent: ureq::Agent,
     /// The value of the Authorization header for admin calls.
@@ -87,7 +101,7 @@ pub struct Backend {
 }
 
 impl Backend {
-    pub fn new(config: &BackendConfig) -> Backend {
+    pub fn new(config: &BackendConfig, deployment: &str) -> Backend {
         let agent = |timeout| {
             ureq::Agent::config_builder()
                 .timeout_global(Some(timeout))
@@ -115,6 +129,7 @@ impl Backend {
         });
         Backend {
             config: config.clone(),
+            deployment: deployment.to_owned(),
             agent: agent(TIMEOUT),
             delete_agent: agent(DELETE_TIMEOUT),
             authorization,
@@ -220,11 +235,11 @@ impl Backend {
 
     /// The leasegate-made credentials that exist in InfluxDB, as (handle,
     /// lease id).
-    pub fn tagged(&self) -> Result<Vec<(String, String)>, BackendError> {
+    pub fn tagged(&self) -> Result<Vec<(String, Made)>, BackendError> {
         let found = self.tagged_handles()?;
         Ok(found
             .into_iter()
-            .filter_map(|(handle, tag)| lease_id_of(&tag).map(|id| (handle, id.to_owned())))
+            .filter_map(|(handle, tag)| made(&tag, &self.deployment).map(|m| (handle, m)))
             .collect())
     }
 
@@ -286,23 +301,29 @@ impl Backend {
         }
     }
 
-    /// Deletes every leasegate-made credential whose lease is not live.
-    /// `live` is asked after InfluxDB is listed: a lease is recorded before
-    /// its credential is made, so a credential made meanwhile is never
-    /// taken for an orphan. Returns how many went.
+    /// Deletes every credential this deployment made whose lease is not
+    /// live; nothing else, however much it looks like leasegate's.
+    /// `leases` gives (live lease ids, every lease id the store knows) and
+    /// is asked after InfluxDB is listed: a lease is recorded before its
+    /// credential is made, so a credential made meanwhile is never taken
+    /// for an orphan. Returns how many went.
     pub fn reconcile(
         &self,
-        live: impl FnOnce() -> Result<HashSet<String>, String>,
+        leases: impl FnOnce() -> Result<(HashSet<String>, HashSet<String>), String>,
         stop: impl Fn() -> bool,
     ) -> Result<usize, String> {
         let tagged = self.tagged().map_err(|e| crate::error_chain(&e))?;
-        let live = live()?;
+        let (live, known) = leases()?;
         let mut deleted = 0;
-        for (handle, lease_id) in tagged {
+        for (handle, made) in tagged {
             if stop() {
                 break;
             }
-            if !live.contains(&lease_id) {
+            let orphan = match &made {
+                Made::Here(id) => !live.contains(id),
+                Made::Unscoped(id) => known.contains(id) && !live.contains(id),
+            };
+            if orphan {
                 self.delete(&handle).map_err(|e| crate::error_chain(&e))?;
                 log::info!(
                     "backend {}: deleted orphaned credential {handle} (no live lease holds it)",
@@ -317,7 +338,7 @@ impl Backend {
     // --- 1.x ---
 
     fn v1_create(&self, w: &Wanted<'_>) -> Result<Grant, BackendError> {
-        let user = format!("{V1_USER_PREFIX}{}", w.lease_id);
+        let user = format!("{V1_USER_PREFIX}{}_{}", self.deployment, w.lease_id);
         let password = secret::random_base64(24);
         let privilege = match (
             w.role.access.contains(&Access::Read),
@@ -417,7 +438,7 @@ impl Backend {
             .collect();
         let body = json!({
             "orgID": org_id,
-            "description": tag(w),
+            "description": self.tag(w),
             "status": "active",
             "permissions": permissions,
         });
@@ -436,7 +457,7 @@ impl Backend {
     // --- 3.x ---
 
     fn v3_create(&self, w: &Wanted<'_>) -> Result<Grant, BackendError> {
-        let name = tag(w);
+        let name = self.tag(w);
         // Native expiry as a second line of defence; the reaper deletes at
         // expiry anyway.
         let expiry_secs = w.ttl.as_secs_f64().ceil() as u64;
@@ -465,6 +486,14 @@ impl Backend {
             }),
             None => Err(self.answer_error(action, "the answer has no token")),
         }
+    }
+
+    /// The name (3.x) or description (2.x) of a new credential.
+    fn tag(&self, w: &Wanted<'_>) -> String {
+        format!(
+            "{TAG}{}:{}:{}:{}",
+            self.deployment, w.lease_id, w.identity_name, w.expires_unix
+        )
     }
 
     // --- plumbing ---
@@ -599,16 +628,33 @@ fn scrub(e: BackendError, password: &str) -> BackendError {
     }
 }
 
-/// The lease id inside a handle leasegate made.
-fn lease_id_of(handle: &str) -> Option<&str> {
-    match handle.strip_prefix(V1_USER_PREFIX) {
-        Some(id) => Some(id),
-        None => handle.strip_prefix(TAG)?.split(':').next(),
+/// Whose the credential named (1.x) or tagged (2.x, 3.x) `text` is, for
+/// deployment `deployment`; `None` unless the whole text has exactly one
+/// of leasegate's forms.
+pub fn made(text: &str, deployment: &str) -> Option<Made> {
+    let lease_id = |s: &str| {
+        (s.len() == 16 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+            .then(|| s.to_owned())
+    };
+    if let Some(rest) = text.strip_prefix(V1_USER_PREFIX) {
+        return match rest.split_once('_') {
+            Some((d, id)) if d == deployment => lease_id(id).map(Made::Here),
+            Some(_) => None,
+            None => lease_id(rest).map(Made::Unscoped),
+        };
     }
-}
-
-fn tag(w: &Wanted<'_>) -> String {
-    format!("{TAG}{}:{}:{}", w.lease_id, w.identity_name, w.expires_unix)
+    let parts: Vec<&str> = text.strip_prefix(TAG)?.split(':').collect();
+    let name_ok = |n: &str| crate::api::identity_name_is_valid(n);
+    let expiry_ok = |e: &str| !e.is_empty() && e.bytes().all(|b| b.is_ascii_digit());
+    match parts.as_slice() {
+        [d, id, name, expiry] if *d == deployment && name_ok(name) && expiry_ok(expiry) => {
+            lease_id(id).map(Made::Here)
+        }
+        [id, name, expiry] if name_ok(name) && expiry_ok(expiry) => {
+            lease_id(id).map(Made::Unscoped)
+        }
+        _ => None,
+    }
 }
 
 /// An InfluxQL identifier, double-quoted.
@@ -657,10 +703,35 @@ mod tests {
     }
 
     #[test]
-    fn lease_ids_come_back_out_of_handles() {
-        assert_eq!(lease_id_of("lg_00ff"), Some("00ff"));
-        assert_eq!(lease_id_of("leasegate:00ff:gw-1:1900000000"), Some("00ff"));
-        assert_eq!(lease_id_of("someone-elses"), None);
+    fn only_exact_names_of_this_deployment_are_ours() {
+        let here = |id: &str| Some(Made::Here(id.to_owned()));
+        let old = |id: &str| Some(Made::Unscoped(id.to_owned()));
+        let id = "00ff00ff00ff00ff";
+        assert_eq!(made(&format!("lg_a1b2c3_{id}"), "a1b2c3"), here(id));
+        assert_eq!(
+            made(&format!("leasegate:a1b2c3:{id}:gw-1:1900000000"), "a1b2c3"),
+            here(id)
+        );
+        assert_eq!(made(&format!("lg_{id}"), "a1b2c3"), old(id));
+        assert_eq!(
+            made(&format!("leasegate:{id}:gw-1:1900000000"), "a1b2c3"),
+            old(id)
+        );
+        for foreign in [
+            format!("lg_ffffff_{id}"),
+            format!("leasegate:ffffff:{id}:gw-1:1900000000"),
+            "lg_x".to_owned(),
+            "lg_a1b2c3_x".to_owned(),
+            format!("lg_{id}0"),
+            format!("lg_A1B2C3_{id}"),
+            format!("leasegate:a1b2c3:{id}:gw-1:soon"),
+            format!("leasegate:a1b2c3:{id}:gw 1:1900000000"),
+            format!("leasegate:a1b2c3:{id}:gw-1:1900000000:extra"),
+            "someone-elses".to_owned(),
+            "grafana reader".to_owned(),
+        ] {
+            assert_eq!(made(&foreign, "a1b2c3"), None, "{foreign}");
+        }
     }
 
     #[test]

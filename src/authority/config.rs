@@ -33,6 +33,10 @@ pub struct AuthorityConfig {
     pub log_level: Option<log::LevelFilter>,
     /// How long audit records are kept; older ones are pruned hourly.
     pub audit_retention: std::time::Duration,
+    /// Names this deployment in every credential it makes in InfluxDB, so
+    /// that deployments sharing one never touch each other's. Made at
+    /// random on first start when not set.
+    pub deployment_id: Option<String>,
     pub backends: Vec<Backend>,
     pub roles: Vec<Role>,
 }
@@ -180,6 +184,19 @@ fn read(t: &Table<'_>) -> Option<AuthorityConfig> {
         std::time::Duration::from_secs(365 * 24 * 3600),
         std::time::Duration::from_secs(24 * 3600),
     );
+    let deployment_id = t.string("deployment_id");
+    if let Some(d) = &deployment_id
+        && (d.is_empty()
+            || d.len() > 32
+            || !d
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
+    {
+        t.problem(
+            "deployment_id",
+            "must be 1 to 32 characters of a-z, 0-9 and -",
+        );
+    }
     let backends: Vec<Backend> = t
         .tables("backend")
         .into_iter()
@@ -221,6 +238,7 @@ fn read(t: &Table<'_>) -> Option<AuthorityConfig> {
         key_file,
         log_level,
         audit_retention,
+        deployment_id,
         backends,
         roles,
     })

@@ -159,10 +159,10 @@ fn reconcile(authority: &Authority, backend: &Backend, shutdown: &Shutdown) -> R
         .map_err(|e| crate::error_chain(&e))?;
     let deleted = backend.reconcile(
         || {
-            authority
-                .store()
-                .live_lease_ids()
-                .map_err(|e| crate::error_chain(&e))
+            let store = authority.store();
+            let live = store.live_lease_ids().map_err(|e| crate::error_chain(&e))?;
+            let known = store.lease_ids().map_err(|e| crate::error_chain(&e))?;
+            Ok((live, known))
         },
         || shutdown.is_triggered(),
     )?;

@@ -56,10 +56,11 @@ impl Authority {
         fingerprint: Option<String>,
     ) -> Result<Authority, StoreError> {
         let store = Store::open(&config.state_dir.join("authority.db"))?;
+        let deployment = store.deployment_id(config.deployment_id.as_deref())?;
         let backends = config
             .backends
             .iter()
-            .map(|b| (b.name.clone(), Arc::new(Backend::new(b))))
+            .map(|b| (b.name.clone(), Arc::new(Backend::new(b, &deployment))))
             .collect();
         Ok(Authority {
             config,

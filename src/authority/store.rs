@@ -35,6 +35,10 @@ pub enum StoreError {
     TooNew { found: i64, known: i64 },
     #[error("store: row {0}: {1}")]
     Corrupt(String, String),
+    #[error(
+        "deployment_id is {configured:?} in the configuration but {stored:?} in the store; credentials in InfluxDB carry the stored one, so it cannot change"
+    )]
+    DeploymentChanged { configured: String, stored: String },
 }
 
 /// Each migration moves the schema one version up; never edit one that has
@@ -90,6 +94,10 @@ CREATE TABLE audit (
 "#,
     r#"
 CREATE INDEX audit_by_time ON audit(at_ms);
+CREATE TABLE meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 "#,
 ];
 
@@ -552,6 +560,44 @@ impl Store {
     /// Ids of all leases whose credential may exist and must stay (or is
     /// being deleted by the reaper), whatever their backend: two backends
     /// may name the same InfluxDB.
+    /// This deployment's id: the stored one; on first use the configured
+    /// one, or a random one, stored from then on.
+    pub fn deployment_id(&self, configured: Option<&str>) -> Result<String, StoreError> {
+        let stored: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'deployment_id'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match (stored, configured) {
+            (Some(s), Some(c)) if s != c => Err(StoreError::DeploymentChanged {
+                configured: c.to_owned(),
+                stored: s,
+            }),
+            (Some(s), _) => Ok(s),
+            (None, c) => {
+                let id = c
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| crate::secret::random_hex(6));
+                self.conn.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('deployment_id', ?1)",
+                    [&id],
+                )?;
+                // Another process may have stored its own first.
+                self.deployment_id(configured)
+            }
+        }
+    }
+
+    /// Every lease id the store holds, live or ended (until pruned).
+    pub fn lease_ids(&self) -> Result<HashSet<String>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT id FROM leases")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        rows.map(|r| r.map_err(StoreError::from)).collect()
+    }
+
     pub fn live_lease_ids(&self) -> Result<HashSet<String>, StoreError> {
         let mut stmt = self
             .conn
