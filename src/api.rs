@@ -156,6 +156,8 @@ pub enum ErrorCode {
     /// Too many requests from one address, or at once: come back after the
     /// answer's `Retry-After`.
     RateLimited,
+    /// The identity holds as many live leases as its role allows.
+    LeaseLimit,
     Internal,
 }
 
@@ -173,7 +175,7 @@ impl ErrorCode {
             | ErrorCode::IdentityRevoked => 403,
             ErrorCode::LeaseUnknown => 404,
             ErrorCode::BackendFailed => 502,
-            ErrorCode::RateLimited => 429,
+            ErrorCode::RateLimited | ErrorCode::LeaseLimit => 429,
             ErrorCode::Internal => 500,
         }
     }
@@ -192,7 +194,10 @@ impl ErrorCode {
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            ErrorCode::BackendFailed | ErrorCode::Internal | ErrorCode::RateLimited
+            ErrorCode::BackendFailed
+                | ErrorCode::Internal
+                | ErrorCode::RateLimited
+                | ErrorCode::LeaseLimit
         )
     }
 }

@@ -27,9 +27,14 @@ fn now_ms() -> i64 {
 }
 
 fn v2_setup() -> (FakeInflux, AuthorityServer) {
+    v2_setup_with("")
+}
+
+/// `v2_setup` with `role_extra` appended to the role's table.
+fn v2_setup_with(role_extra: &str) -> (FakeInflux, AuthorityServer) {
     let fake = FakeInflux::start(Flavor::V2, ADMIN_TOKEN, ORG, "sensors", 1 << 20);
     let body = format!(
-        "{}{}",
+        "{}{}{role_extra}",
         v2_backend("main", &fake.url(), ORG, ADMIN_TOKEN),
         role("sensor", "iot-sensor", "main", "bucket", "sensors")
     );
@@ -343,7 +348,8 @@ fn lcg(seed: &mut u64) -> u64 {
 
 #[test]
 fn two_hundred_leases_each_gone_within_2s_after_expiry_none_before() {
-    let (fake, authority) = v2_setup();
+    // One identity holding 200 at once: its role allows that many.
+    let (fake, authority) = v2_setup_with("max_active_leases = 200\n");
     let ticket = authority.ticket("iot-sensor", &[]);
     let (_, credential) = authority.enroll_ok(&ticket, "gw-many");
     let mut seed = now_ms() as u64;
@@ -889,4 +895,100 @@ fn two_deployments_on_one_influxdb_never_delete_each_others_credentials() {
         .unwrap()
         .to_owned();
     assert_eq!(v1_write(&influx, &secret), 204);
+}
+
+/// Runs an InfluxQL statement as a lease's user (`user:password`).
+fn v1_query_as(influx: &Influx, secret: &str, db: &str, q: &str) -> (u16, String) {
+    use base64::Engine as _;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let auth = base64::engine::general_purpose::STANDARD.encode(secret);
+    let mut r = agent
+        .post(format!("{}/query", influx.url()))
+        .header("Authorization", &format!("Basic {auth}"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .send(format!("db={db}&q={}", q.replace(' ', "+")))
+        .unwrap();
+    (
+        r.status().as_u16(),
+        r.body_mut().read_to_string().unwrap_or_default(),
+    )
+}
+
+#[test]
+fn write_access_is_confined_to_a_database_per_identity_and_leases_are_capped() {
+    let influx = Influx::start();
+    let body = format!(
+        "{}[[role]]\nname = \"own\"\nmatch = {{ service = \"iot-sensor\" }}\nbackend = \"main\"\ndatabase = \"sensors_{{identity}}\"\naccess = [\"write\"]\nmax_active_leases = 3\n",
+        v1_backend("main", &influx.url(), ADMIN_USER, ADMIN_PASSWORD)
+    );
+    let authority = AuthorityServer::start(&body);
+    let (_, a) = authority.enroll_ok(&authority.ticket("iot-sensor", &[]), "gw-a");
+    let (_, b) = authority.enroll_ok(&authority.ticket("iot-sensor", &[]), "gw-b");
+    let lease_a = authority.lease_ok(&a, None);
+    assert_eq!(lease_a["target"]["database"], "sensors_gw-a");
+    let lease_b = authority.lease_ok(&b, None);
+    assert_eq!(lease_b["target"]["database"], "sensors_gw-b");
+    let (secret_a, secret_b) = (
+        lease_a["secret"].as_str().unwrap().to_owned(),
+        lease_b["secret"].as_str().unwrap().to_owned(),
+    );
+    // Each writes its own database (made for it)...
+    for (secret, db) in [(&secret_a, "sensors_gw-a"), (&secret_b, "sensors_gw-b")] {
+        let (status, text) = v1_query_as(&influx, secret, db, "SHOW MEASUREMENTS");
+        assert_ne!(status, 0, "{text}");
+        use base64::Engine as _;
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let auth = base64::engine::general_purpose::STANDARD.encode(secret);
+        let status = agent
+            .post(format!("{}/write?db={db}", influx.url()))
+            .header("Authorization", &format!("Basic {auth}"))
+            .send("m v=1 1700000000000000000")
+            .unwrap()
+            .status()
+            .as_u16();
+        assert_eq!(status, 204, "{db}");
+    }
+    // ...and WRITE is enough to delete in it (what README says of write
+    // access), but not in another identity's database.
+    let (status, text) = v1_query_as(&influx, &secret_a, "sensors_gw-a", "DELETE FROM m");
+    assert!(status == 200 && !text.contains("error"), "{status} {text}");
+    let gone = influx.query("SELECT count(v) FROM \"sensors_gw-a\".autogen.m");
+    assert!(gone["results"][0]["series"].is_null(), "deleted: {gone}");
+    let (status, text) = v1_query_as(&influx, &secret_a, "sensors_gw-b", "DELETE FROM m");
+    assert!(
+        status == 403 || text.contains("not authorized"),
+        "{status} {text}"
+    );
+    let kept = influx.query("SELECT count(v) FROM \"sensors_gw-b\".autogen.m");
+    assert_eq!(kept["results"][0]["series"][0]["values"][0][1], 1, "{kept}");
+
+    // At most max_active_leases live leases per identity.
+    let second = authority.lease_ok(&a, None);
+    authority.lease_ok(&a, None);
+    let (status, refused) = authority.create_lease(&a, None);
+    assert_eq!(
+        (status, error_code(&refused)),
+        (429, "lease_limit"),
+        "{refused}"
+    );
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_active_leases"),
+        "{refused}"
+    );
+    authority.delete(
+        &format!("/v1/leases/{}", second["id"].as_str().unwrap()),
+        &a,
+    );
+    authority.lease_ok(&a, None);
+    // Another identity is not held back by it.
+    authority.lease_ok(&b, None);
 }

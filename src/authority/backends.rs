@@ -86,6 +86,8 @@ pub struct Wanted<'a> {
     pub expires_unix: i64,
     pub ttl: Duration,
     pub role: &'a Role,
+    /// The role's bucket or database for this identity.
+    pub target: &'a str,
 }
 
 pub struct Backend {
@@ -154,14 +156,16 @@ impl Backend {
     }
 
     /// Where a lease of `role` writes.
-    pub fn target(&self, role: &Role) -> Target {
+    /// Where a lease writes: `target` is the role's bucket or database,
+    /// resolved for the identity.
+    pub fn target(&self, target: &str) -> Target {
         let v2 = self.config.kind == BackendKind::InfluxdbV2;
         Target {
             api: kind_name(self.config.kind).to_owned(),
             url: self.config.url.clone(),
             org: if v2 { self.config.org_id.clone() } else { None },
-            bucket: v2.then(|| role.target.clone()),
-            database: (!v2).then(|| role.target.clone()),
+            bucket: v2.then(|| target.to_owned()),
+            database: (!v2).then(|| target.to_owned()),
         }
     }
 
@@ -170,7 +174,8 @@ impl Backend {
     /// again.
     pub fn prepare(&self, roles: &[&Role]) -> Result<(), BackendError> {
         if self.config.kind == BackendKind::InfluxdbV2 {
-            for role in roles {
+            // A per-identity bucket is looked up when its first lease is.
+            for role in roles.iter().filter(|r| !r.per_identity()) {
                 self.bucket_id(&role.target)?;
             }
         }
@@ -348,10 +353,18 @@ impl Backend {
             (true, false) => "READ",
             _ => "WRITE",
         };
+        // A database of the identity's own is made with its first lease
+        // (CREATE DATABASE does nothing to one that exists); a shared one
+        // is the admin's to make.
+        let create_database = if w.role.per_identity() {
+            format!("CREATE DATABASE {}; ", ident(w.target))
+        } else {
+            String::new()
+        };
         let q = format!(
-            "CREATE USER {} WITH PASSWORD '{password}'; GRANT {privilege} ON {} TO {}",
+            "{create_database}CREATE USER {} WITH PASSWORD '{password}'; GRANT {privilege} ON {} TO {}",
             ident(&user),
-            ident(&w.role.target),
+            ident(w.target),
             ident(&user)
         );
         let answer = self
@@ -421,7 +434,7 @@ impl Backend {
     }
 
     fn v2_create(&self, w: &Wanted<'_>) -> Result<Grant, BackendError> {
-        let bucket_id = self.bucket_id(&w.role.target)?;
+        let bucket_id = self.bucket_id(w.target)?;
         let org_id = self.config.org_id.clone().unwrap_or_default();
         let permissions: Vec<Value> = w
             .role
@@ -467,7 +480,7 @@ impl Backend {
                 format!("{}/api/v3/enterprise/configure/token", self.config.url),
                 json!({
                     "token_name": name,
-                    "permissions": [{"resource_type": "db", "resource_names": [w.role.target], "actions": actions}],
+                    "permissions": [{"resource_type": "db", "resource_names": [w.target], "actions": actions}],
                     "expiry_secs": expiry_secs,
                 }),
             )

@@ -78,11 +78,31 @@ pub struct Role {
     /// Ticket attributes that select this role; all must be equal.
     pub matches: BTreeMap<String, String>,
     pub backend: String,
-    /// Bucket name for v2, database name for v1 and v3.
+    /// Bucket name for v2, database name for v1 and v3; `{identity}` in it
+    /// stands for the identity's name (see [`Role::target_for`]).
     pub target: String,
     pub access: Vec<Access>,
     pub default_ttl: Duration,
     pub max_ttl: Duration,
+    /// Live (pending or active) leases one identity may hold at once.
+    pub max_active_leases: u32,
+}
+
+/// The placeholder a role's bucket or database may carry.
+pub const IDENTITY_PLACEHOLDER: &str = "{identity}";
+
+impl Role {
+    /// The bucket or database for leases of the identity named `identity`:
+    /// with a template such as `sensors_{identity}`, each identity writes
+    /// (and, with write access, can delete) only its own.
+    pub fn target_for(&self, identity: &str) -> String {
+        self.target.replace(IDENTITY_PLACEHOLDER, identity)
+    }
+
+    /// Whether each identity gets a bucket or database of its own.
+    pub fn per_identity(&self) -> bool {
+        self.target.contains(IDENTITY_PLACEHOLDER)
+    }
 }
 
 impl AuthorityConfig {
@@ -361,6 +381,21 @@ fn read_role(t: &Table<'_>, backends: &[Backend]) -> Option<Role> {
         }
         None => bucket.or(database),
     };
+    if let Some(target) = &target
+        && target
+            .replace(IDENTITY_PLACEHOLDER, "")
+            .contains(['{', '}'])
+    {
+        t.problem(
+            if bucket_key(backend) {
+                "bucket"
+            } else {
+                "database"
+            },
+            format!("{target:?}: the only placeholder is {IDENTITY_PLACEHOLDER}"),
+        );
+    }
+    let max_active_leases = t.integer("max_active_leases", 5, 1, 10_000) as u32;
     let access: Vec<Access> = t
         .strings("access")
         .unwrap_or_else(|| vec!["write".to_owned()])
@@ -398,7 +433,12 @@ fn read_role(t: &Table<'_>, backends: &[Backend]) -> Option<Role> {
         access,
         default_ttl,
         max_ttl,
+        max_active_leases,
     })
+}
+
+fn bucket_key(backend: Option<&Backend>) -> bool {
+    backend.is_some_and(|b| b.kind == BackendKind::InfluxdbV2)
 }
 
 #[cfg(test)]

@@ -19,7 +19,9 @@ use crate::api::{
 };
 use crate::authority::backends::{Backend, Wanted};
 use crate::authority::config::{AuthorityConfig, Role};
-use crate::authority::store::{IdentityRow, LeaseRow, NewLease, Store, StoreError, TicketRow};
+use crate::authority::store::{
+    IdentityRow, Inserted, LeaseRow, NewLease, Store, StoreError, TicketRow,
+};
 use crate::secret::{self, Secret};
 use crate::ticket::{self, Ticket};
 
@@ -389,24 +391,40 @@ impl Authority {
                 format!("role {} names no backend", role.name),
             )
         })?;
-        let target = backend.target(role);
+        let resolved = role.target_for(&identity.name);
+        let target = backend.target(&resolved);
         let id = secret::random_hex(8);
         let created_ms = now_ms();
         let expires_ms = created_ms + ttl.as_millis() as i64;
-        let recorded = self.store().insert_lease(&NewLease {
-            id: &id,
-            identity_id: &identity.id,
-            role: &role.name,
-            backend: backend.name(),
-            target: &target,
-            created_ms,
-            expires_ms,
-        })?;
-        if !recorded {
-            return Err(ApiError::new(
-                ErrorCode::IdentityRevoked,
-                format!("identity {} ({}) was revoked", identity.id, identity.name),
-            ));
+        let recorded = self.store().insert_lease(
+            &NewLease {
+                id: &id,
+                identity_id: &identity.id,
+                role: &role.name,
+                backend: backend.name(),
+                target: &target,
+                created_ms,
+                expires_ms,
+            },
+            role.max_active_leases,
+        )?;
+        match recorded {
+            Inserted::Yes => {}
+            Inserted::IdentityRevoked => {
+                return Err(ApiError::new(
+                    ErrorCode::IdentityRevoked,
+                    format!("identity {} ({}) was revoked", identity.id, identity.name),
+                ));
+            }
+            Inserted::AtLimit => {
+                return Err(ApiError::new(
+                    ErrorCode::LeaseLimit,
+                    format!(
+                        "identity {} ({}) holds {} live leases, its role's max_active_leases; revoke one or let one expire",
+                        identity.id, identity.name, role.max_active_leases
+                    ),
+                ));
+            }
         }
         let wanted = Wanted {
             lease_id: &id,
@@ -414,6 +432,7 @@ impl Authority {
             expires_unix: expires_ms.div_euclid(1000) + 1,
             ttl,
             role,
+            target: &resolved,
         };
         let grant = match backend.create(&wanted) {
             Ok(g) => g,

@@ -143,6 +143,15 @@ pub struct LeaseRow {
     pub last_error: Option<String>,
 }
 
+/// What became of [`Store::insert_lease`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    Yes,
+    IdentityRevoked,
+    /// The identity holds as many live leases as its role allows.
+    AtLimit,
+}
+
 pub struct NewLease<'a> {
     pub id: &'a str,
     pub identity_id: &'a str,
@@ -394,14 +403,32 @@ impl Store {
     /// statement it checks that the identity is not revoked: a revoke that
     /// lands between authentication and this insert would otherwise miss
     /// the lease. False when the identity is revoked (or gone).
-    pub fn insert_lease(&self, l: &NewLease<'_>) -> Result<bool, StoreError> {
+    /// Records a new lease, pending its credential, in one statement: only
+    /// for an identity not revoked, and only while it holds fewer than
+    /// `max_live` pending or active leases (so concurrent requests, from
+    /// this process or an admin command beside it, cannot pass the limit
+    /// together).
+    pub fn insert_lease(&self, l: &NewLease<'_>, max_live: u32) -> Result<Inserted, StoreError> {
         let n = self.conn.execute(
             "INSERT INTO leases (id, identity_id, role, backend, target, status, created_ms, expires_ms)
              SELECT ?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7
-             WHERE EXISTS (SELECT 1 FROM identities WHERE id = ?2 AND revoked_ms IS NULL)",
-            params![l.id, l.identity_id, l.role, l.backend, to_json(l.target), l.created_ms, l.expires_ms],
+             WHERE EXISTS (SELECT 1 FROM identities WHERE id = ?2 AND revoked_ms IS NULL)
+               AND (SELECT COUNT(*) FROM leases WHERE identity_id = ?2 AND status IN ('pending', 'active')) < ?8",
+            params![l.id, l.identity_id, l.role, l.backend, to_json(l.target), l.created_ms, l.expires_ms, max_live],
         )?;
-        Ok(n == 1)
+        if n == 1 {
+            return Ok(Inserted::Yes);
+        }
+        let revoked: bool = self.conn.query_row(
+            "SELECT NOT EXISTS (SELECT 1 FROM identities WHERE id = ?1 AND revoked_ms IS NULL)",
+            [l.identity_id],
+            |r| r.get(0),
+        )?;
+        Ok(if revoked {
+            Inserted::IdentityRevoked
+        } else {
+            Inserted::AtLimit
+        })
     }
 
     /// The credential exists: the handle is stored and a pending lease
@@ -847,17 +874,20 @@ mod tests {
         let t = target();
         for (id, exp) in [("a", 300), ("b", 100), ("c", 200), ("d", 900)] {
             let inserted = s
-                .insert_lease(&NewLease {
-                    id,
-                    identity_id: "i1",
-                    role: "r",
-                    backend: "main",
-                    target: &t,
-                    created_ms: 0,
-                    expires_ms: exp,
-                })
+                .insert_lease(
+                    &NewLease {
+                        id,
+                        identity_id: "i1",
+                        role: "r",
+                        backend: "main",
+                        target: &t,
+                        created_ms: 0,
+                        expires_ms: exp,
+                    },
+                    10,
+                )
                 .unwrap();
-            assert!(inserted);
+            assert_eq!(inserted, Inserted::Yes);
             assert_eq!(
                 s.activate_lease(id, &format!("h-{id}"), 0).unwrap(),
                 Some(LeaseStatus::Active)
@@ -908,8 +938,9 @@ mod tests {
             created_ms: 401,
             expires_ms: 900,
         };
-        assert!(
-            !s.insert_lease(&late).unwrap(),
+        assert_eq!(
+            s.insert_lease(&late, 10).unwrap(),
+            Inserted::IdentityRevoked,
             "no lease for a revoked identity"
         );
         assert_eq!(
