@@ -148,6 +148,46 @@ fn terminate(
     }
 }
 
+/// Backend and role of an authority whose InfluxDB is never reached:
+/// enrollment does not touch InfluxDB.
+fn unreached_backend() -> String {
+    format!(
+        "{}{}",
+        v1_backend("main", "http://127.0.0.1:9", "admin", "pw"),
+        role("sensor", "iot-sensor", "main", "database", "sensors")
+    )
+}
+
+/// A leased gateway's config: its state and ticket dirs in `{dir}`.
+fn leased_config(broker: &Mosquitto, client_id: &str) -> String {
+    format!(
+        r#"state_dir = "{{dir}}/state"
+ticket_dir = "{{dir}}/tickets"
+[mqtt]
+url = "{}"
+client_id = "{client_id}"
+[[mqtt.subscribe]]
+topic = "sensors/#"
+"#,
+        broker.url()
+    )
+}
+
+/// Publishes 50 points of measurement `after` and waits for all of them
+/// in InfluxDB: the pipeline still flows.
+fn fifty_more_arrive(broker: &Mosquitto, influx: &Influx, daemon: &Daemon) {
+    let points = (0..50)
+        .map(|i| {
+            (
+                "sensors/after".to_owned(),
+                format!("after seq={i}i {}", 1_700_000_000_000_000_000u64 + i).into_bytes(),
+            )
+        })
+        .collect();
+    publish_all(broker.port, "after-sensor", points, Duration::from_secs(20));
+    influx.assert_arrives("after", 50, Duration::from_secs(30), daemon);
+}
+
 /// An HTTPS authority serving `leaf` (with its CA in the chain) on the
 /// loopback, with a role for `service = iot-sensor` on a v1 backend that is
 /// never reached (enrollment does not touch InfluxDB).
@@ -155,11 +195,10 @@ fn authority_on(leaf: &Leaf, ca: &Ca) -> AuthorityServer {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = leaf.write(dir.path(), "authority", Some(&ca.pem));
     let body = format!(
-        "cert_file = \"{}\"\nkey_file = \"{}\"\n{}{}",
+        "cert_file = \"{}\"\nkey_file = \"{}\"\n{}",
         cert.display(),
         key.display(),
-        v1_backend("main", "http://127.0.0.1:9", "admin", "pw"),
-        role("sensor", "iot-sensor", "main", "database", "sensors")
+        unreached_backend()
     );
     let a = AuthorityServer::start_with(&body, true, "info");
     // The certificate files must outlive the server's start.
@@ -284,16 +323,7 @@ fn a_message_with_120k_fields_is_refused_at_once_and_the_session_stays() {
         "the reason names the field count: {dead}"
     );
     // The pipeline flows on; the session was never cut.
-    let points = (0..50)
-        .map(|i| {
-            (
-                "sensors/after".to_owned(),
-                format!("after seq={i}i {}", 1_700_000_000_000_000_000u64 + i).into_bytes(),
-            )
-        })
-        .collect();
-    publish_all(broker.port, "after-sensor", points, Duration::from_secs(10));
-    influx.assert_arrives("after", 50, Duration::from_secs(20), &daemon);
+    fifty_more_arrive(&broker, &influx, &daemon);
     let log = daemon.log();
     assert_eq!(
         log.matches("connected to MQTT broker").count(),
@@ -344,16 +374,7 @@ fn a_200_mib_message_is_refused_unread_and_memory_stays_bounded() {
     );
     // The pipeline flows on, and the broker does not hand the message
     // over again.
-    let points = (0..50)
-        .map(|i| {
-            (
-                "sensors/after".to_owned(),
-                format!("after seq={i}i {}", 1_700_000_000_000_000_000u64 + i).into_bytes(),
-            )
-        })
-        .collect();
-    publish_all(broker.port, "after-sensor", points, Duration::from_secs(20));
-    influx.assert_arrives("after", 50, Duration::from_secs(30), &daemon);
+    fifty_more_arrive(&broker, &influx, &daemon);
     std::thread::sleep(Duration::from_secs(2));
     let records = std::fs::read_to_string(&dead_letters)
         .unwrap()
@@ -521,11 +542,7 @@ fn slow_request_bodies_cannot_lock_an_enrolled_gateway_out() {
 
 #[test]
 fn a_flood_of_bad_enrollments_is_throttled_and_audited_in_summary() {
-    let authority = AuthorityServer::start(&format!(
-        "{}{}",
-        v1_backend("main", "http://127.0.0.1:9", "admin", "pw"),
-        role("sensor", "iot-sensor", "main", "database", "sensors")
-    ));
+    let authority = AuthorityServer::start(&unreached_backend());
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
@@ -570,22 +587,8 @@ fn a_flood_of_bad_enrollments_is_throttled_and_audited_in_summary() {
 fn hostile_files_in_the_ticket_directory_are_refused_unread() {
     use std::os::unix::fs::symlink;
     let broker = Mosquitto::start();
-    let authority = AuthorityServer::start(&format!(
-        "{}{}",
-        v1_backend("main", "http://127.0.0.1:9", "admin", "pw"),
-        role("sensor", "iot-sensor", "main", "database", "sensors")
-    ));
-    let mut daemon = Daemon::start(&format!(
-        r#"state_dir = "{{dir}}/state"
-ticket_dir = "{{dir}}/tickets"
-[mqtt]
-url = "{}"
-client_id = "gw-tickets"
-[[mqtt.subscribe]]
-topic = "sensors/#"
-"#,
-        broker.url()
-    ));
+    let authority = AuthorityServer::start(&unreached_backend());
+    let mut daemon = Daemon::start(&leased_config(&broker, "gw-tickets"));
     let dir = daemon.dir.path().join("tickets");
     assert!(wait_until(Duration::from_secs(10), || dir.is_dir()));
     let outside = daemon.dir.path().join("victim.txt");
@@ -703,22 +706,8 @@ fn not_private(dir: &std::path::Path) -> Vec<String> {
 #[test]
 fn state_and_spool_are_private_whatever_the_umask() {
     let broker = Mosquitto::start();
-    let authority = AuthorityServer::start(&format!(
-        "{}{}",
-        v1_backend("main", "http://127.0.0.1:9", "admin", "pw"),
-        role("sensor", "iot-sensor", "main", "database", "sensors")
-    ));
-    let config = format!(
-        r#"state_dir = "{{dir}}/state"
-ticket_dir = "{{dir}}/tickets"
-[mqtt]
-url = "{}"
-client_id = "gw-private"
-[[mqtt.subscribe]]
-topic = "sensors/#"
-"#,
-        broker.url()
-    );
+    let authority = AuthorityServer::start(&unreached_backend());
+    let config = leased_config(&broker, "gw-private");
     // `leasegate enroll` as a tech would run it, under umask 0, before
     // the daemon ever ran: it makes the state dir itself.
     let dir = tempfile::tempdir().unwrap();
