@@ -158,6 +158,9 @@ pub enum ErrorCode {
     RateLimited,
     /// The identity holds as many live leases as its role allows.
     LeaseLimit,
+    /// The ticket enrolls one named identity, and the request asked for
+    /// another name.
+    IdentityNameMismatch,
     Internal,
 }
 
@@ -172,6 +175,7 @@ impl ErrorCode {
             | ErrorCode::TicketUsedUp
             | ErrorCode::TicketRevoked
             | ErrorCode::NoRoleMatches
+            | ErrorCode::IdentityNameMismatch
             | ErrorCode::IdentityRevoked => 403,
             ErrorCode::LeaseUnknown => 404,
             ErrorCode::BackendFailed => 502,

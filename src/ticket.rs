@@ -40,6 +40,10 @@ pub struct Ticket {
     pub expires: u64,
     #[serde(default)]
     pub attributes: BTreeMap<String, String>,
+    /// The identity name the ticket enrolls, when the admin bound one: the
+    /// gateway enrolls under it whatever its own `identity_name` says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_name: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -115,6 +119,20 @@ impl Ticket {
                 "an https:// ticket must carry cert_sha256".into(),
             ));
         }
+        if let Some(pin) = &ticket.cert_sha256
+            && (pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(TicketError::Content(
+                "cert_sha256 must be 64 hex digits".into(),
+            ));
+        }
+        if let Some(name) = &ticket.identity_name
+            && !crate::api::identity_name_is_valid(name)
+        {
+            return Err(TicketError::Content(
+                "identity_name must be 1 to 128 characters of A-Z a-z 0-9 . _ -".into(),
+            ));
+        }
         Ok(ticket)
     }
 }
@@ -141,6 +159,7 @@ mod tests {
             cert_sha256: Some("ab".repeat(32)),
             expires: 1_900_000_000,
             attributes: [("service".to_owned(), "iot-sensor".to_owned())].into(),
+            identity_name: None,
         }
     }
 

@@ -147,6 +147,18 @@ pub fn redeem(
         // Ticket::parse makes sure an https ticket carries a pin.
         Trust::Pinned(ticket.cert_sha256.clone().unwrap_or_default())
     };
+    // A ticket bound to a name enrolls under that name: the admin chose
+    // it (it may pick the gateway's own database).
+    let identity_name = match &ticket.identity_name {
+        Some(bound) if bound != identity_name => {
+            log::info!(
+                "ticket {} enrolls identity {bound:?}; using that instead of identity_name {identity_name:?}",
+                ticket.id
+            );
+            bound.as_str()
+        }
+        _ => identity_name,
+    };
     let client = AuthorityClient::new(&ticket.url, &trust)?;
     let e = client.enroll(&ticket.secret, identity_name)?;
     Ok(Identity {
@@ -476,8 +488,15 @@ fn reject(path: &Path, text: &str) {
     }
     clear(&rejected);
     // A hard link never replaces an existing name and links a symbolic
-    // link itself, not what it points at.
-    let moved = std::fs::hard_link(path, &rejected).and_then(|()| std::fs::remove_file(path));
+    // link itself, not what it points at. A file system without hard
+    // links (vfat, some network mounts) gets a rename, once the name is
+    // seen to be free.
+    let moved = match std::fs::hard_link(path, &rejected) {
+        Ok(()) => std::fs::remove_file(path),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(e),
+        Err(_) if std::fs::symlink_metadata(&rejected).is_err() => std::fs::rename(path, &rejected),
+        Err(e) => Err(e),
+    };
     if let Err(err) = moved {
         log::error!(
             "cannot set the rejected ticket {} aside: {err}",
@@ -505,6 +524,7 @@ mod tests {
             cert_sha256: None,
             expires: 0,
             attributes: BTreeMap::new(),
+            identity_name: None,
         };
         let e = redeem(&ticket.encode(), "gw", false).unwrap_err();
         assert_eq!(e.reason_code(), "ticket_malformed");

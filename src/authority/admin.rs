@@ -15,6 +15,9 @@ pub struct TicketView<'a> {
     pub id: &'a str,
     pub attributes: &'a std::collections::BTreeMap<String, String>,
     pub role: Option<&'a str>,
+    /// The one identity name the ticket enrolls, when bound.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity_name: Option<&'a str>,
     pub usage_count: u32,
     pub used: u32,
     pub created_ms: i64,
@@ -41,6 +44,7 @@ pub fn ticket_views(tickets: &[TicketRow], now_ms: i64) -> Vec<TicketView<'_>> {
             id: &t.id,
             attributes: &t.attributes,
             role: t.role.as_deref(),
+            identity_name: t.identity_name.as_deref(),
             usage_count: t.usage_count,
             used: t.used,
             created_ms: t.created_ms,
@@ -58,6 +62,7 @@ pub fn ticket_table(tickets: &[TicketRow], now_ms: i64) -> String {
                 t.id.clone(),
                 crate::authority::service::show_attributes(&t.attributes),
                 t.role.clone().unwrap_or_else(|| "-".into()),
+                t.identity_name.clone().unwrap_or_else(|| "-".into()),
                 format!("{}/{}", t.used, t.usage_count),
                 relative(t.created_ms, now_ms),
                 expiry(t.expires_ms, now_ms),
@@ -70,6 +75,7 @@ pub fn ticket_table(tickets: &[TicketRow], now_ms: i64) -> String {
             "ID",
             "ATTRIBUTES",
             "ROLE",
+            "IDENTITY",
             "USED",
             "CREATED",
             "EXPIRES",

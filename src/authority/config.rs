@@ -141,11 +141,7 @@ fn read(t: &Table<'_>) -> Option<AuthorityConfig> {
     }
     let public_url = t.required_string("public_url");
     if let Some(url) = &public_url
-        && url
-            .parse::<ureq::http::Uri>()
-            .ok()
-            .and_then(|u| u.authority().map(|a| a.as_str().contains('@')))
-            .unwrap_or(false)
+        && url_has_userinfo(url)
     {
         // Every ticket carries the URL, and tickets are handed around.
         t.problem(
@@ -204,6 +200,11 @@ fn read(t: &Table<'_>) -> Option<AuthorityConfig> {
         std::time::Duration::from_secs(365 * 24 * 3600),
         std::time::Duration::from_secs(24 * 3600),
     );
+    // Past this the cutoff would leave the clock's range; "keep for ever"
+    // is written as this much.
+    if audit_retention > std::time::Duration::from_secs(100 * 365 * 24 * 3600) {
+        t.problem("audit_retention", "must be at most 100 years");
+    }
     let deployment_id = t.string("deployment_id");
     if let Some(d) = &deployment_id
         && (d.is_empty()
@@ -381,19 +382,25 @@ fn read_role(t: &Table<'_>, backends: &[Backend]) -> Option<Role> {
         }
         None => bucket.or(database),
     };
-    if let Some(target) = &target
-        && target
-            .replace(IDENTITY_PLACEHOLDER, "")
-            .contains(['{', '}'])
-    {
-        t.problem(
-            if bucket_key(backend) {
-                "bucket"
-            } else {
-                "database"
-            },
-            format!("{target:?}: the only placeholder is {IDENTITY_PLACEHOLDER}"),
-        );
+    if let Some(target) = &target {
+        let key = if bucket_key(backend) {
+            "bucket"
+        } else {
+            "database"
+        };
+        let literal = target.replace(IDENTITY_PLACEHOLDER, "");
+        if literal.contains(['{', '}']) {
+            t.problem(
+                key,
+                format!("{target:?}: the only placeholder is {IDENTITY_PLACEHOLDER}"),
+            );
+        } else if literal.is_empty() {
+            // An identity named `_internal` would get that database.
+            t.problem(
+                key,
+                format!("{target:?}: put a prefix or suffix around {IDENTITY_PLACEHOLDER}"),
+            );
+        }
     }
     let max_active_leases = t.integer("max_active_leases", 5, 1, 10_000) as u32;
     let access: Vec<Access> = t
@@ -435,6 +442,14 @@ fn read_role(t: &Table<'_>, backends: &[Backend]) -> Option<Role> {
         max_ttl,
         max_active_leases,
     })
+}
+
+/// Whether a URL carries `user[:password]@` before its host. Read from the
+/// text itself, so a URL no parser accepts cannot slip through.
+fn url_has_userinfo(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    authority.contains('@')
 }
 
 fn bucket_key(backend: Option<&Backend>) -> bool {
@@ -503,5 +518,8 @@ max_ttl = "1h"
             "{lines:?}"
         );
         assert!(!lines.iter().any(|l| l.contains("hunter2")), "{lines:?}");
+        // Also when the URL is one no parser would take.
+        assert!(url_has_userinfo("https://admin:p{w@host:7443/x"));
+        assert!(!url_has_userinfo("https://host:7443/a@b?c=d@e"));
     }
 }

@@ -123,10 +123,8 @@ fn housekeeping(authority: &Authority, shutdown: &Shutdown) {
             Err(e) => log::warn!("pruning ended leases: {}", crate::error_chain(&e)),
         }
         let keep = authority.config().audit_retention;
-        match authority
-            .store()
-            .prune_audit(now_ms() - keep.as_millis() as i64)
-        {
+        let cutoff = now_ms().saturating_sub(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX));
+        match authority.store().prune_audit(cutoff) {
             Ok(0) => {}
             Ok(n) => log::info!(
                 "pruned {n} audit record(s) older than {} (audit_retention)",

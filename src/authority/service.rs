@@ -93,6 +93,7 @@ impl Authority {
         usage_count: u32,
         expires_in: Duration,
         role: Option<String>,
+        identity_name: Option<String>,
     ) -> Result<Ticket, ApiError> {
         if usage_count == 0 {
             return Err(ApiError::new(
@@ -100,23 +101,46 @@ impl Authority {
                 "--usage-count must be at least 1",
             ));
         }
-        match &role {
-            Some(r) if !self.config.roles.iter().any(|c| &c.name == r) => {
-                return Err(ApiError::new(
-                    ErrorCode::NoRoleMatches,
-                    format!("no [[role]] is named {r:?}"),
-                ));
-            }
-            None if self.match_role(&attributes).is_none() => {
-                return Err(ApiError::new(
+        if let Some(name) = &identity_name
+            && !identity_name_is_valid(name)
+        {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "--identity-name must be 1 to 128 characters of A-Z a-z 0-9 . _ -",
+            ));
+        }
+        let chosen = match &role {
+            Some(r) => self
+                .config
+                .roles
+                .iter()
+                .find(|c| &c.name == r)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::NoRoleMatches,
+                        format!("no [[role]] is named {r:?}"),
+                    )
+                })?,
+            None => self.match_role(&attributes).ok_or_else(|| {
+                ApiError::new(
                     ErrorCode::NoRoleMatches,
                     format!(
                         "no [[role]] matches the attributes {}",
                         show_attributes(&attributes)
                     ),
-                ));
-            }
-            _ => {}
+                )
+            })?,
+        };
+        if chosen.per_identity() && identity_name.is_none() {
+            // The name picks the database or bucket: a gateway must not
+            // choose it, or it could choose another's.
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "role {:?} gives each identity its own {:?}: bind the name with --identity-name",
+                    chosen.name, chosen.target
+                ),
+            ));
         }
         let now = now_ms();
         let secret = Secret::new(secret::random_base64(ticket::SECRET_BYTES));
@@ -129,6 +153,7 @@ impl Authority {
             created_ms: now,
             expires_ms: now.saturating_add(expires_in.as_millis() as i64),
             revoked_ms: None,
+            identity_name: identity_name.clone(),
         };
         let store = self.store();
         store.insert_ticket(&row, &secret::digest(&secret))?;
@@ -150,6 +175,7 @@ impl Authority {
             cert_sha256: self.fingerprint.clone(),
             expires: (row.expires_ms / 1000) as u64,
             attributes,
+            identity_name,
         })
     }
 
@@ -204,7 +230,7 @@ impl Authority {
         let outcome = store.enroll(
             &secret::digest(&req.ticket_secret),
             now,
-            |t| self.role_for(t),
+            |t| self.role_for(t, &req.identity_name),
             (
                 &identity_id,
                 &req.identity_name,
@@ -302,14 +328,20 @@ impl Authority {
         Ok(())
     }
 
-    fn role_for(&self, t: &TicketRow) -> Result<String, ErrorCode> {
-        match &t.role {
-            Some(r) if self.config.roles.iter().any(|c| &c.name == r) => Ok(r.clone()),
-            Some(_) => Err(ErrorCode::NoRoleMatches),
-            None => self
-                .match_role(&t.attributes)
-                .map(|r| r.name.clone())
-                .ok_or(ErrorCode::NoRoleMatches),
+    /// The role a ticket enrolls `name` into, or why it does not: its
+    /// pinned role is gone or none matches; it binds another name; or the
+    /// role gives each identity its own database but the ticket binds no
+    /// name (it was issued before the role changed).
+    fn role_for(&self, t: &TicketRow, name: &str) -> Result<String, ErrorCode> {
+        let role = match &t.role {
+            Some(r) => self.config.roles.iter().find(|c| &c.name == r),
+            None => self.match_role(&t.attributes),
+        }
+        .ok_or(ErrorCode::NoRoleMatches)?;
+        match &t.identity_name {
+            Some(bound) if bound != name => Err(ErrorCode::IdentityNameMismatch),
+            None if role.per_identity() => Err(ErrorCode::IdentityNameMismatch),
+            _ => Ok(role.name.clone()),
         }
     }
 
@@ -690,6 +722,14 @@ fn refusal_message(code: ErrorCode, t: Option<&TicketRow>, now: i64) -> String {
             "no such ticket: it was never issued by this authority".into()
         }
         (ErrorCode::TicketRevoked, _) => format!("ticket {id} was revoked"),
+        (ErrorCode::IdentityNameMismatch, Some(t)) => match &t.identity_name {
+            Some(bound) => format!(
+                "ticket {id} enrolls identity {bound:?} only; set identity_name = {bound:?} on the gateway"
+            ),
+            None => format!(
+                "ticket {id} names no identity, but its role gives each identity its own database or bucket; issue a new ticket with --identity-name"
+            ),
+        },
         (ErrorCode::TicketExpired, Some(t)) => format!(
             "ticket {id} expired {} ago",
             humantime::format_duration(Duration::from_secs(

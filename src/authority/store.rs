@@ -94,6 +94,7 @@ CREATE TABLE audit (
 "#,
     r#"
 CREATE INDEX audit_by_time ON audit(at_ms);
+ALTER TABLE tickets ADD COLUMN identity_name TEXT;
 CREATE TABLE meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -111,6 +112,8 @@ pub struct TicketRow {
     pub created_ms: i64,
     pub expires_ms: i64,
     pub revoked_ms: Option<i64>,
+    /// The one identity name the ticket enrolls, when the admin bound it.
+    pub identity_name: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -230,15 +233,15 @@ impl Store {
 
     pub fn insert_ticket(&self, t: &TicketRow, secret_hash: &str) -> Result<(), StoreError> {
         self.conn.execute(
-            "INSERT INTO tickets (id, secret_hash, attributes, role, usage_count, used, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?7)",
-            params![t.id, secret_hash, to_json(&t.attributes), t.role, t.usage_count, t.created_ms, t.expires_ms],
+            "INSERT INTO tickets (id, secret_hash, attributes, role, usage_count, used, created_ms, expires_ms, identity_name) VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?7, ?8)",
+            params![t.id, secret_hash, to_json(&t.attributes), t.role, t.usage_count, t.created_ms, t.expires_ms, t.identity_name],
         )?;
         Ok(())
     }
 
     pub fn tickets(&self) -> Result<Vec<TicketRow>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, attributes, role, usage_count, used, created_ms, expires_ms, revoked_ms FROM tickets ORDER BY created_ms, id",
+            "SELECT id, attributes, role, usage_count, used, created_ms, expires_ms, revoked_ms, identity_name FROM tickets ORDER BY created_ms, id",
         )?;
         let rows = stmt.query_map([], ticket_row)?;
         rows.map(|r| r.map_err(StoreError::from)).collect()
@@ -248,7 +251,7 @@ impl Store {
         Ok(self
             .conn
             .query_row(
-                "SELECT id, attributes, role, usage_count, used, created_ms, expires_ms, revoked_ms FROM tickets WHERE id = ?1",
+                "SELECT id, attributes, role, usage_count, used, created_ms, expires_ms, revoked_ms, identity_name FROM tickets WHERE id = ?1",
                 [id],
                 ticket_row,
             )
@@ -281,7 +284,7 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let ticket = tx
             .query_row(
-                "SELECT id, attributes, role, usage_count, used, created_ms, expires_ms, revoked_ms FROM tickets WHERE secret_hash = ?1",
+                "SELECT id, attributes, role, usage_count, used, created_ms, expires_ms, revoked_ms, identity_name FROM tickets WHERE secret_hash = ?1",
                 [secret_hash],
                 ticket_row,
             )
@@ -400,20 +403,18 @@ impl Store {
 
     /// Records a lease before its credential is created, so that a crash in
     /// between leaves a trace that start-up reconciles. In the same
-    /// statement it checks that the identity is not revoked: a revoke that
+    /// statement it checks that the identity is not revoked (a revoke that
     /// lands between authentication and this insert would otherwise miss
-    /// the lease. False when the identity is revoked (or gone).
-    /// Records a new lease, pending its credential, in one statement: only
-    /// for an identity not revoked, and only while it holds fewer than
-    /// `max_live` pending or active leases (so concurrent requests, from
-    /// this process or an admin command beside it, cannot pass the limit
-    /// together).
+    /// the lease) and that it holds fewer than `max_live` live leases, so
+    /// concurrent requests, from this process or an admin command beside
+    /// it, cannot pass the limit together. Revoking leases count: their
+    /// credentials work until their deletion succeeds.
     pub fn insert_lease(&self, l: &NewLease<'_>, max_live: u32) -> Result<Inserted, StoreError> {
         let n = self.conn.execute(
             "INSERT INTO leases (id, identity_id, role, backend, target, status, created_ms, expires_ms)
              SELECT ?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7
              WHERE EXISTS (SELECT 1 FROM identities WHERE id = ?2 AND revoked_ms IS NULL)
-               AND (SELECT COUNT(*) FROM leases WHERE identity_id = ?2 AND status IN ('pending', 'active')) < ?8",
+               AND (SELECT COUNT(*) FROM leases WHERE identity_id = ?2 AND status IN ('pending', 'active', 'revoking')) < ?8",
             params![l.id, l.identity_id, l.role, l.backend, to_json(l.target), l.created_ms, l.expires_ms, max_live],
         )?;
         if n == 1 {
@@ -584,9 +585,6 @@ impl Store {
         )?)
     }
 
-    /// Ids of all leases whose credential may exist and must stay (or is
-    /// being deleted by the reaper), whatever their backend: two backends
-    /// may name the same InfluxDB.
     /// This deployment's id: the stored one; on first use the configured
     /// one, or a random one, stored from then on.
     pub fn deployment_id(&self, configured: Option<&str>) -> Result<String, StoreError> {
@@ -625,6 +623,9 @@ impl Store {
         rows.map(|r| r.map_err(StoreError::from)).collect()
     }
 
+    /// Ids of all leases whose credential may exist and must stay (or is
+    /// being deleted by the reaper), whatever their backend: two backends
+    /// may name the same InfluxDB.
     pub fn live_lease_ids(&self) -> Result<HashSet<String>, StoreError> {
         let mut stmt = self
             .conn
@@ -732,6 +733,7 @@ fn ticket_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TicketRow> {
         created_ms: r.get(5)?,
         expires_ms: r.get(6)?,
         revoked_ms: r.get(7)?,
+        identity_name: r.get(8)?,
     })
 }
 
@@ -787,6 +789,7 @@ mod tests {
             created_ms: 0,
             expires_ms,
             revoked_ms: None,
+            identity_name: None,
         }
     }
 

@@ -74,6 +74,10 @@ enum TicketCommand {
         /// Pin the role instead of matching it from the attributes.
         #[arg(long)]
         role: Option<String>,
+        /// The one identity name the ticket may enroll (required for a role
+        /// whose bucket or database names {identity}).
+        #[arg(long, value_name = "NAME")]
+        identity_name: Option<String>,
     },
     /// List tickets (never their secrets).
     List {
@@ -228,6 +232,7 @@ fn ticket(a: &Authority, command: TicketCommand) -> Result<(), ApiError> {
             usage_count,
             expires_in,
             role,
+            identity_name,
         } => {
             let mut map = BTreeMap::new();
             for pair in &attributes {
@@ -243,7 +248,8 @@ fn ticket(a: &Authority, command: TicketCommand) -> Result<(), ApiError> {
                     }
                 }
             }
-            let ticket = a.create_ticket(map, usage_count, expires_in.into(), role)?;
+            let ticket =
+                a.create_ticket(map, usage_count, expires_in.into(), role, identity_name)?;
             eprintln!(
                 "ticket {} ({} use(s), expires {}); the line below is a secret, hand it over as a file",
                 ticket.id,
