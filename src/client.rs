@@ -18,8 +18,8 @@ use std::time::Duration;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use ureq::unversioned::transport::{
-    Buffers, ConnectionDetails, Connector, Either, LazyBuffers, NextTimeout, TcpConnector,
-    Transport, TransportAdapter,
+    Buffers, ConnectProxyConnector, ConnectionDetails, Connector, Either, LazyBuffers, NextTimeout,
+    TcpConnector, Transport, TransportAdapter,
 };
 
 use crate::api::{
@@ -109,6 +109,9 @@ impl AuthorityClient {
         let mut config = ureq::Agent::config_builder()
             .timeout_global(Some(TIMEOUT))
             .http_status_as_error(false)
+            // The authority never redirects; a redirect is not followed
+            // anywhere with a credential.
+            .max_redirects(0)
             .user_agent(concat!("leasegate/", env!("CARGO_PKG_VERSION")));
         let agent = match trust {
             Trust::None => config.build().into(),
@@ -117,9 +120,13 @@ impl AuthorityClient {
                     url: base.to_owned(),
                     message: e.to_string(),
                 })?;
+                // A CONNECT proxy from the environment still works: the
+                // tunnel is plain TCP, and TLS with the pin runs inside it.
                 ureq::Agent::with_parts(
                     config.build(),
-                    ().chain(TcpConnector::default()).chain(tls),
+                    ().chain(ConnectProxyConnector::default())
+                        .chain(TcpConnector::default())
+                        .chain(tls),
                     ureq::unversioned::resolver::DefaultResolver::default(),
                 )
             }
@@ -444,8 +451,17 @@ impl<In: Transport> Connector<In> for PinnedTls {
         let Some(transport) = chained else {
             return Ok(None);
         };
-        if !details.needs_tls() || transport.is_tls() {
+        if !details.needs_tls() {
+            // Only the hop to an http:// CONNECT proxy: the pinned agent
+            // asks for https URLs alone and follows no redirect.
             return Ok(Some(Either::A(transport)));
+        }
+        if transport.is_tls() {
+            // TLS that did not check the pin (an https proxy's, say) is
+            // not trusted to carry the authority's traffic.
+            return Err(ureq::Error::Tls(
+                "a pinned authority is reached only over TLS that checks the pin",
+            ));
         }
         let host = details
             .uri

@@ -184,6 +184,20 @@ impl Decoding {
 /// line does not cost the good ones: the result holds a point or an error
 /// for each. For the other formats, any error rejects the whole message.
 pub fn decode(d: &Decoding, topic: &str, payload: &[u8]) -> Vec<Result<Point, PayloadError>> {
+    let mut all = Vec::new();
+    decode_each(d, topic, payload, |r| all.push(r));
+    all
+}
+
+/// [`decode`], handing each point or error to `each` as it comes instead of
+/// collecting them: a payload of half a million bad lines must not become
+/// half a million errors in memory at once.
+pub fn decode_each(
+    d: &Decoding,
+    topic: &str,
+    payload: &[u8],
+    mut each: impl FnMut(Result<Point, PayloadError>),
+) {
     let mut defaults = Defaults {
         tags: d.tags.clone(),
         measurement: d.measurement.clone(),
@@ -191,29 +205,29 @@ pub fn decode(d: &Decoding, topic: &str, payload: &[u8]) -> Vec<Result<Point, Pa
     if let Some(template) = &d.template
         && let Err(e) = template.apply(topic, &mut defaults)
     {
-        return vec![Err(e)];
+        return each(Err(e));
     }
     match d.format {
         Format::Line => match lineproto::parse_payload_with(payload, d.limits) {
-            Ok(lines) => lines
-                .map(|line| {
-                    let mut p = line?;
-                    for (k, v) in defaults.tags.iter().rev() {
-                        if !p.tags.iter().any(|(pk, _)| pk == k) {
-                            p.tags.insert(0, (k.clone(), v.clone()));
+            Ok(lines) => {
+                for line in lines {
+                    each(line.map_err(PayloadError::from).and_then(|mut p| {
+                        for (k, v) in defaults.tags.iter().rev() {
+                            if !p.tags.iter().any(|(pk, _)| pk == k) {
+                                p.tags.insert(0, (k.clone(), v.clone()));
+                            }
                         }
-                    }
-                    let at = "line".to_owned();
-                    finish(p, d.precision, &at)
-                })
-                .collect(),
-            Err(e) => vec![Err(e.into())],
+                        finish(p, d.precision, "line")
+                    }));
+                }
+            }
+            Err(e) => each(Err(e.into())),
         },
         Format::Json => match json(d, &defaults, payload) {
-            Ok(points) => points.into_iter().map(Ok).collect(),
-            Err(e) => vec![Err(e)],
+            Ok(points) => points.into_iter().for_each(|p| each(Ok(p))),
+            Err(e) => each(Err(e)),
         },
-        Format::Value => vec![value(&defaults, payload)],
+        Format::Value => each(value(&defaults, payload)),
     }
 }
 

@@ -2,7 +2,8 @@
 //! each test here reproduced its attack against the code before its fix.
 //!
 //! - A man in the middle holding another certificate from the authority's
-//!   own CA gets nothing from a gateway, at enrollment or after.
+//!   own CA gets nothing from a gateway, at enrollment or after; through an
+//!   HTTP CONNECT proxy the pin holds just the same.
 //! - A sensor's message with 120,000 fields is refused at once, and the
 //!   broker session that carries it never times out.
 //! - A 200 MiB message is refused before it is read into memory, and the
@@ -764,4 +765,140 @@ fn state_and_spool_are_private_whatever_the_umask() {
         .exists()));
     assert!(std::fs::read_dir(state.join("spool")).unwrap().count() > 0);
     assert_eq!(not_private(&state), Vec::<String>::new());
+}
+
+/// An HTTP CONNECT proxy on the loopback: tunnels each connection to the
+/// host it names and keeps every byte it relays (which must all be TLS).
+struct ConnectProxy {
+    port: u16,
+    targets: Arc<Mutex<Vec<String>>>,
+    relayed: Arc<Mutex<Vec<u8>>>,
+}
+
+impl ConnectProxy {
+    fn start() -> ConnectProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (targets, relayed) = (
+            Arc::<Mutex<Vec<String>>>::default(),
+            Arc::<Mutex<Vec<u8>>>::default(),
+        );
+        let (t, r) = (targets.clone(), relayed.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(16) {
+                let Ok(mut client) = stream else { continue };
+                let (t, r) = (t.clone(), r.clone());
+                std::thread::spawn(move || {
+                    client.set_read_timeout(Some(Duration::from_secs(10))).ok();
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+                        if client.read(&mut byte).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let Some(target) = head
+                        .strip_prefix("CONNECT ")
+                        .and_then(|h| h.split(' ').next())
+                    else {
+                        return;
+                    };
+                    t.lock().unwrap().push(target.to_owned());
+                    let upstream = TcpStream::connect(target).unwrap();
+                    client
+                        .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+                        .unwrap();
+                    client.set_read_timeout(None).ok();
+                    for (mut from, mut to) in [
+                        (client.try_clone().unwrap(), upstream.try_clone().unwrap()),
+                        (upstream, client),
+                    ] {
+                        let r = r.clone();
+                        std::thread::spawn(move || {
+                            let mut buf = [0u8; 4096];
+                            while let Ok(n) = from.read(&mut buf) {
+                                if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                                r.lock().unwrap().extend_from_slice(&buf[..n]);
+                            }
+                            let _ = to.shutdown(std::net::Shutdown::Write);
+                        });
+                    }
+                });
+            }
+        });
+        ConnectProxy {
+            port,
+            targets,
+            relayed,
+        }
+    }
+}
+
+#[test]
+fn through_an_http_connect_proxy_the_pin_is_checked_and_only_tls_passes() {
+    let influx = Influx::start();
+    influx.query("CREATE DATABASE sensors");
+    let authority = AuthorityServer::start_with(
+        &format!(
+            "{}{}",
+            v1_backend(
+                "main",
+                &influx.url(),
+                support::ADMIN_USER,
+                support::ADMIN_PASSWORD
+            ),
+            role("sensor", "iot-sensor", "main", "database", "sensors")
+        ),
+        true,
+        "info",
+    );
+    let proxy = ConnectProxy::start();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("leasegate.toml");
+    std::fs::write(
+        &conf,
+        leased_config(&Mosquitto::start(), "gw-proxied")
+            .replace("{dir}", &dir.path().display().to_string()),
+    )
+    .unwrap();
+    let line = authority.ticket("iot-sensor", &[]);
+    let secret = Ticket::parse(&line).unwrap().secret.expose().to_owned();
+    let ticket = dir.path().join("gw.ticket");
+    std::fs::write(&ticket, &line).unwrap();
+    // As a gateway behind a site proxy runs them: HTTPS_PROXY set.
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(support::leasegate_binary())
+            .arg("--config")
+            .arg(&conf)
+            .args(args)
+            .env("HTTPS_PROXY", format!("http://127.0.0.1:{}", proxy.port))
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&["enroll", ticket.to_str().unwrap()]);
+    let lease: serde_json::Value =
+        serde_json::from_str(&run(&["lease", "create", "--json"])).unwrap();
+    assert!(lease["id"].is_string(), "{lease}");
+    let target = format!("127.0.0.1:{}", authority.port);
+    let targets = proxy.targets.lock().unwrap().clone();
+    assert!(
+        targets.len() >= 2 && targets.iter().all(|t| *t == target),
+        "{targets:?}"
+    );
+    // The proxy saw only TLS: no request line, no ticket secret.
+    let relayed = String::from_utf8_lossy(&proxy.relayed.lock().unwrap()).into_owned();
+    assert!(!relayed.contains("POST /v1/") && !relayed.contains(&secret));
 }

@@ -35,6 +35,11 @@ pub struct Delivery {
     pub ack: Option<AckToken>,
     /// Why (part of) the message was rejected, for the dead-letter file.
     pub rejected: Option<Rejection>,
+    /// The message's share of the bytes allowed between the MQTT session
+    /// and the spool: held until the delivery is stored and dropped, so a
+    /// group waiting for its commit counts against the budget too.
+    #[allow(dead_code, reason = "held, not read: dropping it gives the bytes back")]
+    pub budget: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// A packet id is only meaningful on the connection it arrived on: after a
@@ -90,11 +95,10 @@ impl Appender {
                 let subscriptions = self.reload.borrow_and_update().clone();
                 self.decoder.set_subscriptions(subscriptions);
             }
-            group.push(self.decoder.decode(&first, &stats));
-            drop(first);
+            group.push(self.decoder.decode(first, &stats));
             while group.len() < GROUP {
                 match self.deliveries.try_recv() {
-                    Ok(m) => group.push(self.decoder.decode(&m, &stats)),
+                    Ok(m) => group.push(self.decoder.decode(m, &stats)),
                     Err(_) => break,
                 }
             }

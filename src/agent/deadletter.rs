@@ -69,11 +69,19 @@ impl DeadLetters {
                 "cannot write the dead-letter file {}: {e}",
                 self.path.display()
             );
-            self.file = None;
         }
     }
 
-    fn try_record(&mut self, r: &Rejection) -> std::io::Result<()> {
+    /// Appends one record, or says why it could not.
+    pub fn try_record(&mut self, r: &Rejection) -> std::io::Result<()> {
+        let written = self.append(r);
+        if written.is_err() {
+            self.file = None;
+        }
+        written
+    }
+
+    fn append(&mut self, r: &Rejection) -> std::io::Result<()> {
         let mut line = self.render(r);
         line.push('\n');
         if self.size > 0 && self.size + line.len() as u64 > self.max_bytes / 2 {

@@ -130,22 +130,28 @@ impl Decoder {
         }
     }
 
-    /// The lines of one message, and what to ack once they are stored.
-    pub fn decode(&mut self, message: &Received, stats: &Stats) -> Delivery {
-        let Received { publish, ack, .. } = message;
-        let ack = *ack;
+    /// The lines of one message, and what to ack once they are stored. The
+    /// message's share of the byte budget moves into the delivery: it is
+    /// given back only once the delivery is stored and dropped.
+    pub fn decode(&mut self, message: Received, stats: &Stats) -> Delivery {
+        let Received {
+            publish,
+            ack,
+            budget,
+        } = message;
         let topic = publish.topic.as_str();
         let mut delivery = Delivery {
             lines: String::with_capacity(publish.payload.len() + 32),
             points: 0,
             ack,
             rejected: None,
+            budget,
         };
         let found = self
             .subscriptions
             .iter()
             .position(|s| topic_matches(&s.topic, topic));
-        let mut reasons = Vec::new();
+        let mut reasons = Reasons::default();
         match found {
             // Possible after a subscription was removed from the config
             // while the broker kept the session.
@@ -178,29 +184,30 @@ impl Decoder {
                                 }
                                 Err(e) => {
                                     Stats::add(&stats.points_invalid, 1);
-                                    reasons.push(payload::PayloadError::from(e).to_string());
+                                    reasons.push(payload::PayloadError::from(e));
                                 }
                             }
                         }
                     }
-                    Err(e) => reasons.push(payload::PayloadError::from(e).to_string()),
+                    Err(e) => reasons.push(payload::PayloadError::from(e)),
                 }
             }
             Some(i) => {
-                for result in payload::decode(&self.decodings[i], topic, &publish.payload) {
+                let clock = &mut self.clock;
+                payload::decode_each(&self.decodings[i], topic, &publish.payload, |result| {
                     match result {
                         Ok(mut point) => {
-                            self.clock.stamp(&mut point);
+                            clock.stamp(&mut point);
                             lineproto::write_point(&mut delivery.lines, &point);
                             delivery.lines.push('\n');
                             delivery.points += 1;
                         }
                         Err(reason) => {
                             Stats::add(&stats.points_invalid, 1);
-                            reasons.push(reason.to_string());
+                            reasons.push(reason);
                         }
                     }
-                }
+                });
             }
         }
         if !reasons.is_empty() {
@@ -208,12 +215,7 @@ impl Decoder {
             if let Some(counter) = stats.rejected.get(slot) {
                 Stats::add(counter, 1);
             }
-            if reasons.len() > 10 {
-                let more = reasons.len() - 10;
-                reasons.truncate(10);
-                reasons.push(format!("and {more} more"));
-            }
-            let reason = reasons.join("; ");
+            let reason = reasons.join();
             if self.log_limit.allow() {
                 log::warn!("rejected message on {topic:?}: {reason}");
             }
@@ -228,6 +230,39 @@ impl Decoder {
             });
         }
         delivery
+    }
+}
+
+/// Why parts of a message were rejected: the first few in words, the rest
+/// only counted (a message of half a million bad lines must not make half
+/// a million strings).
+#[derive(Default)]
+struct Reasons {
+    kept: Vec<String>,
+    more: usize,
+}
+
+impl Reasons {
+    const KEPT: usize = 10;
+
+    fn push(&mut self, reason: impl std::fmt::Display) {
+        if self.kept.len() < Self::KEPT {
+            self.kept.push(reason.to_string());
+        } else {
+            self.more += 1;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.kept.is_empty()
+    }
+
+    fn join(&self) -> String {
+        let mut text = self.kept.join("; ");
+        if self.more > 0 {
+            text.push_str(&format!("; and {} more", self.more));
+        }
+        text
     }
 }
 
@@ -342,19 +377,30 @@ mod tests {
         let stats = Stats::new(1);
         let mut d = Decoder::new(vec![line_subscription()], 64, lineproto::Limits::default());
         let p = received("s/1", "m v=1 5\nm v=bad 6\nm,t=x v=2i 7\n", 9);
-        let out = d.decode(&p, &stats);
+        let out = d.decode(p, &stats);
         // Valid lines go on as they came (no template, tags or precision).
         assert_eq!(out.lines, "m v=1 5\nm,t=x v=2i 7\n");
         assert_eq!((out.points, out.ack.map(|a| a.pkid)), (2, Some(9)));
         assert_eq!(Stats::get(&stats.points_invalid), 1);
         // Except forms InfluxDB's parser would read otherwise: written anew.
         let odd = received("s/1", "m v=+1.5 5\nm,t=a=b v=1 6\nm v=1\t7\n", 11);
-        let rewritten = d.decode(&odd, &stats);
+        let rewritten = d.decode(odd, &stats);
         assert_eq!(rewritten.lines, "m v=1.5 5\nm,t=a\\=b v=1.0 6\nm v=1.0 7\n");
         let other = received("elsewhere", "m v=1", 12);
-        assert_eq!(d.decode(&other, &stats).points, 0);
+        assert_eq!(d.decode(other, &stats).points, 0);
+        // A message of very many bad lines: ten reasons in words, the rest
+        // counted, never a string each.
+        let mut many = Decoder::new(
+            vec![line_subscription()],
+            2 << 20,
+            lineproto::Limits::default(),
+        );
+        let bad = many.decode(received("s/1", "x\n".repeat(500_000), 12), &stats);
+        let reason = bad.rejected.unwrap().reason;
+        assert_eq!(reason.matches("line ").count(), 10, "{reason}");
+        assert!(reason.ends_with("; and 499990 more"), "{reason}");
         let oversized = received("s/2", "m v=1 1\n".repeat(10), 10);
-        let out = d.decode(&oversized, &stats);
+        let out = d.decode(oversized, &stats);
         assert_eq!(
             (out.points, out.ack.map(|a| a.pkid)),
             (0, Some(10)),
@@ -385,15 +431,15 @@ mod tests {
             max_fields: 16,
         };
         let mut d = Decoder::new(vec![line_subscription()], 4 << 20, limits);
-        let out = d.decode(&received("s/1", wide(16, false), 1), &stats);
+        let out = d.decode(received("s/1", wide(16, false), 1), &stats);
         assert_eq!((out.points, out.rejected.is_none()), (1, true));
-        let out = d.decode(&received("s/1", wide(17, false), 2), &stats);
+        let out = d.decode(received("s/1", wide(17, false), 2), &stats);
         let reason = out.rejected.unwrap().reason;
         assert!(
             reason.contains("more than 16 fields") && reason.contains("mqtt.max_fields_per_point"),
             "{reason}"
         );
-        let out = d.decode(&received("s/1", wide(9, true), 3), &stats);
+        let out = d.decode(received("s/1", wide(9, true), 3), &stats);
         let reason = out.rejected.unwrap().reason;
         assert!(
             reason.contains("more than 8 tags") && reason.contains("mqtt.max_tags_per_point"),
@@ -407,7 +453,7 @@ mod tests {
         let fields: Vec<String> = (0..17).map(|i| format!("\"f{i}\":1")).collect();
         let body = format!("{{{}}}", fields.join(","));
         let reason = d
-            .decode(&received("s/1", body, 4), &stats)
+            .decode(received("s/1", body, 4), &stats)
             .rejected
             .unwrap()
             .reason;
@@ -432,7 +478,7 @@ mod tests {
         let time = |limits, payload: &str| {
             let mut d = Decoder::new(vec![line_subscription()], 2 << 20, limits);
             let started = std::time::Instant::now();
-            let out = d.decode(&received("s/1", payload.to_owned(), 1), &stats);
+            let out = d.decode(received("s/1", payload.to_owned(), 1), &stats);
             (started.elapsed(), out)
         };
         let (base, out) = time(lineproto::Limits::default(), &ordinary);

@@ -245,7 +245,8 @@ impl Intake {
                         continue;
                     };
                     Stats::add(&stats.messages_in, 1);
-                    let bytes = publish.payload.len().min(budget_bytes) as u32;
+                    let bytes =
+                        (publish.payload.len() + publish.topic.len()).min(budget_bytes) as u32;
                     let ack = (publish.qos != QoS::AtMostOnce).then_some(AckToken {
                         connection: current,
                         pkid: publish.pkid,
@@ -536,7 +537,7 @@ async fn clear_oversized(
                 dead_letters
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .record(&Rejection {
+                    .try_record(&Rejection {
                         source: Source::Mqtt,
                         topic: c.topic.clone(),
                         subscription: slot
@@ -544,7 +545,7 @@ async fn clear_oversized(
                             .unwrap_or_default(),
                         reason,
                         payload: c.sample.clone(),
-                    });
+                    })
             };
             let outcome = super::oversize::clear(&config, limit, &mut record, &shutdown);
             let _ = done.send(outcome);
@@ -554,13 +555,22 @@ async fn clear_oversized(
         return 0;
     }
     match result.await {
-        Ok(Ok(0)) => {
-            log::info!("no oversized message was waiting any more");
-            0
-        }
-        Ok(Ok(n)) => {
-            log::info!("{n} oversized message(s) taken off the session");
-            n
+        Ok(Ok(done)) => {
+            if done.lost_qos0 > 0 {
+                log::warn!(
+                    "{} QoS 0 message(s) reached the clearing connection and are lost",
+                    done.lost_qos0
+                );
+            }
+            if done.cleared == 0 {
+                log::info!("no oversized message was waiting any more");
+            } else {
+                log::info!(
+                    "{} oversized message(s) taken off the session",
+                    done.cleared
+                );
+            }
+            done.cleared
         }
         Ok(Err(e)) => {
             log::warn!(

@@ -15,7 +15,11 @@
 //! PUBACK, PINGREQ, DISCONNECT), blocking, on its own thread, with the same
 //! TLS settings and credentials as the session. It must never hold more
 //! than a buffer and a sample of a message, and never ack one it did not
-//! record. It never logs the password.
+//! record. It stops at the first message the broker sends afresh (not a
+//! resend of one in flight, which carries MQTT's DUP flag), so the real
+//! session is away for as short a time as possible; a QoS 0 message the
+//! broker sends meanwhile is lost (QoS 0 promises nothing) and counted. It
+//! never logs the password.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -65,37 +69,52 @@ pub enum ClearError {
     Io(#[from] std::io::Error),
     #[error("stopped: shutting down")]
     Stopped,
+    #[error("cannot record the message in the dead-letter file, so it stays unacked: {0}")]
+    Record(#[source] std::io::Error),
+}
+
+/// What one clearing did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Clearing {
+    /// Oversized messages recorded and acked.
+    pub cleared: usize,
+    /// QoS 0 messages the broker sent to this connection, lost.
+    pub lost_qos0: usize,
 }
 
 trait Link: Read + Write {}
 impl<T: Read + Write> Link for T {}
 
 /// Connects as the session's client, takes every PUBLISH whose packet is
-/// larger than `limit` bytes off the session: `record` sees it first, then
-/// it is acked. Returns how many were cleared; other messages stay with
-/// the broker.
+/// larger than `limit` bytes off the session: `record` must keep it first,
+/// then it is acked. Other messages stay with the broker.
 pub fn clear(
     config: &Mqtt,
     limit: usize,
-    record: &mut dyn FnMut(&Cleared),
+    record: &mut dyn FnMut(&Cleared) -> std::io::Result<()>,
     shutdown: &Shutdown,
-) -> Result<usize, ClearError> {
+) -> Result<Clearing, ClearError> {
     let broker = format!("{}:{}", config.url.host, config.url.port);
     let connect_error = |source| ClearError::Connect {
         broker: broker.clone(),
         source,
     };
-    let addr = (config.url.host.as_str(), config.url.port)
+    // Every address of the host in turn, as the session's client does.
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "the host has no address");
+    let mut connected = None;
+    for addr in (config.url.host.as_str(), config.url.port)
         .to_socket_addrs()
         .map_err(connect_error)?
-        .next()
-        .ok_or_else(|| {
-            connect_error(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "the host has no address",
-            ))
-        })?;
-    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map_err(connect_error)?;
+    {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(10)) {
+            Ok(tcp) => {
+                connected = Some(tcp);
+                break;
+            }
+            Err(e) => last = e,
+        }
+    }
+    let tcp = connected.ok_or_else(|| connect_error(last))?;
     tcp.set_read_timeout(Some(STALL))?;
     tcp.set_write_timeout(Some(STALL))?;
     let timeouts = tcp.try_clone()?;
@@ -124,9 +143,10 @@ pub fn clear(
     if ack[1] != 0 {
         return Err(ClearError::Refused(ack[1]));
     }
-    let mut cleared = 0;
+    let mut done = Clearing::default();
     let mut last_sent = Instant::now();
     let ping_every = config.keep_alive / 2;
+    let mut ended = false;
     for _ in 0..MAX_PACKETS {
         if shutdown.is_triggered() {
             return Err(ClearError::Stopped);
@@ -134,7 +154,10 @@ pub fn clear(
         timeouts.set_read_timeout(Some(IDLE))?;
         let header = match read_header(&mut link) {
             Ok(Some(h)) => h,
-            Ok(None) => break,
+            Ok(None) => {
+                ended = true;
+                break;
+            }
             Err(ClearError::Io(e))
                 if matches!(
                     e.kind(),
@@ -156,13 +179,30 @@ pub fn clear(
             }
             Ok(())
         };
-        if first >> 4 != 3 || len <= limit {
+        let publish = first >> 4 == 3;
+        let qos = (first >> 1) & 3;
+        let resend = first & 0x08 != 0;
+        if publish && qos == 0 {
+            done.lost_qos0 += 1;
+        }
+        if publish && !resend && qos > 0 {
+            // Fresh traffic: everything in flight has been resent, so the
+            // oversized message is behind us. This one and the rest are
+            // the session's, which comes back now. (A small one is read
+            // to its end, so the connection closes cleanly behind our
+            // DISCONNECT.)
+            if len <= limit {
+                skip(&mut link, &mut left, None, shutdown, &mut keep_alive)?;
+            }
+            break;
+        }
+        if !publish || len <= limit || qos > 1 {
             // Not ours to take: left unacked, the broker delivers it to the
-            // session again.
+            // session again. (QoS 2 needs a PUBREC, not a PUBACK; the
+            // gateway subscribes at QoS 1 and never gets one.)
             skip(&mut link, &mut left, None, shutdown, &mut keep_alive)?;
             continue;
         }
-        let qos = (first >> 1) & 3;
         let mut topic_len = [0u8; 2];
         link.read_exact(&mut topic_len)?;
         let topic_len = u16::from_be_bytes(topic_len) as usize;
@@ -189,17 +229,20 @@ pub fn clear(
             topic: String::from_utf8_lossy(&topic).into_owned(),
             bytes,
             sample,
-        });
-        if qos > 0 {
+        })
+        .map_err(ClearError::Record)?;
+        if qos == 1 {
             link.write_all(&[0x40, 0x02, pkid[0], pkid[1]])?;
             link.flush()?;
             last_sent = Instant::now();
         }
-        cleared += 1;
+        done.cleared += 1;
     }
-    link.write_all(&[0xE0, 0x00])?;
-    link.flush()?;
-    Ok(cleared)
+    if !ended {
+        // A broker that already closed needs no goodbye.
+        let _ = link.write_all(&[0xE0, 0x00]).and_then(|()| link.flush());
+    }
+    Ok(done)
 }
 
 /// Reads and drops `left` bytes through a small buffer, keeping the first
@@ -260,22 +303,30 @@ fn connect_packet(config: &Mqtt) -> Vec<u8> {
     };
     string(&mut body, b"MQTT");
     body.push(4);
+    // As the session's client logs in: a name or password is sent only
+    // when it is not empty.
+    let user = config.username.as_deref().unwrap_or_default();
+    let password = config
+        .password
+        .as_ref()
+        .map(|p| p.expose())
+        .unwrap_or_default();
     let mut flags = 0u8;
-    if config.username.is_some() {
+    if !user.is_empty() {
         flags |= 0x80;
-        if config.password.is_some() {
-            flags |= 0x40;
-        }
+    }
+    if !password.is_empty() {
+        flags |= 0x40;
     }
     body.push(flags);
     let keep_alive = config.keep_alive.as_secs().min(u64::from(u16::MAX)) as u16;
     body.extend_from_slice(&keep_alive.to_be_bytes());
     string(&mut body, config.client_id.as_bytes());
-    if let Some(user) = &config.username {
+    if !user.is_empty() {
         string(&mut body, user.as_bytes());
-        if let Some(password) = &config.password {
-            string(&mut body, password.expose().as_bytes());
-        }
+    }
+    if !password.is_empty() {
+        string(&mut body, password.as_bytes());
     }
     let mut packet = vec![0x10];
     let mut len = body.len();
@@ -317,5 +368,111 @@ mod tests {
             "username and password, clean session off"
         );
         assert!(p.ends_with(b"\x00\x04gw-1\x00\x01u\x00\x01p"));
+    }
+
+    /// The gateway's MQTT settings for a broker on `port`.
+    fn mqtt(port: u16) -> Mqtt {
+        let toml = format!(
+            "[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"gw-1\"\n[[mqtt.subscribe]]\ntopic = \"s/#\"\n[influxdb]\napi = \"v1\"\nurl = \"http://127.0.0.1:8086\"\ndatabase = \"d\"\n"
+        );
+        crate::config::Config::from_toml(std::path::Path::new("t.toml"), &toml)
+            .unwrap_or_else(|e| panic!("{:?}", e.lines()))
+            .mqtt
+    }
+
+    fn publish(first: u8, pkid: u16, topic: &str, payload_len: usize) -> Vec<u8> {
+        let remaining = 2 + topic.len() + 2 + payload_len;
+        let mut p = vec![first];
+        let mut len = remaining;
+        loop {
+            let mut b = (len % 128) as u8;
+            len /= 128;
+            if len > 0 {
+                b |= 0x80;
+            }
+            p.push(b);
+            if len == 0 {
+                break;
+            }
+        }
+        p.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+        p.extend_from_slice(topic.as_bytes());
+        p.extend_from_slice(&pkid.to_be_bytes());
+        p.extend(std::iter::repeat_n(b'x', payload_len));
+        p
+    }
+
+    /// A broker that answers CONNECT and then sends `packets`; returns what
+    /// the client sent after its CONNECT.
+    fn broker(packets: Vec<u8>) -> (u16, std::thread::JoinHandle<Vec<u8>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let handle = std::thread::spawn(move || {
+            let (mut sock, _) = listener.accept().unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut head = [0u8; 2];
+            sock.read_exact(&mut head).unwrap();
+            let mut connect = vec![0u8; head[1] as usize];
+            sock.read_exact(&mut connect).unwrap();
+            sock.write_all(&[0x20, 0x02, 0x01, 0x00]).unwrap();
+            sock.write_all(&packets).unwrap();
+            let mut rest = Vec::new();
+            let _ = sock.read_to_end(&mut rest);
+            rest
+        });
+        (port, handle)
+    }
+
+    #[test]
+    fn the_oversized_resend_is_recorded_then_acked_and_fresh_traffic_ends_the_clearing() {
+        // In flight before (DUP): a small message and an oversized one;
+        // then a fresh one, which must be left for the session.
+        let mut packets = publish(0x3A, 5, "s/small", 10);
+        packets.extend(publish(0x3A, 7, "s/big", 100_000));
+        packets.extend(publish(0x32, 9, "s/fresh", 10));
+        let (port, sent) = broker(packets);
+        let mut seen = Vec::new();
+        let started = Instant::now();
+        let done = clear(
+            &mqtt(port),
+            50_000,
+            &mut |c| {
+                seen.push((c.topic.clone(), c.bytes, c.sample.len()));
+                Ok(())
+            },
+            &Shutdown::new(),
+        )
+        .unwrap();
+        assert!(
+            started.elapsed() < IDLE,
+            "ended by the fresh message, not by waiting"
+        );
+        assert_eq!(
+            done,
+            Clearing {
+                cleared: 1,
+                lost_qos0: 0
+            }
+        );
+        assert_eq!(seen, [("s/big".to_owned(), 100_000, SAMPLE)]);
+        // A PUBACK for packet 7 only, then DISCONNECT.
+        assert_eq!(sent.join().unwrap(), [0x40, 0x02, 0x00, 0x07, 0xE0, 0x00]);
+    }
+
+    #[test]
+    fn a_message_that_cannot_be_recorded_is_not_acked() {
+        let (port, sent) = broker(publish(0x3A, 7, "s/big", 100_000));
+        let result = clear(
+            &mqtt(port),
+            50_000,
+            &mut |_| Err(std::io::Error::other("disk full")),
+            &Shutdown::new(),
+        );
+        assert!(matches!(result, Err(ClearError::Record(_))), "{result:?}");
+        assert!(
+            !sent.join().unwrap().starts_with(&[0x40]),
+            "no PUBACK for a message that is nowhere"
+        );
     }
 }

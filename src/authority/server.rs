@@ -148,6 +148,7 @@ impl Gate {
 
     /// Admits a connection from `ip`, or says why not.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, &'static str> {
+        let ip = client_key(ip);
         let mut s = self.lock();
         if s.per_address.get(&ip).copied().unwrap_or(0) >= MAX_PER_ADDRESS {
             return Err("it holds the most connections one address may");
@@ -174,6 +175,7 @@ impl Gate {
 
     /// An identity authenticated from `ip`: it may use the reserved share.
     fn established(&self, ip: IpAddr) {
+        let ip = client_key(ip);
         let mut s = self.lock();
         if s.established.len() >= ESTABLISHED_MAX && !s.established.contains_key(&ip) {
             // Forget the older half rather than grow: bounded memory wins
@@ -189,11 +191,21 @@ impl Gate {
     /// Takes one enrollment token of `ip`'s bucket, or says how long until
     /// one is there.
     fn enroll_allowed(&self, ip: IpAddr) -> Result<(), Duration> {
+        let ip = client_key(ip);
         let mut s = self.lock();
         let now = Instant::now();
         if s.buckets.len() >= ESTABLISHED_MAX {
-            // Full buckets carry no information: forget them.
-            s.buckets.retain(|_, b| b.tokens < ENROLL_BURST - 1.0);
+            // A bucket that has filled up again carries no information:
+            // forget those; if an attack from very many addresses keeps
+            // them all fresh, forget all (memory stays bounded, and the
+            // worst an attacker wins is a fresh burst per address).
+            let every = ENROLL_EVERY.as_secs_f64();
+            s.buckets.retain(|_, b| {
+                b.tokens + now.duration_since(b.at).as_secs_f64() / every < ENROLL_BURST
+            });
+            if s.buckets.len() >= ESTABLISHED_MAX / 2 {
+                s.buckets.clear();
+            }
         }
         let b = s.buckets.entry(ip).or_insert(Bucket {
             tokens: ENROLL_BURST,
@@ -221,6 +233,22 @@ impl Gate {
             s.last_refusal_log = Some(Instant::now());
         }
         due
+    }
+}
+
+/// What counts as one client: an IPv4 address, or an IPv6 /64 (one
+/// subscriber's or site's network: a single host can take as many
+/// addresses in it as it likes).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
+            }
+        },
+        v4 => v4,
     }
 }
 
@@ -675,6 +703,35 @@ mod tests {
         drop(crowd);
         assert_eq!(gate.lock().open, 0);
         assert!(gate.lock().per_address.is_empty());
+    }
+
+    #[test]
+    fn an_ipv6_network_counts_as_one_client() {
+        let gate = Arc::new(Gate::default());
+        let held: Vec<Admitted> = (0..MAX_PER_ADDRESS)
+            .map(|i| {
+                gate.admit(format!("2001:db8:1:2::{:x}", i + 1).parse().unwrap())
+                    .unwrap()
+            })
+            .collect();
+        assert!(gate.admit("2001:db8:1:2:ffff::1".parse().unwrap()).is_err());
+        assert!(gate.admit("2001:db8:1:3::1".parse().unwrap()).is_ok());
+        assert_eq!(
+            client_key("::ffff:192.0.2.1".parse().unwrap()),
+            "192.0.2.1".parse::<IpAddr>().unwrap()
+        );
+        drop(held);
+    }
+
+    #[test]
+    fn enrollment_buckets_stay_bounded_under_a_spread_out_flood() {
+        let gate = Gate::default();
+        for i in 0..(ESTABLISHED_MAX as u32 + 10) {
+            let ip = IpAddr::from(i.to_be_bytes());
+            let _ = gate.enroll_allowed(ip);
+            let _ = gate.enroll_allowed(ip);
+        }
+        assert!(gate.lock().buckets.len() <= ESTABLISHED_MAX);
     }
 
     #[test]
