@@ -433,7 +433,11 @@ fn value(defaults: &Defaults, payload: &[u8]) -> Result<Point, PayloadError> {
             // Reuse line protocol's number rules (`42i`, `42u`, floats, no
             // NaN or infinity) by parsing a one-field line.
             match lineproto::parse_line(&format!("m v={t}"), 0, 1) {
-                Some(Ok(p)) if !matches!(p.fields[0].1, FieldValue::String(_)) => {
+                Some(Ok(p))
+                    if p.fields.len() == 1
+                        && p.timestamp.is_none()
+                        && !matches!(p.fields[0].1, FieldValue::String(_)) =>
+                {
                     p.fields[0].1.clone()
                 }
                 _ if t.starts_with('"') && t.ends_with('"') && t.len() >= 2 => {
@@ -582,7 +586,19 @@ mod tests {
         assert_eq!(v("true"), FieldValue::Boolean(true));
         assert_eq!(v("open"), FieldValue::String("open".into()));
         assert_eq!(v("\"on air\""), FieldValue::String("on air".into()));
-        for bad in ["NaN", "inf", "-Infinity", "12.5.1", "1e999"] {
+        // A number followed by anything is not one value (the fuzzer found
+        // `1 2` taken as 1, the rest dropped).
+        for bad in [
+            "NaN",
+            "inf",
+            "-Infinity",
+            "12.5.1",
+            "1e999",
+            "1 2",
+            "1,x=2",
+            "5 -3",
+            "+1",
+        ] {
             assert!(
                 err(&d, "t", bad.as_bytes()).contains("value payload"),
                 "{bad}"

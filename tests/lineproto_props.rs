@@ -16,7 +16,12 @@ fn text() -> impl Strategy<Value = String> {
     )
     .prop_map(|chars| chars.into_iter().collect::<String>())
     .prop_filter("not representable", |s| {
-        !s.starts_with('_') && !s.ends_with('\\')
+        !s.starts_with('_')
+            && !s.ends_with('\\')
+            && !s
+                .as_bytes()
+                .windows(2)
+                .any(|w| w[0] == b'\\' && matches!(w[1], b'\\' | b',' | b'=' | b' '))
     })
 }
 

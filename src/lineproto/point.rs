@@ -52,8 +52,12 @@ pub enum InvalidPoint {
     EmptyFieldKey,
     #[error("duplicate tag key {0:?}")]
     DuplicateTag(String),
-    #[error("duplicate field key {0:?}")]
-    DuplicateField(String),
+    #[error("{0:?} contains a NUL byte")]
+    Nul(String),
+    #[error(
+        "{0:?} has a backslash before a space, comma, equals sign or backslash, which InfluxDB versions read differently"
+    )]
+    AmbiguousBackslash(String),
     #[error("name {0:?} starts with '_', which InfluxDB reserves")]
     ReservedName(String),
     #[error("{0:?} contains a newline, which line protocol cannot escape")]
@@ -121,9 +125,9 @@ impl Point {
                 _ => {}
             }
         }
-        if let Some(key) = first_duplicate(&self.fields) {
-            return Err(InvalidPoint::DuplicateField(key.to_owned()));
-        }
+        // A repeated field key is left to the server, which keeps the last
+        // value (InfluxDB 1.x, 2.x and 3.x alike); a repeated tag it
+        // refuses, and so do we.
         Ok(())
     }
 
@@ -175,8 +179,23 @@ fn check_text(text: &str, if_empty: InvalidPoint) -> Result<(), InvalidPoint> {
     if text.bytes().any(|b| b == b'\n' || b == b'\r') {
         return Err(InvalidPoint::Newline(text.to_owned()));
     }
+    // InfluxDB 3 refuses a NUL in a name; 1.x skips one at the start of a
+    // line. Neither stores the name as written.
+    if text.contains('\0') {
+        return Err(InvalidPoint::Nul(text.to_owned()));
+    }
     if text.ends_with('\\') {
         return Err(InvalidPoint::TrailingBackslash(text.to_owned()));
+    }
+    // Written out, such a backslash stands before an escape (`a\\,b`):
+    // InfluxDB 1.x and 2.x split lines reading `\\` as one escape, 3.x
+    // reads it as one backslash, and no text means the same to all of them.
+    if text
+        .as_bytes()
+        .windows(2)
+        .any(|w| w[0] == b'\\' && matches!(w[1], b'\\' | b',' | b'=' | b' '))
+    {
+        return Err(InvalidPoint::AmbiguousBackslash(text.to_owned()));
     }
     Ok(())
 }
