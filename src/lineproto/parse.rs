@@ -778,6 +778,9 @@ mod tests {
         ] {
             assert!(one(line).is_err(), "{line:?} must be refused");
         }
+        // A CR inside a name is part of it, as the servers read it.
+        assert_eq!(one("m\r v=1").unwrap().measurement, "m\r");
+        assert_eq!(one("m,t=a\rb v=1\r").unwrap().tags[0].1, "a\rb");
         // Blanks after the space that ends the field set are skipped.
         assert_eq!(one("m v=1 \t5").unwrap().timestamp, Some(5));
         // A repeated field is the servers' to resolve (the last wins).

@@ -176,7 +176,9 @@ fn check_text(text: &str, if_empty: InvalidPoint) -> Result<(), InvalidPoint> {
     if text.is_empty() {
         return Err(if_empty);
     }
-    if text.bytes().any(|b| b == b'\n' || b == b'\r') {
+    // A carriage return inside a name is kept, as InfluxDB keeps it; only
+    // one that ends a line is taken for a CRLF line end.
+    if text.contains('\n') {
         return Err(InvalidPoint::Newline(text.to_owned()));
     }
     // InfluxDB 3 refuses a NUL in a name; 1.x skips one at the start of a
