@@ -114,7 +114,10 @@ impl AuthorityClient {
             .max_redirects(0)
             .user_agent(concat!("leasegate/", env!("CARGO_PKG_VERSION")));
         let agent = match trust {
-            Trust::None => config.build().into(),
+            // Plain HTTP is for a loopback authority only: a proxy from the
+            // environment would carry it, in clear, to the proxy's own
+            // loopback.
+            Trust::None => config.proxy(None).build().into(),
             Trust::Pinned(pin) => {
                 let tls = PinnedTls::new(pin).map_err(|e| ClientError::Tls {
                     url: base.to_owned(),

@@ -1020,3 +1020,49 @@ fn write_access_is_confined_to_a_database_per_identity_and_leases_are_capped() {
     // Another identity is not held back by it.
     authority.lease_ok(&b, None);
 }
+
+#[test]
+fn a_role_turned_per_identity_refuses_identities_that_chose_their_own_name() {
+    let influx = Influx::start();
+    influx.query("CREATE DATABASE sensors");
+    let backend = v1_backend("main", &influx.url(), ADMIN_USER, ADMIN_PASSWORD);
+    let mut authority = AuthorityServer::start(&format!(
+        "{backend}{}",
+        role("sensor", "iot-sensor", "main", "database", "sensors")
+    ));
+    // Enrolled before the role named {identity}: the gateway chose the
+    // name, and it could have chosen another gateway's.
+    let (_, chosen) = authority.enroll_ok(&authority.ticket("iot-sensor", &[]), "gw-07");
+    authority.lease_ok(&chosen, None);
+    authority.write_config(&format!(
+        "{backend}{}",
+        role(
+            "sensor",
+            "iot-sensor",
+            "main",
+            "database",
+            "sensors_{identity}"
+        )
+    ));
+    authority.restart();
+    let (status, body) = authority.create_lease(&chosen, None);
+    assert_eq!(
+        (status, error_code(&body)),
+        (403, "identity_name_mismatch"),
+        "{body}"
+    );
+    assert!(
+        !influx
+            .query("SHOW DATABASES")
+            .to_string()
+            .contains("sensors_gw-07"),
+        "no database made for a name nobody bound"
+    );
+    // One enrolled with a bound name gets its own.
+    let line = authority.ticket("iot-sensor", &["--identity-name", "gw-08"]);
+    let (_, bound) = authority.enroll_ok(&line, "gw-08");
+    assert_eq!(
+        authority.lease_ok(&bound, None)["target"]["database"],
+        "sensors_gw-08"
+    );
+}

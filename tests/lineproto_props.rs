@@ -21,7 +21,7 @@ fn text() -> impl Strategy<Value = String> {
             && !s
                 .as_bytes()
                 .windows(2)
-                .any(|w| w[0] == b'\\' && matches!(w[1], b'\\' | b',' | b'=' | b' '))
+                .any(|w| w[0] == b'\\' && matches!(w[1], b'\\' | b',' | b'=' | b' ' | b'"'))
     })
 }
 

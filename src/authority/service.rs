@@ -423,6 +423,23 @@ impl Authority {
                 format!("role {} names no backend", role.name),
             )
         })?;
+        if role.per_identity() {
+            // The name picks the database: it must be one an admin bound in
+            // the identity's ticket, not one the gateway chose (an identity
+            // enrolled before its role got `{identity}` chose its own).
+            let bound = self
+                .store()
+                .ticket(&identity.ticket_id)?
+                .and_then(|t| t.identity_name);
+            if bound.as_deref() != Some(identity.name.as_str()) {
+                let message = format!(
+                    "role {:?} gives each identity its own {:?}, but identity {} ({}) enrolled with a ticket that bound no name, or another; revoke it and issue a ticket with --identity-name",
+                    role.name, role.target, identity.id, identity.name
+                );
+                self.lease_refused(identity, &message)?;
+                return Err(ApiError::new(ErrorCode::IdentityNameMismatch, message));
+            }
+        }
         let resolved = role.target_for(&identity.name);
         let target = backend.target(&resolved);
         let id = secret::random_hex(8);

@@ -775,6 +775,11 @@ mod tests {
             // as a backslash and an escaped comma: refused by both.
             "m,t=a\\\\,b v=1",
             "m\\\\ v=1",
+            // 1.x reads `\"` in a measurement or field key as a quote.
+            "m\\\"x v=1",
+            "m k\\\"=1",
+            // A field twice with two types: 1.x refuses the whole write.
+            "m g=1,g=\"x\"",
         ] {
             assert!(one(line).is_err(), "{line:?} must be refused");
         }
@@ -783,9 +788,12 @@ mod tests {
         assert_eq!(one("m,t=a\rb v=1\r").unwrap().tags[0].1, "a\rb");
         // Blanks after the space that ends the field set are skipped.
         assert_eq!(one("m v=1 \t5").unwrap().timestamp, Some(5));
-        // A repeated field is the servers' to resolve (the last wins).
+        // A repeated field of one type is the servers' to resolve (the
+        // last wins).
         let p = one("m v=1,v=2").unwrap();
         assert_eq!(p.fields.len(), 2);
+        // In a tag, every server keeps `\"` as it is.
+        assert_eq!(one("m,t=a\\\"b v=1").unwrap().tags[0].1, "a\\\"b");
         // A newline after a backslash, or inside a quoted string, does not
         // end the line: such a line is refused whole (no escape writes a
         // newline), and its second half is never read as a point.

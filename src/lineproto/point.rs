@@ -55,9 +55,11 @@ pub enum InvalidPoint {
     #[error("{0:?} contains a NUL byte")]
     Nul(String),
     #[error(
-        "{0:?} has a backslash before a space, comma, equals sign or backslash, which InfluxDB versions read differently"
+        "{0:?} has a backslash before a space, comma, equals sign, backslash or (in a measurement or field key) quote, which InfluxDB versions read differently"
     )]
     AmbiguousBackslash(String),
+    #[error("field {0:?} is given twice with values of different types")]
+    FieldTypeClash(String),
     #[error("name {0:?} starts with '_', which InfluxDB reserves")]
     ReservedName(String),
     #[error("{0:?} contains a newline, which line protocol cannot escape")]
@@ -80,6 +82,7 @@ impl Point {
     /// Checks every rule of line protocol that a writer cannot fix by escaping.
     pub fn validate(&self) -> Result<(), InvalidPoint> {
         check_name(&self.measurement, InvalidPoint::EmptyMeasurement)?;
+        check_quote_escape(&self.measurement)?;
         if self.measurement.starts_with(['#', '\t']) {
             return Err(InvalidPoint::BadStart(self.measurement.clone()));
         }
@@ -107,6 +110,7 @@ impl Point {
         }
         for (key, value) in &self.fields {
             check_name(key, InvalidPoint::EmptyFieldKey)?;
+            check_quote_escape(key)?;
             if key.starts_with('\t') {
                 return Err(InvalidPoint::BadStart(key.clone()));
             }
@@ -125,9 +129,14 @@ impl Point {
                 _ => {}
             }
         }
-        // A repeated field key is left to the server, which keeps the last
-        // value (InfluxDB 1.x, 2.x and 3.x alike); a repeated tag it
-        // refuses, and so do we.
+        // A field key given twice with values of one type is left to the
+        // server, which keeps the last (InfluxDB 1.x, 2.x and 3.x alike).
+        // With two types 1.x refuses the whole write as a type conflict,
+        // naming no line, which would cost a bisection of the batch: it is
+        // refused here instead.
+        if let Some(key) = first_type_clash(&self.fields) {
+            return Err(InvalidPoint::FieldTypeClash(key.to_owned()));
+        }
         Ok(())
     }
 
@@ -160,6 +169,39 @@ fn first_duplicate<V>(pairs: &[(String, V)]) -> Option<&str> {
         .iter()
         .map(|(k, _)| k.as_str())
         .find(|k| !seen.insert(*k))
+}
+
+/// The first key given twice with values of different types, in time
+/// linear in the number of fields.
+fn first_type_clash(fields: &[(String, FieldValue)]) -> Option<&str> {
+    let kind = |v: &FieldValue| std::mem::discriminant(v);
+    if fields.len() <= 16 {
+        return fields
+            .iter()
+            .enumerate()
+            .find(|(i, (k, v))| {
+                fields[..*i]
+                    .iter()
+                    .any(|(seen, w)| seen == k && kind(w) != kind(v))
+            })
+            .map(|(_, (k, _))| k.as_str());
+    }
+    let mut seen = std::collections::HashMap::with_capacity(fields.len());
+    fields
+        .iter()
+        .find(|(k, v)| *seen.entry(k.as_str()).or_insert_with(|| kind(v)) != kind(v))
+        .map(|(k, _)| k.as_str())
+}
+
+/// InfluxDB 1.x and 2.x read `\"` in a measurement or field key as an
+/// escaped quote (the name `m"x`); ours and InfluxDB 3 keep the backslash.
+/// No text means the same to both, so such a name is refused (in tags
+/// every server keeps the backslash).
+fn check_quote_escape(name: &str) -> Result<(), InvalidPoint> {
+    if name.contains("\\\"") {
+        return Err(InvalidPoint::AmbiguousBackslash(name.to_owned()));
+    }
+    Ok(())
 }
 
 /// Rules for measurement, tag keys and field keys.
