@@ -159,6 +159,21 @@ fn unreached_backend() -> String {
     )
 }
 
+/// Backend and role of an authority on a real InfluxDB 1.x, for tests that
+/// need leases to be made.
+fn influx_backend(influx: &Influx) -> String {
+    format!(
+        "{}{}",
+        v1_backend(
+            "main",
+            &influx.url(),
+            support::ADMIN_USER,
+            support::ADMIN_PASSWORD
+        ),
+        role("sensor", "iot-sensor", "main", "database", "sensors")
+    )
+}
+
 /// A leased gateway's config: its state and ticket dirs in `{dir}`.
 fn leased_config(broker: &Mosquitto, client_id: &str) -> String {
     format!(
@@ -452,16 +467,7 @@ fn slow_request_bodies_cannot_lock_an_enrolled_gateway_out() {
     raise_fd_limit();
     let influx = Influx::start();
     influx.query("CREATE DATABASE sensors");
-    let authority = AuthorityServer::start(&format!(
-        "{}{}",
-        v1_backend(
-            "main",
-            &influx.url(),
-            support::ADMIN_USER,
-            support::ADMIN_PASSWORD
-        ),
-        role("sensor", "iot-sensor", "main", "database", "sensors")
-    ));
+    let authority = AuthorityServer::start(&influx_backend(&influx));
     // A gateway enrolls and leases before the attack: an established
     // identity, on 127.0.0.1.
     let ticket = authority.ticket("iot-sensor", &[]);
@@ -842,20 +848,7 @@ impl ConnectProxy {
 fn through_an_http_connect_proxy_the_pin_is_checked_and_only_tls_passes() {
     let influx = Influx::start();
     influx.query("CREATE DATABASE sensors");
-    let authority = AuthorityServer::start_with(
-        &format!(
-            "{}{}",
-            v1_backend(
-                "main",
-                &influx.url(),
-                support::ADMIN_USER,
-                support::ADMIN_PASSWORD
-            ),
-            role("sensor", "iot-sensor", "main", "database", "sensors")
-        ),
-        true,
-        "info",
-    );
+    let authority = AuthorityServer::start_with(&influx_backend(&influx), true, "info");
     let proxy = ConnectProxy::start();
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("leasegate.toml");
