@@ -1,6 +1,6 @@
 //! The lease authority end to end: the real `leasegate-authority` binary,
 //! real InfluxDB 1.x, and the in-test 2.x/3.x token APIs
-//! (support/fake_influx.rs, which follows ../shared/influxdb-api.md).
+//! (support/fake_influx.rs, which follows docs/influxdb-api.md).
 //!
 //! Times: lease expiries are the authority's wall-clock milliseconds, and
 //! the fake records each deletion with the same clock, so "gone within 2 s

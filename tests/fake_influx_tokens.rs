@@ -1,5 +1,5 @@
 //! The in-test InfluxDB servers of tests/support/fake_influx.rs checked
-//! against the token management contract of ../shared/influxdb-api.md
+//! against the token management contract of docs/influxdb-api.md
 //! (what the lease authority calls), with ureq as the authority uses it:
 //! 2.x buckets and authorizations, 3.x named admin and Enterprise tokens,
 //! and how writes answer a leased, inactive, deleted or expired token.
@@ -335,7 +335,7 @@ fn v2_authorizations_are_created_listed_deactivated_and_deleted() {
         json!({"code": "not found", "message": "authorization not found"})
     );
 
-    // Inactive: 403 on write (influxdb-api.md), active again: written.
+    // Inactive: 403 on write (docs/influxdb-api.md), active again: written.
     let patch = |status: &str| {
         call(
             "PATCH",

@@ -1,6 +1,6 @@
 //! The real credentials behind leases, in each kind of InfluxDB.
 //!
-//! It owns the three credential APIs (../shared/influxdb-api.md): 2.x
+//! It owns the three credential APIs (docs/influxdb-api.md): 2.x
 //! authorizations, 1.x users through InfluxQL, 3.x tokens. For each it
 //! creates a least-privilege credential tagged with the lease id, deletes
 //! it by the handle the store keeps (authorization id, user name, token

@@ -1,7 +1,7 @@
 //! InfluxDB line protocol: the point model, a writer and a validating parser.
 //!
 //! This module owns the exact text form of a point as InfluxDB reads it
-//! (`../shared/influxdb-api.md`, "Line protocol"). Everything that turns
+//! (`docs/influxdb-api.md`, "Line protocol"). Everything that turns
 //! points into bytes or bytes into points goes through here, so there is one
 //! place that knows the escaping rules.
 //!

@@ -1,6 +1,6 @@
 //! Turning points into line protocol text.
 //!
-//! Escaping follows `influxdb-api.md` exactly: measurement escapes comma and
+//! Escaping follows `docs/influxdb-api.md` exactly: measurement escapes comma and
 //! space; tag keys, tag values and field keys escape comma, `=` and space;
 //! string field values escape `"` and `\`. This module must never emit a
 //! line that the parser in this crate would read back differently, which is

@@ -1,6 +1,6 @@
 //! In-test InfluxDB 2.x and 3.x servers (write endpoints and the token
 //! management the lease authority calls), following
-//! ../shared/influxdb-api.md, because neither can be installed here.
+//! docs/influxdb-api.md, because neither can be installed here.
 //! Where that file is silent, the real servers' behaviour is followed and
 //! noted below.
 //!
@@ -59,7 +59,7 @@
 //!   permissions for write` for a token without write on
 //!   `{"type":"buckets","id":bucket_id,"orgID":org}` (a permission without
 //!   id or orgID covers every bucket or org) or an INACTIVE one (as
-//!   influxdb-api.md says: inactive is 403, deleted is 401); 500 for a
+//!   docs/influxdb-api.md says: inactive is 403, deleted is 401); 500 for a
 //!   broken gzip body; 400 `invalid` quoting the first malformed line and
 //!   refusing the whole batch; 422 for a field type conflict (the other
 //!   points written); 204.
