@@ -289,22 +289,23 @@ impl AuthorityClient {
                 .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
             _ => None,
         };
-        match tls {
-            Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)))
-                if other.0.downcast_ref::<PinMismatch>().is_some() =>
-            {
-                let m = other.0.downcast_ref::<PinMismatch>().expect("checked");
-                ClientError::Mismatch {
-                    url: self.base.clone(),
-                    found: m.found.clone(),
-                    pinned: m.pinned.clone(),
-                }
+        let mismatch = match tls {
+            Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) => {
+                other.0.downcast_ref::<PinMismatch>()
             }
-            Some(e) => ClientError::Tls {
+            _ => None,
+        };
+        match (mismatch, tls) {
+            (Some(m), _) => ClientError::Mismatch {
+                url: self.base.clone(),
+                found: m.found.clone(),
+                pinned: m.pinned.clone(),
+            },
+            (None, Some(e)) => ClientError::Tls {
                 url: self.base.clone(),
                 message: e.to_string(),
             },
-            None => match &source {
+            (None, None) => match &source {
                 ureq::Error::Tls(message) => ClientError::Tls {
                     url: self.base.clone(),
                     message: (*message).to_owned(),

@@ -176,15 +176,9 @@ impl Decoder {
                                     delivery.lines.push('\n');
                                     delivery.points += 1;
                                 }
-                                Ok(mut point) => {
-                                    self.clock.stamp(&mut point);
-                                    lineproto::write_point(&mut delivery.lines, &point);
-                                    delivery.lines.push('\n');
-                                    delivery.points += 1;
-                                }
+                                Ok(point) => write_anew(&mut delivery, &mut self.clock, point),
                                 Err(e) => {
-                                    Stats::add(&stats.points_invalid, 1);
-                                    reasons.push(payload::PayloadError::from(e));
+                                    reasons.invalid(stats, payload::PayloadError::from(e));
                                 }
                             }
                         }
@@ -196,16 +190,8 @@ impl Decoder {
                 let clock = &mut self.clock;
                 payload::decode_each(&self.decodings[i], topic, &publish.payload, |result| {
                     match result {
-                        Ok(mut point) => {
-                            clock.stamp(&mut point);
-                            lineproto::write_point(&mut delivery.lines, &point);
-                            delivery.lines.push('\n');
-                            delivery.points += 1;
-                        }
-                        Err(reason) => {
-                            Stats::add(&stats.points_invalid, 1);
-                            reasons.push(reason);
-                        }
+                        Ok(point) => write_anew(&mut delivery, clock, point),
+                        Err(reason) => reasons.invalid(stats, reason),
                     }
                 });
             }
@@ -233,6 +219,15 @@ impl Decoder {
     }
 }
 
+/// Writes a point anew into the delivery, stamped with the time of receipt
+/// if it has no timestamp.
+fn write_anew(delivery: &mut Delivery, clock: &mut ReceiptClock, mut point: Point) {
+    clock.stamp(&mut point);
+    lineproto::write_point(&mut delivery.lines, &point);
+    delivery.lines.push('\n');
+    delivery.points += 1;
+}
+
 /// Why parts of a message were rejected: the first few in words, the rest
 /// only counted (a message of half a million bad lines must not make half
 /// a million strings).
@@ -251,6 +246,12 @@ impl Reasons {
         } else {
             self.more += 1;
         }
+    }
+
+    /// An invalid point: counted, and its reason kept.
+    fn invalid(&mut self, stats: &Stats, reason: impl std::fmt::Display) {
+        Stats::add(&stats.points_invalid, 1);
+        self.push(reason);
     }
 
     fn is_empty(&self) -> bool {

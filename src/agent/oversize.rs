@@ -329,20 +329,24 @@ fn connect_packet(config: &Mqtt) -> Vec<u8> {
         string(&mut body, password.as_bytes());
     }
     let mut packet = vec![0x10];
-    let mut len = body.len();
+    remaining_length(&mut packet, body.len());
+    packet.extend_from_slice(&body);
+    packet
+}
+
+/// MQTT's variable-length "remaining length": seven bits a byte, low first.
+fn remaining_length(out: &mut Vec<u8>, mut len: usize) {
     loop {
         let mut b = (len % 128) as u8;
         len /= 128;
         if len > 0 {
             b |= 0x80;
         }
-        packet.push(b);
+        out.push(b);
         if len == 0 {
-            break;
+            return;
         }
     }
-    packet.extend_from_slice(&body);
-    packet
 }
 
 #[cfg(test)]
@@ -383,18 +387,7 @@ mod tests {
     fn publish(first: u8, pkid: u16, topic: &str, payload_len: usize) -> Vec<u8> {
         let remaining = 2 + topic.len() + 2 + payload_len;
         let mut p = vec![first];
-        let mut len = remaining;
-        loop {
-            let mut b = (len % 128) as u8;
-            len /= 128;
-            if len > 0 {
-                b |= 0x80;
-            }
-            p.push(b);
-            if len == 0 {
-                break;
-            }
-        }
+        remaining_length(&mut p, remaining);
         p.extend_from_slice(&(topic.len() as u16).to_be_bytes());
         p.extend_from_slice(topic.as_bytes());
         p.extend_from_slice(&pkid.to_be_bytes());

@@ -273,42 +273,43 @@ impl Authority {
         let from = peer
             .map(|p| p.to_string())
             .unwrap_or_else(|| "local".into());
-        let (first, summary) = self
-            .refusals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .note(now, &code.name(), &from);
-        let store = self.store();
-        if let Some((event, subject, detail)) = summary {
-            store.audit(now, event, &subject, &detail)?;
-        }
-        if first {
-            let detail = if message.is_empty() {
-                format!("{} (from {from})", code.name())
-            } else {
-                format!("{}: {message} (from {from})", code.name())
-            };
-            store.audit(now, "enroll refused", name, &detail)?;
-        }
-        Ok(())
+        let detail = if message.is_empty() {
+            format!("{} (from {from})", code.name())
+        } else {
+            format!("{}: {message} (from {from})", code.name())
+        };
+        self.audit_refusal(now, &code.name(), &from, ("enroll refused", name, &detail))
     }
 
     /// Audits a lease refused because the identity's role is gone, summed
     /// up like refused enrollments (a fleet keeps asking).
     fn lease_refused(&self, identity: &IdentityRow, message: &str) -> Result<(), StoreError> {
-        let now = now_ms();
         let key = format!("lease:{}", identity.role);
+        let record = ("lease refused", identity.name.as_str(), message);
+        self.audit_refusal(now_ms(), &key, &identity.name, record)
+    }
+
+    /// Counts a refusal of kind `key` from `from` in its window ([`Refusals`])
+    /// and writes `record` (event, subject, detail) if it opens the window,
+    /// after the summary of the window it closes, if any.
+    fn audit_refusal(
+        &self,
+        now: i64,
+        key: &str,
+        from: &str,
+        (event, subject, detail): (&str, &str, &str),
+    ) -> Result<(), StoreError> {
         let (first, summary) = self
             .refusals
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .note(now, &key, &identity.name);
+            .note(now, key, from);
         let store = self.store();
         if let Some((event, subject, detail)) = summary {
             store.audit(now, event, &subject, &detail)?;
         }
         if first {
-            store.audit(now, "lease refused", &identity.name, message)?;
+            store.audit(now, event, subject, detail)?;
         }
         Ok(())
     }

@@ -81,8 +81,7 @@ pub enum InvalidPoint {
 impl Point {
     /// Checks every rule of line protocol that a writer cannot fix by escaping.
     pub fn validate(&self) -> Result<(), InvalidPoint> {
-        check_name(&self.measurement, InvalidPoint::EmptyMeasurement)?;
-        check_quote_escape(&self.measurement)?;
+        check_name(&self.measurement, || InvalidPoint::EmptyMeasurement, true)?;
         if self.measurement.starts_with(['#', '\t']) {
             return Err(InvalidPoint::BadStart(self.measurement.clone()));
         }
@@ -95,8 +94,8 @@ impl Point {
         };
         let mut series_key = escaped(&self.measurement, false);
         for (key, value) in &self.tags {
-            check_name(key, InvalidPoint::EmptyTagKey)?;
-            check_text(value, InvalidPoint::EmptyTagValue(key.clone()))?;
+            check_name(key, || InvalidPoint::EmptyTagKey, false)?;
+            check_text(value, || InvalidPoint::EmptyTagValue(key.clone()))?;
             series_key += 2 + escaped(key, true) + escaped(value, true);
         }
         if let Some(key) = first_duplicate(&self.tags) {
@@ -109,8 +108,7 @@ impl Point {
             return Err(InvalidPoint::NoFields);
         }
         for (key, value) in &self.fields {
-            check_name(key, InvalidPoint::EmptyFieldKey)?;
-            check_quote_escape(key)?;
+            check_name(key, || InvalidPoint::EmptyFieldKey, true)?;
             if key.starts_with('\t') {
                 return Err(InvalidPoint::BadStart(key.clone()));
             }
@@ -193,39 +191,71 @@ fn first_type_clash(fields: &[(String, FieldValue)]) -> Option<&str> {
         .map(|(k, _)| k.as_str())
 }
 
-/// InfluxDB 1.x and 2.x read `\"` in a measurement or field key as an
-/// escaped quote (the name `m"x`); ours and InfluxDB 3 keep the backslash.
-/// No text means the same to both, so such a name is refused (in tags
-/// every server keeps the backslash).
-fn check_quote_escape(name: &str) -> Result<(), InvalidPoint> {
-    if name.contains("\\\"") {
+/// What one pass over a name found (validation runs for every point, so a
+/// name is read once, not once per rule).
+#[derive(Default)]
+struct Scanned {
+    newline: bool,
+    nul: bool,
+    /// A backslash before a backslash, comma, `=` or space.
+    ambiguous: bool,
+    /// A backslash before a quote.
+    quote_escape: bool,
+}
+
+fn scan(text: &str) -> Scanned {
+    let mut found = Scanned::default();
+    let mut after_backslash = false;
+    for &b in text.as_bytes() {
+        match b {
+            b'\n' => found.newline = true,
+            0 => found.nul = true,
+            b'\\' | b',' | b'=' | b' ' if after_backslash => found.ambiguous = true,
+            b'"' if after_backslash => found.quote_escape = true,
+            _ => {}
+        }
+        after_backslash = b == b'\\';
+    }
+    found
+}
+
+/// Rules for measurement, tag keys and field keys. `quote_is_escape`: in
+/// a measurement and a field key, InfluxDB 1.x and 2.x read `\"` as an
+/// escaped quote (the name `m"x`) while ours and InfluxDB 3 keep the
+/// backslash; no text means the same to both, so such a name is refused
+/// (in tags every server keeps the backslash).
+fn check_name(
+    name: &str,
+    if_empty: impl FnOnce() -> InvalidPoint,
+    quote_is_escape: bool,
+) -> Result<(), InvalidPoint> {
+    let scanned = check_text(name, if_empty)?;
+    if name.starts_with('_') {
+        return Err(InvalidPoint::ReservedName(name.to_owned()));
+    }
+    if quote_is_escape && scanned.quote_escape {
         return Err(InvalidPoint::AmbiguousBackslash(name.to_owned()));
     }
     Ok(())
 }
 
-/// Rules for measurement, tag keys and field keys.
-fn check_name(name: &str, if_empty: InvalidPoint) -> Result<(), InvalidPoint> {
-    check_text(name, if_empty)?;
-    if name.starts_with('_') {
-        return Err(InvalidPoint::ReservedName(name.to_owned()));
-    }
-    Ok(())
-}
-
 /// Rules for every unquoted text of a line, tag values included.
-fn check_text(text: &str, if_empty: InvalidPoint) -> Result<(), InvalidPoint> {
+fn check_text(
+    text: &str,
+    if_empty: impl FnOnce() -> InvalidPoint,
+) -> Result<Scanned, InvalidPoint> {
     if text.is_empty() {
-        return Err(if_empty);
+        return Err(if_empty());
     }
+    let scanned = scan(text);
     // A carriage return inside a name is kept, as InfluxDB keeps it; only
     // one that ends a line is taken for a CRLF line end.
-    if text.contains('\n') {
+    if scanned.newline {
         return Err(InvalidPoint::Newline(text.to_owned()));
     }
     // InfluxDB 3 refuses a NUL in a name; 1.x skips one at the start of a
     // line. Neither stores the name as written.
-    if text.contains('\0') {
+    if scanned.nul {
         return Err(InvalidPoint::Nul(text.to_owned()));
     }
     if text.ends_with('\\') {
@@ -234,14 +264,10 @@ fn check_text(text: &str, if_empty: InvalidPoint) -> Result<(), InvalidPoint> {
     // Written out, such a backslash stands before an escape (`a\\,b`):
     // InfluxDB 1.x and 2.x split lines reading `\\` as one escape, 3.x
     // reads it as one backslash, and no text means the same to all of them.
-    if text
-        .as_bytes()
-        .windows(2)
-        .any(|w| w[0] == b'\\' && matches!(w[1], b'\\' | b',' | b'=' | b' '))
-    {
+    if scanned.ambiguous {
         return Err(InvalidPoint::AmbiguousBackslash(text.to_owned()));
     }
-    Ok(())
+    Ok(scanned)
 }
 
 impl fmt::Display for FieldValue {
