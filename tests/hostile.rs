@@ -468,19 +468,41 @@ fn slow_request_bodies_cannot_lock_an_enrolled_gateway_out() {
     let influx = Influx::start();
     influx.query("CREATE DATABASE sensors");
     let authority = AuthorityServer::start(&influx_backend(&influx));
-    // A gateway enrolls and leases before the attack: an established
-    // identity, on 127.0.0.1.
-    let ticket = authority.ticket("iot-sensor", &[]);
-    let identity = leasegate::agent::identity::redeem(&ticket, "gw-steady", false).unwrap();
+    // A gateway (the leasegate binary) enrolls and leases before the
+    // attack: an established identity, on 127.0.0.1.
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("leasegate.toml");
+    std::fs::write(
+        &conf,
+        leased_config(&broker, "gw-steady").replace("{dir}", &dir.path().display().to_string()),
+    )
+    .unwrap();
+    let gateway = |args: &[&str]| {
+        let out = std::process::Command::new(support::leasegate_binary())
+            .arg("--config")
+            .arg(&conf)
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        match out.status.success() {
+            true => Ok(text),
+            false => Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr))),
+        }
+    };
+    let ticket = dir.path().join("gw.ticket");
+    std::fs::write(&ticket, authority.ticket("iot-sensor", &[])).unwrap();
+    gateway(&["enroll", ticket.to_str().unwrap()]).expect("enrolled");
     let lease = || {
         let started = std::time::Instant::now();
-        let client = identity.client().unwrap();
-        let result = client.create_lease(&identity.credential, Some(Duration::from_secs(60)));
+        let result = gateway(&["lease", "create", "--ttl", "1m", "--json"]);
         let took = started.elapsed();
         // As a gateway does, the lease it replaces goes (its role allows
         // only a few at once).
-        if let Ok(grant) = &result {
-            let _ = client.revoke(&identity.credential, &grant.lease.id);
+        if let Ok(json) = &result {
+            let lease: serde_json::Value = serde_json::from_str(json).unwrap();
+            gateway(&["lease", "revoke", lease["id"].as_str().unwrap()]).expect("revoked");
         }
         (took, result)
     };
