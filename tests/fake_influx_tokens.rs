@@ -605,3 +605,103 @@ fn v3_enterprise_tokens_are_scoped_to_their_database() {
     let row = rows.iter().find(|r| r["name"] == "w").unwrap();
     assert_eq!(row["permissions"], "db:sensors:write");
 }
+
+#[test]
+fn a_v3_partial_write_answers_as_a_real_3_6_server_does() {
+    let influx = FakeInflux::start(Flavor::V3, ADMIN, "", "sensors", 1 << 20);
+    let first = v3_write(&influx, bearer(ADMIN), "pw,k=a v=1i 1700000000000000001");
+    assert_eq!(first.status, 204, "{}", first.body);
+
+    // A type conflict (a validation error), as a real 3.6.0 Core answered
+    // it, byte for byte: the server's rendering of the line, cut to 20
+    // bytes, without the string's quotes.
+    let conflict = v3_write(
+        &influx,
+        bearer(ADMIN),
+        "pw,k=a v=2i 1700000000000000002\npw,k=a v=\"text\" 1700000000000000003\npw,k=a v=4i 1700000000000000004",
+    );
+    assert_eq!(conflict.status, 400);
+    assert_eq!(
+        conflict.body,
+        r#"{"error":"partial write of line protocol occurred","data":[{"error_message":"invalid column type for column 'v', expected iox::column_type::field::integer, got iox::column_type::field::string","line_number":2,"original_line":"pw,k=a v=text 170000"}]}"#
+    );
+    assert_eq!(influx.with(|s| s.lines.len()), 3, "the other two written");
+
+    // A parse error quotes the line as sent (cut to 20 bytes), numbered
+    // among the lines that hold something: blank and comment lines are
+    // not counted.
+    let malformed = v3_write(
+        &influx,
+        bearer(ADMIN),
+        "# a comment\npw,k=b v=2i 5\npw,k=b v=\"unterminated 6\npw,k=b v=3i 7\n",
+    );
+    assert_eq!(malformed.status, 400, "{}", malformed.body);
+    let data = malformed.json()["data"].clone();
+    assert_eq!(data.as_array().unwrap().len(), 1, "{data}");
+    assert_eq!(data[0]["line_number"], 2);
+    // The raw line paired with the second counted line is the body's
+    // second line by `str::lines`: the server does not skip the comment
+    // there, so it quotes the good line before the bad one.
+    assert_eq!(data[0]["original_line"], "pw,k=b v=2i 5");
+
+    // A float where integers are stored: rendered as Rust prints floats.
+    let float = v3_write(&influx, bearer(ADMIN), "pw,k=a v=2.50 8");
+    assert_eq!(float.json()["data"][0]["original_line"], "pw,k=a v=2.5 8");
+
+    // A cut never splits a character.
+    let wide = v3_write(
+        &influx,
+        bearer(ADMIN),
+        "pw,k=aaaaaaaaaaaaaa\u{e9} v=\"x\" 9",
+    );
+    assert_eq!(
+        wide.json()["data"][0]["original_line"],
+        "pw,k=aaaaaaaaaaaaaa"
+    );
+
+    // A repeated field is refused by the validator even with one type.
+    let twice = v3_write(&influx, bearer(ADMIN), "pw,k=a v=5i,v=6i 10");
+    assert_eq!(
+        twice.json()["data"][0]["error_message"],
+        "invalid line protocol - multiple instances of 'v' field found"
+    );
+
+    // Without accept_partial the first refusal is the whole answer.
+    let all_or_nothing = call(
+        "POST",
+        &format!(
+            "{}/api/v3/write_lp?db=sensors&accept_partial=false",
+            influx.url()
+        ),
+        bearer(ADMIN).as_deref(),
+        Some("text/plain; charset=utf-8"),
+        "pw,k=c v=1i 11\npw,k=c v=\"s\" 12",
+    );
+    assert_eq!(all_or_nothing.status, 400);
+    let answer = all_or_nothing.json();
+    assert_eq!(answer["error"], "parsing failed for write_lp endpoint");
+    assert_eq!(answer["data"]["line_number"], 2);
+    assert!(!influx.with(|s| s.lines.iter().any(|l| l.starts_with("pw,k=c"))));
+}
+
+#[test]
+fn a_v3_table_over_its_column_limit_is_a_422_partial_write() {
+    let influx = FakeInflux::start(Flavor::V3, ADMIN, "", "sensors", 1 << 20);
+    influx.with(|s| s.v3_column_limit = 4);
+    // pw: k, a, b, time: full.
+    let reply = v3_write(
+        &influx,
+        bearer(ADMIN),
+        "pw,k=x a=1i,b=2i 1\npw,k=x a=3i,c=4i 2\npw,k=x b=5i 3",
+    );
+    assert_eq!(reply.status, 422, "{}", reply.body);
+    let data = reply.json()["data"].clone();
+    assert_eq!(data.as_array().unwrap().len(), 1);
+    assert_eq!(data[0]["line_number"], 2);
+    assert_eq!(
+        data[0]["error_message"],
+        "Update to schema would exceed number of columns per table limit of 4 columns"
+    );
+    assert_eq!(data[0]["original_line"], "pw,k=x a=3i,c=4i 2");
+    assert_eq!(influx.with(|s| s.lines.len()), 2);
+}

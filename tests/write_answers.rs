@@ -375,18 +375,134 @@ fn a_v3_server_gets_every_point_through_its_answers() {
 }
 
 #[test]
+fn one_type_conflict_in_a_5000_line_v3_batch_costs_no_extra_request() {
+    let broker = Mosquitto::start();
+    let influx = FakeInflux::start(Flavor::V3, "apiv3_tok", "", "sensors", 16 << 20);
+    // One batch of exactly 5,000 lines: the writer waits for a full batch.
+    let config = format!(
+        "{}[influxdb]\napi = \"v3\"\nurl = \"{}\"\ndatabase = \"sensors\"\ntoken = \"apiv3_tok\"\n[batch]\nmax_lines = 5000\nflush_interval = \"60s\"\n",
+        gateway_head(&broker, "gw-v3-5k", "sensors/#"),
+        influx.url()
+    );
+    let mut daemon = Daemon::start(&config);
+    assert!(daemon.wait_for_log("subscribed to", 1, Duration::from_secs(20)));
+
+    // Line 2,500 sends `seq` as a string where the batch made it an
+    // integer: the server refuses it and quotes its own rendering of it
+    // ("big,sensor=s4 seq=te"), which is not the line as sent.
+    let bad_seq = 2500u64;
+    let line = |i: u64| {
+        let t = 1_700_000_000_000_000_000u64 + i;
+        if i == bad_seq {
+            format!("big,sensor=s{} seq=\"text {i}\" {t}", i % 5)
+        } else {
+            format!("big,sensor=s{} seq={i}i {t}", i % 5)
+        }
+    };
+    let messages: Vec<(String, Vec<u8>)> = (0..50u64)
+        .map(|m| {
+            let body: Vec<String> = (m * 100 + 1..=m * 100 + 100).map(line).collect();
+            ("sensors/big".to_owned(), body.join("\n").into_bytes())
+        })
+        .collect();
+    publish_all(broker.port, "pub-v3-5k", messages, Duration::from_secs(30));
+
+    let dead = || {
+        std::fs::read_to_string(daemon.dir.path().join("state/dead-letter.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|r| r["source"] == "influxdb")
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || influx.with(|s| s.lines.len())
+            >= 4999
+            && !dead().is_empty()),
+        "{} written\n{}",
+        influx.with(|s| s.lines.len()),
+        daemon.log()
+    );
+    // Give a bisection, had there been one, time to show.
+    std::thread::sleep(Duration::from_millis(500));
+    let writes: Vec<String> = influx.with(|s| {
+        s.requests
+            .iter()
+            .filter(|r| r.contains("/api/v3/write_lp"))
+            .cloned()
+            .collect()
+    });
+    assert_eq!(writes.len(), 1, "one request for the batch: {writes:?}");
+    assert!(writes[0].ends_with(" 400"), "{writes:?}");
+
+    let dead = dead();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["payload"], line(bad_seq));
+    assert!(
+        dead[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("invalid column type for column 'seq'"),
+        "{}",
+        dead[0]
+    );
+    let mut written: Vec<u64> = influx.with(|s| s.lines.iter().map(|l| seq_of(l)).collect());
+    written.sort_unstable();
+    let expected: Vec<u64> = (1..=5000).filter(|&i| i != bad_seq).collect();
+    assert_eq!(written, expected, "each of the other 4,999 exactly once");
+    let log = daemon.log();
+    assert!(!log.contains("without saying which"), "{log}");
+    daemon.stop_cleanly();
+}
+
+/// The `refusals` points a real 1.x holds, as lines that carry their seq.
+fn v1_refusals(influx: &Influx) -> Vec<String> {
+    influx
+        .values("sensors", "refusals", "seq")
+        .iter()
+        .map(|v| format!("refusals seq={}i", v.as_u64().unwrap()))
+        .collect()
+}
+
+#[test]
 fn a_v1_server_s_refused_lines_are_dead_lettered_and_the_rest_written() {
     let broker = Mosquitto::start();
     let influx = Influx::start();
     let mut daemon = start_static_daemon(&broker, &influx, "gw-v1-refusals", "");
     // InfluxDB 1.x has no unsigned integers: `12u` is malformed to it.
     refusals_are_dead_lettered(&broker, &mut daemon, "unsigned=1u,x", || {
-        influx
-            .values("sensors", "refusals", "seq")
-            .iter()
-            .map(|v| format!("refusals seq={}i", v.as_u64().unwrap()))
-            .collect()
+        v1_refusals(&influx)
     });
+    // Into a new database 1.x refuses a batch that gives `seq` two types
+    // whole, naming no line; it is read from the batch, not bisected.
+    let log = daemon.log();
+    assert!(
+        log.contains("InfluxDB answered 400: field type conflict)"),
+        "{log}"
+    );
+    assert!(!log.contains("without saying which"), "{log}");
+}
+
+#[test]
+fn a_v1_server_s_named_type_conflicts_are_read_not_bisected() {
+    let broker = Mosquitto::start();
+    let influx = Influx::start();
+    let mut daemon = start_static_daemon(&broker, &influx, "gw-v1-conflicts", "");
+    // A point of another measurement in the same shard period: the shard
+    // exists, so 1.x writes the rest and names the first conflict.
+    assert_eq!(
+        influx.write("sensors", "seed v=1i 1700000000000000000").0,
+        204
+    );
+    refusals_are_dead_lettered(&broker, &mut daemon, "unsigned=1u,x", || {
+        v1_refusals(&influx)
+    });
+    let log = daemon.log();
+    assert!(
+        log.contains("partial write: field type conflict: input field \"seq\" on measurement \"refusals\" is type float, already exists as type integer"),
+        "{log}"
+    );
+    assert!(!log.contains("without saying which"), "{log}");
 }
 
 #[test]

@@ -19,6 +19,7 @@ mod intake;
 pub mod lease;
 pub mod metrics;
 mod oversize;
+pub mod refusal;
 mod sink;
 pub mod spool;
 mod stats;

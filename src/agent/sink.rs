@@ -15,6 +15,7 @@ use base64::Engine as _;
 use std::sync::{Arc, Mutex};
 
 use super::lease::LeaseLink;
+use super::refusal::{self, Refusal, RefusedLine};
 use crate::config::{Api, Influx};
 use crate::secret::Secret;
 
@@ -111,144 +112,20 @@ pub enum WriteError {
     NoLease,
 }
 
-/// One entry of a 3.x partial write's `data` list.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RefusedLine {
-    /// Counted from 1.
-    pub number: usize,
-    pub line: String,
-    pub reason: String,
-}
-
-/// What a failed write says about the batch's content.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Refusal {
-    /// Nothing about the content: the request itself failed (a bad org or
-    /// precision, a broken gzip body, a dead credential, an outage). The
-    /// batch must be held and retried, never dropped.
-    NotContent,
-    /// These lines (indices from 0 into the batch) can never be written,
-    /// each with the server's reason. `rest_written` says whether InfluxDB
-    /// wrote the others (a partial write) or refused the whole batch.
-    Lines {
-        bad: Vec<(usize, String)>,
-        rest_written: bool,
-    },
-    /// Some lines were refused for their content, but the answer does not
-    /// say which: the caller has to bisect. Writing a line again is safe
-    /// (InfluxDB merges a point written twice).
-    Unknown,
-}
-
 impl WriteError {
-    /// Reads a 400 or 422 for which lines of `data` InfluxDB refused:
-    /// - 1.x: 400 `partial write: unable to parse '<line>': <reason>` for
-    ///   each malformed line, the valid ones written; but a type conflict
-    ///   quotes no line, hides the parse errors beside it, and within one
-    ///   batch refuses the whole batch (`field type conflict`). So quoted
-    ///   lines are taken out and the rest is written again (safe: a point
-    ///   written twice merges), and anything else is bisected.
-    /// - 2.x: 400 `invalid` quoting the first malformed line, with the whole
-    ///   batch refused; 422 for a partial write (type conflict, retention)
-    ///   without line numbers.
-    /// - 3.x: 400 `partial write of line protocol occurred` with the line
-    ///   numbers of the refused lines; the rest is written.
+    /// What this failure says about the content of `data`, the batch it
+    /// tried to write ([`refusal::read`]).
     pub fn refusal(&self, api: Api, data: &[u8]) -> Refusal {
-        let WriteError::Status {
-            status,
-            message,
-            refused,
-            ..
-        } = self
-        else {
-            return Refusal::NotContent;
-        };
-        match (status, api) {
-            (422, _) => Refusal::Unknown,
-            (400, Api::V1)
-                if message.contains("partial write")
-                    || message.contains("unable to parse")
-                    || message.contains("field type conflict") =>
-            {
-                let bad = quoted_lines(message, data);
-                if bad.is_empty() {
-                    Refusal::Unknown
-                } else {
-                    Refusal::Lines {
-                        bad,
-                        rest_written: false,
-                    }
-                }
-            }
-            (400, Api::V2) => {
-                let bad = quoted_lines(message, data);
-                if bad.is_empty() && message.contains("unable to parse '") {
-                    // The server complains of a line we cannot find in its
-                    // quote (its parser may split our text otherwise):
-                    // bisect rather than hold the batch for ever.
-                    Refusal::Unknown
-                } else if bad.is_empty() {
-                    Refusal::NotContent
-                } else {
-                    Refusal::Lines {
-                        bad,
-                        rest_written: false,
-                    }
-                }
-            }
-            (400, Api::V3) if message.contains("partial write") => {
-                let lines: Vec<&[u8]> = data.split(|&b| b == b'\n').collect();
-                // Trust the list only if each entry names the line it quotes.
-                let matches = |r: &RefusedLine| {
-                    r.number >= 1
-                        && lines
-                            .get(r.number - 1)
-                            .is_some_and(|l| *l == r.line.as_bytes())
-                };
-                if refused.is_empty() || !refused.iter().all(matches) {
-                    Refusal::Unknown
-                } else {
-                    Refusal::Lines {
-                        bad: refused
-                            .iter()
-                            .map(|r| (r.number - 1, r.reason.clone()))
-                            .collect(),
-                        rest_written: true,
-                    }
-                }
-            }
+        match self {
+            WriteError::Status {
+                status,
+                message,
+                refused,
+                ..
+            } => refusal::read(api, *status, message, refused, data),
             _ => Refusal::NotContent,
         }
     }
-}
-
-/// The lines of `data` that `message` quotes as `unable to parse '<line>':`
-/// (1.x and 2.x), each with the reason that follows the quote.
-fn quoted_lines(message: &str, data: &[u8]) -> Vec<(usize, String)> {
-    const QUOTE: &str = "unable to parse '";
-    if !message.contains(QUOTE) {
-        return Vec::new();
-    }
-    let mut bad = Vec::new();
-    for (index, line) in data.split(|&b| b == b'\n').enumerate() {
-        let Ok(line) = std::str::from_utf8(line) else {
-            continue;
-        };
-        if line.is_empty() {
-            continue;
-        }
-        let quoted = format!("{QUOTE}{line}': ");
-        if let Some(at) = message.find(&quoted) {
-            let reason = message[at + quoted.len()..]
-                .split('\n')
-                .next()
-                .unwrap_or_default();
-            // 1.x puts the drop count after the last reason.
-            let reason = reason.split(" dropped=").next().unwrap_or(reason);
-            bad.push((index, reason.to_owned()));
-        }
-    }
-    bad
 }
 
 /// A server message short enough for a log line.
@@ -462,30 +339,9 @@ impl Sink {
             status,
             message: error_message(&body),
             retry_after,
-            refused: refused_lines(&body),
+            refused: refusal::refused_lines(&body),
         })
     }
-}
-
-/// The `data` list of a 3.x partial write:
-/// `[{"original_line": .., "line_number": .., "error_message": ..}]`.
-fn refused_lines(body: &str) -> Vec<RefusedLine> {
-    let Ok(parsed) = serde_json::from_str::<serde_json::Value>(body) else {
-        return Vec::new();
-    };
-    let Some(data) = parsed.get("data").and_then(|d| d.as_array()) else {
-        return Vec::new();
-    };
-    data.iter()
-        .filter_map(|entry| {
-            let text = |k: &str| entry.get(k).and_then(|m| m.as_str()).map(str::to_owned);
-            Some(RefusedLine {
-                number: usize::try_from(entry.get("line_number")?.as_u64()?).ok()?,
-                line: text("original_line")?,
-                reason: text("error_message").unwrap_or_else(|| "refused".into()),
-            })
-        })
-        .collect()
 }
 
 /// Picks the human message out of InfluxDB's JSON error bodies
@@ -628,116 +484,6 @@ mod tests {
             "http://h:8086/api/v3/write_lp?db=my%20db&precision=ns&accept_partial=true"
         );
         assert_eq!(auth(&v3), "Bearer tok");
-    }
-
-    fn status(status: u16, message: &str) -> WriteError {
-        WriteError::Status {
-            status,
-            message: message.into(),
-            retry_after: None,
-            refused: Vec::new(),
-        }
-    }
-
-    const BATCH: &[u8] = b"p v=1i 1\np v=x 2\np v=2i 3\np v=3u 5\n";
-
-    #[test]
-    fn a_1x_partial_write_names_its_malformed_lines() {
-        // As influxd 1.6 answers that batch.
-        let e = status(
-            400,
-            "partial write: unable to parse 'p v=x 2': invalid boolean\nunable to parse 'p v=3u 5': invalid number dropped=0",
-        );
-        assert_eq!(
-            e.refusal(Api::V1, BATCH),
-            Refusal::Lines {
-                bad: vec![(1, "invalid boolean".into()), (3, "invalid number".into())],
-                rest_written: false
-            }
-        );
-        // Type conflicts quote no line: bisect.
-        let conflict = "partial write: field type conflict: input field \"v\" on measurement \"r\" is type float, already exists as type integer dropped=1";
-        assert_eq!(
-            status(400, conflict).refusal(Api::V1, BATCH),
-            Refusal::Unknown
-        );
-        assert_eq!(
-            status(400, "field type conflict").refusal(Api::V1, BATCH),
-            Refusal::Unknown
-        );
-        // The request itself was wrong: hold.
-        for (code, msg) in [
-            (400, "unable to decode gzip body"),
-            (401, "authorization failed"),
-            (500, "retention policy not found: x"),
-        ] {
-            assert_eq!(
-                status(code, msg).refusal(Api::V1, BATCH),
-                Refusal::NotContent
-            );
-        }
-    }
-
-    #[test]
-    fn a_2x_refusal_names_its_first_bad_line_or_is_held() {
-        let e = status(400, "unable to parse 'p v=x 2': invalid boolean");
-        assert_eq!(
-            e.refusal(Api::V2, BATCH),
-            Refusal::Lines {
-                bad: vec![(1, "invalid boolean".into())],
-                rest_written: false
-            }
-        );
-        assert_eq!(
-            status(422, "partial write: field type conflict").refusal(Api::V2, BATCH),
-            Refusal::Unknown
-        );
-        // A quote that matches none of our lines: still content, bisected.
-        assert_eq!(
-            status(400, "unable to parse 'other v=1 1': something").refusal(Api::V2, BATCH),
-            Refusal::Unknown
-        );
-        // No line quoted at all: a bad org or precision, never the content.
-        for msg in [
-            "organization name \"x\" not found",
-            "write buffer error: parsing for line protocol failed",
-        ] {
-            assert_eq!(
-                status(400, msg).refusal(Api::V2, BATCH),
-                Refusal::NotContent
-            );
-        }
-    }
-
-    #[test]
-    fn a_3x_partial_write_is_read_by_line_number() {
-        let body = r#"{"error":"partial write of line protocol occurred","data":[{"original_line":"p v=x 2","line_number":2,"error_message":"invalid column type"}]}"#;
-        let e = WriteError::Status {
-            status: 400,
-            message: error_message(body),
-            retry_after: None,
-            refused: refused_lines(body),
-        };
-        assert_eq!(
-            e.refusal(Api::V3, BATCH),
-            Refusal::Lines {
-                bad: vec![(1, "invalid column type".into())],
-                rest_written: true
-            }
-        );
-        // A number that does not point at the quoted line: bisect instead.
-        let off = body.replace("\"line_number\":2", "\"line_number\":3");
-        let e = WriteError::Status {
-            status: 400,
-            message: error_message(&off),
-            retry_after: None,
-            refused: refused_lines(&off),
-        };
-        assert_eq!(e.refusal(Api::V3, BATCH), Refusal::Unknown);
-        assert_eq!(
-            status(400, "invalid Authorization header").refusal(Api::V3, BATCH),
-            Refusal::NotContent
-        );
     }
 
     #[test]

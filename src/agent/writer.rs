@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use std::sync::Mutex;
 
 use super::deadletter::{DeadLetters, Rejection, Source};
-use super::sink::{Refusal, Sink, WriteError};
+use super::refusal::Refusal;
+use super::sink::{Sink, WriteError};
 use super::spool::{self, Spool};
 use super::stats::Stats;
 use crate::backoff::Backoff;

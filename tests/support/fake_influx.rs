@@ -100,10 +100,16 @@
 //! - `POST /api/v3/write_lp?db=..&accept_partial=true`: 401 as above; then
 //!   the scripted answers; 413 over a body limit (as sent and after gzip);
 //!   404 for a database other than `State::bucket`; 403 for an Enterprise
-//!   token without write on it; 400 for a broken gzip body; 400 `partial
-//!   write of line protocol occurred` listing each refused line with its
-//!   number (from 1), the good lines written (none with
-//!   `accept_partial=false`); 204.
+//!   token without write on it; 400 for a broken gzip body; then each line
+//!   is read as the server's write validator reads it (`v3_write`): 400
+//!   `partial write of line protocol occurred` listing each refused line
+//!   with its number and the first 20 bytes of the line (as sent for a
+//!   parse error, as the server renders it for a type conflict, a
+//!   repeated field or too many columns), the good lines written; 422 with
+//!   the same body when a refusal was the column limit
+//!   (`State::v3_column_limit`); with `accept_partial=false`, 400 `parsing
+//!   failed for write_lp endpoint` naming the first refusal, and nothing
+//!   written; 204.
 //!
 //! Which lines are malformed is what the real servers' parsers say; here a
 //! line fails when our own parser refuses it or when it contains the
@@ -111,6 +117,8 @@
 //! parser refuses. Field types are remembered per measurement as the real
 //! servers do. Tests can script answers for the write endpoints (429, 503,
 //! 403, with or without Retry-After) ahead of the real ones.
+
+mod v3_write;
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
@@ -223,6 +231,11 @@ pub struct State {
     started: Option<SystemTime>,
     /// The type of each field once written: (measurement, field) -> type.
     types: HashMap<(String, String), &'static str>,
+    /// 3.x: each table's columns and their types.
+    pub v3_tables: v3_write::Tables,
+    /// 3.x: columns a table may have (tags, fields and time; 500 by
+    /// default, as the server's `--num-total-columns-per-table-limit`).
+    pub v3_column_limit: usize,
 }
 
 impl State {
@@ -352,6 +365,7 @@ impl FakeInflux {
             operator_id: random_id(),
             operator_status: "active".into(),
             next_v3_id: 1,
+            v3_column_limit: 500,
             system_bucket_ids: [random_id(), random_id()],
             started: Some(SystemTime::now()),
             ..State::default()
@@ -570,7 +584,7 @@ fn serve(conn: TcpStream, flavor: Flavor, state: &Mutex<State>) -> std::io::Resu
     }
     match json {
         Some(json) => {
-            let body = json.to_string();
+            let body = json_text(&json);
             out.push_str(&format!(
                 "Content-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\n\r\n{body}",
                 body.len()
@@ -581,6 +595,22 @@ fn serve(conn: TcpStream, flavor: Flavor, state: &Mutex<State>) -> std::io::Resu
     let mut conn = reader.into_inner();
     conn.write_all(out.as_bytes())?;
     conn.flush()
+}
+
+/// A JSON body as the servers order it: keys sorted (as serde_json's map
+/// keeps them), except that 3.x's error struct puts `error` before `data`.
+fn json_text(json: &Value) -> String {
+    match json.as_object() {
+        Some(map) if map.contains_key("error") && map.contains_key("data") => {
+            let rest: Vec<String> = map
+                .iter()
+                .filter(|(k, _)| *k != "error")
+                .map(|(k, v)| format!("{}:{v}", Value::from(k.as_str())))
+                .collect();
+            format!("{{\"error\":{},{}}}", map["error"], rest.join(","))
+        }
+        _ => json.to_string(),
+    }
 }
 
 /// A `Transfer-Encoding: chunked` body, trailers skipped.
@@ -1566,33 +1596,38 @@ fn write_v3(
         return v3_error(413, "the request was too large");
     }
     let accept_partial = param(query, "accept_partial") != "false";
-    let checked = check(&raw, st);
-    let mut refused = Vec::new();
-    let mut good = Vec::new();
-    for (i, c) in checked.into_iter().enumerate() {
-        match c {
-            Checked::Good(line, measurement, fields) => good.push((line, measurement, fields)),
-            Checked::Malformed(line, why) | Checked::Conflict(line, why) => refused.push(json!({
-                "original_line": line,
-                "line_number": i + 1,
-                "error_message": why,
-            })),
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let poison = st.poison.clone();
+    let limit = st.v3_column_limit;
+    match v3_write::validate(
+        &text,
+        &mut st.v3_tables,
+        poison.as_deref(),
+        limit,
+        accept_partial,
+    ) {
+        v3_write::Outcome::Refused(first) => Answer(
+            400,
+            None,
+            Some(json!({"error": "parsing failed for write_lp endpoint", "data": first})),
+        ),
+        v3_write::Outcome::Written {
+            lines,
+            refused,
+            limit_hit,
+        } => {
+            st.lines.extend(lines.into_iter().map(|(line, _)| line));
+            if refused.is_empty() {
+                return Answer(204, None, None);
+            }
+            Answer(
+                if limit_hit { 422 } else { 400 },
+                None,
+                Some(json!({
+                    "error": "partial write of line protocol occurred",
+                    "data": refused,
+                })),
+            )
         }
     }
-    if refused.is_empty() || accept_partial {
-        for (line, measurement, fields) in good {
-            store(st, line, measurement, fields);
-        }
-    }
-    if refused.is_empty() {
-        return Answer(204, None, None);
-    }
-    Answer(
-        400,
-        None,
-        Some(json!({
-            "error": "partial write of line protocol occurred",
-            "data": refused,
-        })),
-    )
 }

@@ -389,6 +389,26 @@ impl Influx {
         json
     }
 
+    /// Writes line protocol to `database` as admin; returns the status
+    /// and the body of the answer.
+    pub fn write(&self, database: &str, lines: &str) -> (u16, String) {
+        use base64::Engine as _;
+        let token = base64::engine::general_purpose::STANDARD
+            .encode(format!("{ADMIN_USER}:{ADMIN_PASSWORD}"));
+        let mut resp = self
+            .http
+            .post(format!(
+                "{}/write?db={}&precision=ns",
+                self.url(),
+                form_encode(database)
+            ))
+            .header("Authorization", &format!("Basic {token}"))
+            .send(lines.as_bytes())
+            .expect("write to InfluxDB");
+        let status = resp.status().as_u16();
+        (status, resp.body_mut().read_to_string().unwrap_or_default())
+    }
+
     /// Creates a database and a user that may write to it.
     pub fn create_writer(&self, database: &str, user: &str, password: &str) {
         self.query(&format!("CREATE DATABASE \"{database}\""));
