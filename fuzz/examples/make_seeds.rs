@@ -26,6 +26,54 @@ fn main() {
     configs(&root.join("config"));
     spool(&root.join("spool"));
     bodies(&root.join("authority_bodies"));
+    answers(&root.join("write_answer"));
+}
+
+/// Write answers as the real servers gave them (docs/influxdb-api.md),
+/// each with the batch it answered: API byte, status byte, body, NUL,
+/// batch.
+fn answers(dir: &Path) {
+    let batch = "pw,k=a v=2i 1700000000000000002\npw,k=a v=\"text\" 1700000000000000003\npw,k=a v=4i 1700000000000000004\n";
+    let seeds: &[(&str, u8, u8, &str)] = &[
+        (
+            "v3-type-conflict",
+            2,
+            0,
+            r#"{"error":"partial write of line protocol occurred","data":[{"error_message":"invalid column type for column 'v', expected iox::column_type::field::integer, got iox::column_type::field::string","line_number":2,"original_line":"pw,k=a v=text 170000"}]}"#,
+        ),
+        (
+            "v3-column-limit",
+            2,
+            2,
+            r#"{"error":"partial write of line protocol occurred","data":[{"error_message":"Update to schema would exceed number of columns per table limit of 500 columns","line_number":1,"original_line":"pw,k=a v=2i 17000000"}]}"#,
+        ),
+        (
+            "v1-named-conflict",
+            0,
+            0,
+            "partial write: field type conflict: input field \"v\" on measurement \"pw\" is type string, already exists as type integer dropped=1",
+        ),
+        ("v1-bare-conflict", 0, 0, "field type conflict"),
+        (
+            "v1-unable-to-parse",
+            0,
+            0,
+            "partial write: unable to parse 'pw,k=a v=4i 1700000000000000004': invalid number dropped=0",
+        ),
+        (
+            "v2-invalid",
+            1,
+            0,
+            "unable to parse 'pw,k=a v=2i 1700000000000000002': invalid field format",
+        ),
+    ];
+    for (name, api, status, body) in seeds {
+        let mut input = vec![*api, *status];
+        input.extend_from_slice(body.as_bytes());
+        input.push(0);
+        input.extend_from_slice(batch.as_bytes());
+        put(dir, name, input);
+    }
 }
 
 fn put(dir: &Path, name: &str, bytes: impl AsRef<[u8]>) {
