@@ -116,19 +116,7 @@ impl AuthorityConfig {
 }
 
 fn read(t: &Table<'_>) -> Option<AuthorityConfig> {
-    let listen = t
-        .string("listen")
-        .unwrap_or_else(|| "0.0.0.0:7443".to_owned());
-    let listen = match listen.parse::<SocketAddr>() {
-        Ok(a) => Some(a),
-        Err(_) => {
-            t.problem(
-                "listen",
-                format!("{listen:?} is not an address:port such as \"0.0.0.0:7443\""),
-            );
-            None
-        }
-    };
+    let listen = read_listen(t);
     let tls = t.choice("tls", &[("on", true), ("off", false)], true);
     if let Some(addr) = listen
         && !tls
@@ -139,6 +127,49 @@ fn read(t: &Table<'_>) -> Option<AuthorityConfig> {
             "\"off\" is allowed only with a loopback listen address",
         );
     }
+    let public_url = read_public_url(t, tls);
+    let state_dir = read_state_dir(t);
+    let (cert_file, key_file) = read_cert_pair(t);
+    let log_level = log_level(t);
+    let audit_retention = read_audit_retention(t);
+    let deployment_id = read_deployment_id(t);
+    let backends = read_backends(t);
+    let roles = read_roles(t, &backends);
+    Some(AuthorityConfig {
+        listen: listen?,
+        public_url: public_url?,
+        state_dir,
+        tls,
+        cert_file,
+        key_file,
+        log_level,
+        audit_retention,
+        deployment_id,
+        backends,
+        roles,
+    })
+}
+
+/// `listen`, parsed; None (with a problem noted) when it is no address.
+fn read_listen(t: &Table<'_>) -> Option<SocketAddr> {
+    let listen = t
+        .string("listen")
+        .unwrap_or_else(|| "0.0.0.0:7443".to_owned());
+    match listen.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            t.problem(
+                "listen",
+                format!("{listen:?} is not an address:port such as \"0.0.0.0:7443\""),
+            );
+            None
+        }
+    }
+}
+
+/// `public_url`, which must carry no credentials and whose scheme must
+/// match `tls`: gateways reach the authority by it.
+fn read_public_url(t: &Table<'_>, tls: bool) -> Option<String> {
     let public_url = t.required_string("public_url");
     if let Some(url) = &public_url
         && url_has_userinfo(url)
@@ -173,6 +204,11 @@ fn read(t: &Table<'_>) -> Option<AuthorityConfig> {
             );
         }
     }
+    public_url
+}
+
+/// `state_dir`, which must be absolute.
+fn read_state_dir(t: &Table<'_>) -> PathBuf {
     let state_dir = t
         .path("state_dir")
         .unwrap_or_else(|| PathBuf::from("/var/lib/leasegate-authority"));
@@ -182,6 +218,12 @@ fn read(t: &Table<'_>) -> Option<AuthorityConfig> {
             format!("{} is not an absolute path", state_dir.display()),
         );
     }
+    state_dir
+}
+
+/// `cert_file` and `key_file`: both or neither, since one is no use
+/// without the other.
+fn read_cert_pair(t: &Table<'_>) -> (Option<PathBuf>, Option<PathBuf>) {
     let cert_file = t.path("cert_file");
     let key_file = t.path("key_file");
     if cert_file.is_some() != key_file.is_some() {
@@ -194,7 +236,11 @@ fn read(t: &Table<'_>) -> Option<AuthorityConfig> {
             "set cert_file and key_file together",
         );
     }
-    let log_level = log_level(t);
+    (cert_file, key_file)
+}
+
+/// `audit_retention`, from a day to 100 years.
+fn read_audit_retention(t: &Table<'_>) -> Duration {
     let audit_retention = t.duration(
         "audit_retention",
         std::time::Duration::from_secs(365 * 24 * 3600),
@@ -205,6 +251,12 @@ fn read(t: &Table<'_>) -> Option<AuthorityConfig> {
     if audit_retention > std::time::Duration::from_secs(100 * 365 * 24 * 3600) {
         t.problem("audit_retention", "must be at most 100 years");
     }
+    audit_retention
+}
+
+/// `deployment_id`, if set: short and plain, as it goes into the name of
+/// every credential made in InfluxDB.
+fn read_deployment_id(t: &Table<'_>) -> Option<String> {
     let deployment_id = t.string("deployment_id");
     if let Some(d) = &deployment_id
         && (d.is_empty()
@@ -218,6 +270,11 @@ fn read(t: &Table<'_>) -> Option<AuthorityConfig> {
             "must be 1 to 32 characters of a-z, 0-9 and -",
         );
     }
+    deployment_id
+}
+
+/// Every `[[backend]]`: at least one, and no name twice (roles name them).
+fn read_backends(t: &Table<'_>) -> Vec<Backend> {
     let backends: Vec<Backend> = t
         .tables("backend")
         .into_iter()
@@ -238,31 +295,23 @@ fn read(t: &Table<'_>) -> Option<AuthorityConfig> {
             );
         }
     }
+    backends
+}
+
+/// Every `[[role]]`, at least one, each checked against `backends`.
+fn read_roles(t: &Table<'_>, backends: &[Backend]) -> Vec<Role> {
     let role_tables = t.tables("role");
     if t.tables_len("role").unwrap_or(0) == 0 {
         t.problem("role", "missing: add at least one [[role]]");
     }
-    let roles: Vec<Role> = role_tables
+    role_tables
         .into_iter()
         .filter_map(|r| {
-            let role = read_role(&r, &backends);
+            let role = read_role(&r, backends);
             r.finish();
             role
         })
-        .collect();
-    Some(AuthorityConfig {
-        listen: listen?,
-        public_url: public_url?,
-        state_dir,
-        tls,
-        cert_file,
-        key_file,
-        log_level,
-        audit_retention,
-        deployment_id,
-        backends,
-        roles,
-    })
+        .collect()
 }
 
 fn read_backend(t: &Table<'_>) -> Option<Backend> {
@@ -353,9 +402,32 @@ fn read_role(t: &Table<'_>, backends: &[Backend]) -> Option<Role> {
     if let (Some(n), None) = (&backend_name, backend) {
         t.problem("backend", format!("{n:?} names no [[backend]]"));
     }
+    let target = read_target(t, backend);
+    if let Some(target) = &target {
+        check_target_template(t, backend, target);
+    }
+    let max_active_leases = t.integer("max_active_leases", 5, 1, 10_000) as u32;
+    let access = read_access(t);
+    let (default_ttl, max_ttl) = read_ttls(t);
+    Some(Role {
+        name: name?,
+        matches,
+        backend: backend_name?,
+        target: target?,
+        access,
+        default_ttl,
+        max_ttl,
+        max_active_leases,
+    })
+}
+
+/// A role's `bucket` (influxdb-v2) or `database` (v1 and v3), whichever
+/// its backend's kind uses; either when the backend is unknown, which is
+/// already a problem of its own.
+fn read_target(t: &Table<'_>, backend: Option<&Backend>) -> Option<String> {
     let bucket = t.string("bucket");
     let database = t.string("database");
-    let target = match backend.map(|b| b.kind) {
+    match backend.map(|b| b.kind) {
         Some(BackendKind::InfluxdbV2) => {
             if database.is_some() {
                 t.problem("database", "influxdb-v2 backends use bucket");
@@ -381,28 +453,34 @@ fn read_role(t: &Table<'_>, backends: &[Backend]) -> Option<Role> {
             })
         }
         None => bucket.or(database),
-    };
-    if let Some(target) = &target {
-        let key = if bucket_key(backend) {
-            "bucket"
-        } else {
-            "database"
-        };
-        let literal = target.replace(IDENTITY_PLACEHOLDER, "");
-        if literal.contains(['{', '}']) {
-            t.problem(
-                key,
-                format!("{target:?}: the only placeholder is {IDENTITY_PLACEHOLDER}"),
-            );
-        } else if literal.is_empty() {
-            // An identity named `_internal` would get that database.
-            t.problem(
-                key,
-                format!("{target:?}: put a prefix or suffix around {IDENTITY_PLACEHOLDER}"),
-            );
-        }
     }
-    let max_active_leases = t.integer("max_active_leases", 5, 1, 10_000) as u32;
+}
+
+/// Notes a problem if a role's bucket or database carries a placeholder
+/// other than [`IDENTITY_PLACEHOLDER`], or nothing but it.
+fn check_target_template(t: &Table<'_>, backend: Option<&Backend>, target: &str) {
+    let key = if bucket_key(backend) {
+        "bucket"
+    } else {
+        "database"
+    };
+    let literal = target.replace(IDENTITY_PLACEHOLDER, "");
+    if literal.contains(['{', '}']) {
+        t.problem(
+            key,
+            format!("{target:?}: the only placeholder is {IDENTITY_PLACEHOLDER}"),
+        );
+    } else if literal.is_empty() {
+        // An identity named `_internal` would get that database.
+        t.problem(
+            key,
+            format!("{target:?}: put a prefix or suffix around {IDENTITY_PLACEHOLDER}"),
+        );
+    }
+}
+
+/// A role's `access`: write when not set, and never empty.
+fn read_access(t: &Table<'_>) -> Vec<Access> {
     let access: Vec<Access> = t
         .strings("access")
         .unwrap_or_else(|| vec!["write".to_owned()])
@@ -419,6 +497,12 @@ fn read_role(t: &Table<'_>, backends: &[Backend]) -> Option<Role> {
     if t.tables_len("access") == Some(0) {
         t.problem("access", "must list at least one of read, write");
     }
+    access
+}
+
+/// A role's `default_ttl` and `max_ttl`, the default no longer than the
+/// most.
+fn read_ttls(t: &Table<'_>) -> (Duration, Duration) {
     let default_ttl = t.duration(
         "default_ttl",
         Duration::from_secs(15 * 60),
@@ -432,16 +516,7 @@ fn read_role(t: &Table<'_>, backends: &[Backend]) -> Option<Role> {
     if default_ttl > max_ttl {
         t.problem("default_ttl", "must not be longer than max_ttl");
     }
-    Some(Role {
-        name: name?,
-        matches,
-        backend: backend_name?,
-        target: target?,
-        access,
-        default_ttl,
-        max_ttl,
-        max_active_leases,
-    })
+    (default_ttl, max_ttl)
 }
 
 /// Whether a URL carries `user[:password]@` before its host. Read from the
