@@ -396,28 +396,8 @@ impl Authority {
         identity: &IdentityRow,
         req: &LeaseRequest,
     ) -> Result<LeaseGrant, ApiError> {
-        // An identity keeps the role it enrolled with. If that role is gone
-        // it gets nothing until an admin acts (restores the role, or
-        // revokes the identity and issues a new ticket): silently handing
-        // it whatever role now matches would grant access nobody chose.
-        let Some(role) = self.config.roles.iter().find(|r| r.name == identity.role) else {
-            let message = format!(
-                "role {:?} of identity {} is no longer configured; an admin must restore it, or revoke the identity and issue a new ticket",
-                identity.role, identity.id
-            );
-            self.lease_refused(identity, &message)?;
-            return Err(ApiError::new(ErrorCode::NoRoleMatches, message));
-        };
-        let ttl = match req.ttl_secs {
-            Some(0) => {
-                return Err(ApiError::new(
-                    ErrorCode::InvalidRequest,
-                    "ttl_secs must be at least 1",
-                ));
-            }
-            Some(s) => Duration::from_secs(s).min(role.max_ttl),
-            None => role.default_ttl,
-        };
+        let role = self.enrolled_role(identity)?;
+        let ttl = lease_ttl(req, role)?;
         let backend = self.backends.get(&role.backend).ok_or_else(|| {
             ApiError::new(
                 ErrorCode::Internal,
@@ -425,28 +405,16 @@ impl Authority {
             )
         })?;
         if role.per_identity() {
-            // The name picks the database: it must be one an admin bound in
-            // the identity's ticket, not one the gateway chose (an identity
-            // enrolled before its role got `{identity}` chose its own).
-            let bound = self
-                .store()
-                .ticket(&identity.ticket_id)?
-                .and_then(|t| t.identity_name);
-            if bound.as_deref() != Some(identity.name.as_str()) {
-                let message = format!(
-                    "role {:?} gives each identity its own {:?}, but identity {} ({}) enrolled with a ticket that bound no name, or another; revoke it and issue a ticket with --identity-name",
-                    role.name, role.target, identity.id, identity.name
-                );
-                self.lease_refused(identity, &message)?;
-                return Err(ApiError::new(ErrorCode::IdentityNameMismatch, message));
-            }
+            self.check_bound_name(identity, role)?;
         }
         let resolved = role.target_for(&identity.name);
         let target = backend.target(&resolved);
         let id = secret::random_hex(8);
         let created_ms = now_ms();
         let expires_ms = created_ms + ttl.as_millis() as i64;
-        let recorded = self.store().insert_lease(
+        self.record_lease(
+            identity,
+            role,
             &NewLease {
                 id: &id,
                 identity_id: &identity.id,
@@ -456,26 +424,7 @@ impl Authority {
                 created_ms,
                 expires_ms,
             },
-            role.max_active_leases,
         )?;
-        match recorded {
-            Inserted::Yes => {}
-            Inserted::IdentityRevoked => {
-                return Err(ApiError::new(
-                    ErrorCode::IdentityRevoked,
-                    format!("identity {} ({}) was revoked", identity.id, identity.name),
-                ));
-            }
-            Inserted::AtLimit => {
-                return Err(ApiError::new(
-                    ErrorCode::LeaseLimit,
-                    format!(
-                        "identity {} ({}) holds {} live leases, its role's max_active_leases; revoke one or let one expire",
-                        identity.id, identity.name, role.max_active_leases
-                    ),
-                ));
-            }
-        }
         let wanted = Wanted {
             lease_id: &id,
             identity_name: &identity.name,
@@ -495,25 +444,7 @@ impl Authority {
         };
         let status = self.store().activate_lease(&id, &grant.handle, now_ms())?;
         if status != Some(LeaseStatus::Active) {
-            // Revoked (with its identity) or ended by another process while
-            // the credential was being made: it must not be handed out, and
-            // goes now rather than at the reaper's next pass.
-            log::warn!("lease {id}: ended while its credential was being made; deleting it");
-            if let Err(e) = backend.delete(&grant.handle) {
-                log::warn!(
-                    "lease {id}: {} (the reaper retries)",
-                    crate::error_chain(&e)
-                );
-            } else {
-                self.store().deleted(&id, now_ms())?;
-            }
-            return Err(match self.authenticate_id(&identity.id) {
-                Err(e) => e,
-                Ok(()) => ApiError::new(
-                    ErrorCode::LeaseUnknown,
-                    format!("lease {id} was revoked while it was being made"),
-                ),
-            });
+            return Err(self.ended_while_made(backend, &id, &grant.handle, identity));
         }
         let lease = self
             .store()
@@ -529,6 +460,103 @@ impl Authority {
             lease: info(&lease),
             secret: grant.secret,
         })
+    }
+
+    /// The role the identity enrolled with, or a refusal (audited) if it is
+    /// no longer configured.
+    fn enrolled_role(&self, identity: &IdentityRow) -> Result<&Role, ApiError> {
+        // An identity keeps the role it enrolled with. If that role is gone
+        // it gets nothing until an admin acts (restores the role, or
+        // revokes the identity and issues a new ticket): silently handing
+        // it whatever role now matches would grant access nobody chose.
+        let Some(role) = self.config.roles.iter().find(|r| r.name == identity.role) else {
+            let message = format!(
+                "role {:?} of identity {} is no longer configured; an admin must restore it, or revoke the identity and issue a new ticket",
+                identity.role, identity.id
+            );
+            self.lease_refused(identity, &message)?;
+            return Err(ApiError::new(ErrorCode::NoRoleMatches, message));
+        };
+        Ok(role)
+    }
+
+    /// For a role that gives each identity its own database: refuses
+    /// (audited) unless the identity's name is the one its ticket bound.
+    fn check_bound_name(&self, identity: &IdentityRow, role: &Role) -> Result<(), ApiError> {
+        // The name picks the database: it must be one an admin bound in
+        // the identity's ticket, not one the gateway chose (an identity
+        // enrolled before its role got `{identity}` chose its own).
+        let bound = self
+            .store()
+            .ticket(&identity.ticket_id)?
+            .and_then(|t| t.identity_name);
+        if bound.as_deref() != Some(identity.name.as_str()) {
+            let message = format!(
+                "role {:?} gives each identity its own {:?}, but identity {} ({}) enrolled with a ticket that bound no name, or another; revoke it and issue a ticket with --identity-name",
+                role.name, role.target, identity.id, identity.name
+            );
+            self.lease_refused(identity, &message)?;
+            return Err(ApiError::new(ErrorCode::IdentityNameMismatch, message));
+        }
+        Ok(())
+    }
+
+    /// Records a new lease as pending, before its credential exists, or
+    /// says why not: the identity was revoked, or holds as many live
+    /// leases as its role allows.
+    fn record_lease(
+        &self,
+        identity: &IdentityRow,
+        role: &Role,
+        lease: &NewLease<'_>,
+    ) -> Result<(), ApiError> {
+        let recorded = self.store().insert_lease(lease, role.max_active_leases)?;
+        match recorded {
+            Inserted::Yes => Ok(()),
+            Inserted::IdentityRevoked => Err(ApiError::new(
+                ErrorCode::IdentityRevoked,
+                format!("identity {} ({}) was revoked", identity.id, identity.name),
+            )),
+            Inserted::AtLimit => Err(ApiError::new(
+                ErrorCode::LeaseLimit,
+                format!(
+                    "identity {} ({}) holds {} live leases, its role's max_active_leases; revoke one or let one expire",
+                    identity.id, identity.name, role.max_active_leases
+                ),
+            )),
+        }
+    }
+
+    /// A lease revoked (with its identity) or ended by another process
+    /// while its credential was being made: the credential must not be
+    /// handed out, and goes now rather than at the reaper's next pass.
+    /// Returns the error to answer with.
+    fn ended_while_made(
+        &self,
+        backend: &Backend,
+        id: &str,
+        handle: &str,
+        identity: &IdentityRow,
+    ) -> ApiError {
+        log::warn!("lease {id}: ended while its credential was being made; deleting it");
+        if let Err(e) = backend.delete(handle) {
+            log::warn!(
+                "lease {id}: {} (the reaper retries)",
+                crate::error_chain(&e)
+            );
+        } else {
+            let deleted = self.store().deleted(id, now_ms());
+            if let Err(e) = deleted {
+                return e.into();
+            }
+        }
+        match self.authenticate_id(&identity.id) {
+            Err(e) => e,
+            Ok(()) => ApiError::new(
+                ErrorCode::LeaseUnknown,
+                format!("lease {id} was revoked while it was being made"),
+            ),
+        }
     }
 
     /// One lease; with `owner`, only if that identity holds it.
@@ -611,6 +639,19 @@ impl Authority {
 
     pub fn tickets(&self) -> Result<Vec<TicketRow>, ApiError> {
         Ok(self.store().tickets()?)
+    }
+}
+
+/// How long a lease asked for with `req` lives under `role`: the role's
+/// default, or what was asked capped at the role's most.
+fn lease_ttl(req: &LeaseRequest, role: &Role) -> Result<Duration, ApiError> {
+    match req.ttl_secs {
+        Some(0) => Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "ttl_secs must be at least 1",
+        )),
+        Some(s) => Ok(Duration::from_secs(s).min(role.max_ttl)),
+        None => Ok(role.default_ttl),
     }
 }
 
