@@ -304,101 +304,137 @@ pub fn serve(
         authority: authority.clone(),
         gate: gate.clone(),
     });
-    // Summaries of refused enrollments, once their minute is over.
-    runtime.spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(15));
-        loop {
-            tick.tick().await;
-            let a = authority.clone();
-            let flushed = tokio::task::spawn_blocking(move || a.flush_refusals()).await;
-            if let Ok(Err(e)) = flushed {
-                log::warn!("audit of refused enrollments: {}", crate::error_chain(&e));
-            }
-        }
-    });
+    runtime.spawn(summarize_refusals(authority));
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    runtime.spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        loop {
-            tick.tick().await;
-            beat.beat();
-        }
-    });
-    runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::from_std(listener).map_err(ServerError::Listen)?;
-        let mut connections = tokio::task::JoinSet::new();
-        loop {
-            while connections.try_join_next().is_some() {}
-            // Never waits for room: a connection that cannot be served is
-            // closed at once, so the listen backlog never fills with them
-            // and a gateway's connection is always looked at.
-            let (stream, peer) = tokio::select! {
-                _ = shutdown.wait() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: pause
-                        // rather than spin.
-                        log::warn!("accept: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-            };
-            let admitted = match gate.admit(peer.ip()) {
-                Ok(a) => a,
-                Err(why) => {
-                    if gate.log_refusal() {
-                        log::warn!(
-                            "refusing connections from {}: {why} (logged once a minute)",
-                            peer.ip()
-                        );
-                    }
-                    continue;
-                }
-            };
-            let (acceptor, shutdown, app) = (acceptor.clone(), shutdown.clone(), app.clone());
-            connections.spawn(async move {
-                let _admitted = admitted;
-                let result = match acceptor {
-                    Some(acceptor) => {
-                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                        {
-                            Ok(Ok(tls)) => serve_connection(tls, app, peer, &shutdown).await,
-                            Ok(Err(e)) => {
-                                log::debug!("{peer}: TLS handshake failed: {e}");
-                                return;
-                            }
-                            Err(_) => {
-                                log::debug!("{peer}: TLS handshake timed out");
-                                return;
-                            }
-                        }
-                    }
-                    None => serve_connection(stream, app, peer, &shutdown).await,
-                };
-                if let Err(e) = result {
-                    log::debug!("{peer}: connection: {e}");
-                }
-            });
-        }
-        // Requests in flight finish (each connection closes after its
-        // current response), within the bound.
-        let drained = tokio::time::timeout(DRAIN, async {
-            while connections.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            log::warn!(
-                "{} connection(s) cut at shutdown after {:?}",
-                connections.len(),
-                DRAIN
-            );
-        }
-        Ok::<(), ServerError>(())
-    })?;
+    runtime.spawn(heartbeat(beat));
+    runtime.block_on(accept_loop(listener, gate, app, acceptor, shutdown))?;
     runtime.shutdown_timeout(DRAIN);
     Ok(())
+}
+
+/// Writes the summaries of refused enrollments once their minute is over,
+/// also when no further refusal comes to close it.
+async fn summarize_refusals(authority: Arc<Authority>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(15));
+    loop {
+        tick.tick().await;
+        let a = authority.clone();
+        let flushed = tokio::task::spawn_blocking(move || a.flush_refusals()).await;
+        if let Ok(Err(e)) = flushed {
+            log::warn!("audit of refused enrollments: {}", crate::error_chain(&e));
+        }
+    }
+}
+
+/// Bumps `beat` four times a second, for as long as the runtime runs
+/// tasks: the health check sees a wedged runtime by the beat stopping.
+async fn heartbeat(beat: Arc<crate::agent::health::Beat>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        beat.beat();
+    }
+}
+
+/// Accepts connections until `shutdown`, each admitted by `gate` and
+/// served on a task of its own, then gives those in flight [`DRAIN`].
+async fn accept_loop(
+    listener: std::net::TcpListener,
+    gate: Arc<Gate>,
+    app: Router,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: Shutdown,
+) -> Result<(), ServerError> {
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(ServerError::Listen)?;
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        while connections.try_join_next().is_some() {}
+        // Never waits for room: a connection that cannot be served is
+        // closed at once, so the listen backlog never fills with them
+        // and a gateway's connection is always looked at.
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.wait() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause
+                    // rather than spin.
+                    log::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(admitted) = admit_or_log(&gate, peer) else {
+            continue;
+        };
+        let (acceptor, shutdown, app) = (acceptor.clone(), shutdown.clone(), app.clone());
+        connections.spawn(connection(admitted, stream, acceptor, app, peer, shutdown));
+    }
+    // Requests in flight finish (each connection closes after its
+    // current response), within the bound.
+    let drained = tokio::time::timeout(DRAIN, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        log::warn!(
+            "{} connection(s) cut at shutdown after {:?}",
+            connections.len(),
+            DRAIN
+        );
+    }
+    Ok(())
+}
+
+/// The [`Gate`]'s admission of a connection from `peer`, or None (the
+/// connection is dropped), the refusal logged once a minute at most.
+fn admit_or_log(gate: &Arc<Gate>, peer: SocketAddr) -> Option<Admitted> {
+    match gate.admit(peer.ip()) {
+        Ok(a) => Some(a),
+        Err(why) => {
+            if gate.log_refusal() {
+                log::warn!(
+                    "refusing connections from {}: {why} (logged once a minute)",
+                    peer.ip()
+                );
+            }
+            None
+        }
+    }
+}
+
+/// One admitted connection, through its TLS handshake (bounded by
+/// [`HANDSHAKE_TIMEOUT`]) unless TLS is off; its place in the [`Gate`]
+/// goes back when it ends.
+async fn connection(
+    admitted: Admitted,
+    stream: tokio::net::TcpStream,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    app: Router,
+    peer: SocketAddr,
+    shutdown: Shutdown,
+) {
+    let _admitted = admitted;
+    let result = match acceptor {
+        Some(acceptor) => {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => serve_connection(tls, app, peer, &shutdown).await,
+                Ok(Err(e)) => {
+                    log::debug!("{peer}: TLS handshake failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    log::debug!("{peer}: TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+        None => serve_connection(stream, app, peer, &shutdown).await,
+    };
+    if let Err(e) = result {
+        log::debug!("{peer}: connection: {e}");
+    }
 }
 
 /// One HTTP/1.1 connection: a client slow to send its headers is cut, and
