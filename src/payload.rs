@@ -264,106 +264,170 @@ fn json_point(
             found: kind(item),
         });
     };
-    let structured = obj.contains_key("fields");
-    let mut tags = defaults.tags.clone();
-    let mut measurement = defaults.measurement.clone();
-    let mut timestamp = None;
-    let mut fields = Vec::new();
-    if structured {
-        for (key, value) in obj {
-            match key.as_str() {
-                "measurement" => match value {
-                    Value::String(m) => measurement = Some(m.clone()),
-                    _ => {
-                        return Err(PayloadError::Field {
-                            at,
-                            field: key.clone(),
-                            reason: format!("must be a string, found {}", kind(value)),
-                        });
-                    }
-                },
-                "tags" => {
-                    let Value::Object(t) = value else {
-                        return Err(PayloadError::NotAnObject {
-                            at: format!("{at}.tags"),
-                            found: kind(value),
-                        });
-                    };
-                    if t.len() > d.limits.max_tags {
-                        return Err(PayloadError::Invalid {
-                            at,
-                            source: InvalidPoint::TooManyTags(d.limits.max_tags),
-                        });
-                    }
-                    for (k, v) in t {
-                        let text = match v {
-                            Value::String(s) => s.clone(),
-                            Value::Number(n) => n.to_string(),
-                            Value::Bool(b) => b.to_string(),
-                            _ => return Err(PayloadError::Tag { at, tag: k.clone() }),
-                        };
-                        merge_tag(&mut tags, defaults.tags.len(), k, &text);
-                    }
-                }
-                "fields" => {
-                    let Value::Object(f) = value else {
-                        return Err(PayloadError::NotAnObject {
-                            at: format!("{at}.fields"),
-                            found: kind(value),
-                        });
-                    };
-                    if f.len() > d.limits.max_fields {
-                        return Err(PayloadError::Invalid {
-                            at,
-                            source: InvalidPoint::TooManyFields(d.limits.max_fields),
-                        });
-                    }
-                    for (k, v) in f {
-                        fields.push(named_field(k, v, &at)?);
-                    }
-                }
-                "time" => timestamp = Some(json_time(value, d.precision, &at)?),
-                other => {
-                    return Err(PayloadError::Field {
-                        at,
-                        field: other.to_owned(),
-                        reason: "unknown key beside \"fields\" (expected measurement, tags, fields, time)".to_owned(),
-                    });
-                }
-            }
-        }
+    let mut parts = JsonParts {
+        measurement: defaults.measurement.clone(),
+        tags: defaults.tags.clone(),
+        fields: Vec::new(),
+        timestamp: None,
+    };
+    if obj.contains_key("fields") {
+        structured_members(d, defaults, obj, &at, &mut parts)?;
     } else {
-        if obj.len() > d.limits.max_fields + usize::from(obj.contains_key("time")) {
-            return Err(PayloadError::Invalid {
-                at,
-                source: InvalidPoint::TooManyFields(d.limits.max_fields),
-            });
-        }
-        for (k, v) in obj {
-            if k == "time" {
-                timestamp = Some(json_time(v, d.precision, &at)?);
-                continue;
-            }
-            fields.push(named_field(k, v, &at)?);
-        }
+        flat_members(d, obj, &at, &mut parts)?;
     }
-    let Some(measurement) = measurement else {
+    let Some(measurement) = parts.measurement else {
         return Err(PayloadError::NoMeasurement { at });
     };
-    if fields.is_empty() {
+    if parts.fields.is_empty() {
         return Err(PayloadError::NoFields { at });
     }
     let point = Point {
         measurement,
-        tags,
-        fields,
-        timestamp,
+        tags: parts.tags,
+        fields: parts.fields,
+        timestamp: parts.timestamp,
     };
     point
         .check_limits(&d.limits)
         .and_then(|()| point.validate())
         .map_err(|source| PayloadError::Invalid { at, source })?;
     Ok(point)
+}
+
+/// A JSON point's pieces as its members are read, starting from the
+/// subscription's defaults.
+struct JsonParts {
+    measurement: Option<String>,
+    tags: Vec<(String, String)>,
+    fields: Vec<(String, FieldValue)>,
+    timestamp: Option<i64>,
+}
+
+/// Reads the members of a structured object (`measurement`, `tags`,
+/// `fields`, `time`) into `parts`; any other key is an error, as it is
+/// most likely a field put in the wrong place.
+fn structured_members(
+    d: &Decoding,
+    defaults: &Defaults,
+    obj: &serde_json::Map<String, Value>,
+    at: &str,
+    parts: &mut JsonParts,
+) -> Result<(), PayloadError> {
+    for (key, value) in obj {
+        match key.as_str() {
+            "measurement" => match value {
+                Value::String(m) => parts.measurement = Some(m.clone()),
+                _ => {
+                    return Err(PayloadError::Field {
+                        at: at.to_owned(),
+                        field: key.clone(),
+                        reason: format!("must be a string, found {}", kind(value)),
+                    });
+                }
+            },
+            "tags" => json_tags(d, defaults, value, at, &mut parts.tags)?,
+            "fields" => json_fields(d, value, at, &mut parts.fields)?,
+            "time" => parts.timestamp = Some(json_time(value, d.precision, at)?),
+            other => {
+                return Err(PayloadError::Field {
+                    at: at.to_owned(),
+                    field: other.to_owned(),
+                    reason:
+                        "unknown key beside \"fields\" (expected measurement, tags, fields, time)"
+                            .to_owned(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Merges a structured object's `tags` into `tags`, over the defaults.
+/// Numbers and booleans become their text, as tags are strings.
+fn json_tags(
+    d: &Decoding,
+    defaults: &Defaults,
+    value: &Value,
+    at: &str,
+    tags: &mut Vec<(String, String)>,
+) -> Result<(), PayloadError> {
+    let Value::Object(t) = value else {
+        return Err(PayloadError::NotAnObject {
+            at: format!("{at}.tags"),
+            found: kind(value),
+        });
+    };
+    if t.len() > d.limits.max_tags {
+        return Err(PayloadError::Invalid {
+            at: at.to_owned(),
+            source: InvalidPoint::TooManyTags(d.limits.max_tags),
+        });
+    }
+    for (k, v) in t {
+        let text = match v {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            _ => {
+                return Err(PayloadError::Tag {
+                    at: at.to_owned(),
+                    tag: k.clone(),
+                });
+            }
+        };
+        merge_tag(tags, defaults.tags.len(), k, &text);
+    }
+    Ok(())
+}
+
+/// Adds a structured object's `fields` to `fields`, refusing too many
+/// before converting any.
+fn json_fields(
+    d: &Decoding,
+    value: &Value,
+    at: &str,
+    fields: &mut Vec<(String, FieldValue)>,
+) -> Result<(), PayloadError> {
+    let Value::Object(f) = value else {
+        return Err(PayloadError::NotAnObject {
+            at: format!("{at}.fields"),
+            found: kind(value),
+        });
+    };
+    if f.len() > d.limits.max_fields {
+        return Err(PayloadError::Invalid {
+            at: at.to_owned(),
+            source: InvalidPoint::TooManyFields(d.limits.max_fields),
+        });
+    }
+    for (k, v) in f {
+        fields.push(named_field(k, v, at)?);
+    }
+    Ok(())
+}
+
+/// Reads a flat object into `parts`: `time` is the timestamp, every other
+/// member a field. Too many members are refused before any is converted.
+fn flat_members(
+    d: &Decoding,
+    obj: &serde_json::Map<String, Value>,
+    at: &str,
+    parts: &mut JsonParts,
+) -> Result<(), PayloadError> {
+    if obj.len() > d.limits.max_fields + usize::from(obj.contains_key("time")) {
+        return Err(PayloadError::Invalid {
+            at: at.to_owned(),
+            source: InvalidPoint::TooManyFields(d.limits.max_fields),
+        });
+    }
+    for (k, v) in obj {
+        if k == "time" {
+            parts.timestamp = Some(json_time(v, d.precision, at)?);
+            continue;
+        }
+        parts.fields.push(named_field(k, v, at)?);
+    }
+    Ok(())
 }
 
 /// A JSON member as a field, or an error naming the field and where it is.
