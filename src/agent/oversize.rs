@@ -95,90 +95,31 @@ pub fn clear(
     shutdown: &Shutdown,
 ) -> Result<Clearing, ClearError> {
     let broker = format!("{}:{}", config.url.host, config.url.port);
-    let connect_error = |source| ClearError::Connect {
-        broker: broker.clone(),
-        source,
-    };
-    // Every address of the host in turn, as the session's client does.
-    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "the host has no address");
-    let mut connected = None;
-    for addr in (config.url.host.as_str(), config.url.port)
-        .to_socket_addrs()
-        .map_err(connect_error)?
-    {
-        match TcpStream::connect_timeout(&addr, Duration::from_secs(10)) {
-            Ok(tcp) => {
-                connected = Some(tcp);
-                break;
-            }
-            Err(e) => last = e,
-        }
-    }
-    let tcp = connected.ok_or_else(|| connect_error(last))?;
+    let tcp = connect_tcp(config, &broker)?;
     tcp.set_read_timeout(Some(STALL))?;
     tcp.set_write_timeout(Some(STALL))?;
     let timeouts = tcp.try_clone()?;
-    let mut link: Box<dyn Link> = match &config.tls {
-        None => Box::new(tcp),
-        Some(tls) => {
-            let tls_error = |message: String| ClearError::Tls {
-                broker: broker.clone(),
-                message,
-            };
-            let name = rustls::pki_types::ServerName::try_from(config.url.host.clone())
-                .map_err(|e| tls_error(e.to_string()))?;
-            let conn = rustls::ClientConnection::new(tls.0.clone(), name)
-                .map_err(|e| tls_error(e.to_string()))?;
-            Box::new(rustls::StreamOwned::new(conn, tcp))
-        }
-    };
-    link.write_all(&connect_packet(config))?;
-    link.flush()?;
-    let (kind, len) = read_header(&mut link)?.ok_or(ClearError::Protocol("no CONNACK"))?;
-    if kind >> 4 != 2 || len != 2 {
-        return Err(ClearError::NotConnAck(kind >> 4));
-    }
-    let mut ack = [0u8; 2];
-    link.read_exact(&mut ack)?;
-    if ack[1] != 0 {
-        return Err(ClearError::Refused(ack[1]));
-    }
+    let mut link = wrap_tls(config, &broker, tcp)?;
+    handshake(&mut link, config)?;
     let mut done = Clearing::default();
-    let mut last_sent = Instant::now();
-    let ping_every = config.keep_alive / 2;
+    let mut pinger = Pinger {
+        last_sent: Instant::now(),
+        every: config.keep_alive / 2,
+    };
     let mut ended = false;
     for _ in 0..MAX_PACKETS {
         if shutdown.is_triggered() {
             return Err(ClearError::Stopped);
         }
-        timeouts.set_read_timeout(Some(IDLE))?;
-        let header = match read_header(&mut link) {
-            Ok(Some(h)) => h,
-            Ok(None) => {
+        let (first, len) = match next_header(&mut link, &timeouts)? {
+            Next::Packet(first, len) => (first, len),
+            Next::Ended => {
                 ended = true;
                 break;
             }
-            Err(ClearError::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                break;
-            }
-            Err(e) => return Err(e),
+            Next::Idle => break,
         };
-        timeouts.set_read_timeout(Some(STALL))?;
-        let (first, len) = header;
         let mut left = len;
-        let mut keep_alive = |link: &mut Box<dyn Link>| -> std::io::Result<()> {
-            if last_sent.elapsed() >= ping_every {
-                link.write_all(&[0xC0, 0x00])?;
-                link.flush()?;
-                last_sent = Instant::now();
-            }
-            Ok(())
-        };
         let publish = first >> 4 == 3;
         let qos = (first >> 1) & 3;
         let resend = first & 0x08 != 0;
@@ -192,7 +133,7 @@ pub fn clear(
             // to its end, so the connection closes cleanly behind our
             // DISCONNECT.)
             if len <= limit {
-                skip(&mut link, &mut left, None, shutdown, &mut keep_alive)?;
+                skip(&mut link, &mut left, None, shutdown, &mut pinger)?;
             }
             break;
         }
@@ -200,42 +141,10 @@ pub fn clear(
             // Not ours to take: left unacked, the broker delivers it to the
             // session again. (QoS 2 needs a PUBREC, not a PUBACK; the
             // gateway subscribes at QoS 1 and never gets one.)
-            skip(&mut link, &mut left, None, shutdown, &mut keep_alive)?;
+            skip(&mut link, &mut left, None, shutdown, &mut pinger)?;
             continue;
         }
-        let mut topic_len = [0u8; 2];
-        link.read_exact(&mut topic_len)?;
-        let topic_len = u16::from_be_bytes(topic_len) as usize;
-        let ids = if qos > 0 { 2 } else { 0 };
-        left = left
-            .checked_sub(2 + topic_len + ids)
-            .ok_or(ClearError::Protocol("a PUBLISH shorter than its topic"))?;
-        let mut topic = vec![0u8; topic_len];
-        link.read_exact(&mut topic)?;
-        let mut pkid = [0u8; 2];
-        if qos > 0 {
-            link.read_exact(&mut pkid)?;
-        }
-        let bytes = left;
-        let mut sample = Vec::with_capacity(SAMPLE);
-        skip(
-            &mut link,
-            &mut left,
-            Some(&mut sample),
-            shutdown,
-            &mut keep_alive,
-        )?;
-        record(&Cleared {
-            topic: String::from_utf8_lossy(&topic).into_owned(),
-            bytes,
-            sample,
-        })
-        .map_err(ClearError::Record)?;
-        if qos == 1 {
-            link.write_all(&[0x40, 0x02, pkid[0], pkid[1]])?;
-            link.flush()?;
-            last_sent = Instant::now();
-        }
+        take(&mut link, qos, left, record, shutdown, &mut pinger)?;
         done.cleared += 1;
     }
     if !ended {
@@ -245,6 +154,152 @@ pub fn clear(
     Ok(done)
 }
 
+/// A TCP connection to the broker: every address of the host in turn, as
+/// the session's client does.
+fn connect_tcp(config: &Mqtt, broker: &str) -> Result<TcpStream, ClearError> {
+    let connect_error = |source| ClearError::Connect {
+        broker: broker.to_owned(),
+        source,
+    };
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "the host has no address");
+    for addr in (config.url.host.as_str(), config.url.port)
+        .to_socket_addrs()
+        .map_err(connect_error)?
+    {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(10)) {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) => last = e,
+        }
+    }
+    Err(connect_error(last))
+}
+
+/// `tcp` as the link to speak MQTT over: through TLS with the session's
+/// settings when it has them, else as it is.
+fn wrap_tls(config: &Mqtt, broker: &str, tcp: TcpStream) -> Result<Box<dyn Link>, ClearError> {
+    Ok(match &config.tls {
+        None => Box::new(tcp),
+        Some(tls) => {
+            let tls_error = |message: String| ClearError::Tls {
+                broker: broker.to_owned(),
+                message,
+            };
+            let name = rustls::pki_types::ServerName::try_from(config.url.host.clone())
+                .map_err(|e| tls_error(e.to_string()))?;
+            let conn = rustls::ClientConnection::new(tls.0.clone(), name)
+                .map_err(|e| tls_error(e.to_string()))?;
+            Box::new(rustls::StreamOwned::new(conn, tcp))
+        }
+    })
+}
+
+/// Sends CONNECT and reads the broker's CONNACK, which must accept it.
+fn handshake(link: &mut Box<dyn Link>, config: &Mqtt) -> Result<(), ClearError> {
+    link.write_all(&connect_packet(config))?;
+    link.flush()?;
+    let (kind, len) = read_header(link)?.ok_or(ClearError::Protocol("no CONNACK"))?;
+    if kind >> 4 != 2 || len != 2 {
+        return Err(ClearError::NotConnAck(kind >> 4));
+    }
+    let mut ack = [0u8; 2];
+    link.read_exact(&mut ack)?;
+    if ack[1] != 0 {
+        return Err(ClearError::Refused(ack[1]));
+    }
+    Ok(())
+}
+
+/// What waiting for the next packet found.
+enum Next {
+    /// A packet's first byte and remaining length.
+    Packet(u8, usize),
+    /// The broker closed the connection.
+    Ended,
+    /// Nothing came for [`IDLE`]: the broker has nothing more to resend.
+    Idle,
+}
+
+/// Waits up to [`IDLE`] for the next packet's header; once one has come,
+/// the rest of the packet may take up to [`STALL`] between reads.
+fn next_header(link: &mut Box<dyn Link>, timeouts: &TcpStream) -> Result<Next, ClearError> {
+    timeouts.set_read_timeout(Some(IDLE))?;
+    let (first, len) = match read_header(link) {
+        Ok(Some(h)) => h,
+        Ok(None) => return Ok(Next::Ended),
+        Err(ClearError::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            return Ok(Next::Idle);
+        }
+        Err(e) => return Err(e),
+    };
+    timeouts.set_read_timeout(Some(STALL))?;
+    Ok(Next::Packet(first, len))
+}
+
+/// When we last sent the broker a packet, so that reading a long message
+/// still pings it within its keep-alive and it does not take us for dead.
+struct Pinger {
+    last_sent: Instant,
+    every: Duration,
+}
+
+impl Pinger {
+    /// Sends a PINGREQ if nothing was sent for half the keep-alive.
+    fn keep_alive(&mut self, link: &mut Box<dyn Link>) -> std::io::Result<()> {
+        if self.last_sent.elapsed() >= self.every {
+            link.write_all(&[0xC0, 0x00])?;
+            link.flush()?;
+            self.last_sent = Instant::now();
+        }
+        Ok(())
+    }
+}
+
+/// Takes one oversized PUBLISH of QoS `qos` whose header has been read
+/// (`left` bytes follow): reads its topic and packet id, passes its size
+/// and sample to `record`, and acks it only once that succeeded.
+fn take(
+    link: &mut Box<dyn Link>,
+    qos: u8,
+    mut left: usize,
+    record: &mut dyn FnMut(&Cleared) -> std::io::Result<()>,
+    shutdown: &Shutdown,
+    pinger: &mut Pinger,
+) -> Result<(), ClearError> {
+    let mut topic_len = [0u8; 2];
+    link.read_exact(&mut topic_len)?;
+    let topic_len = u16::from_be_bytes(topic_len) as usize;
+    let ids = if qos > 0 { 2 } else { 0 };
+    left = left
+        .checked_sub(2 + topic_len + ids)
+        .ok_or(ClearError::Protocol("a PUBLISH shorter than its topic"))?;
+    let mut topic = vec![0u8; topic_len];
+    link.read_exact(&mut topic)?;
+    let mut pkid = [0u8; 2];
+    if qos > 0 {
+        link.read_exact(&mut pkid)?;
+    }
+    let bytes = left;
+    let mut sample = Vec::with_capacity(SAMPLE);
+    skip(link, &mut left, Some(&mut sample), shutdown, pinger)?;
+    record(&Cleared {
+        topic: String::from_utf8_lossy(&topic).into_owned(),
+        bytes,
+        sample,
+    })
+    .map_err(ClearError::Record)?;
+    if qos == 1 {
+        link.write_all(&[0x40, 0x02, pkid[0], pkid[1]])?;
+        link.flush()?;
+        pinger.last_sent = Instant::now();
+    }
+    Ok(())
+}
+
 /// Reads and drops `left` bytes through a small buffer, keeping the first
 /// [`SAMPLE`] in `sample`, pinging the broker while it takes long.
 fn skip(
@@ -252,7 +307,7 @@ fn skip(
     left: &mut usize,
     mut sample: Option<&mut Vec<u8>>,
     shutdown: &Shutdown,
-    keep_alive: &mut dyn FnMut(&mut Box<dyn Link>) -> std::io::Result<()>,
+    pinger: &mut Pinger,
 ) -> Result<(), ClearError> {
     let mut buf = [0u8; 16 << 10];
     while *left > 0 {
@@ -268,7 +323,7 @@ fn skip(
             s.extend_from_slice(&buf[..n.min(room)]);
         }
         *left -= n;
-        keep_alive(link)?;
+        pinger.keep_alive(link)?;
     }
     Ok(())
 }
