@@ -47,12 +47,39 @@ pub struct LeaseRequest {
     pub ttl_secs: Option<u64>,
 }
 
+/// Which InfluxDB API a write, a lease or an authority backend speaks:
+/// one type for the gateway's configuration, the authority's and the wire
+/// between them, so that they cannot drift apart. On the wire and in the
+/// authority's configuration it is `influxdb-v1`, `influxdb-v2` or
+/// `influxdb-v3`; the gateway's `[influxdb] api` says `v1`, `v2`, `v3`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum InfluxApi {
+    #[serde(rename = "influxdb-v1")]
+    V1,
+    #[serde(rename = "influxdb-v2")]
+    V2,
+    #[serde(rename = "influxdb-v3")]
+    V3,
+}
+
+impl InfluxApi {
+    pub const ALL: [InfluxApi; 3] = [InfluxApi::V1, InfluxApi::V2, InfluxApi::V3];
+
+    /// The name on the wire and in the authority's configuration.
+    pub fn wire_name(self) -> &'static str {
+        match self {
+            InfluxApi::V1 => "influxdb-v1",
+            InfluxApi::V2 => "influxdb-v2",
+            InfluxApi::V3 => "influxdb-v3",
+        }
+    }
+}
+
 /// Where and how to write with a lease: everything a gateway needs, so it
 /// has no InfluxDB settings of its own.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Target {
-    /// `influxdb-v1`, `influxdb-v2` or `influxdb-v3`.
-    pub api: String,
+    pub api: InfluxApi,
     pub url: String,
     /// 2.x: the organization (its id, which the write API accepts as `org`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -251,6 +278,17 @@ mod tests {
             r#"{"error":{"code":"ticket_used_up","message":"used up"}}"#
         );
         assert_eq!(ErrorCode::NoRoleMatches.name(), "no_role_matches");
+    }
+
+    #[test]
+    fn each_api_has_one_name_on_the_wire() {
+        for api in InfluxApi::ALL {
+            let wire = serde_json::to_string(&api).unwrap();
+            assert_eq!(wire, format!("\"{}\"", api.wire_name()));
+            assert_eq!(serde_json::from_str::<InfluxApi>(&wire).unwrap(), api);
+        }
+        let unknown = serde_json::from_str::<InfluxApi>("\"influxdb-v9\"").unwrap_err();
+        assert!(unknown.to_string().contains("influxdb-v9"), "{unknown}");
     }
 
     #[test]

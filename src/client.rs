@@ -52,6 +52,11 @@ pub enum ClientError {
     Refused(ApiError),
     #[error("the authority answered HTTP {status} with no reason leasegate understands: {body}")]
     BadAnswer { status: u16, body: String },
+    /// The authority made lease `lease_id`, but its grant is not one this
+    /// gateway can write with (say, an API it does not know, from a newer
+    /// authority): the gateway's limit, not the authority's fault.
+    #[error("the authority granted lease {lease_id}, but this gateway cannot use it: {reason}")]
+    UnusableGrant { lease_id: String, reason: String },
 }
 
 impl ClientError {
@@ -63,7 +68,7 @@ impl ClientError {
             ClientError::Unreachable { .. } | ClientError::Tls { .. } => true,
             ClientError::BadAnswer { status, .. } => *status >= 500 || *status == 429,
             ClientError::Refused(e) => e.code.is_retryable(),
-            ClientError::Mismatch { .. } => false,
+            ClientError::Mismatch { .. } | ClientError::UnusableGrant { .. } => false,
         }
     }
 
@@ -83,6 +88,7 @@ impl ClientError {
             ClientError::Tls { .. } => "tls".into(),
             ClientError::Unreachable { .. } => "unreachable".into(),
             ClientError::BadAnswer { .. } => "bad_answer".into(),
+            ClientError::UnusableGrant { .. } => "unusable_grant".into(),
         }
     }
 }
@@ -184,13 +190,26 @@ impl AuthorityClient {
         let body = LeaseRequest {
             ttl_secs: ttl.map(|t| t.as_secs().max(1)),
         };
-        self.call(
+        let answer: serde_json::Value = self.call(
             "POST",
             "/v1/leases",
             Some(credential),
             Some(json(&body)),
             201,
-        )
+        )?;
+        // A lease exists once the authority said 201: one this gateway
+        // cannot read is named by its id, so that it can be given back.
+        let lease_id = answer.get("id").and_then(|v| v.as_str()).map(str::to_owned);
+        serde_json::from_value(answer).map_err(|e| match lease_id {
+            Some(lease_id) => ClientError::UnusableGrant {
+                lease_id,
+                reason: e.to_string(),
+            },
+            None => ClientError::BadAnswer {
+                status: 201,
+                body: format!("not the expected JSON: {e}"),
+            },
+        })
     }
 
     pub fn leases(&self, credential: &Secret) -> Result<Vec<LeaseInfo>, ClientError> {

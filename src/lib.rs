@@ -9,6 +9,9 @@
 //! - [`config`]: the gateway's configuration and its checks.
 //! - [`payload`]: MQTT payload formats (line, JSON, value) into points.
 //! - [`agent`]: the gateway daemon's pipeline.
+//! - [`lifecycle`]: what both daemons share to start, supervise and drain
+//!   (named threads, health beats, systemd's watchdog and notify protocol,
+//!   private state files).
 //! - [`shutdown`], [`backoff`], [`secret`]: the small shared pieces every
 //!   long-running loop and every credential goes through.
 
@@ -20,9 +23,9 @@ pub mod backoff;
 pub mod client;
 pub mod config;
 pub mod exit;
+pub mod lifecycle;
 pub mod lineproto;
 pub mod logging;
-pub mod notify;
 pub mod payload;
 pub mod render;
 pub mod secret;

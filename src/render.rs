@@ -91,7 +91,7 @@ pub fn lease_detail(l: &LeaseInfo, now_ms: i64) -> String {
         relative(l.created_ms, now_ms),
         expiry(l.expires_ms, now_ms),
         humantime::format_duration(Duration::from_secs(l.ttl_secs)),
-        t.api,
+        t.api.wire_name(),
         t.url
     );
     for (k, v) in [

@@ -21,6 +21,9 @@ struct Inner {
     started: Mutex<Option<Instant>>,
     wake_threads: Condvar,
     wake_tasks: tokio::sync::Notify,
+    /// Run once by the trigger: wakes waits that are not on this value
+    /// (another condition variable, a channel, a file descriptor).
+    on_trigger: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
 }
 
 impl Shutdown {
@@ -35,8 +38,37 @@ impl Shutdown {
             *started = Some(Instant::now());
         }
         self.inner.flag.store(true, Ordering::SeqCst);
+        drop(started);
         self.inner.wake_threads.notify_all();
         self.inner.wake_tasks.notify_waiters();
+        let wakers = std::mem::take(
+            &mut *self
+                .inner
+                .on_trigger
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for wake in wakers {
+            wake();
+        }
+    }
+
+    /// Runs `wake` when shutdown starts (at once if it has): for a loop
+    /// that blocks on something of its own rather than on this value, so
+    /// that it sleeps without polling and still stops at once. `wake` runs
+    /// on the thread that triggers and must only wake, never block.
+    pub fn on_trigger(&self, wake: impl FnOnce() + Send + 'static) {
+        let mut wakers = self
+            .inner
+            .on_trigger
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if self.is_triggered() {
+            drop(wakers);
+            wake();
+        } else {
+            wakers.push(Box::new(wake));
+        }
     }
 
     pub fn is_triggered(&self) -> bool {
@@ -80,6 +112,41 @@ impl Shutdown {
             }
             notified.await;
         }
+    }
+}
+
+/// Waits on `condvar` with `guard` until `done` holds, `shutdown` starts
+/// (its waker must notify `condvar`, [`Shutdown::on_trigger`]) or the
+/// optional deadline passes. Returns the guard and whether `done` held.
+/// For the loops that sleep on a condition of their own rather than on the
+/// shutdown.
+pub fn wait_while<'a, T>(
+    condvar: &Condvar,
+    mut guard: std::sync::MutexGuard<'a, T>,
+    deadline: Option<Instant>,
+    shutdown: &Shutdown,
+    mut done: impl FnMut(&mut T) -> bool,
+) -> (std::sync::MutexGuard<'a, T>, bool) {
+    loop {
+        if done(&mut guard) {
+            return (guard, true);
+        }
+        if shutdown.is_triggered() {
+            return (guard, false);
+        }
+        guard = match deadline {
+            None => condvar.wait(guard).unwrap_or_else(|e| e.into_inner()),
+            Some(deadline) => {
+                let now = Instant::now();
+                if now >= deadline {
+                    return (guard, false);
+                }
+                condvar
+                    .wait_timeout(guard, deadline - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+            }
+        };
     }
 }
 
@@ -136,6 +203,21 @@ mod tests {
         assert!(took < Duration::from_secs(10));
         assert!(s.started_at().is_some());
         assert!(!Shutdown::new().sleep(Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn wakers_run_once_at_the_trigger_or_at_once_after_it() {
+        let s = Shutdown::new();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx2 = tx.clone();
+        s.on_trigger(move || tx.send("before").unwrap());
+        assert!(rx.try_recv().is_err());
+        s.trigger();
+        s.trigger();
+        assert_eq!(rx.try_recv(), Ok("before"));
+        s.on_trigger(move || tx2.send("after").unwrap());
+        assert_eq!(rx.try_recv(), Ok("after"));
+        assert!(rx.try_recv().is_err(), "each ran once");
     }
 
     #[test]

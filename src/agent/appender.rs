@@ -1,4 +1,4 @@
-//! The `spool` thread: takes messages from the intake, decodes them
+//! The `appender` thread: takes messages from the intake, decodes them
 //! ([`super::decode`]), appends them to the disk spool in groups, commits
 //! each group once (one fsync under `fsync = "batch"`) and only then
 //! releases their MQTT acks.
@@ -17,40 +17,16 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::deadletter::{DeadLetters, Rejection};
-use super::decode::{Decoder, Received};
+use super::deadletter::DeadLetters;
+use super::decode::Decoder;
+use super::message::{AckToken, Delivery, Received};
 use super::spool::{Appended, Spool, SpoolError};
 use super::stats::Stats;
+use super::status::Reporter;
 use crate::backoff::Backoff;
 use crate::config::Subscription;
+use crate::lifecycle::health::Beat;
 use crate::shutdown::Shutdown;
-
-/// The lines decoded from one MQTT message, and how to acknowledge it.
-#[derive(Debug)]
-pub struct Delivery {
-    /// Line protocol, each line ending in `\n`.
-    pub lines: String,
-    pub points: u64,
-    /// What to acknowledge once stored; `None` for QoS 0 messages.
-    pub ack: Option<AckToken>,
-    /// Why (part of) the message was rejected, for the dead-letter file.
-    pub rejected: Option<Rejection>,
-    /// The message's share of the bytes allowed between the MQTT session
-    /// and the spool: held until the delivery is stored and dropped, so a
-    /// group waiting for its commit counts against the budget too.
-    #[allow(dead_code, reason = "held, not read: dropping it gives the bytes back")]
-    pub budget: Option<tokio::sync::OwnedSemaphorePermit>,
-}
-
-/// A packet id is only meaningful on the connection it arrived on: after a
-/// reconnect the broker resends unacked messages and may reuse the id for
-/// another message, so an ack carries its connection's number and the
-/// acker drops acks from earlier connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AckToken {
-    pub connection: u64,
-    pub pkid: u16,
-}
 
 /// Most messages stored under one commit.
 const GROUP: usize = 4096;
@@ -71,6 +47,10 @@ pub struct Appender {
     pub acks: mpsc::UnboundedSender<AckToken>,
     pub shutdown: Shutdown,
     pub stats: Arc<Stats>,
+    pub beat: Arc<Beat>,
+    /// Told how many points are stored so far after each commit, for the
+    /// age of the oldest point in the status report.
+    pub reporter: Arc<Reporter>,
     /// Limits of a record holding several messages: [`RECORD_BYTES`], and
     /// at most a writer batch of points, so that batches keep their size.
     pub record_bytes: usize,
@@ -84,7 +64,7 @@ impl Appender {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10), 0.25);
         let mut group = Vec::with_capacity(GROUP);
         let stats = self.stats.clone();
-        let beat = &stats.health.spool;
+        let beat = self.beat.clone();
         loop {
             beat.set_idle(true);
             let Some(first) = self.deliveries.blocking_recv() else {
@@ -117,6 +97,7 @@ impl Appender {
                 );
                 return;
             }
+            self.reporter.mark_appended(Stats::get(&stats.points_in));
             for d in group.drain(..) {
                 if let Some(token) = d.ack {
                     // Gone only when the MQTT side stopped; the broker then
@@ -166,7 +147,7 @@ impl Appender {
                     Stats::add(&self.stats.points_invalid, record_points);
                 }
                 Err(SpoolError::Full { .. }) => {
-                    self.stats.health.spool.beat();
+                    self.beat.beat();
                     // Commit what is appended so the writer can drain it.
                     if self.spool.commit().is_err()
                         || self.shutdown.sleep(Duration::from_millis(50))
@@ -177,7 +158,7 @@ impl Appender {
                 }
                 Err(e) => {
                     // A failing disk is a wait, not a wedge: still alive.
-                    self.stats.health.spool.beat();
+                    self.beat.beat();
                     let delay = backoff.next_delay();
                     log::error!(
                         "cannot store points: {}; not acking, retrying in {delay:?}",
@@ -200,7 +181,7 @@ impl Appender {
                 }
                 Err(e) => {
                     // A failing disk is a wait, not a wedge: still alive.
-                    self.stats.health.spool.beat();
+                    self.beat.beat();
                     let delay = backoff.next_delay();
                     log::error!(
                         "cannot sync the spool: {}; not acking, retrying in {delay:?}",

@@ -1,7 +1,7 @@
 //! Decoding: turns each MQTT message into line protocol for the spool,
 //! per its subscription's format, and says why any part was rejected.
 //!
-//! It runs on the `spool` thread, never on the MQTT runtime: a message is
+//! It runs on the `appender` thread, never on the MQTT runtime: a message is
 //! untrusted input, and however long one takes to decode, the thread that
 //! answers the broker's keep-alives must not wait for it. Every step is
 //! linear in the message's size and each point is bounded in tags and
@@ -11,27 +11,12 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rumqttc::Publish;
-
-use super::appender::{AckToken, Delivery};
 use super::deadletter::{Rejection, Source};
+use super::message::{Delivery, Received};
 use super::stats::Stats;
 use crate::config::Subscription;
 use crate::lineproto::{self, Point};
 use crate::payload;
-
-/// One message as it came from the broker, on its way to be decoded.
-#[derive(Debug)]
-pub struct Received {
-    pub publish: Publish,
-    /// What to acknowledge once stored; `None` for QoS 0 messages.
-    pub ack: Option<AckToken>,
-    /// The message's share of the bytes allowed in flight between the
-    /// MQTT session and the spool, given back when the message is dropped
-    /// after decoding.
-    #[allow(dead_code, reason = "held, not read: dropping it gives the bytes back")]
-    pub budget: Option<tokio::sync::OwnedSemaphorePermit>,
-}
 
 /// Whether every InfluxDB reads a valid line's own text as exactly the
 /// parsed point. A few forms 1.x and 2.x take are read otherwise (or
@@ -319,7 +304,8 @@ pub(super) fn topic_matches(filter: &str, topic: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rumqttc::QoS;
+    use crate::agent::message::AckToken;
+    use rumqttc::{Publish, QoS};
 
     #[test]
     fn filters_match_like_mqtt() {

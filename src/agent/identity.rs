@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::LeaseGrant;
 use crate::client::{AuthorityClient, ClientError, Trust};
+use crate::lifecycle::files::write_private;
 use crate::secret::Secret;
 use crate::ticket::{Ticket, TicketError};
 
@@ -193,36 +194,6 @@ fn is_loopback_url(url: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Writes `value` as JSON to `path` whole and durably, mode 0600.
-pub fn write_private<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
-    write_json(path, value, true)
-}
-
-/// Writes `value` as JSON to `path` whole, mode 0600; with `durable`, synced
-/// before and after the rename (identity and lease), else left to the
-/// kernel (the status report, rewritten every second, must not wear an SD
-/// card).
-pub fn write_json<T: Serialize>(path: &Path, value: &T, durable: bool) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(&serde_json::to_vec_pretty(value).expect("plain data always serializes"))?;
-    if durable {
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let (true, Some(dir)) = (durable, path.parent()) {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
     let text = match std::fs::read(path) {
         Ok(t) => t,
@@ -302,30 +273,49 @@ pub fn forget(state_dir: &Path) {
     }
 }
 
+/// The `*.ticket` entries of the ticket directory.
+#[derive(Debug, Default)]
+pub struct WaitingTickets {
+    /// Settled ones, oldest first.
+    pub settled: Vec<PathBuf>,
+    /// How long until the next one that is still changing has been
+    /// unchanged for [`SETTLE`].
+    pub settling_in: Option<std::time::Duration>,
+}
+
 /// `*.ticket` entries in `dir` (whatever their type: a symlink or a FIFO
 /// is refused by name when it is read), oldest first; one changed in the
-/// last [`SETTLE`] may still be being copied in and waits for the next look.
-pub fn waiting_tickets(dir: &Path) -> Vec<PathBuf> {
+/// last [`SETTLE`] may still be being copied in and waits.
+pub fn waiting_tickets(dir: &Path) -> WaitingTickets {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
+        return WaitingTickets::default();
     };
-    let mut found: Vec<(std::time::SystemTime, PathBuf)> = entries
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "ticket"))
-        .filter_map(|p| {
-            let m = std::fs::symlink_metadata(&p).ok()?;
-            if m.is_dir() {
-                return None;
-            }
-            Some((m.modified().unwrap_or(std::time::UNIX_EPOCH), p))
-        })
+    let mut waiting = WaitingTickets::default();
+    let mut found: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
+    for p in entries.filter_map(|e| e.ok()).map(|e| e.path()) {
+        if p.extension().is_none_or(|x| x != "ticket") {
+            continue;
+        }
+        let Ok(m) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if m.is_dir() {
+            continue;
+        }
+        let modified = m.modified().unwrap_or(std::time::UNIX_EPOCH);
         // A time in the future (a clock behind the copy's origin) counts
         // as settled: nothing is copying it now.
-        .filter(|(t, _)| t.elapsed().map_or(true, |age| age >= SETTLE))
-        .collect();
+        match modified.elapsed() {
+            Ok(age) if age < SETTLE => {
+                let left = SETTLE - age;
+                waiting.settling_in = Some(waiting.settling_in.map_or(left, |n| n.min(left)));
+            }
+            _ => found.push((modified, p)),
+        }
+    }
     found.sort();
-    found.into_iter().map(|(_, p)| p).collect()
+    waiting.settled = found.into_iter().map(|(_, p)| p).collect();
+    waiting
 }
 
 /// Largest ticket file read; a ticket is a few hundred bytes.

@@ -1,6 +1,6 @@
 //! MQTT intake: keeps the broker session, subscribes at QoS 1, hands each
-//! message to the `spool` thread as it came, and sends the acks that thread
-//! releases once the points are stored.
+//! message to the `appender` thread as it came, and sends the acks that
+//! thread releases once the points are stored.
 //!
 //! The session is persistent (clean session off) with manual acks, so a
 //! message that is not stored yet stays with the broker across restarts and
@@ -19,12 +19,13 @@ use rumqttc::{
 };
 use tokio::sync::mpsc;
 
-use super::appender::AckToken;
 use super::deadletter::{DeadLetters, Rejection, Source};
-use super::decode::{Received, topic_matches};
+use super::decode::topic_matches;
+use super::message::{AckToken, Received};
 use super::stats::Stats;
 use crate::backoff::Backoff;
 use crate::config::{Mqtt, Subscription};
+use crate::lifecycle::health::Beat;
 use crate::shutdown::Shutdown;
 
 pub struct Intake {
@@ -39,12 +40,18 @@ pub struct Intake {
     pub reload: tokio::sync::watch::Receiver<Vec<Subscription>>,
     /// With `publish_status`: the report to publish, retained.
     pub status: Option<Arc<super::status::Reporter>>,
+    /// With systemd's watchdog: this runtime's beat and how often a task
+    /// on it beats (it runs only while the thread is not stuck). Without
+    /// one, nothing wakes for it.
+    pub beat: Option<(Arc<Beat>, Duration)>,
+    /// Told once, when the broker first confirms the subscriptions.
+    pub subscribed: Box<dyn Fn() + Send>,
 }
 
 impl Intake {
     pub async fn run(self) {
         let Intake {
-            mut config,
+            config,
             deliveries,
             acks,
             shutdown,
@@ -52,85 +59,43 @@ impl Intake {
             dead_letters,
             mut reload,
             status,
+            beat,
+            subscribed,
         } = self;
-        let mut options = MqttOptions::new(&config.client_id, &config.url.host, config.url.port);
-        options
-            .set_keep_alive(config.keep_alive)
-            .set_clean_session(false)
-            .set_manual_acks(true)
-            // A larger packet is refused by its header, before it is read;
-            // the connection drops and `oversize` clears it off the session.
-            .set_max_packet_size(incoming_limit(config.max_packet_size), 64 * 1024);
-        if let Some(tls) = &config.tls {
-            options.set_transport(rumqttc::Transport::tls_with_config(
-                rumqttc::TlsConfiguration::Rustls(tls.0.clone()),
-            ));
-        }
-        if let (Some(user), Some(password)) = (&config.username, &config.password) {
-            options.set_credentials(user, password.expose());
-        } else if let Some(user) = &config.username {
-            options.set_credentials(user, "");
-        }
         let status_topic = status
             .as_ref()
             .map(|_| format!("leasegate/{}/status", config.client_id));
-        if let Some(topic) = &status_topic {
-            // The broker says "offline" for us if we vanish without a word.
-            options.set_last_will(rumqttc::LastWill::new(
-                topic.clone(),
-                "offline",
-                QoS::AtLeastOnce,
-                true,
-            ));
-        }
-        let (client, mut eventloop) = AsyncClient::new(options, 1024);
-        let status_task = match (&status, &status_topic) {
-            (Some(reporter), Some(topic)) => Some(tokio::spawn(publish_status(
+        let (client, mut eventloop) =
+            AsyncClient::new(options(&config, status_topic.as_deref()), 1024);
+        let (connected, watch_connected) = tokio::sync::watch::channel(false);
+        let mut tasks = Vec::new();
+        if let (Some(reporter), Some(topic)) = (&status, &status_topic) {
+            tasks.push(tokio::spawn(publish_status(
                 client.clone(),
                 topic.clone(),
                 reporter.clone(),
                 config.status_interval,
-                stats.clone(),
-            ))),
-            _ => None,
-        };
-        let broker = format!("{}:{}", config.url.host, config.url.port);
+                watch_connected,
+            )));
+        }
         let connection = Arc::new(AtomicU64::new(0));
-        let acker = tokio::spawn(send_acks(
+        tasks.push(tokio::spawn(send_acks(
             client.clone(),
             acks,
             connection.clone(),
             status_topic.clone(),
-        ));
-        // The watchdog's beat for this thread: a task on the same
-        // single-threaded runtime runs only while the thread is not stuck.
-        let beats = {
-            let stats = stats.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_millis(250));
+        )));
+        if let Some((beat, every)) = beat {
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
                 loop {
                     tick.tick().await;
-                    stats.health.mqtt.beat();
+                    beat.beat();
                 }
-            })
-        };
-
+            }));
+        }
+        let mut session = Session::new(client, config, stats, connection, connected, subscribed);
         let mut deliveries = Some(deliveries);
-        // Bytes of messages between here and the spool thread: with the
-        // broker's in-flight window this bounds what a flood of large
-        // messages can hold in memory.
-        let budget_bytes = queue_bytes(config.max_packet_size);
-        let budget = Arc::new(tokio::sync::Semaphore::new(budget_bytes));
-        // Number of the current broker connection, for ack tokens.
-        let mut current = 0;
-        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30), 0.25);
-        // Set once the broker has confirmed the configured subscriptions.
-        let mut subscribed_once = false;
-        // Filters a reload added that the broker has not confirmed yet.
-        let mut unconfirmed: Vec<String> = Vec::new();
-        let mut drops = DropWatch::default();
-        // Brokers answer SUBSCRIBEs in order: what each SubAck is for.
-        let mut suback_for = std::collections::VecDeque::new();
         loop {
             let event = tokio::select! {
                 biased;
@@ -142,199 +107,340 @@ impl Intake {
                 }
                 Ok(()) = reload.changed() => {
                     let new = reload.borrow_and_update().clone();
-                    resubscribe(
-                        &client,
-                        &mut config,
-                        &mut suback_for,
-                        &mut unconfirmed,
-                        new,
-                    );
+                    session.resubscribe(new);
                     continue;
                 }
                 event = eventloop.poll() => event,
             };
-            match event {
+            let go_on = match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    backoff.reset();
-                    stats.mqtt_connected.store(true, Ordering::Relaxed);
-                    current = connection.fetch_add(1, Ordering::SeqCst) + 1;
-                    log::info!(
-                        "connected to MQTT broker {broker} (session present: {})",
-                        ack.session_present
-                    );
-                    // A broker that kept our session kept our subscriptions
-                    // too; subscribing again would replay retained messages.
-                    // SUBSCRIBEs of the old connection that were never
-                    // answered are gone with it.
-                    suback_for.clear();
-                    if !ack.session_present || !subscribed_once {
-                        let filters = config.subscribe.iter().map(|s| {
-                            rumqttc::SubscribeFilter::new(s.topic.clone(), QoS::AtLeastOnce)
-                        });
-                        unconfirmed.clear();
-                        // Not awaited: this task is the one that drains the
-                        // request queue the call would wait on.
-                        match client.try_subscribe_many(filters) {
-                            Ok(()) => suback_for.push_back(Subscribed::Configured),
-                            Err(e) => log::error!("cannot subscribe: {e}"),
-                        }
-                        // Apart, so that a broker that refuses it (or
-                        // disconnects for it) costs only the warning.
-                        if config.watch_broker_drops
-                            && client.try_subscribe(BROKER_DROPS, QoS::AtMostOnce).is_ok()
-                        {
-                            suback_for.push_back(Subscribed::BrokerDrops);
-                        }
-                    } else if !unconfirmed.is_empty() {
-                        // Added by a reload and not confirmed before the
-                        // connection dropped: the kept session lacks them.
-                        let filters = unconfirmed
-                            .iter()
-                            .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
-                        if client.try_subscribe_many(filters).is_ok() {
-                            suback_for.push_back(Subscribed::Added(unconfirmed.clone()));
-                        }
-                    }
-                }
-                Ok(Event::Incoming(Packet::SubAck(ack)))
-                    if suback_for.front() == Some(&Subscribed::BrokerDrops) =>
-                {
-                    suback_for.pop_front();
-                    log::debug!("broker drop counter subscription: {:?}", ack.return_codes);
-                }
-                Ok(Event::Incoming(Packet::SubAck(ack)))
-                    if matches!(suback_for.front(), Some(Subscribed::Added(_))) =>
-                {
-                    if let Some(Subscribed::Added(topics)) = suback_for.pop_front() {
-                        unconfirmed.retain(|t| !topics.contains(t));
-                        for (topic, code) in topics.iter().zip(&ack.return_codes) {
-                            match code {
-                                SubscribeReasonCode::Failure => {
-                                    log::error!("broker refused the new subscription to {topic:?}")
-                                }
-                                SubscribeReasonCode::Success(qos) => {
-                                    log::info!("subscribed to {topic:?} at {qos:?} (reload)")
-                                }
-                            }
-                        }
-                    }
+                    session.on_connack(&ack);
+                    true
                 }
                 Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                    suback_for.pop_front();
-                    subscribed_once = true;
-                    stats.subscribed.store(true, Ordering::Relaxed);
-                    for (sub, code) in config.subscribe.iter().zip(&ack.return_codes) {
-                        match code {
-                            SubscribeReasonCode::Failure => {
-                                log::error!("broker refused the subscription to {:?}", sub.topic)
-                            }
-                            SubscribeReasonCode::Success(qos) => {
-                                log::info!("subscribed to {:?} at {qos:?}", sub.topic)
-                            }
-                        }
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == BROKER_DROPS => {
-                    if let Some(warning) = drops.observe(&publish.payload) {
-                        log::warn!("{warning}");
-                    }
+                    session.on_suback(&ack);
+                    true
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    let Some(tx) = &deliveries else {
-                        // Shutting down: left unacked, the broker redelivers it.
-                        continue;
-                    };
-                    Stats::add(&stats.messages_in, 1);
-                    let bytes =
-                        (publish.payload.len() + publish.topic.len()).min(budget_bytes) as u32;
-                    let ack = (publish.qos != QoS::AtMostOnce).then_some(AckToken {
-                        connection: current,
-                        pkid: publish.pkid,
-                    });
-                    if ack.is_none() {
-                        // QoS 0 promises nothing; never stall the event
-                        // loop for it.
-                        let sent =
-                            budget
-                                .clone()
-                                .try_acquire_many_owned(bytes)
-                                .ok()
-                                .and_then(|permit| {
-                                    let topic = publish.topic.clone();
-                                    let received = Received {
-                                        publish,
-                                        ack,
-                                        budget: Some(permit),
-                                    };
-                                    tx.try_send(received).err().map(|_| topic)
-                                });
-                        if let Some(topic) = sent {
-                            log::warn!("dropped a QoS 0 message on {topic:?}: writer is behind");
-                        }
-                    } else {
-                        // Waits while the spool thread is behind: the broker
-                        // keeps the message until it is acked.
-                        tokio::select! {
-                            sent = async {
-                                let permit = budget.clone().acquire_many_owned(bytes).await.ok();
-                                tx.send(Received { publish, ack, budget: permit }).await
-                            } => if sent.is_err() {
-                                log::error!("spool thread stopped; message left for the broker to redeliver");
-                            },
-                            // Shutdown while the spool is not taking more:
-                            // left unacked, the broker keeps the message.
-                            _ = shutdown.wait() => {}
-                        }
-                    }
+                    session
+                        .on_publish(publish, deliveries.as_ref(), &shutdown)
+                        .await;
+                    true
                 }
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
-                Ok(_) => {}
-                Err(e) => {
-                    stats.mqtt_connected.store(false, Ordering::Relaxed);
-                    if deliveries.is_none() {
-                        // Stopping and the connection is gone: nothing more
-                        // can be acked; the broker redelivers the rest.
-                        break;
-                    }
-                    if let Some(size) = oversized(&e) {
-                        log::warn!(
-                            "the broker handed over a message of {size} bytes, more than mqtt.max_packet_size ({}); taking it off the session unread",
-                            config.max_packet_size
-                        );
-                        let cleared = clear_oversized(&config, &dead_letters, &stats, &shutdown);
-                        let cleared = tokio::select! {
-                            n = cleared => n,
-                            _ = shutdown.wait() => 0,
-                        };
-                        if cleared > 0 {
-                            // What came after it is delivered at once.
-                            continue;
-                        }
-                    }
-                    let delay = backoff.next_delay();
-                    log::warn!(
-                        "MQTT broker {broker}: {}; reconnecting in {}",
-                        crate::error_chain(&e),
-                        humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
-                    );
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.wait() => {}
-                    }
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => false,
+                Ok(_) => true,
+                // Stopping and the connection is gone: nothing more can be
+                // acked; the broker redelivers the rest.
+                Err(_) if deliveries.is_none() => {
+                    session.set_connected(false);
+                    false
                 }
+                Err(e) => session.on_error(&e, &dead_letters, &shutdown).await,
+            };
+            if !go_on {
+                break;
             }
         }
-        acker.abort();
-        beats.abort();
-        if let Some(t) = status_task {
+        for t in tasks {
             t.abort();
         }
     }
 }
 
-/// Sends the acks the spool thread releases, in order, skipping those from
-/// an earlier connection; when the spool thread is done (its sender
-/// dropped), disconnects cleanly.
+/// The session's options: a persistent session with manual acks, the
+/// broker's TLS and login, and a last will when the status is published.
+fn options(config: &Mqtt, status_topic: Option<&str>) -> MqttOptions {
+    let mut options = MqttOptions::new(&config.client_id, &config.url.host, config.url.port);
+    options
+        .set_keep_alive(config.keep_alive)
+        .set_clean_session(false)
+        .set_manual_acks(true)
+        // A larger packet is refused by its header, before it is read;
+        // the connection drops and `oversize` clears it off the session.
+        .set_max_packet_size(incoming_limit(config.max_packet_size), 64 * 1024);
+    if let Some(tls) = &config.tls {
+        options.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls.0.clone()),
+        ));
+    }
+    if let (Some(user), Some(password)) = (&config.username, &config.password) {
+        options.set_credentials(user, password.expose());
+    } else if let Some(user) = &config.username {
+        options.set_credentials(user, "");
+    }
+    if let Some(topic) = status_topic {
+        // The broker says "offline" for us if we vanish without a word.
+        options.set_last_will(rumqttc::LastWill::new(
+            topic,
+            "offline",
+            QoS::AtLeastOnce,
+            true,
+        ));
+    }
+    options
+}
+
+/// What the event loop keeps between events.
+struct Session {
+    client: AsyncClient,
+    config: Mqtt,
+    stats: Arc<Stats>,
+    broker: String,
+    /// Bytes of messages between here and the appender: with the broker's
+    /// in-flight window this bounds what a flood of large messages can
+    /// hold in memory.
+    budget: Arc<tokio::sync::Semaphore>,
+    budget_bytes: usize,
+    /// Number of the current broker connection, for ack tokens.
+    current: u64,
+    connection: Arc<AtomicU64>,
+    connected: tokio::sync::watch::Sender<bool>,
+    backoff: Backoff,
+    /// Set once the broker has confirmed the configured subscriptions.
+    subscribed_once: bool,
+    subscribed: Box<dyn Fn() + Send>,
+    /// Filters a reload added that the broker has not confirmed yet.
+    unconfirmed: Vec<String>,
+    drops: DropWatch,
+    /// Brokers answer SUBSCRIBEs in order: what each SubAck is for.
+    suback_for: std::collections::VecDeque<Subscribed>,
+}
+
+impl Session {
+    fn new(
+        client: AsyncClient,
+        config: Mqtt,
+        stats: Arc<Stats>,
+        connection: Arc<AtomicU64>,
+        connected: tokio::sync::watch::Sender<bool>,
+        subscribed: Box<dyn Fn() + Send>,
+    ) -> Session {
+        let budget_bytes = queue_bytes(config.max_packet_size);
+        Session {
+            client,
+            broker: format!("{}:{}", config.url.host, config.url.port),
+            config,
+            stats,
+            budget: Arc::new(tokio::sync::Semaphore::new(budget_bytes)),
+            budget_bytes,
+            current: 0,
+            connection,
+            connected,
+            backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30), 0.25),
+            subscribed_once: false,
+            subscribed,
+            unconfirmed: Vec::new(),
+            drops: DropWatch::default(),
+            suback_for: std::collections::VecDeque::new(),
+        }
+    }
+
+    fn set_connected(&self, up: bool) {
+        self.stats.mqtt_connected.store(up, Ordering::Relaxed);
+        self.connected.send_replace(up);
+    }
+
+    fn on_connack(&mut self, ack: &rumqttc::ConnAck) {
+        self.backoff.reset();
+        self.set_connected(true);
+        self.current = self.connection.fetch_add(1, Ordering::SeqCst) + 1;
+        log::info!(
+            "connected to MQTT broker {} (session present: {})",
+            self.broker,
+            ack.session_present
+        );
+        // A broker that kept our session kept our subscriptions too;
+        // subscribing again would replay retained messages. SUBSCRIBEs of
+        // the old connection that were never answered are gone with it.
+        self.suback_for.clear();
+        if !ack.session_present || !self.subscribed_once {
+            let filters = self
+                .config
+                .subscribe
+                .iter()
+                .map(|s| rumqttc::SubscribeFilter::new(s.topic.clone(), QoS::AtLeastOnce));
+            self.unconfirmed.clear();
+            // Not awaited: this task is the one that drains the request
+            // queue the call would wait on.
+            match self.client.try_subscribe_many(filters) {
+                Ok(()) => self.suback_for.push_back(Subscribed::Configured),
+                Err(e) => log::error!("cannot subscribe: {e}"),
+            }
+            // Apart, so that a broker that refuses it (or disconnects for
+            // it) costs only the warning.
+            if self.config.watch_broker_drops
+                && self
+                    .client
+                    .try_subscribe(BROKER_DROPS, QoS::AtMostOnce)
+                    .is_ok()
+            {
+                self.suback_for.push_back(Subscribed::BrokerDrops);
+            }
+        } else if !self.unconfirmed.is_empty() {
+            // Added by a reload and not confirmed before the connection
+            // dropped: the kept session lacks them.
+            let filters = self
+                .unconfirmed
+                .iter()
+                .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+            if self.client.try_subscribe_many(filters).is_ok() {
+                self.suback_for
+                    .push_back(Subscribed::Added(self.unconfirmed.clone()));
+            }
+        }
+    }
+
+    fn on_suback(&mut self, ack: &rumqttc::SubAck) {
+        match self.suback_for.pop_front() {
+            Some(Subscribed::BrokerDrops) => {
+                log::debug!("broker drop counter subscription: {:?}", ack.return_codes);
+            }
+            Some(Subscribed::Added(topics)) => {
+                self.unconfirmed.retain(|t| !topics.contains(t));
+                for (topic, code) in topics.iter().zip(&ack.return_codes) {
+                    match code {
+                        SubscribeReasonCode::Failure => {
+                            log::error!("broker refused the new subscription to {topic:?}")
+                        }
+                        SubscribeReasonCode::Success(qos) => {
+                            log::info!("subscribed to {topic:?} at {qos:?} (reload)")
+                        }
+                    }
+                }
+            }
+            Some(Subscribed::Configured) | None => {
+                for (sub, code) in self.config.subscribe.iter().zip(&ack.return_codes) {
+                    match code {
+                        SubscribeReasonCode::Failure => {
+                            log::error!("broker refused the subscription to {:?}", sub.topic)
+                        }
+                        SubscribeReasonCode::Success(qos) => {
+                            log::info!("subscribed to {:?} at {qos:?}", sub.topic)
+                        }
+                    }
+                }
+                if !self.subscribed_once {
+                    self.subscribed_once = true;
+                    (self.subscribed)();
+                }
+            }
+        }
+    }
+
+    /// Hands a message to the appender as it came. A QoS 0 message that
+    /// does not fit is dropped (it promises nothing); a QoS 1 message waits
+    /// for room, as the broker keeps it until it is acked.
+    async fn on_publish(
+        &mut self,
+        publish: Publish,
+        deliveries: Option<&mpsc::Sender<Received>>,
+        shutdown: &Shutdown,
+    ) {
+        if publish.topic == BROKER_DROPS {
+            if let Some(warning) = self.drops.observe(&publish.payload) {
+                log::warn!("{warning}");
+            }
+            return;
+        }
+        let Some(tx) = deliveries else {
+            // Shutting down: left unacked, the broker redelivers it.
+            return;
+        };
+        Stats::add(&self.stats.messages_in, 1);
+        let bytes = (publish.payload.len() + publish.topic.len()).min(self.budget_bytes) as u32;
+        let ack = (publish.qos != QoS::AtMostOnce).then_some(AckToken {
+            connection: self.current,
+            pkid: publish.pkid,
+        });
+        if ack.is_none() {
+            let sent = self
+                .budget
+                .clone()
+                .try_acquire_many_owned(bytes)
+                .ok()
+                .and_then(|permit| {
+                    let topic = publish.topic.clone();
+                    let received = Received {
+                        publish,
+                        ack,
+                        budget: Some(permit),
+                    };
+                    tx.try_send(received).err().map(|_| topic)
+                });
+            if let Some(topic) = sent {
+                log::warn!("dropped a QoS 0 message on {topic:?}: writer is behind");
+            }
+            return;
+        }
+        // Waits while the appender is behind.
+        tokio::select! {
+            sent = async {
+                let permit = self.budget.clone().acquire_many_owned(bytes).await.ok();
+                tx.send(Received { publish, ack, budget: permit }).await
+            } => if sent.is_err() {
+                log::error!("the appender stopped; message left for the broker to redeliver");
+            },
+            // Shutdown while the spool is not taking more: left unacked,
+            // the broker keeps the message.
+            _ = shutdown.wait() => {}
+        }
+    }
+
+    /// The connection failed: clears an oversized message off the session
+    /// if that was why, else waits out the backoff before reconnecting.
+    /// False when the loop should end.
+    async fn on_error(
+        &mut self,
+        e: &rumqttc::ConnectionError,
+        dead_letters: &Arc<std::sync::Mutex<DeadLetters>>,
+        shutdown: &Shutdown,
+    ) -> bool {
+        self.set_connected(false);
+        if let Some(size) = oversized(e) {
+            log::warn!(
+                "the broker handed over a message of {size} bytes, more than mqtt.max_packet_size ({}); taking it off the session unread",
+                self.config.max_packet_size
+            );
+            let cleared = clear_oversized(&self.config, dead_letters, &self.stats, shutdown);
+            let cleared = tokio::select! {
+                n = cleared => n,
+                _ = shutdown.wait() => 0,
+            };
+            if cleared > 0 {
+                // What came after it is delivered at once.
+                return true;
+            }
+        }
+        let delay = self.backoff.next_delay();
+        log::warn!(
+            "MQTT broker {}: {}; reconnecting in {}",
+            self.broker,
+            crate::error_chain(e),
+            humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.wait() => {}
+        }
+        true
+    }
+
+    /// Applies reloaded subscriptions on the live session (the appender's
+    /// decoder takes the new formats from the same reload).
+    fn resubscribe(&mut self, new: Vec<Subscription>) {
+        resubscribe(
+            &self.client,
+            &mut self.config,
+            &mut self.suback_for,
+            &mut self.unconfirmed,
+            new,
+        );
+    }
+}
+
+/// Sends the acks the appender releases, in order, skipping those from an
+/// earlier connection; when the appender is done (its sender dropped),
+/// disconnects cleanly.
 async fn send_acks(
     client: AsyncClient,
     mut acks: mpsc::UnboundedReceiver<AckToken>,
@@ -363,32 +469,37 @@ async fn send_acks(
 }
 
 /// Publishes the status report, retained, every `interval` while the
-/// broker session is up (and once soon after each connection).
+/// broker session is up, and once at each new connection.
 async fn publish_status(
     client: AsyncClient,
     topic: String,
     reporter: Arc<super::status::Reporter>,
     interval: Duration,
-    stats: Arc<Stats>,
+    mut connected: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut was_connected = false;
-    let mut since = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let connected = stats.mqtt_connected.load(Ordering::Relaxed);
-        let due = (connected && !was_connected) || since.elapsed() >= interval;
-        was_connected = connected;
-        if !connected || !due {
-            continue;
+        tokio::select! {
+            changed = connected.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                if !*connected.borrow_and_update() {
+                    continue;
+                }
+                tick.reset();
+            }
+            _ = tick.tick() => {
+                if !*connected.borrow() {
+                    continue;
+                }
+            }
         }
-        let Some(report) = reporter.last() else {
-            continue;
-        };
-        let body = serde_json::to_vec(&report).expect("plain data always serializes");
+        let body = serde_json::to_vec(&reporter.report()).expect("plain data always serializes");
         if let Err(e) = client.try_publish(topic.clone(), QoS::AtLeastOnce, true, body) {
             log::debug!("cannot queue the status message: {e}");
         }
-        since = tokio::time::Instant::now();
     }
 }
 
@@ -407,7 +518,7 @@ enum Subscribed {
     Added(Vec<String>),
 }
 
-/// Applies reloaded subscriptions on the live session (the spool thread's
+/// Applies reloaded subscriptions on the live session (the appender's
 /// decoder takes the new formats from the same reload): new filters are
 /// subscribed and dropped ones unsubscribed. A message already on its way for a dropped filter finds
 /// no subscription and goes to the dead-letter file, acked: nothing is
@@ -583,7 +694,7 @@ async fn clear_oversized(
     }
 }
 
-/// Bytes of payload allowed between the session and the spool thread:
+/// Bytes of payload allowed between the session and the appender:
 /// room for a few of the largest messages taken, and never less than 8 MiB
 /// so that small messages stream.
 fn queue_bytes(max_packet_size: u64) -> usize {

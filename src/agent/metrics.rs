@@ -13,18 +13,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::lease::LeaseLink;
-use super::spool::Spool;
 use super::stats::Stats;
+use super::status::Sources;
 use crate::shutdown::Shutdown;
-
-/// What the page is made from.
-pub struct Sources {
-    pub stats: Arc<Stats>,
-    pub spool: Arc<Spool>,
-    pub link: Arc<LeaseLink>,
-    pub leased: bool,
-}
 
 pub fn render(s: &Sources) -> String {
     let mut out = String::new();
@@ -77,10 +68,10 @@ pub fn render(s: &Sources) -> String {
         "1 while the broker session is up.",
         u8::from(st.mqtt_connected.load(std::sync::atomic::Ordering::Relaxed)).to_string(),
     );
-    if s.leased {
-        let left = s
-            .link
-            .view()
+    if let Some(view) = &s.view {
+        let left = view
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
             .lease_expires_ms
             .map(|t| ((t - crate::now_ms()).max(0) as f64 / 1000.0).to_string())
             .unwrap_or_else(|| "0".into());
@@ -109,38 +100,41 @@ pub fn render(s: &Sources) -> String {
     out
 }
 
-/// Serves `/metrics` on `listen` until `shutdown`.
+/// Serves `/metrics` on `listen` until `shutdown`, on its own thread,
+/// which sleeps in `accept` (shutdown wakes it by connecting).
 pub fn serve(
     listen: SocketAddr,
-    sources: Sources,
+    sources: Arc<Sources>,
     shutdown: Shutdown,
 ) -> std::io::Result<JoinHandle<()>> {
     let listener = TcpListener::bind(listen)?;
-    listener.set_nonblocking(true)?;
-    log::info!("Prometheus metrics on http://{listen}/metrics");
-    std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            while !shutdown.sleep(Duration::from_millis(50)) {
-                while let Ok((mut conn, _)) = listener.accept() {
-                    let _ = conn.set_nonblocking(false);
-                    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-                    let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
-                    let mut request = [0u8; 2048];
-                    let n = conn.read(&mut request).unwrap_or(0);
-                    let line = String::from_utf8_lossy(&request[..n]);
-                    let line = line.lines().next().unwrap_or_default();
-                    let answer = if line.starts_with("GET /metrics ") || line == "GET /metrics" {
-                        let body = render(&sources);
-                        format!(
-                            "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
-                            body.len()
-                        )
-                    } else {
-                        "HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_owned()
-                    };
-                    let _ = conn.write_all(answer.as_bytes());
-                }
+    let bound = listener.local_addr()?;
+    log::info!("Prometheus metrics on http://{bound}/metrics");
+    shutdown.on_trigger(move || {
+        let _ = std::net::TcpStream::connect_timeout(&bound, Duration::from_secs(1));
+    });
+    crate::lifecycle::threads::spawn("metrics", move || {
+        for conn in listener.incoming() {
+            if shutdown.is_triggered() {
+                break;
             }
-        })
+            let Ok(mut conn) = conn else { continue };
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
+            let mut request = [0u8; 2048];
+            let n = conn.read(&mut request).unwrap_or(0);
+            let line = String::from_utf8_lossy(&request[..n]);
+            let line = line.lines().next().unwrap_or_default();
+            let answer = if line.starts_with("GET /metrics ") || line == "GET /metrics" {
+                let body = render(&sources);
+                format!(
+                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+            } else {
+                "HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_owned()
+            };
+            let _ = conn.write_all(answer.as_bytes());
+        }
+    })
 }

@@ -23,6 +23,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::shutdown::Shutdown;
+
 const FILE_MAGIC: &[u8; 8] = b"LGSPOOL1";
 const RECORD_MAGIC: [u8; 2] = *b"LG";
 const HEADER: usize = 2 + 4 + 4 + 4;
@@ -201,7 +203,7 @@ impl Spool {
             path: config.dir.clone(),
             source,
         };
-        super::private_dir(&config.dir).map_err(io)?;
+        crate::lifecycle::files::private_dir(&config.dir).map_err(io)?;
         let mut ids: Vec<u64> = fs::read_dir(&config.dir)
             .map_err(io)?
             .filter_map(|e| e.ok())
@@ -403,12 +405,7 @@ impl Spool {
         let deadline = Instant::now() + wait;
         let mut inner = self.lock();
         loop {
-            self.skip_finished(&mut inner);
-            let readable = inner
-                .segments
-                .iter()
-                .any(|s| s.id >= inner.read.segment && s.committed > position_in(&inner.read, s));
-            if readable {
+            if self.has_unread(&mut inner) {
                 break;
             }
             let now = Instant::now();
@@ -462,6 +459,48 @@ impl Spool {
         }
         batch.end = Some(inner.read);
         Ok(batch)
+    }
+
+    /// Waits until something committed is unread, for at most `timeout`
+    /// (None: as long as it takes), or until `shutdown` (which must wake
+    /// this spool's readers, [`Spool::wake_readers`]). True if something
+    /// is readable. The wait is on the commit's condition variable: an
+    /// idle writer sleeps.
+    pub fn wait_readable(&self, timeout: Option<Duration>, shutdown: &Shutdown) -> bool {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        crate::shutdown::wait_while(&self.readable, self.lock(), deadline, shutdown, |inner| {
+            self.has_unread(inner)
+        })
+        .1
+    }
+
+    /// Whether committed records wait to be read (finished segments
+    /// skipped first).
+    fn has_unread(&self, inner: &mut Inner) -> bool {
+        self.skip_finished(inner);
+        inner
+            .segments
+            .iter()
+            .any(|s| s.id >= inner.read.segment && s.committed > position_in(&inner.read, s))
+    }
+
+    /// Wakes every [`Spool::wait_readable`] (to see a shutdown).
+    pub fn wake_readers(&self) {
+        let _inner = self.lock();
+        self.readable.notify_all();
+    }
+
+    /// Under `fsync = "interval"` with something appended and not synced:
+    /// how long until [`Spool::sync_if_due`] has work. None otherwise, so
+    /// that nothing needs to wake for it.
+    pub fn sync_due_in(&self) -> Option<Duration> {
+        let FsyncPolicy::Interval(every) = self.config.fsync else {
+            return None;
+        };
+        let inner = self.lock();
+        inner
+            .dirty
+            .then(|| every.saturating_sub(inner.last_sync.elapsed()))
     }
 
     /// Frees the space of everything up to the end of `batch`, once

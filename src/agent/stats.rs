@@ -1,8 +1,11 @@
-//! Counters the pipeline keeps about itself.
+//! Counters the pipeline keeps about itself: messages and points in,
+//! written, refused and rejected, write failures and latency.
 //!
-//! Plain atomics, written by the intake and the writer and read by whoever
-//! reports (logs now, `leasegate status` later). Must never hold a lock or
-//! anything a reader could block the pipeline on.
+//! Plain atomics, written by the intake, the appender and the writer, and
+//! read by whatever reports them (`leasegate status`, the metrics page,
+//! systemd's `STATUS=`, the final log line). Must never hold a lock or
+//! anything a reader could block the pipeline on; progress beats for the
+//! watchdog are not counters and live in [`crate::lifecycle::health`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -23,10 +26,6 @@ pub struct Stats {
     pub mqtt_connected: std::sync::atomic::AtomicBool,
     /// How long accepted writes took.
     pub write_latency: Histogram,
-    /// The threads' progress beats, for the watchdog.
-    pub health: super::health::Health,
-    /// Whether the broker has answered the configured subscriptions once.
-    pub subscribed: std::sync::atomic::AtomicBool,
     /// Rejected messages per subscription, in config order; the last slot
     /// counts messages that matched no subscription.
     pub rejected: Vec<AtomicU64>,

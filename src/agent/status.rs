@@ -1,30 +1,36 @@
 //! What `leasegate status` shows. The daemon answers on a unix socket,
 //! `runtime_dir/status.sock` (mode 0660), with its current report as one
-//! JSON object; it also writes the report to `state_dir/status.json` every
-//! ten seconds (whole file, renamed in), which the command reads when the
-//! socket is not there (a daemon that could not make it, or has stopped)
-//! and says how fresh it is.
+//! JSON object, built when asked. It also writes the report to
+//! `state_dir/status.json` (whole file, renamed in) when it starts and
+//! when it stops, and every ten seconds only while it has no socket; the
+//! command reads the file when the socket is not there (a daemon that could
+//! not make it, or has stopped) and says how fresh it is.
 //!
 //! It owns the report's shape and its human rendering. The report is built
 //! from counters, the spool's statistics and the lease keeper's view, none
-//! of which holds a secret; it must never include a credential.
+//! of which holds a secret; it must never include a credential. Nothing
+//! here runs on a timer: an idle daemon's report costs nothing until
+//! someone asks for it.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::lease::{LeaseLink, LeaseView};
+use super::lease::LeaseView;
 use super::spool::Spool;
 use super::stats::Stats;
 
 pub const STATUS_FILE: &str = "status.json";
-/// How often the report file is rewritten.
+/// How often the report file is rewritten while there is no socket.
 pub const FILE_EVERY: Duration = Duration::from_secs(10);
 /// A report older than this means the daemon is not running (or stuck).
 pub const STALE: Duration = Duration::from_secs(15);
+/// How far apart the arrival marks are, at least: the oldest point's age
+/// is told to about this.
+const MARK_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
@@ -49,77 +55,84 @@ pub struct Report {
     pub stopped: bool,
 }
 
-pub struct Reporter {
-    path: PathBuf,
-    leased: bool,
-    started: Instant,
-    inner: Mutex<Tracking>,
+/// What a report is made of.
+pub struct Sources {
+    pub stats: Arc<Stats>,
+    pub spool: Arc<Spool>,
+    /// The lease keeper's view; None with static credentials.
+    pub view: Option<Arc<Mutex<LeaseView>>>,
 }
 
-struct Tracking {
-    last: Option<Instant>,
-    written: Option<Instant>,
-    /// (when, points appended so far): to tell when the oldest unread
-    /// point arrived.
-    marks: VecDeque<(Instant, u64)>,
-    report: Option<Report>,
+pub struct Reporter {
+    path: PathBuf,
+    sources: Sources,
+    started: Instant,
+    /// (when, points appended so far), at most one per [`MARK_EVERY`]: to
+    /// tell when the oldest unread point arrived.
+    marks: Mutex<VecDeque<(Instant, u64)>>,
 }
 
 impl Reporter {
-    pub fn new(state_dir: &Path, leased: bool) -> Reporter {
+    pub fn new(state_dir: &Path, sources: Sources) -> Reporter {
         Reporter {
             path: state_dir.join(STATUS_FILE),
-            leased,
+            sources,
             started: Instant::now(),
-            inner: Mutex::new(Tracking {
-                last: None,
-                written: None,
-                marks: VecDeque::new(),
-                report: None,
-            }),
+            marks: Mutex::new(VecDeque::new()),
         }
     }
 
-    /// Writes the report if a second has passed since the last one.
-    pub fn maybe_write(&self, stats: &Stats, spool: &Spool, link: &LeaseLink) {
-        let mut t = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+    /// Notes that `appended` points have been appended so far (the
+    /// appender calls it after each commit); marks of points already read
+    /// are dropped.
+    pub fn mark_appended(&self, appended: u64) {
         let now = Instant::now();
-        if t.last.is_some_and(|l| now - l < Duration::from_secs(1)) {
-            return;
+        let mut marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
+        match marks.back_mut() {
+            Some(last) if now - last.0 < MARK_EVERY => last.1 = last.1.max(appended),
+            _ => marks.push_back((now, appended)),
         }
-        t.last = Some(now);
-        let spool_stats = spool.stats();
+        let oldest = appended.saturating_sub(self.sources.spool.stats().points_unread);
+        while marks.len() > 1 && marks[1].1 <= oldest {
+            marks.pop_front();
+        }
+    }
+
+    /// The report as of now.
+    pub fn report(&self) -> Report {
+        let now = Instant::now();
+        let stats = &self.sources.stats;
+        let spool = self.sources.spool.stats();
         let appended = Stats::get(&stats.points_in);
-        if t.marks.back().is_none_or(|m| m.1 != appended) {
-            t.marks.push_back((now, appended));
-        }
         // Points appended so far minus those still unread: the index of the
         // oldest unread one among this run's points.
-        let oldest = appended.saturating_sub(spool_stats.points_unread);
-        while t.marks.len() > 1 && t.marks[1].1 <= oldest {
-            t.marks.pop_front();
-        }
-        let age = if spool_stats.points_unread == 0 {
+        let oldest = appended.saturating_sub(spool.points_unread);
+        let age = if spool.points_unread == 0 {
             None
-        } else if spool_stats.points_unread > appended {
+        } else if spool.points_unread > appended {
             Some(self.started.elapsed().as_secs())
         } else {
-            t.marks
+            let marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
+            marks
                 .iter()
                 .find(|m| m.1 > oldest)
                 .map(|m| now.duration_since(m.0).as_secs())
         };
-        let report = Report {
+        Report {
             pid: std::process::id(),
             updated_ms: crate::now_ms(),
-            credentials: if self.leased { "lease" } else { "static" }.into(),
-            enrollment: if self.leased {
-                link.view()
+            credentials: if self.sources.view.is_some() {
+                "lease"
             } else {
-                LeaseView {
+                "static"
+            }
+            .into(),
+            enrollment: match &self.sources.view {
+                Some(view) => view.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+                None => LeaseView {
                     state: "static credentials".into(),
                     ..LeaseView::default()
-                }
+                },
             },
             mqtt_connected: stats
                 .mqtt_connected
@@ -128,31 +141,27 @@ impl Reporter {
             points_written: Stats::get(&stats.points_written),
             points_dead_lettered: Stats::get(&stats.points_invalid)
                 + Stats::get(&stats.points_refused),
-            points_dropped: spool_stats.dropped_points,
-            spool_points: spool_stats.points_unread,
-            spool_bytes: spool_stats.bytes,
+            points_dropped: spool.dropped_points,
+            spool_points: spool.points_unread,
+            spool_bytes: spool.bytes,
             oldest_point_age_secs: age,
             stopped: false,
-        };
-        // The socket serves the report of every second; the file, for when
-        // the socket is not there, is rewritten less often (flash wears).
-        if t.written.is_none_or(|w| now - w >= FILE_EVERY) {
-            if let Err(e) = super::identity::write_json(&self.path, &report, false) {
-                log::debug!("cannot write {}: {e}", self.path.display());
-            }
-            t.written = Some(now);
         }
-        t.report = Some(report);
     }
 
-    /// Marks the report as from a stopped daemon.
-    pub fn stopped(&self) {
-        let t = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(mut r) = t.report.clone() {
-            r.stopped = true;
-            r.updated_ms = crate::now_ms();
-            let _ = super::identity::write_json(&self.path, &r, false);
+    /// Writes the report file (left to the kernel to flush: a status
+    /// report must not wear an SD card).
+    pub fn write_file(&self) {
+        if let Err(e) = crate::lifecycle::files::write_json(&self.path, &self.report(), false) {
+            log::debug!("cannot write {}: {e}", self.path.display());
         }
+    }
+
+    /// Writes the report of a stopped daemon.
+    pub fn stopped(&self) {
+        let mut r = self.report();
+        r.stopped = true;
+        let _ = crate::lifecycle::files::write_json(&self.path, &r, false);
     }
 }
 
@@ -180,28 +189,18 @@ pub fn one_line(r: &Report, now_ms: i64) -> String {
     )
 }
 
-/// The last report written, if any.
-impl Reporter {
-    pub fn last(&self) -> Option<Report> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .report
-            .clone()
-    }
-}
-
 pub const STATUS_SOCKET: &str = "status.sock";
 
 /// Serves the report on `runtime_dir/status.sock` until `shutdown`, on its
-/// own thread; None (with a warning) when the socket cannot be made.
+/// own thread, which sleeps in `accept` (shutdown wakes it by connecting);
+/// None (with a warning) when the socket cannot be made.
 pub fn serve(
     runtime_dir: &Path,
-    reporter: std::sync::Arc<Reporter>,
+    reporter: Arc<Reporter>,
     shutdown: crate::shutdown::Shutdown,
 ) -> Option<std::thread::JoinHandle<()>> {
     use std::os::unix::fs::PermissionsExt as _;
-    use std::os::unix::net::UnixListener;
+    use std::os::unix::net::{UnixListener, UnixStream};
     let path = runtime_dir.join(STATUS_SOCKET);
     let made = std::fs::create_dir_all(runtime_dir)
         .and_then(|()| match std::fs::remove_file(&path) {
@@ -212,7 +211,6 @@ pub fn serve(
         .and_then(|()| UnixListener::bind(&path))
         .and_then(|l| {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))?;
-            l.set_nonblocking(true)?;
             Ok(l)
         });
     let listener = match made {
@@ -225,25 +223,25 @@ pub fn serve(
             return None;
         }
     };
-    std::thread::Builder::new()
-        .name("status".into())
-        .spawn(move || {
-            while !shutdown.sleep(Duration::from_millis(50)) {
-                while let Ok((mut conn, _)) = listener.accept() {
-                    use std::io::Write as _;
-                    let _ = conn.set_nonblocking(false);
-                    let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
-                    let mut report = reporter.last();
-                    if let Some(r) = &mut report {
-                        r.updated_ms = crate::now_ms();
-                    }
-                    let body = serde_json::to_vec(&report).expect("plain data always serializes");
-                    let _ = conn.write_all(&body);
-                }
+    let waker = path.clone();
+    shutdown.on_trigger(move || {
+        let _ = UnixStream::connect(&waker);
+    });
+    crate::lifecycle::threads::spawn("status", move || {
+        for conn in listener.incoming() {
+            if shutdown.is_triggered() {
+                break;
             }
-            let _ = std::fs::remove_file(&path);
-        })
-        .ok()
+            let Ok(mut conn) = conn else { continue };
+            use std::io::Write as _;
+            let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
+            let body =
+                serde_json::to_vec(&Some(reporter.report())).expect("plain data always serializes");
+            let _ = conn.write_all(&body);
+        }
+        let _ = std::fs::remove_file(&path);
+    })
+    .ok()
 }
 
 /// The running daemon's report from its socket, else the last one it

@@ -1,65 +1,78 @@
 //! The writer thread: reads batches from the disk spool, writes them to
-//! InfluxDB through the [`Sink`], and releases them from the spool only once
-//! InfluxDB has accepted them.
+//! InfluxDB through the [`Sink`] with the credential in force
+//! ([`Slot`]), and releases them from the spool only once InfluxDB has
+//! accepted them.
 //!
 //! A batch goes when it reaches the line or byte limit, or `flush_interval`
 //! after its first line; a backlog goes in full batches back to back, as
 //! fast as InfluxDB takes them. A failed write is retried with capped,
-//! jittered backoff, holding the batch. The writer must never release a
-//! batch InfluxDB has not taken (content it refused is the exception, and
-//! is logged), and it never touches MQTT: acks happen when points reach the
-//! spool.
+//! jittered backoff, holding the batch; a refused credential (401, 403) is
+//! reported to its owner ([`Outcomes`]) and the write goes again as soon
+//! as a new one is in force. Every wait is on a condition variable (the
+//! spool's commit, the slot's change, shutdown): an idle writer sleeps.
+//!
+//! The writer must never release a batch InfluxDB has not taken (content it
+//! refused is the exception, and goes to the dead-letter file), and it
+//! never touches MQTT: acks happen when points reach the spool.
 
-use std::sync::Arc;
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use std::sync::Mutex;
-
+use super::credential::{Credential, Outcome, Outcomes, Slot};
 use super::deadletter::{DeadLetters, Rejection, Source};
 use super::refusal::Refusal;
-use super::sink::{Sink, WriteError};
+use super::sink::{self, Sink, WriteError};
 use super::spool::{self, Spool};
 use super::stats::Stats;
 use crate::backoff::Backoff;
-use crate::config::Batch;
+use crate::config::BatchLimits;
+use crate::lifecycle::health::Beat;
 use crate::shutdown::Shutdown;
 
 /// How often an unreachable InfluxDB is probed during a backoff wait.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How long a write refused for its lease waits for the next lease before
+/// it backs off like any failed write.
+const NEW_LEASE_WAIT: Duration = Duration::from_secs(20);
 
 pub struct Writer {
-    pub sink: Arc<Sink>,
+    pub sink: Sink,
+    /// The credential in force, and where to report what became of it.
+    pub slot: Arc<Slot>,
+    pub outcomes: Outcomes,
     /// Replaced whole by a configuration reload; read per batch.
-    pub batch: Arc<Mutex<Batch>>,
+    pub batch: Arc<Mutex<BatchLimits>>,
     pub spool: Arc<Spool>,
     pub shutdown: Shutdown,
     pub stats: Arc<Stats>,
-    /// Shared with the spool thread, which records rejected messages.
+    pub beat: Arc<Beat>,
+    /// Shared with the appender, which records rejected messages.
     pub dead_letters: Arc<Mutex<DeadLetters>>,
 }
+
+/// The credential version whose success was last reported: a write that
+/// worked is reported once per credential, not once per batch.
+#[derive(Default)]
+struct Reported(Option<u64>);
 
 impl Writer {
     /// Runs until shutdown. What is not written stays in the spool for the
     /// next start.
     pub fn run(self) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(60), 0.25);
+        let mut reported = Reported::default();
         while !self.shutdown.is_triggered() {
-            self.stats.health.writer.beat();
             let batch = match self.collect() {
-                Ok(b) => b,
+                Ok(Some(b)) => b,
+                Ok(None) => return,
                 Err(e) => {
                     log::error!("cannot read the spool: {}", crate::error_chain(&e));
                     self.shutdown.sleep(backoff.next_delay());
                     continue;
                 }
             };
-            if batch.records == 0 {
-                if let Err(e) = self.spool.sync_if_due() {
-                    log::error!("cannot sync the spool: {}", crate::error_chain(&e));
-                }
-                continue;
-            }
-            if !self.write(&batch, &mut backoff) {
+            if !self.write_lines(&batch.data, batch.points, &mut backoff, &mut reported) {
                 return;
             }
             if let Err(e) = self.spool.release(&batch) {
@@ -68,42 +81,53 @@ impl Writer {
         }
     }
 
-    /// Reads one batch: whatever is waiting up to the limits; if that is not
-    /// a full batch, keeps reading until `flush_interval` after the first
-    /// line. Returns an empty batch after a quiet spell (to check shutdown).
-    fn collect(&self) -> Result<spool::Batch, spool::SpoolError> {
+    /// Waits for the spool to have something, then reads one batch:
+    /// whatever is waiting up to the limits; if that is not a full batch,
+    /// what comes until `flush_interval` after the first line. None at
+    /// shutdown.
+    fn collect(&self) -> Result<Option<spool::Batch>, spool::SpoolError> {
+        if !self.idle_until(|wait| self.spool.wait_readable(wait, &self.shutdown)) {
+            return Ok(None);
+        }
+        self.beat.set_idle(false);
         let limits = self.batch.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let max_lines = limits.max_lines as u64;
         let max_bytes = limits.max_bytes as usize;
-        let mut batch = self
-            .spool
-            .read(max_lines, max_bytes, Duration::from_millis(200))?;
-        if batch.records == 0 {
-            return Ok(batch);
-        }
+        let mut batch = self.spool.read(max_lines, max_bytes, Duration::ZERO)?;
         let deadline = Instant::now() + limits.flush_interval;
-        while batch.points < max_lines
-            && batch.data.len() < max_bytes
-            && !self.shutdown.is_triggered()
-        {
-            let now = Instant::now();
-            if now >= deadline {
+        while batch.points < max_lines && batch.data.len() < max_bytes {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || !self.spool.wait_readable(Some(left), &self.shutdown) {
                 break;
             }
-            self.stats.health.writer.beat();
-            let wait = (deadline - now).min(Duration::from_millis(200));
-            let more =
-                self.spool
-                    .read(max_lines - batch.points, max_bytes - batch.data.len(), wait)?;
+            self.beat.beat();
+            let more = self.spool.read(
+                max_lines - batch.points,
+                max_bytes - batch.data.len(),
+                Duration::ZERO,
+            )?;
             batch.append(more);
         }
-        Ok(batch)
+        Ok(Some(batch))
     }
 
-    /// Writes the batch, retrying until it is written or refused as content
-    /// (true), or shutdown starts during a retry (false).
-    fn write(&self, batch: &spool::Batch, backoff: &mut Backoff) -> bool {
-        self.write_lines(&batch.data, batch.points, backoff)
+    /// Idles (as the watchdog sees it) until `ready` says so, keeping an
+    /// `fsync = "interval"` spool synced meanwhile: `ready` gets how long it
+    /// may block (None: as long as it takes) and returns whether to go on.
+    /// False at shutdown.
+    fn idle_until(&self, mut ready: impl FnMut(Option<Duration>) -> bool) -> bool {
+        self.beat.set_idle(true);
+        loop {
+            if ready(self.spool.sync_due_in()) {
+                return true;
+            }
+            if self.shutdown.is_triggered() {
+                return false;
+            }
+            if let Err(e) = self.spool.sync_if_due() {
+                log::error!("cannot sync the spool: {}", crate::error_chain(&e));
+            }
+        }
     }
 
     /// Writes `data` (whole lines, `points` of them), retrying until it is
@@ -113,38 +137,40 @@ impl Writer {
     /// their content go to the dead-letter file and the rest is written:
     /// where InfluxDB names the bad lines they are taken out, otherwise the
     /// batch is bisected down to them.
-    fn write_lines(&self, data: &[u8], points: u64, backoff: &mut Backoff) -> bool {
-        let mut data = std::borrow::Cow::Borrowed(data);
+    fn write_lines(
+        &self,
+        data: &[u8],
+        points: u64,
+        backoff: &mut Backoff,
+        reported: &mut Reported,
+    ) -> bool {
+        let mut data = Cow::Borrowed(data);
         let mut points = points;
         loop {
-            self.stats.health.writer.beat();
+            self.beat.beat();
+            let (version, credential) = self.slot.current();
+            let Some(credential) = credential else {
+                if !self.wait_for_credential(points) {
+                    return false;
+                }
+                continue;
+            };
             let started = Instant::now();
-            let e = match self.sink.write(&data) {
+            let e = match self.sink.write(&credential, &data) {
                 Ok(()) => {
-                    self.stats.write_latency.observe(started.elapsed());
-                    log::debug!("wrote {points} points in {:?}", started.elapsed());
-                    Stats::add(&self.stats.points_written, points);
+                    self.wrote(points, started.elapsed(), version, &credential, reported);
                     backoff.reset();
                     return true;
                 }
                 Err(e) => e,
             };
-            if matches!(e, WriteError::NoLease) {
-                if !self.wait_for_lease(points) {
-                    return false;
-                }
-                continue;
-            }
-            let status = match &e {
-                WriteError::Status { status, .. } => *status,
-                _ => 0,
-            };
+            let status = e.status();
             let mut split = |why: &str| {
                 let (first, second) = split_lines(&data);
                 let first_points = count_lines(first);
                 log::info!("{why}; writing the batch of {points} points in halves");
-                self.write_lines(first, first_points, backoff)
-                    && self.write_lines(second, points - first_points, backoff)
+                self.write_lines(first, first_points, backoff, reported)
+                    && self.write_lines(second, points - first_points, backoff, reported)
             };
             if status == 413 {
                 if points > 1 {
@@ -153,7 +179,7 @@ impl Writer {
                 self.refuse(&data, &[(0, "too large even alone".into())], &e);
                 return true;
             }
-            match e.refusal(self.sink.api(), &data) {
+            match e.refusal(credential.api, &data) {
                 Refusal::Lines { bad, rest_written } => {
                     let refused = self.refuse(&data, &bad, &e);
                     if rest_written {
@@ -162,12 +188,11 @@ impl Writer {
                         return true;
                     }
                     // The rest was refused with them: write it again.
-                    let rest = without_lines(&data, &bad);
                     points -= refused;
                     if points == 0 {
                         return true;
                     }
-                    data = std::borrow::Cow::Owned(rest);
+                    data = Cow::Owned(without_lines(&data, &bad));
                 }
                 Refusal::Unknown if points > 1 => {
                     return split(&format!(
@@ -183,12 +208,12 @@ impl Writer {
                     return true;
                 }
                 Refusal::NotContent => {
-                    // A refused credential goes back to its holder: with
-                    // static credentials, the file it came from.
-                    if matches!(status, 401 | 403) && self.took_new_credential(status) {
+                    if matches!(status, 401 | 403) && self.replaced(&credential, version, status) {
                         continue;
                     }
-                    if !self.wait_to_retry(&e, points, backoff) {
+                    if self.shutdown.is_triggered()
+                        || !self.wait_to_retry(&e, points, backoff, version, &credential)
+                    {
                         return false;
                     }
                 }
@@ -196,55 +221,65 @@ impl Writer {
         }
     }
 
-    /// No lease yet (not enrolled, or the last one ran out while the
-    /// authority was away): the batch waits in the spool, without backoff,
-    /// and goes as soon as a lease is installed. False at shutdown.
-    fn wait_for_lease(&self, points: u64) -> bool {
-        log::info!("holding {points} points until there is a lease to write with");
-        loop {
-            if let Err(e) = self.spool.sync_if_due() {
-                log::error!("cannot sync the spool: {}", crate::error_chain(&e));
-            }
-            self.stats.health.writer.beat();
-            if self.sink.lease_id().is_some() {
-                return true;
-            }
-            if self.shutdown.sleep(Duration::from_millis(100)) {
-                return false;
-            }
+    /// Counts a written batch and tells the credential's owner, once per
+    /// credential, that it works.
+    fn wrote(
+        &self,
+        points: u64,
+        took: Duration,
+        version: u64,
+        credential: &Arc<Credential>,
+        reported: &mut Reported,
+    ) {
+        self.stats.write_latency.observe(took);
+        log::debug!("wrote {points} points in {took:?}");
+        Stats::add(&self.stats.points_written, points);
+        if reported.0 != Some(version) {
+            reported.0 = Some(version);
+            self.outcomes.send(Outcome::Wrote(credential.clone()));
         }
     }
 
-    /// A refused credential goes back to its holder: the lease keeper gets
-    /// a new lease, or the credential's file is read again. True if there
-    /// is a new credential to retry with at once.
-    fn took_new_credential(&self, status: u16) -> bool {
-        let refused_lease = self.sink.lease_id();
-        let reloaded = self.sink.reload_credential(&self.shutdown);
-        self.stats.health.writer.beat();
-        match reloaded {
-            Ok(true) if self.sink.is_leased() => {
+    /// Reports a refused credential to its owner and waits (bounded) for a
+    /// new one: the lease keeper asks the authority, a static credential's
+    /// file is read again at once. True when another is in force.
+    fn replaced(&self, refused: &Arc<Credential>, version: u64, status: u16) -> bool {
+        self.outcomes.send(Outcome::Refused {
+            credential: refused.clone(),
+            status,
+        });
+        let wait = if refused.lease_id().is_some() {
+            NEW_LEASE_WAIT
+        } else {
+            Duration::ZERO
+        };
+        self.beat.set_idle(true);
+        let changed = self.slot.wait_changed(version, Some(wait), &self.shutdown);
+        self.beat.set_idle(false);
+        if changed && let (_, Some(next)) = self.slot.current() {
+            if next.lease_id().is_some() {
                 log::info!(
-                    "InfluxDB refused lease {} ({status}); retrying with lease {}",
-                    refused_lease.unwrap_or_default(),
-                    self.sink.lease_id().unwrap_or_default()
+                    "InfluxDB refused {} ({status}); retrying with {}",
+                    refused.describe(),
+                    next.describe()
                 );
-                true
             }
-            Ok(true) => {
-                let file = self.sink.secret_file().map(|p| p.display().to_string());
-                log::info!(
-                    "InfluxDB refused the credential ({status}); took the new one from {}",
-                    file.unwrap_or_default()
-                );
-                true
-            }
-            Ok(false) => false,
-            Err(e) => {
-                log::error!("InfluxDB refused the credential ({status}) and {e}");
-                false
-            }
+            return true;
         }
+        // None in force now (the identity was revoked): the next try waits
+        // for a lease.
+        changed
+    }
+
+    /// No credential yet (not enrolled, or the last lease ran out while the
+    /// authority was away): the batch waits in the spool, without backoff,
+    /// and goes as soon as a credential is in force. False at shutdown.
+    fn wait_for_credential(&self, points: u64) -> bool {
+        log::info!("holding {points} points until there is a lease to write with");
+        self.idle_until(|wait| {
+            let (version, credential) = self.slot.current();
+            credential.is_some() || self.slot.wait_changed(version, wait, &self.shutdown)
+        })
     }
 
     /// Dead-letters the `bad` lines of `data` (indices from 0, with the
@@ -281,9 +316,17 @@ impl Writer {
     }
 
     /// Waits before retrying a failed write: the server's Retry-After if it
-    /// gave one, at least 10 s for a missing database, else the backoff.
-    /// False if shutdown started meanwhile.
-    fn wait_to_retry(&self, e: &WriteError, points: u64, backoff: &mut Backoff) -> bool {
+    /// gave one, at least 10 s for a missing database, else the backoff;
+    /// less if another credential comes into force meanwhile or an
+    /// unreachable server takes connections again. False at shutdown.
+    fn wait_to_retry(
+        &self,
+        e: &WriteError,
+        points: u64,
+        backoff: &mut Backoff,
+        version: u64,
+        credential: &Credential,
+    ) -> bool {
         Stats::add(&self.stats.write_failures, 1);
         let delay = match e {
             // Honour the server's wait, but never spin on 0.
@@ -297,68 +340,63 @@ impl Writer {
             }
             _ => backoff.next_delay(),
         };
-        let hint = match e {
-            WriteError::Status { status: 404, .. } => {
-                " (the database or bucket does not exist; create it, the points are held meanwhile)"
-                    .to_owned()
-            }
-            WriteError::Status {
-                status: 401 | 403, ..
-            } if self.sink.is_leased() => {
-                " (the lease is refused; asking the authority for a new one; the points are held)"
-                    .to_owned()
-            }
-            WriteError::Status {
-                status: 401 | 403, ..
-            } => match self.sink.secret_file() {
-                Some(file) => format!(
-                    " (the credential is refused; put a working one in {}, it is read again before each retry; the points are held)",
-                    file.display()
-                ),
-                None => {
-                    " (the credential is refused; the points are held until it works)".to_owned()
-                }
-            },
-            _ => String::new(),
-        };
         log::warn!(
-            "write of {points} points failed: {}{hint}; retrying in {}",
+            "write of {points} points failed: {}{}; retrying in {}",
             crate::error_chain(e),
+            retry_hint(e, credential),
             humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
         );
-        // A server that could not be reached is probed every second, so
-        // that the backlog starts draining soon after it is back rather
-        // than up to a full backoff later.
-        // Only a server that refuses connections now is probed: one that
+        // Only a server that refuses connections now is probed (every
+        // second, so that a backlog moves soon after it is back); one that
         // takes them but times out keeps its full backoff.
-        let probe = matches!(e, WriteError::Transport { .. }) && !self.sink.reachable(PROBE_EVERY);
+        let probe =
+            matches!(e, WriteError::Transport { .. }) && !sink::reachable(credential, PROBE_EVERY);
         let until = Instant::now() + delay;
-        let lease = self.sink.lease_id();
-        loop {
-            // Waiting in steps also keeps `fsync = "interval"` syncing what
-            // was acked meanwhile, however long InfluxDB is away.
-            if let Err(e) = self.spool.sync_if_due() {
-                log::error!("cannot sync the spool: {}", crate::error_chain(&e));
-            }
-            self.stats.health.writer.beat();
+        let mut done = false;
+        let went_on = self.idle_until(|wait| {
             let left = until.saturating_duration_since(Instant::now());
-            let step = left.min(PROBE_EVERY);
-            if self.shutdown.sleep(step) {
-                log::info!("stopping with {points} points unwritten; they stay in the spool");
-                return false;
-            }
-            if Instant::now() >= until {
+            let step = [Some(left), wait, probe.then_some(PROBE_EVERY)]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(left);
+            if done || left.is_zero() || self.slot.wait_changed(version, Some(step), &self.shutdown)
+            {
                 return true;
             }
-            if probe && self.sink.reachable(PROBE_EVERY) {
+            if probe && !self.shutdown.is_triggered() && sink::reachable(credential, PROBE_EVERY) {
                 log::info!("InfluxDB takes connections again; retrying now");
-                return true;
+                done = true;
             }
-            // A new lease (or none) changes what the next try can do.
-            if self.sink.lease_id() != lease {
-                return true;
-            }
+            done || Instant::now() >= until
+        });
+        self.beat.set_idle(false);
+        if !went_on {
+            log::info!("stopping with {points} points unwritten; they stay in the spool");
         }
+        went_on
+    }
+}
+
+/// What an operator should know about a failed write, after its error.
+fn retry_hint(e: &WriteError, credential: &Credential) -> String {
+    match (e.status(), credential.lease_id(), &credential.origin) {
+        (404, _, _) => {
+            " (the database or bucket does not exist; create it, the points are held meanwhile)"
+                .to_owned()
+        }
+        (401 | 403, Some(_), _) => {
+            " (the lease is refused; asking the authority for a new one; the points are held)"
+                .to_owned()
+        }
+        (401 | 403, None, super::credential::Origin::Static { file: Some(file) }) => format!(
+            " (the credential is refused; put a working one in {}, it is read again before each retry; the points are held)",
+            file.display()
+        ),
+        (401 | 403, None, _) => {
+            " (the credential is refused; the points are held until it works)".to_owned()
+        }
+        _ => String::new(),
     }
 }
 

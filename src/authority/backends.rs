@@ -118,7 +118,7 @@ impl Backend {
                 .unwrap_or_default()
         };
         let authorization = Secret::new(match config.kind {
-            BackendKind::InfluxdbV1 => format!(
+            BackendKind::V1 => format!(
                 "Basic {}",
                 base64::engine::general_purpose::STANDARD.encode(format!(
                     "{}:{}",
@@ -126,8 +126,8 @@ impl Backend {
                     expose(&config.admin_password)
                 ))
             ),
-            BackendKind::InfluxdbV2 => format!("Token {}", expose(&config.admin_token)),
-            BackendKind::InfluxdbV3 => format!("Bearer {}", expose(&config.admin_token)),
+            BackendKind::V2 => format!("Token {}", expose(&config.admin_token)),
+            BackendKind::V3 => format!("Bearer {}", expose(&config.admin_token)),
         });
         Backend {
             config: config.clone(),
@@ -149,7 +149,7 @@ impl Backend {
 
     /// What an operator must know about this backend at start.
     pub fn warning(&self) -> Option<String> {
-        (self.config.kind == BackendKind::InfluxdbV3 && !self.config.enterprise).then(|| format!(
+        (self.config.kind == BackendKind::V3 && !self.config.enterprise).then(|| format!(
             "backend {}: InfluxDB 3 Core cannot scope tokens, so each lease is a named admin token with full access until it expires; set enterprise = true on an Enterprise server for database-scoped tokens",
             self.config.name
         ))
@@ -159,9 +159,9 @@ impl Backend {
     /// Where a lease writes: `target` is the role's bucket or database,
     /// resolved for the identity.
     pub fn target(&self, target: &str) -> Target {
-        let v2 = self.config.kind == BackendKind::InfluxdbV2;
+        let v2 = self.config.kind == BackendKind::V2;
         Target {
-            api: kind_name(self.config.kind).to_owned(),
+            api: self.config.kind,
             url: self.config.url.clone(),
             org: if v2 { self.config.org_id.clone() } else { None },
             bucket: v2.then(|| target.to_owned()),
@@ -173,7 +173,7 @@ impl Backend {
     /// here is not fatal (InfluxDB may come up later); creation resolves
     /// again.
     pub fn prepare(&self, roles: &[&Role]) -> Result<(), BackendError> {
-        if self.config.kind == BackendKind::InfluxdbV2 {
+        if self.config.kind == BackendKind::V2 {
             // A per-identity bucket is looked up when its first lease is.
             for role in roles.iter().filter(|r| !r.per_identity()) {
                 self.bucket_id(&role.target)?;
@@ -184,16 +184,16 @@ impl Backend {
 
     pub fn create(&self, w: &Wanted<'_>) -> Result<Grant, BackendError> {
         match self.config.kind {
-            BackendKind::InfluxdbV1 => self.v1_create(w),
-            BackendKind::InfluxdbV2 => self.v2_create(w),
-            BackendKind::InfluxdbV3 => self.v3_create(w),
+            BackendKind::V1 => self.v1_create(w),
+            BackendKind::V2 => self.v2_create(w),
+            BackendKind::V3 => self.v3_create(w),
         }
     }
 
     /// Deletes a credential; one that is already gone counts as deleted.
     pub fn delete(&self, handle: &str) -> Result<(), BackendError> {
         match self.config.kind {
-            BackendKind::InfluxdbV1 => {
+            BackendKind::V1 => {
                 let answer = self.influxql(
                     &self.delete_agent,
                     "drop user",
@@ -204,7 +204,7 @@ impl Backend {
                     _ => Ok(()),
                 }
             }
-            BackendKind::InfluxdbV2 => self.delete_at(
+            BackendKind::V2 => self.delete_at(
                 "delete authorization",
                 &format!(
                     "{}/api/v2/authorizations/{}",
@@ -212,7 +212,7 @@ impl Backend {
                     encode(handle)
                 ),
             ),
-            BackendKind::InfluxdbV3 => self.delete_at(
+            BackendKind::V3 => self.delete_at(
                 "delete token",
                 &format!(
                     "{}/api/v3/configure/token?token_name={}",
@@ -252,7 +252,7 @@ impl Backend {
     /// authorization id and its description on 2.x, the name on 3.x.
     fn tagged_handles(&self) -> Result<Vec<(String, String)>, BackendError> {
         match self.config.kind {
-            BackendKind::InfluxdbV1 => {
+            BackendKind::V1 => {
                 let answer = self.influxql(&self.agent, "show users", "SHOW USERS")?;
                 if let Some(e) = statement_error(&answer) {
                     return Err(self.answer_error("show users", e));
@@ -267,7 +267,7 @@ impl Backend {
                     .map(|u| (u.to_owned(), u.to_owned()))
                     .collect())
             }
-            BackendKind::InfluxdbV2 => {
+            BackendKind::V2 => {
                 let url = format!(
                     "{}/api/v2/authorizations?orgID={}",
                     self.config.url,
@@ -287,7 +287,7 @@ impl Backend {
                     })
                     .collect())
             }
-            BackendKind::InfluxdbV3 => {
+            BackendKind::V3 => {
                 let url = format!(
                     "{}/api/v3/query_sql?db=_internal&q={}&format=json",
                     self.config.url,
@@ -673,14 +673,6 @@ pub fn made(text: &str, deployment: &str) -> Option<Made> {
 /// An InfluxQL identifier, double-quoted.
 fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
-pub fn kind_name(kind: BackendKind) -> &'static str {
-    match kind {
-        BackendKind::InfluxdbV1 => "influxdb-v1",
-        BackendKind::InfluxdbV2 => "influxdb-v2",
-        BackendKind::InfluxdbV3 => "influxdb-v3",
-    }
 }
 
 fn access_name(a: Access) -> &'static str {

@@ -41,12 +41,9 @@ pub struct AuthorityConfig {
     pub roles: Vec<Role>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackendKind {
-    InfluxdbV1,
-    InfluxdbV2,
-    InfluxdbV3,
-}
+/// A backend's InfluxDB API: the type the gateway's configuration and
+/// the lease's target use too.
+pub use crate::api::InfluxApi as BackendKind;
 
 #[derive(Debug, Clone)]
 pub struct Backend {
@@ -318,12 +315,8 @@ fn read_backend(t: &Table<'_>) -> Option<Backend> {
     let name = t.required_string("name");
     let kind = t.choice(
         "kind",
-        &[
-            ("influxdb-v1", BackendKind::InfluxdbV1),
-            ("influxdb-v2", BackendKind::InfluxdbV2),
-            ("influxdb-v3", BackendKind::InfluxdbV3),
-        ],
-        BackendKind::InfluxdbV2,
+        &BackendKind::ALL.map(|k| (k.wire_name(), k)),
+        BackendKind::V2,
     );
     if !t.has("kind") {
         t.problem(
@@ -350,11 +343,11 @@ fn read_backend(t: &Table<'_>) -> Option<Backend> {
     let admin_username = t.string("admin_username");
     let admin_password = read_secret(t, "admin_password", "admin_password_file");
     let enterprise = t.bool("enterprise", false);
-    if enterprise && kind != BackendKind::InfluxdbV3 {
+    if enterprise && kind != BackendKind::V3 {
         t.problem("enterprise", "applies only to influxdb-v3 backends");
     }
     match kind {
-        BackendKind::InfluxdbV1 => {
+        BackendKind::V1 => {
             if admin_username.is_none() {
                 t.problem("admin_username", "missing (required for influxdb-v1)");
             }
@@ -365,8 +358,8 @@ fn read_backend(t: &Table<'_>) -> Option<Backend> {
                 );
             }
         }
-        BackendKind::InfluxdbV2 | BackendKind::InfluxdbV3 => {
-            if kind == BackendKind::InfluxdbV2 && org_id.is_none() {
+        BackendKind::V2 | BackendKind::V3 => {
+            if kind == BackendKind::V2 && org_id.is_none() {
                 t.problem("org_id", "missing (required for influxdb-v2)");
             }
             if admin_token.is_none() {
@@ -428,7 +421,7 @@ fn read_target(t: &Table<'_>, backend: Option<&Backend>) -> Option<String> {
     let bucket = t.string("bucket");
     let database = t.string("database");
     match backend.map(|b| b.kind) {
-        Some(BackendKind::InfluxdbV2) => {
+        Some(BackendKind::V2) => {
             if database.is_some() {
                 t.problem("database", "influxdb-v2 backends use bucket");
             }
@@ -528,7 +521,7 @@ fn url_has_userinfo(url: &str) -> bool {
 }
 
 fn bucket_key(backend: Option<&Backend>) -> bool {
-    backend.is_some_and(|b| b.kind == BackendKind::InfluxdbV2)
+    backend.is_some_and(|b| b.kind == BackendKind::V2)
 }
 
 #[cfg(test)]

@@ -25,7 +25,8 @@ pub mod tls;
 use std::net::TcpListener;
 use std::sync::Arc;
 
-use crate::agent::health::Beat;
+use crate::lifecycle::health::{Beat, Health};
+use crate::lifecycle::watchdog::Watchdog;
 use crate::shutdown::Shutdown;
 use config::AuthorityConfig;
 use service::Authority;
@@ -80,56 +81,14 @@ fn lock_state_dir(config: &AuthorityConfig) -> Result<std::fs::File, AuthorityEr
     }
 }
 
-/// Pings systemd's watchdog at a quarter of its interval while the HTTP
-/// runtime and every reaper make progress; one silent for half the
-/// interval withholds the ping (and systemd restarts the authority).
-fn start_watchdog(
-    beats: Vec<Arc<Beat>>,
-    shutdown: Shutdown,
-) -> std::io::Result<Option<std::thread::JoinHandle<()>>> {
-    let Some(interval) = crate::agent::health::watchdog_interval() else {
-        return Ok(None);
-    };
-    let notifier = crate::notify::Notifier::from_env();
-    std::thread::Builder::new()
-        .name("watchdog".into())
-        .spawn(move || {
-            let mut withheld = false;
-            while !shutdown.sleep(interval / 4) {
-                match beats.iter().map(|b| b.silent_for()).max() {
-                    Some(silent) if silent > interval / 2 => {
-                        if !withheld {
-                            log::error!(
-                                "a reaper or the HTTP runtime has made no progress for {silent:?}; withholding the watchdog ping"
-                            );
-                            withheld = true;
-                        }
-                    }
-                    _ => {
-                        notifier.send("WATCHDOG=1");
-                        withheld = false;
-                    }
-                }
-            }
-        })
-        .map(Some)
-}
-
 /// Creates the state dir (mode 0700) if it is missing.
 pub fn ensure_state_dir(config: &AuthorityConfig) -> Result<(), AuthorityError> {
-    use std::os::unix::fs::DirBuilderExt as _;
-    let dir = &config.state_dir;
-    if dir.is_dir() {
-        return Ok(());
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| AuthorityError::StateDir {
-            path: dir.display().to_string(),
+    crate::lifecycle::files::create_private_dir(&config.state_dir).map_err(|source| {
+        AuthorityError::StateDir {
+            path: config.state_dir.display().to_string(),
             source,
-        })
+        }
+    })
 }
 
 /// Opens the authority for the admin commands: the same store and
@@ -174,21 +133,23 @@ pub fn run(config: AuthorityConfig, shutdown: Shutdown) -> Result<(), AuthorityE
         addr: listen.to_string(),
         source,
     })?;
-    let http_beat = Arc::new(Beat::default());
-    http_beat.beat();
+    // The watchdog pings while the HTTP runtime and every reaper make
+    // progress; one silent for half the interval withholds the ping.
+    let health = Arc::new(Health::default());
+    let http_beat = health.beat("authority-http");
     let reaper_beats: Vec<Arc<Beat>> = authority
         .backends()
-        .map(|_| {
-            let b = Arc::new(Beat::default());
-            b.beat();
-            b
-        })
+        .map(|b| health.beat(&format!("reaper-{}", b.name())))
         .collect();
     let reapers = reaper::start(authority.clone(), shutdown.clone(), &reaper_beats)
         .map_err(AuthorityError::Thread)?;
-    let mut watched = reaper_beats;
-    watched.push(http_beat.clone());
-    let watchdog = start_watchdog(watched, shutdown.clone()).map_err(AuthorityError::Thread)?;
+    let watchdog = match Watchdog::from_env() {
+        Some(w) => Some(
+            w.spawn(health, shutdown.clone())
+                .map_err(AuthorityError::Thread)?,
+        ),
+        None => None,
+    };
     match &fingerprint {
         Some(f) => log::info!(
             "serving https on {} (certificate sha256 {f})",
@@ -205,7 +166,7 @@ pub fn run(config: AuthorityConfig, shutdown: Shutdown) -> Result<(), AuthorityE
                 .unwrap_or_default()
         ),
     }
-    let notifier = crate::notify::Notifier::from_env();
+    let notifier = crate::lifecycle::notify::Notifier::from_env();
     notifier.send(&format!("READY=1\nSTATUS=serving on {listen}"));
     let served = server::serve(authority, listener, tls_config, shutdown.clone(), http_beat);
     notifier.send("STOPPING=1");

@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::agent::health::Beat;
 use crate::authority::backends::Backend;
 use crate::authority::service::{Authority, now_ms, retry_delay};
+use crate::lifecycle::health::Beat;
 use crate::shutdown::Shutdown;
 
 /// The longest the reaper sleeps without looking at the store.

@@ -287,7 +287,7 @@ pub fn serve(
     listener: std::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: Shutdown,
-    beat: Arc<crate::agent::health::Beat>,
+    beat: Arc<crate::lifecycle::health::Beat>,
 ) -> Result<(), ServerError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -328,7 +328,7 @@ async fn summarize_refusals(authority: Arc<Authority>) {
 
 /// Bumps `beat` four times a second, for as long as the runtime runs
 /// tasks: the health check sees a wedged runtime by the beat stopping.
-async fn heartbeat(beat: Arc<crate::agent::health::Beat>) {
+async fn heartbeat(beat: Arc<crate::lifecycle::health::Beat>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tick.tick().await;

@@ -795,7 +795,7 @@ mod tests {
 
     fn target() -> Target {
         Target {
-            api: "influxdb-v1".into(),
+            api: crate::api::InfluxApi::V1,
             url: "http://127.0.0.1:1".into(),
             org: None,
             bucket: None,

@@ -144,14 +144,8 @@ fn run(path: &Path) -> i32 {
         return exit::FAILURE;
     }
     log::info!("leasegate {} starting", env!("CARGO_PKG_VERSION"));
-    let requested = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, requested.clone()) {
-        log::error!("cannot install the SIGHUP handler: {e}");
-        return exit::FAILURE;
-    }
     let reload = agent::Reload {
         path: path.to_owned(),
-        requested,
     };
     match agent::run(&config, shutdown, Some(reload)) {
         Ok(_) => exit::OK,
@@ -165,7 +159,7 @@ fn run(path: &Path) -> i32 {
 /// The lease settings of a config that writes with leases; prints why not.
 fn leased(path: &Path) -> Option<(Config, leasegate::config::LeaseConfig)> {
     let config = load(path)?;
-    match config.lease.clone() {
+    match config.writing.lease().cloned() {
         Some(l) => Some((config, l)),
         None => {
             eprintln!(
@@ -182,7 +176,7 @@ fn enroll(path: &Path, file: &Path) -> i32 {
         return exit::CONFIG;
     };
     logging::init(Some(config.log_level.unwrap_or(log::LevelFilter::Warn)));
-    if let Err(e) = agent::private_dir(&config.state_dir) {
+    if let Err(e) = leasegate::lifecycle::files::private_dir(&config.state_dir) {
         eprintln!(
             "leasegate: cannot create {}: {e}",
             config.state_dir.display()

@@ -18,7 +18,7 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/leasegate/leasegate.toml";
 /// The commented example printed by `leasegate config example`.
 pub const EXAMPLE: &str = include_str!("../../examples/leasegate.toml");
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub state_dir: PathBuf,
     pub ticket_dir: PathBuf,
@@ -30,21 +30,18 @@ pub struct Config {
     /// How long `run` may take to drain after SIGTERM before it exits.
     pub shutdown_timeout: Duration,
     pub mqtt: Mqtt,
-    /// Static write settings and credentials; None with leases.
-    pub influxdb: Option<Influx>,
-    /// Writing with leases from an authority (no credentials in
-    /// `[influxdb]`); None with static credentials.
-    pub lease: Option<LeaseConfig>,
+    /// Where writes go and with what credential.
+    pub writing: Writing,
     /// `[metrics] listen`: a loopback address for the Prometheus text
     /// endpoint; None (the default) serves none.
     pub metrics_listen: Option<std::net::SocketAddr>,
-    pub batch: Batch,
-    pub spool: Spool,
+    pub batch: BatchLimits,
+    pub spool: SpoolSettings,
     /// Budget of the dead-letter file and its one rotated predecessor.
     pub dead_letter_max_bytes: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Mqtt {
     pub url: BrokerUrl,
     pub client_id: String,
@@ -73,7 +70,7 @@ pub struct BrokerUrl {
     pub port: u16,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Subscription {
     pub topic: String,
     pub format: Format,
@@ -114,15 +111,52 @@ impl Precision {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Api {
-    V1,
-    V2,
-    V3,
+/// The InfluxDB API of a write: one type with the wire's and the
+/// authority's.
+pub use crate::api::InfluxApi as Api;
+
+/// How the gateway writes: exactly one of the two, so no code has to
+/// handle both or neither.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Writing {
+    /// `[influxdb]` names a destination and a credential of its own.
+    Static(Influx),
+    /// Credentials leased from an authority after enrolling with a ticket;
+    /// `[influxdb]`, if present, only overrides the URL, gzip and timeout.
+    Leased(LeaseConfig),
+}
+
+impl Writing {
+    pub fn lease(&self) -> Option<&LeaseConfig> {
+        match self {
+            Writing::Leased(l) => Some(l),
+            Writing::Static(_) => None,
+        }
+    }
+
+    pub fn is_leased(&self) -> bool {
+        self.lease().is_some()
+    }
+
+    /// Whether write bodies are gzipped.
+    pub fn gzip(&self) -> bool {
+        match self {
+            Writing::Static(i) => i.gzip,
+            Writing::Leased(l) => l.gzip,
+        }
+    }
+
+    /// How long one write may take.
+    pub fn timeout(&self) -> Duration {
+        match self {
+            Writing::Static(i) => i.timeout,
+            Writing::Leased(l) => l.timeout,
+        }
+    }
 }
 
 /// Static InfluxDB write settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Influx {
     pub api: Api,
     pub url: String,
@@ -150,7 +184,7 @@ pub struct Influx {
 
 /// Leased writing: the identity to enroll as, the lease to ask for, and
 /// what of the lease's write settings the gateway overrides.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LeaseConfig {
     pub identity_name: String,
     pub ttl: Option<Duration>,
@@ -189,16 +223,16 @@ impl Config {
 /// Batch limits: a write goes when it reaches `max_lines` or `max_bytes`,
 /// or `flush_interval` after its first line; a backlog goes in full batches
 /// back to back.
-#[derive(Debug, Clone)]
-pub struct Batch {
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchLimits {
     pub max_lines: usize,
     pub max_bytes: u64,
     pub flush_interval: Duration,
 }
 
 /// The disk spool between MQTT acks and InfluxDB writes.
-#[derive(Debug, Clone)]
-pub struct Spool {
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpoolSettings {
     pub max_bytes: u64,
     pub fsync: FsyncPolicy,
     pub overflow: Overflow,
@@ -240,6 +274,51 @@ impl Config {
 /// Reads the whole file, recording problems; returns `None` when a required
 /// part is missing (the problems say which).
 fn read(t: &Table<'_>) -> Option<Config> {
+    let (state_dir, ticket_dir, runtime_dir) = read_dirs(t);
+    let log_level = log_level(t);
+    let shutdown_timeout = t.duration(
+        "shutdown_timeout",
+        Duration::from_secs(10),
+        Duration::from_secs(1),
+    );
+    let mqtt = match t.table("mqtt") {
+        Some(m) => {
+            let mqtt = read_mqtt(&m);
+            m.finish();
+            mqtt
+        }
+        None => {
+            if !t.has("mqtt") {
+                t.problem("mqtt", "missing table (required)");
+            }
+            None
+        }
+    };
+    let writing = read_writing(t, mqtt.as_ref().map(|m| m.client_id.as_str()));
+    let metrics_listen = section(t, "metrics", read_metrics);
+    let batch = section(t, "batch", read_batch);
+    let spool = section(t, "spool", read_spool);
+    let dead_letter_max_bytes = section(t, "dead_letter", |d| {
+        d.size("max_bytes", 16 << 20, 64 << 10, 1 << 30)
+    });
+    Some(Config {
+        state_dir,
+        ticket_dir,
+        runtime_dir,
+        log_level,
+        shutdown_timeout,
+        mqtt: mqtt?,
+        writing: writing?,
+        metrics_listen,
+        batch,
+        spool,
+        dead_letter_max_bytes,
+    })
+}
+
+/// `state_dir`, `ticket_dir` (default: inside the state dir) and
+/// `runtime_dir`, each of which must be absolute.
+fn read_dirs(t: &Table<'_>) -> (PathBuf, PathBuf, Option<PathBuf>) {
     let state_dir = t
         .path("state_dir")
         .unwrap_or_else(|| PathBuf::from("/var/lib/leasegate"));
@@ -259,46 +338,16 @@ fn read(t: &Table<'_>) -> Option<Config> {
             t.problem(key, format!("{} is not an absolute path", dir.display()));
         }
     }
-    let log_level = log_level(t);
-    let shutdown_timeout = t.duration(
-        "shutdown_timeout",
-        Duration::from_secs(10),
-        Duration::from_secs(1),
-    );
+    (state_dir, ticket_dir, runtime_dir)
+}
 
-    let mqtt = match t.table("mqtt") {
-        Some(m) => {
-            let mqtt = read_mqtt(&m);
-            m.finish();
-            mqtt
-        }
-        None => {
-            if !t.has("mqtt") {
-                t.problem("mqtt", "missing table (required)");
-            }
-            None
-        }
-    };
-    // Where to write or with what credential, in [influxdb], means static
-    // writing (as before leases); without either the gateway writes with
-    // leases, and [influxdb] only overrides the URL, gzip and timeout.
-    let influx_table = t.table("influxdb");
-    let static_credentials = influx_table
-        .as_ref()
-        .is_some_and(|i| STATIC_KEYS.into_iter().any(|k| i.has(k)));
-    let (influxdb, overrides) = match influx_table {
-        Some(i) if static_credentials => {
-            let influx = read_influx(&i);
-            i.finish();
-            (influx, None)
-        }
-        Some(i) => {
-            let o = read_lease_overrides(&i);
-            i.finish();
-            (None, Some(o))
-        }
-        None => (None, Some((None, true, Duration::from_secs(10)))),
-    };
+/// Static or leased writing. Where to write or with what credential, in
+/// `[influxdb]`, means static writing (as before leases); without either
+/// the gateway writes with leases, and `[influxdb]` only overrides the URL,
+/// gzip and timeout. `client_id` is the default identity name.
+fn read_writing(t: &Table<'_>, client_id: Option<&str>) -> Option<Writing> {
+    // Read whichever way the gateway writes, so that they are never
+    // reported as unknown keys.
     let (ttl, system_trust) = section(t, "lease", |l| {
         let ttl = l
             .has("ttl")
@@ -306,37 +355,26 @@ fn read(t: &Table<'_>) -> Option<Config> {
         let system = l.choice("trust", &[("pinned", false), ("system", true)], false);
         (ttl, system)
     });
-    let identity_name = t.string("identity_name");
-    let metrics_listen = section(t, "metrics", |m| {
-        let listen = m.string("listen")?;
-        match listen.parse::<std::net::SocketAddr>() {
-            Ok(a) if a.ip().is_loopback() => Some(a),
-            Ok(_) => {
-                m.problem(
-                    "listen",
-                    format!(
-                        "{listen:?} is not a loopback address; the endpoint has no authentication"
-                    ),
-                );
-                None
-            }
-            Err(_) => {
-                m.problem(
-                    "listen",
-                    format!("{listen:?} is not an address:port such as \"127.0.0.1:9464\""),
-                );
-                None
-            }
+    let named = t.string("identity_name");
+    let influx_table = t.table("influxdb");
+    let static_credentials = influx_table
+        .as_ref()
+        .is_some_and(|i| STATIC_KEYS.into_iter().any(|k| i.has(k)));
+    let (url_override, gzip, timeout) = match influx_table {
+        Some(i) if static_credentials => {
+            let influx = read_influx(&i);
+            i.finish();
+            return influx.map(Writing::Static);
         }
-    });
-    let batch = section(t, "batch", read_batch);
-    let spool = section(t, "spool", read_spool);
-    let dead_letter_max_bytes = section(t, "dead_letter", |d| {
-        d.size("max_bytes", 16 << 20, 64 << 10, 1 << 30)
-    });
-    let mqtt = mqtt?;
-    let identity_name = identity_name.unwrap_or_else(|| mqtt.client_id.clone());
-    if overrides.is_some() && !crate::api::identity_name_is_valid(&identity_name) {
+        Some(i) => {
+            let o = read_lease_overrides(&i);
+            i.finish();
+            o
+        }
+        None => (None, true, Duration::from_secs(10)),
+    };
+    let identity_name = named.or_else(|| client_id.map(str::to_owned))?;
+    if !crate::api::identity_name_is_valid(&identity_name) {
         t.problem(
             "identity_name",
             format!(
@@ -345,28 +383,37 @@ fn read(t: &Table<'_>) -> Option<Config> {
             ),
         );
     }
-    let lease = overrides.map(|(url_override, gzip, timeout)| LeaseConfig {
+    Some(Writing::Leased(LeaseConfig {
         identity_name,
         ttl,
         system_trust,
         url_override,
         gzip,
         timeout,
-    });
-    Some(Config {
-        state_dir,
-        ticket_dir,
-        runtime_dir,
-        log_level,
-        shutdown_timeout,
-        mqtt,
-        influxdb,
-        lease,
-        metrics_listen,
-        batch,
-        spool,
-        dead_letter_max_bytes,
-    })
+    }))
+}
+
+/// `[metrics] listen`: a loopback address, since the page has no
+/// authentication.
+fn read_metrics(m: &Table<'_>) -> Option<std::net::SocketAddr> {
+    let listen = m.string("listen")?;
+    match listen.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.ip().is_loopback() => Some(a),
+        Ok(_) => {
+            m.problem(
+                "listen",
+                format!("{listen:?} is not a loopback address; the endpoint has no authentication"),
+            );
+            None
+        }
+        Err(_) => {
+            m.problem(
+                "listen",
+                format!("{listen:?} is not an address:port such as \"127.0.0.1:9464\""),
+            );
+            None
+        }
+    }
 }
 
 fn read_mqtt(t: &Table<'_>) -> Option<Mqtt> {
@@ -609,20 +656,46 @@ fn read_influx(t: &Table<'_>) -> Option<Influx> {
                 None
             }
         });
-    let database = t.string("database");
-    let retention_policy = t.string("retention_policy");
-    let org = t.string("org");
-    let bucket = t.string("bucket");
-    let username = t.string("username");
-    let password = read_secret(t, "password", "password_file");
-    let token = read_secret(t, "token", "token_file");
-    let gzip = t.bool("gzip", true);
-    let timeout = t.duration(
-        "timeout",
-        Duration::from_secs(10),
-        Duration::from_millis(100),
-    );
+    let influx = Influx {
+        api,
+        url: url.clone().unwrap_or_default(),
+        database: t.string("database"),
+        retention_policy: t.string("retention_policy"),
+        org: t.string("org"),
+        bucket: t.string("bucket"),
+        username: t.string("username"),
+        password: read_secret(t, "password", "password_file"),
+        token: read_secret(t, "token", "token_file"),
+        secret_file: match api {
+            Api::V1 => t.path("password_file"),
+            Api::V2 | Api::V3 => t.path("token_file"),
+        },
+        gzip: t.bool("gzip", true),
+        timeout: t.duration(
+            "timeout",
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+        ),
+    };
+    check_influx_keys(t, &influx);
+    url.map(|_| influx)
+}
 
+/// Records a problem for each key the chosen API needs and lacks, or has
+/// and does not use.
+fn check_influx_keys(t: &Table<'_>, i: &Influx) {
+    let Influx {
+        api,
+        database,
+        retention_policy,
+        org,
+        bucket,
+        username,
+        password,
+        token,
+        ..
+    } = i;
+    let api = *api;
     let need = |key: &str, present: bool, why: &str| {
         if !present {
             t.problem(key, format!("missing (required {why})"));
@@ -705,24 +778,6 @@ fn read_influx(t: &Table<'_>) -> Option<Influx> {
     if retention_policy.is_some() && api != Api::V1 {
         t.problem("retention_policy", "only used with api = \"v1\"");
     }
-    let secret_file = match api {
-        Api::V1 => t.path("password_file"),
-        Api::V2 | Api::V3 => t.path("token_file"),
-    };
-    Some(Influx {
-        api,
-        url: url?,
-        database,
-        retention_policy,
-        org,
-        bucket,
-        username,
-        password,
-        token,
-        secret_file,
-        gzip,
-        timeout,
-    })
 }
 
 /// Reads an optional table; when it is absent, reading an empty table
@@ -738,8 +793,8 @@ fn section<T>(t: &Table<'_>, key: &'static str, read: impl Fn(&Table<'_>) -> T) 
     }
 }
 
-fn read_batch(t: &Table<'_>) -> Batch {
-    Batch {
+fn read_batch(t: &Table<'_>) -> BatchLimits {
+    BatchLimits {
         max_lines: t.integer("max_lines", 5000, 1, 1_000_000) as usize,
         max_bytes: t.size("max_bytes", 1 << 20, 1024, 64 << 20),
         flush_interval: t.duration(
@@ -750,7 +805,7 @@ fn read_batch(t: &Table<'_>) -> Batch {
     }
 }
 
-fn read_spool(t: &Table<'_>) -> Spool {
+fn read_spool(t: &Table<'_>) -> SpoolSettings {
     let max_bytes = t.size("max_bytes", 256 << 20, 64 << 10, 1 << 40);
     let fsync = t.choice(
         "fsync",
@@ -778,7 +833,7 @@ fn read_spool(t: &Table<'_>) -> Spool {
         ],
         Overflow::DropOldest,
     );
-    Spool {
+    SpoolSettings {
         max_bytes,
         fsync: fsync.unwrap_or(FsyncPolicy::Interval(interval)),
         overflow,
@@ -938,8 +993,9 @@ database = "sensors"
         let c = Config::from_toml(Path::new("example"), EXAMPLE).unwrap();
         assert_eq!(c.mqtt.subscribe.len(), 1);
         // The example writes with leases.
-        assert!(c.influxdb.is_none());
-        let l = c.lease.unwrap();
+        let Writing::Leased(l) = c.writing else {
+            panic!("static: {:?}", c.writing)
+        };
         assert_eq!(l.identity_name, "gw-01");
         assert!(!l.system_trust && l.url_override.is_none() && l.ttl.is_none());
     }
@@ -1002,7 +1058,9 @@ api = "v2"
             .replace("identity_name = \"gw:1\"\n", "")
             .replace("api = \"v2\"\n", "");
         let c = Config::from_toml(Path::new("l.toml"), &ok).unwrap();
-        let l = c.lease.unwrap();
+        let Writing::Leased(l) = c.writing else {
+            panic!("static: {:?}", c.writing)
+        };
         assert_eq!(l.ttl, Some(Duration::from_secs(6)));
         assert!(l.system_trust);
         assert_eq!(l.url_override.as_deref(), Some("http://other:8086"));
@@ -1024,7 +1082,9 @@ api = "v2"
         );
         assert!(c.mqtt.client_id.starts_with("leasegate"));
         assert_eq!(c.mqtt.subscribe[0].format, Format::Line);
-        let i = c.influxdb.unwrap();
+        let Writing::Static(i) = c.writing else {
+            panic!("leased: {:?}", c.writing)
+        };
         assert_eq!((i.api, i.gzip), (Api::V1, true));
     }
 
@@ -1083,7 +1143,10 @@ database = "d"
             ),
         );
         let c = Config::from_toml(Path::new("m"), &text).unwrap();
-        assert_eq!(c.influxdb.unwrap().password.unwrap().expose(), "from-file");
+        let Writing::Static(i) = c.writing else {
+            panic!("leased: {:?}", c.writing)
+        };
+        assert_eq!(i.password.unwrap().expose(), "from-file");
         let missing = text.replace("/pw", "/nope");
         let p = problems(&missing).join("\n");
         assert!(p.contains("influxdb.password_file: cannot read"), "{p}");

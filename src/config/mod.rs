@@ -7,6 +7,7 @@
 //! problem: every problem is collected with its key path so an operator fixes
 //! a file in one pass. Nothing here opens sockets or starts anything.
 
+mod changes;
 mod gateway;
 pub mod reader;
 pub mod tls;
@@ -14,9 +15,10 @@ pub mod units;
 
 use std::path::{Path, PathBuf};
 
+pub use changes::restart_required;
 pub use gateway::{
-    Api, Batch, BrokerUrl, Config, DEFAULT_CONFIG_PATH, EXAMPLE, Format, FsyncPolicy, Influx,
-    LeaseConfig, Mqtt, Overflow, Precision, Spool, Subscription,
+    Api, BatchLimits, BrokerUrl, Config, DEFAULT_CONFIG_PATH, EXAMPLE, Format, FsyncPolicy, Influx,
+    LeaseConfig, Mqtt, Overflow, Precision, SpoolSettings, Subscription, Writing,
 };
 pub use reader::Problem;
 

@@ -9,19 +9,35 @@
 //! file and what is wrong with it, never its content.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-/// A ready rustls client configuration, shared by every reconnect.
+/// A ready rustls client configuration, shared by every reconnect, and
+/// the files it was made from.
 #[derive(Clone)]
-pub struct TlsClient(pub Arc<rustls::ClientConfig>);
+pub struct TlsClient(pub Arc<rustls::ClientConfig>, pub TlsFiles);
+
+/// Where a [`TlsClient`] came from: what a configuration reload compares,
+/// since two built configurations cannot be compared.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub ca_file: Option<PathBuf>,
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+}
 
 impl fmt::Debug for TlsClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("TlsClient { .. }")
+        f.debug_tuple("TlsClient").field(&self.1).finish()
+    }
+}
+
+impl PartialEq for TlsClient {
+    fn eq(&self, other: &Self) -> bool {
+        self.1 == other.1
     }
 }
 
@@ -102,7 +118,12 @@ pub fn client_config(
             })?
         }
     };
-    Ok(TlsClient(Arc::new(config)))
+    let files = TlsFiles {
+        ca_file: ca_file.map(Path::to_owned),
+        client_cert_file: client.map(|(c, _)| c.to_owned()),
+        client_key_file: client.map(|(_, k)| k.to_owned()),
+    };
+    Ok(TlsClient(Arc::new(config), files))
 }
 
 fn read_certs(path: &Path, key: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsProblem> {
@@ -118,4 +139,67 @@ fn read_certs(path: &Path, key: &'static str) -> Result<Vec<CertificateDer<'stat
         ));
     }
     Ok(certs)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::path::PathBuf;
+
+    /// Two CA files and two client certificates with their keys, made by
+    /// rcgen (self-signed: each serves as its own trust anchor), in a
+    /// temporary directory that lives as long as this value.
+    pub struct TestPki {
+        _dir: tempfile::TempDir,
+        pub ca: PathBuf,
+        pub ca2: PathBuf,
+        pub cert: PathBuf,
+        pub key: PathBuf,
+        pub cert2: PathBuf,
+        pub key2: PathBuf,
+    }
+
+    impl TestPki {
+        pub fn new() -> TestPki {
+            let dir = tempfile::tempdir().unwrap();
+            let mut made = Vec::new();
+            for name in ["ca", "ca2", "cert", "cert2"] {
+                let pair =
+                    rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+                let cert = dir.path().join(format!("{name}.pem"));
+                let key = dir.path().join(format!("{name}.key"));
+                std::fs::write(&cert, pair.cert.pem()).unwrap();
+                std::fs::write(&key, pair.signing_key.serialize_pem()).unwrap();
+                made.push((cert, key));
+            }
+            let mut made = made.into_iter();
+            let (ca, _) = made.next().unwrap();
+            let (ca2, _) = made.next().unwrap();
+            let (cert, key) = made.next().unwrap();
+            let (cert2, key2) = made.next().unwrap();
+            TestPki {
+                _dir: dir,
+                ca,
+                ca2,
+                cert,
+                key,
+                cert2,
+                key2,
+            }
+        }
+    }
+
+    #[test]
+    fn a_client_configuration_knows_its_files_and_hides_its_keys() {
+        let pki = TestPki::new();
+        let tls = super::client_config(Some(&pki.ca), Some((&pki.cert, &pki.key))).unwrap();
+        assert_eq!(tls.1.ca_file.as_deref(), Some(pki.ca.as_path()));
+        let shown = format!("{tls:?}");
+        assert!(
+            shown.contains("ca.pem") && !shown.contains("PRIVATE"),
+            "{shown}"
+        );
+        let other = super::client_config(Some(&pki.ca2), Some((&pki.cert, &pki.key))).unwrap();
+        assert!(tls != other);
+        assert!(tls == super::client_config(Some(&pki.ca), Some((&pki.cert, &pki.key))).unwrap());
+    }
 }

@@ -1,0 +1,184 @@
+//! The lease keeper's thread: feeds the [`Keeper`] state machine its
+//! events (tickets, write outcomes, the clock) and publishes its view for
+//! `leasegate status` and the metrics page.
+//!
+//! The thread sleeps on one channel until the next event or the next
+//! thing the keeper has due ([`Keeper::next_wake`]), whichever comes
+//! first: an enrolled gateway with a lease of an hour wakes a few times an
+//! hour. Here live the real parts the machine is tested without: the
+//! authority client ([`RemoteAuthority`]) and the state files
+//! ([`StateFiles`]). It never writes points and never logs a secret.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::credential::{Outcome, Outcomes, Slot};
+use super::identity::{self, Identity, StoredLease};
+use super::lease::{Authority, Event, Keeper, LeaseSettings, LeaseStore, LeaseView};
+use super::tickets::{self, Rescan};
+use crate::api::{LeaseGrant, LeaseStatus};
+use crate::client::ClientError;
+use crate::lifecycle::health::Beat;
+use crate::shutdown::Shutdown;
+
+enum Message {
+    Event(Event),
+    Stop,
+}
+
+/// What the rest of the daemon holds of the keeper.
+pub struct KeeperHandle {
+    /// The keeper's state, for status and metrics.
+    pub view: Arc<Mutex<LeaseView>>,
+    /// For a reload: try every waiting ticket again.
+    pub rescan: Rescan,
+}
+
+/// Starts the keeper and its ticket watcher, each on its thread; `spawn`
+/// starts the keeper's (so that the daemon hears when it ends). Returns
+/// the line for the writer's outcomes, the handle and the keeper's thread.
+pub fn start(
+    settings: LeaseSettings,
+    slot: Arc<Slot>,
+    beat: Arc<Beat>,
+    shutdown: &Shutdown,
+    spawn: impl FnOnce(Box<dyn FnOnce() + Send>) -> std::io::Result<std::thread::JoinHandle<()>>,
+) -> std::io::Result<(Outcomes, KeeperHandle, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = std::sync::mpsc::channel::<Message>();
+    let stop = tx.clone();
+    shutdown.on_trigger(move || {
+        let _ = stop.send(Message::Stop);
+    });
+    let events = tx.clone();
+    let report = move |e: Event| {
+        let _ = events.send(Message::Event(e));
+    };
+    // The watcher's thread is not joined: it stops at shutdown on its own,
+    // and nothing it holds needs draining.
+    let (rescan, _watcher) = tickets::start(settings.clone(), report, shutdown.clone())?;
+    let view = Arc::new(Mutex::new(LeaseView::default()));
+    let published = view.clone();
+    let dir = settings.state_dir.clone();
+    let now = Instant::now();
+    let keeper = Keeper::new(
+        settings,
+        identity::load_identity(&dir),
+        identity::load_lease(&dir),
+        identity::load_retired(&dir),
+        RemoteAuthority { beat: beat.clone() },
+        StateFiles { dir },
+        slot,
+        now,
+        crate::now_ms(),
+    );
+    *view.lock().unwrap_or_else(|p| p.into_inner()) = keeper.view(now, crate::now_ms());
+    let thread = spawn(Box::new(move || run(keeper, &rx, &published, &beat)))?;
+    let outcomes = Outcomes::new(move |outcome| {
+        let event = match outcome {
+            Outcome::Wrote(c) => c.lease_id().map(|id| Event::Wrote(id.to_owned())),
+            Outcome::Refused { credential, .. } => credential
+                .lease_id()
+                .map(|id| Event::Refused(id.to_owned())),
+        };
+        if let Some(event) = event {
+            let _ = tx.send(Message::Event(event));
+        }
+    });
+    Ok((outcomes, KeeperHandle { view, rescan }, thread))
+}
+
+/// Until shutdown: the next event, or the time something is due.
+fn run<A: Authority, S: LeaseStore>(
+    mut keeper: Keeper<A, S>,
+    events: &Receiver<Message>,
+    view: &Mutex<LeaseView>,
+    beat: &Beat,
+) {
+    loop {
+        let wait = keeper
+            .next_wake()
+            .map(|t| t.saturating_duration_since(Instant::now()));
+        beat.set_idle(true);
+        let message = match wait {
+            None => events.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(wait) => events.recv_timeout(wait),
+        };
+        beat.set_idle(false);
+        let event = match message {
+            Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+            Ok(Message::Event(e)) => e,
+            Err(RecvTimeoutError::Timeout) => Event::Tick,
+        };
+        keeper.on_event(event, Instant::now());
+        *view.lock().unwrap_or_else(|p| p.into_inner()) =
+            keeper.view(Instant::now(), crate::now_ms());
+    }
+}
+
+/// The authority, through the identity's own client (its URL and the
+/// certificate it pins). Each call beats first: calls are bounded by the
+/// client's timeouts, well within the watchdog's limit.
+pub struct RemoteAuthority {
+    beat: Arc<Beat>,
+}
+
+impl Authority for RemoteAuthority {
+    fn create_lease(
+        &mut self,
+        identity: &Identity,
+        ttl: Option<Duration>,
+    ) -> Result<LeaseGrant, ClientError> {
+        self.beat.beat();
+        identity.client()?.create_lease(&identity.credential, ttl)
+    }
+
+    fn revoke(&mut self, identity: &Identity, lease_id: &str) -> Result<(), ClientError> {
+        self.beat.beat();
+        identity
+            .client()?
+            .revoke(&identity.credential, lease_id)
+            .map(|_| ())
+    }
+
+    fn active_leases(&mut self, identity: &Identity) -> Result<Vec<String>, ClientError> {
+        self.beat.beat();
+        Ok(identity
+            .client()?
+            .leases(&identity.credential)?
+            .into_iter()
+            .filter(|l| l.status == LeaseStatus::Active)
+            .map(|l| l.id)
+            .collect())
+    }
+}
+
+/// `lease.json`, `identity.json` and `retired.json` in the state dir.
+pub struct StateFiles {
+    dir: PathBuf,
+}
+
+impl LeaseStore for StateFiles {
+    fn save_lease(&mut self, lease: &StoredLease) {
+        if let Err(e) = identity::save_lease(&self.dir, lease) {
+            log::warn!("cannot store the lease in {}: {e}", self.dir.display());
+        }
+    }
+
+    fn remove_lease(&mut self) {
+        let _ = std::fs::remove_file(self.dir.join(identity::LEASE_FILE));
+    }
+
+    fn forget_identity(&mut self) {
+        identity::forget(&self.dir);
+    }
+
+    fn save_retired(&mut self, old: &Identity) {
+        identity::save_retired(&self.dir, old);
+    }
+
+    fn clear_retired(&mut self, identity_id: &str) {
+        identity::clear_retired(&self.dir, identity_id);
+    }
+}

@@ -1,0 +1,50 @@
+//! What travels between the pipeline's threads, from the broker to the
+//! spool: a message as it came ([`Received`]), what the decoder made of it
+//! ([`Delivery`]) and the ack it is owed ([`AckToken`]).
+//!
+//! Plain data, so that the intake, the decoder and the appender share
+//! types without depending on one another. Nothing here acts.
+
+use rumqttc::Publish;
+
+use super::deadletter::Rejection;
+
+/// One message as it came from the broker, on its way to be decoded.
+#[derive(Debug)]
+pub struct Received {
+    pub publish: Publish,
+    /// What to acknowledge once stored; `None` for QoS 0 messages.
+    pub ack: Option<AckToken>,
+    /// The message's share of the bytes allowed in flight between the
+    /// MQTT session and the spool, given back when the message is dropped
+    /// after decoding.
+    #[allow(dead_code, reason = "held, not read: dropping it gives the bytes back")]
+    pub budget: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// The lines decoded from one MQTT message, and how to acknowledge it.
+#[derive(Debug)]
+pub struct Delivery {
+    /// Line protocol, each line ending in `\n`.
+    pub lines: String,
+    pub points: u64,
+    /// What to acknowledge once stored; `None` for QoS 0 messages.
+    pub ack: Option<AckToken>,
+    /// Why (part of) the message was rejected, for the dead-letter file.
+    pub rejected: Option<Rejection>,
+    /// The message's share of the bytes allowed between the MQTT session
+    /// and the spool: held until the delivery is stored and dropped, so a
+    /// group waiting for its commit counts against the budget too.
+    #[allow(dead_code, reason = "held, not read: dropping it gives the bytes back")]
+    pub budget: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// A packet id is only meaningful on the connection it arrived on: after a
+/// reconnect the broker resends unacked messages and may reuse the id for
+/// another message, so an ack carries its connection's number and the
+/// acker drops acks from earlier connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckToken {
+    pub connection: u64,
+    pub pkid: u16,
+}

@@ -1,0 +1,290 @@
+//! Starting the gateway's pipeline: the spool opened, the credential in
+//! force, and the named threads that move points.
+//!
+//! - `appender` ([`appender`]): decodes what the intake hands over, appends
+//!   it to the spool and releases the acks once it is committed;
+//! - `writer` ([`writer`]): batches from the spool to InfluxDB;
+//! - `lease` ([`keeper`], leased writing only), with its `tickets` watcher;
+//! - `mqtt` ([`intake`]): the broker session, started last by
+//!   [`Pipeline::start_intake`] (a test can feed the pipeline instead).
+//!
+//! Each thread has its own progress beat and reports its end through the
+//! `ended` callback, so that the supervisor ([`super::supervise`]) waits on
+//! events rather than polls. Starting owns nothing after it returns: the
+//! [`Pipeline`] holds the handles, the supervisor decides what they mean.
+
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use super::appender::{self, Appender};
+use super::credential::{Outcomes, Slot};
+use super::deadletter::DeadLetters;
+use super::decode::Decoder;
+use super::intake::Intake;
+use super::keeper::{self, KeeperHandle};
+use super::lease::LeaseSettings;
+use super::message::{AckToken, Received};
+use super::sink::Sink;
+use super::spool::{self, Spool};
+use super::stats::Stats;
+use super::status::{Reporter, Sources};
+use super::writer::Writer;
+use super::{AgentError, static_credential};
+use crate::config::{BatchLimits, Config, Subscription, Writing};
+use crate::lifecycle::health::Health;
+use crate::shutdown::Shutdown;
+
+/// Deliveries queued between intake and appender. QoS 1 messages are
+/// bounded by the broker's in-flight window anyway; this bounds QoS 0
+/// floods.
+const QUEUE: usize = 4096;
+
+/// Where a pipeline thread's end is reported, with its name.
+pub type Ended = Arc<dyn Fn(&'static str) + Send + Sync>;
+
+/// The running pipeline: its shared parts and its threads.
+pub struct Pipeline {
+    pub spool: Arc<Spool>,
+    pub stats: Arc<Stats>,
+    pub health: Arc<Health>,
+    pub slot: Arc<Slot>,
+    pub reporter: Arc<Reporter>,
+    pub dead_letters: Arc<Mutex<DeadLetters>>,
+    /// Live settings a reload replaces.
+    pub batch: Arc<Mutex<BatchLimits>>,
+    pub subscriptions: watch::Sender<Vec<Subscription>>,
+    /// With leases: the keeper.
+    pub keeper: Option<KeeperHandle>,
+    pub threads: Vec<(&'static str, JoinHandle<()>)>,
+    ended: Ended,
+}
+
+/// The intake's ends of the pipeline: what it hands over, the acks it
+/// sends, and the subscriptions as reloads change them.
+pub struct Feed {
+    pub deliveries: mpsc::Sender<Received>,
+    pub acks: mpsc::UnboundedReceiver<AckToken>,
+    pub reload: watch::Receiver<Vec<Subscription>>,
+}
+
+impl Pipeline {
+    /// Opens the spool and starts every thread but the intake.
+    pub fn start(
+        config: &Config,
+        shutdown: &Shutdown,
+        ended: Ended,
+    ) -> Result<(Pipeline, Feed), AgentError> {
+        prepare_dir(&config.state_dir)?;
+        if config.writing.is_leased() {
+            prepare_dir(&config.ticket_dir)?;
+        }
+        let spool = open_spool(config)?;
+        let wake = spool.clone();
+        shutdown.on_trigger(move || wake.wake_readers());
+        let stats = Arc::new(Stats::new(config.mqtt.subscribe.len()));
+        let health = Arc::new(Health::default());
+        let dead_letters = DeadLetters::new(&config.state_dir, config.dead_letter_max_bytes);
+        log::info!(
+            "rejected messages and refused lines go to {}",
+            dead_letters.path().display()
+        );
+        let dead_letters = Arc::new(Mutex::new(dead_letters));
+        let slot = Slot::new(shutdown);
+        let mut threads = Vec::new();
+        let (outcomes, keeper) =
+            credential_source(config, &slot, &health, shutdown, &ended, &mut threads)?;
+        let reporter = Arc::new(Reporter::new(
+            &config.state_dir,
+            Sources {
+                stats: stats.clone(),
+                spool: spool.clone(),
+                view: keeper.as_ref().map(|k| k.view.clone()),
+            },
+        ));
+        let batch = Arc::new(Mutex::new(config.batch.clone()));
+        let writer = Writer {
+            sink: Sink::new(config.writing.gzip(), config.writing.timeout()),
+            slot: slot.clone(),
+            outcomes,
+            batch: batch.clone(),
+            spool: spool.clone(),
+            shutdown: shutdown.clone(),
+            stats: stats.clone(),
+            beat: health.beat("writer"),
+            dead_letters: dead_letters.clone(),
+        };
+        threads.push(("writer", spawn("writer", &ended, move || writer.run())?));
+        let (delivery_tx, delivery_rx) = mpsc::channel(QUEUE);
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        let (subscriptions, reload) = watch::channel(config.mqtt.subscribe.clone());
+        let appender = Appender {
+            spool: spool.clone(),
+            dead_letters: dead_letters.clone(),
+            deliveries: delivery_rx,
+            decoder: Decoder::new(
+                config.mqtt.subscribe.clone(),
+                config.mqtt.max_packet_size as usize,
+                config.mqtt.point_limits,
+            ),
+            reload: reload.clone(),
+            acks: ack_tx,
+            shutdown: shutdown.clone(),
+            stats: stats.clone(),
+            beat: health.beat("appender"),
+            reporter: reporter.clone(),
+            record_bytes: appender::RECORD_BYTES
+                .min(config.batch.max_bytes as usize)
+                .min((config.spool.max_bytes / 8) as usize),
+            record_points: config.batch.max_lines as u64,
+        };
+        threads.push((
+            "appender",
+            spawn("appender", &ended, move || appender.run())?,
+        ));
+        let pipeline = Pipeline {
+            spool,
+            stats,
+            health,
+            slot,
+            reporter,
+            dead_letters,
+            batch,
+            subscriptions,
+            keeper,
+            threads,
+            ended,
+        };
+        let feed = Feed {
+            deliveries: delivery_tx,
+            acks: ack_rx,
+            reload,
+        };
+        Ok((pipeline, feed))
+    }
+
+    /// Starts the `mqtt` thread on `feed`: the broker session on a
+    /// single-threaded tokio runtime. `beat_every`: with a watchdog, how
+    /// often its runtime beats; `subscribed` is told when the broker first
+    /// confirms the subscriptions.
+    pub fn start_intake(
+        &mut self,
+        config: &Config,
+        feed: Feed,
+        shutdown: &Shutdown,
+        beat_every: Option<Duration>,
+        subscribed: Box<dyn Fn() + Send>,
+    ) -> Result<(), AgentError> {
+        let intake = Intake {
+            config: config.mqtt.clone(),
+            deliveries: feed.deliveries,
+            acks: feed.acks,
+            shutdown: shutdown.clone(),
+            stats: self.stats.clone(),
+            dead_letters: self.dead_letters.clone(),
+            reload: feed.reload,
+            status: config.mqtt.publish_status.then(|| self.reporter.clone()),
+            beat: beat_every.map(|every| (self.health.beat("mqtt"), every)),
+            subscribed,
+        };
+        let thread =
+            spawn(
+                "mqtt",
+                &self.ended,
+                move || match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(intake.run()),
+                    Err(e) => log::error!("cannot start the MQTT runtime: {e}"),
+                },
+            )?;
+        self.threads.push(("mqtt", thread));
+        Ok(())
+    }
+}
+
+/// Each way of writing brings its own credential source: the static one
+/// is put in the slot at once; the lease keeper starts on its thread and
+/// puts a lease there when it has one. Returns the line for the writer's
+/// outcomes, and the keeper.
+fn credential_source(
+    config: &Config,
+    slot: &Arc<Slot>,
+    health: &Health,
+    shutdown: &Shutdown,
+    ended: &Ended,
+    threads: &mut Vec<(&'static str, JoinHandle<()>)>,
+) -> Result<(Outcomes, Option<KeeperHandle>), AgentError> {
+    let lease = match &config.writing {
+        Writing::Static(influx) => {
+            return Ok((static_credential::install(influx, slot.clone()), None));
+        }
+        Writing::Leased(lease) => lease,
+    };
+    let settings = LeaseSettings {
+        state_dir: config.state_dir.clone(),
+        ticket_dir: config.ticket_dir.clone(),
+        lease: lease.clone(),
+    };
+    let (outcomes, handle, thread) = keeper::start(
+        settings,
+        slot.clone(),
+        health.beat("lease"),
+        shutdown,
+        |body| watched("lease", ended, body),
+    )
+    .map_err(|e| AgentError::Spawn("lease", e))?;
+    threads.push(("lease", thread));
+    Ok((outcomes, Some(handle)))
+}
+
+/// Creates a state directory owner-only: it holds sensor data and, with
+/// leases, the identity.
+fn prepare_dir(dir: &std::path::Path) -> Result<(), AgentError> {
+    crate::lifecycle::files::private_dir(dir).map_err(|e| AgentError::StateDir(dir.to_owned(), e))
+}
+
+/// Opens the spool, reporting what it recovered.
+fn open_spool(config: &Config) -> Result<Arc<Spool>, AgentError> {
+    let (spool, recovery) = Spool::open(spool::SpoolConfig {
+        dir: config.state_dir.join("spool"),
+        max_bytes: config.spool.max_bytes,
+        fsync: config.spool.fsync,
+        overflow: config.spool.overflow,
+    })
+    .map_err(AgentError::Spool)?;
+    for damage in &recovery.damage {
+        log::error!("spool damage: {damage}");
+    }
+    if recovery.points > 0 {
+        log::info!(
+            "spool holds {} points from before ({} bytes in {} segments); delivering them first",
+            recovery.points,
+            recovery.bytes,
+            recovery.segments
+        );
+    }
+    Ok(Arc::new(spool))
+}
+
+/// Starts `body` on the thread `name`, reporting its end to `ended`.
+fn watched(
+    name: &'static str,
+    ended: &Ended,
+    body: impl FnOnce() + Send + 'static,
+) -> std::io::Result<JoinHandle<()>> {
+    let ended = ended.clone();
+    crate::lifecycle::threads::spawn_watched(name, move || ended(name), body)
+}
+
+/// [`watched`], with the error the daemon reports.
+fn spawn(
+    name: &'static str,
+    ended: &Ended,
+    body: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>, AgentError> {
+    watched(name, ended, body).map_err(|e| AgentError::Spawn(name, e))
+}

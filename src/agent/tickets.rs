@@ -1,0 +1,314 @@
+//! The ticket watcher thread: redeems each `*.ticket` file dropped into
+//! `ticket_dir` once it has been unchanged for a moment, rejects the bad
+//! ones, and keeps those that failed for a transient reason (an
+//! unreachable authority) for another try with their own backoff, so that
+//! one ticket never holds up another and renewals never wait for tickets.
+//! It also sees `leasegate enroll FILE` replace the identity file.
+//!
+//! It sleeps until something happens: inotify on the ticket directory and
+//! the state directory, an eventfd for shutdown and reloads, and a timer
+//! only while a ticket settles or waits for its retry. Where inotify is not
+//! available it looks every second instead, and says so. What it learns
+//! goes to the lease keeper as [`Event`]s; it never touches the lease or
+//! the credential in force, and never logs a ticket's secret.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags};
+use rustix::fs::inotify;
+
+use super::identity::{self, TicketOutcome};
+use super::lease::{Event, LeaseSettings};
+use crate::backoff::Backoff;
+use crate::shutdown::Shutdown;
+
+/// How often the directories are looked at without inotify.
+const SCAN_WITHOUT_INOTIFY: Duration = Duration::from_secs(1);
+
+/// Wakes the watcher: for a shutdown, or for a reload that asks it to try
+/// every waiting ticket again at once, the kept ones included.
+#[derive(Clone)]
+pub struct Rescan {
+    asked: Arc<AtomicBool>,
+    eventfd: Arc<OwnedFd>,
+}
+
+impl Rescan {
+    fn new() -> std::io::Result<Rescan> {
+        let fd = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )?;
+        Ok(Rescan {
+            asked: Arc::new(AtomicBool::new(false)),
+            eventfd: Arc::new(fd),
+        })
+    }
+
+    /// Every waiting ticket is tried again now.
+    pub fn now(&self) {
+        self.asked.store(true, Ordering::SeqCst);
+        self.wake();
+    }
+
+    fn wake(&self) {
+        let _ = rustix::io::write(&*self.eventfd, &1u64.to_ne_bytes());
+    }
+
+    fn take(&self) -> bool {
+        let mut buf = [0u8; 8];
+        let _ = rustix::io::read(&*self.eventfd, &mut buf);
+        self.asked.swap(false, Ordering::SeqCst)
+    }
+}
+
+/// The watches; None where inotify is not available.
+struct Watches {
+    fd: OwnedFd,
+}
+
+impl Watches {
+    fn new(s: &LeaseSettings) -> std::io::Result<Watches> {
+        let fd = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)?;
+        let watches = Watches { fd };
+        watches.add(s)?;
+        Ok(watches)
+    }
+
+    /// Watches for files arriving in the ticket directory (created, written,
+    /// moved in, their times set by a copy) and for the identity file being
+    /// replaced or given to the daemon's user in the state directory.
+    fn add(&self, s: &LeaseSettings) -> std::io::Result<()> {
+        use inotify::WatchFlags as W;
+        let tickets = W::CREATE
+            | W::MODIFY
+            | W::CLOSE_WRITE
+            | W::MOVED_TO
+            | W::ATTRIB
+            | W::DELETE_SELF
+            | W::MOVE_SELF;
+        inotify::add_watch(&self.fd, &s.ticket_dir, tickets)?;
+        inotify::add_watch(
+            &self.fd,
+            &s.state_dir,
+            W::CLOSE_WRITE | W::MOVED_TO | W::ATTRIB | W::DELETE_SELF | W::MOVE_SELF,
+        )?;
+        Ok(())
+    }
+
+    /// Reads what is queued; false when a watched directory went away or
+    /// the queue overflowed (the watches must be made again).
+    fn drain(&self) -> bool {
+        let mut buf = [std::mem::MaybeUninit::uninit(); 4096];
+        let mut reader = inotify::Reader::new(&self.fd, &mut buf);
+        let mut intact = true;
+        loop {
+            match reader.next() {
+                Ok(event) => {
+                    use inotify::ReadFlags as R;
+                    let flags = event.events();
+                    if flags
+                        .intersects(R::IGNORED | R::QUEUE_OVERFLOW | R::DELETE_SELF | R::MOVE_SELF)
+                    {
+                        intact = false;
+                    }
+                }
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => return intact,
+            }
+        }
+    }
+}
+
+/// Starts the watcher thread; `report` hands its news to the keeper.
+pub fn start(
+    settings: LeaseSettings,
+    report: impl Fn(Event) + Send + 'static,
+    shutdown: Shutdown,
+) -> std::io::Result<(Rescan, std::thread::JoinHandle<()>)> {
+    let rescan = Rescan::new()?;
+    let woken = rescan.clone();
+    shutdown.on_trigger(move || woken.wake());
+    let r = rescan.clone();
+    let thread = crate::lifecycle::threads::spawn("tickets", move || {
+        Watcher {
+            settings,
+            report: Box::new(report),
+            later: HashMap::new(),
+            known_identity: None,
+        }
+        .run(&r, &shutdown)
+    })?;
+    Ok((rescan, thread))
+}
+
+struct Watcher {
+    settings: LeaseSettings,
+    report: Box<dyn Fn(Event) + Send>,
+    /// Tickets kept for another try: their backoff and when they are due.
+    later: HashMap<PathBuf, (Backoff, Instant)>,
+    /// The identity the keeper has, as far as this thread knows.
+    known_identity: Option<String>,
+}
+
+impl Watcher {
+    fn run(mut self, rescan: &Rescan, shutdown: &Shutdown) {
+        self.known_identity =
+            identity::load_identity(&self.settings.state_dir).map(|i| i.identity_id);
+        let mut watches = self.watch();
+        while !shutdown.is_triggered() {
+            let next = self.scan(shutdown);
+            self.look_for_enrollment();
+            let timeout = match (&watches, next) {
+                (Some(_), next) => next,
+                (None, Some(next)) => Some(next.min(SCAN_WITHOUT_INOTIFY)),
+                (None, None) => Some(SCAN_WITHOUT_INOTIFY),
+            };
+            let (woken, changed) = wait(watches.as_ref(), rescan, timeout);
+            if woken && rescan.take() {
+                self.later.clear();
+            }
+            if changed && !watches.as_ref().is_some_and(Watches::drain) {
+                watches = self.watch();
+            }
+        }
+    }
+
+    fn watch(&self) -> Option<Watches> {
+        match Watches::new(&self.settings) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                log::warn!(
+                    "cannot watch {} with inotify ({e}); looking at it every second instead",
+                    self.settings.ticket_dir.display()
+                );
+                None
+            }
+        }
+    }
+
+    /// Redeems every settled ticket that is not waiting for its retry;
+    /// returns how long until the next one settles or is due.
+    fn scan(&mut self, shutdown: &Shutdown) -> Option<Duration> {
+        let waiting = identity::waiting_tickets(&self.settings.ticket_dir);
+        self.later.retain(|p, _| waiting.settled.contains(p));
+        let mut next = waiting.settling_in;
+        for path in waiting.settled {
+            if shutdown.is_triggered() {
+                return None;
+            }
+            let now = Instant::now();
+            if let Some((_, at)) = self.later.get(&path).filter(|(_, at)| now < *at) {
+                next = Some(next.map_or(*at - now, |n| n.min(*at - now)));
+                continue;
+            }
+            if let Some(retry) = self.redeem(path) {
+                next = Some(next.map_or(retry, |n| n.min(retry)));
+            }
+        }
+        next
+    }
+
+    /// One ticket: enrolled (the keeper hears of it), rejected (renamed,
+    /// with the reason beside it) or kept; Some(when to try again) if kept.
+    fn redeem(&mut self, path: PathBuf) -> Option<Duration> {
+        let s = &self.settings;
+        match identity::process_ticket(
+            &path,
+            &s.state_dir,
+            &s.lease.identity_name,
+            s.lease.system_trust,
+        ) {
+            TicketOutcome::Enrolled(new) => {
+                log::info!(
+                    "enrolled with ticket {} as identity {} ({}), role {}",
+                    path.display(),
+                    new.identity_id,
+                    new.identity_name,
+                    new.role
+                );
+                self.later.remove(&path);
+                self.known_identity = Some(new.identity_id.clone());
+                (self.report)(Event::Enrolled(new));
+                None
+            }
+            TicketOutcome::Rejected(e) => {
+                log::error!(
+                    "ticket {} rejected ({}): {}; renamed .rejected with the reason beside it",
+                    path.display(),
+                    e.reason_code(),
+                    crate::error_chain(&e)
+                );
+                None
+            }
+            TicketOutcome::Kept(e) => {
+                let entry = self.later.entry(path.clone()).or_insert_with(|| {
+                    (
+                        Backoff::new(Duration::from_secs(1), Duration::from_secs(60), 0.25),
+                        Instant::now(),
+                    )
+                });
+                let d = entry.0.next_delay();
+                entry.1 = Instant::now() + d;
+                let message = crate::error_chain(&e);
+                log::warn!(
+                    "ticket {} kept for another try in {}: {message}",
+                    path.display(),
+                    humantime::format_duration(Duration::from_millis(d.as_millis() as u64))
+                );
+                (self.report)(Event::TicketTrouble(message));
+                Some(d)
+            }
+        }
+    }
+
+    /// `leasegate enroll FILE` writes the identity file itself: a new
+    /// identity there goes to the keeper.
+    fn look_for_enrollment(&mut self) {
+        let Some(loaded) = identity::load_identity(&self.settings.state_dir) else {
+            return;
+        };
+        if self.known_identity.as_deref() == Some(loaded.identity_id.as_str()) {
+            return;
+        }
+        log::info!(
+            "identity {} ({}) enrolled from the command line",
+            loaded.identity_id,
+            loaded.identity_name
+        );
+        self.known_identity = Some(loaded.identity_id.clone());
+        (self.report)(Event::Enrolled(loaded));
+    }
+}
+
+/// Sleeps until the directories change, the eventfd is written or
+/// `timeout` passes (None: no timeout). Returns (eventfd written,
+/// directories changed).
+fn wait(watches: Option<&Watches>, rescan: &Rescan, timeout: Option<Duration>) -> (bool, bool) {
+    let timeout = timeout.map(|t| {
+        rustix::event::Timespec::try_from(t.max(Duration::from_millis(1))).unwrap_or(
+            rustix::event::Timespec {
+                tv_sec: i64::from(u32::MAX),
+                tv_nsec: 0,
+            },
+        )
+    });
+    let mut fds = vec![PollFd::new(&*rescan.eventfd, PollFlags::IN)];
+    if let Some(w) = watches {
+        fds.push(PollFd::new(&w.fd, PollFlags::IN));
+    }
+    match rustix::event::poll(&mut fds, timeout.as_ref()) {
+        Ok(_) => {
+            let woken = !fds[0].revents().is_empty();
+            let changed = fds.get(1).is_some_and(|f| !f.revents().is_empty());
+            (woken, changed)
+        }
+        // EINTR and the like: look again.
+        Err(_) => (false, false),
+    }
+}
