@@ -178,6 +178,51 @@ fn a_full_disk_stops_acks_and_every_point_arrives_once_there_is_room() {
     assert_eq!(final_counter(&log, "dropped by the spool"), 0, "{log}");
 }
 
+/// Each message its own spool record (two do not fit in one), so that the
+/// disk fills up in the middle of a group of messages stored under one
+/// commit: what the group had appended before must become readable, or its
+/// segment could never be freed and the spool would stay full for ever.
+#[test]
+fn a_disk_that_fills_in_the_middle_of_a_group_frees_up_again() {
+    let broker = Mosquitto::start();
+    let mut influx = Influx::start();
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(&broker, &influx, "gw-full-group", dir.path()).replace(
+        "state_dir = \"{dir}/state\"",
+        "state_dir = \"{dir}/small/state\"",
+    ) + "[spool]\nmax_bytes = \"64MiB\"\n";
+    let mut daemon = Daemon::start_on_small_disk(dir, &text, 1 << 20);
+    assert!(daemon.wait_for_log("subscribed to", 1, Duration::from_secs(20)));
+    influx.stop();
+    const N: u64 = 300;
+    let pad = "x".repeat(10_000);
+    let messages: Vec<(String, Vec<u8>)> = (0..N)
+        .map(|i| {
+            let line = format!(
+                "cases,sensor=s{} seq={i}i,pad=\"{pad}\" {}",
+                i % 7,
+                1_700_000_000_000_000_000u64 + i
+            );
+            (format!("sensors/{}", i % 7), line.into_bytes())
+        })
+        .collect();
+    publish_all(
+        broker.port,
+        "pub-full-group",
+        messages,
+        Duration::from_secs(60),
+    );
+    assert!(
+        daemon.wait_for_log("No space left on device", 1, Duration::from_secs(60)),
+        "{}",
+        daemon.log()
+    );
+    influx.restart();
+    influx.assert_arrives("cases", N, Duration::from_secs(90), &daemon);
+    daemon.stop_cleanly();
+    assert_eq!(final_counter(&daemon.log(), "dropped by the spool"), 0);
+}
+
 #[test]
 fn the_daemon_says_when_the_broker_dropped_messages_it_could_not_queue() {
     // Mosquitto's default queue limit, and $SYS updates every second.

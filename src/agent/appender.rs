@@ -159,6 +159,13 @@ impl Appender {
                 Err(e) => {
                     // A failing disk is a wait, not a wedge: still alive.
                     self.beat.beat();
+                    // What this group appended before the failure is made
+                    // readable (its acks still wait for the whole group):
+                    // on a full disk the writer must be able to drain and
+                    // free that segment, or the space never comes back.
+                    if let Err(commit) = self.spool.commit() {
+                        log::debug!("cannot commit before retrying: {commit}");
+                    }
                     let delay = backoff.next_delay();
                     log::error!(
                         "cannot store points: {}; not acking, retrying in {delay:?}",
