@@ -11,7 +11,10 @@
 //! 3. write amplification: spool bytes, and bytes the kernel wrote to the
 //!    block device, per byte of MQTT payload;
 //! 4. how fast the backlog drains after a 60 s InfluxDB outage, against
-//!    the ingest rate.
+//!    the ingest rate;
+//! 5. what an idle, connected daemon costs: CPU over 60 s and wakeups per
+//!    second (context switches of all its threads), with static
+//!    credentials and with a lease (`--idle-only` runs just this).
 //!
 //! `--quick` runs smaller and shorter (a smoke run, not figures to quote).
 //! Every wait is bounded; every process it starts is stopped by PID.
@@ -68,6 +71,13 @@ fn main() {
     influx.create_writer("sensors", "writer", "writer-pw");
     let sink = CountingSink::start();
     let mut report = Report::default();
+    let idle_secs = if quick { 10 } else { 60 };
+    if std::env::args().any(|a| a == "--idle-only") {
+        report.extend(idle(&broker, &influx, idle_secs));
+        println!("machine: {}", machine());
+        println!("{}", report.0.join("\n"));
+        return;
+    }
 
     // 1. Throughput on a backlog. The machine is shared and noisy, so the
     // plain subscriber and leasegate take turns, and the medians count.
@@ -130,6 +140,9 @@ fn main() {
 
     // 2 and 3. Steady load.
     report.extend(steady(&broker, &sink, 10_000, sizes.steady_secs));
+
+    // 5. Idle (before the drain, which stops this InfluxDB).
+    report.extend(idle(&broker, &influx, idle_secs));
 
     // 4. Drain after an outage.
     report.extend(drain_after_outage(
@@ -555,6 +568,136 @@ fn steady(broker: &Mosquitto, sink: &CountingSink, rate: u64, secs: u64) -> Vec<
             payload
         ),
     ]
+}
+
+/// CPU time (ns, exact: /proc/PID/task/*/schedstat) and context switches
+/// (voluntary and not) of every thread of `pid`, by thread name.
+fn threads_of(pid: u32) -> Vec<(String, u64, u64)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| t.ok())
+        .map(|t| {
+            let dir = t.path();
+            let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+            let ns = std::fs::read_to_string(dir.join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse().ok()))
+                .unwrap_or(0);
+            let status = dir.join("status").display().to_string();
+            let switches = procfs::field(&status, "voluntary_ctxt_switches:")
+                + procfs::field(&status, "nonvoluntary_ctxt_switches:");
+            (
+                format!("{}/{}", name.trim(), t.file_name().to_string_lossy()),
+                ns,
+                switches,
+            )
+        })
+        .collect()
+}
+
+/// One idle daemon: subscribed, a few points written, then `secs` of
+/// nothing. Returns its CPU share of one core, wakeups per second, and the
+/// threads that woke.
+fn idle_window(daemon: &Daemon, secs: u64) -> (f64, f64, String) {
+    let before = threads_of(daemon.pid());
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(secs));
+    let after = threads_of(daemon.pid());
+    let window = t0.elapsed().as_secs_f64();
+    let (mut cpu, mut switches, mut who) = (0u64, 0u64, Vec::new());
+    for (name, ns, sw) in &after {
+        let (ns0, sw0) = before
+            .iter()
+            .find(|(n, ..)| n == name)
+            .map_or((0, 0), |(_, ns, sw)| (*ns, *sw));
+        cpu += ns - ns0.min(*ns);
+        switches += sw - sw0.min(*sw);
+        if sw > &sw0 {
+            let thread = name.split('/').next().unwrap_or_default();
+            who.push(format!("{thread} {}", sw - sw0));
+        }
+    }
+    (
+        cpu as f64 / 1e9 / window * 100.0,
+        switches as f64 / window,
+        if who.is_empty() {
+            "none".into()
+        } else {
+            who.join(", ")
+        },
+    )
+}
+
+/// What an idle, connected daemon costs (target: under 0.05% of a core,
+/// at most one wakeup per second): with static credentials, and enrolled
+/// with a lease of an hour.
+fn idle(broker: &Mosquitto, influx: &Influx, secs: u64) -> Vec<String> {
+    let mut out = Vec::new();
+    let config = daemon_config(
+        broker,
+        &influx.url(),
+        "database = \"sensors\"\nusername = \"writer\"\npassword = \"writer-pw\"\n",
+        "idle_static",
+    );
+    let mut daemon = start_daemon(&config);
+    assert!(daemon.wait_for_log("subscribed to", 1, Duration::from_secs(20)));
+    publish_all(
+        broker.port,
+        "idle-pub",
+        (0..10).map(|i| message("idle_static", i)).collect(),
+        Duration::from_secs(30),
+    );
+    influx.assert_arrives("idle_static", 10, Duration::from_secs(20), &daemon);
+    std::thread::sleep(Duration::from_secs(3));
+    let (cpu, wakeups, who) = idle_window(&daemon, secs);
+    assert!(daemon.terminate(Duration::from_secs(10)).is_some());
+    out.push(format!(
+        "idle, static credentials, over {secs} s: {cpu:.4}% of one core, {wakeups:.2} wakeups/s (threads that woke: {who})"
+    ));
+
+    let authority = support::authority::AuthorityServer::start(&format!(
+        "{}{}",
+        support::authority::v1_backend(
+            "main",
+            &influx.url(),
+            support::ADMIN_USER,
+            support::ADMIN_PASSWORD
+        ),
+        support::authority::role("sensor", "iot-sensor", "main", "database", "sensors")
+    ));
+    let config = format!(
+        "{}[lease]\nttl = \"1h\"\n",
+        gateway_head(broker, "bench-idle-leased", "bench/idle_leased/#")
+    );
+    let mut daemon = start_daemon(&config);
+    assert!(daemon.wait_for_log("waiting for a ticket", 1, Duration::from_secs(20)));
+    let tickets = daemon.dir.path().join("state/tickets");
+    std::fs::write(
+        tickets.join("gw.ticket"),
+        authority.ticket("iot-sensor", &[]),
+    )
+    .unwrap();
+    assert!(
+        daemon.wait_for_log("obtained", 1, Duration::from_secs(20)),
+        "{}",
+        daemon.log()
+    );
+    publish_all(
+        broker.port,
+        "idle-pub-2",
+        (0..10).map(|i| message("idle_leased", i)).collect(),
+        Duration::from_secs(30),
+    );
+    influx.assert_arrives("idle_leased", 10, Duration::from_secs(20), &daemon);
+    std::thread::sleep(Duration::from_secs(3));
+    let (cpu, wakeups, who) = idle_window(&daemon, secs);
+    assert!(daemon.terminate(Duration::from_secs(10)).is_some());
+    out.push(format!(
+        "idle, enrolled with a 1 h lease, over {secs} s: {cpu:.4}% of one core, {wakeups:.2} wakeups/s (threads that woke: {who})"
+    ));
+    out
 }
 
 fn drain_after_outage(

@@ -439,7 +439,7 @@ fn bodies(dir: &Path) {
     put(dir, "lease-blank", with_mode(1, " \n"));
     put(dir, "lease-empty-object", with_mode(1, "{}"));
     let target = Target {
-        api: "influxdb-v2".into(),
+        api: leasegate::api::InfluxApi::V2,
         url: "https://influx.example:8086".into(),
         org: Some("ec4a5f5fee6ed685".into()),
         bucket: Some("sensors".into()),
