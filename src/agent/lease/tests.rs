@@ -508,3 +508,14 @@ fn a_lease_gives_every_write_setting() {
     let v3 = influx_for(&grant("l", 60, InfluxApi::V3, "apiv3_x"), &s).unwrap();
     assert_eq!(v3.token.unwrap().expose(), "apiv3_x");
 }
+
+#[test]
+fn a_lifetime_from_a_broken_answer_cannot_overflow_the_clock() {
+    let mut r = Rig::enrolled();
+    r.authority.answer(Answer::Lease(u64::MAX));
+    r.tick(0.0);
+    assert_eq!(r.lease().as_deref(), Some("l1"));
+    // Taken as a year, renewed at 60% of it.
+    let renew = r.wakes_in().unwrap();
+    assert!((renew - MAX_TTL_SECS as f64 * 0.6).abs() < 1.0, "{renew}");
+}
