@@ -14,7 +14,8 @@
 //!    the ingest rate;
 //! 5. what an idle, connected daemon costs: CPU over 60 s and wakeups per
 //!    second (context switches of all its threads), with static
-//!    credentials and with a lease (`--idle-only` runs just this).
+//!    credentials and with a lease (`--idle-only` runs just this, and
+//!    `--drain-only` just the drain).
 //!
 //! `--quick` runs smaller and shorter (a smoke run, not figures to quote).
 //! Every wait is bounded; every process it starts is stopped by PID.
@@ -72,6 +73,16 @@ fn main() {
     let sink = CountingSink::start();
     let mut report = Report::default();
     let idle_secs = if quick { 10 } else { 60 };
+    if std::env::args().any(|a| a == "--drain-only") {
+        report.extend(drain_after_outage(
+            &broker,
+            influx,
+            sizes.drain_ingest,
+            sizes.outage_secs,
+        ));
+        println!("{}", report.0.join("\n"));
+        return;
+    }
     if std::env::args().any(|a| a == "--idle-only") {
         report.extend(idle(&broker, &influx, idle_secs));
         println!("machine: {}", machine());
