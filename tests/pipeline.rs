@@ -158,3 +158,61 @@ fn messages_handed_over_are_acked_once_spooled_and_written_exactly_once() {
     );
     assert_eq!(pipeline.spool.stats().points_unread, 0);
 }
+
+#[test]
+fn an_interval_fsync_comes_while_the_writer_waits_for_a_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    // Leased writing with no ticket: the writer waits for a credential
+    // that does not come, and the spool syncs every 200 ms.
+    let text = format!(
+        r#"state_dir = "{}/state"
+[mqtt]
+url = "mqtt://127.0.0.1:1"
+client_id = "in-process-leased"
+[[mqtt.subscribe]]
+topic = "sensors/#"
+[spool]
+fsync = "interval"
+fsync_interval = "200ms"
+[batch]
+flush_interval = "50ms"
+"#,
+        dir.path().display()
+    );
+    let config = Config::from_toml(&dir.path().join("leasegate.toml"), &text).unwrap();
+    let shutdown = Shutdown::new();
+    let (pipeline, feed) = Pipeline::start(&config, &shutdown, Arc::new(|_| {})).unwrap();
+    let Feed {
+        deliveries,
+        mut acks,
+        ..
+    } = feed;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    // A first message gets the writer holding a batch; the next ones are
+    // acked while it waits.
+    for pkid in 1..=20u16 {
+        deliveries
+            .blocking_send(message(pkid, format!("p seq={pkid}i {pkid}")))
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), acks.recv())
+                .await
+                .expect("an ack")
+        });
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Acked means on disk within about one interval, however long the
+    // writer waits.
+    assert!(
+        wait_until(Duration::from_secs(2), || !pipeline.spool.stats().unsynced),
+        "acked points left unsynced while the writer waits for a lease"
+    );
+    drop(deliveries);
+    shutdown.trigger();
+    for (_, thread) in pipeline.threads {
+        thread.join().unwrap();
+    }
+}

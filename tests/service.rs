@@ -477,6 +477,54 @@ fn metrics_endpoint_and_retained_mqtt_status_with_an_offline_will() {
 }
 
 #[test]
+fn a_long_flush_interval_is_no_stall_for_the_watchdog() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    let broker = Mosquitto::start();
+    let conf = dir.path().join("gw.toml");
+    // The writer holds the first point for ten seconds, waiting for more:
+    // that is waiting for input, not a wedged thread.
+    std::fs::write(
+        &conf,
+        format!(
+            "state_dir = \"{}\"\n[mqtt]\nurl = \"{}\"\nclient_id = \"gw-flush\"\n[[mqtt.subscribe]]\ntopic = \"sensors/#\"\n[influxdb]\nurl = \"http://127.0.0.1:{}\"\ndatabase = \"sensors\"\n[batch]\nflush_interval = \"10s\"\n",
+            dir.path().join("state").display(),
+            broker.url(),
+            support::free_port()
+        ),
+    )
+    .unwrap();
+    let log_path = dir.path().join("d.log");
+    let mut daemon = Command::new(leasegate_binary())
+        .args(["--config", conf.to_str().unwrap(), "run"])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "2000000")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let started = receive(&socket, Duration::from_secs(3));
+    assert!(started.iter().any(|m| m.contains("READY=1")), "{started:?}");
+    support::publish_all(
+        broker.port,
+        "pub-flush",
+        vec![("sensors/a".into(), b"m v=1".to_vec())],
+        Duration::from_secs(10),
+    );
+    let waiting = receive(&socket, Duration::from_secs(4));
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let pings = waiting.iter().filter(|m| m.contains("WATCHDOG=1")).count();
+    assert!(
+        pings >= 6,
+        "{pings} pings while the batch waits: {waiting:?}\n{log}"
+    );
+    assert!(!log.contains("made no progress"), "{log}");
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
+
+#[test]
 fn the_authority_is_ready_once_it_listens_pings_the_watchdog_and_says_stopping() {
     let dir = tempfile::tempdir().unwrap();
     let socket_path = dir.path().join("notify.sock");

@@ -503,6 +503,17 @@ impl Spool {
             .then(|| every.saturating_sub(inner.last_sync.elapsed()))
     }
 
+    /// Under `fsync = "interval"`: how long a waiter that cannot see new
+    /// commits may sleep and still sync in time: until a sync is due, or
+    /// one interval when nothing is unsynced yet. None under the other
+    /// policies.
+    pub fn sync_interval_bound(&self) -> Option<Duration> {
+        let FsyncPolicy::Interval(every) = self.config.fsync else {
+            return None;
+        };
+        Some(self.sync_due_in().unwrap_or(every))
+    }
+
     /// Frees the space of everything up to the end of `batch`, once
     /// InfluxDB has accepted it: segments read to the end are deleted.
     pub fn release(&self, batch: &Batch) -> Result<(), SpoolError> {

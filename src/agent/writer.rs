@@ -51,6 +51,17 @@ pub struct Writer {
     pub dead_letters: Arc<Mutex<DeadLetters>>,
 }
 
+/// When a wait of the writer must wake by itself for an `fsync =
+/// "interval"` spool.
+#[derive(Clone, Copy)]
+enum Wake {
+    /// When a sync is due: the wait is for new data, whose commit wakes it.
+    ForDueSync,
+    /// Also at each interval while nothing is unsynced yet: data committed
+    /// during the wait (which does not wake it) gets synced in time.
+    ForAnySync,
+}
+
 /// The credential version whose success was last reported: a write that
 /// worked is reported once per credential, not once per batch.
 #[derive(Default)]
@@ -86,10 +97,13 @@ impl Writer {
     /// what comes until `flush_interval` after the first line. None at
     /// shutdown.
     fn collect(&self) -> Result<Option<spool::Batch>, spool::SpoolError> {
-        if !self.idle_until(|wait| self.spool.wait_readable(wait, &self.shutdown)) {
+        // Only new data can end this wait, and a commit wakes it: it needs
+        // to wake by itself only for an interval fsync that is due.
+        if !self.idle_until(Wake::ForDueSync, |wait| {
+            self.spool.wait_readable(wait, &self.shutdown)
+        }) {
             return Ok(None);
         }
-        self.beat.set_idle(false);
         let limits = self.batch.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let max_lines = limits.max_lines as u64;
         let max_bytes = limits.max_bytes as usize;
@@ -97,10 +111,14 @@ impl Writer {
         let deadline = Instant::now() + limits.flush_interval;
         while batch.points < max_lines && batch.data.len() < max_bytes {
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || !self.spool.wait_readable(Some(left), &self.shutdown) {
+            // Waiting for more input, as the watchdog sees it: a long
+            // flush interval is no stall.
+            self.beat.set_idle(true);
+            let more = !left.is_zero() && self.spool.wait_readable(Some(left), &self.shutdown);
+            self.beat.set_idle(false);
+            if !more {
                 break;
             }
-            self.beat.beat();
             let more = self.spool.read(
                 max_lines - batch.points,
                 max_bytes - batch.data.len(),
@@ -115,19 +133,25 @@ impl Writer {
     /// `fsync = "interval"` spool synced meanwhile: `ready` gets how long it
     /// may block (None: as long as it takes) and returns whether to go on.
     /// False at shutdown.
-    fn idle_until(&self, mut ready: impl FnMut(Option<Duration>) -> bool) -> bool {
+    fn idle_until(&self, wake: Wake, mut ready: impl FnMut(Option<Duration>) -> bool) -> bool {
         self.beat.set_idle(true);
-        loop {
-            if ready(self.spool.sync_due_in()) {
-                return true;
+        let went_on = loop {
+            let wait = match wake {
+                Wake::ForDueSync => self.spool.sync_due_in(),
+                Wake::ForAnySync => self.spool.sync_interval_bound(),
+            };
+            if ready(wait) {
+                break true;
             }
             if self.shutdown.is_triggered() {
-                return false;
+                break false;
             }
             if let Err(e) = self.spool.sync_if_due() {
                 log::error!("cannot sync the spool: {}", crate::error_chain(&e));
             }
-        }
+        };
+        self.beat.set_idle(false);
+        went_on
     }
 
     /// Writes `data` (whole lines, `points` of them), retrying until it is
@@ -253,9 +277,14 @@ impl Writer {
         } else {
             Duration::ZERO
         };
-        self.beat.set_idle(true);
-        let changed = self.slot.wait_changed(version, Some(wait), &self.shutdown);
-        self.beat.set_idle(false);
+        let until = Instant::now() + wait;
+        let mut changed = false;
+        self.idle_until(Wake::ForAnySync, |sync| {
+            let left = until.saturating_duration_since(Instant::now());
+            let step = sync.map_or(left, |s| s.min(left));
+            changed = self.slot.wait_changed(version, Some(step), &self.shutdown);
+            changed || Instant::now() >= until
+        });
         if changed && let (_, Some(next)) = self.slot.current() {
             if next.lease_id().is_some() {
                 log::info!(
@@ -276,7 +305,9 @@ impl Writer {
     /// and goes as soon as a credential is in force. False at shutdown.
     fn wait_for_credential(&self, points: u64) -> bool {
         log::info!("holding {points} points until there is a lease to write with");
-        self.idle_until(|wait| {
+        // Data acked meanwhile goes to the spool, which keeps committing:
+        // an interval fsync must still come, so this wait is bounded by it.
+        self.idle_until(Wake::ForAnySync, |wait| {
             let (version, credential) = self.slot.current();
             credential.is_some() || self.slot.wait_changed(version, wait, &self.shutdown)
         })
@@ -353,7 +384,7 @@ impl Writer {
             matches!(e, WriteError::Transport { .. }) && !sink::reachable(credential, PROBE_EVERY);
         let until = Instant::now() + delay;
         let mut done = false;
-        let went_on = self.idle_until(|wait| {
+        let went_on = self.idle_until(Wake::ForAnySync, |wait| {
             let left = until.saturating_duration_since(Instant::now());
             let step = [Some(left), wait, probe.then_some(PROBE_EVERY)]
                 .into_iter()
@@ -370,7 +401,6 @@ impl Writer {
             }
             done || Instant::now() >= until
         });
-        self.beat.set_idle(false);
         if !went_on {
             log::info!("stopping with {points} points unwritten; they stay in the spool");
         }
