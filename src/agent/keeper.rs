@@ -51,20 +51,15 @@ pub fn start(
     shutdown.on_trigger(move || {
         let _ = stop.send(Message::Stop);
     });
-    let events = tx.clone();
-    let report = move |e: Event| {
-        let _ = events.send(Message::Event(e));
-    };
-    // The watcher's thread is not joined: it stops at shutdown on its own,
-    // and nothing it holds needs draining.
-    let (rescan, _watcher) = tickets::start(settings.clone(), report, shutdown.clone())?;
-    let view = Arc::new(Mutex::new(LeaseView::default()));
-    let published = view.clone();
+    // What the state dir holds is read before the ticket watcher starts,
+    // so that a ticket redeemed at once replaces a known identity.
     let dir = settings.state_dir.clone();
+    let identity = identity::load_identity(&dir);
+    let known = identity.as_ref().map(|i| i.identity_id.clone());
     let now = Instant::now();
     let keeper = Keeper::new(
-        settings,
-        identity::load_identity(&dir),
+        settings.clone(),
+        identity,
         identity::load_lease(&dir),
         identity::load_retired(&dir),
         RemoteAuthority { beat: beat.clone() },
@@ -73,7 +68,15 @@ pub fn start(
         now,
         crate::now_ms(),
     );
-    *view.lock().unwrap_or_else(|p| p.into_inner()) = keeper.view(now, crate::now_ms());
+    let view = Arc::new(Mutex::new(keeper.view(now, crate::now_ms())));
+    let published = view.clone();
+    let events = tx.clone();
+    let report = move |e: Event| {
+        let _ = events.send(Message::Event(e));
+    };
+    // The watcher's thread is not joined: it stops at shutdown on its own,
+    // and nothing it holds needs draining.
+    let (rescan, _watcher) = tickets::start(settings, known, report, shutdown.clone())?;
     let thread = spawn(Box::new(move || run(keeper, &rx, &published, &beat)))?;
     let outcomes = Outcomes::new(move |outcome| {
         let event = match outcome {

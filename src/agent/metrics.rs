@@ -101,40 +101,47 @@ pub fn render(s: &Sources) -> String {
 }
 
 /// Serves `/metrics` on `listen` until `shutdown`, on its own thread,
-/// which sleeps in `accept` (shutdown wakes it by connecting).
+/// which sleeps in poll(2) until a client or the shutdown comes.
 pub fn serve(
     listen: SocketAddr,
     sources: Arc<Sources>,
     shutdown: Shutdown,
 ) -> std::io::Result<JoinHandle<()>> {
     let listener = TcpListener::bind(listen)?;
-    let bound = listener.local_addr()?;
-    log::info!("Prometheus metrics on http://{bound}/metrics");
-    shutdown.on_trigger(move || {
-        let _ = std::net::TcpStream::connect_timeout(&bound, Duration::from_secs(1));
-    });
+    log::info!(
+        "Prometheus metrics on http://{}/metrics",
+        listener.local_addr()?
+    );
     crate::lifecycle::threads::spawn("metrics", move || {
-        for conn in listener.incoming() {
-            if shutdown.is_triggered() {
-                break;
-            }
-            let Ok(mut conn) = conn else { continue };
-            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-            let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
-            let mut request = [0u8; 2048];
-            let n = conn.read(&mut request).unwrap_or(0);
-            let line = String::from_utf8_lossy(&request[..n]);
-            let line = line.lines().next().unwrap_or_default();
-            let answer = if line.starts_with("GET /metrics ") || line == "GET /metrics" {
-                let body = render(&sources);
-                format!(
-                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                )
-            } else {
-                "HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_owned()
-            };
-            let _ = conn.write_all(answer.as_bytes());
+        let served = crate::lifecycle::wake::serve_each(
+            &listener,
+            &shutdown,
+            |l| l.accept().map(|(conn, _)| conn),
+            |conn| answer(conn, &sources),
+        );
+        if let Err(e) = served {
+            log::warn!("the metrics endpoint stopped: {e}");
         }
     })
+}
+
+/// One request: the page for `GET /metrics`, 404 for anything else.
+fn answer(mut conn: std::net::TcpStream, sources: &Sources) {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
+    let mut request = [0u8; 2048];
+    let n = conn.read(&mut request).unwrap_or(0);
+    let line = String::from_utf8_lossy(&request[..n]);
+    let line = line.lines().next().unwrap_or_default();
+    let answer = if line.starts_with("GET /metrics ") || line == "GET /metrics" {
+        let body = render(sources);
+        format!(
+            "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    } else {
+        "HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_owned()
+    };
+    let _ = conn.write_all(answer.as_bytes());
 }

@@ -192,15 +192,15 @@ pub fn one_line(r: &Report, now_ms: i64) -> String {
 pub const STATUS_SOCKET: &str = "status.sock";
 
 /// Serves the report on `runtime_dir/status.sock` until `shutdown`, on its
-/// own thread, which sleeps in `accept` (shutdown wakes it by connecting);
-/// None (with a warning) when the socket cannot be made.
+/// own thread, which sleeps in poll(2) until a client or the shutdown
+/// comes; None (with a warning) when the socket cannot be made.
 pub fn serve(
     runtime_dir: &Path,
     reporter: Arc<Reporter>,
     shutdown: crate::shutdown::Shutdown,
 ) -> Option<std::thread::JoinHandle<()>> {
     use std::os::unix::fs::PermissionsExt as _;
-    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::os::unix::net::UnixListener;
     let path = runtime_dir.join(STATUS_SOCKET);
     let made = std::fs::create_dir_all(runtime_dir)
         .and_then(|()| match std::fs::remove_file(&path) {
@@ -223,21 +223,22 @@ pub fn serve(
             return None;
         }
     };
-    let waker = path.clone();
-    shutdown.on_trigger(move || {
-        let _ = UnixStream::connect(&waker);
-    });
     crate::lifecycle::threads::spawn("status", move || {
-        for conn in listener.incoming() {
-            if shutdown.is_triggered() {
-                break;
-            }
-            let Ok(mut conn) = conn else { continue };
-            use std::io::Write as _;
-            let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
-            let body =
-                serde_json::to_vec(&Some(reporter.report())).expect("plain data always serializes");
-            let _ = conn.write_all(&body);
+        let served = crate::lifecycle::wake::serve_each(
+            &listener,
+            &shutdown,
+            |l| l.accept().map(|(conn, _)| conn),
+            |mut conn| {
+                use std::io::Write as _;
+                let _ = conn.set_nonblocking(false);
+                let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
+                let body = serde_json::to_vec(&Some(reporter.report()))
+                    .expect("plain data always serializes");
+                let _ = conn.write_all(&body);
+            },
+        );
+        if let Err(e) = served {
+            log::warn!("the status socket stopped: {e}");
         }
         let _ = std::fs::remove_file(&path);
     })

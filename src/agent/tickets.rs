@@ -13,18 +13,18 @@
 //! the credential in force, and never logs a ticket's secret.
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use rustix::event::{PollFd, PollFlags};
 use rustix::fs::inotify;
 
 use super::identity::{self, TicketOutcome};
 use super::lease::{Event, LeaseSettings};
 use crate::backoff::Backoff;
+use crate::lifecycle::wake::Waker;
 use crate::shutdown::Shutdown;
 
 /// How often the directories are looked at without inotify.
@@ -35,34 +35,24 @@ const SCAN_WITHOUT_INOTIFY: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct Rescan {
     asked: Arc<AtomicBool>,
-    eventfd: Arc<OwnedFd>,
+    waker: Waker,
 }
 
 impl Rescan {
     fn new() -> std::io::Result<Rescan> {
-        let fd = rustix::event::eventfd(
-            0,
-            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
-        )?;
         Ok(Rescan {
             asked: Arc::new(AtomicBool::new(false)),
-            eventfd: Arc::new(fd),
+            waker: Waker::new()?,
         })
     }
 
     /// Every waiting ticket is tried again now.
     pub fn now(&self) {
         self.asked.store(true, Ordering::SeqCst);
-        self.wake();
-    }
-
-    fn wake(&self) {
-        let _ = rustix::io::write(&*self.eventfd, &1u64.to_ne_bytes());
+        self.waker.wake();
     }
 
     fn take(&self) -> bool {
-        let mut buf = [0u8; 8];
-        let _ = rustix::io::read(&*self.eventfd, &mut buf);
         self.asked.swap(false, Ordering::SeqCst)
     }
 }
@@ -125,14 +115,16 @@ impl Watches {
     }
 }
 
-/// Starts the watcher thread; `report` hands its news to the keeper.
+/// Starts the watcher thread; `report` hands its news to the keeper,
+/// which started with identity `known` (from the state dir).
 pub fn start(
     settings: LeaseSettings,
+    known: Option<String>,
     report: impl Fn(Event) + Send + 'static,
     shutdown: Shutdown,
 ) -> std::io::Result<(Rescan, std::thread::JoinHandle<()>)> {
     let rescan = Rescan::new()?;
-    let woken = rescan.clone();
+    let woken = rescan.waker.clone();
     shutdown.on_trigger(move || woken.wake());
     let r = rescan.clone();
     let thread = crate::lifecycle::threads::spawn("tickets", move || {
@@ -140,7 +132,8 @@ pub fn start(
             settings,
             report: Box::new(report),
             later: HashMap::new(),
-            known_identity: None,
+            known_identity: known,
+            identity_file: None,
         }
         .run(&r, &shutdown)
     })?;
@@ -154,14 +147,19 @@ struct Watcher {
     later: HashMap<PathBuf, (Backoff, Instant)>,
     /// The identity the keeper has, as far as this thread knows.
     known_identity: Option<String>,
+    /// The identity file as last seen.
+    identity_file: Stamp,
 }
 
 impl Watcher {
     fn run(mut self, rescan: &Rescan, shutdown: &Shutdown) {
-        self.known_identity =
-            identity::load_identity(&self.settings.state_dir).map(|i| i.identity_id);
-        let mut watches = self.watch();
+        self.identity_file = identity_stamp(&self.settings);
+        let mut watches = self.watch(true);
         while !shutdown.is_triggered() {
+            if watches.is_none() {
+                // The directory may be back (or inotify usable again).
+                watches = self.watch(false);
+            }
             let next = self.scan(shutdown);
             self.look_for_enrollment();
             let timeout = match (&watches, next) {
@@ -174,19 +172,31 @@ impl Watcher {
                 self.later.clear();
             }
             if changed && !watches.as_ref().is_some_and(Watches::drain) {
-                watches = self.watch();
+                watches = None;
             }
         }
     }
 
-    fn watch(&self) -> Option<Watches> {
+    /// The watches, or None (said once, when `first`) where inotify cannot
+    /// watch the directories.
+    fn watch(&self, first: bool) -> Option<Watches> {
         match Watches::new(&self.settings) {
-            Ok(w) => Some(w),
+            Ok(w) => {
+                if !first {
+                    log::info!(
+                        "watching {} with inotify again",
+                        self.settings.ticket_dir.display()
+                    );
+                }
+                Some(w)
+            }
             Err(e) => {
-                log::warn!(
-                    "cannot watch {} with inotify ({e}); looking at it every second instead",
-                    self.settings.ticket_dir.display()
-                );
+                if first {
+                    log::warn!(
+                        "cannot watch {} with inotify ({e}); looking at it every second instead",
+                        self.settings.ticket_dir.display()
+                    );
+                }
                 None
             }
         }
@@ -268,9 +278,21 @@ impl Watcher {
     }
 
     /// `leasegate enroll FILE` writes the identity file itself: a new
-    /// identity there goes to the keeper.
+    /// identity there goes to the keeper. The file is read only when it
+    /// changed (its inode, size, times or owner), so that one the daemon
+    /// cannot read is said once, not at every wake.
     fn look_for_enrollment(&mut self) {
+        let stamp = identity_stamp(&self.settings);
+        if stamp == self.identity_file {
+            return;
+        }
+        self.identity_file = stamp;
         let Some(loaded) = identity::load_identity(&self.settings.state_dir) else {
+            if self.identity_file.is_none() {
+                // Gone (the keeper forgot a revoked identity): the same
+                // identity put back counts as new.
+                self.known_identity = None;
+            }
             return;
         };
         if self.known_identity.as_deref() == Some(loaded.identity_id.as_str()) {
@@ -286,29 +308,28 @@ impl Watcher {
     }
 }
 
-/// Sleeps until the directories change, the eventfd is written or
-/// `timeout` passes (None: no timeout). Returns (eventfd written,
-/// directories changed).
+/// What tells a replaced or re-owned identity file from the one seen
+/// before: inode, size, modification and change time (a chown changes
+/// the latter).
+type Stamp = Option<(u64, u64, i64, i64, i64, i64)>;
+
+fn identity_stamp(s: &LeaseSettings) -> Stamp {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(s.state_dir.join(identity::IDENTITY_FILE)).ok()?;
+    Some((
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+    ))
+}
+
+/// Sleeps until the directories change, the watcher is woken or `timeout`
+/// passes (None: no timeout). Returns (woken, directories changed).
 fn wait(watches: Option<&Watches>, rescan: &Rescan, timeout: Option<Duration>) -> (bool, bool) {
-    let timeout = timeout.map(|t| {
-        rustix::event::Timespec::try_from(t.max(Duration::from_millis(1))).unwrap_or(
-            rustix::event::Timespec {
-                tv_sec: i64::from(u32::MAX),
-                tv_nsec: 0,
-            },
-        )
-    });
-    let mut fds = vec![PollFd::new(&*rescan.eventfd, PollFlags::IN)];
-    if let Some(w) = watches {
-        fds.push(PollFd::new(&w.fd, PollFlags::IN));
-    }
-    match rustix::event::poll(&mut fds, timeout.as_ref()) {
-        Ok(_) => {
-            let woken = !fds[0].revents().is_empty();
-            let changed = fds.get(1).is_some_and(|f| !f.revents().is_empty());
-            (woken, changed)
-        }
-        // EINTR and the like: look again.
-        Err(_) => (false, false),
-    }
+    let fds: Vec<BorrowedFd<'_>> = watches.iter().map(|w| w.fd.as_fd()).collect();
+    let (ready, woken) = crate::lifecycle::wake::wait(&fds, &rescan.waker, timeout);
+    (woken, ready.first().copied().unwrap_or(false))
 }

@@ -4,7 +4,9 @@
 //! - [`watchdog`]: systemd's watchdog, pinged while every beat moves;
 //! - [`notify`]: systemd's notify protocol (`READY=1`, `STATUS=`,
 //!   `STOPPING=1`);
-//! - [`files`]: owner-only state directories and JSON files written whole.
+//! - [`files`]: owner-only state directories and JSON files written whole;
+//! - [`wake`]: sleeping in poll(2) on a socket or inotify until it is ready
+//!   or the thread is woken (shutdown).
 //!
 //! `leasegate run` ([`crate::agent`]) and `leasegate-authority serve`
 //! (`crate::authority`) build their start, supervision and drain from these
@@ -15,4 +17,5 @@ pub mod files;
 pub mod health;
 pub mod notify;
 pub mod threads;
+pub mod wake;
 pub mod watchdog;
