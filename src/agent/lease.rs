@@ -246,6 +246,9 @@ pub struct Keeper<A, S> {
     unproven_refusals: u32,
     /// The last lease a write worked with.
     proven: Option<String>,
+    /// The lease whose refusal is being answered: the writer reports each
+    /// refused write, and only the first report of a lease counts.
+    answered: Option<String>,
     retired: Vec<Retired>,
     view: LeaseView,
     authority: A,
@@ -282,6 +285,7 @@ impl<A: Authority, S: LeaseStore> Keeper<A, S> {
             backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(300), 0.25),
             unproven_refusals: 0,
             proven: None,
+            answered: None,
             retired: Vec::new(),
             view: LeaseView::default(),
             authority,

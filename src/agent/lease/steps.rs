@@ -25,22 +25,18 @@ impl<A: Authority, S: LeaseStore> Keeper<A, S> {
         now: Instant,
         wall_ms: i64,
     ) {
+        // Nothing from before a restart is in use: what it holds goes at
+        // once (after the grace).
+        self.retire_identities(replaced, When::At(now + REVOKE_GRACE));
         let Some(identity) = identity else {
             log::info!(
                 "not enrolled: waiting for a ticket in {} (or `leasegate enroll FILE`); MQTT data is spooled meanwhile",
                 self.settings.ticket_dir.display()
             );
-            self.retire_identities(replaced, When::AfterNextLease);
             return;
         };
         let stored = stored.filter(|s| s.identity_id == identity.identity_id);
         let held = stored.and_then(|s| self.restore(s, &identity, now, wall_ms));
-        let when = if held.is_some() {
-            When::At(now + REVOKE_GRACE)
-        } else {
-            When::AfterNextLease
-        };
-        self.retire_identities(replaced, when);
         self.state = State::Enrolled {
             identity,
             held,
@@ -79,7 +75,7 @@ impl<A: Authority, S: LeaseStore> Keeper<A, S> {
             self.retired.push(Retired {
                 identity: identity.clone(),
                 lease: Some(stored.grant.lease.id),
-                when: When::AfterNextLease,
+                when: When::At(now + REVOKE_GRACE),
             });
             return None;
         };
@@ -119,9 +115,13 @@ impl<A: Authority, S: LeaseStore> Keeper<A, S> {
         self.backoff.reset();
     }
 
+    /// A write worked: the lease in force is proven, which ends a run of
+    /// refusals of unproven leases (and its backoff).
     pub(super) fn wrote(&mut self, lease: String) {
-        if self.held().is_some_and(|h| h.id() == lease) {
+        if self.held().is_some_and(|h| h.id() == lease) && self.unproven_refusals > 0 {
             self.unproven_refusals = 0;
+            self.backoff.reset();
+            self.view.last_error = None;
         }
         self.proven = Some(lease);
     }
@@ -138,12 +138,13 @@ impl<A: Authority, S: LeaseStore> Keeper<A, S> {
         else {
             return;
         };
-        if h.id() != lease || *want_new {
+        if h.id() != lease || self.answered.as_deref() == Some(lease) {
             // An older lease (its successor is in force), or one whose
-            // replacement is on its way already: more writes refused with
-            // it change nothing.
+            // refusal is answered already: more writes refused with it
+            // change nothing.
             return;
         }
+        self.answered = Some(lease.to_owned());
         *want_new = true;
         if self.proven.as_deref() == Some(lease) {
             self.unproven_refusals = 0;

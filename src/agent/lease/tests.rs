@@ -519,3 +519,17 @@ fn a_lifetime_from_a_broken_answer_cannot_overflow_the_clock() {
     let renew = r.wakes_in().unwrap();
     assert!((renew - MAX_TTL_SECS as f64 * 0.6).abs() < 1.0, "{renew}");
 }
+
+#[test]
+fn a_refused_lease_that_wrote_is_replaced_at_once_even_during_a_backoff() {
+    let mut r = Rig::enrolled();
+    r.tick(0.0);
+    r.event(Event::Wrote("l1".into()), 1.0);
+    // A new identity whose first lease fails: its next try is in a second.
+    r.authority.answer(Answer::Down);
+    r.event(Event::Enrolled(identity("i2")), 10.0);
+    assert_eq!(r.lease().as_deref(), Some("l1"));
+    // InfluxDB refuses the old lease meanwhile: that is answered at once.
+    r.event(Event::Refused("l1".into()), 10.1);
+    assert_eq!(r.lease().as_deref(), Some("l2"));
+}
