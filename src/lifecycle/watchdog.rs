@@ -38,10 +38,13 @@ pub struct Watchdog {
 impl Watchdog {
     /// The watchdog systemd asks for, if any.
     pub fn from_env() -> Option<Watchdog> {
+        let interval = interval()?;
+        // The first ping a quarter interval in: after READY=1, which a
+        // daemon sends once it has started.
         Some(Watchdog {
-            interval: interval()?,
+            interval,
             notifier: Notifier::from_env(),
-            next: Instant::now(),
+            next: Instant::now() + interval / 4,
             withheld: false,
         })
     }
