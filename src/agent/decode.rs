@@ -492,9 +492,11 @@ mod tests {
             refused <= base + Duration::from_millis(20),
             "{refused:?} vs {base:?}"
         );
-        // The bound, with room: refused within 100 ms (2 ms here in
-        // a debug build).
-        assert!(refused < Duration::from_millis(100), "{refused:?}");
+        // Refused early, not after reading the whole line: a small share of
+        // what the same bytes of ordinary lines cost (2-11 ms against about
+        // 100 ms in a debug build on x86, 112 ms against 2.4 s under
+        // qemu-aarch64, where a wall-clock bound of 100 ms failed).
+        assert!(refused < base / 4, "{refused:?} vs {base:?}");
         assert!(
             accepted <= base * 10 + Duration::from_millis(50),
             "{accepted:?} vs {base:?}"
