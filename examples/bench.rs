@@ -15,7 +15,14 @@
 //! 5. what an idle, connected daemon costs: CPU over 60 s and wakeups per
 //!    second (context switches of all its threads), with static
 //!    credentials and with a lease (`--idle-only` runs just this, and
-//!    `--drain-only` just the drain).
+//!    `--drain-only` just the drain);
+//! 6. the rates gateways see (`--rates-only` runs just this): 10, 100 and
+//!    1,000 one-point messages a second from a paced publisher, with each
+//!    fsync policy, into InfluxDB 1.x: block-device bytes per payload
+//!    byte, CPU per point against the full-speed figure of the same run,
+//!    ack delay p50/p99 and RSS, median of 3; and 1,000 a second through
+//!    a Mosquitto with its default `max_inflight_messages 20`, watching
+//!    the broker's queue.
 //!
 //! `--quick` runs smaller and shorter (a smoke run, not figures to quote).
 //! Every wait is bounded; every process it starts is stopped by PID.
@@ -83,6 +90,12 @@ fn main() {
         println!("{}", report.0.join("\n"));
         return;
     }
+    if std::env::args().any(|a| a == "--rates-only") {
+        report.extend(rates(&broker, &influx, quick));
+        println!("machine: {}", machine());
+        println!("{}", report.0.join("\n"));
+        return;
+    }
     if std::env::args().any(|a| a == "--idle-only") {
         report.extend(idle(&broker, &influx, idle_secs));
         println!("machine: {}", machine());
@@ -96,7 +109,7 @@ fn main() {
     let (mut plains, mut sinks, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for rep in 1..=sizes.reps {
         let plain = plain_subscriber_rate(&broker, n);
-        let (to_sink, _) = leasegate_backlog_rate(
+        let (to_sink, ..) = leasegate_backlog_rate(
             &broker,
             &sink.url(),
             SINK_DB,
@@ -129,7 +142,7 @@ fn main() {
         ratios.first().unwrap(),
         ratios.last().unwrap(),
     ));
-    let (to_influx, _) = leasegate_backlog_rate(
+    let (to_influx, ..) = leasegate_backlog_rate(
         &broker,
         &influx.url(),
         "database = \"sensors\"\nusername = \"writer\"\npassword = \"writer-pw\"\n",
@@ -154,6 +167,9 @@ fn main() {
 
     // 5. Idle (before the drain, which stops this InfluxDB).
     report.extend(idle(&broker, &influx, idle_secs));
+
+    // 6. The rates gateways see.
+    report.extend(rates(&broker, &influx, quick));
 
     // 4. Drain after an outage.
     report.extend(drain_after_outage(
@@ -363,8 +379,8 @@ fn daemon_config(broker: &Mosquitto, influx_url: &str, target: &str, measurement
 }
 
 /// Starts leasegate (it subscribes), stops it, queues `n` messages, starts
-/// it again and times until `written()` reaches `n`. Returns points/s and
-/// the daemon's final log.
+/// it again and times until `written()` reaches `n`. Returns points/s,
+/// CPU per point (µs) and the daemon's final log.
 fn leasegate_backlog_rate(
     broker: &Mosquitto,
     url: &str,
@@ -373,7 +389,7 @@ fn leasegate_backlog_rate(
     measurement: &str,
     poll_every: Duration,
     written: impl Fn() -> u64,
-) -> (f64, String) {
+) -> (f64, f64, String) {
     let config = daemon_config(broker, url, target, measurement);
     let mut daemon = start_daemon(&config);
     assert!(
@@ -412,9 +428,9 @@ fn leasegate_backlog_rate(
         let _ = perf.wait();
     }
     let cpu = Proc { pid: daemon.pid() }.cpu();
+    let cpu_per_point = cpu.as_secs_f64() * 1e6 / counted as f64;
     eprintln!(
-        "bench: ({measurement}: leasegate used {:.2} us of CPU per point, {:.0}% of one core)",
-        cpu.as_secs_f64() * 1e6 / counted as f64,
+        "bench: ({measurement}: leasegate used {cpu_per_point:.2} us of CPU per point, {:.0}% of one core)",
         cpu.as_secs_f64() / took.as_secs_f64() * 100.0
     );
     assert!(
@@ -427,7 +443,11 @@ fn leasegate_backlog_rate(
     if let Ok(path) = std::env::var("BENCH_KEEP_LOG") {
         std::fs::write(format!("{path}.{measurement}"), daemon.log()).unwrap();
     }
-    (counted as f64 / took.as_secs_f64(), daemon.log())
+    (
+        counted as f64 / took.as_secs_f64(),
+        cpu_per_point,
+        daemon.log(),
+    )
 }
 
 /// Publishes at `rate` messages/s until `stop` is set; returns payload
@@ -851,5 +871,301 @@ fn serve_counting(conn: TcpStream, lines: &AtomicU64) -> std::io::Result<()> {
         };
         lines.fetch_add(counted as u64, Ordering::SeqCst);
         out.write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")?;
+    }
+}
+
+/// InfluxDB 1.x as the benchmark's writer account sees it.
+const INFLUX_TARGET: &str =
+    "database = \"sensors\"\nusername = \"writer\"\npassword = \"writer-pw\"\n";
+
+/// One cell of the "rates gateways see" table.
+struct AtRate {
+    /// Block-device bytes per payload byte over the window.
+    block: f64,
+    cpu_us: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    rss_mib: f64,
+    delivered: f64,
+}
+
+/// leasegate at `rate` one-point messages a second with `spool` settings,
+/// into InfluxDB 1.x, measured over `secs` after a warm-up.
+fn at_rate(
+    broker: &Mosquitto,
+    influx: &Influx,
+    rate: u64,
+    spool: &str,
+    secs: u64,
+    measurement: &str,
+) -> AtRate {
+    let config = format!(
+        "{}[spool]\n{spool}",
+        daemon_config(broker, &influx.url(), INFLUX_TARGET, measurement)
+    );
+    let mut daemon = start_daemon(&config);
+    assert!(daemon.wait_for_log("subscribed to", 1, Duration::from_secs(20)));
+    let proc = Proc { pid: daemon.pid() };
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let publisher = paced_publisher(
+        broker.port,
+        measurement.into(),
+        rate,
+        stop.clone(),
+        sent.clone(),
+        bytes.clone(),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    // BENCH_PERF=DIR records a CPU profile of the window with perf.
+    let perf = std::env::var("BENCH_PERF").ok().map(|dir| {
+        std::process::Command::new("perf")
+            .args(["record", "-F", "999", "-g", "-o"])
+            .arg(format!("{dir}/perf-{measurement}.data"))
+            .args(["-p", &daemon.pid().to_string()])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("perf")
+    });
+    let start = (
+        proc.cpu(),
+        proc.write_bytes(),
+        sent.load(Ordering::SeqCst),
+        bytes.load(Ordering::SeqCst),
+        Instant::now(),
+    );
+    let mut max_rss = 0;
+    while start.4.elapsed() < Duration::from_secs(secs) {
+        std::thread::sleep(Duration::from_millis(250));
+        max_rss = max_rss.max(proc.rss_kib());
+    }
+    let (cpu, disk, n, payload, window) = (
+        proc.cpu() - start.0,
+        proc.write_bytes() - start.1,
+        sent.load(Ordering::SeqCst) - start.2,
+        bytes.load(Ordering::SeqCst) - start.3,
+        start.4.elapsed(),
+    );
+    if let Some(mut perf) = perf {
+        unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
+        let _ = perf.wait();
+    }
+    stop.store(true, Ordering::SeqCst);
+    publisher.join().unwrap();
+    let total = sent.load(Ordering::SeqCst);
+    influx.assert_arrives(measurement, total, Duration::from_secs(60), &daemon);
+    assert!(daemon.terminate(Duration::from_secs(10)).is_some());
+    if let Ok(path) = std::env::var("BENCH_KEEP_LOG") {
+        std::fs::write(format!("{path}.{measurement}"), daemon.log()).unwrap();
+    }
+    let (p50, p99) = ack_delays(&daemon.log());
+    AtRate {
+        block: disk as f64 / payload.max(1) as f64,
+        cpu_us: cpu.as_secs_f64() * 1e6 / n.max(1) as f64,
+        p50_ms: p50,
+        p99_ms: p99,
+        rss_mib: max_rss as f64 / 1024.0,
+        delivered: n as f64 / window.as_secs_f64(),
+    }
+}
+
+/// The ack delays (ms) the daemon logged when it stopped.
+fn ack_delays(log: &str) -> (f64, f64) {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("acks waited p50"))
+        .unwrap_or_else(|| panic!("no ack delay in the log\n{log}"));
+    let after = |key: &str| -> f64 {
+        line.split(key)
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+            / 1000.0
+    };
+    (after("p50 "), after("p99 "))
+}
+
+/// The median of `f` over the cells.
+fn med(cells: &[AtRate], f: impl Fn(&AtRate) -> f64) -> f64 {
+    let mut v: Vec<f64> = cells.iter().map(f).collect();
+    median(&mut v)
+}
+
+/// The "rates gateways see" table, a full-speed figure of the same run to
+/// compare with, and 1,000 points/s through a broker with Mosquitto's
+/// default in-flight window.
+fn rates(broker: &Mosquitto, influx: &Influx, quick: bool) -> Vec<String> {
+    let (reps, mut secs) = if quick { (1, 5) } else { (3, 20) };
+    // BENCH_RATE_SECS shortens (or lengthens) each window.
+    if let Some(s) = std::env::var("BENCH_RATE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        secs = s;
+    }
+    let mut out = Vec::new();
+    let mut full = Vec::new();
+    for rep in 0..reps {
+        let (_, cpu, _) = leasegate_backlog_rate(
+            broker,
+            &influx.url(),
+            INFLUX_TARGET,
+            if quick { 20_000 } else { 100_000 },
+            &format!("rates_full_{rep}"),
+            Duration::from_millis(50),
+            || influx.count("sensors", &format!("rates_full_{rep}"), "seq"),
+        );
+        full.push(cpu);
+    }
+    let full = median(&mut full);
+    out.push(format!(
+        "rates: full speed (a backlog into InfluxDB 1.x, fsync = batch): {full:.2} us of CPU per point (median of {reps})"
+    ));
+    out.push(
+        "rates table (one-point messages of ~65 bytes from a paced QoS 1 publisher, into InfluxDB 1.x; median of the runs):"
+            .into(),
+    );
+    out.push(
+        "| rate | fsync | block-device bytes per payload byte | CPU per point | CPU vs full speed | ack delay p50 / p99 | RSS | delivered |"
+            .into(),
+    );
+    out.push("| --- | --- | --- | --- | --- | --- | --- | --- |".into());
+    let policies = [
+        ("batch (default)", "fsync = \"batch\"\n"),
+        ("interval (1s)", "fsync = \"interval\"\n"),
+        ("never", "fsync = \"never\"\n"),
+    ];
+    // BENCH_RATES=100,1000 runs only those rows (while tuning).
+    let only: Option<Vec<u64>> = std::env::var("BENCH_RATES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|r| r.trim().parse().ok()).collect());
+    for rate in [10, 100, 1000] {
+        if only.as_ref().is_some_and(|o| !o.contains(&rate)) {
+            continue;
+        }
+        for (name, spool) in policies {
+            let cells: Vec<AtRate> = (0..reps)
+                .map(|rep| {
+                    let m = format!("rates_{rate}_{}_{rep}", &name[..5]);
+                    // 10/s needs a longer window to mean anything.
+                    let window = if rate == 10 { secs * 2 } else { secs };
+                    at_rate(broker, influx, rate, spool, window, &m)
+                })
+                .collect();
+            let cpu = med(&cells, |c| c.cpu_us);
+            out.push(format!(
+                "| {rate}/s | {name} | {:.2}x | {cpu:.1} us | {:.1}x | {:.0} / {:.0} ms | {:.1} MiB | {:.0}/s |",
+                med(&cells, |c| c.block),
+                cpu / full,
+                med(&cells, |c| c.p50_ms),
+                med(&cells, |c| c.p99_ms),
+                med(&cells, |c| c.rss_mib),
+                med(&cells, |c| c.delivered),
+            ));
+        }
+    }
+    out.extend(small_window(influx, if quick { 5 } else { 30 }));
+    out
+}
+
+/// 1,000 points/s through a Mosquitto with its default in-flight window
+/// (20): the delivered rate, and the broker's stored messages
+/// (`$SYS/broker/store/messages/count`) over the window.
+fn small_window(influx: &Influx, secs: u64) -> Vec<String> {
+    let broker = Mosquitto::start_with("", |_| {
+        "max_inflight_messages 20\nsys_interval 1\n".to_owned()
+    });
+    let store = SysCounter::watch(broker.port, "$SYS/broker/store/messages/count");
+    let rate = 1000;
+    let measurement = "rates_window20";
+    let config = daemon_config(&broker, &influx.url(), INFLUX_TARGET, measurement);
+    let mut daemon = start_daemon(&config);
+    assert!(daemon.wait_for_log("subscribed to", 1, Duration::from_secs(20)));
+    let proc = Proc { pid: daemon.pid() };
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let publisher = paced_publisher(
+        broker.port,
+        measurement.into(),
+        rate,
+        stop.clone(),
+        sent.clone(),
+        bytes.clone(),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let (disk0, payload0, t0) = (
+        proc.write_bytes(),
+        bytes.load(Ordering::SeqCst),
+        Instant::now(),
+    );
+    let mut samples = Vec::new();
+    while t0.elapsed() < Duration::from_secs(secs) {
+        std::thread::sleep(Duration::from_secs(1));
+        samples.push(store.get());
+    }
+    let in_points = influx.count("sensors", measurement, "seq");
+    let window = t0.elapsed().as_secs_f64();
+    let (disk, payload) = (
+        proc.write_bytes() - disk0,
+        bytes.load(Ordering::SeqCst) - payload0,
+    );
+    let lag = sent.load(Ordering::SeqCst).saturating_sub(in_points);
+    stop.store(true, Ordering::SeqCst);
+    publisher.join().unwrap();
+    let total = sent.load(Ordering::SeqCst);
+    influx.assert_arrives(measurement, total, Duration::from_secs(60), &daemon);
+    assert!(daemon.terminate(Duration::from_secs(10)).is_some());
+    let (p50, p99) = ack_delays(&daemon.log());
+    let half = samples.len() / 2;
+    let first: f64 = samples[..half].iter().sum::<u64>() as f64 / half.max(1) as f64;
+    let second: f64 =
+        samples[half..].iter().sum::<u64>() as f64 / (samples.len() - half).max(1) as f64;
+    vec![format!(
+        "Mosquitto with max_inflight_messages 20, {rate} points/s offered over {window:.0} s: broker store {first:.0} messages on average in the first half of the window, {second:.0} in the second (max {}); {lag} points not yet in InfluxDB at the end (one flush interval is ~{rate}); ack delay p50 {p50:.0} ms, p99 {p99:.0} ms; block device {:.2} bytes per payload byte",
+        samples.iter().max().copied().unwrap_or(0),
+        disk as f64 / payload.max(1) as f64,
+    )]
+}
+
+/// The latest value of a numeric `$SYS` topic, followed on a thread of its
+/// own for the life of the process (the broker ends it).
+struct SysCounter(Arc<AtomicU64>);
+
+impl SysCounter {
+    fn watch(port: u16, topic: &'static str) -> SysCounter {
+        let value = Arc::new(AtomicU64::new(0));
+        let v = value.clone();
+        std::thread::Builder::new()
+            .name("bench-sys".into())
+            .spawn(move || {
+                let mut options = MqttOptions::new("bench-sys", "127.0.0.1", port);
+                options.set_clean_session(true);
+                let (client, mut connection) = rumqttc::Client::new(options, 10);
+                client.subscribe(topic, QoS::AtMostOnce).unwrap();
+                for event in connection.iter() {
+                    match event {
+                        Ok(Event::Incoming(Packet::Publish(p))) => {
+                            if let Some(n) = std::str::from_utf8(&p.payload)
+                                .ok()
+                                .and_then(|t| t.trim().parse().ok())
+                            {
+                                v.store(n, Ordering::SeqCst);
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(_) => return,
+                    }
+                }
+            })
+            .unwrap();
+        SysCounter(value)
+    }
+
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
     }
 }

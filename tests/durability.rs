@@ -75,6 +75,61 @@ fn sigkill_twice_mid_stream_loses_nothing() {
     );
 }
 
+/// At gateway rates a group of messages waits for its commit (and its
+/// acks with it, `spool.commit_delay`): a daemon killed then must have
+/// acked none of the held messages, so the broker delivers them again.
+#[test]
+fn sigkill_while_groups_wait_for_their_commit_loses_nothing() {
+    let broker = Mosquitto::start();
+    let influx = Influx::start();
+    let mut daemon = start_static_daemon(&broker, &influx, "gw-group", "");
+    const CHUNKS: u64 = 60;
+    const EACH: u64 = 20;
+    let port = broker.port;
+    // About 200 messages a second in bursts of 20: a group gathers over
+    // several bursts before its page is full.
+    let publisher = std::thread::spawn(move || {
+        for chunk in 0..CHUNKS {
+            let batch = (0..EACH)
+                .map(|i| {
+                    let seq = chunk * EACH + i;
+                    let line = format!("grp,pub=p seq={seq}i {}", BASE_TS + seq);
+                    ("sensors/p".to_owned(), line.into_bytes())
+                })
+                .collect();
+            publish_all(
+                port,
+                &format!("pub-group-{chunk}"),
+                batch,
+                Duration::from_secs(60),
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    for round in 1..=3 {
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(daemon.is_running(), "round {round}\n{}", daemon.log());
+        daemon.kill9();
+        daemon.restart();
+    }
+    publisher.join().expect("publisher");
+    let total = CHUNKS * EACH;
+    let all = wait_until(Duration::from_secs(60), || {
+        influx.count("sensors", "grp", "seq") == total
+    });
+    assert!(
+        all,
+        "{} of {total} distinct points in InfluxDB\n{}",
+        influx.count("sensors", "grp", "seq"),
+        daemon.log()
+    );
+    assert!(
+        daemon
+            .terminate(Duration::from_secs(10))
+            .is_some_and(|s| s.success())
+    );
+}
+
 fn segments(state: &Path) -> Vec<PathBuf> {
     let mut v: Vec<_> = std::fs::read_dir(state.join("spool"))
         .unwrap()

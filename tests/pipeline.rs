@@ -48,6 +48,7 @@ fn message(pkid: u16, payload: String) -> Received {
             connection: 1,
             pkid,
         }),
+        at: std::time::Instant::now(),
         budget: None,
     }
 }
@@ -86,11 +87,11 @@ fn messages_handed_over_are_acked_once_spooled_and_written_exactly_once() {
             })
             .collect();
         deliveries
-            .blocking_send(message(pkid, lines.join("\n")))
+            .blocking_send(vec![message(pkid, lines.join("\n"))])
             .unwrap();
     }
     deliveries
-        .blocking_send(message(101, "not line protocol".into()))
+        .blocking_send(vec![message(101, "not line protocol".into())])
         .unwrap();
 
     // Every ack comes back, in order, the refused message's too (it is in
@@ -195,7 +196,7 @@ flush_interval = "50ms"
     // acked while it waits.
     for pkid in 1..=20u16 {
         deliveries
-            .blocking_send(message(pkid, format!("p seq={pkid}i {pkid}")))
+            .blocking_send(vec![message(pkid, format!("p seq={pkid}i {pkid}"))])
             .unwrap();
         rt.block_on(async {
             tokio::time::timeout(Duration::from_secs(10), acks.recv())

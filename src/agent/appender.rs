@@ -1,7 +1,8 @@
-//! The `appender` thread: takes messages from the intake, decodes them
-//! ([`super::decode`]), appends them to the disk spool in groups, commits
-//! each group once (one fsync under `fsync = "batch"`) and only then
-//! releases their MQTT acks.
+//! The `appender` thread: takes the groups of messages the intake hands
+//! over ([`super::group`]), decodes them ([`super::decode`]), appends them
+//! to the disk spool, commits once for all it took (one fsync under
+//! `fsync = "batch"`) and only then releases their MQTT acks. It wakes
+//! once per group, not per message.
 //!
 //! Rejected messages go to the dead-letter file here too, before their ack,
 //! so that disk writes stay off the MQTT event loop.
@@ -19,7 +20,7 @@ use tokio::sync::mpsc;
 
 use super::deadletter::DeadLetters;
 use super::decode::Decoder;
-use super::message::{AckToken, Delivery, Received};
+use super::message::{AckToken, Delivery, Group};
 use super::spool::{Appended, Spool, SpoolError};
 use super::stats::Stats;
 use super::status::Reporter;
@@ -28,7 +29,8 @@ use crate::config::Subscription;
 use crate::lifecycle::health::Beat;
 use crate::shutdown::Shutdown;
 
-/// Most messages stored under one commit.
+/// Most messages stored under one commit (more when one group is
+/// larger).
 const GROUP: usize = 4096;
 /// Most bytes of small messages stored together as one spool record; a
 /// larger message gets a record of its own. A corrupt record costs all its
@@ -39,7 +41,7 @@ pub const RECORD_BYTES: usize = 16 << 10;
 pub struct Appender {
     pub spool: Arc<Spool>,
     pub dead_letters: Arc<Mutex<DeadLetters>>,
-    pub deliveries: mpsc::Receiver<Received>,
+    pub deliveries: mpsc::Receiver<Group>,
     pub decoder: Decoder,
     /// New subscriptions from a configuration reload (SIGHUP), for the
     /// decoder.
@@ -55,6 +57,8 @@ pub struct Appender {
     /// at most a writer batch of points, so that batches keep their size.
     pub record_bytes: usize,
     pub record_points: u64,
+    /// The page size the kernel writes back.
+    pub page: u64,
 }
 
 impl Appender {
@@ -75,10 +79,14 @@ impl Appender {
                 let subscriptions = self.reload.borrow_and_update().clone();
                 self.decoder.set_subscriptions(subscriptions);
             }
-            group.push(self.decoder.decode(first, &stats));
+            group.extend(first.into_iter().map(|m| self.decoder.decode(m, &stats)));
+            // Groups that queued up while the last commit ran share this
+            // one.
             while group.len() < GROUP {
                 match self.deliveries.try_recv() {
-                    Ok(m) => group.push(self.decoder.decode(m, &stats)),
+                    Ok(more) => {
+                        group.extend(more.into_iter().map(|m| self.decoder.decode(m, &stats)))
+                    }
                     Err(_) => break,
                 }
             }
@@ -98,8 +106,10 @@ impl Appender {
                 return;
             }
             self.reporter.mark_appended(Stats::get(&stats.points_in));
+            let now = std::time::Instant::now();
             for d in group.drain(..) {
                 if let Some(token) = d.ack {
+                    stats.ack_delay.observe(now.saturating_duration_since(d.at));
                     // Gone only when the MQTT side stopped; the broker then
                     // redelivers, which is safe.
                     let _ = self.acks.send(token);
@@ -179,6 +189,12 @@ impl Appender {
             }
             record.clear();
             record_points = 0;
+        }
+        // A group that nearly filled its page ends it, so that the next
+        // commit does not rewrite it (best effort: a failure only costs
+        // that page).
+        if let Err(e) = self.spool.pad_page(self.page, self.page / 8) {
+            log::debug!("cannot pad the spool page: {e}");
         }
         loop {
             match self.spool.commit() {

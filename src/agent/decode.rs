@@ -122,6 +122,7 @@ impl Decoder {
         let Received {
             publish,
             ack,
+            at,
             budget,
         } = message;
         let topic = publish.topic.as_str();
@@ -129,6 +130,7 @@ impl Decoder {
             lines: String::with_capacity(publish.payload.len() + 32),
             points: 0,
             ack,
+            at,
             rejected: None,
             budget,
         };
@@ -355,6 +357,7 @@ mod tests {
                 connection: 1,
                 pkid,
             }),
+            at: std::time::Instant::now(),
             budget: None,
         }
     }

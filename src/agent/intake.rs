@@ -1,6 +1,8 @@
-//! MQTT intake: keeps the broker session, subscribes at QoS 1, hands each
-//! message to the `appender` thread as it came, and sends the acks that
-//! thread releases once the points are stored.
+//! MQTT intake: keeps the broker session, subscribes at QoS 1, hands the
+//! messages as they came to the `appender` thread in groups (the group
+//! commit of [`super::group`]: one hand-over and one commit for many
+//! messages), and sends the acks that thread releases once the points are
+//! stored.
 //!
 //! The session is persistent (clean session off) with manual acks, so a
 //! message that is not stored yet stays with the broker across restarts and
@@ -21,7 +23,9 @@ use tokio::sync::mpsc;
 
 use super::deadletter::{DeadLetters, Rejection, Source};
 use super::decode::topic_matches;
-use super::message::{AckToken, Received};
+use super::group::{GroupRule, Reason};
+use super::message::{AckToken, Group, Received};
+use super::spool::Tail;
 use super::stats::Stats;
 use crate::backoff::Backoff;
 use crate::config::{Mqtt, Subscription};
@@ -30,7 +34,12 @@ use crate::shutdown::Shutdown;
 
 pub struct Intake {
     pub config: Mqtt,
-    pub deliveries: mpsc::Sender<Received>,
+    pub deliveries: mpsc::Sender<Group>,
+    /// `spool.commit_delay`: the longest a message is held for its group.
+    pub commit_delay: Duration,
+    /// Where the spool's next append goes, so that groups end at page
+    /// boundaries.
+    pub tail: Tail,
     pub acks: mpsc::UnboundedReceiver<AckToken>,
     pub shutdown: Shutdown,
     pub stats: Arc<Stats>,
@@ -53,6 +62,8 @@ impl Intake {
         let Intake {
             config,
             deliveries,
+            commit_delay,
+            tail,
             acks,
             shutdown,
             stats,
@@ -65,43 +76,38 @@ impl Intake {
         let status_topic = status
             .as_ref()
             .map(|_| format!("leasegate/{}/status", config.client_id));
-        let (client, mut eventloop) =
-            AsyncClient::new(options(&config, status_topic.as_deref()), 1024);
+        let (client, eventloop) = AsyncClient::new(options(&config, status_topic.as_deref()), 1024);
+        let (mut events, resume, poller) = forward_events(eventloop);
         let (connected, watch_connected) = tokio::sync::watch::channel(false);
-        let mut tasks = Vec::new();
-        if let (Some(reporter), Some(topic)) = (&status, &status_topic) {
-            tasks.push(tokio::spawn(publish_status(
-                client.clone(),
-                topic.clone(),
-                reporter.clone(),
-                config.status_interval,
-                watch_connected,
-            )));
-        }
-        let connection = Arc::new(AtomicU64::new(0));
-        tasks.push(tokio::spawn(send_acks(
-            client.clone(),
+        let helpers = Helpers {
+            client: client.clone(),
             acks,
-            connection.clone(),
-            status_topic.clone(),
-        )));
-        if let Some((beat, every)) = beat {
-            tasks.push(tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                loop {
-                    tick.tick().await;
-                    beat.beat();
-                }
-            }));
-        }
+            status: status.zip(status_topic),
+            status_interval: config.status_interval,
+            connected: watch_connected,
+            beat,
+        };
+        let (tasks, connection, acked) = helpers.spawn();
         let mut session = Session::new(client, config, stats, connection, connected, subscribed);
+        let mut held = Held {
+            group: Vec::new(),
+            rule: GroupRule::new(commit_delay, crate::lifecycle::files::page_size()),
+            tail,
+            tail_at_handover: 0,
+            expected_tail: 0,
+            acked,
+            acked_seen: 0,
+        };
         let mut deliveries = Some(deliveries);
         loop {
+            let due = held.rule.deadline();
             let event = tokio::select! {
                 biased;
                 _ = shutdown.wait(), if deliveries.is_some() => {
-                    // Closing the channel lets the writer finish its last
-                    // batch; the acker disconnects once those acks are out.
+                    // What is held goes first. Closing the channel then
+                    // lets the appender finish; the acker disconnects once
+                    // those acks are out.
+                    held.hand_over(deliveries.as_ref(), &shutdown, "shutdown").await;
                     deliveries = None;
                     continue;
                 }
@@ -110,40 +116,135 @@ impl Intake {
                     session.resubscribe(new);
                     continue;
                 }
-                event = eventloop.poll() => event,
+                _ = sleep_until(due), if due.is_some() => {
+                    let why = due.map_or("", |(_, why)| why.as_str());
+                    held.hand_over(deliveries.as_ref(), &shutdown, why).await;
+                    continue;
+                }
+                event = events.recv() => match event {
+                    Some(event) => event,
+                    None => break,
+                },
             };
-            let go_on = match event {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    session.on_connack(&ack);
-                    true
-                }
-                Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                    session.on_suback(&ack);
-                    true
-                }
-                Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    session
-                        .on_publish(publish, deliveries.as_ref(), &shutdown)
-                        .await;
-                    true
-                }
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => false,
-                Ok(_) => true,
-                // Stopping and the connection is gone: nothing more can be
-                // acked; the broker redelivers the rest.
-                Err(_) if deliveries.is_none() => {
-                    session.set_connected(false);
-                    false
-                }
-                Err(e) => session.on_error(&e, &dead_letters, &shutdown).await,
-            };
-            if !go_on {
+            let go_on = session
+                .on_event(
+                    event,
+                    &mut held,
+                    deliveries.as_ref(),
+                    &shutdown,
+                    &dead_letters,
+                )
+                .await;
+            if matches!(go_on, Next::Resume) {
+                // Reconnects once the backoff is over.
+                let _ = resume.try_send(());
+            }
+            if matches!(go_on, Next::Stop) {
                 break;
             }
         }
+        poller.abort();
         for t in tasks {
             t.abort();
         }
+    }
+}
+
+/// A connection event, or why the connection failed.
+type Polled = Result<Event, rumqttc::ConnectionError>;
+
+/// What the session's loop does after an event.
+enum Next {
+    Go,
+    /// Go on, and let the poller reconnect (after a failed connection).
+    Resume,
+    Stop,
+}
+
+/// Polls the event loop on a task of its own and passes each event on.
+/// A poll is never cancelled halfway this way: the session's loop selects
+/// on timers (the group commit's) as well, and rumqttc's poll dropped in
+/// the middle of writing a packet (an ack, a subscribe) loses that packet.
+/// After an error the poller waits for `resume` before it reconnects, so
+/// that the session's backoff paces the reconnects.
+fn forward_events(
+    mut eventloop: rumqttc::EventLoop,
+) -> (
+    mpsc::Receiver<Polled>,
+    mpsc::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    // One event in the channel: what waits here is outside the intake's
+    // byte budget.
+    let (tx, rx) = mpsc::channel(1);
+    let (resume, mut resumed) = mpsc::channel(1);
+    let poller = tokio::spawn(async move {
+        loop {
+            let event = eventloop.poll().await;
+            let failed = event.is_err();
+            if tx.send(event).await.is_err() {
+                return;
+            }
+            if failed && resumed.recv().await.is_none() {
+                return;
+            }
+        }
+    });
+    (rx, resume, poller)
+}
+
+/// The intake's tasks beside the event loop: the acker, the status
+/// publisher and the watchdog beat.
+struct Helpers {
+    client: AsyncClient,
+    acks: mpsc::UnboundedReceiver<AckToken>,
+    /// With `publish_status`: the report and its topic.
+    status: Option<(Arc<super::status::Reporter>, String)>,
+    status_interval: Duration,
+    connected: tokio::sync::watch::Receiver<bool>,
+    beat: Option<(Arc<Beat>, Duration)>,
+}
+
+impl Helpers {
+    /// Spawns them; returns their handles, the connection number the
+    /// acker checks tokens against, and the clock of its last ack.
+    fn spawn(
+        self,
+    ) -> (
+        Vec<tokio::task::JoinHandle<()>>,
+        Arc<AtomicU64>,
+        Arc<AckClock>,
+    ) {
+        let mut tasks = Vec::new();
+        let status_topic = self.status.as_ref().map(|(_, topic)| topic.clone());
+        if let Some((reporter, topic)) = self.status {
+            tasks.push(tokio::spawn(publish_status(
+                self.client.clone(),
+                topic,
+                reporter,
+                self.status_interval,
+                self.connected,
+            )));
+        }
+        let connection = Arc::new(AtomicU64::new(0));
+        let acked = Arc::new(AckClock::new());
+        tasks.push(tokio::spawn(send_acks(
+            self.client,
+            self.acks,
+            connection.clone(),
+            acked.clone(),
+            status_topic,
+        )));
+        if let Some((beat, every)) = self.beat {
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    beat.beat();
+                }
+            }));
+        }
+        (tasks, connection, acked)
     }
 }
 
@@ -327,13 +428,58 @@ impl Session {
         }
     }
 
-    /// Hands a message to the appender as it came. A QoS 0 message that
-    /// does not fit is dropped (it promises nothing); a QoS 1 message waits
-    /// for room, as the broker keeps it until it is acked.
+    /// Acts on one connection event; says whether the loop goes on.
+    async fn on_event(
+        &mut self,
+        event: Polled,
+        held: &mut Held,
+        deliveries: Option<&mpsc::Sender<Group>>,
+        shutdown: &Shutdown,
+        dead_letters: &Arc<std::sync::Mutex<DeadLetters>>,
+    ) -> Next {
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                self.on_connack(&ack);
+                Next::Go
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                self.on_suback(&ack);
+                Next::Go
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                self.on_publish(publish, held, deliveries, shutdown).await;
+                Next::Go
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => Next::Stop,
+            Ok(_) => Next::Go,
+            // Stopping and the connection is gone: nothing more can be
+            // acked; the broker redelivers the rest.
+            Err(_) if deliveries.is_none() => {
+                self.set_connected(false);
+                Next::Stop
+            }
+            Err(e) => {
+                // Stored, not dropped: the QoS 0 ones would be lost.
+                held.hand_over(deliveries, shutdown, "connection lost")
+                    .await;
+                if self.on_error(&e, dead_letters, shutdown).await {
+                    Next::Resume
+                } else {
+                    Next::Stop
+                }
+            }
+        }
+    }
+
+    /// Adds a message as it came to the held group, handing the group
+    /// over when the group rule says so. A QoS 0 message that does not fit
+    /// in the byte budget is dropped (it promises nothing); a QoS 1 message
+    /// waits for room, as the broker keeps it until it is acked.
     async fn on_publish(
         &mut self,
         publish: Publish,
-        deliveries: Option<&mpsc::Sender<Received>>,
+        held: &mut Held,
+        deliveries: Option<&mpsc::Sender<Group>>,
         shutdown: &Shutdown,
     ) {
         if publish.topic == BROKER_DROPS {
@@ -342,47 +488,54 @@ impl Session {
             }
             return;
         }
-        let Some(tx) = deliveries else {
+        if deliveries.is_none() {
             // Shutting down: left unacked, the broker redelivers it.
             return;
-        };
+        }
         Stats::add(&self.stats.messages_in, 1);
         let bytes = (publish.payload.len() + publish.topic.len()).min(self.budget_bytes) as u32;
         let ack = (publish.qos != QoS::AtMostOnce).then_some(AckToken {
             connection: self.current,
             pkid: publish.pkid,
         });
-        if ack.is_none() {
-            let sent = self
-                .budget
-                .clone()
-                .try_acquire_many_owned(bytes)
-                .ok()
-                .and_then(|permit| {
-                    let topic = publish.topic.clone();
-                    let received = Received {
-                        publish,
-                        ack,
-                        budget: Some(permit),
-                    };
-                    tx.try_send(received).err().map(|_| topic)
-                });
-            if let Some(topic) = sent {
-                log::warn!("dropped a QoS 0 message on {topic:?}: writer is behind");
-            }
-            return;
+        let estimate = GroupRule::estimate(&publish.payload);
+        if held.rule.ends_before(estimate) {
+            held.hand_over(deliveries, shutdown, "page full").await;
         }
-        // Waits while the appender is behind.
-        tokio::select! {
-            sent = async {
-                let permit = self.budget.clone().acquire_many_owned(bytes).await.ok();
-                tx.send(Received { publish, ack, budget: permit }).await
-            } => if sent.is_err() {
-                log::error!("the appender stopped; message left for the broker to redeliver");
-            },
-            // Shutdown while the spool is not taking more: left unacked,
-            // the broker keeps the message.
-            _ = shutdown.wait() => {}
+        let permit = match self.budget.clone().try_acquire_many_owned(bytes) {
+            Ok(permit) => Some(permit),
+            Err(_) if ack.is_none() => {
+                log::warn!(
+                    "dropped a QoS 0 message on {:?}: writer is behind",
+                    publish.topic
+                );
+                return;
+            }
+            Err(_) => {
+                // The held group holds budget too: it goes first, or this
+                // wait could be for itself. Then waits while the appender
+                // is behind.
+                held.hand_over(deliveries, shutdown, "budget").await;
+                tokio::select! {
+                    permit = self.budget.clone().acquire_many_owned(bytes) => permit.ok(),
+                    // Shutdown while the spool is not taking more: left
+                    // unacked, the broker keeps the message.
+                    _ = shutdown.wait() => return,
+                }
+            }
+        };
+        let at = std::time::Instant::now();
+        held.seen_acks();
+        let tail = held.tail_now();
+        let why = held.rule.add(estimate, at, tail);
+        held.group.push(Received {
+            publish,
+            ack,
+            at,
+            budget: permit,
+        });
+        if why.is_some() {
+            held.hand_over(deliveries, shutdown, "size").await;
         }
     }
 
@@ -445,6 +598,7 @@ async fn send_acks(
     client: AsyncClient,
     mut acks: mpsc::UnboundedReceiver<AckToken>,
     connection: Arc<AtomicU64>,
+    acked: Arc<AckClock>,
     status_topic: Option<String>,
 ) {
     while let Some(token) = acks.recv().await {
@@ -458,6 +612,7 @@ async fn send_acks(
         if let Err(e) = client.ack(&p).await {
             log::warn!("cannot queue MQTT ack: {e}");
         }
+        acked.mark();
     }
     if let Some(topic) = status_topic {
         // A clean stop sends no last will: say it ourselves.
@@ -466,6 +621,122 @@ async fn send_acks(
             .await;
     }
     let _ = client.disconnect().await;
+}
+
+/// The messages held for the next group, and what the group rule needs
+/// to know from outside: where the spool ends, and when acks went out.
+struct Held {
+    group: Group,
+    rule: GroupRule,
+    tail: Tail,
+    /// The spool's tail when the last group was handed over, and where
+    /// that group should end: until the appender has stored it, the next
+    /// group starts at the estimate.
+    tail_at_handover: u64,
+    expected_tail: u64,
+    acked: Arc<AckClock>,
+    acked_seen: u64,
+}
+
+impl Held {
+    /// Hands the held group to the appender. A group of QoS 0 messages
+    /// only is dropped when the appender is behind (they promise nothing);
+    /// one with QoS 1 messages waits for room. Without a channel (shutting
+    /// down) or at shutdown, the group is left to the broker.
+    async fn hand_over(
+        &mut self,
+        deliveries: Option<&mpsc::Sender<Group>>,
+        shutdown: &Shutdown,
+        why: &str,
+    ) {
+        if self.group.is_empty() {
+            return;
+        }
+        log::trace!(
+            "handing over {} messages ({why}, the first held {:?})",
+            self.group.len(),
+            self.group[0].at.elapsed()
+        );
+        self.tail_at_handover = self.tail.get();
+        self.expected_tail = self.rule.end();
+        self.rule.handed();
+        let group = std::mem::take(&mut self.group);
+        let Some(tx) = deliveries else { return };
+        let group = match tx.try_send(group) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                log::error!("the appender stopped; messages left for the broker to redeliver");
+                return;
+            }
+            Err(mpsc::error::TrySendError::Full(group)) => group,
+        };
+        if group.iter().all(|m| m.ack.is_none()) {
+            log::warn!("dropped {} QoS 0 messages: writer is behind", group.len());
+            return;
+        }
+        tokio::select! {
+            sent = tx.send(group) => if sent.is_err() {
+                log::error!("the appender stopped; messages left for the broker to redeliver");
+            },
+            // Shutdown while the spool is not taking more: left unacked,
+            // the broker keeps the messages.
+            _ = shutdown.wait() => {}
+        }
+    }
+
+    /// Where a group starting now starts in the spool file: the spool's
+    /// tail once the appender has stored the last group (it moved since),
+    /// else where that group should end. A fast stream's next message
+    /// comes before the appender has appended.
+    fn tail_now(&self) -> u64 {
+        let tail = self.tail.get();
+        if tail != self.tail_at_handover {
+            tail
+        } else {
+            self.expected_tail.max(tail)
+        }
+    }
+
+    /// Tells the rule when acks last went out, if they did since the last
+    /// message.
+    fn seen_acks(&mut self) {
+        let micros = self.acked.micros.load(Ordering::Relaxed);
+        if micros != self.acked_seen {
+            self.acked_seen = micros;
+            self.rule
+                .acked(self.acked.epoch + Duration::from_micros(micros));
+        }
+    }
+}
+
+/// When the acker last sent an ack, as microseconds since `epoch` (0:
+/// never), shared without a lock between the acker task and the session.
+struct AckClock {
+    epoch: std::time::Instant,
+    micros: AtomicU64,
+}
+
+impl AckClock {
+    fn new() -> AckClock {
+        AckClock {
+            epoch: std::time::Instant::now(),
+            micros: AtomicU64::new(0),
+        }
+    }
+
+    fn mark(&self) {
+        let micros = self.epoch.elapsed().as_micros().max(1) as u64;
+        self.micros.store(micros, Ordering::Relaxed);
+    }
+}
+
+/// Sleeps until `deadline`; forever without one (the branch is disabled
+/// then anyway).
+async fn sleep_until(deadline: Option<(std::time::Instant, Reason)>) {
+    match deadline {
+        Some((at, _)) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Publishes the status report, retained, every `interval` while the

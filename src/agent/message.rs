@@ -5,9 +5,15 @@
 //! Plain data, so that the intake, the decoder and the appender share
 //! types without depending on one another. Nothing here acts.
 
+use std::time::Instant;
+
 use rumqttc::Publish;
 
 use super::deadletter::Rejection;
+
+/// Messages the intake hands over together, to be stored under one commit
+/// ([`super::group`]).
+pub type Group = Vec<Received>;
 
 /// One message as it came from the broker, on its way to be decoded.
 #[derive(Debug)]
@@ -15,6 +21,8 @@ pub struct Received {
     pub publish: Publish,
     /// What to acknowledge once stored; `None` for QoS 0 messages.
     pub ack: Option<AckToken>,
+    /// When the intake took it from the broker, for the ack's delay.
+    pub at: Instant,
     /// The message's share of the bytes allowed in flight between the
     /// MQTT session and the spool, given back when the message is dropped
     /// after decoding.
@@ -30,6 +38,8 @@ pub struct Delivery {
     pub points: u64,
     /// What to acknowledge once stored; `None` for QoS 0 messages.
     pub ack: Option<AckToken>,
+    /// When the intake took it from the broker.
+    pub at: Instant,
     /// Why (part of) the message was rejected, for the dead-letter file.
     pub rejected: Option<Rejection>,
     /// The message's share of the bytes allowed between the MQTT session

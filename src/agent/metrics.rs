@@ -97,6 +97,23 @@ pub fn render(s: &Sources) -> String {
          leasegate_write_duration_seconds_sum {sum}\n\
          leasegate_write_duration_seconds_count {count}\n"
     ));
+    out.push_str(
+        "# HELP leasegate_ack_delay_seconds Time from a QoS 1 message's arrival to its ack (group commit and fsync).\n\
+         # TYPE leasegate_ack_delay_seconds summary\n",
+    );
+    for q in [0.5, 0.99] {
+        if let Some(d) = st.ack_delay.quantile(q) {
+            out.push_str(&format!(
+                "leasegate_ack_delay_seconds{{quantile=\"{q}\"}} {}\n",
+                d.as_secs_f64()
+            ));
+        }
+    }
+    out.push_str(&format!(
+        "leasegate_ack_delay_seconds_sum {}\nleasegate_ack_delay_seconds_count {}\n",
+        st.ack_delay.sum_secs(),
+        st.ack_delay.count()
+    ));
     out
 }
 

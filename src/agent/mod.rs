@@ -16,6 +16,7 @@ mod appender;
 pub mod credential;
 mod deadletter;
 mod decode;
+mod group;
 pub mod identity;
 mod intake;
 mod keeper;
@@ -40,7 +41,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-pub use message::{AckToken, Received};
+pub use message::{AckToken, Group, Received};
 pub use pipeline::{Feed, Pipeline};
 pub use sink::{Sink, WriteError};
 pub use stats::Stats;
@@ -207,6 +208,17 @@ fn log_totals(config: &Config, stats: &Stats, spool: &spool::Spool) {
         spool_stats.points_unread,
         spool_stats.appended_bytes,
     );
+    if let (Some(p50), Some(p99)) = (
+        stats.ack_delay.quantile(0.5),
+        stats.ack_delay.quantile(0.99),
+    ) {
+        log::info!(
+            "acks waited p50 {} us, p99 {} us from arrival ({} acks)",
+            p50.as_micros(),
+            p99.as_micros(),
+            stats.ack_delay.count()
+        );
+    }
     for (i, counter) in stats.rejected.iter().enumerate() {
         let rejected = Stats::get(counter);
         if rejected > 0 {

@@ -26,7 +26,7 @@ use super::decode::Decoder;
 use super::intake::Intake;
 use super::keeper::{self, KeeperHandle};
 use super::lease::LeaseSettings;
-use super::message::{AckToken, Received};
+use super::message::{AckToken, Group};
 use super::sink::Sink;
 use super::spool::{self, Spool};
 use super::stats::Stats;
@@ -37,10 +37,9 @@ use crate::config::{BatchLimits, Config, Subscription, Writing};
 use crate::lifecycle::health::Health;
 use crate::shutdown::Shutdown;
 
-/// Deliveries queued between intake and appender. QoS 1 messages are
-/// bounded by the broker's in-flight window anyway; this bounds QoS 0
-/// floods.
-const QUEUE: usize = 4096;
+/// Groups of messages queued between intake and appender. The byte budget
+/// of the intake bounds what they hold; this bounds how many.
+const QUEUE: usize = 1024;
 
 /// Where a pipeline thread's end is reported, with its name.
 pub type Ended = Arc<dyn Fn(&'static str) + Send + Sync>;
@@ -65,7 +64,7 @@ pub struct Pipeline {
 /// The intake's ends of the pipeline: what it hands over, the acks it
 /// sends, and the subscriptions as reloads change them.
 pub struct Feed {
-    pub deliveries: mpsc::Sender<Received>,
+    pub deliveries: mpsc::Sender<Group>,
     pub acks: mpsc::UnboundedReceiver<AckToken>,
     pub reload: watch::Receiver<Vec<Subscription>>,
 }
@@ -139,6 +138,7 @@ impl Pipeline {
                 .min(config.batch.max_bytes as usize)
                 .min((config.spool.max_bytes / 8) as usize),
             record_points: config.batch.max_lines as u64,
+            page: crate::lifecycle::files::page_size(),
         };
         threads.push((
             "appender",
@@ -180,6 +180,8 @@ impl Pipeline {
         let intake = Intake {
             config: config.mqtt.clone(),
             deliveries: feed.deliveries,
+            commit_delay: config.spool.commit_delay,
+            tail: self.spool.tail(),
             acks: feed.acks,
             shutdown: shutdown.clone(),
             stats: self.stats.clone(),

@@ -11,6 +11,11 @@
 //! last good record and a new one is started; fully written segments are
 //! deleted whole.
 //!
+//! A record of zero points is padding: [`Spool::pad_page`] writes one to
+//! the end of a page after a group commit that nearly filled it, so that
+//! the next commit starts on a fresh page rather than dirtying a page the
+//! last fsync already wrote. Readers skip its payload.
+//!
 //! It must never panic or stop on a damaged file (damage is reported and
 //! skipped), never hand out a record that was not committed, and never drop
 //! a point without counting it.
@@ -134,6 +139,18 @@ impl Batch {
     }
 }
 
+/// The offset in its segment file where the spool's next append goes,
+/// as of the last append: a hint (a new segment may start first), read
+/// without locking anything.
+#[derive(Debug, Clone)]
+pub struct Tail(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl Tail {
+    pub fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Position {
     segment: u64,
@@ -158,6 +175,8 @@ pub struct SpoolStats {
 pub struct Spool {
     config: SpoolConfig,
     segment_bytes: u64,
+    /// Where the segment taking appends ends, for [`Tail`].
+    tail: std::sync::Arc<std::sync::atomic::AtomicU64>,
     inner: Mutex<Inner>,
     readable: std::sync::Condvar,
 }
@@ -263,6 +282,8 @@ impl Spool {
             .min(config.max_bytes / 2);
         let spool = Spool {
             segment_bytes,
+            // Appends go to a new segment after a start.
+            tail: Default::default(),
             inner: Mutex::new(Inner {
                 segments,
                 active: None,
@@ -280,6 +301,12 @@ impl Spool {
             config,
         };
         Ok((spool, recovery))
+    }
+
+    /// Where the next append will go in its segment file, readable
+    /// without the spool's lock (for the intake's group commit).
+    pub fn tail(&self) -> Tail {
+        Tail(self.tail.clone())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -333,12 +360,7 @@ impl Spool {
             self.seal_active(&mut inner, true);
             self.start_segment(&mut inner)?;
         }
-        let mut record = Vec::with_capacity(HEADER + payload.len());
-        record.extend_from_slice(&RECORD_MAGIC);
-        record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        record.extend_from_slice(&(points as u32).to_le_bytes());
-        record.extend_from_slice(&checksum(points as u32, payload).to_le_bytes());
-        record.extend_from_slice(payload);
+        let record = encode_record(payload, points);
         let seg = inner.segments.back().expect("a segment was just ensured");
         let path = seg.path.clone();
         let file = inner.active.as_mut().expect("an active segment is open");
@@ -351,10 +373,53 @@ impl Spool {
         let seg = inner.segments.back_mut().expect("active segment");
         seg.end += record_len;
         seg.unread_points += points;
+        self.tail
+            .store(seg.end, std::sync::atomic::Ordering::Relaxed);
         inner.total_bytes += record_len;
         inner.appended_bytes += record_len;
         inner.dirty = true;
         Ok(Appended::Stored)
+    }
+
+    /// Pads the segment taking appends to the end of its page (`page`
+    /// bytes) with a record of zero points, if what is left of the page
+    /// holds such a record and is at most `most` bytes; so the next
+    /// commit starts a fresh page. Returns the bytes of padding written.
+    /// The padding is part of the next commit, like any append.
+    pub fn pad_page(&self, page: u64, most: u64) -> Result<u64, SpoolError> {
+        // Only a sync per commit rewrites a page; the kernel's writeback
+        // writes each page once anyway.
+        if self.config.fsync != FsyncPolicy::Batch {
+            return Ok(0);
+        }
+        let mut inner = self.lock();
+        let Some(seg) = inner.segments.back().filter(|s| !s.sealed) else {
+            return Ok(0);
+        };
+        let left = (page - seg.end % page) % page;
+        if left < HEADER as u64
+            || left > most
+            || inner.total_bytes + left > self.config.max_bytes
+            || seg.end + left > self.segment_bytes
+        {
+            return Ok(0);
+        }
+        let payload = vec![b'\n'; left as usize - HEADER];
+        let path = seg.path.clone();
+        let record = encode_record(&payload, 0);
+        let file = inner.active.as_mut().expect("an active segment is open");
+        if let Err(source) = file.write_all(&record) {
+            self.seal_active(&mut inner, true);
+            return Err(SpoolError::Io { path, source });
+        }
+        let seg = inner.segments.back_mut().expect("active segment");
+        seg.end += left;
+        self.tail
+            .store(seg.end, std::sync::atomic::Ordering::Relaxed);
+        inner.total_bytes += left;
+        inner.appended_bytes += left;
+        inner.dirty = true;
+        Ok(left)
     }
 
     /// Makes everything appended so far durable under the fsync policy and
@@ -702,6 +767,7 @@ impl Spool {
                 .map_err(io)?;
         }
         let len = FILE_MAGIC.len() as u64;
+        self.tail.store(len, std::sync::atomic::Ordering::Relaxed);
         inner.total_bytes += len;
         inner.segments.push_back(Segment {
             id,
@@ -990,6 +1056,17 @@ fn forget_handles(inner: &mut Inner, path: &Path) {
 /// one record, so a record larger than the limits still goes). Damage found here (bits that flipped after start-up) is skipped
 /// to the next valid record, searched for in the whole rest of the segment
 /// so a record cut by the read buffer is never mistaken for damage.
+/// A record as it is on disk: `magic | len | points | crc32 | payload`.
+fn encode_record(payload: &[u8], points: u64) -> Vec<u8> {
+    let mut record = Vec::with_capacity(HEADER + payload.len());
+    record.extend_from_slice(&RECORD_MAGIC);
+    record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    record.extend_from_slice(&(points as u32).to_le_bytes());
+    record.extend_from_slice(&checksum(points as u32, payload).to_le_bytes());
+    record.extend_from_slice(payload);
+    record
+}
+
 fn read_records(
     path: &Path,
     offset: u64,
@@ -1034,7 +1111,9 @@ fn read_records(
                     let whole = read_at(&mut file, offset + at as u64, HEADER + len)?;
                     match parse_record(&whole) {
                         Parsed::Record { points, .. } => {
-                            chunk.data.extend_from_slice(&whole[HEADER..]);
+                            if points > 0 {
+                                chunk.data.extend_from_slice(&whole[HEADER..]);
+                            }
                             chunk.points += u64::from(points);
                             chunk.records += 1;
                             at += HEADER + len;
@@ -1058,7 +1137,9 @@ fn read_records(
                 {
                     break;
                 }
-                chunk.data.extend_from_slice(&buf[at + HEADER..at + len]);
+                if points > 0 {
+                    chunk.data.extend_from_slice(&buf[at + HEADER..at + len]);
+                }
                 chunk.points += u64::from(points);
                 chunk.records += 1;
                 at += len;
@@ -1100,6 +1181,57 @@ mod tests {
 
     fn line(i: u64) -> Vec<u8> {
         format!("m,t=x seq={i}i {i}\n").into_bytes()
+    }
+
+    #[test]
+    fn padding_ends_the_page_and_readers_skip_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(config(dir.path(), 1 << 20, Overflow::Block)).unwrap();
+        let page = 4096;
+        // 40 records of about 30 bytes: 8 + 40 * 31 bytes, far from the
+        // page's end; nothing is padded.
+        let mut expected = Vec::new();
+        for i in 0..40 {
+            spool.append(&line(i), 1).unwrap();
+            expected.extend(line(i));
+        }
+        assert_eq!(spool.pad_page(page, page / 8).unwrap(), 0);
+        // Close to it: padded to the boundary exactly.
+        while page - spool.tail().get() > 200 {
+            let i = expected.len() as u64;
+            spool.append(&line(i), 1).unwrap();
+            expected.extend(line(i));
+        }
+        let points = spool.stats().points_unread;
+        let padded = spool.pad_page(page, page / 8).unwrap();
+        assert!(padded > 0);
+        assert_eq!(spool.tail().get(), page);
+        spool.append(&line(999), 1).unwrap();
+        expected.extend(line(999));
+        assert_eq!(spool.tail().get(), page + (HEADER + line(999).len()) as u64);
+        spool.commit().unwrap();
+        let batch = spool.read(10_000, 1 << 20, Duration::ZERO).unwrap();
+        assert_eq!(batch.data, expected, "the padding's payload is not data");
+        assert_eq!(batch.points, points + 1);
+        drop(spool);
+        // Recovered after a restart the same way.
+        let (spool, recovery) = Spool::open(config(dir.path(), 1 << 20, Overflow::Block)).unwrap();
+        assert!(recovery.damage.is_empty(), "{:?}", recovery.damage);
+        assert_eq!(recovery.points, points + 1);
+        let batch = spool.read(10_000, 1 << 20, Duration::ZERO).unwrap();
+        assert_eq!(batch.data, expected);
+    }
+
+    #[test]
+    fn padding_only_under_a_sync_per_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path(), 1 << 20, Overflow::Block);
+        c.fsync = FsyncPolicy::Never;
+        let (spool, _) = Spool::open(c).unwrap();
+        while 4096 - spool.tail().get() > 200 {
+            spool.append(&line(1), 1).unwrap();
+        }
+        assert_eq!(spool.pad_page(4096, 512).unwrap(), 0);
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub struct Stats {
     pub mqtt_connected: std::sync::atomic::AtomicBool,
     /// How long accepted writes took.
     pub write_latency: Histogram,
+    /// How long QoS 1 messages waited from arrival to their ack (the
+    /// group commit's delay and the fsync).
+    pub ack_delay: Delays,
     /// Rejected messages per subscription, in config order; the last slot
     /// counts messages that matched no subscription.
     pub rejected: Vec<AtomicU64>,
@@ -91,10 +94,147 @@ impl Histogram {
     }
 }
 
+/// Sub-buckets per power of two in [`Delays`]: 1/8 of an octave, so a
+/// quantile is within 12.5% of the truth.
+const SUB: u64 = 8;
+const DELAY_BUCKETS: usize = 8 + 8 * 32;
+
+/// A lock-free histogram of delays fine enough for quantiles (p50, p99):
+/// log-linear buckets of microseconds, exact below 8 µs, up to about an
+/// hour (longer ones count in the last bucket).
+#[derive(Debug)]
+pub struct Delays {
+    buckets: [AtomicU64; DELAY_BUCKETS],
+    sum_micros: AtomicU64,
+}
+
+impl Default for Delays {
+    fn default() -> Self {
+        Delays {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Delays {
+    pub fn observe(&self, d: std::time::Duration) {
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.buckets[delay_bucket(micros)].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// The sum of all delays, in seconds.
+    pub fn sum_secs(&self) -> f64 {
+        self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+    }
+
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+
+    /// The delay below which a share `q` (0 to 1) of the observations
+    /// fall, as its bucket's upper bound; None with no observation.
+    pub fn quantile(&self, q: f64) -> Option<std::time::Duration> {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut running = 0;
+        let index = counts
+            .iter()
+            .position(|n| {
+                running += n;
+                running >= rank
+            })
+            .unwrap_or(DELAY_BUCKETS - 1);
+        Some(std::time::Duration::from_micros(bucket_upper(index)))
+    }
+}
+
+fn delay_bucket(micros: u64) -> usize {
+    if micros < SUB {
+        return micros as usize;
+    }
+    let octave = u64::from(63 - micros.leading_zeros());
+    let sub = (micros >> (octave - 3)) & (SUB - 1);
+    ((SUB * (octave - 2) + sub) as usize).min(DELAY_BUCKETS - 1)
+}
+
+fn bucket_upper(index: usize) -> u64 {
+    let index = index as u64;
+    if index < SUB {
+        return index;
+    }
+    let octave = index / SUB + 2;
+    let lower = (SUB + index % SUB) << (octave - 3);
+    lower + (1 << (octave - 3)) - 1
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn delay_buckets_are_contiguous_and_within_an_eighth() {
+        let mut last = 0;
+        for micros in [
+            0u64,
+            1,
+            7,
+            8,
+            9,
+            15,
+            16,
+            17,
+            1000,
+            123_456,
+            999_999,
+            3_600_000_000,
+        ] {
+            let i = delay_bucket(micros);
+            assert!(i >= last, "{micros}");
+            last = i;
+            let upper = bucket_upper(i);
+            assert!(upper >= micros, "{micros} <= {upper}");
+            assert!(
+                upper as f64 <= micros as f64 * 1.125 + 1.0,
+                "{micros}: {upper}"
+            );
+        }
+        for i in 1..DELAY_BUCKETS {
+            let lower = bucket_upper(i - 1) + 1;
+            assert_eq!(delay_bucket(lower), i, "bucket {i} starts at {lower}");
+            assert_eq!(delay_bucket(bucket_upper(i)), i, "bucket {i} ends");
+        }
+    }
+
+    #[test]
+    fn delay_quantiles() {
+        let d = Delays::default();
+        assert_eq!(d.quantile(0.5), None);
+        for ms in 1..=100 {
+            d.observe(Duration::from_millis(ms));
+        }
+        let p50 = d.quantile(0.5).unwrap();
+        let p99 = d.quantile(0.99).unwrap();
+        assert!(
+            p50 >= Duration::from_millis(50) && p50 <= Duration::from_micros(56_250),
+            "{p50:?}"
+        );
+        assert!(
+            p99 >= Duration::from_millis(99) && p99 <= Duration::from_micros(111_375),
+            "{p99:?}"
+        );
+        assert_eq!(d.count(), 100);
+    }
 
     #[test]
     fn histogram_buckets_are_cumulative() {

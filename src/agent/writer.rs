@@ -83,7 +83,10 @@ impl Writer {
                     continue;
                 }
             };
-            if !self.write_lines(&batch.data, batch.points, &mut backoff, &mut reported) {
+            // Only padding (records of no points): nothing to write.
+            if batch.points > 0
+                && !self.write_lines(&batch.data, batch.points, &mut backoff, &mut reported)
+            {
                 return;
             }
             if let Err(e) = self.spool.release(&batch) {

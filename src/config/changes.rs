@@ -36,6 +36,10 @@ pub fn restart_required(old: &Config, new: &Config) -> Vec<&'static str> {
     check("spool.fsync", old.spool.fsync != new.spool.fsync);
     check("spool.overflow", old.spool.overflow != new.spool.overflow);
     check(
+        "spool.commit_delay",
+        old.spool.commit_delay != new.spool.commit_delay,
+    );
+    check(
         "dead_letter.max_bytes",
         old.dead_letter_max_bytes != new.dead_letter_max_bytes,
     );

@@ -236,6 +236,9 @@ pub struct SpoolSettings {
     pub max_bytes: u64,
     pub fsync: FsyncPolicy,
     pub overflow: Overflow,
+    /// The longest a received message waits for others to share its
+    /// commit (and so for its ack): group commit.
+    pub commit_delay: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -805,6 +808,13 @@ fn read_batch(t: &Table<'_>) -> BatchLimits {
     }
 }
 
+/// `spool.commit_delay` by default: long enough for a page of one-point
+/// messages to gather at 100 messages a second, short enough that every
+/// ack goes out within a second (figures: BENCHMARKS.md, "rates gateways
+/// see").
+pub const DEFAULT_COMMIT_DELAY: Duration = Duration::from_millis(750);
+const MAX_COMMIT_DELAY: Duration = Duration::from_secs(5);
+
 fn read_spool(t: &Table<'_>) -> SpoolSettings {
     let max_bytes = t.size("max_bytes", 256 << 20, 64 << 10, 1 << 40);
     let fsync = t.choice(
@@ -833,10 +843,23 @@ fn read_spool(t: &Table<'_>) -> SpoolSettings {
         ],
         Overflow::DropOldest,
     );
+    let mut commit_delay = t.duration("commit_delay", DEFAULT_COMMIT_DELAY, Duration::ZERO);
+    if commit_delay > MAX_COMMIT_DELAY {
+        t.problem(
+            "commit_delay",
+            format!(
+                "{} is longer than the maximum {}: every ack would wait that long",
+                humantime::format_duration(commit_delay),
+                humantime::format_duration(MAX_COMMIT_DELAY)
+            ),
+        );
+        commit_delay = DEFAULT_COMMIT_DELAY;
+    }
     SpoolSettings {
         max_bytes,
         fsync: fsync.unwrap_or(FsyncPolicy::Interval(interval)),
         overflow,
+        commit_delay,
     }
 }
 
@@ -1221,6 +1244,21 @@ database = "d"
             [
                 "t.toml: spool.fsync_interval: only used with fsync = \"interval\"",
                 "t.toml: spool.overflow: \"drop_everything\" is not one of drop_oldest, drop_newest, block",
+            ]
+        );
+    }
+
+    #[test]
+    fn commit_delay_defaults_and_bounds() {
+        let c = Config::from_toml(Path::new("m"), MINIMAL).unwrap();
+        assert_eq!(c.spool.commit_delay, DEFAULT_COMMIT_DELAY);
+        let at_once = format!("{MINIMAL}[spool]\ncommit_delay = \"0s\"\n");
+        let c = Config::from_toml(Path::new("m"), &at_once).unwrap();
+        assert_eq!(c.spool.commit_delay, Duration::ZERO);
+        assert_eq!(
+            problems(&format!("{MINIMAL}[spool]\ncommit_delay = \"1m\"\n")),
+            [
+                "t.toml: spool.commit_delay: 1m is longer than the maximum 5s: every ack would wait that long"
             ]
         );
     }

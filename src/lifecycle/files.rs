@@ -75,6 +75,12 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T, durable: bool) -> std::i
     Ok(())
 }
 
+/// The page size the kernel writes back (4 KiB on most gateways; 16 KiB on
+/// some ARM kernels).
+pub fn page_size() -> u64 {
+    rustix::param::page_size() as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
