@@ -12,7 +12,8 @@
 //! Properties: opening never fails or panics on any bytes (damage is
 //! reported, not fatal); reading drains in a bounded number of reads and
 //! delivers exactly the points recovery counted; for described records,
-//! exactly the undamaged ones come back, in order (a record counts as
+//! exactly the undamaged ones come back, in order (records of zero points
+//! are padding, whose payloads never come back; a record counts as
 //! undamaged when its bytes are whole where the reader meets them; when the
 //! damage itself forms a valid record, this check is skipped); the spool
 //! still takes, commits and returns a new record afterwards, and a restart
@@ -227,7 +228,10 @@ fn described(rest: &[u8]) -> (Vec<u8>, Option<Expected>) {
         let at = start_of(*s);
         let whole = seg.get(at..at + (e - s)) == Some(&original[*s..*e]);
         if whole && !foreign {
-            expected.data.extend_from_slice(payload);
+            // A record of no points is padding: its payload is not data.
+            if *points > 0 {
+                expected.data.extend_from_slice(payload);
+            }
             expected.points += points;
             starts.push(at);
         }
