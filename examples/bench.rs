@@ -906,17 +906,7 @@ fn at_rate(
     let mut daemon = start_daemon(&config);
     assert!(daemon.wait_for_log("subscribed to", 1, Duration::from_secs(20)));
     let proc = Proc { pid: daemon.pid() };
-    let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicU64::new(0));
-    let bytes = Arc::new(AtomicU64::new(0));
-    let publisher = paced_publisher(
-        broker.port,
-        measurement.into(),
-        rate,
-        stop.clone(),
-        sent.clone(),
-        bytes.clone(),
-    );
+    let publisher = Paced::start(broker.port, measurement, rate);
     std::thread::sleep(Duration::from_secs(3));
     // BENCH_PERF=DIR records a CPU profile of the window with perf.
     let perf = std::env::var("BENCH_PERF").ok().map(|dir| {
@@ -931,8 +921,8 @@ fn at_rate(
     let start = (
         proc.cpu(),
         proc.write_bytes(),
-        sent.load(Ordering::SeqCst),
-        bytes.load(Ordering::SeqCst),
+        publisher.sent(),
+        publisher.bytes(),
         Instant::now(),
     );
     let mut max_rss = 0;
@@ -943,17 +933,15 @@ fn at_rate(
     let (cpu, disk, n, payload, window) = (
         proc.cpu() - start.0,
         proc.write_bytes() - start.1,
-        sent.load(Ordering::SeqCst) - start.2,
-        bytes.load(Ordering::SeqCst) - start.3,
+        publisher.sent() - start.2,
+        publisher.bytes() - start.3,
         start.4.elapsed(),
     );
     if let Some(mut perf) = perf {
         unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
         let _ = perf.wait();
     }
-    stop.store(true, Ordering::SeqCst);
-    publisher.join().unwrap();
-    let total = sent.load(Ordering::SeqCst);
+    let total = publisher.stop();
     influx.assert_arrives(measurement, total, Duration::from_secs(60), &daemon);
     assert!(daemon.terminate(Duration::from_secs(10)).is_some());
     if let Ok(path) = std::env::var("BENCH_KEEP_LOG") {
@@ -1085,23 +1073,9 @@ fn small_window(influx: &Influx, secs: u64) -> Vec<String> {
     let mut daemon = start_daemon(&config);
     assert!(daemon.wait_for_log("subscribed to", 1, Duration::from_secs(20)));
     let proc = Proc { pid: daemon.pid() };
-    let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicU64::new(0));
-    let bytes = Arc::new(AtomicU64::new(0));
-    let publisher = paced_publisher(
-        broker.port,
-        measurement.into(),
-        rate,
-        stop.clone(),
-        sent.clone(),
-        bytes.clone(),
-    );
+    let publisher = Paced::start(broker.port, measurement, rate);
     std::thread::sleep(Duration::from_secs(3));
-    let (disk0, payload0, t0) = (
-        proc.write_bytes(),
-        bytes.load(Ordering::SeqCst),
-        Instant::now(),
-    );
+    let (disk0, payload0, t0) = (proc.write_bytes(), publisher.bytes(), Instant::now());
     let mut samples = Vec::new();
     while t0.elapsed() < Duration::from_secs(secs) {
         std::thread::sleep(Duration::from_secs(1));
@@ -1109,14 +1083,9 @@ fn small_window(influx: &Influx, secs: u64) -> Vec<String> {
     }
     let in_points = influx.count("sensors", measurement, "seq");
     let window = t0.elapsed().as_secs_f64();
-    let (disk, payload) = (
-        proc.write_bytes() - disk0,
-        bytes.load(Ordering::SeqCst) - payload0,
-    );
-    let lag = sent.load(Ordering::SeqCst).saturating_sub(in_points);
-    stop.store(true, Ordering::SeqCst);
-    publisher.join().unwrap();
-    let total = sent.load(Ordering::SeqCst);
+    let (disk, payload) = (proc.write_bytes() - disk0, publisher.bytes() - payload0);
+    let lag = publisher.sent().saturating_sub(in_points);
+    let total = publisher.stop();
     influx.assert_arrives(measurement, total, Duration::from_secs(60), &daemon);
     assert!(daemon.terminate(Duration::from_secs(10)).is_some());
     let (p50, p99) = ack_delays(&daemon.log());
@@ -1129,6 +1098,49 @@ fn small_window(influx: &Influx, secs: u64) -> Vec<String> {
         samples.iter().max().copied().unwrap_or(0),
         disk as f64 / payload.max(1) as f64,
     )]
+}
+
+/// A [`paced_publisher`] on `measurement`'s topics and what it sent.
+struct Paced {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Paced {
+    fn start(port: u16, measurement: &str, rate: u64) -> Paced {
+        let (stop, sent, bytes) = Default::default();
+        let thread = paced_publisher(
+            port,
+            measurement.into(),
+            rate,
+            Arc::clone(&stop),
+            Arc::clone(&sent),
+            Arc::clone(&bytes),
+        );
+        Paced {
+            stop,
+            sent,
+            bytes,
+            thread,
+        }
+    }
+
+    fn sent(&self) -> u64 {
+        self.sent.load(Ordering::SeqCst)
+    }
+
+    fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::SeqCst)
+    }
+
+    /// Stops it; returns how many messages it sent in all.
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().unwrap();
+        self.sent.load(Ordering::SeqCst)
+    }
 }
 
 /// The latest value of a numeric `$SYS` topic, followed on a thread of its
