@@ -402,16 +402,7 @@ fn leasegate_backlog_rate(
     preload(broker, measurement, n);
     let started = Instant::now();
     daemon.restart();
-    // BENCH_PERF=DIR records a CPU profile of this phase with perf.
-    let perf = std::env::var("BENCH_PERF").ok().map(|dir| {
-        std::process::Command::new("perf")
-            .args(["record", "-F", "2999", "-g", "-o"])
-            .arg(format!("{dir}/perf-{measurement}.data"))
-            .args(["-p", &daemon.pid().to_string()])
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("perf")
-    });
+    let perf = Observer::attach(measurement, daemon.pid(), 2999);
     // The last batch is partial and waits out flush_interval for more;
     // that wait is not throughput, so the clock stops at the last full one.
     let counted = n - BATCH_LINES;
@@ -423,10 +414,7 @@ fn leasegate_backlog_rate(
     };
     poll();
     let took = started.elapsed();
-    if let Some(mut perf) = perf {
-        unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
-        let _ = perf.wait();
-    }
+    perf.stop();
     let cpu = Proc { pid: daemon.pid() }.cpu();
     let cpu_per_point = cpu.as_secs_f64() * 1e6 / counted as f64;
     eprintln!(
@@ -887,6 +875,8 @@ struct AtRate {
     p99_ms: f64,
     rss_mib: f64,
     delivered: f64,
+    /// Context switches of all threads per point.
+    wakeups: f64,
 }
 
 /// leasegate at `rate` one-point messages a second with `spool` settings,
@@ -908,16 +898,8 @@ fn at_rate(
     let proc = Proc { pid: daemon.pid() };
     let publisher = Paced::start(broker.port, measurement, rate);
     std::thread::sleep(Duration::from_secs(3));
-    // BENCH_PERF=DIR records a CPU profile of the window with perf.
-    let perf = std::env::var("BENCH_PERF").ok().map(|dir| {
-        std::process::Command::new("perf")
-            .args(["record", "-F", "999", "-g", "-o"])
-            .arg(format!("{dir}/perf-{measurement}.data"))
-            .args(["-p", &daemon.pid().to_string()])
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("perf")
-    });
+    let perf = Observer::attach(measurement, daemon.pid(), 999);
+    let threads0 = threads_of(daemon.pid());
     let start = (
         proc.cpu(),
         proc.write_bytes(),
@@ -937,10 +919,9 @@ fn at_rate(
         publisher.bytes() - start.3,
         start.4.elapsed(),
     );
-    if let Some(mut perf) = perf {
-        unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
-        let _ = perf.wait();
-    }
+    let (wakeups, by_thread) = per_thread(&threads0, &threads_of(daemon.pid()), n.max(1));
+    eprintln!("bench: ({measurement}: per point, by thread: {by_thread})");
+    perf.stop();
     let total = publisher.stop();
     influx.assert_arrives(measurement, total, Duration::from_secs(60), &daemon);
     assert!(daemon.terminate(Duration::from_secs(10)).is_some());
@@ -955,7 +936,36 @@ fn at_rate(
         p99_ms: p99,
         rss_mib: max_rss as f64 / 1024.0,
         delivered: n as f64 / window.as_secs_f64(),
+        wakeups,
     }
+}
+
+/// Context switches per point of all threads between two
+/// [`threads_of`] samples, and each thread's CPU (µs) and switches per
+/// point, for the log.
+fn per_thread(
+    before: &[(String, u64, u64)],
+    after: &[(String, u64, u64)],
+    points: u64,
+) -> (f64, String) {
+    let (mut total, mut parts) = (0u64, Vec::new());
+    for (name, ns, switches) in after {
+        let (ns0, sw0) = before
+            .iter()
+            .find(|(n, ..)| n == name)
+            .map_or((0, 0), |(_, ns, sw)| (*ns, *sw));
+        let (ns, sw) = (ns.saturating_sub(ns0), switches.saturating_sub(sw0));
+        total += sw;
+        if sw > 0 {
+            parts.push(format!(
+                "{} {:.1} us, {:.2} switches",
+                name.split('/').next().unwrap_or(name),
+                ns as f64 / 1e3 / points as f64,
+                sw as f64 / points as f64
+            ));
+        }
+    }
+    (total as f64 / points as f64, parts.join("; "))
 }
 
 /// The ack delays (ms) the daemon logged when it stopped.
@@ -1017,10 +1027,10 @@ fn rates(broker: &Mosquitto, influx: &Influx, quick: bool) -> Vec<String> {
             .into(),
     );
     out.push(
-        "| rate | fsync | block-device bytes per payload byte | CPU per point | CPU vs full speed | ack delay p50 / p99 | RSS | delivered |"
+        "| rate | fsync | block-device bytes per payload byte | CPU per point | CPU vs full speed | wake-ups per point | ack delay p50 / p99 | RSS | delivered |"
             .into(),
     );
-    out.push("| --- | --- | --- | --- | --- | --- | --- | --- |".into());
+    out.push("| --- | --- | --- | --- | --- | --- | --- | --- | --- |".into());
     let policies = [
         ("batch (default)", "fsync = \"batch\"\n"),
         ("interval (1s)", "fsync = \"interval\"\n"),
@@ -1035,6 +1045,10 @@ fn rates(broker: &Mosquitto, influx: &Influx, quick: bool) -> Vec<String> {
             continue;
         }
         for (name, spool) in policies {
+            // BENCH_FSYNC=batch runs only that policy (while tuning).
+            if std::env::var("BENCH_FSYNC").is_ok_and(|f| !name.starts_with(f.as_str())) {
+                continue;
+            }
             let cells: Vec<AtRate> = (0..reps)
                 .map(|rep| {
                     let m = format!("rates_{rate}_{}_{rep}", &name[..5]);
@@ -1045,9 +1059,10 @@ fn rates(broker: &Mosquitto, influx: &Influx, quick: bool) -> Vec<String> {
                 .collect();
             let cpu = med(&cells, |c| c.cpu_us);
             out.push(format!(
-                "| {rate}/s | {name} | {:.2}x | {cpu:.1} us | {:.1}x | {:.0} / {:.0} ms | {:.1} MiB | {:.0}/s |",
+                "| {rate}/s | {name} | {:.2}x | {cpu:.1} us | {:.1}x | {:.2} | {:.0} / {:.0} ms | {:.1} MiB | {:.0}/s |",
                 med(&cells, |c| c.block),
                 cpu / full,
+                med(&cells, |c| c.wakeups),
                 med(&cells, |c| c.p50_ms),
                 med(&cells, |c| c.p99_ms),
                 med(&cells, |c| c.rss_mib),
@@ -1179,5 +1194,40 @@ impl SysCounter {
 
     fn get(&self) -> u64 {
         self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A tool watching the daemon during a measured window, for profiling:
+/// `BENCH_PERF=DIR` records a perf profile to `DIR/perf-<phase>.data`;
+/// `BENCH_ATTACH='cmd'` runs `cmd` under `sh -c` with `{pid}` and
+/// `{phase}` replaced (`strace -c -f -p {pid}`, say). Stopped with SIGINT.
+struct Observer(Option<std::process::Child>);
+
+impl Observer {
+    fn attach(phase: &str, pid: u32, hz: u32) -> Observer {
+        let command = if let Ok(cmd) = std::env::var("BENCH_ATTACH") {
+            // exec: the SIGINT goes to the tool, not to the shell.
+            format!("exec {cmd}")
+                .replace("{pid}", &pid.to_string())
+                .replace("{phase}", phase)
+        } else if let Ok(dir) = std::env::var("BENCH_PERF") {
+            format!("exec perf record -F {hz} -g -o {dir}/perf-{phase}.data -p {pid} 2>/dev/null")
+        } else {
+            return Observer(None);
+        };
+        let child = std::process::Command::new("sh")
+            .args(["-c", &command])
+            .spawn()
+            .expect("BENCH_ATTACH/BENCH_PERF command");
+        // Attaching takes a moment; what it misses is not the window.
+        std::thread::sleep(Duration::from_millis(200));
+        Observer(Some(child))
+    }
+
+    fn stop(self) {
+        if let Some(mut child) = self.0 {
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+            let _ = child.wait();
+        }
     }
 }

@@ -79,9 +79,11 @@ fn a_shared_subscription_gives_each_point_to_exactly_one_gateway() {
     );
     let mut taken = Vec::new();
     for d in &mut daemons {
+        let status = d.terminate(Duration::from_secs(10));
         assert!(
-            d.terminate(Duration::from_secs(10))
-                .is_some_and(|s| s.success())
+            status.is_some_and(|s| s.success()),
+            "{status:?}\n{}",
+            d.log()
         );
         taken.push(final_counter(&d.log(), "messages in"));
     }

@@ -121,14 +121,32 @@ impl GroupRule {
     /// Counts a message that arrived at `now` into the held group (which
     /// starts at `tail` in the spool file if it is new). Returns why the
     /// group must go now, if it must.
+    #[cfg(test)]
     pub fn add(&mut self, bytes: u64, now: Instant, tail: u64) -> Option<Reason> {
+        self.add_read(bytes, now, now, tail)
+    }
+
+    /// [`GroupRule::add`] for a message read at `now` that may have come
+    /// as early as `earliest` (it waited in the socket while the reader
+    /// paused): the delay counts from `earliest`, the burst is told by
+    /// when messages were read.
+    pub fn add_read(
+        &mut self,
+        bytes: u64,
+        earliest: Instant,
+        now: Instant,
+        tail: u64,
+    ) -> Option<Reason> {
         if self.messages == 0 {
             self.start = tail;
             self.bytes = RECORD_HEADER;
-            self.first_at = Some(now);
-            // A broker that waited for those acks sends at once.
+            self.first_at = Some(earliest.min(now));
+            // A broker that waited for those acks sends at once; a
+            // message that may have come before them was not sent for them.
             self.burst = self.acked_at.is_some_and(|a| {
-                self.last_at.is_none_or(|l| a >= l) && now.saturating_duration_since(a) <= BURST
+                self.last_at.is_none_or(|l| a >= l)
+                    && earliest >= a
+                    && now.saturating_duration_since(a) <= BURST
             });
         } else if self
             .last_at
@@ -353,5 +371,16 @@ mod tests {
     fn the_estimate_counts_the_newline_line_protocol_gets() {
         assert_eq!(GroupRule::estimate(b"m v=1"), 6);
         assert_eq!(GroupRule::estimate(b"m v=1\n"), 6);
+    }
+
+    #[test]
+    fn a_message_that_waited_in_the_socket_counts_from_its_earliest_arrival() {
+        let mut r = rule();
+        let t0 = Instant::now();
+        r.acked(t0 + 80 * MS);
+        // Read right after the acks, but it may have come 80 ms before
+        // them: its delay runs from then, and it is no window's burst.
+        assert_eq!(r.add_read(70, t0, t0 + 81 * MS, 0), None);
+        assert_eq!(r.deadline(), Some((t0 + 750 * MS, Reason::Delay)));
     }
 }

@@ -25,6 +25,7 @@ use super::deadletter::{DeadLetters, Rejection, Source};
 use super::decode::topic_matches;
 use super::group::{GroupRule, Reason};
 use super::message::{AckToken, Group, Received};
+use super::reader::{Client, Pace, Polled, forward_events};
 use super::spool::Tail;
 use super::stats::Stats;
 use crate::backoff::Backoff;
@@ -77,7 +78,7 @@ impl Intake {
             .as_ref()
             .map(|_| format!("leasegate/{}/status", config.client_id));
         let (client, eventloop) = AsyncClient::new(options(&config, status_topic.as_deref()), 1024);
-        let (mut events, resume, poller) = forward_events(eventloop);
+        let client = Client::new(client);
         let (connected, watch_connected) = tokio::sync::watch::channel(false);
         let helpers = Helpers {
             client: client.clone(),
@@ -88,6 +89,15 @@ impl Intake {
             beat,
         };
         let (tasks, connection, acked) = helpers.spawn();
+        let pace = Pace::new(commit_delay);
+        log::debug!(
+            "MQTT reads pause up to {:?} between light reads",
+            pace.pause()
+        );
+        let (mut events, resume, poller) = forward_events(eventloop, &client, pace, {
+            let acked = acked.clone();
+            move || acked.last()
+        });
         let mut session = Session::new(client, config, stats, connection, connected, subscribed);
         let mut held = Held {
             group: Vec::new(),
@@ -121,14 +131,15 @@ impl Intake {
                     held.hand_over(deliveries.as_ref(), &shutdown, why).await;
                     continue;
                 }
-                event = events.recv() => match event {
-                    Some(event) => event,
+                read = events.recv() => match read {
+                    Some(read) => read,
                     None => break,
                 },
             };
             let go_on = session
                 .on_event(
-                    event,
+                    event.event,
+                    event.earliest,
                     &mut held,
                     deliveries.as_ref(),
                     &shutdown,
@@ -150,9 +161,6 @@ impl Intake {
     }
 }
 
-/// A connection event, or why the connection failed.
-type Polled = Result<Event, rumqttc::ConnectionError>;
-
 /// What the session's loop does after an event.
 enum Next {
     Go,
@@ -161,42 +169,10 @@ enum Next {
     Stop,
 }
 
-/// Polls the event loop on a task of its own and passes each event on.
-/// A poll is never cancelled halfway this way: the session's loop selects
-/// on timers (the group commit's) as well, and rumqttc's poll dropped in
-/// the middle of writing a packet (an ack, a subscribe) loses that packet.
-/// After an error the poller waits for `resume` before it reconnects, so
-/// that the session's backoff paces the reconnects.
-fn forward_events(
-    mut eventloop: rumqttc::EventLoop,
-) -> (
-    mpsc::Receiver<Polled>,
-    mpsc::Sender<()>,
-    tokio::task::JoinHandle<()>,
-) {
-    // One event in the channel: what waits here is outside the intake's
-    // byte budget.
-    let (tx, rx) = mpsc::channel(1);
-    let (resume, mut resumed) = mpsc::channel(1);
-    let poller = tokio::spawn(async move {
-        loop {
-            let event = eventloop.poll().await;
-            let failed = event.is_err();
-            if tx.send(event).await.is_err() {
-                return;
-            }
-            if failed && resumed.recv().await.is_none() {
-                return;
-            }
-        }
-    });
-    (rx, resume, poller)
-}
-
 /// The intake's tasks beside the event loop: the acker, the status
 /// publisher and the watchdog beat.
 struct Helpers {
-    client: AsyncClient,
+    client: Client,
     acks: mpsc::UnboundedReceiver<AckToken>,
     /// With `publish_status`: the report and its topic.
     status: Option<(Arc<super::status::Reporter>, String)>,
@@ -283,7 +259,7 @@ fn options(config: &Mqtt, status_topic: Option<&str>) -> MqttOptions {
 
 /// What the event loop keeps between events.
 struct Session {
-    client: AsyncClient,
+    client: Client,
     config: Mqtt,
     stats: Arc<Stats>,
     broker: String,
@@ -309,7 +285,7 @@ struct Session {
 
 impl Session {
     fn new(
-        client: AsyncClient,
+        client: Client,
         config: Mqtt,
         stats: Arc<Stats>,
         connection: Arc<AtomicU64>,
@@ -432,6 +408,7 @@ impl Session {
     async fn on_event(
         &mut self,
         event: Polled,
+        earliest: std::time::Instant,
         held: &mut Held,
         deliveries: Option<&mpsc::Sender<Group>>,
         shutdown: &Shutdown,
@@ -447,7 +424,8 @@ impl Session {
                 Next::Go
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                self.on_publish(publish, held, deliveries, shutdown).await;
+                self.on_publish(publish, earliest, held, deliveries, shutdown)
+                    .await;
                 Next::Go
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => Next::Stop,
@@ -471,13 +449,15 @@ impl Session {
         }
     }
 
-    /// Adds a message as it came to the held group, handing the group
+    /// Adds a message as it came (as early as `earliest`, as [`Pace`]
+    /// stamps it) to the held group, handing the group
     /// over when the group rule says so. A QoS 0 message that does not fit
     /// in the byte budget is dropped (it promises nothing); a QoS 1 message
     /// waits for room, as the broker keeps it until it is acked.
     async fn on_publish(
         &mut self,
         publish: Publish,
+        earliest: std::time::Instant,
         held: &mut Held,
         deliveries: Option<&mpsc::Sender<Group>>,
         shutdown: &Shutdown,
@@ -524,14 +504,14 @@ impl Session {
                 }
             }
         };
-        let at = std::time::Instant::now();
+        let now = std::time::Instant::now();
         held.seen_acks();
         let tail = held.tail_now();
-        let why = held.rule.add(estimate, at, tail);
+        let why = held.rule.add_read(estimate, earliest, now, tail);
         held.group.push(Received {
             publish,
             ack,
-            at,
+            at: earliest,
             budget: permit,
         });
         if why.is_some() {
@@ -595,7 +575,7 @@ impl Session {
 /// earlier connection; when the appender is done (its sender dropped),
 /// disconnects cleanly.
 async fn send_acks(
-    client: AsyncClient,
+    client: Client,
     mut acks: mpsc::UnboundedReceiver<AckToken>,
     connection: Arc<AtomicU64>,
     acked: Arc<AckClock>,
@@ -724,6 +704,13 @@ impl AckClock {
         }
     }
 
+    fn last(&self) -> Option<std::time::Instant> {
+        match self.micros.load(Ordering::Relaxed) {
+            0 => None,
+            micros => Some(self.epoch + Duration::from_micros(micros)),
+        }
+    }
+
     fn mark(&self) {
         let micros = self.epoch.elapsed().as_micros().max(1) as u64;
         self.micros.store(micros, Ordering::Relaxed);
@@ -742,7 +729,7 @@ async fn sleep_until(deadline: Option<(std::time::Instant, Reason)>) {
 /// Publishes the status report, retained, every `interval` while the
 /// broker session is up, and once at each new connection.
 async fn publish_status(
-    client: AsyncClient,
+    client: Client,
     topic: String,
     reporter: Arc<super::status::Reporter>,
     interval: Duration,
@@ -795,7 +782,7 @@ enum Subscribed {
 /// no subscription and goes to the dead-letter file, acked: nothing is
 /// lost silently.
 fn resubscribe(
-    client: &AsyncClient,
+    client: &Client,
     config: &mut Mqtt,
     suback_for: &mut std::collections::VecDeque<Subscribed>,
     unconfirmed: &mut Vec<String>,

@@ -25,6 +25,7 @@ mod message;
 pub mod metrics;
 mod oversize;
 pub mod pipeline;
+mod reader;
 pub mod refusal;
 mod reload;
 pub mod sink;
@@ -64,8 +65,12 @@ pub enum AgentError {
     Signals(#[source] std::io::Error),
     #[error("the {0} thread stopped unexpectedly")]
     ThreadDied(&'static str),
-    #[error("did not finish draining within {}", humantime::format_duration(*.0))]
-    DrainTimeout(Duration),
+    #[error(
+        "did not finish draining within {} (still busy: {})",
+        humantime::format_duration(*.0),
+        .1
+    )]
+    DrainTimeout(Duration, String),
 }
 
 /// A configuration reload on SIGHUP: the file to read again.
@@ -175,7 +180,10 @@ fn drain(
             Ok(_) => {}
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
                 if busy(&ended) != ["writer"] {
-                    return Err(AgentError::DrainTimeout(config.shutdown_timeout));
+                    return Err(AgentError::DrainTimeout(
+                        config.shutdown_timeout,
+                        busy(&ended).join(", "),
+                    ));
                 }
                 log::warn!(
                     "a write to InfluxDB is still in flight; leaving it, its points stay in the spool"

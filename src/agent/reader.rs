@@ -1,0 +1,412 @@
+//! Reading the broker connection: rumqttc's event loop on a task of its
+//! own, read in bunches at the rates gateways see, and the handle through
+//! which the intake's tasks send to the broker ([`Client`]).
+//!
+//! At 100 one-point messages a second each message used to cost a wake-up
+//! of the `mqtt` thread, an `epoll_wait`, a `recv` and the TCP ack the
+//! kernel sends for it: more CPU than everything else the daemon does per
+//! point. The intake holds messages for their group commit anyway
+//! (`spool.commit_delay`), so a message may as well wait in the socket's
+//! buffer for a moment: after a read that found only a few messages, the
+//! reader pauses for [`Pace::pause`] before it reads again, and the next
+//! read takes several at once. It never pauses when a read was full (a
+//! backlog or a fast stream reads back to back), after sending a request
+//! of ours (more may be queued: a group's acks go out back to back), when
+//! acks went out just now (a broker waiting for them sends its next window
+//! at once), or when holding is off (`commit_delay = 0`); a request for
+//! the broker (an ack, a subscription, a status message) ends a pause at
+//! once.
+//!
+//! A message read after a pause may have arrived at any time during it, so
+//! it is stamped with the end of the read before the pause: the group's
+//! deadline and the ack-delay figures count from the earliest moment the
+//! message can have come, and `commit_delay` still bounds every ack.
+//!
+//! This module must never look at a message's content, and never drop an
+//! event the session needs (only the echoes of our own outgoing packets,
+//! which the session ignores, stay here).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, ClientError, Event, Outgoing, Packet, Publish, QoS};
+use tokio::sync::{Notify, mpsc};
+
+/// A connection event, or why the connection failed.
+pub type Polled = Result<Event, rumqttc::ConnectionError>;
+
+/// An event with the earliest moment its packet can have arrived.
+pub struct Read {
+    pub event: Polled,
+    pub earliest: Instant,
+}
+
+/// The longest read pause, whatever `commit_delay` allows.
+pub const MAX_PAUSE: Duration = Duration::from_millis(100);
+/// A read that brings this many messages or more is not paused after:
+/// more are likely waiting (rumqttc reads at most 9 packets at a time).
+pub const FULL_READ: u32 = 8;
+/// Acks sent this recently mean the broker may be sending the next
+/// window: no pause.
+pub const AFTER_ACKS: Duration = Duration::from_millis(10);
+
+/// The intake's handle on the broker session: rumqttc's client, waking
+/// the reader for every request so that a pause never holds up an ack.
+#[derive(Clone)]
+pub struct Client {
+    inner: AsyncClient,
+    wake: Arc<Notify>,
+}
+
+impl Client {
+    pub fn new(inner: AsyncClient) -> Client {
+        Client {
+            inner,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Woken before a request too: if the request queue is full, the
+    /// reader must drain it for the call to return.
+    pub async fn ack(&self, publish: &Publish) -> Result<(), ClientError> {
+        self.wake.notify_one();
+        let sent = self.inner.ack(publish).await;
+        self.wake.notify_one();
+        sent
+    }
+
+    pub async fn publish(
+        &self,
+        topic: String,
+        qos: QoS,
+        retain: bool,
+        body: &'static str,
+    ) -> Result<(), ClientError> {
+        self.wake.notify_one();
+        let sent = self.inner.publish(topic, qos, retain, body).await;
+        self.wake.notify_one();
+        sent
+    }
+
+    pub async fn disconnect(&self) -> Result<(), ClientError> {
+        self.wake.notify_one();
+        let sent = self.inner.disconnect().await;
+        self.wake.notify_one();
+        sent
+    }
+
+    /// The `try_` calls never wait: the session's own task drains the
+    /// queue they would wait on.
+    pub fn try_publish(
+        &self,
+        topic: String,
+        qos: QoS,
+        retain: bool,
+        body: Vec<u8>,
+    ) -> Result<(), ClientError> {
+        let sent = self.inner.try_publish(topic, qos, retain, body);
+        self.wake.notify_one();
+        sent
+    }
+
+    pub fn try_subscribe(&self, topic: &str, qos: QoS) -> Result<(), ClientError> {
+        let sent = self.inner.try_subscribe(topic, qos);
+        self.wake.notify_one();
+        sent
+    }
+
+    pub fn try_subscribe_many(
+        &self,
+        filters: impl IntoIterator<Item = rumqttc::SubscribeFilter>,
+    ) -> Result<(), ClientError> {
+        let sent = self.inner.try_subscribe_many(filters);
+        self.wake.notify_one();
+        sent
+    }
+
+    pub fn try_unsubscribe(&self, topic: String) -> Result<(), ClientError> {
+        let sent = self.inner.try_unsubscribe(topic);
+        self.wake.notify_one();
+        sent
+    }
+}
+
+/// When the reader pauses, and how each event is stamped: plain values
+/// and the clock the caller passes in, so it is tested without a broker.
+#[derive(Debug)]
+pub struct Pace {
+    pause: Duration,
+    /// Messages the last read of the socket brought.
+    messages: u32,
+    /// When the last read of the socket returned.
+    read_at: Option<Instant>,
+    /// The reader paused since that read.
+    paused: bool,
+    /// The last poll brought a packet from the broker: one that sent a
+    /// request of ours is followed by the next request, if one waits, not
+    /// by a pause (the requests queue behind it).
+    after_read: bool,
+    /// The stamp of the current read's events.
+    earliest: Option<Instant>,
+}
+
+impl Pace {
+    /// `commit_delay`: how long the intake may hold a message. A pause is
+    /// an eighth of it, at most [`MAX_PAUSE`]: a small part of each ack's
+    /// delay bound, enough for several messages a read at 100 a second.
+    pub fn new(commit_delay: Duration) -> Pace {
+        Pace::new_with((commit_delay / 8).min(MAX_PAUSE))
+    }
+
+    fn new_with(pause: Duration) -> Pace {
+        Pace {
+            pause,
+            messages: 0,
+            read_at: None,
+            paused: false,
+            after_read: false,
+            earliest: None,
+        }
+    }
+
+    pub fn pause(&self) -> Duration {
+        self.pause
+    }
+
+    /// Before a poll that reads the network (`buffered`: rumqttc still
+    /// holds events of the last read, so it does not): how long to pause
+    /// first. `acked_at`: when acks last went out.
+    pub fn before_read(
+        &mut self,
+        buffered: bool,
+        now: Instant,
+        acked_at: Option<Instant>,
+    ) -> Option<Duration> {
+        if buffered || self.pause.is_zero() {
+            return None;
+        }
+        let light = self.after_read && self.messages > 0 && self.messages < FULL_READ;
+        let acks_just_went =
+            acked_at.is_some_and(|a| now.saturating_duration_since(a) < AFTER_ACKS);
+        (light && !acks_just_went).then_some(self.pause)
+    }
+
+    /// A pause (or part of one) was waited.
+    pub fn paused(&mut self) {
+        self.paused = true;
+    }
+
+    /// A poll returned at `now` with `event`, from the network unless
+    /// `buffered`. Returns the stamp for the event. Only a packet from the
+    /// broker is a read of the socket: a poll that sent one of our
+    /// requests (it may end a pause) leaves what was read, and when, as
+    /// it was.
+    pub fn on_event(&mut self, buffered: bool, event: &Polled, now: Instant) -> Instant {
+        match event {
+            Ok(Event::Incoming(packet)) => {
+                if !buffered {
+                    let before = self.read_at.replace(now);
+                    self.earliest = Some(match before {
+                        Some(before) if self.paused => before,
+                        _ => now,
+                    });
+                    self.paused = false;
+                    self.messages = 0;
+                }
+                if matches!(packet, Packet::Publish(_)) {
+                    self.messages += 1;
+                }
+                self.after_read = true;
+                self.earliest.unwrap_or(now)
+            }
+            Ok(Event::Outgoing(_)) => {
+                self.after_read = false;
+                now
+            }
+            Err(_) => {
+                // A new connection starts afresh.
+                *self = Pace::new_with(self.pause);
+                now
+            }
+        }
+    }
+}
+
+/// Polls the event loop on a task of its own and passes each event on,
+/// pacing the reads as [`Pace`] says. A poll is never cancelled halfway
+/// this way: the session's loop selects on timers (the group commit's)
+/// as well, and rumqttc's poll dropped in the middle of writing a packet
+/// (an ack, a subscribe) loses that packet. After an error the poller
+/// waits for `resume` before it reconnects, so that the session's backoff
+/// paces the reconnects. `acked_at` tells when acks last went out.
+pub fn forward_events(
+    mut eventloop: rumqttc::EventLoop,
+    client: &Client,
+    mut pace: Pace,
+    acked_at: impl Fn() -> Option<Instant> + Send + 'static,
+) -> (
+    mpsc::Receiver<Read>,
+    mpsc::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    // One event in the channel: what waits here is outside the intake's
+    // byte budget.
+    let (tx, rx) = mpsc::channel(1);
+    let (resume, mut resumed) = mpsc::channel(1);
+    let wake = client.wake.clone();
+    let poller = tokio::spawn(async move {
+        loop {
+            let buffered = !eventloop.state.events.is_empty();
+            if let Some(pause) = pace.before_read(buffered, Instant::now(), acked_at()) {
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = wake.notified() => {}
+                }
+                pace.paused();
+            }
+            let event = eventloop.poll().await;
+            let earliest = pace.on_event(buffered, &event, Instant::now());
+            if matches!(&event, Ok(Event::Outgoing(o)) if !matches!(o, Outgoing::Disconnect)) {
+                // Our own acks, pings and subscribes: nothing for the
+                // session, and a wake-up less per ack.
+                continue;
+            }
+            let failed = event.is_err();
+            if tx.send(Read { event, earliest }).await.is_err() {
+                return;
+            }
+            if failed && resumed.recv().await.is_none() {
+                return;
+            }
+        }
+    });
+    (rx, resume, poller)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[allow(clippy::result_large_err, reason = "rumqttc's own type")]
+    fn publish() -> Polled {
+        Ok(Event::Incoming(Packet::Publish(Publish::new(
+            "t",
+            QoS::AtLeastOnce,
+            "m v=1",
+        ))))
+    }
+
+    #[allow(clippy::result_large_err, reason = "rumqttc's own type")]
+    fn ping() -> Polled {
+        Ok(Event::Outgoing(Outgoing::PingReq))
+    }
+
+    /// One network read of `n` messages at `at`.
+    fn read(pace: &mut Pace, n: u32, at: Instant) -> Vec<Instant> {
+        (0..n)
+            .map(|i| pace.on_event(i > 0, &publish(), at))
+            .collect()
+    }
+
+    #[test]
+    fn a_light_read_is_followed_by_a_pause_of_an_eighth_of_the_delay() {
+        let mut pace = Pace::new(Duration::from_millis(400));
+        let t0 = Instant::now();
+        read(&mut pace, 1, t0);
+        assert_eq!(pace.before_read(false, t0, None), Some(50 * MS));
+        // Not while rumqttc still holds events of that read.
+        assert_eq!(pace.before_read(true, t0, None), None);
+    }
+
+    #[test]
+    fn the_pause_is_capped() {
+        let pace = Pace::new(Duration::from_secs(5));
+        assert_eq!(pace.pause(), MAX_PAUSE);
+    }
+
+    #[test]
+    fn no_holding_means_no_pause() {
+        let mut pace = Pace::new(Duration::ZERO);
+        let t0 = Instant::now();
+        read(&mut pace, 1, t0);
+        assert_eq!(pace.before_read(false, t0, None), None);
+    }
+
+    #[test]
+    fn a_full_read_is_read_again_at_once() {
+        let mut pace = Pace::new(Duration::from_millis(750));
+        let t0 = Instant::now();
+        read(&mut pace, FULL_READ, t0);
+        assert_eq!(pace.before_read(false, t0, None), None);
+        // A read of fewer after it pauses again.
+        read(&mut pace, FULL_READ - 1, t0 + MS);
+        assert!(pace.before_read(false, t0 + MS, None).is_some());
+    }
+
+    #[test]
+    fn no_pause_right_after_acks_went_out() {
+        let mut pace = Pace::new(Duration::from_millis(750));
+        let t0 = Instant::now();
+        read(&mut pace, 1, t0);
+        assert_eq!(pace.before_read(false, t0 + 5 * MS, Some(t0)), None);
+        assert!(pace.before_read(false, t0 + 20 * MS, Some(t0)).is_some());
+    }
+
+    #[test]
+    fn a_read_of_no_messages_is_no_reason_to_pause() {
+        let mut pace = Pace::new(Duration::from_millis(750));
+        let t0 = Instant::now();
+        pace.on_event(false, &ping(), t0);
+        assert_eq!(pace.before_read(false, t0, None), None);
+        let suback = Ok(Event::Incoming(Packet::PingResp));
+        pace.on_event(false, &suback, t0);
+        assert_eq!(pace.before_read(false, t0, None), None);
+    }
+
+    #[test]
+    fn sending_an_ack_during_a_pause_is_no_read() {
+        let mut pace = Pace::new(Duration::from_millis(750));
+        let t0 = Instant::now();
+        read(&mut pace, 1, t0);
+        assert!(pace.before_read(false, t0, None).is_some());
+        pace.paused();
+        // The ack ends the pause and goes out; a message that came during
+        // the pause is read right after it.
+        pace.on_event(false, &ping(), t0 + 40 * MS);
+        // More requests may be queued behind it: no pause.
+        assert_eq!(pace.before_read(false, t0 + 40 * MS, None), None);
+        assert_eq!(read(&mut pace, 1, t0 + 41 * MS), vec![t0]);
+        assert!(pace.before_read(false, t0 + 41 * MS, None).is_some());
+    }
+
+    #[test]
+    fn a_lost_connection_starts_afresh() {
+        let mut pace = Pace::new(Duration::from_millis(750));
+        let t0 = Instant::now();
+        read(&mut pace, 1, t0);
+        pace.paused();
+        pace.on_event(false, &Err(rumqttc::ConnectionError::RequestsDone), t0 + MS);
+        let t1 = t0 + 2 * MS;
+        assert_eq!(read(&mut pace, 1, t1), vec![t1]);
+    }
+
+    #[test]
+    fn messages_read_after_a_pause_count_from_the_read_before_it() {
+        let mut pace = Pace::new(Duration::from_millis(750));
+        let t0 = Instant::now();
+        assert_eq!(read(&mut pace, 1, t0), vec![t0]);
+        assert!(pace.before_read(false, t0, None).is_some());
+        pace.paused();
+        let t1 = t0 + 90 * MS;
+        // They may have come right after the first read.
+        assert_eq!(read(&mut pace, 3, t1), vec![t0; 3]);
+        // Read without a pause: stamped when read.
+        let t2 = t1 + 30 * MS;
+        assert_eq!(read(&mut pace, FULL_READ, t2)[0], t2);
+        assert_eq!(pace.before_read(false, t2, None), None);
+        let t3 = t2 + MS;
+        assert_eq!(read(&mut pace, 1, t3), vec![t3]);
+    }
+}
