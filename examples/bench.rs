@@ -22,7 +22,11 @@
 //!    byte, CPU per point against the full-speed figure of the same run,
 //!    ack delay p50/p99 and RSS, median of 3; and 1,000 a second through
 //!    a Mosquitto with its default `max_inflight_messages 20`, watching
-//!    the broker's queue.
+//!    the broker's queue;
+//! 7. a spool backlog of 200,000 points drained into InfluxDB 1.x against
+//!    direct 5,000-line POSTs to the same server, and a backlog of as many
+//!    messages queued in the broker, alternated three times
+//!    (`--spool-drain-only` runs just this).
 //!
 //! `--quick` runs smaller and shorter (a smoke run, not figures to quote).
 //! Every wait is bounded; every process it starts is stopped by PID.
@@ -53,6 +57,8 @@ struct Sizes {
     steady_secs: u64,
     outage_secs: u64,
     drain_ingest: u64,
+    /// Points in the spool backlog of the drain-against-direct phase.
+    spool_drain: u64,
 }
 
 fn main() {
@@ -64,6 +70,7 @@ fn main() {
             steady_secs: 5,
             outage_secs: 5,
             drain_ingest: 2_000,
+            spool_drain: 20_000,
         }
     } else {
         Sizes {
@@ -72,6 +79,7 @@ fn main() {
             steady_secs: 30,
             outage_secs: 60,
             drain_ingest: 2_000,
+            spool_drain: 200_000,
         }
     };
     let broker = Mosquitto::start();
@@ -80,6 +88,18 @@ fn main() {
     let sink = CountingSink::start();
     let mut report = Report::default();
     let idle_secs = if quick { 10 } else { 60 };
+    if std::env::args().any(|a| a == "--spool-drain-only") {
+        let mut influx = influx;
+        report.extend(drain_vs_direct(
+            &broker,
+            &mut influx,
+            sizes.spool_drain,
+            sizes.reps.min(3),
+        ));
+        println!("machine: {}", machine());
+        println!("{}", report.0.join("\n"));
+        return;
+    }
     if std::env::args().any(|a| a == "--drain-only") {
         report.extend(drain_after_outage(
             &broker,
@@ -170,6 +190,15 @@ fn main() {
 
     // 6. The rates gateways see.
     report.extend(rates(&broker, &influx, quick));
+
+    // 7. A spool backlog against direct POSTs.
+    let mut influx = influx;
+    report.extend(drain_vs_direct(
+        &broker,
+        &mut influx,
+        sizes.spool_drain,
+        sizes.reps,
+    ));
 
     // 4. Drain after an outage.
     report.extend(drain_after_outage(
@@ -1230,4 +1259,131 @@ impl Observer {
             let _ = child.wait();
         }
     }
+}
+
+/// A daemon's `/metrics` value of `name` (0 if it is not up yet).
+fn metric(port: u16, name: &str) -> u64 {
+    let Ok(mut resp) = ureq::get(format!("http://127.0.0.1:{port}/metrics")).call() else {
+        return 0;
+    };
+    let body = resp.body_mut().read_to_string().unwrap_or_default();
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The drain of a spool backlog into InfluxDB 1.x against the same
+/// InfluxDB taking direct 5,000-line POSTs, alternated, `reps` times in
+/// one run. The backlog is `n` points spooled while InfluxDB was down; the
+/// daemon is then restarted with InfluxDB up (so no retry backoff is
+/// measured) and timed from its start, spool recovery included, until
+/// InfluxDB has taken all but the last batch (as in
+/// [`leasegate_backlog_rate`]). The direct POSTs carry the same lines,
+/// uncompressed, one request at a time, as fast as InfluxDB answers.
+fn drain_vs_direct(broker: &Mosquitto, influx: &mut Influx, n: u64, reps: usize) -> Vec<String> {
+    let counted = n - BATCH_LINES;
+    let (mut directs, mut drains, mut ratios, mut cpus) = (vec![], vec![], vec![], vec![]);
+    let mut brokers = vec![];
+    for rep in 0..reps {
+        let direct = {
+            let measurement = format!("direct_{rep}");
+            let bodies: Vec<String> = (0..counted)
+                .collect::<Vec<u64>>()
+                .chunks(BATCH_LINES as usize)
+                .map(|chunk| {
+                    let mut body = String::new();
+                    for &i in chunk {
+                        body.push_str(&String::from_utf8(message(&measurement, i).1).unwrap());
+                        body.push('\n');
+                    }
+                    body
+                })
+                .collect();
+            let t0 = Instant::now();
+            for body in &bodies {
+                let (status, answer) = influx.write("sensors", body);
+                assert_eq!(status, 204, "{answer}");
+            }
+            counted as f64 / t0.elapsed().as_secs_f64()
+        };
+        // The whole path too: a backlog queued in the broker's session.
+        let mqtt_m = format!("mqttdrain_{rep}");
+        let (from_broker, ..) = leasegate_backlog_rate(
+            broker,
+            &influx.url(),
+            INFLUX_TARGET,
+            n,
+            &mqtt_m,
+            Duration::from_millis(50),
+            || influx.count("sensors", &mqtt_m, "seq"),
+        );
+        let measurement = format!("spooldrain_{rep}");
+        let port = support::free_port();
+        let config = format!(
+            "{}[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
+            daemon_config(broker, &influx.url(), INFLUX_TARGET, &measurement)
+        );
+        influx.stop();
+        let mut daemon = start_daemon(&config);
+        assert!(daemon.wait_for_log("subscribed to", 1, Duration::from_secs(20)));
+        preload(broker, &measurement, n);
+        assert!(
+            wait_until(Duration::from_secs(120), || metric(
+                port,
+                "leasegate_points_in_total"
+            ) >= n),
+            "the backlog was not spooled\n{}",
+            daemon.log()
+        );
+        assert!(daemon.terminate(Duration::from_secs(10)).is_some());
+        influx.restart();
+        let started = Instant::now();
+        daemon.restart();
+        let perf = Observer::attach(&measurement, daemon.pid(), 2999);
+        let drained = wait_until(Duration::from_secs(300), || {
+            metric(port, "leasegate_points_written_total") >= counted
+        });
+        let took = started.elapsed();
+        perf.stop();
+        assert!(drained, "the spool did not drain\n{}", daemon.log());
+        let cpu = Proc { pid: daemon.pid() }.cpu();
+        influx.assert_arrives(&measurement, n, Duration::from_secs(60), &daemon);
+        assert!(daemon.terminate(Duration::from_secs(10)).is_some());
+        let drain = counted as f64 / took.as_secs_f64();
+        eprintln!(
+            "bench: (round {rep}: direct POSTs {} points/s, spool drain {} points/s, ratio {:.2}, {:.2} us of CPU per point; broker backlog {} points/s, ratio {:.2})",
+            round(direct),
+            round(drain),
+            drain / direct,
+            cpu.as_secs_f64() * 1e6 / counted as f64,
+            round(from_broker),
+            from_broker / direct,
+        );
+        brokers.push(from_broker / direct);
+        directs.push(direct);
+        drains.push(drain);
+        ratios.push(drain / direct);
+        cpus.push(cpu.as_secs_f64() * 1e6 / counted as f64);
+    }
+    let list = |xs: &[f64]| {
+        xs.iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    vec![
+        format!(
+            "spool backlog of {n} points into InfluxDB 1.x: {} points/s from the daemon's start; direct 5,000-line POSTs to the same InfluxDB {} points/s; ratio drain/direct {:.2} (median of {reps} alternated rounds, ratios {}); {:.2} us of CPU per point",
+            round(median(&mut drains)),
+            round(median(&mut directs)),
+            median(&mut ratios.clone()),
+            list(&ratios),
+            median(&mut cpus),
+        ),
+        format!(
+            "a backlog of {n} messages queued in the broker, into the same InfluxDB: ratio to the direct POSTs {:.2} (median, ratios {})",
+            median(&mut brokers.clone()),
+            list(&brokers),
+        ),
+    ]
 }

@@ -10,7 +10,9 @@
 //! buffer for a moment: after a read that found only a few messages, the
 //! reader pauses for [`Pace::pause`] before it reads again, and the next
 //! read takes several at once. It never pauses when a read was full (a
-//! backlog or a fast stream reads back to back), after sending a request
+//! backlog or a fast stream reads back to back), for a while after a
+//! pause that brought no more than one message (a stream of a few
+//! messages a second gains nothing), after sending a request
 //! of ours (more may be queued: a group's acks go out back to back), when
 //! acks went out just now (a broker waiting for them sends its next window
 //! at once), or when holding is off (`commit_delay = 0`); a request for
@@ -46,6 +48,10 @@ pub const MAX_PAUSE: Duration = Duration::from_millis(100);
 /// A read that brings this many messages or more is not paused after:
 /// more are likely waiting (rumqttc reads at most 9 packets at a time).
 pub const FULL_READ: u32 = 8;
+/// After a pause that brought no more than one message, this many light
+/// reads go without one (then a pause is tried again): a stream of a few
+/// messages a second gains nothing from waiting.
+pub const SKIP_AFTER_IDLE_PAUSE: u32 = 8;
 /// Acks sent this recently mean the broker may be sending the next
 /// window: no pause.
 pub const AFTER_ACKS: Duration = Duration::from_millis(10);
@@ -146,6 +152,11 @@ pub struct Pace {
     /// request of ours is followed by the next request, if one waits, not
     /// by a pause (the requests queue behind it).
     after_read: bool,
+    /// The last read came after a pause (whether it paid is told once).
+    read_after_pause: bool,
+    /// Light reads still to go without a pause, after one that brought
+    /// no more than a message.
+    skip: u32,
     /// The stamp of the current read's events.
     earliest: Option<Instant>,
 }
@@ -165,6 +176,8 @@ impl Pace {
             read_at: None,
             paused: false,
             after_read: false,
+            read_after_pause: false,
+            skip: 0,
             earliest: None,
         }
     }
@@ -185,10 +198,22 @@ impl Pace {
         if buffered || self.pause.is_zero() {
             return None;
         }
+        if std::mem::take(&mut self.read_after_pause) && self.messages < 2 {
+            // The stream is slower than one message a pause: pausing
+            // costs a timer's wake-up and saves nothing.
+            self.skip = SKIP_AFTER_IDLE_PAUSE;
+        }
         let light = self.after_read && self.messages > 0 && self.messages < FULL_READ;
         let acks_just_went =
             acked_at.is_some_and(|a| now.saturating_duration_since(a) < AFTER_ACKS);
-        (light && !acks_just_went).then_some(self.pause)
+        if !light || acks_just_went {
+            return None;
+        }
+        if self.skip > 0 {
+            self.skip -= 1;
+            return None;
+        }
+        Some(self.pause)
     }
 
     /// A pause (or part of one) was waited.
@@ -205,6 +230,7 @@ impl Pace {
         match event {
             Ok(Event::Incoming(packet)) => {
                 if !buffered {
+                    self.read_after_pause = self.paused;
                     let before = self.read_at.replace(now);
                     self.earliest = Some(match before {
                         Some(before) if self.paused => before,
@@ -321,6 +347,29 @@ mod tests {
     }
 
     #[test]
+    fn a_slow_stream_is_not_paused_for_nothing() {
+        let mut pace = Pace::new(Duration::from_millis(750));
+        let mut t = Instant::now();
+        read(&mut pace, 1, t);
+        assert!(pace.before_read(false, t, None).is_some());
+        pace.paused();
+        // One message a pause: the pause saved no read.
+        t += 100 * MS;
+        read(&mut pace, 1, t);
+        for _ in 0..SKIP_AFTER_IDLE_PAUSE {
+            assert_eq!(pace.before_read(false, t, None), None);
+            t += 100 * MS;
+            read(&mut pace, 1, t);
+        }
+        // Then it tries again; a pause that brings several keeps pausing.
+        assert!(pace.before_read(false, t, None).is_some());
+        pace.paused();
+        t += 100 * MS;
+        read(&mut pace, 3, t);
+        assert!(pace.before_read(false, t, None).is_some());
+    }
+
+    #[test]
     fn the_pause_is_capped() {
         let pace = Pace::new(Duration::from_secs(5));
         assert_eq!(pace.pause(), MAX_PAUSE);
@@ -377,7 +426,7 @@ mod tests {
         pace.on_event(false, &ping(), t0 + 40 * MS);
         // More requests may be queued behind it: no pause.
         assert_eq!(pace.before_read(false, t0 + 40 * MS, None), None);
-        assert_eq!(read(&mut pace, 1, t0 + 41 * MS), vec![t0]);
+        assert_eq!(read(&mut pace, 2, t0 + 41 * MS), vec![t0; 2]);
         assert!(pace.before_read(false, t0 + 41 * MS, None).is_some());
     }
 
