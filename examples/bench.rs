@@ -26,7 +26,14 @@
 //! 7. a spool backlog of 200,000 points drained into InfluxDB 1.x against
 //!    direct 5,000-line POSTs to the same server, and a backlog of as many
 //!    messages queued in the broker, alternated three times
-//!    (`--spool-drain-only` runs just this).
+//!    (`--spool-drain-only` runs just this);
+//! 8. the static armv7 build under qemu-arm against this machine's build:
+//!    the same backlog into the counting sink, alternated, CPU per point of
+//!    each and their ratio (`--arm-only`; needs the binary that
+//!    `cross/build.sh armv7-unknown-linux-musleabihf` makes, or
+//!    BENCH_ARM_BIN, and BENCH_ARM_RUNNER if not qemu-arm; skipped
+//!    without it). Emulation is not an ARM core: the ratio says what
+//!    emulation costs, not what a gateway will use.
 //!
 //! `--quick` runs smaller and shorter (a smoke run, not figures to quote).
 //! Every wait is bounded; every process it starts is stopped by PID.
@@ -36,6 +43,7 @@ mod procfs;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
@@ -59,6 +67,8 @@ struct Sizes {
     drain_ingest: u64,
     /// Points in the spool backlog of the drain-against-direct phase.
     spool_drain: u64,
+    /// Points in the backlog of the armv7-under-qemu phase.
+    arm_backlog: u64,
 }
 
 fn main() {
@@ -71,6 +81,7 @@ fn main() {
             outage_secs: 5,
             drain_ingest: 2_000,
             spool_drain: 20_000,
+            arm_backlog: 20_000,
         }
     } else {
         Sizes {
@@ -80,6 +91,7 @@ fn main() {
             outage_secs: 60,
             drain_ingest: 2_000,
             spool_drain: 200_000,
+            arm_backlog: 100_000,
         }
     };
     let broker = Mosquitto::start();
@@ -123,13 +135,27 @@ fn main() {
         return;
     }
 
+    if std::env::args().any(|a| a == "--arm-only") {
+        report.extend(arm_under_qemu(
+            &broker,
+            &sink,
+            sizes.arm_backlog,
+            sizes.reps.min(3),
+        ));
+        println!("machine: {}", machine());
+        println!("{}", report.0.join("\n"));
+        return;
+    }
+
     // 1. Throughput on a backlog. The machine is shared and noisy, so the
     // plain subscriber and leasegate take turns, and the medians count.
     let n = sizes.backlog;
+    let native = support::leasegate_argv();
     let (mut plains, mut sinks, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for rep in 1..=sizes.reps {
         let plain = plain_subscriber_rate(&broker, n);
         let (to_sink, ..) = leasegate_backlog_rate(
+            &native,
             &broker,
             &sink.url(),
             SINK_DB,
@@ -163,6 +189,7 @@ fn main() {
         ratios.last().unwrap(),
     ));
     let (to_influx, ..) = leasegate_backlog_rate(
+        &native,
         &broker,
         &influx.url(),
         "database = \"sensors\"\nusername = \"writer\"\npassword = \"writer-pw\"\n",
@@ -198,6 +225,15 @@ fn main() {
         &mut influx,
         sizes.spool_drain,
         sizes.reps,
+    ));
+
+    // 8. The armv7 build under qemu (before the drain, which stops InfluxDB
+    // and takes the broker's sessions).
+    report.extend(arm_under_qemu(
+        &broker,
+        &sink,
+        sizes.arm_backlog,
+        sizes.reps.min(3),
     ));
 
     // 4. Drain after an outage.
@@ -410,7 +446,11 @@ fn daemon_config(broker: &Mosquitto, influx_url: &str, target: &str, measurement
 /// Starts leasegate (it subscribes), stops it, queues `n` messages, starts
 /// it again and times until `written()` reaches `n`. Returns points/s,
 /// CPU per point (µs) and the daemon's final log.
+// One call per measurement, each a different mix of these; a struct
+// for them is the cleaner shape, left for a later change.
+#[allow(clippy::too_many_arguments)]
 fn leasegate_backlog_rate(
+    program: &[OsString],
     broker: &Mosquitto,
     url: &str,
     target: &str,
@@ -420,7 +460,13 @@ fn leasegate_backlog_rate(
     written: impl Fn() -> u64,
 ) -> (f64, f64, String) {
     let config = daemon_config(broker, url, target, measurement);
-    let mut daemon = start_daemon(&config);
+    let level = std::env::var("BENCH_LOG").unwrap_or_else(|_| "info".into());
+    let mut daemon = Daemon::start_program(
+        program.to_vec(),
+        tempfile::tempdir().unwrap(),
+        &config,
+        &level,
+    );
     assert!(
         daemon.wait_for_log("subscribed to", 1, Duration::from_secs(20)),
         "{}",
@@ -465,6 +511,61 @@ fn leasegate_backlog_rate(
         cpu_per_point,
         daemon.log(),
     )
+}
+
+/// Phase 8: the armv7 static build under user-mode qemu and this
+/// machine's build take turns on the same backlog into the counting sink.
+fn arm_under_qemu(broker: &Mosquitto, sink: &CountingSink, n: u64, reps: usize) -> Vec<String> {
+    let binary = std::env::var("BENCH_ARM_BIN")
+        .unwrap_or_else(|_| "target/cross/armv7-unknown-linux-musleabihf/release/leasegate".into());
+    let binary = std::path::absolute(&binary).unwrap_or_else(|_| binary.clone().into());
+    if !binary.is_file() {
+        return vec![format!(
+            "armv7 under qemu: skipped, no {} (`cross/build.sh armv7-unknown-linux-musleabihf` makes it)",
+            binary.display()
+        )];
+    }
+    let runner = std::env::var("BENCH_ARM_RUNNER").unwrap_or_else(|_| "qemu-arm".into());
+    let arm = vec![OsString::from(&runner), binary.into_os_string()];
+    let native = support::leasegate_argv();
+    let (mut native_cpu, mut arm_cpu, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut native_rate, mut arm_rate) = (Vec::new(), Vec::new());
+    for rep in 0..reps {
+        let one = |program: &[OsString], name: &str| {
+            leasegate_backlog_rate(
+                program,
+                broker,
+                &sink.url(),
+                SINK_DB,
+                n,
+                &format!("arch_{name}_{rep}"),
+                Duration::from_millis(2),
+                || sink.lines(),
+            )
+        };
+        let (x_rate, x_cpu, _) = one(&native, "native");
+        let (a_rate, a_cpu, _) = one(&arm, "armv7");
+        eprintln!(
+            "bench: (armv7 round {rep}: native {x_cpu:.2} us/pt, armv7 under {runner} {a_cpu:.2} us/pt, ratio {:.1})",
+            a_cpu / x_cpu
+        );
+        native_cpu.push(x_cpu);
+        arm_cpu.push(a_cpu);
+        ratios.push(a_cpu / x_cpu);
+        native_rate.push(x_rate);
+        arm_rate.push(a_rate);
+    }
+    ratios.sort_by(f64::total_cmp);
+    vec![format!(
+        "armv7 static build under {runner} vs this machine's build, {n}-point backlog into the counting sink, alternated {reps}x: CPU per point {:.1} us vs {:.2} us, ratio {:.1} (from {:.1} to {:.1}); {} vs {} points/s",
+        median(&mut arm_cpu),
+        median(&mut native_cpu),
+        median(&mut ratios.clone()),
+        ratios.first().unwrap(),
+        ratios.last().unwrap(),
+        round(median(&mut arm_rate)),
+        round(median(&mut native_rate)),
+    )]
 }
 
 /// Publishes at `rate` messages/s until `stop` is set; returns payload
@@ -1037,6 +1138,7 @@ fn rates(broker: &Mosquitto, influx: &Influx, quick: bool) -> Vec<String> {
     let mut full = Vec::new();
     for rep in 0..reps {
         let (_, cpu, _) = leasegate_backlog_rate(
+            &support::leasegate_argv(),
             broker,
             &influx.url(),
             INFLUX_TARGET,
@@ -1312,6 +1414,7 @@ fn drain_vs_direct(broker: &Mosquitto, influx: &mut Influx, n: u64, reps: usize)
         let mqtt_m = format!("mqttdrain_{rep}");
         let port = support::free_port();
         let (from_broker, ..) = leasegate_backlog_rate(
+            &support::leasegate_argv(),
             broker,
             &influx.url(),
             &format!("{INFLUX_TARGET}[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),

@@ -157,7 +157,7 @@ topic = "sensors/#"
         "   door events: {}",
         influx.count("sensors", "door", "open")
     );
-    let status = std::process::Command::new(support::leasegate_binary())
+    let status = support::leasegate_command()
         .arg("--config")
         .arg(daemon.dir.path().join("leasegate.toml"))
         .arg("status")

@@ -479,7 +479,7 @@ fn slow_request_bodies_cannot_lock_an_enrolled_gateway_out() {
     )
     .unwrap();
     let gateway = |args: &[&str]| {
-        let out = std::process::Command::new(support::leasegate_binary())
+        let out = support::leasegate_command()
             .arg("--config")
             .arg(&conf)
             .args(args)
@@ -751,7 +751,7 @@ fn state_and_spool_are_private_whatever_the_umask() {
         .arg("-c")
         .arg(r#"umask 0; exec "$@""#)
         .arg("sh")
-        .arg(support::leasegate_binary())
+        .args(support::leasegate_argv())
         .arg("--config")
         .arg(dir.path().join("leasegate.toml"))
         .arg("enroll")
@@ -886,7 +886,7 @@ fn through_an_http_connect_proxy_the_pin_is_checked_and_only_tls_passes() {
     std::fs::write(&ticket, &line).unwrap();
     // As a gateway behind a site proxy runs them: HTTPS_PROXY set.
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(support::leasegate_binary())
+        let out = support::leasegate_command()
             .arg("--config")
             .arg(&conf)
             .args(args)

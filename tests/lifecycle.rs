@@ -88,7 +88,7 @@ fn publish(broker: &Mosquitto, measurement: &str, from: u64, n: u64) {
 }
 
 fn status(daemon: &Daemon) -> Value {
-    let out = std::process::Command::new(support::leasegate_binary())
+    let out = support::leasegate_command()
         .arg("--config")
         .arg(daemon.dir.path().join("leasegate.toml"))
         .args(["status", "--json"])
@@ -131,6 +131,9 @@ fn a_dropped_ticket_enrolls_within_5s_and_points_reach_influxdb() {
     let authority = authority_for(&influx);
     let daemon = Daemon::start(&leased_config(&broker, "gw-drop", "1h"));
     assert!(daemon.wait_for_log("waiting for a ticket", 1, Duration::from_secs(10)));
+    // Only a subscribed session gets the broker's messages (a slow start,
+    // as under qemu, subscribes after it says it waits for a ticket).
+    assert!(daemon.wait_for_log("ready:", 1, Duration::from_secs(10)));
     // Points published before enrollment wait in the spool.
     publish(&broker, "early", 0, 50);
     let waiting = wait_until(Duration::from_secs(5), || {
@@ -167,7 +170,7 @@ fn a_dropped_ticket_enrolls_within_5s_and_points_reach_influxdb() {
     ));
     assert_eq!(s["mqtt_connected"], true);
     // The human status has every field.
-    let out = std::process::Command::new(support::leasegate_binary())
+    let out = support::leasegate_command()
         .arg("--config")
         .arg(daemon.dir.path().join("leasegate.toml"))
         .arg("status")
@@ -476,7 +479,7 @@ fn enroll_and_lease_commands_work_with_the_stored_identity() {
     let line = authority.ticket("iot-sensor", &[]);
     std::fs::write(&ticket, &line).unwrap();
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(support::leasegate_binary())
+        let out = support::leasegate_command()
             .arg("--config")
             .arg(&conf)
             .args(args)

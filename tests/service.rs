@@ -7,7 +7,7 @@ use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Mosquitto, free_port, leasegate_binary};
+use support::{Mosquitto, free_port, leasegate_command};
 
 fn config(dir: &std::path::Path, broker_url: &str) -> std::path::PathBuf {
     let conf = dir.join("gw.toml");
@@ -52,7 +52,7 @@ fn ready_only_once_subscribed_and_stopping_on_sigterm() {
     // No broker: the daemon runs but is not ready.
     let conf = config(dir.path(), &format!("mqtt://127.0.0.1:{}", free_port()));
     let log = std::fs::File::create(dir.path().join("a.log")).unwrap();
-    let mut lonely = Command::new(leasegate_binary())
+    let mut lonely = leasegate_command()
         .args(["--config", conf.to_str().unwrap(), "run"])
         .env("NOTIFY_SOCKET", &socket_path)
         .stdout(Stdio::null())
@@ -71,7 +71,7 @@ fn ready_only_once_subscribed_and_stopping_on_sigterm() {
     let broker = Mosquitto::start();
     let conf = config(dir.path(), &broker.url());
     let log_path = dir.path().join("b.log");
-    let mut daemon = Command::new(leasegate_binary())
+    let mut daemon = leasegate_command()
         .args(["--config", conf.to_str().unwrap(), "run"])
         .env("NOTIFY_SOCKET", &socket_path)
         .env("RUST_LOG", "info")
@@ -132,7 +132,7 @@ fn watchdog_pings_while_healthy_and_stop_when_the_writer_stalls() {
     )
     .unwrap();
     let log_path = dir.path().join("d.log");
-    let mut daemon = Command::new(leasegate_binary())
+    let mut daemon = leasegate_command()
         .args(["--config", conf.to_str().unwrap(), "run"])
         .env("NOTIFY_SOCKET", &socket_path)
         .env("WATCHDOG_USEC", "2000000")
@@ -496,7 +496,7 @@ fn a_long_flush_interval_is_no_stall_for_the_watchdog() {
     )
     .unwrap();
     let log_path = dir.path().join("d.log");
-    let mut daemon = Command::new(leasegate_binary())
+    let mut daemon = leasegate_command()
         .args(["--config", conf.to_str().unwrap(), "run"])
         .env("NOTIFY_SOCKET", &socket_path)
         .env("WATCHDOG_USEC", "2000000")

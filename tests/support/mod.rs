@@ -504,12 +504,35 @@ pub fn leasegate_binary() -> PathBuf {
     }
 }
 
+/// What runs the gateway: its binary, or, when `LEASEGATE_RUNNER` names
+/// an emulator (`qemu-arm` for the armv7 build; README "ARM"), that
+/// emulator with the binary as its first argument. qemu-user passes
+/// signals on to the program it runs, so SIGTERM and SIGHUP by PID still
+/// reach the daemon, and SIGKILL ends both.
+pub fn leasegate_argv() -> Vec<std::ffi::OsString> {
+    let binary = leasegate_binary().into_os_string();
+    match std::env::var_os("LEASEGATE_RUNNER") {
+        Some(runner) if !runner.is_empty() => vec![runner, binary],
+        _ => vec![binary],
+    }
+}
+
+/// A `Command` for the gateway (under `LEASEGATE_RUNNER` if set).
+pub fn leasegate_command() -> Command {
+    let argv = leasegate_argv();
+    let mut command = Command::new(&argv[0]);
+    command.args(&argv[1..]);
+    command
+}
+
 /// The `leasegate` binary under test, with its log in a temp dir.
 pub struct Daemon {
     child: Child,
     pub dir: TempDir,
     log: PathBuf,
     rust_log: String,
+    /// What runs it (leasegate_argv(), or a program given to start_program).
+    program: Vec<std::ffi::OsString>,
     disk: Option<SmallDisk>,
 }
 
@@ -601,6 +624,18 @@ impl Daemon {
 
     /// Starts with `RUST_LOG` set to `rust_log`.
     pub fn start_logging(dir: TempDir, config: &str, rust_log: &str) -> Daemon {
+        Self::start_program(leasegate_argv(), dir, config, rust_log)
+    }
+
+    /// Starts `program` (a binary, or an emulator and a binary, as
+    /// leasegate_argv gives) rather than the gateway the environment names:
+    /// the benchmark runs two builds side by side.
+    pub fn start_program(
+        program: Vec<std::ffi::OsString>,
+        dir: TempDir,
+        config: &str,
+        rust_log: &str,
+    ) -> Daemon {
         let conf = dir.path().join("leasegate.toml");
         fs::write(
             &conf,
@@ -608,13 +643,14 @@ impl Daemon {
         )
         .unwrap();
         let log = dir.path().join("leasegate.log");
-        let child = spawn_daemon(&conf, &log, rust_log, None);
+        let child = spawn_daemon(&program, &conf, &log, rust_log, None);
         Daemon {
             child,
             dir,
             log,
             rust_log: rust_log.to_owned(),
             disk: None,
+            program,
         }
     }
 
@@ -631,13 +667,15 @@ impl Daemon {
         .unwrap();
         let log = dir.path().join("leasegate.log");
         let disk = SmallDisk { at, bytes };
-        let child = spawn_daemon(&conf, &log, "info", Some(&disk));
+        let program = leasegate_argv();
+        let child = spawn_daemon(&program, &conf, &log, "info", Some(&disk));
         Daemon {
             child,
             dir,
             log,
             rust_log: "info".to_owned(),
             disk: Some(disk),
+            program,
         }
     }
 
@@ -646,6 +684,7 @@ impl Daemon {
     pub fn restart(&mut self) {
         assert!(!self.is_running(), "restart only a stopped daemon");
         self.child = spawn_daemon(
+            &self.program,
             &self.dir.path().join("leasegate.toml"),
             &self.log,
             &self.rust_log,
@@ -692,14 +731,24 @@ impl Daemon {
     }
 }
 
-fn spawn_daemon(conf: &Path, log: &Path, rust_log: &str, disk: Option<&SmallDisk>) -> Child {
+fn spawn_daemon(
+    program: &[std::ffi::OsString],
+    conf: &Path,
+    log: &Path,
+    rust_log: &str,
+    disk: Option<&SmallDisk>,
+) -> Child {
     let file = fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .unwrap();
     let mut command = match disk {
-        None => Command::new(leasegate_binary()),
+        None => {
+            let mut c = Command::new(&program[0]);
+            c.args(&program[1..]);
+            c
+        }
         Some(disk) => {
             // A private mount namespace: the tmpfs is the daemon's alone and
             // goes with it. unshare and sh exec, so the PID stays the
@@ -713,7 +762,7 @@ fn spawn_daemon(conf: &Path, log: &Path, rust_log: &str, disk: Option<&SmallDisk
                 .arg("sh")
                 .arg(disk.bytes.to_string())
                 .arg(&disk.at)
-                .arg(leasegate_binary());
+                .args(program);
             c
         }
     };
