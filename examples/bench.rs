@@ -427,8 +427,13 @@ fn subscriber_unsubscribe(port: u16, client_id: &str) -> Option<()> {
 
 /// The daemon under test; `BENCH_LOG` sets its log level (default info).
 fn start_daemon(config: &str) -> Daemon {
+    start_daemon_as(support::leasegate_argv(), config)
+}
+
+/// The same with `program` (a binary, or an emulator and a binary).
+fn start_daemon_as(program: Vec<OsString>, config: &str) -> Daemon {
     let level = std::env::var("BENCH_LOG").unwrap_or_else(|_| "info".into());
-    Daemon::start_logging(tempfile::tempdir().unwrap(), config, &level)
+    Daemon::start_program(program, tempfile::tempdir().unwrap(), config, &level)
 }
 
 /// A daemon taking the messages of one phase (`bench/<measurement>/#`).
@@ -460,13 +465,7 @@ fn leasegate_backlog_rate(
     written: impl Fn() -> u64,
 ) -> (f64, f64, String) {
     let config = daemon_config(broker, url, target, measurement);
-    let level = std::env::var("BENCH_LOG").unwrap_or_else(|_| "info".into());
-    let mut daemon = Daemon::start_program(
-        program.to_vec(),
-        tempfile::tempdir().unwrap(),
-        &config,
-        &level,
-    );
+    let mut daemon = start_daemon_as(program.to_vec(), &config);
     assert!(
         daemon.wait_for_log("subscribed to", 1, Duration::from_secs(20)),
         "{}",

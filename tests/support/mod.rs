@@ -519,9 +519,13 @@ pub fn leasegate_argv() -> Vec<std::ffi::OsString> {
 
 /// A `Command` for the gateway (under `LEASEGATE_RUNNER` if set).
 pub fn leasegate_command() -> Command {
-    let argv = leasegate_argv();
-    let mut command = Command::new(&argv[0]);
-    command.args(&argv[1..]);
+    command_for(&leasegate_argv())
+}
+
+/// A `Command` for `program` as leasegate_argv gives it.
+fn command_for(program: &[std::ffi::OsString]) -> Command {
+    let mut command = Command::new(&program[0]);
+    command.args(&program[1..]);
     command
 }
 
@@ -744,11 +748,7 @@ fn spawn_daemon(
         .open(log)
         .unwrap();
     let mut command = match disk {
-        None => {
-            let mut c = Command::new(&program[0]);
-            c.args(&program[1..]);
-            c
-        }
+        None => command_for(program),
         Some(disk) => {
             // A private mount namespace: the tmpfs is the daemon's alone and
             // goes with it. unshare and sh exec, so the PID stays the
