@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Docker-free cross builds of the gateway binary (README "ARM").
+# Docker-free cross builds of the gateway binary (README "ARM gateways").
 #
 #   cross/build.sh [--install] [--check] [--e2e] [TARGET...]
 #
@@ -24,9 +24,13 @@
 # take the flag), with zig as the C compiler and linker through
 # cargo-zigbuild (both from PyPI, pinned below, in a virtualenv under
 # LEASEGATE_CROSS_TOOLS, default ~/.cache/leasegate-cross). zig brings
-# musl's C runtime, hence `-C link-self-contained=no`. Where rustup can
-# add a target, `rustup target add TARGET` and plain cargo-zigbuild work
-# too; this script sticks to what a Debian machine can get.
+# musl's C runtime, hence `-C link-self-contained=no`.
+# Where the rustup toolchain on PATH already has the static targets'
+# standard library (`rustup target add TARGET` for every musl target
+# asked for), that is used instead: rustup's cargo through cargo-zigbuild,
+# no -Zbuild-std, no Debian Rust. LEASEGATE_CROSS_STD=source forces the
+# first way, =rustup the second. The glibc build uses Debian's prebuilt
+# standard library for arm64 (libstd-rust-web-dev:arm64).
 set -euo pipefail
 
 ziglang_version=0.17.1
@@ -39,7 +43,7 @@ for arg in "$@"; do
     --install) install=1 ;;
     --check) check=1 ;;
     --e2e) e2e=1 ;;
-    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
     -*) echo "unknown option $arg" >&2; exit 2 ;;
     *) targets+=("$arg") ;;
   esac
@@ -61,15 +65,50 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
-# Debian's compiler, cargo and the standard library's source (for -Zbuild-std),
+# Does the rustup toolchain on PATH have TARGET's standard library?
+rustup_has_std() {
+  command -v rustup >/dev/null 2>&1 || return 1
+  local sysroot
+  sysroot=$(rustc --print sysroot 2>/dev/null) || return 1
+  ls "$sysroot/lib/rustlib/$1/lib/"libstd-*.rlib >/dev/null 2>&1
+}
+
+# How the static targets get their standard library: `rustup` (prebuilt,
+# from rustup) or `source` (Debian's Rust and -Zbuild-std).
+choose_std() {
+  local target
+  case "${LEASEGATE_CROSS_STD:-auto}" in
+    source) std=source ;;
+    rustup)
+      for target in "${musl[@]}"; do
+        rustup_has_std "$target" || die "LEASEGATE_CROSS_STD=rustup, but rustup has no $target (rustup target add $target)"
+      done
+      std=rustup
+      ;;
+    auto)
+      std=rustup
+      for target in "${musl[@]}"; do
+        rustup_has_std "$target" || std=source
+      done
+      ;;
+    *) die "LEASEGATE_CROSS_STD must be auto, source or rustup, not ${LEASEGATE_CROSS_STD}" ;;
+  esac
+}
+
+# Debian's compiler, cargo and the standard library's source (for
+# -Zbuild-std) unless rustup brings the static targets' standard library;
 # qemu-user and file for the checks.
 base_tools() {
   local want=()
-  if [ "$install" = 1 ] || [ ! -x /usr/bin/rustc ] || [ ! -x /usr/bin/cargo ]; then
-    want+=(rustc-web cargo-web)
+  if [ "$std" = source ] || [ ${#gnu[@]} -gt 0 ]; then
+    if [ "$install" = 1 ] || [ ! -x /usr/bin/rustc ] || [ ! -x /usr/bin/cargo ]; then
+      want+=(rustc-web cargo-web)
+    fi
   fi
-  if [ "$install" = 1 ] || ! ls -d /usr/src/rustc-*/library >/dev/null 2>&1; then
-    want+=(rust-web-src)
+  if [ "$std" = source ]; then
+    if [ "$install" = 1 ] || ! ls -d /usr/src/rustc-*/library >/dev/null 2>&1; then
+      want+=(rust-web-src)
+    fi
   fi
   if [ "$install" = 1 ] || ! command -v qemu-arm >/dev/null || ! command -v qemu-aarch64 >/dev/null; then
     want+=(qemu-user)
@@ -116,15 +155,18 @@ musl_cargo() {
   local command=$1
   shift
   (
-    export CARGO=/usr/bin/cargo RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1
     export RUSTFLAGS="-C link-self-contained=no"
     local args=() target
     for target in "${musl[@]}"; do
       export "CARGO_TARGET_$(env_name "$target")_RUNNER=$(qemu_for "$target")"
       args+=(--target "$target")
     done
+    if [ "$std" = source ]; then
+      export CARGO=/usr/bin/cargo RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1
+      args+=(-Zbuild-std=std,panic_abort)
+    fi
     [ "$command" = build ] && command=zigbuild
-    cargo-zigbuild "$command" "${args[@]}" -Zbuild-std=std,panic_abort \
+    cargo-zigbuild "$command" "${args[@]}" \
       --target-dir target/cross --no-default-features "$@"
   )
 }
@@ -201,10 +243,15 @@ for target in "${targets[@]}"; do
 done
 [ "$e2e" = 0 ] || [ ${#gnu[@]} -eq 0 ] || die "--e2e is for the static (musl) targets"
 
+std=none
+[ ${#musl[@]} -eq 0 ] || choose_std
 base_tools
 if [ ${#musl[@]} -gt 0 ]; then
   zig_tools
-  say "building ${musl[*]}"
+  case "$std" in
+    rustup) say "building ${musl[*]} with rustup's standard library for them" ;;
+    source) say "building ${musl[*]} with Debian's Rust, the standard library built from source" ;;
+  esac
   musl_cargo build --release --bin leasegate
   if [ "$check" = 1 ]; then
     for target in "${musl[@]}"; do

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Release artifacts in one command (README "ARM"):
+# Release artifacts in one command (README "ARM gateways"):
 #
 #   cross/dist.sh
 #

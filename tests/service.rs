@@ -564,3 +564,42 @@ fn the_authority_is_ready_once_it_listens_pings_the_watchdog_and_says_stopping()
     assert!(status.success(), "{status:?}");
     assert!(heard.iter().any(|m| m.contains("STOPPING=1")), "{heard:?}");
 }
+
+/// A gateway without systemd runs what the unit runs: README's foreground
+/// invocation (section "Without systemd") and its procd and BusyBox
+/// examples must stay the unit's `ExecStart`, or a field team following
+/// README would run something the tests never ran.
+#[test]
+fn readme_runs_the_daemon_without_systemd_exactly_as_the_unit_does() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let unit = std::fs::read_to_string(root.join("systemd/leasegate.service")).unwrap();
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("leasegate.service has an ExecStart= line")
+        .trim();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let section = readme
+        .split("### Without systemd")
+        .nth(1)
+        .expect("README has a section \"Without systemd\"");
+    let section = section.split("\n### ").next().unwrap();
+    assert!(
+        section.contains(&format!("```sh\n{exec}\n```")),
+        "README's foreground invocation is not the unit's ExecStart `{exec}`"
+    );
+    assert!(
+        section.contains(&format!("procd_set_param command {exec}\n")),
+        "README's procd script does not run `{exec}`"
+    );
+    assert!(
+        section.contains(&format!("/usr/bin/chpst -u leasegate {exec}\n")),
+        "README's inittab line does not run `{exec}`"
+    );
+    for signal in ["SIGTERM", "SIGINT", "SIGHUP"] {
+        assert!(
+            section.contains(signal),
+            "README does not say what {signal} does"
+        );
+    }
+}

@@ -505,7 +505,7 @@ pub fn leasegate_binary() -> PathBuf {
 }
 
 /// What runs the gateway: its binary, or, when `LEASEGATE_RUNNER` names
-/// an emulator (`qemu-arm` for the armv7 build; README "ARM"), that
+/// an emulator (`qemu-arm` for the armv7 build; README "ARM gateways"), that
 /// emulator with the binary as its first argument. qemu-user passes
 /// signals on to the program it runs, so SIGTERM and SIGHUP by PID still
 /// reach the daemon, and SIGKILL ends both.
