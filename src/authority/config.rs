@@ -37,8 +37,38 @@ pub struct AuthorityConfig {
     /// that deployments sharing one never touch each other's. Made at
     /// random on first start when not set.
     pub deployment_id: Option<String>,
+    /// Where tickets, identities and leases live (`[store]`).
+    pub store: StoreConfig,
     pub backends: Vec<Backend>,
     pub roles: Vec<Role>,
+}
+
+/// `[store]`: SQLite in `state_dir` unless a PostgreSQL `url` is set.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    Sqlite,
+    Postgres(PostgresConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    /// `postgres://user@host[:port]/database`, never with a password.
+    pub url: String,
+    pub password: Option<Secret>,
+    pub tls: StoreTls,
+    /// PEM CA certificates for the database's certificate; the system's
+    /// CAs when absent.
+    pub ca_file: Option<PathBuf>,
+    /// Connections this replica keeps at most.
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreTls {
+    /// TLS, with the server's certificate verified.
+    Require,
+    /// Plain TCP: only to a loopback address or a unix socket.
+    Off,
 }
 
 /// A backend's InfluxDB API: the type the gateway's configuration and
@@ -130,6 +160,14 @@ fn read(t: &Table<'_>) -> Option<AuthorityConfig> {
     let log_level = log_level(t);
     let audit_retention = read_audit_retention(t);
     let deployment_id = read_deployment_id(t);
+    let store = match t.table("store") {
+        Some(st) => {
+            let store = read_store(&st);
+            st.finish();
+            store
+        }
+        None => StoreConfig::Sqlite,
+    };
     let backends = read_backends(t);
     let roles = read_roles(t, &backends);
     Some(AuthorityConfig {
@@ -142,9 +180,96 @@ fn read(t: &Table<'_>) -> Option<AuthorityConfig> {
         log_level,
         audit_retention,
         deployment_id,
+        store,
         backends,
         roles,
     })
+}
+
+/// `[store]`: with `url`, PostgreSQL, checked here so that a bad URL, a
+/// password in it or plain TCP to another machine is a configuration
+/// problem (exit 78), not a failure at the first request.
+fn read_store(t: &Table<'_>) -> StoreConfig {
+    let tls = t.choice(
+        "tls",
+        &[("require", StoreTls::Require), ("off", StoreTls::Off)],
+        StoreTls::Require,
+    );
+    let password = read_secret(t, "password", "password_file");
+    let ca_file = t.path("ca_file");
+    let max_connections = t.integer("max_connections", 16, 1, 1000) as usize;
+    let Some(url) = t.string("url") else {
+        for key in [
+            "password",
+            "password_file",
+            "tls",
+            "ca_file",
+            "max_connections",
+        ] {
+            if t.has(key) {
+                t.problem(key, "applies only with url (a PostgreSQL store)");
+            }
+        }
+        return StoreConfig::Sqlite;
+    };
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        t.problem(
+            "url",
+            format!(
+                "{:?} is no PostgreSQL URL (postgres://user@host/database); leave url out for SQLite in state_dir",
+                crate::config::redact_url(&url)
+            ),
+        );
+        return StoreConfig::Sqlite;
+    }
+    match url.parse::<postgres::Config>() {
+        Err(e) => t.problem("url", format!("{:?}: {e}", crate::config::redact_url(&url))),
+        Ok(pg) => {
+            if pg.get_password().is_some() {
+                t.problem(
+                    "url",
+                    "must not carry a password (it would show in logs and status); use password_file",
+                );
+            }
+            if url.contains("sslmode=") {
+                t.problem("url", "sslmode in the URL: set store.tls instead");
+            }
+            if tls == StoreTls::Off && !pg.get_hosts().iter().all(host_is_local) {
+                t.problem(
+                    "tls",
+                    "\"off\" is allowed only for a loopback address or a unix socket",
+                );
+            }
+        }
+    }
+    if tls == StoreTls::Require
+        && let Err(p) = crate::config::tls::client_config(ca_file.as_deref(), None)
+    {
+        t.problem(
+            if p.key == "ca_file" { "ca_file" } else { "tls" },
+            p.message,
+        );
+    }
+    StoreConfig::Postgres(PostgresConfig {
+        url,
+        password,
+        tls,
+        ca_file,
+        max_connections,
+    })
+}
+
+fn host_is_local(host: &postgres::config::Host) -> bool {
+    match host {
+        postgres::config::Host::Unix(_) => true,
+        postgres::config::Host::Tcp(name) => {
+            name == "localhost"
+                || name
+                    .trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+    }
 }
 
 /// `listen`, parsed; None (with a problem noted) when it is no address.
@@ -589,5 +714,76 @@ max_ttl = "1h"
         // Also when the URL is one no parser would take.
         assert!(url_has_userinfo("https://admin:p{w@host:7443/x"));
         assert!(!url_has_userinfo("https://host:7443/a@b?c=d@e"));
+    }
+
+    fn with_store(store: &str) -> Result<AuthorityConfig, Vec<String>> {
+        let text = format!("{EXAMPLE}\n[store]\n{store}\n");
+        AuthorityConfig::from_toml(Path::new("a.toml"), &text).map_err(|e| e.lines())
+    }
+
+    #[test]
+    fn the_store_is_sqlite_unless_a_postgres_url_is_set() {
+        let c = AuthorityConfig::from_toml(Path::new("a.toml"), EXAMPLE).unwrap();
+        assert!(matches!(c.store, StoreConfig::Sqlite));
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "s3cret-db-pw\n").unwrap();
+        let c = with_store(&format!(
+            "url = \"postgres://leasegate@127.0.0.1:5432/leasegate\"\npassword_file = \"{}\"\ntls = \"off\"\nmax_connections = 4",
+            pw.display()
+        ))
+        .unwrap();
+        let StoreConfig::Postgres(pg) = &c.store else {
+            panic!("a postgres url makes a PostgreSQL store");
+        };
+        assert_eq!(pg.password.as_ref().unwrap().expose(), "s3cret-db-pw");
+        assert_eq!((pg.tls, pg.max_connections), (StoreTls::Off, 4));
+        assert!(
+            !format!("{c:?}").contains("s3cret-db-pw"),
+            "Debug shows the database password"
+        );
+    }
+
+    #[test]
+    fn each_bad_store_setting_is_named() {
+        let cases = [
+            (
+                "url = \"postgres://leasegate:hunter2@db.example/leasegate\"",
+                "a.toml: store.url: must not carry a password (it would show in logs and status); use password_file",
+            ),
+            (
+                "url = \"postgres://leasegate@db.example/leasegate\"\ntls = \"off\"",
+                "a.toml: store.tls: \"off\" is allowed only for a loopback address or a unix socket",
+            ),
+            (
+                "url = \"mysql://db.example/leasegate\"",
+                "a.toml: store.url: \"mysql://db.example/leasegate\" is no PostgreSQL URL (postgres://user@host/database); leave url out for SQLite in state_dir",
+            ),
+            (
+                "url = \"postgres://leasegate@db.example/leasegate?sslmode=disable\"",
+                "a.toml: store.url: sslmode in the URL: set store.tls instead",
+            ),
+            (
+                "password_file = \"/nonexistent\"",
+                "a.toml: store.password_file: cannot read /nonexistent: No such file or directory (os error 2)",
+            ),
+            (
+                "max_connections = 4",
+                "a.toml: store.max_connections: applies only with url (a PostgreSQL store)",
+            ),
+            (
+                "url = \"postgres://leasegate@127.0.0.1/l\"\nca_file = \"/nonexistent.pem\"",
+                "a.toml: store.ca_file",
+            ),
+            ("uri = \"postgres://x@y/z\"", "a.toml: store.uri"),
+        ];
+        for (store, want) in cases {
+            let lines = with_store(store).expect_err(store);
+            assert!(
+                lines.iter().any(|l| l.starts_with(want)),
+                "{store:?}: want {want:?} in {lines:?}"
+            );
+            assert!(!lines.iter().any(|l| l.contains("hunter2")), "{lines:?}");
+        }
     }
 }

@@ -4,13 +4,13 @@
 //!
 //! It owns the order of every lease's steps (recorded before its credential
 //! exists, active once it does, revoking until its deletion succeeds) and
-//! keeps the store's lock only around store calls, never around an
-//! InfluxDB call, so a slow or dead InfluxDB never blocks enrollment or
+//! makes each store call one step of its own, never spanning an InfluxDB
+//! call, so a slow or dead InfluxDB never blocks enrollment or
 //! another backend's leases. It never returns or logs a secret except in
 //! the one answer that hands it out.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::api::{
@@ -34,7 +34,7 @@ pub use crate::now_ms;
 
 pub struct Authority {
     config: AuthorityConfig,
-    store: Mutex<Store>,
+    store: Box<dyn Store>,
     /// Refused enrollments not yet in the audit trail (see [`Refusals`]).
     refusals: Mutex<Refusals>,
     backends: HashMap<String, Arc<Backend>>,
@@ -57,7 +57,7 @@ impl Authority {
         config: AuthorityConfig,
         fingerprint: Option<String>,
     ) -> Result<Authority, StoreError> {
-        let store = Store::open(&config.state_dir.join("authority.db"))?;
+        let store = crate::authority::store::open(&config.store, &config.state_dir)?;
         let deployment = store.deployment_id(config.deployment_id.as_deref())?;
         let backends = config
             .backends
@@ -66,7 +66,7 @@ impl Authority {
             .collect();
         Ok(Authority {
             config,
-            store: Mutex::new(store),
+            store,
             refusals: Mutex::default(),
             backends,
             fingerprint,
@@ -81,8 +81,8 @@ impl Authority {
         self.backends.values()
     }
 
-    pub fn store(&self) -> MutexGuard<'_, Store> {
-        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
     }
 
     // --- tickets (admin) ---
@@ -226,11 +226,10 @@ impl Authority {
         }
         let identity_id = secret::random_hex(8);
         let credential = secret::generate("lgi_", CREDENTIAL_BYTES);
-        let mut store = self.store();
-        let outcome = store.enroll(
+        let outcome = self.store().enroll(
             &secret::digest(&req.ticket_secret),
             now,
-            |t| self.role_for(t, &req.identity_name),
+            &|t| self.role_for(t, &req.identity_name),
             (
                 &identity_id,
                 &req.identity_name,
@@ -247,11 +246,10 @@ impl Authority {
             }),
             Err((code, ticket_id)) => {
                 let ticket_row = match &ticket_id {
-                    Some(id) => store.ticket(id)?,
+                    Some(id) => self.store().ticket(id)?,
                     None => None,
                 };
                 let message = refusal_message(code, ticket_row.as_ref(), now);
-                drop(store);
                 self.refused(now, peer, &req.identity_name, code, &message)?;
                 Err(ApiError::new(code, message))
             }

@@ -42,6 +42,21 @@ pub struct AuthorityServer {
     pub tls: bool,
     pub rust_log: String,
     http: ureq::Agent,
+    /// With `LEASEGATE_TEST_STORE=postgres`: the PostgreSQL server and
+    /// database the authority keeps its state in (else SQLite in
+    /// `state_dir`).
+    pub postgres: Option<(super::postgres::Postgres, String)>,
+}
+
+/// Whether this test run keeps the authority's state in PostgreSQL
+/// (`LEASEGATE_TEST_STORE=postgres`, as tests/run.sh sets for a second
+/// run of the authority suite).
+pub fn store_is_postgres() -> bool {
+    match std::env::var("LEASEGATE_TEST_STORE").as_deref() {
+        Ok("postgres") => true,
+        Ok("sqlite") | Err(_) => false,
+        Ok(other) => panic!("LEASEGATE_TEST_STORE={other:?}: use sqlite or postgres"),
+    }
 }
 
 /// A v1 backend named `name` on a real InfluxDB 1.x, and a role `role`
@@ -99,6 +114,11 @@ impl AuthorityServer {
                 .timeout_global(Some(Duration::from_secs(30)))
                 .build()
                 .into(),
+            postgres: store_is_postgres().then(|| {
+                let pg = super::postgres::Postgres::start();
+                let db = pg.database();
+                (pg, db)
+            }),
         };
         a.write_config(body);
         a.launch();
@@ -126,7 +146,30 @@ impl AuthorityServer {
             state = self.state_dir().display(),
             tls = if self.tls { "on" } else { "off" },
         );
-        fs::write(self.config_path(), format!("{head}{body}")).unwrap();
+        let store = match &self.postgres {
+            None => String::new(),
+            Some((pg, db)) => format!(
+                "\n[store]\nurl = \"{}\"\npassword_file = \"{}\"\ntls = \"off\"\n",
+                pg.url(db),
+                pg.password_file(self.dir.path()).display()
+            ),
+        };
+        fs::write(self.config_path(), format!("{head}{body}{store}")).unwrap();
+    }
+
+    /// Everything the store holds, as text: the SQLite file and its WAL,
+    /// or a dump of the PostgreSQL database.
+    pub fn store_dump(&self) -> String {
+        match &self.postgres {
+            Some((pg, db)) => pg.dump(db),
+            None => {
+                let mut bytes = Vec::new();
+                for f in ["authority.db", "authority.db-wal"] {
+                    bytes.extend(fs::read(self.state_dir().join(f)).unwrap_or_default());
+                }
+                String::from_utf8_lossy(&bytes).into_owned()
+            }
+        }
     }
 
     fn launch(&mut self) {

@@ -13,6 +13,7 @@
 pub mod authority;
 pub mod fake_influx;
 pub mod pki;
+pub mod postgres;
 
 use std::fs;
 use std::net::{TcpListener, TcpStream};

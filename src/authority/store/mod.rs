@@ -1,0 +1,370 @@
+//! The authority's durable state: tickets, identities, leases and the audit
+//! trail, behind one [`Store`] trait with two implementations: SQLite in
+//! the state dir, the embedded default for a single authority
+//! ([`sqlite`]), and PostgreSQL, for several replicas on one database
+//! ([`postgres`]). Both run the same test suite (`tests/store.rs`) and
+//! give the same answers.
+//!
+//! It owns the schema and its migrations and every state change that must
+//! be atomic: a ticket's use count under concurrent enrollments (one
+//! conditional update, from any number of processes), a lease's way from
+//! pending to gone. It never holds a secret in clear: ticket secrets and
+//! identity credentials only as SHA-256 hashes, and for a lease only what
+//! deleting its credential needs (the v2 authorization id, the v1 user
+//! name, the v3 token name), never the token or password. It never talks
+//! to InfluxDB.
+
+pub mod postgres;
+pub mod sqlite;
+
+use std::collections::{BTreeMap, HashSet};
+
+use crate::api::{ErrorCode, LeaseStatus, Target};
+use crate::authority::config::StoreConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("store: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("store {url}: {source}")]
+    Connect {
+        /// The database URL, which never carries a password (the
+        /// configuration refuses one).
+        url: String,
+        #[source]
+        source: ::postgres::Error,
+    },
+    #[error("store: {0}")]
+    Postgres(#[from] ::postgres::Error),
+    #[error("store: all {0} database connections stayed busy for 10 s")]
+    PoolTimeout(usize),
+    #[error("store: TLS to the database: {0}")]
+    Tls(String),
+    #[error(
+        "store: the schema is version {found}, newer than this build knows ({known}); use a newer leasegate-authority"
+    )]
+    TooNew { found: i64, known: i64 },
+    #[error("store: row {0}: {1}")]
+    Corrupt(String, String),
+    #[error(
+        "deployment_id is {configured:?} in the configuration but {stored:?} in the store; credentials in InfluxDB carry the stored one, so it cannot change"
+    )]
+    DeploymentChanged { configured: String, stored: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct TicketRow {
+    pub id: String,
+    pub attributes: BTreeMap<String, String>,
+    pub role: Option<String>,
+    pub usage_count: u32,
+    pub used: u32,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    pub revoked_ms: Option<i64>,
+    /// The one identity name the ticket enrolls, when the admin bound it.
+    pub identity_name: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdentityRow {
+    pub id: String,
+    pub name: String,
+    pub ticket_id: String,
+    pub role: String,
+    pub attributes: BTreeMap<String, String>,
+    pub created_ms: i64,
+    pub revoked_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LeaseRow {
+    pub id: String,
+    pub identity_id: String,
+    pub identity_name: String,
+    pub role: String,
+    pub backend: String,
+    pub target: Target,
+    pub handle: Option<String>,
+    pub status: LeaseStatus,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    /// "expiry", "revoke" or "identity revoked", once the lease has ended.
+    pub end_reason: Option<String>,
+    pub attempts: u32,
+    pub next_attempt_ms: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+/// What became of [`Store::insert_lease`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    Yes,
+    IdentityRevoked,
+    /// The identity holds as many live leases as its role allows.
+    AtLimit,
+}
+
+pub struct NewLease<'a> {
+    pub id: &'a str,
+    pub identity_id: &'a str,
+    pub role: &'a str,
+    pub backend: &'a str,
+    pub target: &'a Target,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+}
+
+impl IdentityRow {
+    /// The identity an enrollment with `ticket` just made.
+    pub(crate) fn enrolled(
+        id: &str,
+        name: &str,
+        ticket: TicketRow,
+        role: String,
+        now_ms: i64,
+    ) -> IdentityRow {
+        IdentityRow {
+            id: id.to_owned(),
+            name: name.to_owned(),
+            ticket_id: ticket.id,
+            role,
+            attributes: ticket.attributes,
+            created_ms: now_ms,
+            revoked_ms: None,
+        }
+    }
+}
+
+/// What [`Store::enroll`] asks of the caller: the role for a ticket that
+/// may be redeemed, or the refusal.
+pub type RoleFor<'a> = &'a dyn Fn(&TicketRow) -> Result<String, ErrorCode>;
+
+/// An enrollment's outcome: the new identity, or the refusal with the
+/// ticket's id when the ticket was found.
+pub type Enrolled = Result<IdentityRow, (ErrorCode, Option<String>)>;
+
+/// The authority's state. Every method is one atomic step, safe to call
+/// from any thread and, with PostgreSQL, from any number of processes on
+/// one database at once.
+pub trait Store: Send + Sync {
+    /// "sqlite" or "postgres", for logs and status.
+    fn kind(&self) -> &'static str;
+    /// The schema version the store is at (the number of migrations run).
+    fn schema_version(&self) -> Result<i64, StoreError>;
+
+    fn insert_ticket(&self, t: &TicketRow, secret_hash: &str) -> Result<(), StoreError>;
+    fn tickets(&self) -> Result<Vec<TicketRow>, StoreError>;
+    fn ticket(&self, id: &str) -> Result<Option<TicketRow>, StoreError>;
+    /// Revokes a ticket; false when there is no such ticket.
+    fn revoke_ticket(&self, id: &str, now_ms: i64) -> Result<bool, StoreError>;
+    /// Redeems a ticket: one conditional update counts the use only if the
+    /// ticket is unrevoked, unexpired and not used up, and the new identity
+    /// is recorded in the same transaction, so concurrent enrollments
+    /// (from any process) can never exceed the usage count. `role_for`
+    /// picks the role from the ticket, or refuses (and the use is not
+    /// counted). `identity` is (id, name, credential hash).
+    fn enroll(
+        &self,
+        secret_hash: &str,
+        now_ms: i64,
+        role_for: RoleFor<'_>,
+        identity: (&str, &str, &str),
+    ) -> Result<Enrolled, StoreError>;
+
+    fn identity_by_credential(
+        &self,
+        credential_hash: &str,
+    ) -> Result<Option<IdentityRow>, StoreError>;
+    fn identities(&self) -> Result<Vec<IdentityRow>, StoreError>;
+    /// Revokes an identity and starts the revocation of every lease it
+    /// holds; returns those leases (None when there is no such identity).
+    fn revoke_identity(&self, id: &str, now_ms: i64) -> Result<Option<Vec<LeaseRow>>, StoreError>;
+
+    /// Records a lease before its credential is created, so that a crash in
+    /// between leaves a trace that start-up reconciles. In the same
+    /// statement it checks that the identity is not revoked (a revoke that
+    /// lands between authentication and this insert would otherwise miss
+    /// the lease) and that it holds fewer than `max_live` live leases, so
+    /// concurrent requests cannot pass the limit together. Revoking leases
+    /// count: their credentials work until their deletion succeeds.
+    fn insert_lease(&self, l: &NewLease<'_>, max_live: u32) -> Result<Inserted, StoreError>;
+    /// The credential exists: the handle is stored and a pending lease
+    /// becomes active. Returns the lease's status after that: `Active`, or
+    /// `Revoking` if it was revoked while its credential was being made
+    /// (the reaper deletes it), or anything else if the lease was ended
+    /// meanwhile, when the caller must delete the credential itself.
+    fn activate_lease(
+        &self,
+        id: &str,
+        handle: &str,
+        now_ms: i64,
+    ) -> Result<Option<LeaseStatus>, StoreError>;
+    fn fail_lease(&self, id: &str, error: &str, now_ms: i64) -> Result<(), StoreError>;
+    fn lease(&self, id: &str) -> Result<Option<LeaseRow>, StoreError>;
+    /// Leases, newest first; one identity's when given.
+    fn leases(&self, identity_id: Option<&str>) -> Result<Vec<LeaseRow>, StoreError>;
+    /// Leases of `backend` whose credential must go now: active ones past
+    /// their expiry and revoking ones whose retry is due, earliest first.
+    fn due_leases(
+        &self,
+        backend: &str,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<LeaseRow>, StoreError>;
+    /// When the next credential of `backend` is due for deletion.
+    fn next_due_ms(&self, backend: &str) -> Result<Option<i64>, StoreError>;
+    /// Starts a revoke: the lease becomes `revoking`, due now. Returns the
+    /// lease as it now is, or None if there is no such lease.
+    fn begin_revoke(
+        &self,
+        id: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<Option<LeaseRow>, StoreError>;
+    /// The credential is gone: the lease ends as expired or revoked.
+    /// None when it had already ended.
+    fn deleted(&self, id: &str, now_ms: i64) -> Result<Option<LeaseRow>, StoreError>;
+    /// A deletion failed: retried at `next_attempt_ms`, shown as revoking.
+    fn deletion_failed(
+        &self,
+        id: &str,
+        error: &str,
+        next_attempt_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// At start-up nothing is being created: a lease left pending by a
+    /// crash never got its credential recorded. It is marked failed; the
+    /// backend's reconcile deletes the credential if it was made.
+    fn fail_pending(&self, now_ms: i64) -> Result<usize, StoreError>;
+    /// This deployment's id: the stored one; on first use the configured
+    /// one, or a random one, stored from then on.
+    fn deployment_id(&self, configured: Option<&str>) -> Result<String, StoreError>;
+    /// Every lease id the store holds, live or ended (until pruned).
+    fn lease_ids(&self) -> Result<HashSet<String>, StoreError>;
+    /// Ids of all leases whose credential may exist and must stay (or is
+    /// being deleted by the reaper), whatever their backend: two backends
+    /// may name the same InfluxDB.
+    fn live_lease_ids(&self) -> Result<HashSet<String>, StoreError>;
+    /// Live leases per backend name, for the backends not in `configured`:
+    /// their credentials cannot be deleted until the backend is back.
+    fn leases_of_unknown_backends(
+        &self,
+        configured: &[&str],
+    ) -> Result<Vec<(String, usize)>, StoreError>;
+    /// Forgets leases that ended before `before_ms` (their credentials are
+    /// long gone; the audit trail keeps their story). Returns how many.
+    fn prune_ended(&self, before_ms: i64) -> Result<usize, StoreError>;
+
+    /// Deletes audit records older than `before_ms`. Returns how many.
+    fn prune_audit(&self, before_ms: i64) -> Result<usize, StoreError>;
+    fn audit(
+        &self,
+        now_ms: i64,
+        event: &str,
+        subject: &str,
+        detail: &str,
+    ) -> Result<(), StoreError>;
+    /// The audit trail, oldest first: (unix ms, event, subject, detail).
+    fn audit_trail(&self) -> Result<Vec<(i64, String, String, String)>, StoreError>;
+}
+
+/// Opens the configured store and brings its schema up to date.
+pub fn open(
+    config: &StoreConfig,
+    state_dir: &std::path::Path,
+) -> Result<Box<dyn Store>, StoreError> {
+    Ok(match config {
+        StoreConfig::Sqlite => {
+            Box::new(sqlite::SqliteStore::open(&state_dir.join("authority.db"))?)
+        }
+        StoreConfig::Postgres(pg) => Box::new(postgres::PostgresStore::open(pg)?),
+    })
+}
+
+/// Statuses whose credential may exist in InfluxDB.
+pub(crate) const LIVE: &str = "('pending', 'active', 'revoking')";
+
+/// Why a ticket that the conditional update did not redeem was refused,
+/// in the order an operator would look: revoked, then expired, else used
+/// up (also when a concurrent enrollment took its last use).
+pub(crate) fn refusal(ticket: &TicketRow, now_ms: i64) -> ErrorCode {
+    if ticket.revoked_ms.is_some() {
+        ErrorCode::TicketRevoked
+    } else if ticket.expires_ms <= now_ms {
+        ErrorCode::TicketExpired
+    } else {
+        ErrorCode::TicketUsedUp
+    }
+}
+
+/// What the audit record of an enrollment says.
+pub(crate) fn enroll_detail(name: &str, ticket: &TicketRow, role: &str) -> String {
+    format!(
+        "identity {name:?} enrolled with ticket {} (use {} of {}), role {role}",
+        ticket.id, ticket.used, ticket.usage_count
+    )
+}
+
+/// Every audit record also goes to the log, so an operator sees the trail
+/// in the journal; neither ever carries a secret.
+pub(crate) fn log_audit(event: &str, subject: &str, detail: &str) {
+    log::info!("audit: {event} {subject}: {detail}");
+}
+
+/// The audit event of a lease whose credential is gone.
+pub(crate) fn deleted_event(l: &LeaseRow) -> (&'static str, String) {
+    let event = if l.status == LeaseStatus::Expired {
+        "lease expire"
+    } else {
+        "lease revoke"
+    };
+    (
+        event,
+        format!(
+            "credential {} deleted ({})",
+            l.handle.as_deref().unwrap_or("-"),
+            l.end_reason.as_deref().unwrap_or("expiry")
+        ),
+    )
+}
+
+pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("plain data always serializes")
+}
+
+/// Filters the live-lease counts per backend down to unconfigured backends.
+pub(crate) fn unknown_backends(
+    all: Vec<(String, usize)>,
+    configured: &[&str],
+) -> Vec<(String, usize)> {
+    all.into_iter()
+        .filter(|(b, _)| !configured.contains(&b.as_str()))
+        .collect()
+}
+
+/// The deployment id to store on first use.
+pub(crate) fn new_deployment_id(configured: Option<&str>) -> String {
+    configured
+        .map(str::to_owned)
+        .unwrap_or_else(|| crate::secret::random_hex(6))
+}
+
+/// The stored deployment id against the configured one.
+pub(crate) fn check_deployment(
+    stored: String,
+    configured: Option<&str>,
+) -> Result<String, StoreError> {
+    match configured {
+        Some(c) if c != stored => Err(StoreError::DeploymentChanged {
+            configured: c.to_owned(),
+            stored,
+        }),
+        _ => Ok(stored),
+    }
+}

@@ -1,0 +1,426 @@
+//! The store test suite, run against both stores: SQLite in a temporary
+//! directory, and real PostgreSQL (Debian's `postgresql`, started here on
+//! a free loopback port, a database per test). Each case gets two handles
+//! on one store, as two authority replicas (or an admin command beside a
+//! server) would have: what one writes, the other must see, and what both
+//! do at once must add up.
+
+mod support;
+
+use std::sync::Barrier;
+
+use leasegate::api::{ErrorCode, InfluxApi, LeaseStatus, Target};
+use leasegate::authority::config::{PostgresConfig, StoreTls};
+use leasegate::authority::store::postgres::PostgresStore;
+use leasegate::authority::store::sqlite::SqliteStore;
+use leasegate::authority::store::{
+    IdentityRow, Inserted, NewLease, RoleFor, Store, StoreError, TicketRow,
+};
+use leasegate::secret::Secret;
+use support::postgres::{PASSWORD, Postgres};
+
+/// Two handles on one SQLite file, and what keeps the file.
+fn sqlite_pair() -> (tempfile::TempDir, Box<dyn Store>, Box<dyn Store>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("authority.db");
+    let a = SqliteStore::open(&path).unwrap();
+    let b = SqliteStore::open(&path).unwrap();
+    (dir, Box::new(a), Box::new(b))
+}
+
+fn pg_config(pg: &Postgres, database: &str) -> PostgresConfig {
+    PostgresConfig {
+        url: pg.url(database),
+        password: Some(Secret::new(PASSWORD)),
+        tls: StoreTls::Off,
+        ca_file: None,
+        max_connections: 8,
+    }
+}
+
+/// Two handles (two pools, as two replicas) on one PostgreSQL database,
+/// and the server.
+fn postgres_pair() -> (Postgres, Box<dyn Store>, Box<dyn Store>) {
+    let pg = Postgres::start();
+    let config = pg_config(&pg, &pg.database());
+    let a = PostgresStore::open(&config).unwrap();
+    let b = PostgresStore::open(&config).unwrap();
+    (pg, Box::new(a), Box::new(b))
+}
+
+macro_rules! suite {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[test]
+                fn $case() {
+                    let (_dir, a, b) = super::sqlite_pair();
+                    super::$case(&*a, &*b);
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[test]
+                fn $case() {
+                    let (_pg, a, b) = super::postgres_pair();
+                    super::$case(&*a, &*b);
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    migrated_to_the_same_version_as_every_store,
+    enroll_refuses_each_way_and_counts_uses,
+    fifty_concurrent_redemptions_of_a_single_use_ticket_give_one_identity,
+    concurrent_lease_requests_of_one_identity_stop_at_its_limit,
+    leases_fall_due_in_expiry_order_and_end_once,
+    audit_records_past_their_age_are_pruned,
+    the_deployment_id_is_stored_once_and_cannot_change,
+    what_one_handle_writes_the_other_reads,
+);
+
+fn ticket(id: &str, usage: u32, expires_ms: i64) -> TicketRow {
+    TicketRow {
+        id: id.into(),
+        attributes: [("service".to_owned(), "s".to_owned())].into(),
+        role: None,
+        usage_count: usage,
+        used: 0,
+        created_ms: 0,
+        expires_ms,
+        revoked_ms: None,
+        identity_name: None,
+    }
+}
+
+fn target() -> Target {
+    Target {
+        api: InfluxApi::V1,
+        url: "http://127.0.0.1:1".into(),
+        org: None,
+        bucket: None,
+        database: Some("db".into()),
+    }
+}
+
+fn migrated_to_the_same_version_as_every_store(s: &dyn Store, other: &dyn Store) {
+    assert_eq!(
+        SqliteStore::known_version(),
+        PostgresStore::known_version(),
+        "a migration added to one store only"
+    );
+    assert_eq!(s.schema_version().unwrap(), SqliteStore::known_version());
+    assert_eq!(other.schema_version().unwrap(), s.schema_version().unwrap());
+}
+
+fn fifty_concurrent_redemptions_of_a_single_use_ticket_give_one_identity(
+    s: &dyn Store,
+    other: &dyn Store,
+) {
+    s.insert_ticket(&ticket("t1", 1, i64::MAX), "h1").unwrap();
+    let barrier = Barrier::new(50);
+    let outcomes: Vec<Result<IdentityRow, (ErrorCode, Option<String>)>> =
+        std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..50)
+                .map(|i| {
+                    let store = if i % 2 == 0 { s } else { other };
+                    let barrier = &barrier;
+                    scope.spawn(move || {
+                        barrier.wait();
+                        let (id, cred) = (format!("i{i}"), format!("c{i}"));
+                        let role: RoleFor<'_> = &|_| Ok("r".to_owned());
+                        store.enroll("h1", 5, role, (&id, "gw", &cred)).unwrap()
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+    let enrolled = outcomes.iter().filter(|o| o.is_ok()).count();
+    assert_eq!(enrolled, 1, "exactly one redemption of a single-use ticket");
+    for o in &outcomes {
+        if let Err((code, ticket)) = o {
+            assert_eq!(*code, ErrorCode::TicketUsedUp);
+            assert_eq!(ticket.as_deref(), Some("t1"));
+        }
+    }
+    assert_eq!(s.identities().unwrap().len(), 1);
+    assert_eq!(other.ticket("t1").unwrap().unwrap().used, 1);
+}
+
+fn concurrent_lease_requests_of_one_identity_stop_at_its_limit(s: &dyn Store, other: &dyn Store) {
+    let t = target();
+    // Rounds, each a fresh identity with 24 requests at once for at most
+    // 3 live leases: a check-then-insert race shows within a few.
+    for round in 0..10 {
+        let (ticket_id, hash) = (format!("t{round}"), format!("h{round}"));
+        let identity = format!("i{round}");
+        s.insert_ticket(&ticket(&ticket_id, 1, i64::MAX), &hash)
+            .unwrap();
+        s.enroll(
+            &hash,
+            1,
+            &|_| Ok("r".into()),
+            (&identity, "gw", &format!("c{round}")),
+        )
+        .unwrap()
+        .unwrap();
+        let barrier = Barrier::new(24);
+        let inserted: Vec<Inserted> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..24)
+                .map(|i| {
+                    let store = if i % 2 == 0 { s } else { other };
+                    let (barrier, t, identity) = (&barrier, &t, &identity);
+                    scope.spawn(move || {
+                        let id = format!("{identity}-l{i}");
+                        let lease = NewLease {
+                            id: &id,
+                            identity_id: identity,
+                            role: "r",
+                            backend: "main",
+                            target: t,
+                            created_ms: 0,
+                            expires_ms: 1000,
+                        };
+                        barrier.wait();
+                        store.insert_lease(&lease, 3).unwrap()
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        let yes = inserted.iter().filter(|i| **i == Inserted::Yes).count();
+        assert_eq!(
+            yes, 3,
+            "round {round}: three live leases at most: {inserted:?}"
+        );
+        assert!(
+            inserted
+                .iter()
+                .all(|i| matches!(i, Inserted::Yes | Inserted::AtLimit))
+        );
+        assert_eq!(s.leases(Some(&identity)).unwrap().len(), 3);
+    }
+}
+
+fn the_deployment_id_is_stored_once_and_cannot_change(s: &dyn Store, other: &dyn Store) {
+    let first = s.deployment_id(None).unwrap();
+    assert_eq!(first.len(), 12, "six random bytes in hex: {first:?}");
+    assert_eq!(other.deployment_id(None).unwrap(), first);
+    assert_eq!(other.deployment_id(Some(&first)).unwrap(), first);
+    match s.deployment_id(Some("another")) {
+        Err(StoreError::DeploymentChanged { configured, stored }) => {
+            assert_eq!(
+                (configured.as_str(), stored.as_str()),
+                ("another", first.as_str())
+            );
+        }
+        other => panic!("a changed deployment_id must be refused, got {other:?}"),
+    }
+}
+
+fn what_one_handle_writes_the_other_reads(s: &dyn Store, other: &dyn Store) {
+    let mut t = ticket("t1", 3, 5000);
+    t.identity_name = Some("gw-7".into());
+    t.role = Some("writer".into());
+    s.insert_ticket(&t, "h1").unwrap();
+    let seen = other.ticket("t1").unwrap().unwrap();
+    assert_eq!(
+        (
+            seen.identity_name.as_deref(),
+            seen.role.as_deref(),
+            seen.usage_count
+        ),
+        (Some("gw-7"), Some("writer"), 3)
+    );
+    assert_eq!(seen.attributes, t.attributes);
+    other
+        .enroll(
+            "h1",
+            10,
+            &|t| Ok(t.role.clone().unwrap()),
+            ("i1", "gw-7", "c1"),
+        )
+        .unwrap()
+        .unwrap();
+    let identity = s.identity_by_credential("c1").unwrap().unwrap();
+    assert_eq!(
+        (identity.name.as_str(), identity.role.as_str()),
+        ("gw-7", "writer")
+    );
+    let lease = NewLease {
+        id: "l1",
+        identity_id: "i1",
+        role: "writer",
+        backend: "main",
+        target: &target(),
+        created_ms: 20,
+        expires_ms: 900,
+    };
+    assert_eq!(s.insert_lease(&lease, 5).unwrap(), Inserted::Yes);
+    assert_eq!(
+        other.activate_lease("l1", "user-l1", 21).unwrap(),
+        Some(LeaseStatus::Active)
+    );
+    let l = s.lease("l1").unwrap().unwrap();
+    assert_eq!(
+        (
+            l.identity_name.as_str(),
+            l.handle.as_deref(),
+            l.target.database.as_deref()
+        ),
+        ("gw-7", Some("user-l1"), Some("db"))
+    );
+    assert_eq!(
+        s.fail_pending(30).unwrap(),
+        0,
+        "an active lease is not pending"
+    );
+    assert!(other.lease_ids().unwrap().contains("l1"));
+    let events: Vec<String> = s.audit_trail().unwrap().into_iter().map(|a| a.1).collect();
+    assert_eq!(events, ["enroll", "lease issue"]);
+}
+
+fn enroll_refuses_each_way_and_counts_uses(s: &dyn Store, _other: &dyn Store) {
+    s.insert_ticket(&ticket("t1", 2, 1000), "h1").unwrap();
+    s.insert_ticket(&ticket("t2", 1, 10), "h2").unwrap();
+    let role: RoleFor<'_> = &|_| Ok("r".to_owned());
+    let code = |r: Result<IdentityRow, (ErrorCode, Option<String>)>| r.err().map(|e| e.0);
+    assert_eq!(
+        code(s.enroll("nope", 5, role, ("i0", "n", "c0")).unwrap()),
+        Some(ErrorCode::TicketUnknown)
+    );
+    assert_eq!(
+        code(s.enroll("h2", 10, role, ("i0", "n", "c0")).unwrap()),
+        Some(ErrorCode::TicketExpired)
+    );
+    assert_eq!(
+        code(
+            s.enroll(
+                "h1",
+                5,
+                &|_| Err(ErrorCode::NoRoleMatches),
+                ("i0", "n", "c0")
+            )
+            .unwrap()
+        ),
+        Some(ErrorCode::NoRoleMatches)
+    );
+    assert!(s.enroll("h1", 5, role, ("i1", "n", "c1")).unwrap().is_ok());
+    assert!(s.enroll("h1", 5, role, ("i2", "n", "c2")).unwrap().is_ok());
+    assert_eq!(
+        code(s.enroll("h1", 5, role, ("i3", "n", "c3")).unwrap()),
+        Some(ErrorCode::TicketUsedUp)
+    );
+    s.insert_ticket(&ticket("t3", 5, 1000), "h3").unwrap();
+    assert!(s.revoke_ticket("t3", 6).unwrap());
+    assert_eq!(
+        code(s.enroll("h3", 7, role, ("i4", "n", "c4")).unwrap()),
+        Some(ErrorCode::TicketRevoked)
+    );
+    assert_eq!(s.identity_by_credential("c1").unwrap().unwrap().id, "i1");
+}
+fn leases_fall_due_in_expiry_order_and_end_once(s: &dyn Store, _other: &dyn Store) {
+    s.insert_ticket(&ticket("t1", 1, 1000), "h1").unwrap();
+    s.enroll("h1", 1, &|_| Ok("r".into()), ("i1", "gw", "c1"))
+        .unwrap()
+        .unwrap();
+    let t = target();
+    for (id, exp) in [("a", 300), ("b", 100), ("c", 200), ("d", 900)] {
+        let inserted = s
+            .insert_lease(
+                &NewLease {
+                    id,
+                    identity_id: "i1",
+                    role: "r",
+                    backend: "main",
+                    target: &t,
+                    created_ms: 0,
+                    expires_ms: exp,
+                },
+                10,
+            )
+            .unwrap();
+        assert_eq!(inserted, Inserted::Yes);
+        assert_eq!(
+            s.activate_lease(id, &format!("h-{id}"), 0).unwrap(),
+            Some(LeaseStatus::Active)
+        );
+    }
+    assert_eq!(s.next_due_ms("main").unwrap(), Some(100));
+    let due: Vec<String> = s
+        .due_leases("main", 300, 10)
+        .unwrap()
+        .into_iter()
+        .map(|l| l.id)
+        .collect();
+    assert_eq!(due, ["b", "c", "a"]);
+    s.deletion_failed("b", "connection refused", 1300).unwrap();
+    let b = s.lease("b").unwrap().unwrap();
+    assert_eq!(b.status, LeaseStatus::Revoking);
+    assert_eq!(b.last_error.as_deref(), Some("connection refused"));
+    assert_eq!(
+        s.deleted("c", 310).unwrap().unwrap().status,
+        LeaseStatus::Expired
+    );
+    assert!(s.deleted("c", 311).unwrap().is_none());
+    let revoked = s.begin_revoke("d", "revoke", 320).unwrap().unwrap();
+    assert_eq!(revoked.status, LeaseStatus::Revoking);
+    assert_eq!(
+        s.deleted("d", 321).unwrap().unwrap().status,
+        LeaseStatus::Revoked
+    );
+    let due: Vec<String> = s
+        .due_leases("main", 1300, 10)
+        .unwrap()
+        .into_iter()
+        .map(|l| l.id)
+        .collect();
+    assert_eq!(due, ["a", "b"]);
+    assert_eq!(
+        s.live_lease_ids().unwrap(),
+        ["a", "b"].iter().map(|h| h.to_string()).collect()
+    );
+    let gone = s.revoke_identity("i1", 400).unwrap().unwrap();
+    assert_eq!(gone.len(), 2);
+    let late = NewLease {
+        id: "e",
+        identity_id: "i1",
+        role: "r",
+        backend: "main",
+        target: &t,
+        created_ms: 401,
+        expires_ms: 900,
+    };
+    assert_eq!(
+        s.insert_lease(&late, 10).unwrap(),
+        Inserted::IdentityRevoked,
+        "no lease for a revoked identity"
+    );
+    assert_eq!(
+        s.deleted("a", 500).unwrap().unwrap().status,
+        LeaseStatus::Revoked
+    );
+    assert_eq!(s.prune_ended(400).unwrap(), 2, "c and d ended before 400");
+    assert!(s.lease("c").unwrap().is_none() && s.lease("a").unwrap().is_some());
+    assert_eq!(
+        s.leases_of_unknown_backends(&["other"]).unwrap(),
+        [("main".to_owned(), 1)]
+    );
+    assert!(
+        s.audit_trail()
+            .unwrap()
+            .iter()
+            .any(|a| a.1 == "identity revoke")
+    );
+}
+fn audit_records_past_their_age_are_pruned(s: &dyn Store, _other: &dyn Store) {
+    for at in [10, 20, 30, 40] {
+        s.audit(at, "e", "s", "d").unwrap();
+    }
+    assert_eq!(s.prune_audit(25).unwrap(), 2);
+    let left: Vec<i64> = s.audit_trail().unwrap().iter().map(|r| r.0).collect();
+    assert_eq!(left, [30, 40]);
+}
