@@ -80,6 +80,8 @@ suite!(
     audit_records_past_their_age_are_pruned,
     the_deployment_id_is_stored_once_and_cannot_change,
     what_one_handle_writes_the_other_reads,
+    two_replicas_claiming_at_once_take_every_due_lease_exactly_once,
+    a_lapsed_claim_is_taken_over_and_a_live_one_is_not,
 );
 
 fn ticket(id: &str, usage: u32, expires_ms: i64) -> TicketRow {
@@ -423,4 +425,120 @@ fn audit_records_past_their_age_are_pruned(s: &dyn Store, _other: &dyn Store) {
     assert_eq!(s.prune_audit(25).unwrap(), 2);
     let left: Vec<i64> = s.audit_trail().unwrap().iter().map(|r| r.0).collect();
     assert_eq!(left, [30, 40]);
+}
+
+/// An identity with `n` active leases `l0`.. of backend "main", expiring
+/// at 100 ms, 110 ms, ...
+fn due_leases(s: &dyn Store, n: usize) {
+    s.insert_ticket(&ticket("t1", 1, i64::MAX), "h1").unwrap();
+    s.enroll("h1", 1, &|_| Ok("r".into()), ("i1", "gw", "c1"))
+        .unwrap()
+        .unwrap();
+    let t = target();
+    for i in 0..n {
+        let id = format!("l{i}");
+        let lease = NewLease {
+            id: &id,
+            identity_id: "i1",
+            role: "r",
+            backend: "main",
+            target: &t,
+            created_ms: 0,
+            expires_ms: 100 + 10 * i as i64,
+        };
+        assert_eq!(s.insert_lease(&lease, 1000).unwrap(), Inserted::Yes);
+        s.activate_lease(&id, &format!("user-{id}"), 1).unwrap();
+    }
+}
+
+fn two_replicas_claiming_at_once_take_every_due_lease_exactly_once(
+    s: &dyn Store,
+    other: &dyn Store,
+) {
+    due_leases(s, 60);
+    let barrier = Barrier::new(2);
+    let taken: Vec<Vec<String>> = std::thread::scope(|scope| {
+        let threads: Vec<_> = [("a", s), ("b", other)]
+            .into_iter()
+            .map(|(replica, store)| {
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    barrier.wait();
+                    let mut mine = Vec::new();
+                    // Bounded: 60 leases, at least one a pass while any is left.
+                    for _ in 0..200 {
+                        let claimed = store.claim_due("main", replica, 5000, 6000, 4).unwrap();
+                        if claimed.is_empty() && store.next_due_ms("main").unwrap().is_none() {
+                            break;
+                        }
+                        for l in claimed {
+                            assert!(
+                                store.deleted(&l.id, 5000).unwrap().is_some(),
+                                "replica {replica}: lease {} ended by the other replica while claimed",
+                                l.id
+                            );
+                            mine.push(l.id);
+                        }
+                    }
+                    mine
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let mut all: Vec<String> = taken.concat();
+    all.sort();
+    let before = all.len();
+    all.dedup();
+    assert_eq!(before, all.len(), "a lease was claimed by both replicas");
+    assert_eq!(all.len(), 60, "every due lease claimed once");
+    assert!(s.due_leases("main", 5000, 100).unwrap().is_empty());
+}
+
+fn a_lapsed_claim_is_taken_over_and_a_live_one_is_not(s: &dyn Store, other: &dyn Store) {
+    due_leases(s, 3);
+    let a = s.claim_due("main", "a", 1000, 2000, 10).unwrap();
+    assert_eq!(
+        a.iter().map(|l| l.id.as_str()).collect::<Vec<_>>(),
+        ["l0", "l1", "l2"],
+        "claimed in expiry order"
+    );
+    assert!(
+        other
+            .claim_due("main", "b", 1500, 2500, 10)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        other.next_due_ms("main").unwrap(),
+        Some(2000),
+        "claimed leases are due for the others when the claim ends"
+    );
+    assert_eq!(s.renew_claims("a", 1900, 2900).unwrap(), 3);
+    assert!(
+        other
+            .claim_due("main", "b", 2500, 3500, 10)
+            .unwrap()
+            .is_empty()
+    );
+    // "a" dies: its claims lapse at 2900 and "b" takes them over.
+    let b = other.claim_due("main", "b", 2900, 3900, 10).unwrap();
+    assert_eq!(b.len(), 3);
+    assert_eq!(
+        s.renew_claims("a", 3000, 4000).unwrap(),
+        0,
+        "a lapsed claim stays lapsed"
+    );
+    // A failed deletion gives the claim up: the retry is anyone's.
+    other
+        .deletion_failed("l0", "connection refused", 3000)
+        .unwrap();
+    assert_eq!(
+        s.claim_due("main", "a", 3000, 4000, 10)
+            .unwrap()
+            .iter()
+            .map(|l| l.id.as_str())
+            .collect::<Vec<_>>(),
+        ["l0"]
+    );
 }

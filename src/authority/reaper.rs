@@ -2,10 +2,13 @@
 //! retries deletions that failed; and the housekeeping beside it.
 //!
 //! One named thread per backend, so an unreachable InfluxDB delays only its
-//! own deletions. Each pass takes the due leases from the store in expiry
+//! own deletions. Each pass claims the due leases in the store in expiry
 //! order (the store, not memory, is the queue: it survives restarts and
 //! sees leases the admin commands revoked), and sleeps until the next one
 //! is due, at most [`POLL`] so leases issued meanwhile are seen in time.
+//! A claim lasts [`CLAIM`] and the `claims` thread renews it while the
+//! work runs, so replicas sharing a store split the work, never work on
+//! one lease at once, and take over the claims of one that died.
 //! It never deletes a credential before its lease's expiry and never
 //! issues anything.
 //!
@@ -15,6 +18,7 @@
 //! apart from the reapers so a slow reconcile never delays an expiry.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -25,6 +29,11 @@ use crate::shutdown::Shutdown;
 
 /// The longest the reaper sleeps without looking at the store.
 pub const POLL: Duration = Duration::from_millis(250);
+/// How long a claim on a due lease lasts unless renewed: the most a lease
+/// waits when the replica that claimed it dies (on top of [`POLL`]).
+pub const CLAIM: Duration = Duration::from_secs(1);
+/// How often claims still held are renewed.
+const CLAIM_RENEW: Duration = Duration::from_millis(250);
 /// Due leases taken per pass; the rest come in the next, without sleeping.
 const BATCH: usize = 64;
 /// How often every backend is reconciled after the first success.
@@ -50,6 +59,12 @@ pub fn start(
                 .spawn(move || reap(&a, &backend, &s, &beat))?,
         );
     }
+    let (a, s) = (authority.clone(), shutdown.clone());
+    threads.push(
+        std::thread::Builder::new()
+            .name("claims".into())
+            .spawn(move || keep_claims(&a, &s))?,
+    );
     threads.push(
         std::thread::Builder::new()
             .name("housekeeping".into())
@@ -61,10 +76,14 @@ pub fn start(
 fn reap(authority: &Authority, backend: &Backend, shutdown: &Shutdown, beat: &Beat) {
     while !shutdown.is_triggered() {
         beat.beat();
-        let due = match authority
-            .store()
-            .due_leases(backend.name(), now_ms(), BATCH)
-        {
+        let now = now_ms();
+        let due = match authority.store().claim_due(
+            backend.name(),
+            authority.replica_id(),
+            now,
+            now + CLAIM.as_millis() as i64,
+            BATCH,
+        ) {
             Ok(d) => d,
             Err(e) => {
                 log::error!("reaper {}: {}", backend.name(), crate::error_chain(&e));
@@ -72,12 +91,18 @@ fn reap(authority: &Authority, backend: &Backend, shutdown: &Shutdown, beat: &Be
             }
         };
         let full = due.len() == BATCH;
-        for lease in &due {
+        let held = &authority.claims_held;
+        held.fetch_add(due.len(), Ordering::SeqCst);
+        for (i, lease) in due.iter().enumerate() {
             if shutdown.is_triggered() {
+                // The rest lapse within CLAIM for the other replicas.
+                held.fetch_sub(due.len() - i, Ordering::SeqCst);
                 return;
             }
             beat.beat();
-            if authority.delete_credential(lease) {
+            let deleted = authority.delete_credential(lease);
+            held.fetch_sub(1, Ordering::SeqCst);
+            if deleted {
                 log::debug!(
                     "lease {}: credential deleted {} ms after expiry",
                     lease.id,
@@ -94,6 +119,27 @@ fn reap(authority: &Authority, backend: &Backend, shutdown: &Shutdown, beat: &Be
             .unwrap_or(POLL)
             .min(POLL);
         if shutdown.sleep(wait) {
+            return;
+        }
+    }
+}
+
+/// Renews this process's claims while it holds any, so a deletion slower
+/// than [`CLAIM`] (an InfluxDB slow to answer) is not taken over by
+/// another replica while it runs; a process that dies stops renewing.
+fn keep_claims(authority: &Authority, shutdown: &Shutdown) {
+    loop {
+        if authority.claims_held.load(Ordering::SeqCst) > 0 {
+            let now = now_ms();
+            if let Err(e) = authority.store().renew_claims(
+                authority.replica_id(),
+                now,
+                now + CLAIM.as_millis() as i64,
+            ) {
+                log::warn!("renewing claims on due leases: {}", crate::error_chain(&e));
+            }
+        }
+        if shutdown.sleep(CLAIM_RENEW) {
             return;
         }
     }

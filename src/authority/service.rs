@@ -40,6 +40,13 @@ pub struct Authority {
     backends: HashMap<String, Arc<Backend>>,
     /// The certificate fingerprint tickets carry; None with tls off.
     fingerprint: Option<String>,
+    /// This process among the replicas sharing the store: new at every
+    /// start, so a restarted process never mistakes a dead one's claims
+    /// for its own.
+    replica: String,
+    /// Due leases this process has claimed and not yet dealt with; the
+    /// claims are renewed while there are any.
+    pub claims_held: std::sync::atomic::AtomicUsize,
 }
 
 impl From<StoreError> for ApiError {
@@ -70,7 +77,14 @@ impl Authority {
             refusals: Mutex::default(),
             backends,
             fingerprint,
+            replica: secret::random_hex(8),
+            claims_held: std::sync::atomic::AtomicUsize::new(0),
         })
+    }
+
+    /// This process's replica id (claims on due leases carry it).
+    pub fn replica_id(&self) -> &str {
+        &self.replica
     }
 
     pub fn config(&self) -> &AuthorityConfig {

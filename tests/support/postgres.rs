@@ -236,10 +236,17 @@ fn launch(bin: &Path, dir: &Path, owner: Option<(u32, u32)>, port: u16) -> Optio
         .stderr(log)
         .spawn()
         .expect("start postgres");
+    // pg_isready says yes only once the server accepts logins (a socket
+    // that exists may still answer "the database system is starting up").
     let ready = wait_until(Duration::from_secs(30), || {
         matches!(child.try_wait(), Ok(None))
-            && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
             && dir.join(format!(".s.PGSQL.{port}")).exists()
+            && as_owner(Command::new(bin.join("pg_isready")), owner)
+                .arg("-h")
+                .arg(dir)
+                .args(["-p", &port.to_string(), "-U", SUPERUSER, "-q"])
+                .status()
+                .is_ok_and(|s| s.success())
     });
     if !ready {
         super::signal(child.id(), libc::SIGKILL);

@@ -218,7 +218,33 @@ pub trait Store: Send + Sync {
         now_ms: i64,
         limit: usize,
     ) -> Result<Vec<LeaseRow>, StoreError>;
-    /// When the next credential of `backend` is due for deletion.
+    /// Claims up to `limit` of `backend`'s due leases (as
+    /// [`Store::due_leases`]) for `replica` until `claim_until_ms`, in one
+    /// atomic step, and returns them: those no replica holds a live claim
+    /// on, or this one does. Replicas sharing a store so never work on one
+    /// lease at once, and a replica that dies holding claims has them taken
+    /// over once they lapse. [`Store::deleted`] and
+    /// [`Store::deletion_failed`] give a claim up.
+    fn claim_due(
+        &self,
+        backend: &str,
+        replica: &str,
+        now_ms: i64,
+        claim_until_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<LeaseRow>, StoreError>;
+    /// Extends `replica`'s live claims to `claim_until_ms` while it is
+    /// still working on them; returns how many. Lapsed claims stay lapsed:
+    /// another replica may hold them by now.
+    fn renew_claims(
+        &self,
+        replica: &str,
+        now_ms: i64,
+        claim_until_ms: i64,
+    ) -> Result<usize, StoreError>;
+    /// When the next credential of `backend` is due for deletion and free
+    /// to claim (a lease another replica holds counts from its claim's
+    /// end).
     fn next_due_ms(&self, backend: &str) -> Result<Option<i64>, StoreError>;
     /// Starts a revoke: the lease becomes `revoking`, due now. Returns the
     /// lease as it now is, or None if there is no such lease.

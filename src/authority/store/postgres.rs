@@ -93,6 +93,10 @@ CREATE TABLE meta (
     value TEXT NOT NULL
 );
 "#,
+    r#"
+ALTER TABLE leases ADD COLUMN claimed_by TEXT;
+ALTER TABLE leases ADD COLUMN claim_until_ms BIGINT;
+"#,
 ];
 
 /// The advisory lock migrations run under ("lgmigrat" in ASCII).
@@ -486,12 +490,63 @@ impl Store for PostgresStore {
             .collect()
     }
 
+    fn claim_due(
+        &self,
+        backend: &str,
+        replica: &str,
+        now_ms: i64,
+        claim_until_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<LeaseRow>, StoreError> {
+        // SKIP LOCKED: a replica claiming at the same moment takes other
+        // rows instead of waiting; a row another replica claimed and
+        // committed meanwhile fails the claim check when re-read for the
+        // lock, so no lease is claimed by two replicas at once.
+        self.pool
+            .get()?
+            .query(
+                &format!(
+                    "WITH picked AS (
+                       SELECT id FROM leases
+                       WHERE backend = $1 AND handle IS NOT NULL
+                         AND ((status = 'active' AND expires_ms <= $3) OR (status = 'revoking' AND next_attempt_ms <= $3))
+                         AND (claim_until_ms IS NULL OR claim_until_ms <= $3 OR claimed_by = $2)
+                       ORDER BY CASE status WHEN 'active' THEN expires_ms ELSE next_attempt_ms END, id
+                       LIMIT $5
+                       FOR UPDATE SKIP LOCKED
+                     ), claimed AS (
+                       UPDATE leases SET claimed_by = $2, claim_until_ms = $4
+                       FROM picked WHERE leases.id = picked.id
+                       RETURNING leases.*
+                     )
+                     SELECT {LEASE_COLUMNS} FROM claimed l JOIN identities i ON i.id = l.identity_id
+                     ORDER BY CASE l.status WHEN 'active' THEN l.expires_ms ELSE l.next_attempt_ms END, l.id"
+                ),
+                &[&backend, &replica, &now_ms, &claim_until_ms, &(limit as i64)],
+            )?
+            .iter()
+            .map(lease_row)
+            .collect()
+    }
+
+    fn renew_claims(
+        &self,
+        replica: &str,
+        now_ms: i64,
+        claim_until_ms: i64,
+    ) -> Result<usize, StoreError> {
+        Ok(self.pool.get()?.execute(
+            "UPDATE leases SET claim_until_ms = $3 WHERE claimed_by = $1 AND claim_until_ms > $2 AND status IN ('active', 'revoking')",
+            &[&replica, &now_ms, &claim_until_ms],
+        )? as usize)
+    }
+
     fn next_due_ms(&self, backend: &str) -> Result<Option<i64>, StoreError> {
         Ok(self
             .pool
             .get()?
             .query_one(
-                "SELECT MIN(CASE status WHEN 'active' THEN expires_ms ELSE next_attempt_ms END) FROM leases WHERE backend = $1 AND handle IS NOT NULL AND status IN ('active', 'revoking')",
+                "SELECT MIN(GREATEST(CASE status WHEN 'active' THEN expires_ms ELSE next_attempt_ms END, COALESCE(claim_until_ms, 0))) FROM leases WHERE backend = $1 AND handle IS NOT NULL AND status IN ('active', 'revoking')",
                 &[&backend],
             )?
             .get(0))
@@ -519,7 +574,7 @@ impl Store for PostgresStore {
     fn deleted(&self, id: &str, now_ms: i64) -> Result<Option<LeaseRow>, StoreError> {
         let mut conn = self.pool.get()?;
         let n = conn.execute(
-            "UPDATE leases SET status = CASE WHEN end_reason IS NULL OR end_reason = 'expiry' THEN 'expired' ELSE 'revoked' END, end_reason = COALESCE(end_reason, 'expiry'), ended_ms = $2, last_error = NULL WHERE id = $1 AND status IN ('active', 'revoking')",
+            "UPDATE leases SET status = CASE WHEN end_reason IS NULL OR end_reason = 'expiry' THEN 'expired' ELSE 'revoked' END, end_reason = COALESCE(end_reason, 'expiry'), ended_ms = $2, last_error = NULL, claimed_by = NULL, claim_until_ms = NULL WHERE id = $1 AND status IN ('active', 'revoking')",
             &[&id, &now_ms],
         )?;
         if n == 0 {
@@ -541,7 +596,7 @@ impl Store for PostgresStore {
     ) -> Result<(), StoreError> {
         let mut conn = self.pool.get()?;
         let n = conn.execute(
-            "UPDATE leases SET status = 'revoking', end_reason = COALESCE(end_reason, 'expiry'), attempts = attempts + 1, next_attempt_ms = $3, last_error = $2 WHERE id = $1 AND status IN ('active', 'revoking')",
+            "UPDATE leases SET status = 'revoking', end_reason = COALESCE(end_reason, 'expiry'), attempts = attempts + 1, next_attempt_ms = $3, last_error = $2, claimed_by = NULL, claim_until_ms = NULL WHERE id = $1 AND status IN ('active', 'revoking')",
             &[&id, &error, &next_attempt_ms],
         )?;
         if n == 1 {

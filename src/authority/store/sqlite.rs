@@ -81,12 +81,21 @@ CREATE TABLE meta (
     value TEXT NOT NULL
 );
 "#,
+    r#"
+ALTER TABLE leases ADD COLUMN claimed_by TEXT;
+ALTER TABLE leases ADD COLUMN claim_until_ms INTEGER;
+"#,
 ];
 
 const TICKET_COLUMNS: &str =
     "id, attributes, role, usage_count, used, created_ms, expires_ms, revoked_ms, identity_name";
 const IDENTITY_COLUMNS: &str = "id, name, ticket_id, role, attributes, created_ms, revoked_ms";
 const LEASE_COLUMNS: &str = "l.id, l.identity_id, i.name, l.role, l.backend, l.target, l.handle, l.status, l.created_ms, l.expires_ms, l.end_reason, l.attempts, l.next_attempt_ms, l.last_error";
+
+/// A lease of backend ?1 whose credential must go at ?3 (unqualified
+/// columns, for statements on `leases` alone).
+const DUE: &str = "backend = ?1 AND handle IS NOT NULL AND ((status = 'active' AND expires_ms <= ?3) OR (status = 'revoking' AND next_attempt_ms <= ?3))";
+const DUE_ORDER: &str = "CASE status WHEN 'active' THEN expires_ms ELSE next_attempt_ms END, id";
 
 /// The SQLite [`Store`]: one connection, one caller at a time (SQLite
 /// writes one transaction at a time anyway).
@@ -418,9 +427,65 @@ impl Store for SqliteStore {
         rows.map(|r| r.map_err(StoreError::from)).collect()
     }
 
+    fn claim_due(
+        &self,
+        backend: &str,
+        replica: &str,
+        now_ms: i64,
+        claim_until_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<LeaseRow>, StoreError> {
+        let mut conn = self.conn();
+        // Most passes find nothing due: look before taking the write lock,
+        // which admin commands and the HTTP handlers also wait for.
+        let claimable = format!(
+            "{DUE} AND (claim_until_ms IS NULL OR claim_until_ms <= ?3 OR claimed_by = ?2)"
+        );
+        let any: bool = conn.query_row(
+            &format!("SELECT EXISTS (SELECT 1 FROM leases WHERE {claimable})"),
+            params![backend, replica, now_ms],
+            |r| r.get(0),
+        )?;
+        if !any {
+            return Ok(Vec::new());
+        }
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            &format!(
+                "UPDATE leases SET claimed_by = ?2, claim_until_ms = ?4 WHERE id IN (
+                 SELECT id FROM leases WHERE {claimable}
+                 ORDER BY {DUE_ORDER} LIMIT ?5)"
+            ),
+            params![backend, replica, now_ms, claim_until_ms, limit as i64],
+        )?;
+        let claimed = {
+            let mut stmt = tx.prepare(&format!(
+                "SELECT {LEASE_COLUMNS} FROM leases l JOIN identities i ON i.id = l.identity_id
+                 WHERE l.backend = ?1 AND l.claimed_by = ?2 AND l.claim_until_ms = ?3 AND l.status IN ('active', 'revoking')
+                 ORDER BY CASE l.status WHEN 'active' THEN l.expires_ms ELSE l.next_attempt_ms END, l.id"
+            ))?;
+            let rows = stmt.query_map(params![backend, replica, claim_until_ms], lease_row)?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
+        tx.commit()?;
+        Ok(claimed)
+    }
+
+    fn renew_claims(
+        &self,
+        replica: &str,
+        now_ms: i64,
+        claim_until_ms: i64,
+    ) -> Result<usize, StoreError> {
+        Ok(self.conn().execute(
+            "UPDATE leases SET claim_until_ms = ?3 WHERE claimed_by = ?1 AND claim_until_ms > ?2 AND status IN ('active', 'revoking')",
+            params![replica, now_ms, claim_until_ms],
+        )?)
+    }
+
     fn next_due_ms(&self, backend: &str) -> Result<Option<i64>, StoreError> {
         Ok(self.conn().query_row(
-            "SELECT MIN(CASE status WHEN 'active' THEN expires_ms ELSE next_attempt_ms END) FROM leases WHERE backend = ?1 AND handle IS NOT NULL AND status IN ('active', 'revoking')",
+            "SELECT MIN(MAX(CASE status WHEN 'active' THEN expires_ms ELSE next_attempt_ms END, COALESCE(claim_until_ms, 0))) FROM leases WHERE backend = ?1 AND handle IS NOT NULL AND status IN ('active', 'revoking')",
             [backend],
             |r| r.get(0),
         )?)
@@ -448,7 +513,7 @@ impl Store for SqliteStore {
     fn deleted(&self, id: &str, now_ms: i64) -> Result<Option<LeaseRow>, StoreError> {
         let conn = self.conn();
         let n = conn.execute(
-            "UPDATE leases SET status = CASE WHEN end_reason IS NULL OR end_reason = 'expiry' THEN 'expired' ELSE 'revoked' END, end_reason = COALESCE(end_reason, 'expiry'), ended_ms = ?2, last_error = NULL WHERE id = ?1 AND status IN ('active', 'revoking')",
+            "UPDATE leases SET status = CASE WHEN end_reason IS NULL OR end_reason = 'expiry' THEN 'expired' ELSE 'revoked' END, end_reason = COALESCE(end_reason, 'expiry'), ended_ms = ?2, last_error = NULL, claimed_by = NULL, claim_until_ms = NULL WHERE id = ?1 AND status IN ('active', 'revoking')",
             params![id, now_ms],
         )?;
         if n == 0 {
@@ -470,7 +535,7 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         let conn = self.conn();
         let n = conn.execute(
-            "UPDATE leases SET status = 'revoking', end_reason = COALESCE(end_reason, 'expiry'), attempts = attempts + 1, next_attempt_ms = ?3, last_error = ?2 WHERE id = ?1 AND status IN ('active', 'revoking')",
+            "UPDATE leases SET status = 'revoking', end_reason = COALESCE(end_reason, 'expiry'), attempts = attempts + 1, next_attempt_ms = ?3, last_error = ?2, claimed_by = NULL, claim_until_ms = NULL WHERE id = ?1 AND status IN ('active', 'revoking')",
             params![id, error, next_attempt_ms],
         )?;
         if n == 1 {
