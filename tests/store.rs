@@ -82,6 +82,7 @@ suite!(
     what_one_handle_writes_the_other_reads,
     two_replicas_claiming_at_once_take_every_due_lease_exactly_once,
     a_lapsed_claim_is_taken_over_and_a_live_one_is_not,
+    only_a_silent_replicas_pending_leases_are_failed,
 );
 
 fn ticket(id: &str, usage: u32, expires_ms: i64) -> TicketRow {
@@ -179,6 +180,7 @@ fn concurrent_lease_requests_of_one_identity_stop_at_its_limit(s: &dyn Store, ot
                         let id = format!("{identity}-l{i}");
                         let lease = NewLease {
                             id: &id,
+                            replica: "r0",
                             identity_id: identity,
                             role: "r",
                             backend: "main",
@@ -254,6 +256,7 @@ fn what_one_handle_writes_the_other_reads(s: &dyn Store, other: &dyn Store) {
     );
     let lease = NewLease {
         id: "l1",
+        replica: "r0",
         identity_id: "i1",
         role: "writer",
         backend: "main",
@@ -276,7 +279,7 @@ fn what_one_handle_writes_the_other_reads(s: &dyn Store, other: &dyn Store) {
         ("gw-7", Some("user-l1"), Some("db"))
     );
     assert_eq!(
-        s.fail_pending(30).unwrap(),
+        s.fail_pending("r1", 30, 0).unwrap(),
         0,
         "an active lease is not pending"
     );
@@ -335,6 +338,7 @@ fn leases_fall_due_in_expiry_order_and_end_once(s: &dyn Store, _other: &dyn Stor
             .insert_lease(
                 &NewLease {
                     id,
+                    replica: "r0",
                     identity_id: "i1",
                     role: "r",
                     backend: "main",
@@ -389,6 +393,7 @@ fn leases_fall_due_in_expiry_order_and_end_once(s: &dyn Store, _other: &dyn Stor
     assert_eq!(gone.len(), 2);
     let late = NewLease {
         id: "e",
+        replica: "r0",
         identity_id: "i1",
         role: "r",
         backend: "main",
@@ -439,6 +444,7 @@ fn due_leases(s: &dyn Store, n: usize) {
         let id = format!("l{i}");
         let lease = NewLease {
             id: &id,
+            replica: "r0",
             identity_id: "i1",
             role: "r",
             backend: "main",
@@ -541,4 +547,42 @@ fn a_lapsed_claim_is_taken_over_and_a_live_one_is_not(s: &dyn Store, other: &dyn
             .collect::<Vec<_>>(),
         ["l0"]
     );
+}
+
+fn only_a_silent_replicas_pending_leases_are_failed(s: &dyn Store, other: &dyn Store) {
+    s.insert_ticket(&ticket("t1", 1, i64::MAX), "h1").unwrap();
+    s.enroll("h1", 1, &|_| Ok("r".into()), ("i1", "gw", "c1"))
+        .unwrap()
+        .unwrap();
+    let t = target();
+    for (id, replica) in [("mine", "me"), ("alive", "live"), ("dead", "gone")] {
+        let lease = NewLease {
+            id,
+            replica,
+            identity_id: "i1",
+            role: "r",
+            backend: "main",
+            target: &t,
+            created_ms: 0,
+            expires_ms: 100_000,
+        };
+        assert_eq!(s.insert_lease(&lease, 10).unwrap(), Inserted::Yes);
+    }
+    other.heartbeat("live", 10_000).unwrap();
+    other.heartbeat("gone", 1_000).unwrap();
+    s.heartbeat("me", 10_000).unwrap();
+    // Replicas silent since before 5,000 are dead.
+    assert_eq!(other.fail_pending("me", 10_500, 5_000).unwrap(), 1);
+    let status = |id| s.lease(id).unwrap().unwrap().status;
+    assert_eq!(status("dead"), LeaseStatus::Failed);
+    assert_eq!(
+        status("alive"),
+        LeaseStatus::Pending,
+        "a live replica's lease in the making"
+    );
+    assert_eq!(status("mine"), LeaseStatus::Pending, "the caller's own");
+    // Once "live" is silent too, its lease goes; its credential is reconciled.
+    assert_eq!(s.fail_pending("me", 40_000, 20_000).unwrap(), 1);
+    assert_eq!(status("alive"), LeaseStatus::Failed);
+    assert_eq!(status("mine"), LeaseStatus::Pending);
 }

@@ -112,10 +112,16 @@ pub fn run(config: AuthorityConfig, shutdown: Shutdown) -> Result<(), AuthorityE
     };
     let listen = config.listen;
     let authority = Arc::new(Authority::open(config, fingerprint.clone())?);
-    let failed = authority.store().fail_pending(service::now_ms())?;
+    let now = service::now_ms();
+    authority.store().heartbeat(authority.replica_id(), now)?;
+    let failed = authority.store().fail_pending(
+        authority.replica_id(),
+        now,
+        now - reaper::REPLICA_DEAD_AFTER.as_millis() as i64,
+    )?;
     if failed > 0 {
         log::warn!(
-            "{failed} lease(s) were being created when the authority last stopped; marked failed, their credentials are reconciled"
+            "{failed} lease(s) were being created by an authority that stopped; marked failed, their credentials are reconciled"
         );
     }
     for backend in authority.backends() {

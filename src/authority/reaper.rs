@@ -34,6 +34,11 @@ pub const POLL: Duration = Duration::from_millis(250);
 pub const CLAIM: Duration = Duration::from_secs(1);
 /// How often claims still held are renewed.
 const CLAIM_RENEW: Duration = Duration::from_millis(250);
+/// How often a replica says it is alive.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// A replica silent this long is dead: its leases left pending are failed
+/// (a credential is made within the backend's timeout, far less).
+pub const REPLICA_DEAD_AFTER: Duration = Duration::from_secs(30);
 /// Due leases taken per pass; the rest come in the next, without sleeping.
 const BATCH: usize = 64;
 /// How often every backend is reconciled after the first success.
@@ -127,8 +132,29 @@ fn reap(authority: &Authority, backend: &Backend, shutdown: &Shutdown, beat: &Be
 /// Renews this process's claims while it holds any, so a deletion slower
 /// than [`CLAIM`] (an InfluxDB slow to answer) is not taken over by
 /// another replica while it runs; a process that dies stops renewing.
+///
+/// It also says every [`HEARTBEAT`] that this replica is alive, and fails
+/// the leases that replicas silent for [`REPLICA_DEAD_AFTER`] left pending
+/// (a replica restarted at once is a new replica; its former self's
+/// pending leases are failed once that has been silent long enough).
 fn keep_claims(authority: &Authority, shutdown: &Shutdown) {
+    let mut last_beat = std::time::Instant::now();
     loop {
+        if last_beat.elapsed() >= HEARTBEAT {
+            last_beat = std::time::Instant::now();
+            let (store, replica, now) = (authority.store(), authority.replica_id(), now_ms());
+            let dead_before = now - REPLICA_DEAD_AFTER.as_millis() as i64;
+            let outcome = store
+                .heartbeat(replica, now)
+                .and_then(|()| store.fail_pending(replica, now, dead_before));
+            match outcome {
+                Ok(0) => {}
+                Ok(n) => log::warn!(
+                    "{n} lease(s) left pending by a stopped authority replica marked failed; their credentials are reconciled"
+                ),
+                Err(e) => log::warn!("replica heartbeat: {}", crate::error_chain(&e)),
+            }
+        }
         if authority.claims_held.load(Ordering::SeqCst) > 0 {
             let now = now_ms();
             if let Err(e) = authority.store().renew_claims(

@@ -429,6 +429,7 @@ impl Authority {
             role,
             &NewLease {
                 id: &id,
+                replica: &self.replica,
                 identity_id: &identity.id,
                 role: &role.name,
                 backend: backend.name(),

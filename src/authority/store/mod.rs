@@ -113,6 +113,8 @@ pub enum Inserted {
 
 pub struct NewLease<'a> {
     pub id: &'a str,
+    /// The replica creating its credential (see [`Store::fail_pending`]).
+    pub replica: &'a str,
     pub identity_id: &'a str,
     pub role: &'a str,
     pub backend: &'a str,
@@ -264,10 +266,20 @@ pub trait Store: Send + Sync {
         error: &str,
         next_attempt_ms: i64,
     ) -> Result<(), StoreError>;
-    /// At start-up nothing is being created: a lease left pending by a
-    /// crash never got its credential recorded. It is marked failed; the
-    /// backend's reconcile deletes the credential if it was made.
-    fn fail_pending(&self, now_ms: i64) -> Result<usize, StoreError>;
+    /// A lease left pending by a replica that died never got its
+    /// credential recorded: the pending leases of replicas other than
+    /// `replica` that have not said they are alive (see
+    /// [`Store::heartbeat`]) since `alive_since_ms` are marked failed; the
+    /// backend's reconcile deletes the credential if it was made. Another
+    /// live replica's lease in the making is left alone.
+    fn fail_pending(
+        &self,
+        replica: &str,
+        now_ms: i64,
+        alive_since_ms: i64,
+    ) -> Result<usize, StoreError>;
+    /// `replica` is alive at `now_ms`.
+    fn heartbeat(&self, replica: &str, now_ms: i64) -> Result<(), StoreError>;
     /// This deployment's id: the stored one; on first use the configured
     /// one, or a random one, stored from then on.
     fn deployment_id(&self, configured: Option<&str>) -> Result<String, StoreError>;

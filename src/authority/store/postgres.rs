@@ -96,6 +96,11 @@ CREATE TABLE meta (
     r#"
 ALTER TABLE leases ADD COLUMN claimed_by TEXT;
 ALTER TABLE leases ADD COLUMN claim_until_ms BIGINT;
+ALTER TABLE leases ADD COLUMN created_by TEXT;
+CREATE TABLE replicas (
+    id TEXT PRIMARY KEY,
+    seen_ms BIGINT NOT NULL
+);
 "#,
 ];
 
@@ -406,10 +411,10 @@ impl Store for PostgresStore {
             return Ok(Inserted::IdentityRevoked);
         }
         let n = tx.execute(
-            &format!("INSERT INTO leases (id, identity_id, role, backend, target, status, created_ms, expires_ms)
-             SELECT $1, $2, $3, $4, $5, 'pending', $6, $7
+            &format!("INSERT INTO leases (id, identity_id, role, backend, target, status, created_ms, expires_ms, created_by)
+             SELECT $1, $2, $3, $4, $5, 'pending', $6, $7, $9
              WHERE (SELECT COUNT(*) FROM leases WHERE identity_id = $2 AND status IN {LIVE}) < $8"),
-            &[&l.id, &l.identity_id, &l.role, &l.backend, &to_json(l.target), &l.created_ms, &l.expires_ms, &i64::from(max_live)],
+            &[&l.id, &l.identity_id, &l.role, &l.backend, &to_json(l.target), &l.created_ms, &l.expires_ms, &i64::from(max_live), &l.replica],
         )?;
         tx.commit()?;
         Ok(if n == 1 {
@@ -611,11 +616,25 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    fn fail_pending(&self, now_ms: i64) -> Result<usize, StoreError> {
+    fn fail_pending(
+        &self,
+        replica: &str,
+        now_ms: i64,
+        alive_since_ms: i64,
+    ) -> Result<usize, StoreError> {
         Ok(self.pool.get()?.execute(
-            "UPDATE leases SET status = 'failed', ended_ms = $1, last_error = 'the authority stopped while creating the credential' WHERE status = 'pending'",
-            &[&now_ms],
+            "UPDATE leases SET status = 'failed', ended_ms = $2, last_error = 'the authority stopped while creating the credential'
+             WHERE status = 'pending' AND (created_by IS NULL OR (created_by <> $1 AND created_by NOT IN (SELECT id FROM replicas WHERE seen_ms >= $3)))",
+            &[&replica, &now_ms, &alive_since_ms],
         )? as usize)
+    }
+
+    fn heartbeat(&self, replica: &str, now_ms: i64) -> Result<(), StoreError> {
+        self.pool.get()?.execute(
+            "INSERT INTO replicas (id, seen_ms) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET seen_ms = excluded.seen_ms",
+            &[&replica, &now_ms],
+        )?;
+        Ok(())
     }
 
     fn deployment_id(&self, configured: Option<&str>) -> Result<String, StoreError> {

@@ -84,6 +84,11 @@ CREATE TABLE meta (
     r#"
 ALTER TABLE leases ADD COLUMN claimed_by TEXT;
 ALTER TABLE leases ADD COLUMN claim_until_ms INTEGER;
+ALTER TABLE leases ADD COLUMN created_by TEXT;
+CREATE TABLE replicas (
+    id TEXT PRIMARY KEY,
+    seen_ms INTEGER NOT NULL
+);
 "#,
 ];
 
@@ -345,11 +350,11 @@ impl Store for SqliteStore {
     fn insert_lease(&self, l: &NewLease<'_>, max_live: u32) -> Result<Inserted, StoreError> {
         let conn = self.conn();
         let n = conn.execute(
-            &format!("INSERT INTO leases (id, identity_id, role, backend, target, status, created_ms, expires_ms)
-             SELECT ?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7
+            &format!("INSERT INTO leases (id, identity_id, role, backend, target, status, created_ms, expires_ms, created_by)
+             SELECT ?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7, ?9
              WHERE EXISTS (SELECT 1 FROM identities WHERE id = ?2 AND revoked_ms IS NULL)
                AND (SELECT COUNT(*) FROM leases WHERE identity_id = ?2 AND status IN {LIVE}) < ?8"),
-            params![l.id, l.identity_id, l.role, l.backend, to_json(l.target), l.created_ms, l.expires_ms, max_live],
+            params![l.id, l.identity_id, l.role, l.backend, to_json(l.target), l.created_ms, l.expires_ms, max_live, l.replica],
         )?;
         if n == 1 {
             return Ok(Inserted::Yes);
@@ -544,11 +549,25 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn fail_pending(&self, now_ms: i64) -> Result<usize, StoreError> {
+    fn fail_pending(
+        &self,
+        replica: &str,
+        now_ms: i64,
+        alive_since_ms: i64,
+    ) -> Result<usize, StoreError> {
         Ok(self.conn().execute(
-            "UPDATE leases SET status = 'failed', ended_ms = ?1, last_error = 'the authority stopped while creating the credential' WHERE status = 'pending'",
-            [now_ms],
+            "UPDATE leases SET status = 'failed', ended_ms = ?2, last_error = 'the authority stopped while creating the credential'
+             WHERE status = 'pending' AND (created_by IS NULL OR (created_by <> ?1 AND created_by NOT IN (SELECT id FROM replicas WHERE seen_ms >= ?3)))",
+            params![replica, now_ms, alive_since_ms],
         )?)
+    }
+
+    fn heartbeat(&self, replica: &str, now_ms: i64) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO replicas (id, seen_ms) VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET seen_ms = excluded.seen_ms",
+            params![replica, now_ms],
+        )?;
+        Ok(())
     }
 
     fn deployment_id(&self, configured: Option<&str>) -> Result<String, StoreError> {
