@@ -85,6 +85,41 @@ suite!(
     only_a_silent_replicas_pending_leases_are_failed,
 );
 
+/// Enrolls identity `identity` (role "r") with a single-use ticket of
+/// its own.
+fn enrolled(s: &dyn Store, identity: &str) {
+    let hash = format!("h-{identity}");
+    s.insert_ticket(&ticket(&format!("t-{identity}"), 1, i64::MAX), &hash)
+        .unwrap();
+    s.enroll(
+        &hash,
+        1,
+        &|_| Ok("r".into()),
+        (identity, "gw", &format!("c-{identity}")),
+    )
+    .unwrap()
+    .unwrap();
+}
+
+/// A lease of `identity` on backend "main", made by replica "r0".
+fn new_lease<'a>(
+    id: &'a str,
+    identity: &'a str,
+    target: &'a Target,
+    expires_ms: i64,
+) -> NewLease<'a> {
+    NewLease {
+        id,
+        replica: "r0",
+        identity_id: identity,
+        role: "r",
+        backend: "main",
+        target,
+        created_ms: 0,
+        expires_ms,
+    }
+}
+
 fn ticket(id: &str, usage: u32, expires_ms: i64) -> TicketRow {
     TicketRow {
         id: id.into(),
@@ -158,18 +193,8 @@ fn concurrent_lease_requests_of_one_identity_stop_at_its_limit(s: &dyn Store, ot
     // Rounds, each a fresh identity with 24 requests at once for at most
     // 3 live leases: a check-then-insert race shows within a few.
     for round in 0..10 {
-        let (ticket_id, hash) = (format!("t{round}"), format!("h{round}"));
         let identity = format!("i{round}");
-        s.insert_ticket(&ticket(&ticket_id, 1, i64::MAX), &hash)
-            .unwrap();
-        s.enroll(
-            &hash,
-            1,
-            &|_| Ok("r".into()),
-            (&identity, "gw", &format!("c{round}")),
-        )
-        .unwrap()
-        .unwrap();
+        enrolled(s, &identity);
         let barrier = Barrier::new(24);
         let inserted: Vec<Inserted> = std::thread::scope(|scope| {
             let threads: Vec<_> = (0..24)
@@ -178,16 +203,7 @@ fn concurrent_lease_requests_of_one_identity_stop_at_its_limit(s: &dyn Store, ot
                     let (barrier, t, identity) = (&barrier, &t, &identity);
                     scope.spawn(move || {
                         let id = format!("{identity}-l{i}");
-                        let lease = NewLease {
-                            id: &id,
-                            replica: "r0",
-                            identity_id: identity,
-                            role: "r",
-                            backend: "main",
-                            target: t,
-                            created_ms: 0,
-                            expires_ms: 1000,
-                        };
+                        let lease = new_lease(&id, identity, t, 1000);
                         barrier.wait();
                         store.insert_lease(&lease, 3).unwrap()
                     })
@@ -435,23 +451,11 @@ fn audit_records_past_their_age_are_pruned(s: &dyn Store, _other: &dyn Store) {
 /// An identity with `n` active leases `l0`.. of backend "main", expiring
 /// at 100 ms, 110 ms, ...
 fn due_leases(s: &dyn Store, n: usize) {
-    s.insert_ticket(&ticket("t1", 1, i64::MAX), "h1").unwrap();
-    s.enroll("h1", 1, &|_| Ok("r".into()), ("i1", "gw", "c1"))
-        .unwrap()
-        .unwrap();
+    enrolled(s, "i1");
     let t = target();
     for i in 0..n {
         let id = format!("l{i}");
-        let lease = NewLease {
-            id: &id,
-            replica: "r0",
-            identity_id: "i1",
-            role: "r",
-            backend: "main",
-            target: &t,
-            created_ms: 0,
-            expires_ms: 100 + 10 * i as i64,
-        };
+        let lease = new_lease(&id, "i1", &t, 100 + 10 * i as i64);
         assert_eq!(s.insert_lease(&lease, 1000).unwrap(), Inserted::Yes);
         s.activate_lease(&id, &format!("user-{id}"), 1).unwrap();
     }
@@ -550,21 +554,12 @@ fn a_lapsed_claim_is_taken_over_and_a_live_one_is_not(s: &dyn Store, other: &dyn
 }
 
 fn only_a_silent_replicas_pending_leases_are_failed(s: &dyn Store, other: &dyn Store) {
-    s.insert_ticket(&ticket("t1", 1, i64::MAX), "h1").unwrap();
-    s.enroll("h1", 1, &|_| Ok("r".into()), ("i1", "gw", "c1"))
-        .unwrap()
-        .unwrap();
+    enrolled(s, "i1");
     let t = target();
     for (id, replica) in [("mine", "me"), ("alive", "live"), ("dead", "gone")] {
         let lease = NewLease {
-            id,
             replica,
-            identity_id: "i1",
-            role: "r",
-            backend: "main",
-            target: &t,
-            created_ms: 0,
-            expires_ms: 100_000,
+            ..new_lease(id, "i1", &t, 100_000)
         };
         assert_eq!(s.insert_lease(&lease, 10).unwrap(), Inserted::Yes);
     }

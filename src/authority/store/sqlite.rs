@@ -85,6 +85,8 @@ CREATE TABLE meta (
 ALTER TABLE leases ADD COLUMN claimed_by TEXT;
 ALTER TABLE leases ADD COLUMN claim_until_ms INTEGER;
 ALTER TABLE leases ADD COLUMN created_by TEXT;
+-- fail_pending runs on every heartbeat; pending leases are few.
+CREATE INDEX leases_pending ON leases(created_by) WHERE status = 'pending';
 CREATE TABLE replicas (
     id TEXT PRIMARY KEY,
     seen_ms INTEGER NOT NULL
