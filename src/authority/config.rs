@@ -39,8 +39,32 @@ pub struct AuthorityConfig {
     pub deployment_id: Option<String>,
     /// Where tickets, identities and leases live (`[store]`).
     pub store: StoreConfig,
+    /// How fast enrollments are taken (`[enrollment]`).
+    pub enrollment: EnrollmentLimits,
     pub backends: Vec<Backend>,
     pub roles: Vec<Role>,
+}
+
+/// `[enrollment]`: enrollments are the one unauthenticated request, so
+/// each client address gets a token bucket (`per_address_burst`, then one
+/// per `per_address_every`), and only `concurrency` run at once per
+/// replica (the others wait a little, then get 429). A site whose
+/// gateways all enroll through one NAT raises the burst.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EnrollmentLimits {
+    pub per_address_burst: u32,
+    pub per_address_every: std::time::Duration,
+    pub concurrency: usize,
+}
+
+impl Default for EnrollmentLimits {
+    fn default() -> Self {
+        EnrollmentLimits {
+            per_address_burst: 20,
+            per_address_every: std::time::Duration::from_secs(1),
+            concurrency: 16,
+        }
+    }
 }
 
 /// `[store]`: SQLite in `state_dir` unless a PostgreSQL `url` is set.
@@ -168,6 +192,14 @@ fn read(t: &Table<'_>) -> Option<AuthorityConfig> {
         }
         None => StoreConfig::Sqlite,
     };
+    let enrollment = match t.table("enrollment") {
+        Some(et) => {
+            let limits = read_enrollment(&et);
+            et.finish();
+            limits
+        }
+        None => EnrollmentLimits::default(),
+    };
     let backends = read_backends(t);
     let roles = read_roles(t, &backends);
     Some(AuthorityConfig {
@@ -181,9 +213,28 @@ fn read(t: &Table<'_>) -> Option<AuthorityConfig> {
         audit_retention,
         deployment_id,
         store,
+        enrollment,
         backends,
         roles,
     })
+}
+
+fn read_enrollment(t: &Table<'_>) -> EnrollmentLimits {
+    let d = EnrollmentLimits::default();
+    EnrollmentLimits {
+        per_address_burst: t.integer(
+            "per_address_burst",
+            d.per_address_burst.into(),
+            1,
+            1_000_000,
+        ) as u32,
+        per_address_every: t.duration(
+            "per_address_every",
+            d.per_address_every,
+            std::time::Duration::from_millis(1),
+        ),
+        concurrency: t.integer("concurrency", d.concurrency as u64, 1, 1024) as usize,
+    }
 }
 
 /// `[store]`: with `url`, PostgreSQL, checked here so that a bad URL, a
@@ -714,6 +765,40 @@ max_ttl = "1h"
         // Also when the URL is one no parser would take.
         assert!(url_has_userinfo("https://admin:p{w@host:7443/x"));
         assert!(!url_has_userinfo("https://host:7443/a@b?c=d@e"));
+    }
+
+    #[test]
+    fn enrollment_limits_default_and_are_checked_by_key() {
+        let c = AuthorityConfig::from_toml(Path::new("a.toml"), EXAMPLE).unwrap();
+        assert_eq!(c.enrollment, EnrollmentLimits::default());
+        let text = format!(
+            "{EXAMPLE}\n[enrollment]\nper_address_burst = 500\nper_address_every = \"100ms\"\nconcurrency = 64\n"
+        );
+        let c = AuthorityConfig::from_toml(Path::new("a.toml"), &text).unwrap();
+        assert_eq!(
+            c.enrollment,
+            EnrollmentLimits {
+                per_address_burst: 500,
+                per_address_every: std::time::Duration::from_millis(100),
+                concurrency: 64,
+            }
+        );
+        let text = format!(
+            "{EXAMPLE}\n[enrollment]\nper_address_burst = 0\nconcurrency = 5000\nburst = 3\n"
+        );
+        let lines = AuthorityConfig::from_toml(Path::new("a.toml"), &text)
+            .unwrap_err()
+            .lines();
+        for key in [
+            "enrollment.per_address_burst",
+            "enrollment.concurrency",
+            "enrollment.burst",
+        ] {
+            assert!(
+                lines.iter().any(|l| l.contains(key)),
+                "{key} not named: {lines:?}"
+            );
+        }
     }
 
     fn with_store(store: &str) -> Result<AuthorityConfig, Vec<String>> {

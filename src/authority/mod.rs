@@ -172,6 +172,11 @@ pub fn run(config: AuthorityConfig, shutdown: Shutdown) -> Result<(), AuthorityE
                 .unwrap_or_default()
         ),
     }
+    log::info!(
+        "replica {} of deployment {}",
+        authority.replica_id(),
+        authority.deployment_id()
+    );
     let notifier = crate::lifecycle::notify::Notifier::from_env();
     notifier.send(&format!("READY=1\nSTATUS=serving on {listen}"));
     let served = server::serve(authority, listener, tls_config, shutdown.clone(), http_beat);

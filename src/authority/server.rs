@@ -31,6 +31,7 @@ use hyper_util::rt::TokioIo;
 use tower::ServiceExt as _;
 
 use crate::api::{ApiError, EnrollRequest, ErrorBody, ErrorCode, LeaseList, LeaseRequest};
+use crate::authority::config::EnrollmentLimits;
 use crate::authority::service::Authority;
 use crate::authority::store::IdentityRow;
 use crate::secret::Secret;
@@ -64,11 +65,10 @@ pub const MAX_PER_ADDRESS: usize = 32;
 const ESTABLISHED_FOR: Duration = Duration::from_secs(24 * 3600);
 /// Addresses remembered as established, at most (the oldest go first).
 const ESTABLISHED_MAX: usize = 100_000;
-/// Enrollments one address may start: a burst, then one per this long.
-const ENROLL_BURST: f64 = 20.0;
-const ENROLL_EVERY: Duration = Duration::from_secs(1);
-/// Enrollments read and processed at once, all addresses together.
-const ENROLL_CONCURRENCY: usize = 16;
+/// How long an enrollment waits for one of the `[enrollment]
+/// concurrency` slots before it is refused with 429: a burst of a site's
+/// gateways is served in turn rather than sent back to retry.
+const ENROLL_QUEUE: Duration = Duration::from_secs(5);
 /// Request bodies are small JSON objects.
 const MAX_BODY: usize = 64 * 1024;
 
@@ -92,17 +92,15 @@ struct App {
 
 /// Who may use the server's capacity: connection counts per address and
 /// in all, addresses known for a gateway, and enrollment buckets.
-#[derive(Default)]
 pub struct Gate {
     state: Mutex<GateState>,
-    enrolling: EnrollSlots,
+    limits: EnrollmentLimits,
+    enrolling: tokio::sync::Semaphore,
 }
 
-struct EnrollSlots(tokio::sync::Semaphore);
-
-impl Default for EnrollSlots {
+impl Default for Gate {
     fn default() -> Self {
-        EnrollSlots(tokio::sync::Semaphore::new(ENROLL_CONCURRENCY))
+        Gate::new(EnrollmentLimits::default())
     }
 }
 
@@ -142,6 +140,14 @@ impl Drop for Admitted {
 }
 
 impl Gate {
+    pub fn new(limits: EnrollmentLimits) -> Gate {
+        Gate {
+            state: Mutex::default(),
+            limits,
+            enrolling: tokio::sync::Semaphore::new(limits.concurrency),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -192,6 +198,8 @@ impl Gate {
     /// one is there.
     fn enroll_allowed(&self, ip: IpAddr) -> Result<(), Duration> {
         let ip = client_key(ip);
+        let burst = f64::from(self.limits.per_address_burst);
+        let every = self.limits.per_address_every.as_secs_f64();
         let mut s = self.lock();
         let now = Instant::now();
         if s.buckets.len() >= ESTABLISHED_MAX {
@@ -199,26 +207,24 @@ impl Gate {
             // forget those; if an attack from very many addresses keeps
             // them all fresh, forget all (memory stays bounded, and the
             // worst an attacker wins is a fresh burst per address).
-            let every = ENROLL_EVERY.as_secs_f64();
-            s.buckets.retain(|_, b| {
-                b.tokens + now.duration_since(b.at).as_secs_f64() / every < ENROLL_BURST
-            });
+            s.buckets
+                .retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() / every < burst);
             if s.buckets.len() >= ESTABLISHED_MAX / 2 {
                 s.buckets.clear();
             }
         }
         let b = s.buckets.entry(ip).or_insert(Bucket {
-            tokens: ENROLL_BURST,
+            tokens: burst,
             at: now,
         });
-        let refill = now.duration_since(b.at).as_secs_f64() / ENROLL_EVERY.as_secs_f64();
-        b.tokens = (b.tokens + refill).min(ENROLL_BURST);
+        let refill = now.duration_since(b.at).as_secs_f64() / every;
+        b.tokens = (b.tokens + refill).min(burst);
         b.at = now;
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
             Ok(())
         } else {
-            Err(ENROLL_EVERY.mul_f64(1.0 - b.tokens))
+            Err(self.limits.per_address_every.mul_f64(1.0 - b.tokens))
         }
     }
 
@@ -299,7 +305,7 @@ pub fn serve(
     listener
         .set_nonblocking(true)
         .map_err(ServerError::Listen)?;
-    let gate = Arc::new(Gate::default());
+    let gate = Arc::new(Gate::new(authority.config().enrollment));
     let app = router(App {
         authority: authority.clone(),
         gate: gate.clone(),
@@ -569,7 +575,8 @@ async fn enroll(
             "too many enrollments from this address; try again later",
         );
     }
-    let Ok(_slot) = app.gate.enrolling.0.try_acquire() else {
+    let slot = tokio::time::timeout(ENROLL_QUEUE, app.gate.enrolling.acquire()).await;
+    let Ok(Ok(_slot)) = slot else {
         return rate_limited(
             Duration::from_secs(1),
             "too many enrollments at once; try again later",
@@ -773,12 +780,29 @@ mod tests {
     #[test]
     fn enrollment_is_a_burst_then_one_a_second_per_address() {
         let gate = Gate::default();
+        let limits = EnrollmentLimits::default();
         let ip: IpAddr = "192.0.2.9".parse().unwrap();
-        for _ in 0..ENROLL_BURST as usize {
+        for _ in 0..limits.per_address_burst {
             assert!(gate.enroll_allowed(ip).is_ok());
         }
         let wait = gate.enroll_allowed(ip).unwrap_err();
-        assert!(wait <= ENROLL_EVERY, "{wait:?}");
+        assert!(wait <= limits.per_address_every, "{wait:?}");
         assert!(gate.enroll_allowed("192.0.2.10".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn the_enrollment_limits_are_the_configured_ones() {
+        let gate = Gate::new(EnrollmentLimits {
+            per_address_burst: 50,
+            per_address_every: Duration::from_secs(10),
+            concurrency: 2,
+        });
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        for _ in 0..50 {
+            assert!(gate.enroll_allowed(ip).is_ok());
+        }
+        let wait = gate.enroll_allowed(ip).unwrap_err();
+        assert!(wait > Duration::from_secs(9), "{wait:?}");
+        assert_eq!(gate.enrolling.available_permits(), 2);
     }
 }

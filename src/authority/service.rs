@@ -44,6 +44,8 @@ pub struct Authority {
     /// start, so a restarted process never mistakes a dead one's claims
     /// for its own.
     replica: String,
+    /// The stored deployment id every credential is named with.
+    deployment: String,
     /// Due leases this process has claimed and not yet dealt with; the
     /// claims are renewed while there are any.
     pub claims_held: std::sync::atomic::AtomicUsize,
@@ -72,6 +74,7 @@ impl Authority {
             .map(|b| (b.name.clone(), Arc::new(Backend::new(b, &deployment))))
             .collect();
         Ok(Authority {
+            deployment,
             config,
             store,
             refusals: Mutex::default(),
@@ -85,6 +88,11 @@ impl Authority {
     /// This process's replica id (claims on due leases carry it).
     pub fn replica_id(&self) -> &str {
         &self.replica
+    }
+
+    /// This deployment's id (see `deployment_id` in the configuration).
+    pub fn deployment_id(&self) -> &str {
+        &self.deployment
     }
 
     pub fn config(&self) -> &AuthorityConfig {

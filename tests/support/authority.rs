@@ -9,11 +9,13 @@
 use std::fs;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 use tempfile::TempDir;
 
+use super::postgres::Postgres;
 use super::{free_port, signal, stop_child, tail, wait_exit, wait_until};
 
 /// The `leasegate-authority` binary: cargo names it for integration
@@ -45,7 +47,8 @@ pub struct AuthorityServer {
     /// With `LEASEGATE_TEST_STORE=postgres`: the PostgreSQL server and
     /// database the authority keeps its state in (else SQLite in
     /// `state_dir`).
-    pub postgres: Option<(super::postgres::Postgres, String)>,
+    /// Replicas of one deployment share it ([`AuthorityServer::replica`]).
+    pub postgres: Option<(Arc<Postgres>, String)>,
 }
 
 /// Whether this test run keeps the authority's state in PostgreSQL
@@ -101,6 +104,22 @@ impl AuthorityServer {
     }
 
     pub fn start_with(body: &str, tls: bool, rust_log: &str) -> AuthorityServer {
+        let postgres = store_is_postgres().then(|| {
+            let pg = Postgres::start();
+            let db = pg.database();
+            (Arc::new(pg), db)
+        });
+        Self::start_on(body, tls, rust_log, postgres)
+    }
+
+    /// Starts `serve` with its state in `postgres` (server and database),
+    /// or in SQLite in its state dir when `None`.
+    pub fn start_on(
+        body: &str,
+        tls: bool,
+        rust_log: &str,
+        postgres: Option<(Arc<Postgres>, String)>,
+    ) -> AuthorityServer {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let mut a = AuthorityServer {
@@ -114,15 +133,19 @@ impl AuthorityServer {
                 .timeout_global(Some(Duration::from_secs(30)))
                 .build()
                 .into(),
-            postgres: store_is_postgres().then(|| {
-                let pg = super::postgres::Postgres::start();
-                let db = pg.database();
-                (pg, db)
-            }),
+            postgres,
         };
         a.write_config(body);
         a.launch();
         a
+    }
+
+    /// Another replica of this deployment: the same PostgreSQL database,
+    /// its own port and state dir.
+    pub fn replica(&self, body: &str) -> AuthorityServer {
+        let postgres = self.postgres.clone();
+        assert!(postgres.is_some(), "replicas share a PostgreSQL store");
+        Self::start_on(body, self.tls, &self.rust_log, postgres)
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -230,6 +253,13 @@ impl AuthorityServer {
         let child = self.child.as_mut()?;
         signal(child.id(), libc::SIGTERM);
         wait_exit(child, Duration::from_secs(15))
+    }
+
+    /// SIGKILL: no drain, no goodbye; waits for the exit.
+    pub fn kill(&mut self) {
+        let child = self.child.as_mut().expect("running");
+        signal(child.id(), libc::SIGKILL);
+        assert!(wait_exit(child, Duration::from_secs(10)).is_some());
     }
 
     pub fn restart(&mut self) {

@@ -173,6 +173,19 @@ impl Postgres {
 }
 
 impl Postgres {
+    /// A client on `database` as the superuser, over TCP: what a test
+    /// reads of the store beside the authority.
+    pub fn client(&self, database: &str) -> postgres::Client {
+        postgres::Client::connect(
+            &format!(
+                "host=127.0.0.1 port={} user={SUPERUSER} password={PASSWORD} dbname={database} connect_timeout=10",
+                self.port
+            ),
+            postgres::NoTls,
+        )
+        .unwrap_or_else(|e| panic!("connect to {database}: {e}"))
+    }
+
     /// `database` as SQL text (`pg_dump`): what a stolen backup would show.
     pub fn dump(&self, database: &str) -> String {
         let out = as_owner(Command::new(self.bin.join("pg_dump")), self.owner)
