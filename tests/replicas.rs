@@ -398,3 +398,71 @@ fn two_deployments_on_one_influxdb_each_reconcile_away_only_their_own_stale_cred
         b.log()
     );
 }
+
+#[test]
+fn a_replica_killed_while_making_a_credential_leaves_no_user_behind() {
+    let influx = Influx::start();
+    influx.query("CREATE DATABASE sensors");
+    let pg = Arc::new(Postgres::start());
+    let relay = Relay::start(influx.port);
+    let relayed = format!("http://127.0.0.1:{}", relay.port);
+    let body = v1_body(&influx, "", "");
+    let mut a = first_replica(&pg, &body.replace(&influx.url(), &relayed));
+    let b = a.replica(&body);
+    let mut db = pg.client(&a.postgres.as_ref().unwrap().1);
+    let id_a = replica_id(&a);
+    let (_, credential) = b.enroll_ok(&b.ticket("iot-sensor", &[]), "gw-orphan");
+    // InfluxDB stops answering a; a lease asked of a hangs in creation.
+    relay.hold.store(true, Ordering::SeqCst);
+    let url = format!("{}/v1/leases", a.url());
+    std::thread::spawn(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        let _ = agent
+            .post(&url)
+            .header("Authorization", &format!("Bearer {credential}"))
+            .header("Content-Type", "application/json")
+            .send("{}");
+    });
+    let pending = wait_until(Duration::from_secs(10), || {
+        let n: i64 = db
+            .query_one(
+                "SELECT count(*) FROM leases WHERE status = 'pending' AND created_by = $1",
+                &[&id_a],
+            )
+            .unwrap()
+            .get(0);
+        n == 1
+    });
+    assert!(pending, "no lease pending on replica a");
+    // a dies; its request reaches InfluxDB afterwards, so the user exists
+    // but no one will ever hold its password or delete it by its lease.
+    a.kill();
+    relay.hold.store(false, Ordering::SeqCst);
+    assert!(
+        wait_until(Duration::from_secs(10), || v1_users(&influx)
+            .iter()
+            .any(|u| u.starts_with("lg_"))),
+        "the held CREATE USER never reached InfluxDB"
+    );
+    // b finds a silent and fails the lease, then reconciles the user away.
+    let gone = wait_until(reaper_dead_after() + Duration::from_secs(15), || {
+        !v1_users(&influx).iter().any(|u| u.starts_with("lg_"))
+    });
+    assert!(gone, "{:?}\n{}", v1_users(&influx), b.log());
+    let lease = &b.leases()[0];
+    assert_eq!(lease["status"], "failed", "{lease}");
+    assert!(
+        b.log().contains("1 orphaned credential(s) deleted"),
+        "{}",
+        b.log()
+    );
+}
+
+/// How long a replica must be silent before its pending leases are
+/// failed, and a heartbeat's period on top.
+fn reaper_dead_after() -> Duration {
+    leasegate::authority::reaper::REPLICA_DEAD_AFTER + Duration::from_secs(5)
+}

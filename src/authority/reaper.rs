@@ -43,6 +43,9 @@ pub const REPLICA_DEAD_AFTER: Duration = Duration::from_secs(30);
 const BATCH: usize = 64;
 /// How often every backend is reconciled after the first success.
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(3600);
+/// How often housekeeping looks whether a reconcile is wanted before the
+/// hour is up (pending leases of a dead replica were failed).
+const RECONCILE_LOOK: Duration = Duration::from_secs(1);
 /// How long ended leases stay listed.
 pub const KEEP_ENDED: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -149,9 +152,14 @@ fn keep_claims(authority: &Authority, shutdown: &Shutdown) {
                 .and_then(|()| store.fail_pending(replica, now, dead_before));
             match outcome {
                 Ok(0) => {}
-                Ok(n) => log::warn!(
-                    "{n} lease(s) left pending by a stopped authority replica marked failed; their credentials are reconciled"
-                ),
+                Ok(n) => {
+                    log::warn!(
+                        "{n} lease(s) left pending by a stopped authority replica marked failed; their credentials are reconciled now"
+                    );
+                    // The dead replica may have made the credential before
+                    // it died: only a reconcile finds it.
+                    authority.reconcile_soon.store(true, Ordering::SeqCst);
+                }
                 Err(e) => log::warn!("replica heartbeat: {}", crate::error_chain(&e)),
             }
         }
@@ -211,8 +219,15 @@ fn housekeeping(authority: &Authority, shutdown: &Shutdown) {
             attempts = 0;
             RECONCILE_EVERY
         };
-        if shutdown.sleep(wait) {
-            return;
+        let until = std::time::Instant::now() + wait;
+        loop {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if shutdown.sleep(left.min(RECONCILE_LOOK)) {
+                return;
+            }
+            if left.is_zero() || authority.reconcile_soon.swap(false, Ordering::SeqCst) {
+                break;
+            }
         }
     }
 }

@@ -49,6 +49,9 @@ pub struct Authority {
     /// Due leases this process has claimed and not yet dealt with; the
     /// claims are renewed while there are any.
     pub claims_held: std::sync::atomic::AtomicUsize,
+    /// Set when leases another replica left pending were failed: their
+    /// credentials may exist, and housekeeping reconciles at once.
+    pub reconcile_soon: std::sync::atomic::AtomicBool,
 }
 
 impl From<StoreError> for ApiError {
@@ -82,6 +85,7 @@ impl Authority {
             fingerprint,
             replica: secret::random_hex(8),
             claims_held: std::sync::atomic::AtomicUsize::new(0),
+            reconcile_soon: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
