@@ -158,6 +158,21 @@ pub struct LeaseGrant {
     /// The InfluxDB credential: a token, or `user:password` on 1.x.
     #[serde(with = "crate::secret::wire")]
     pub secret: Secret,
+    /// The deployment's CA, from an authority that has one: how gateways
+    /// enrolled with a ticket that pinned one certificate move to pinning
+    /// the CA (README, "Moving to the deployment CA").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_ca: Option<DeploymentCa>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentCa {
+    /// Lowercase hex SHA-256 of the CA's DER certificate.
+    pub sha256: String,
+    /// Whether the certificate this authority serves is signed by it (not
+    /// the self-signed one of before the CA): then a gateway's pin of that
+    /// old certificate is no longer needed.
+    pub signs_served_certificate: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,16 +1,17 @@
 //! The gateway's side of the authority's HTTP API (`crate::api`): enroll,
 //! and create, list, show and revoke leases with the identity credential.
 //!
-//! It owns trust in the authority. A self-signed (or any) authority
-//! certificate is trusted by the SHA-256 fingerprint its ticket pins, and
-//! the pin is checked inside the TLS handshake of every connection, by
-//! [`PinnedVerifier`] under a connector of our own, before one byte of a
-//! request leaves: enrollment's and every later call's. The pin names one
-//! certificate exactly, as an SSH known-hosts line names one host key, so
-//! another certificate from the same CA, or with the same name, is refused
-//! (README, "Security model"). Or the system's roots, when configured. It never
-//! sends a secret anywhere but the authority it trusts, and its errors
-//! never carry one.
+//! It owns trust in the authority. The ticket pins the deployment's CA by
+//! its SHA-256 fingerprint (or, from older authorities, one certificate),
+//! and [`PinnedVerifier`] checks the pin inside the TLS handshake of every
+//! connection, under a connector of our own, before one byte of a request
+//! leaves: enrollment's and every later call's. A CA pin accepts any
+//! certificate that CA signed for the host asked for, so a replica's
+//! certificate can be replaced, or a replica added, without enrolling
+//! again; a certificate pin names one certificate exactly, as an SSH
+//! known-hosts line names one host key (README, "Security model"). Or the
+//! system's roots, when configured. It never sends a secret anywhere but
+//! the authority it trusts, and its errors never carry one.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,10 +40,12 @@ pub enum ClientError {
         source: ureq::Error,
     },
     #[error(
-        "the authority at {url} presents a certificate with SHA-256 fingerprint {found}, but the ticket pins {pinned}"
+        "the authority at {url} presents a {of} with SHA-256 fingerprint {found}, but the ticket pins {pinned}"
     )]
     Mismatch {
         url: String,
+        /// "certificate", or "certificate chain to a CA" with a CA pin.
+        of: &'static str,
         found: String,
         pinned: String,
     },
@@ -98,11 +101,35 @@ impl ClientError {
 pub enum Trust {
     /// Plain HTTP (an authority with `tls = "off"` on loopback).
     None,
-    /// Exactly the certificate with this SHA-256 fingerprint (lowercase
-    /// hex of its DER), as the ticket pinned it.
-    Pinned(String),
+    /// The pinned CA's certificates, or exactly the pinned certificate.
+    Pinned(Pins),
     /// The system's CA certificates.
     System,
+}
+
+/// What a ticket pins: SHA-256 fingerprints (lowercase hex of the DER).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pins {
+    /// The deployment's CA: any certificate it signed for the host.
+    pub ca: Option<String>,
+    /// Exactly this certificate (tickets of authorities without a CA).
+    pub leaf: Option<String>,
+}
+
+impl Pins {
+    pub fn leaf(fingerprint: &str) -> Pins {
+        Pins {
+            ca: None,
+            leaf: Some(fingerprint.to_owned()),
+        }
+    }
+
+    pub fn ca(fingerprint: &str) -> Pins {
+        Pins {
+            ca: Some(fingerprint.to_owned()),
+            leaf: None,
+        }
+    }
 }
 
 pub struct AuthorityClient {
@@ -124,8 +151,8 @@ impl AuthorityClient {
             // environment would carry it, in clear, to the proxy's own
             // loopback.
             Trust::None => config.proxy(None).build().into(),
-            Trust::Pinned(pin) => {
-                let tls = PinnedTls::new(pin).map_err(|e| ClientError::Tls {
+            Trust::Pinned(pins) => {
+                let tls = PinnedTls::new(pins).map_err(|e| ClientError::Tls {
                     url: base.to_owned(),
                     message: e.to_string(),
                 })?;
@@ -317,6 +344,7 @@ impl AuthorityClient {
         match (mismatch, tls) {
             (Some(m), _) => ClientError::Mismatch {
                 url: self.base.clone(),
+                of: m.of,
                 found: m.found.clone(),
                 pinned: m.pinned.clone(),
             },
@@ -342,39 +370,94 @@ fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("plain data always serializes")
 }
 
-/// The certificate a server showed was not the one the ticket pinned; the
-/// verifier's error, carried through rustls and ureq to [`ClientError`].
+/// The certificate a server showed was not the one the ticket pinned, or
+/// its chain does not end at the pinned CA; the verifier's error, carried
+/// through rustls and ureq to [`ClientError`].
 #[derive(Debug, thiserror::Error)]
-#[error("certificate SHA-256 {found} is not the pinned {pinned}")]
+#[error("{of} SHA-256 {found} is not the pinned {pinned}")]
 struct PinMismatch {
+    of: &'static str,
     found: String,
     pinned: String,
 }
 
-/// Accepts exactly the pinned certificate, whatever it says of itself (a
-/// self-signed certificate's name and dates are the authority's own word,
-/// and the pin already says which one is meant), and checks the
-/// handshake's signatures with its key, so the server must hold that key.
+fn mismatch(of: &'static str, found: String, pinned: &str) -> rustls::Error {
+    rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+        Arc::new(PinMismatch {
+            of,
+            found,
+            pinned: pinned.to_owned(),
+        }),
+    )))
+}
+
+/// Whether `leaf` (with `intermediates`) is a certificate `ca` signed
+/// for `name`, valid at `now`: the usual web PKI checks, with `ca` as the
+/// only root. The authority asks the same question of its own certificate
+/// before serving it.
+pub fn verify_chain(
+    ca: &CertificateDer<'_>,
+    leaf: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    name: &ServerName<'_>,
+    now: UnixTime,
+) -> Result<(), rustls::Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone().into_owned())?;
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .map_err(|e| rustls::Error::General(e.to_string()))?;
+    verifier
+        .verify_server_cert(leaf, intermediates, name, &[], now)
+        .map(|_| ())
+}
+
+/// Accepts a certificate the pinned CA signed for the host (the CA's
+/// certificate comes in the chain the server sends, and is known by its
+/// fingerprint), or exactly the pinned certificate, whatever it says of
+/// itself (a self-signed certificate's name and dates are the authority's
+/// own word, and the pin already says which one is meant). Either way the
+/// handshake's signatures are checked with the certificate's key, so the
+/// server must hold that key.
 #[derive(Debug)]
 pub struct PinnedVerifier {
-    pin: String,
+    pins: Pins,
     provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
-impl PinnedVerifier {
-    /// A verifier for `pin`, lowercase or uppercase hex of 32 bytes.
-    pub fn new(pin: &str) -> Result<PinnedVerifier, ClientError> {
-        if pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(ClientError::Tls {
+fn check_pin(what: &str, pin: &Option<String>) -> Result<Option<String>, ClientError> {
+    match pin {
+        Some(p) if p.len() != 64 || !p.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Err(ClientError::Tls {
                 url: String::new(),
                 message: format!(
-                    "the pinned fingerprint is not 64 hex digits ({} characters)",
-                    pin.len()
+                    "the pinned {what} fingerprint is not 64 hex digits ({} characters)",
+                    p.len()
                 ),
+            })
+        }
+        p => Ok(p.as_ref().map(|p| p.to_ascii_lowercase())),
+    }
+}
+
+impl PinnedVerifier {
+    /// A verifier for `pins`, each lowercase or uppercase hex of 32 bytes.
+    pub fn new(pins: &Pins) -> Result<PinnedVerifier, ClientError> {
+        let pins = Pins {
+            ca: check_pin("CA", &pins.ca)?,
+            leaf: check_pin("certificate", &pins.leaf)?,
+        };
+        if pins.ca.is_none() && pins.leaf.is_none() {
+            return Err(ClientError::Tls {
+                url: String::new(),
+                message: "nothing pinned".into(),
             });
         }
         Ok(PinnedVerifier {
-            pin: pin.to_ascii_lowercase(),
+            pins,
             provider: Arc::new(rustls::crypto::ring::default_provider()),
         })
     }
@@ -384,21 +467,38 @@ impl ServerCertVerifier for PinnedVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
         _ocsp: &[u8],
-        _now: UnixTime,
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let found = sha256_hex(end_entity.as_ref());
-        if found == self.pin {
+        if self.pins.leaf.as_deref() == Some(found.as_str()) {
             return Ok(ServerCertVerified::assertion());
         }
-        Err(rustls::Error::InvalidCertificate(
-            rustls::CertificateError::Other(rustls::OtherError(Arc::new(PinMismatch {
+        let Some(ca) = &self.pins.ca else {
+            return Err(mismatch(
+                "certificate",
                 found,
-                pinned: self.pin.clone(),
-            }))),
-        ))
+                self.pins.leaf.as_deref().unwrap_or(""),
+            ));
+        };
+        let Some(at) = intermediates
+            .iter()
+            .position(|c| sha256_hex(c.as_ref()) == *ca)
+        else {
+            // Named by the last certificate of the chain it sent: its root
+            // as far as the server says, or the certificate itself.
+            let root = intermediates.last().unwrap_or(end_entity);
+            return Err(mismatch(
+                "certificate chain to a CA",
+                sha256_hex(root.as_ref()),
+                ca,
+            ));
+        };
+        let between: Vec<CertificateDer<'_>> = intermediates[..at].to_vec();
+        verify_chain(&intermediates[at], end_entity, &between, server_name, now)?;
+        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -445,8 +545,8 @@ struct PinnedTls {
 }
 
 impl PinnedTls {
-    fn new(pin: &str) -> Result<PinnedTls, ClientError> {
-        let verifier = PinnedVerifier::new(pin)?;
+    fn new(pins: &Pins) -> Result<PinnedTls, ClientError> {
+        let verifier = PinnedVerifier::new(pins)?;
         let provider = verifier.provider.clone();
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -548,5 +648,92 @@ impl Transport for PinnedTransport {
 
     fn is_tls(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Ca {
+        cert: rcgen::Certificate,
+        issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    }
+
+    fn ca(name: &str) -> Ca {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Ca {
+            cert,
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    fn leaf(ca: &Ca, host: &str) -> CertificateDer<'static> {
+        let params = rcgen::CertificateParams::new(vec![host.to_owned()]).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.signed_by(&key, &ca.issuer).unwrap().der().clone()
+    }
+
+    fn verify(pins: &Pins, chain: &[CertificateDer<'static>]) -> Result<(), String> {
+        let v = PinnedVerifier::new(pins).unwrap();
+        let name = ServerName::try_from("127.0.0.1").unwrap();
+        v.verify_server_cert(&chain[0], &chain[1..], &name, &[], UnixTime::now())
+            .map(|_| ())
+            .map_err(|e| match e {
+                rustls::Error::InvalidCertificate(rustls::CertificateError::Other(o)) => {
+                    o.to_string()
+                }
+                other => format!("other: {other}"),
+            })
+    }
+
+    #[test]
+    fn a_ca_pin_takes_any_certificate_it_signed_for_the_host_and_nothing_else() {
+        let ours = ca("ours");
+        let theirs = ca("theirs");
+        let ours_pin = sha256_hex(ours.cert.der().as_ref());
+        let theirs_pin = sha256_hex(theirs.cert.der().as_ref());
+        let pins = Pins::ca(&ours_pin);
+        let ours_der = ours.cert.der().clone();
+        // Two certificates of one CA: a replaced one, another replica's.
+        for _ in 0..2 {
+            verify(&pins, &[leaf(&ours, "127.0.0.1"), ours_der.clone()]).unwrap();
+        }
+        // Another CA's: refused, naming both.
+        let e = verify(
+            &pins,
+            &[leaf(&theirs, "127.0.0.1"), theirs.cert.der().clone()],
+        )
+        .unwrap_err();
+        assert!(e.contains(&ours_pin) && e.contains(&theirs_pin), "{e}");
+        // Another CA's certificate sent with our CA's beside it.
+        let e = verify(&pins, &[leaf(&theirs, "127.0.0.1"), ours_der.clone()]).unwrap_err();
+        assert!(e.starts_with("other:"), "{e}");
+        // Ours, but for another host.
+        let e = verify(&pins, &[leaf(&ours, "authority.example"), ours_der]).unwrap_err();
+        assert!(e.starts_with("other:"), "{e}");
+        // Our CA's own certificate as the server's.
+        let e = verify(&pins, &[ours.cert.der().clone()]).unwrap_err();
+        assert!(e.contains(&ours_pin), "{e}");
+    }
+
+    #[test]
+    fn a_certificate_pin_takes_that_certificate_only() {
+        let ours = ca("ours");
+        let served = leaf(&ours, "127.0.0.1");
+        let pins = Pins::leaf(&sha256_hex(served.as_ref()));
+        verify(&pins, std::slice::from_ref(&served)).unwrap();
+        // Another of the same CA is refused: the pin names one.
+        let e = verify(&pins, &[leaf(&ours, "127.0.0.1"), ours.cert.der().clone()]).unwrap_err();
+        assert!(e.contains("is not the pinned"), "{e}");
+        assert!(PinnedVerifier::new(&Pins::default()).is_err());
+        assert!(PinnedVerifier::new(&Pins::ca("abc")).is_err());
     }
 }

@@ -3,8 +3,10 @@
 //! It owns the ticket's format, shared by the authority (which writes it)
 //! and the gateway (which reads it): `LGT1.` followed by unpadded base64url
 //! of a JSON object with the authority's URL, the ticket id, the secret, the
-//! SHA-256 fingerprint of the authority's certificate (absent when the
-//! authority serves plain HTTP), an informational expiry and the
+//! SHA-256 fingerprints of the deployment's CA and of the certificate of
+//! the authority that made it (absent when the authority serves plain
+//! HTTP; the CA's also from authorities older than the CA, and gateways
+//! older than it read only the certificate's), an informational expiry and the
 //! attributes. The version prefix lets a later format be told apart and
 //! refused by name. One line of URL-safe characters survives copy, paste,
 //! mail and CRLF editors; surrounding whitespace is ignored.
@@ -35,6 +37,10 @@ pub struct Ticket {
     /// Lowercase hex SHA-256 of the authority's DER certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_sha256: Option<String>,
+    /// Lowercase hex SHA-256 of the deployment CA's DER certificate: when
+    /// present, what the gateway pins (any certificate the CA signed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_sha256: Option<String>,
     /// Unix seconds after which the authority refuses the ticket; the
     /// authority's clock decides, this is for people and early warnings.
     pub expires: u64,
@@ -114,17 +120,23 @@ impl Ticket {
                 "url must start with https:// or http://".into(),
             ));
         }
-        if ticket.url.starts_with("https://") && ticket.cert_sha256.is_none() {
-            return Err(TicketError::Content(
-                "an https:// ticket must carry cert_sha256".into(),
-            ));
-        }
-        if let Some(pin) = &ticket.cert_sha256
-            && (pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()))
+        if ticket.url.starts_with("https://")
+            && ticket.cert_sha256.is_none()
+            && ticket.ca_sha256.is_none()
         {
             return Err(TicketError::Content(
-                "cert_sha256 must be 64 hex digits".into(),
+                "an https:// ticket must carry ca_sha256 or cert_sha256".into(),
             ));
+        }
+        for (key, pin) in [
+            ("cert_sha256", &ticket.cert_sha256),
+            ("ca_sha256", &ticket.ca_sha256),
+        ] {
+            if let Some(pin) = pin
+                && (pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                return Err(TicketError::Content(format!("{key} must be 64 hex digits")));
+            }
         }
         if let Some(name) = &ticket.identity_name
             && !crate::api::identity_name_is_valid(name)
@@ -134,6 +146,18 @@ impl Ticket {
             ));
         }
         Ok(ticket)
+    }
+}
+
+impl Ticket {
+    /// What a gateway pins: the CA when the ticket names one (then any
+    /// certificate it signed is the authority's), else the certificate.
+    pub fn pins(&self) -> crate::client::Pins {
+        match (&self.ca_sha256, &self.cert_sha256) {
+            (Some(ca), _) => crate::client::Pins::ca(&ca.to_ascii_lowercase()),
+            (None, Some(leaf)) => crate::client::Pins::leaf(&leaf.to_ascii_lowercase()),
+            (None, None) => crate::client::Pins::default(),
+        }
     }
 }
 
@@ -157,6 +181,7 @@ mod tests {
             id: "0123456789abcdef".into(),
             secret: Secret::new(crate::secret::random_base64(SECRET_BYTES)),
             cert_sha256: Some("ab".repeat(32)),
+            ca_sha256: None,
             expires: 1_900_000_000,
             attributes: [("service".to_owned(), "iot-sensor".to_owned())].into(),
             identity_name: None,

@@ -735,8 +735,13 @@ fn no_secret_reaches_any_log_in_a_full_run() {
     }
 }
 
+fn cert_der(path: &std::path::Path) -> rustls::pki_types::CertificateDer<'static> {
+    use rustls::pki_types::pem::PemObject as _;
+    rustls::pki_types::CertificateDer::from_pem_file(path).unwrap()
+}
+
 #[test]
-fn https_with_a_self_signed_certificate_pinned_in_every_ticket() {
+fn https_with_the_deployment_ca_pinned_in_every_ticket() {
     let fake = FakeInflux::start(Flavor::V2, ADMIN_TOKEN, ORG, "sensors", 1 << 20);
     let body = format!(
         "{}{}",
@@ -744,30 +749,43 @@ fn https_with_a_self_signed_certificate_pinned_in_every_ticket() {
         role("sensor", "iot-sensor", "main", "bucket", "sensors")
     );
     let mut authority = AuthorityServer::start_with(&body, true, "info");
-    let cert_path = authority.state_dir().join("cert.pem");
-    let key_path = authority.state_dir().join("key.pem");
+    let state = authority.state_dir();
     use std::os::unix::fs::PermissionsExt as _;
-    assert_eq!(
-        std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
-    let pem = std::fs::read(&cert_path).unwrap();
-    use rustls::pki_types::pem::PemObject as _;
-    let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
-    let fingerprint = leasegate::secret::sha256_hex(der.as_ref());
+    for key in ["ca-key.pem", "leaf-key.pem"] {
+        assert_eq!(
+            std::fs::metadata(state.join(key))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600,
+            "{key}"
+        );
+    }
+    let ca = cert_der(&state.join("ca.pem"));
+    let ca_fingerprint = leasegate::secret::sha256_hex(ca.as_ref());
+    let leaf_fingerprint =
+        leasegate::secret::sha256_hex(cert_der(&state.join("leaf.pem")).as_ref());
 
     let line = authority.ticket("iot-sensor", &[]);
     let ticket = leasegate::ticket::Ticket::parse(&line).unwrap();
-    assert_eq!(ticket.cert_sha256.as_deref(), Some(fingerprint.as_str()));
+    assert_eq!(ticket.ca_sha256.as_deref(), Some(ca_fingerprint.as_str()));
+    // For gateways older than the CA, which read only the certificate's.
+    assert_eq!(
+        ticket.cert_sha256.as_deref(),
+        Some(leaf_fingerprint.as_str())
+    );
     assert_eq!(ticket.url, authority.url());
 
-    // A client trusting exactly that certificate enrolls over HTTPS.
+    // A client with the CA as its only root enrolls over HTTPS: the
+    // certificate is the CA's for the host the URL names, by the usual
+    // web PKI checks.
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .tls_config(
             ureq::tls::TlsConfig::builder()
                 .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(vec![
-                    ureq::tls::Certificate::from_der(der.as_ref()).to_owned(),
+                    ureq::tls::Certificate::from_der(ca.as_ref()).to_owned(),
                 ])))
                 .build(),
         )
@@ -799,16 +817,17 @@ fn https_with_a_self_signed_certificate_pinned_in_every_ticket() {
             .is_err()
     );
 
-    // The certificate survives a restart: tickets already out still pin it.
+    // CA and certificate survive a restart; a certificate removed is
+    // signed anew by the same CA, which tickets already out still pin.
     authority.restart();
-    let again = authority.ticket("iot-sensor", &[]);
-    assert_eq!(
-        leasegate::ticket::Ticket::parse(&again)
-            .unwrap()
-            .cert_sha256
-            .as_deref(),
-        Some(fingerprint.as_str())
-    );
+    let again = leasegate::ticket::Ticket::parse(&authority.ticket("iot-sensor", &[])).unwrap();
+    assert_eq!(again.ca_sha256, ticket.ca_sha256);
+    assert_eq!(again.cert_sha256, ticket.cert_sha256);
+    std::fs::remove_file(state.join("leaf.pem")).unwrap();
+    authority.restart();
+    let renewed = leasegate::ticket::Ticket::parse(&authority.ticket("iot-sensor", &[])).unwrap();
+    assert_eq!(renewed.ca_sha256, ticket.ca_sha256);
+    assert_ne!(renewed.cert_sha256, ticket.cert_sha256);
 }
 
 #[test]
@@ -1061,4 +1080,44 @@ fn a_role_turned_per_identity_refuses_identities_that_chose_their_own_name() {
         authority.lease_ok(&bound, None)["target"]["database"],
         "sensors_gw-08"
     );
+}
+
+#[test]
+fn a_replica_given_the_deployment_ca_is_trusted_by_tickets_of_another() {
+    let fake = FakeInflux::start(Flavor::V2, ADMIN_TOKEN, ORG, "sensors", 1 << 20);
+    let body = format!(
+        "{}{}",
+        v2_backend("main", &fake.url(), ORG, ADMIN_TOKEN),
+        role("sensor", "iot-sensor", "main", "bucket", "sensors")
+    );
+    let first = AuthorityServer::start_with(&body, true, "info");
+    let ca = first.state_dir().join("ca.pem");
+    let ca_key = first.state_dir().join("ca-key.pem");
+    let second = AuthorityServer::start_with(
+        &format!(
+            "ca_cert_file = \"{}\"\nca_key_file = \"{}\"\n{body}",
+            ca.display(),
+            ca_key.display()
+        ),
+        true,
+        "info",
+    );
+    assert!(!second.state_dir().join("ca.pem").exists());
+    let ticket = |a: &AuthorityServer| {
+        leasegate::ticket::Ticket::parse(&a.ticket("iot-sensor", &[])).unwrap()
+    };
+    let (t1, t2) = (ticket(&first), ticket(&second));
+    assert_eq!(t1.ca_sha256, t2.ca_sha256);
+    assert_ne!(
+        t1.cert_sha256, t2.cert_sha256,
+        "each replica its own certificate"
+    );
+    // The pins of the first replica's ticket take the second replica.
+    let client = leasegate::client::AuthorityClient::new(
+        &second.url(),
+        &leasegate::client::Trust::Pinned(t1.pins()),
+    )
+    .unwrap();
+    let enrolled = client.enroll(&t2.secret, "gw-second").unwrap();
+    assert!(!enrolled.identity_id.is_empty());
 }

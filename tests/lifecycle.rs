@@ -363,9 +363,11 @@ fn each_bad_ticket_is_rejected_with_its_reason_and_an_unreachable_authority_keep
     let id = leasegate::ticket::Ticket::parse(&revoked).unwrap().id;
     authority.cli_ok(&["ticket", "revoke", &id]);
     let mut pinned = leasegate::ticket::Ticket::parse(&tls.ticket("iot-sensor", &[])).unwrap();
-    let real = pinned.cert_sha256.clone().unwrap();
+    // The ticket pins another CA than the one that signed the
+    // authority's certificate.
+    let real = pinned.ca_sha256.clone().unwrap();
     let pinned_id = pinned.id.clone();
-    pinned.cert_sha256 = Some("00".repeat(32));
+    pinned.ca_sha256 = Some("00".repeat(32));
     let mismatch = pinned.encode();
     // Valid, but its role is gone by the time it is used.
     let no_role = authority.ticket("iot-sensor", &[]);
@@ -560,4 +562,155 @@ fn leases_refused_before_they_ever_wrote_back_off_instead_of_churning() {
         "{s}"
     );
     assert_eq!(s["points_dropped"], 0);
+}
+
+fn renewals(daemon: &Daemon) -> u64 {
+    status(daemon)["enrollment"]["renewals"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+fn ca_fingerprint(authority: &AuthorityServer) -> String {
+    use rustls::pki_types::pem::PemObject as _;
+    let der =
+        rustls::pki_types::CertificateDer::from_pem_file(authority.state_dir().join("ca.pem"))
+            .unwrap();
+    leasegate::secret::sha256_hex(der.as_ref())
+}
+
+#[test]
+fn a_replaced_certificate_from_the_ca_needs_no_new_ticket_and_another_ca_is_refused() {
+    let (broker, influx) = servers();
+    let mut authority = AuthorityServer::start_with(&authority_body(&influx), true, "info");
+    let mut daemon = Daemon::start(&leased_config(&broker, "gw-ca", "6s"));
+    drop_ticket(&daemon, "gw", &authority.ticket("iot-sensor", &[]));
+    assert!(
+        enrolled(&daemon, Duration::from_secs(5)),
+        "{}",
+        daemon.log()
+    );
+    let identity_file = daemon.dir.path().join("state/identity.json");
+    let identity = std::fs::read_to_string(&identity_file).unwrap();
+    let pinned = ca_fingerprint(&authority);
+    assert!(identity.contains(&pinned), "the identity pins the CA");
+    publish(&broker, "before", 0, 50);
+    influx.assert_arrives("before", 50, Duration::from_secs(30), &daemon);
+
+    // The replica's certificate is replaced: a new one from the same CA.
+    let leaf = authority.state_dir().join("leaf.pem");
+    let old_leaf = std::fs::read(&leaf).unwrap();
+    std::fs::remove_file(&leaf).unwrap();
+    authority.restart();
+    assert_ne!(std::fs::read(&leaf).unwrap(), old_leaf, "a new certificate");
+    let at = renewals(&daemon);
+    let mut sent = 0;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(15) {
+        publish(&broker, "after", sent, 20);
+        sent += 20;
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    influx.assert_arrives("after", sent, Duration::from_secs(30), &daemon);
+    assert!(
+        renewals(&daemon) >= at + 2,
+        "no renewals with the new certificate:\n{}",
+        daemon.log()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&identity_file).unwrap(),
+        identity,
+        "the same identity, not enrolled again"
+    );
+
+    // A new CA (its files lost and made again): the gateway refuses it,
+    // naming both, and keeps running on the lease it holds.
+    authority.terminate();
+    let leases = authority.leases().len();
+    for f in ["ca.pem", "ca-key.pem", "leaf.pem", "leaf-key.pem"] {
+        std::fs::remove_file(authority.state_dir().join(f)).unwrap();
+    }
+    authority.restart();
+    let other = ca_fingerprint(&authority);
+    assert_ne!(other, pinned);
+    let named = wait_until(Duration::from_secs(20), || {
+        daemon
+            .log()
+            .lines()
+            .any(|l| l.contains("cannot get a lease") && l.contains(&pinned) && l.contains(&other))
+    });
+    assert!(named, "{}", daemon.log());
+    assert!(daemon.is_running());
+    assert_eq!(authority.leases().len(), leases, "a request got through");
+}
+
+#[test]
+fn a_gateway_that_pinned_the_old_self_signed_certificate_moves_to_the_ca() {
+    let (broker, influx) = servers();
+    let mut authority = AuthorityServer::start_with(&authority_body(&influx), true, "info");
+    // The state dir of an authority from before the CA: one self-signed
+    // certificate, which its tickets pinned.
+    authority.terminate();
+    let state = authority.state_dir();
+    for f in ["ca.pem", "ca-key.pem", "leaf.pem", "leaf-key.pem"] {
+        std::fs::remove_file(state.join(f)).unwrap();
+    }
+    let old = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    std::fs::write(state.join("cert.pem"), old.cert.pem()).unwrap();
+    std::fs::write(state.join("key.pem"), old.signing_key.serialize_pem()).unwrap();
+    let old_pin = leasegate::secret::sha256_hex(old.cert.der().as_ref());
+    authority.restart();
+    let ticket = leasegate::ticket::Ticket::parse(&authority.ticket("iot-sensor", &[])).unwrap();
+    assert_eq!(ticket.cert_sha256.as_deref(), Some(old_pin.as_str()));
+    assert_eq!(
+        ticket.ca_sha256, None,
+        "the CA does not sign what is served"
+    );
+
+    let daemon = Daemon::start(&leased_config(&broker, "gw-move", "6s"));
+    drop_ticket(&daemon, "gw", &ticket.encode());
+    assert!(
+        enrolled(&daemon, Duration::from_secs(5)),
+        "{}",
+        daemon.log()
+    );
+    let identity_file = daemon.dir.path().join("state/identity.json");
+    let read_identity = || -> Value {
+        serde_json::from_str(&std::fs::read_to_string(&identity_file).unwrap()).unwrap()
+    };
+    let ca = ca_fingerprint(&authority);
+    // The first grant names the CA: it is pinned beside the certificate.
+    assert!(
+        wait_until(Duration::from_secs(10), || read_identity()["ca_sha256"]
+            == ca.as_str()),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(read_identity()["cert_sha256"], old_pin.as_str());
+    let id = read_identity()["identity_id"].clone();
+    publish(&broker, "before", 0, 50);
+    influx.assert_arrives("before", 50, Duration::from_secs(30), &daemon);
+
+    // The operator retires the old certificate: the replica serves one
+    // the CA signed, and the gateway drops the old pin at its next lease.
+    authority.terminate();
+    std::fs::remove_file(state.join("cert.pem")).unwrap();
+    std::fs::remove_file(state.join("key.pem")).unwrap();
+    authority.restart();
+    assert!(state.join("leaf.pem").exists());
+    assert!(
+        wait_until(Duration::from_secs(15), || read_identity()
+            .get("cert_sha256")
+            .is_none()),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(read_identity()["ca_sha256"], ca.as_str());
+    assert_eq!(read_identity()["identity_id"], id, "not enrolled again");
+    publish(&broker, "after", 0, 50);
+    influx.assert_arrives("after", 50, Duration::from_secs(30), &daemon);
+    let log = daemon.log();
+    assert!(
+        !log.contains("answered 401") && !log.contains("answered 403"),
+        "{log}"
+    );
 }

@@ -42,6 +42,11 @@ pub struct Identity {
     /// every call also hold `cert_der_base64`, which is no longer read.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_sha256: Option<String>,
+    /// The deployment CA's SHA-256 fingerprint, from the ticket: when set,
+    /// any certificate it signed for the authority's host is trusted (and
+    /// `cert_sha256` is not kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_sha256: Option<String>,
     #[serde(default)]
     pub system_trust: bool,
     pub enrolled_ms: i64,
@@ -58,15 +63,47 @@ impl Identity {
         if self.authority_url.starts_with("http://") {
             return Ok(Trust::None);
         }
-        match &self.cert_sha256 {
-            Some(pin) => Ok(Trust::Pinned(pin.clone())),
-            None => Err(ClientError::Tls {
+        match (&self.ca_sha256, &self.cert_sha256) {
+            // Both while moving to the CA: the authority still serves the
+            // certificate pinned before it.
+            (Some(_), _) | (_, Some(_)) => Ok(Trust::Pinned(crate::client::Pins {
+                ca: self.ca_sha256.clone(),
+                leaf: self.cert_sha256.clone(),
+            })),
+            (None, None) => Err(ClientError::Tls {
                 url: self.authority_url.clone(),
                 message: format!(
                     "no pinned certificate in {IDENTITY_FILE}; enroll again with a new ticket"
                 ),
             }),
         }
+    }
+
+    /// Moves a certificate-pinned identity to the deployment CA an
+    /// authority's grant named: first the CA is pinned beside the
+    /// certificate, then, once the authority serves a certificate the CA
+    /// signed, the old pin is dropped. The grant came over a connection
+    /// these pins verified, so it speaks for the authority; a CA already
+    /// pinned is never replaced this way. Whether anything changed.
+    pub fn adopt_ca(&mut self, ca: &crate::api::DeploymentCa) -> bool {
+        let well_formed = ca.sha256.len() == 64 && ca.sha256.bytes().all(|b| b.is_ascii_hexdigit());
+        if self.system_trust || !self.authority_url.starts_with("https://") || !well_formed {
+            return false;
+        }
+        let sha256 = ca.sha256.to_ascii_lowercase();
+        let mut changed = false;
+        if self.ca_sha256.is_none() && self.cert_sha256.is_some() {
+            self.ca_sha256 = Some(sha256.clone());
+            changed = true;
+        }
+        if ca.signs_served_certificate
+            && self.ca_sha256.as_deref() == Some(sha256.as_str())
+            && self.cert_sha256.is_some()
+        {
+            self.cert_sha256 = None;
+            changed = true;
+        }
+        changed
     }
 
     pub fn client(&self) -> Result<AuthorityClient, ClientError> {
@@ -146,7 +183,7 @@ pub fn redeem(
         Trust::System
     } else {
         // Ticket::parse makes sure an https ticket carries a pin.
-        Trust::Pinned(ticket.cert_sha256.clone().unwrap_or_default())
+        Trust::Pinned(ticket.pins())
     };
     // A ticket bound to a name enrolls under that name: the admin chose
     // it (it may pick the gateway's own database).
@@ -162,6 +199,10 @@ pub fn redeem(
     };
     let client = AuthorityClient::new(&ticket.url, &trust)?;
     let e = client.enroll(&ticket.secret, identity_name)?;
+    let pins = match system_trust {
+        false => ticket.pins(),
+        true => crate::client::Pins::default(),
+    };
     Ok(Identity {
         identity_id: e.identity_id,
         identity_name: e.identity_name,
@@ -169,11 +210,8 @@ pub fn redeem(
         attributes: e.attributes,
         credential: e.credential,
         authority_url: ticket.url,
-        cert_sha256: if system_trust {
-            None
-        } else {
-            ticket.cert_sha256
-        },
+        cert_sha256: pins.leaf,
+        ca_sha256: pins.ca,
         system_trust,
         enrolled_ms: crate::now_ms(),
     })
@@ -498,6 +536,7 @@ fn reject(path: &Path, text: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::Pins;
 
     #[test]
     fn plain_http_is_taken_only_from_a_loopback_authority() {
@@ -512,6 +551,7 @@ mod tests {
             id: "t".into(),
             secret: Secret::new(crate::secret::random_base64(crate::ticket::SECRET_BYTES)),
             cert_sha256: None,
+            ca_sha256: None,
             expires: 0,
             attributes: BTreeMap::new(),
             identity_name: None,
@@ -533,19 +573,23 @@ mod tests {
             credential: Secret::new("lgi_x"),
             authority_url: "https://127.0.0.1:7443".into(),
             cert_sha256: None,
+            ca_sha256: None,
             system_trust: false,
             enrolled_ms: 0,
         };
         assert!(matches!(id.trust(), Err(ClientError::Tls { .. })));
         id.cert_sha256 = Some("ab".repeat(32));
-        assert!(matches!(id.trust(), Ok(Trust::Pinned(p)) if p == "ab".repeat(32)));
+        assert!(matches!(id.trust(), Ok(Trust::Pinned(p)) if p == Pins::leaf(&"ab".repeat(32))));
+        // A CA pin, when there is one, is what is trusted.
+        id.ca_sha256 = Some("cd".repeat(32));
+        assert!(matches!(id.trust(), Ok(Trust::Pinned(p)) if p == Pins::ca(&"cd".repeat(32))));
         // An identity stored before the pin was checked on every call
         // (it kept the certificate's DER too) reads with its pin.
         let old = r#"{"identity_id":"i","identity_name":"gw","role":"r","attributes":{},
             "credential":"lgi_x","authority_url":"https://127.0.0.1:7443",
             "cert_der_base64":"AAEC","cert_sha256":"CDCD","system_trust":false,"enrolled_ms":0}"#;
         let old: Identity = serde_json::from_str(old).unwrap();
-        assert!(matches!(old.trust(), Ok(Trust::Pinned(p)) if p == "CDCD"));
+        assert!(matches!(old.trust(), Ok(Trust::Pinned(p)) if p == Pins::leaf("CDCD")));
         assert!(
             !format!("{id:?}").contains("lgi_x"),
             "Debug hides the credential"
@@ -564,6 +608,7 @@ mod tests {
             credential: Secret::new("lgi_x"),
             authority_url: "http://127.0.0.1:1".into(),
             cert_sha256: None,
+            ca_sha256: None,
             system_trust: false,
             enrolled_ms: 0,
         };

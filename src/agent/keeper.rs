@@ -184,4 +184,14 @@ impl LeaseStore for StateFiles {
     fn clear_retired(&mut self, identity_id: &str) {
         identity::clear_retired(&self.dir, identity_id);
     }
+
+    fn save_identity(&mut self, identity: &Identity) {
+        if let Err(e) = identity::save_identity(&self.dir, identity) {
+            log::warn!(
+                "cannot store the identity in {}: {}",
+                self.dir.display(),
+                crate::error_chain(&e)
+            );
+        }
+    }
 }

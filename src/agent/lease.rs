@@ -96,6 +96,8 @@ pub trait LeaseStore {
     /// Notes a replaced identity whose leases are still to be revoked.
     fn save_retired(&mut self, old: &Identity);
     fn clear_retired(&mut self, identity_id: &str);
+    /// Stores the identity again (its pins changed).
+    fn save_identity(&mut self, identity: &Identity);
 }
 
 /// What happens to the keeper.
@@ -105,7 +107,7 @@ pub enum Event {
     /// revocation) is done.
     Tick,
     /// A ticket, or `leasegate enroll`, gave the gateway this identity.
-    Enrolled(Identity),
+    Enrolled(Box<Identity>),
     /// A write with this lease worked.
     Wrote(String),
     /// InfluxDB refused this lease (401 or 403).
@@ -307,7 +309,7 @@ impl<A: Authority, S: LeaseStore> Keeper<A, S> {
     pub fn on_event(&mut self, event: Event, now: Instant) {
         match event {
             Event::Tick => {}
-            Event::Enrolled(identity) => self.enroll(identity, now),
+            Event::Enrolled(identity) => self.enroll(*identity, now),
             Event::Wrote(lease) => self.wrote(lease),
             Event::Refused(lease) => self.refused(&lease, now),
             Event::TicketTrouble(why) => self.view.last_error = Some(why),

@@ -244,7 +244,7 @@ impl Watcher {
                 );
                 self.later.remove(&path);
                 self.known_identity = Some(new.identity_id.clone());
-                (self.report)(Event::Enrolled(new));
+                (self.report)(Event::Enrolled(Box::new(new)));
                 None
             }
             TicketOutcome::Rejected(e) => {
@@ -304,7 +304,7 @@ impl Watcher {
             loaded.identity_name
         );
         self.known_identity = Some(loaded.identity_id.clone());
-        (self.report)(Event::Enrolled(loaded));
+        (self.report)(Event::Enrolled(Box::new(loaded)));
     }
 }
 

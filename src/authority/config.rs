@@ -30,6 +30,12 @@ pub struct AuthorityConfig {
     /// in `state_dir` on first start.
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+    /// The deployment's CA, which tickets pin: with `ca_key_file`, each
+    /// replica signs its own certificate with it; with `cert_file`, only
+    /// the certificate, as the issuer of that one. Without either, the CA
+    /// is made on first start in `state_dir` (`ca.pem`, `ca-key.pem`).
+    pub ca_cert_file: Option<PathBuf>,
+    pub ca_key_file: Option<PathBuf>,
     pub log_level: Option<log::LevelFilter>,
     /// How long audit records are kept; older ones are pruned hourly.
     pub audit_retention: std::time::Duration,
@@ -181,6 +187,7 @@ fn read(t: &Table<'_>) -> Option<AuthorityConfig> {
     let public_url = read_public_url(t, tls);
     let state_dir = read_state_dir(t);
     let (cert_file, key_file) = read_cert_pair(t);
+    let (ca_cert_file, ca_key_file) = read_ca_pair(t, cert_file.is_some());
     let log_level = log_level(t);
     let audit_retention = read_audit_retention(t);
     let deployment_id = read_deployment_id(t);
@@ -209,6 +216,8 @@ fn read(t: &Table<'_>) -> Option<AuthorityConfig> {
         tls,
         cert_file,
         key_file,
+        ca_cert_file,
+        ca_key_file,
         log_level,
         audit_retention,
         deployment_id,
@@ -410,6 +419,27 @@ fn read_cert_pair(t: &Table<'_>) -> (Option<PathBuf>, Option<PathBuf>) {
         );
     }
     (cert_file, key_file)
+}
+
+/// `ca_cert_file` and `ca_key_file`: both, to sign this replica's own
+/// certificate; the certificate alone only beside `cert_file` (it names
+/// that certificate's issuer, for tickets to pin); a key alone never.
+fn read_ca_pair(t: &Table<'_>, has_cert_file: bool) -> (Option<PathBuf>, Option<PathBuf>) {
+    let ca_cert_file = t.path("ca_cert_file");
+    let ca_key_file = t.path("ca_key_file");
+    match (&ca_cert_file, &ca_key_file) {
+        (None, Some(_)) => t.problem("ca_cert_file", "set it with ca_key_file"),
+        (Some(_), None) if !has_cert_file => t.problem(
+            "ca_key_file",
+            "set it with ca_cert_file (or set cert_file and key_file, signed by that CA)",
+        ),
+        (Some(_), Some(_)) if has_cert_file => t.problem(
+            "ca_key_file",
+            "not with cert_file: either the CA signs this replica's certificate, or cert_file is the certificate",
+        ),
+        _ => {}
+    }
+    (ca_cert_file, ca_key_file)
 }
 
 /// `audit_retention`, from a day to 100 years.
@@ -797,6 +827,34 @@ max_ttl = "1h"
             assert!(
                 lines.iter().any(|l| l.contains(key)),
                 "{key} not named: {lines:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_ca_files_go_together_or_beside_a_certificate_of_ones_own() {
+        let check = |keys: &str| {
+            let text = EXAMPLE.replacen("tls = \"on\"\n", &format!("tls = \"on\"\n{keys}"), 1);
+            AuthorityConfig::from_toml(Path::new("a.toml"), &text).map_err(|e| e.lines())
+        };
+        let c = check("ca_cert_file = \"/c.pem\"\nca_key_file = \"/k.pem\"\n").unwrap();
+        assert_eq!(c.ca_key_file.as_deref(), Some(Path::new("/k.pem")));
+        check("cert_file = \"/l.pem\"\nkey_file = \"/lk.pem\"\nca_cert_file = \"/c.pem\"\n")
+            .unwrap();
+        for (keys, key) in [
+            ("ca_key_file = \"/k.pem\"\n", "ca_cert_file"),
+            ("ca_cert_file = \"/c.pem\"\n", "ca_key_file"),
+            (
+                "cert_file = \"/l.pem\"\nkey_file = \"/lk.pem\"\nca_cert_file = \"/c.pem\"\nca_key_file = \"/k.pem\"\n",
+                "ca_key_file",
+            ),
+        ] {
+            let lines = check(keys).unwrap_err();
+            assert!(
+                lines
+                    .iter()
+                    .any(|l| l.starts_with(&format!("a.toml: {key}:"))),
+                "{keys}: {lines:?}"
             );
         }
     }

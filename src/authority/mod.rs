@@ -95,23 +95,24 @@ pub fn ensure_state_dir(config: &AuthorityConfig) -> Result<(), AuthorityError> 
 /// backends as the server, which may be running at the same time.
 pub fn open(config: AuthorityConfig) -> Result<Authority, AuthorityError> {
     ensure_state_dir(&config)?;
-    let fingerprint = tls::fingerprint(&config)?;
-    Ok(Authority::open(config, fingerprint)?)
+    let pins = tls::pins(&config)?;
+    Ok(Authority::open(config, pins)?)
 }
 
 /// `leasegate-authority serve`: runs until `shutdown`.
 pub fn run(config: AuthorityConfig, shutdown: Shutdown) -> Result<(), AuthorityError> {
     ensure_state_dir(&config)?;
     let _lock = lock_state_dir(&config)?;
-    let (tls_config, fingerprint) = if config.tls {
+    let (tls_config, pins, deployment_ca) = if config.tls {
         let identity = tls::load_or_create(&config)?;
-        let fingerprint = identity.fingerprint.clone();
-        (Some(tls::server_config(identity)?), Some(fingerprint))
+        let (pins, ca) = (identity.pins.clone(), identity.deployment_ca.clone());
+        (Some(tls::server_config(identity)?), Some(pins), ca)
     } else {
-        (None, None)
+        (None, None, None)
     };
     let listen = config.listen;
-    let authority = Arc::new(Authority::open(config, fingerprint.clone())?);
+    let authority =
+        Arc::new(Authority::open(config, pins.clone())?.with_deployment_ca(deployment_ca));
     let now = service::now_ms();
     authority.store().heartbeat(authority.replica_id(), now)?;
     let failed = authority.store().fail_pending(
@@ -156,12 +157,16 @@ pub fn run(config: AuthorityConfig, shutdown: Shutdown) -> Result<(), AuthorityE
         ),
         None => None,
     };
-    match &fingerprint {
-        Some(f) => log::info!(
-            "serving https on {} (certificate sha256 {f})",
+    match &pins {
+        Some(p) => log::info!(
+            "serving https on {} (certificate sha256 {}{})",
             listener
                 .local_addr()
                 .map(|a| a.to_string())
+                .unwrap_or_default(),
+            p.leaf.as_deref().unwrap_or("?"),
+            p.ca.as_ref()
+                .map(|ca| format!(", deployment CA sha256 {ca}"))
                 .unwrap_or_default()
         ),
         None => log::info!(

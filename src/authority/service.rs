@@ -38,8 +38,11 @@ pub struct Authority {
     /// Refused enrollments not yet in the audit trail (see [`Refusals`]).
     refusals: Mutex<Refusals>,
     backends: HashMap<String, Arc<Backend>>,
-    /// The certificate fingerprint tickets carry; None with tls off.
-    fingerprint: Option<String>,
+    /// The fingerprints tickets carry; None with tls off.
+    pins: Option<crate::client::Pins>,
+    /// The deployment CA, told in every lease grant (see
+    /// [`DeploymentCa`]); None with tls off or without a CA.
+    deployment_ca: Option<crate::api::DeploymentCa>,
     /// This process among the replicas sharing the store: new at every
     /// start, so a restarted process never mistakes a dead one's claims
     /// for its own.
@@ -67,7 +70,7 @@ impl From<StoreError> for ApiError {
 impl Authority {
     pub fn open(
         config: AuthorityConfig,
-        fingerprint: Option<String>,
+        pins: Option<crate::client::Pins>,
     ) -> Result<Authority, StoreError> {
         let store = crate::authority::store::open(&config.store, &config.state_dir)?;
         let deployment = store.deployment_id(config.deployment_id.as_deref())?;
@@ -82,7 +85,8 @@ impl Authority {
             store,
             refusals: Mutex::default(),
             backends,
-            fingerprint,
+            pins,
+            deployment_ca: None,
             replica: secret::random_hex(8),
             claims_held: std::sync::atomic::AtomicUsize::new(0),
             reconcile_soon: std::sync::atomic::AtomicBool::new(false),
@@ -92,6 +96,12 @@ impl Authority {
     /// This process's replica id (claims on due leases carry it).
     pub fn replica_id(&self) -> &str {
         &self.replica
+    }
+
+    /// What `serve` tells gateways of the deployment CA in each grant.
+    pub fn with_deployment_ca(mut self, ca: Option<crate::api::DeploymentCa>) -> Authority {
+        self.deployment_ca = ca;
+        self
     }
 
     /// This deployment's id (see `deployment_id` in the configuration).
@@ -198,7 +208,8 @@ impl Authority {
             url: self.config.public_url.clone(),
             id: row.id,
             secret,
-            cert_sha256: self.fingerprint.clone(),
+            cert_sha256: self.pins.as_ref().and_then(|p| p.leaf.clone()),
+            ca_sha256: self.pins.as_ref().and_then(|p| p.ca.clone()),
             expires: (row.expires_ms / 1000) as u64,
             attributes,
             identity_name,
@@ -484,6 +495,7 @@ impl Authority {
         Ok(LeaseGrant {
             lease: info(&lease),
             secret: grant.secret,
+            deployment_ca: self.deployment_ca.clone(),
         })
     }
 

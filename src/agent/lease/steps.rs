@@ -273,6 +273,9 @@ impl<A: Authority, S: LeaseStore> Keeper<A, S> {
             grant: grant.clone(),
             received_ms: crate::now_ms(),
         });
+        if let Some(ca) = &grant.deployment_ca {
+            self.adopt_ca(identity, ca);
+        }
         let ttl = Duration::from_secs(grant.lease.ttl_secs.clamp(1, super::MAX_TTL_SECS));
         // The lifetime counts from when it was asked for: the authority
         // started it before answering.
@@ -309,6 +312,29 @@ impl<A: Authority, S: LeaseStore> Keeper<A, S> {
         if self.unproven_refusals == 0 {
             self.backoff.reset();
             self.view.last_error = None;
+        }
+    }
+
+    /// Pins the deployment CA the authority named, and drops the old
+    /// certificate pin once the authority serves one the CA signed.
+    fn adopt_ca(&mut self, identity: &Identity, ca: &crate::api::DeploymentCa) {
+        let mut moved = identity.clone();
+        if !moved.adopt_ca(ca) {
+            return;
+        }
+        self.store.save_identity(&moved);
+        log::info!(
+            "identity {} now pins the deployment CA sha256 {}{}",
+            moved.identity_id,
+            ca.sha256,
+            if moved.cert_sha256.is_some() {
+                " beside the authority's certificate it pinned before"
+            } else {
+                " alone"
+            }
+        );
+        if let State::Enrolled { identity, .. } = &mut self.state {
+            *identity = moved;
         }
     }
 

@@ -28,6 +28,8 @@ enum Answer {
     IdentityRevoked,
     /// A 1.x grant whose secret is not `user:password`.
     Unusable,
+    /// A lease of 600 s from an authority telling of its CA.
+    WithCa(crate::api::DeploymentCa),
 }
 
 #[derive(Clone, Default)]
@@ -69,6 +71,7 @@ fn grant(id: &str, ttl_secs: u64, api: InfluxApi, secret: &str) -> LeaseGrant {
             last_error: None,
         },
         secret: Secret::new(secret),
+        deployment_ca: None,
     }
 }
 
@@ -99,6 +102,10 @@ impl Authority for FakeAuthority {
         c.active.push((identity.identity_id.clone(), id.clone()));
         Ok(match answer {
             Answer::Lease(ttl) => grant(&id, ttl, InfluxApi::V2, "tok"),
+            Answer::WithCa(ca) => LeaseGrant {
+                deployment_ca: Some(ca),
+                ..grant(&id, 600, InfluxApi::V2, "tok")
+            },
             _ => grant(&id, 600, InfluxApi::V1, "no-colon"),
         })
     }
@@ -155,6 +162,13 @@ impl LeaseStore for MemoryStore {
             .unwrap()
             .push(format!("cleared {identity_id}"));
     }
+    fn save_identity(&mut self, identity: &Identity) {
+        self.0.lock().unwrap().push(format!(
+            "identity ca={:?} cert={:?}",
+            identity.ca_sha256.as_deref().map(|p| &p[..4]),
+            identity.cert_sha256.as_deref().map(|p| &p[..4])
+        ));
+    }
 }
 
 fn identity(id: &str) -> Identity {
@@ -166,6 +180,7 @@ fn identity(id: &str) -> Identity {
         credential: Secret::new("cred"),
         authority_url: "http://127.0.0.1:1".into(),
         cert_sha256: None,
+        ca_sha256: None,
         system_trust: false,
         enrolled_ms: 0,
     }
@@ -363,7 +378,7 @@ fn a_revoked_identity_goes_back_to_waiting_for_a_ticket() {
     // Nothing more is asked until a new ticket comes.
     r.tick(1000.0);
     assert_eq!(r.authority.created(), 1);
-    r.event(Event::Enrolled(identity("i2")), 1001.0);
+    r.event(Event::Enrolled(Box::new(identity("i2"))), 1001.0);
     assert_eq!(r.lease().as_deref(), Some("l2"));
     assert_eq!(r.keeper.view(r.at(1001.0), 0).state, "enrolled");
 }
@@ -411,7 +426,7 @@ fn a_replaced_identity_s_leases_go_only_once_the_new_identity_has_its_lease() {
     let mut r = Rig::enrolled();
     r.tick(0.0);
     r.authority.answer(Answer::Down);
-    r.event(Event::Enrolled(identity("i2")), 10.0);
+    r.event(Event::Enrolled(Box::new(identity("i2"))), 10.0);
     // The new identity has no lease yet: the old one's stays in force.
     assert_eq!(r.lease().as_deref(), Some("l1"));
     assert!(r.store.log().contains(&"retire i1".to_owned()));
@@ -527,9 +542,80 @@ fn a_refused_lease_that_wrote_is_replaced_at_once_even_during_a_backoff() {
     r.event(Event::Wrote("l1".into()), 1.0);
     // A new identity whose first lease fails: its next try is in a second.
     r.authority.answer(Answer::Down);
-    r.event(Event::Enrolled(identity("i2")), 10.0);
+    r.event(Event::Enrolled(Box::new(identity("i2"))), 10.0);
     assert_eq!(r.lease().as_deref(), Some("l1"));
     // InfluxDB refuses the old lease meanwhile: that is answered at once.
     r.event(Event::Refused("l1".into()), 10.1);
     assert_eq!(r.lease().as_deref(), Some("l2"));
+}
+
+#[test]
+fn a_certificate_pinned_identity_moves_to_the_ca_its_authority_names() {
+    let mut id = identity("i1");
+    id.authority_url = "https://127.0.0.1:7443".into();
+    id.cert_sha256 = Some("ab".repeat(32));
+    let mut r = Rig::start(Some(id), None, Vec::new());
+    let ca = |signs| crate::api::DeploymentCa {
+        sha256: "CD".repeat(32),
+        signs_served_certificate: signs,
+    };
+    // The authority still serves the old certificate: both are pinned.
+    r.authority.answer(Answer::WithCa(ca(false)));
+    r.tick(0.0);
+    assert_eq!(
+        r.store.log(),
+        ["save l1", "identity ca=Some(\"cdcd\") cert=Some(\"abab\")"]
+    );
+    // Told again: nothing changes.
+    r.authority.answer(Answer::WithCa(ca(false)));
+    r.tick(360.0);
+    assert_eq!(r.store.log().len(), 3, "{:?}", r.store.log());
+    // It serves one the CA signed: the old pin goes.
+    r.authority.answer(Answer::WithCa(ca(true)));
+    r.tick(720.0);
+    assert_eq!(
+        r.store.log().last().unwrap(),
+        "identity ca=Some(\"cdcd\") cert=None"
+    );
+    // Another CA named later does not replace the one pinned.
+    r.authority.answer(Answer::WithCa(crate::api::DeploymentCa {
+        sha256: "ef".repeat(32),
+        signs_served_certificate: true,
+    }));
+    r.tick(1080.0);
+    assert!(
+        r.store.log().last().unwrap().starts_with("save"),
+        "{:?}",
+        r.store.log()
+    );
+}
+
+#[test]
+fn adopting_a_ca_ignores_what_it_cannot_use() {
+    let ca = crate::api::DeploymentCa {
+        sha256: "cd".repeat(32),
+        signs_served_certificate: true,
+    };
+    // Plain HTTP and system trust pin nothing.
+    let mut plain = identity("i");
+    plain.cert_sha256 = Some("ab".repeat(32));
+    assert!(!plain.adopt_ca(&ca));
+    let mut pinned = identity("i");
+    pinned.authority_url = "https://127.0.0.1:7443".into();
+    pinned.cert_sha256 = Some("ab".repeat(32));
+    let mut system = pinned.clone();
+    system.system_trust = true;
+    assert!(!system.adopt_ca(&ca));
+    // A malformed fingerprint from the answer is not stored.
+    let bad = crate::api::DeploymentCa {
+        sha256: "not hex".into(),
+        signs_served_certificate: true,
+    };
+    assert!(!pinned.clone().adopt_ca(&bad));
+    // In one step when the CA signs the served certificate already.
+    assert!(pinned.adopt_ca(&ca));
+    assert_eq!(
+        (pinned.ca_sha256.as_deref(), pinned.cert_sha256.as_deref()),
+        (Some("cd".repeat(32).as_str()), None)
+    );
 }
