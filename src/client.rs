@@ -75,6 +75,22 @@ impl ClientError {
         }
     }
 
+    /// Trouble of the one replica asked, which another URL of the same
+    /// deployment may not have: worth trying the next URL at once. A
+    /// certificate that fails the pins there is tried elsewhere too (the
+    /// pins are checked there alike); an answer with a reason is the
+    /// deployment's and stands.
+    pub fn replica_trouble(&self) -> bool {
+        match self {
+            ClientError::Unreachable { .. }
+            | ClientError::Tls { .. }
+            | ClientError::Mismatch { .. } => true,
+            ClientError::BadAnswer { status, .. } => *status >= 500,
+            ClientError::Refused(e) => e.code == ErrorCode::Internal,
+            ClientError::UnusableGrant { .. } => false,
+        }
+    }
+
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             ClientError::Refused(e) => Some(e.code),
@@ -132,13 +148,25 @@ impl Pins {
     }
 }
 
+/// The authority's API at one or more URLs (replicas of one deployment):
+/// each call goes to the URL that answered last, and on trouble a replica
+/// might not share (unreachable, TLS, a 5xx) straight on to the next, so
+/// a dead replica costs one failed call. The pins are checked on every
+/// URL alike: a secret goes only where they verified.
 pub struct AuthorityClient {
-    base: String,
+    bases: Vec<String>,
+    preferred: std::sync::atomic::AtomicUsize,
     agent: ureq::Agent,
 }
 
 impl AuthorityClient {
     pub fn new(base: &str, trust: &Trust) -> Result<AuthorityClient, ClientError> {
+        Self::with_urls(&[base.to_owned()], trust)
+    }
+
+    /// A client for every URL in `bases`, tried in that order.
+    pub fn with_urls(bases: &[String], trust: &Trust) -> Result<AuthorityClient, ClientError> {
+        let base = bases.first().map(String::as_str).unwrap_or_default();
         let mut config = ureq::Agent::config_builder()
             .timeout_global(Some(TIMEOUT))
             .http_status_as_error(false)
@@ -188,13 +216,29 @@ impl AuthorityClient {
             }
         };
         Ok(AuthorityClient {
-            base: base.trim_end_matches('/').to_owned(),
+            bases: bases
+                .iter()
+                .map(|b| b.trim_end_matches('/').to_owned())
+                .collect(),
+            preferred: std::sync::atomic::AtomicUsize::new(0),
             agent,
         })
     }
 
+    /// Starts with `url`, if it is one of this client's (the one that
+    /// answered last time).
+    pub fn preferring(self, url: Option<&str>) -> AuthorityClient {
+        if let Some(i) = url.and_then(|u| self.bases.iter().position(|b| b == u)) {
+            self.preferred
+                .store(i, std::sync::atomic::Ordering::Relaxed);
+        }
+        self
+    }
+
+    /// The URL the next call goes to first: the one that answered last.
     pub fn url(&self) -> &str {
-        &self.base
+        let i = self.preferred.load(std::sync::atomic::Ordering::Relaxed);
+        self.bases.get(i).map(String::as_str).unwrap_or_default()
     }
 
     pub fn enroll(
@@ -254,6 +298,8 @@ impl AuthorityClient {
         self.call("DELETE", &path, Some(credential), None, 200)
     }
 
+    /// One request, to each URL in turn from the preferred one until one
+    /// answers with something other than a replica's own trouble.
     fn call<T: serde::de::DeserializeOwned>(
         &self,
         method: &str,
@@ -262,7 +308,40 @@ impl AuthorityClient {
         body: Option<String>,
         expect: u16,
     ) -> Result<T, ClientError> {
-        let url = format!("{}{path}", self.base);
+        use std::sync::atomic::Ordering;
+        let start = self.preferred.load(Ordering::Relaxed);
+        let n = self.bases.len().max(1);
+        let mut last = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let base = self.bases.get(i).map(String::as_str).unwrap_or_default();
+            match self.call_one(base, method, path, credential, body.clone(), expect) {
+                Err(e) if k + 1 < n && e.replica_trouble() => {
+                    let next = &self.bases[(i + 1) % n];
+                    log::warn!("{}; trying the authority at {next}", crate::error_chain(&e));
+                    last = Some(e);
+                }
+                outcome => {
+                    if outcome.is_ok() || !matches!(&outcome, Err(e) if e.replica_trouble()) {
+                        self.preferred.store(i, Ordering::Relaxed);
+                    }
+                    return outcome;
+                }
+            }
+        }
+        Err(last.expect("at least one URL was tried"))
+    }
+
+    fn call_one<T: serde::de::DeserializeOwned>(
+        &self,
+        base: &str,
+        method: &str,
+        path: &str,
+        credential: Option<&Secret>,
+        body: Option<String>,
+        expect: u16,
+    ) -> Result<T, ClientError> {
+        let url = format!("{base}{path}");
         let bearer = credential.map(|c| format!("Bearer {}", c.expose()));
         let result = match method {
             "POST" => {
@@ -290,7 +369,7 @@ impl AuthorityClient {
                 r.call()
             }
         };
-        let mut response = result.map_err(|source| self.transport_error(source))?;
+        let mut response = result.map_err(|source| transport_error(base, source))?;
         let status = response.status().as_u16();
         let text = response
             .body_mut()
@@ -298,7 +377,7 @@ impl AuthorityClient {
             .limit(1 << 20)
             .read_to_string()
             .map_err(|source| ClientError::Unreachable {
-                url: self.base.clone(),
+                url: base.to_owned(),
                 source,
             })?;
         if status == expect {
@@ -323,46 +402,46 @@ impl AuthorityClient {
             }),
         }
     }
+}
 
-    /// A failed request: a certificate that is not the pinned one, and
-    /// other TLS trouble (a name that does not match), are told apart from
-    /// an unreachable authority.
-    fn transport_error(&self, source: ureq::Error) -> ClientError {
-        let tls = match &source {
-            ureq::Error::Rustls(e) => Some(e),
-            ureq::Error::Io(e) => e
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
-            _ => None,
-        };
-        let mismatch = match tls {
-            Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) => {
-                other.0.downcast_ref::<PinMismatch>()
-            }
-            _ => None,
-        };
-        match (mismatch, tls) {
-            (Some(m), _) => ClientError::Mismatch {
-                url: self.base.clone(),
-                of: m.of,
-                found: m.found.clone(),
-                pinned: m.pinned.clone(),
-            },
-            (None, Some(e)) => ClientError::Tls {
-                url: self.base.clone(),
-                message: e.to_string(),
-            },
-            (None, None) => match &source {
-                ureq::Error::Tls(message) => ClientError::Tls {
-                    url: self.base.clone(),
-                    message: (*message).to_owned(),
-                },
-                _ => ClientError::Unreachable {
-                    url: self.base.clone(),
-                    source,
-                },
-            },
+/// A failed request: a certificate that is not the pinned one, and other
+/// TLS trouble (a name that does not match), are told apart from an
+/// unreachable authority.
+fn transport_error(base: &str, source: ureq::Error) -> ClientError {
+    let tls = match &source {
+        ureq::Error::Rustls(e) => Some(e),
+        ureq::Error::Io(e) => e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        _ => None,
+    };
+    let mismatch = match tls {
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) => {
+            other.0.downcast_ref::<PinMismatch>()
         }
+        _ => None,
+    };
+    match (mismatch, tls) {
+        (Some(m), _) => ClientError::Mismatch {
+            url: base.to_owned(),
+            of: m.of,
+            found: m.found.clone(),
+            pinned: m.pinned.clone(),
+        },
+        (None, Some(e)) => ClientError::Tls {
+            url: base.to_owned(),
+            message: e.to_string(),
+        },
+        (None, None) => match &source {
+            ureq::Error::Tls(message) => ClientError::Tls {
+                url: base.to_owned(),
+                message: (*message).to_owned(),
+            },
+            _ => ClientError::Unreachable {
+                url: base.to_owned(),
+                source,
+            },
+        },
     }
 }
 

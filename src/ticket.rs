@@ -23,6 +23,10 @@ use crate::secret::Secret;
 
 pub const PREFIX: &str = "LGT1.";
 
+/// Most URLs a ticket may carry: enough for any deployment's replicas
+/// and load balancers, few enough that a dead list is tried quickly.
+pub const MAX_URLS: usize = 8;
+
 /// Random bytes in a ticket secret: 256 bits, twice the 128 asked for.
 pub const SECRET_BYTES: usize = 32;
 
@@ -30,6 +34,10 @@ pub const SECRET_BYTES: usize = 32;
 pub struct Ticket {
     /// The authority's base URL (its `public_url`).
     pub url: String,
+    /// Every URL of the deployment, in the order to try them (its
+    /// `public_urls`); empty when `url` is the only one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<String>,
     /// The ticket's id, for logs and `ticket revoke`; not a secret.
     pub id: String,
     #[serde(with = "crate::secret::wire")]
@@ -120,6 +128,22 @@ impl Ticket {
                 "url must start with https:// or http://".into(),
             ));
         }
+        if ticket.urls.len() > MAX_URLS {
+            return Err(TicketError::Content(format!(
+                "urls lists {} URLs, more than {MAX_URLS}",
+                ticket.urls.len()
+            )));
+        }
+        let scheme = if ticket.url.starts_with("https://") {
+            "https://"
+        } else {
+            "http://"
+        };
+        if let Some(i) = ticket.urls.iter().position(|u| !u.starts_with(scheme)) {
+            return Err(TicketError::Content(format!(
+                "urls[{i}] must start with {scheme}, as url does"
+            )));
+        }
         if ticket.url.starts_with("https://")
             && ticket.cert_sha256.is_none()
             && ticket.ca_sha256.is_none()
@@ -150,6 +174,15 @@ impl Ticket {
 }
 
 impl Ticket {
+    /// The URLs to try, in order: `urls`, or `url` alone.
+    pub fn all_urls(&self) -> Vec<String> {
+        if self.urls.is_empty() {
+            vec![self.url.clone()]
+        } else {
+            self.urls.clone()
+        }
+    }
+
     /// What a gateway pins: the CA when the ticket names one (then any
     /// certificate it signed is the authority's), else the certificate.
     pub fn pins(&self) -> crate::client::Pins {
@@ -178,6 +211,7 @@ mod tests {
     fn sample() -> Ticket {
         Ticket {
             url: "https://authority.example:7443".into(),
+            urls: Vec::new(),
             id: "0123456789abcdef".into(),
             secret: Secret::new(crate::secret::random_base64(SECRET_BYTES)),
             cert_sha256: Some("ab".repeat(32)),
@@ -237,6 +271,40 @@ mod tests {
         no_pin.cert_sha256 = None;
         assert!(
             matches!(Ticket::parse(&no_pin.encode()), Err(TicketError::Content(m)) if m.contains("cert_sha256"))
+        );
+    }
+
+    #[test]
+    fn every_url_of_the_deployment_is_carried_and_checked() {
+        let mut t = sample();
+        assert_eq!(t.all_urls(), [t.url.clone()]);
+        t.urls = vec![
+            "https://a.example:7443".into(),
+            "https://b.example:7443".into(),
+        ];
+        let back = Ticket::parse(&t.encode()).unwrap();
+        assert_eq!(back.all_urls(), t.urls);
+        let mut mixed = t.clone();
+        mixed.urls.push("http://c.example:7443".into());
+        assert!(
+            matches!(Ticket::parse(&mixed.encode()), Err(TicketError::Content(m)) if m.contains("urls[2]"))
+        );
+        let mut many = t.clone();
+        many.urls = (0..=MAX_URLS)
+            .map(|i| format!("https://r{i}.example"))
+            .collect();
+        assert!(
+            matches!(Ticket::parse(&many.encode()), Err(TicketError::Content(m)) if m.contains("more than"))
+        );
+        // A ticket with only the CA's pin, as gateways pin it.
+        let mut ca_only = sample();
+        ca_only.cert_sha256 = None;
+        ca_only.ca_sha256 = Some("CD".repeat(32));
+        let back = Ticket::parse(&ca_only.encode()).unwrap();
+        assert_eq!(back.pins(), crate::client::Pins::ca(&"cd".repeat(32)));
+        ca_only.ca_sha256 = Some("xyz".into());
+        assert!(
+            matches!(Ticket::parse(&ca_only.encode()), Err(TicketError::Content(m)) if m.contains("ca_sha256"))
         );
     }
 

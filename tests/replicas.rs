@@ -466,3 +466,108 @@ fn a_replica_killed_while_making_a_credential_leaves_no_user_behind() {
 fn reaper_dead_after() -> Duration {
     leasegate::authority::reaper::REPLICA_DEAD_AFTER + Duration::from_secs(5)
 }
+
+/// A gateway configuration that writes with leases of `ttl`.
+fn leased_gateway(broker: &support::Mosquitto, client_id: &str, ttl: &str) -> String {
+    format!(
+        "state_dir = \"{{dir}}/state\"\nticket_dir = \"{{dir}}/tickets\"\n[lease]\nttl = \"{ttl}\"\n[mqtt]\nurl = \"{}\"\nclient_id = \"{client_id}\"\n[[mqtt.subscribe]]\ntopic = \"sensors/#\"\n[batch]\nflush_interval = \"200ms\"\n",
+        broker.url()
+    )
+}
+
+fn publish(broker: &support::Mosquitto, measurement: &str, from: u64, n: u64) {
+    let messages = (from..from + n)
+        .map(|i| {
+            (
+                format!("sensors/{measurement}"),
+                format!(
+                    "{measurement} seq={i}i {}",
+                    1_700_000_000_000_000_000u64 + i
+                )
+                .into_bytes(),
+            )
+        })
+        .collect();
+    support::publish_all(
+        broker.port,
+        &format!("pub-{measurement}-{from}"),
+        messages,
+        Duration::from_secs(60),
+    );
+}
+
+#[test]
+fn a_gateway_keeps_writing_while_its_replica_is_killed_and_restarted() {
+    let influx = Influx::start();
+    influx.query("CREATE DATABASE sensors");
+    let broker = support::Mosquitto::start();
+    let pg = Arc::new(Postgres::start());
+    // Two HTTPS replicas; the second signs its certificate with the
+    // first's CA. Both list both URLs, once both ports are known.
+    let body = v1_body(&influx, "", "");
+    let mut a = AuthorityServer::start_on(&body, true, "info", Some((pg.clone(), pg.database())));
+    let ca_files = format!(
+        "ca_cert_file = \"{}\"\nca_key_file = \"{}\"\n",
+        a.state_dir().join("ca.pem").display(),
+        a.state_dir().join("ca-key.pem").display()
+    );
+    let mut b = a.replica(&format!("{ca_files}{body}"));
+    let urls = format!("public_urls = [\"{}\", \"{}\"]\n", a.url(), b.url());
+    a.write_config(&format!("{urls}{body}"));
+    a.restart();
+    b.write_config(&format!("{urls}{ca_files}{body}"));
+    b.restart();
+    let ticket = leasegate::ticket::Ticket::parse(&a.ticket("iot-sensor", &[])).unwrap();
+    assert_eq!(ticket.urls, [a.url(), b.url()]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = support::Daemon::start_in(dir, &leased_gateway(&broker, "gw-failover", "6s"));
+    assert!(daemon.wait_for_log("waiting for a ticket", 1, Duration::from_secs(10)));
+    let tickets = daemon.dir.path().join("tickets");
+    std::fs::write(tickets.join("gw.part"), ticket.encode()).unwrap();
+    std::fs::rename(tickets.join("gw.part"), tickets.join("gw.ticket")).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || daemon
+            .log()
+            .contains("obtained for")),
+        "{}",
+        daemon.log()
+    );
+    // Points flow all along; the replica in use dies at 10 s and comes
+    // back at 25 s.
+    let start = Instant::now();
+    let (mut sent, mut killed, mut back) = (0, false, false);
+    while start.elapsed() < Duration::from_secs(40) {
+        publish(&broker, "steady", sent, 20);
+        sent += 20;
+        if !killed && start.elapsed() >= Duration::from_secs(10) {
+            a.kill();
+            killed = true;
+        }
+        if !back && start.elapsed() >= Duration::from_secs(25) {
+            a.restart();
+            back = true;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    influx.assert_arrives("steady", sent, Duration::from_secs(30), &daemon);
+    daemon.stop_cleanly();
+    let log = daemon.log();
+    let obtained = log.matches("obtained for").count();
+    assert!(obtained >= 6, "only {obtained} leases in 40 s:\n{log}");
+    let failovers = log
+        .matches(&format!("trying the authority at {}", b.url()))
+        .count();
+    assert!(
+        (1..=2).contains(&failovers),
+        "{failovers} calls failed over to the second replica:\n{log}"
+    );
+    assert!(!log.contains("cannot get a lease"), "{log}");
+    assert!(
+        !log.contains("refused lease")
+            && !log.contains("answered 401")
+            && !log.contains("answered 403"),
+        "a write was refused:\n{log}"
+    );
+    eprintln!("{sent} points, {obtained} leases, {failovers} failed call(s) to the dead replica");
+}

@@ -36,6 +36,10 @@ pub struct Identity {
     #[serde(with = "crate::secret::wire")]
     pub credential: Secret,
     pub authority_url: String,
+    /// Every URL of the deployment, from the ticket, in the order tried;
+    /// empty for an identity from a ticket with one URL (`authority_url`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authority_urls: Vec<String>,
     /// The pinned certificate's SHA-256 fingerprint, from the ticket,
     /// checked in every TLS handshake; absent for a plain-HTTP authority or
     /// with system trust. (Identities from before the pin was checked on
@@ -106,8 +110,17 @@ impl Identity {
         changed
     }
 
+    /// The URLs to reach the authority at, in order.
+    pub fn urls(&self) -> Vec<String> {
+        if self.authority_urls.is_empty() {
+            vec![self.authority_url.clone()]
+        } else {
+            self.authority_urls.clone()
+        }
+    }
+
     pub fn client(&self) -> Result<AuthorityClient, ClientError> {
-        AuthorityClient::new(&self.authority_url, &self.trust()?)
+        AuthorityClient::with_urls(&self.urls(), &self.trust()?)
     }
 }
 
@@ -170,7 +183,8 @@ pub fn redeem(
     system_trust: bool,
 ) -> Result<Identity, EnrollError> {
     let ticket = Ticket::parse(text)?;
-    if ticket.url.starts_with("http://") && !is_loopback_url(&ticket.url) {
+    let urls = ticket.all_urls();
+    if ticket.url.starts_with("http://") && !urls.iter().all(|u| is_loopback_url(u)) {
         // Plain HTTP would carry the ticket secret, the identity credential
         // and every lease in clear across a network.
         return Err(EnrollError::Malformed(TicketError::Content(
@@ -197,7 +211,7 @@ pub fn redeem(
         }
         _ => identity_name,
     };
-    let client = AuthorityClient::new(&ticket.url, &trust)?;
+    let client = AuthorityClient::with_urls(&urls, &trust)?;
     let e = client.enroll(&ticket.secret, identity_name)?;
     let pins = match system_trust {
         false => ticket.pins(),
@@ -209,7 +223,8 @@ pub fn redeem(
         role: e.role,
         attributes: e.attributes,
         credential: e.credential,
-        authority_url: ticket.url,
+        authority_url: urls[0].clone(),
+        authority_urls: if urls.len() > 1 { urls } else { Vec::new() },
         cert_sha256: pins.leaf,
         ca_sha256: pins.ca,
         system_trust,
@@ -548,6 +563,7 @@ mod tests {
         // Refused before any connection is tried.
         let ticket = Ticket {
             url: "http://authority.example:7443".into(),
+            urls: Vec::new(),
             id: "t".into(),
             secret: Secret::new(crate::secret::random_base64(crate::ticket::SECRET_BYTES)),
             cert_sha256: None,
@@ -572,6 +588,7 @@ mod tests {
             attributes: BTreeMap::new(),
             credential: Secret::new("lgi_x"),
             authority_url: "https://127.0.0.1:7443".into(),
+            authority_urls: Vec::new(),
             cert_sha256: None,
             ca_sha256: None,
             system_trust: false,
@@ -580,9 +597,16 @@ mod tests {
         assert!(matches!(id.trust(), Err(ClientError::Tls { .. })));
         id.cert_sha256 = Some("ab".repeat(32));
         assert!(matches!(id.trust(), Ok(Trust::Pinned(p)) if p == Pins::leaf(&"ab".repeat(32))));
-        // A CA pin, when there is one, is what is trusted.
+        // Moving to the CA: both are trusted; then the CA alone.
         id.ca_sha256 = Some("cd".repeat(32));
+        let both = Pins {
+            ca: Some("cd".repeat(32)),
+            leaf: Some("ab".repeat(32)),
+        };
+        assert!(matches!(id.trust(), Ok(Trust::Pinned(p)) if p == both));
+        id.cert_sha256 = None;
         assert!(matches!(id.trust(), Ok(Trust::Pinned(p)) if p == Pins::ca(&"cd".repeat(32))));
+        id.cert_sha256 = Some("ab".repeat(32));
         // An identity stored before the pin was checked on every call
         // (it kept the certificate's DER too) reads with its pin.
         let old = r#"{"identity_id":"i","identity_name":"gw","role":"r","attributes":{},
@@ -607,6 +631,7 @@ mod tests {
             attributes: BTreeMap::new(),
             credential: Secret::new("lgi_x"),
             authority_url: "http://127.0.0.1:1".into(),
+            authority_urls: Vec::new(),
             cert_sha256: None,
             ca_sha256: None,
             system_trust: false,

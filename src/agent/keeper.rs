@@ -62,7 +62,10 @@ pub fn start(
         identity,
         identity::load_lease(&dir),
         identity::load_retired(&dir),
-        RemoteAuthority { beat: beat.clone() },
+        RemoteAuthority {
+            beat: beat.clone(),
+            answered: Default::default(),
+        },
         StateFiles { dir },
         slot,
         now,
@@ -125,6 +128,28 @@ fn run<A: Authority, S: LeaseStore>(
 /// client's timeouts, well within the watchdog's limit.
 pub struct RemoteAuthority {
     beat: Arc<Beat>,
+    /// The URL that answered last, per identity: the next call starts
+    /// there, so a dead replica costs one failed call, not one per call.
+    answered: std::collections::HashMap<String, String>,
+}
+
+impl RemoteAuthority {
+    /// Runs `call` with the identity's client, starting at the URL that
+    /// answered last, and remembers which one answered this time.
+    fn with_client<T>(
+        &mut self,
+        identity: &Identity,
+        call: impl FnOnce(&crate::client::AuthorityClient) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        self.beat.beat();
+        let client = identity
+            .client()?
+            .preferring(self.answered.get(&identity.identity_id).map(String::as_str));
+        let outcome = call(&client);
+        self.answered
+            .insert(identity.identity_id.clone(), client.url().to_owned());
+        outcome
+    }
 }
 
 impl Authority for RemoteAuthority {
@@ -133,27 +158,23 @@ impl Authority for RemoteAuthority {
         identity: &Identity,
         ttl: Option<Duration>,
     ) -> Result<LeaseGrant, ClientError> {
-        self.beat.beat();
-        identity.client()?.create_lease(&identity.credential, ttl)
+        self.with_client(identity, |c| c.create_lease(&identity.credential, ttl))
     }
 
     fn revoke(&mut self, identity: &Identity, lease_id: &str) -> Result<(), ClientError> {
-        self.beat.beat();
-        identity
-            .client()?
-            .revoke(&identity.credential, lease_id)
-            .map(|_| ())
+        self.with_client(identity, |c| {
+            c.revoke(&identity.credential, lease_id).map(|_| ())
+        })
     }
 
     fn active_leases(&mut self, identity: &Identity) -> Result<Vec<String>, ClientError> {
-        self.beat.beat();
-        Ok(identity
-            .client()?
-            .leases(&identity.credential)?
-            .into_iter()
-            .filter(|l| l.status == LeaseStatus::Active)
-            .map(|l| l.id)
-            .collect())
+        self.with_client(identity, |c| {
+            Ok(c.leases(&identity.credential)?
+                .into_iter()
+                .filter(|l| l.status == LeaseStatus::Active)
+                .map(|l| l.id)
+                .collect())
+        })
     }
 }
 

@@ -23,7 +23,11 @@ pub const EXAMPLE: &str = include_str!("../../examples/leasegate-authority.toml"
 #[derive(Debug, Clone)]
 pub struct AuthorityConfig {
     pub listen: SocketAddr,
+    /// This replica's own URL: its certificate is for this host.
     pub public_url: String,
+    /// Every URL of the deployment, in the order gateways try them (what
+    /// tickets carry); `[public_url]` when `public_urls` is unset.
+    pub public_urls: Vec<String>,
     pub state_dir: PathBuf,
     pub tls: bool,
     /// PEM certificate chain and key; when absent a self-signed pair is made
@@ -185,6 +189,7 @@ fn read(t: &Table<'_>) -> Option<AuthorityConfig> {
         );
     }
     let public_url = read_public_url(t, tls);
+    let public_urls = read_public_urls(t, tls, public_url.as_deref());
     let state_dir = read_state_dir(t);
     let (cert_file, key_file) = read_cert_pair(t);
     let (ca_cert_file, ca_key_file) = read_ca_pair(t, cert_file.is_some());
@@ -212,6 +217,7 @@ fn read(t: &Table<'_>) -> Option<AuthorityConfig> {
     Some(AuthorityConfig {
         listen: listen?,
         public_url: public_url?,
+        public_urls,
         state_dir,
         tls,
         cert_file,
@@ -354,39 +360,69 @@ fn read_listen(t: &Table<'_>) -> Option<SocketAddr> {
 fn read_public_url(t: &Table<'_>, tls: bool) -> Option<String> {
     let public_url = t.required_string("public_url");
     if let Some(url) = &public_url
-        && url_has_userinfo(url)
+        && let Err(problem) = check_public_url(url, tls)
     {
-        // Every ticket carries the URL, and tickets are handed around.
-        t.problem(
-            "public_url",
-            format!(
-                "{:?} carries credentials; tickets would hand them to every gateway",
-                crate::config::redact_url(url)
-            ),
-        );
-    }
-    if let Some(url) = &public_url {
-        let scheme_ok = if tls {
-            url.starts_with("https://")
-        } else {
-            url.starts_with("http://")
-        };
-        if !scheme_ok {
-            t.problem(
-                "public_url",
-                format!(
-                    "{:?} must start with {}",
-                    crate::config::redact_url(url),
-                    if tls {
-                        "https://"
-                    } else {
-                        "http:// (tls is off)"
-                    }
-                ),
-            );
-        }
+        t.problem("public_url", problem);
     }
     public_url
+}
+
+/// `public_urls`: every URL of the deployment, in the order gateways try
+/// them; `public_url` alone when unset.
+fn read_public_urls(t: &Table<'_>, tls: bool, public_url: Option<&str>) -> Vec<String> {
+    let Some(urls) = t.strings("public_urls") else {
+        return public_url.map(str::to_owned).into_iter().collect();
+    };
+    if urls.is_empty() || urls.len() > crate::ticket::MAX_URLS {
+        t.problem(
+            "public_urls",
+            format!("must list 1 to {} URLs", crate::ticket::MAX_URLS),
+        );
+    }
+    for (i, url) in urls.iter().enumerate() {
+        if let Err(problem) = check_public_url(url, tls) {
+            t.problem(&format!("public_urls[{i}]"), problem);
+        } else if urls[..i].contains(url) {
+            t.problem(&format!("public_urls[{i}]"), "is listed twice");
+        }
+    }
+    urls
+}
+
+fn check_public_url(url: &str, tls: bool) -> Result<(), String> {
+    if url_has_userinfo(url) {
+        // Every ticket carries the URL, and tickets are handed around.
+        return Err(format!(
+            "{:?} carries credentials; tickets would hand them to every gateway",
+            crate::config::redact_url(url)
+        ));
+    }
+    let scheme_ok = if tls {
+        url.starts_with("https://")
+    } else {
+        url.starts_with("http://")
+    };
+    if !scheme_ok {
+        return Err(format!(
+            "{:?} must start with {}",
+            crate::config::redact_url(url),
+            if tls {
+                "https://"
+            } else {
+                "http:// (tls is off)"
+            }
+        ));
+    }
+    if url
+        .parse::<ureq::http::Uri>()
+        .map_or(true, |u| u.host().is_none())
+    {
+        return Err(format!(
+            "{:?} is not a URL with a host",
+            crate::config::redact_url(url)
+        ));
+    }
+    Ok(())
 }
 
 /// `state_dir`, which must be absolute.
@@ -856,6 +892,43 @@ max_ttl = "1h"
                     .any(|l| l.starts_with(&format!("a.toml: {key}:"))),
                 "{keys}: {lines:?}"
             );
+        }
+    }
+
+    #[test]
+    fn public_urls_list_the_deployment_and_each_is_checked() {
+        let c = AuthorityConfig::from_toml(Path::new("a.toml"), EXAMPLE).unwrap();
+        assert_eq!(c.public_urls, std::slice::from_ref(&c.public_url));
+        let with = |urls: &str| {
+            let text = EXAMPLE.replacen(
+                "tls = \"on\"\n",
+                &format!("tls = \"on\"\npublic_urls = {urls}\n"),
+                1,
+            );
+            AuthorityConfig::from_toml(Path::new("a.toml"), &text).map_err(|e| e.lines())
+        };
+        let c = with(r#"["https://a.example:7443", "https://b.example:7443"]"#).unwrap();
+        assert_eq!(c.public_urls.len(), 2);
+        for (urls, key) in [
+            (r#"[]"#, "public_urls"),
+            (
+                r#"["https://a.example", "http://b.example"]"#,
+                "public_urls[1]",
+            ),
+            (
+                r#"["https://a.example", "https://a.example"]"#,
+                "public_urls[1]",
+            ),
+            (r#"["https://u:pw@a.example"]"#, "public_urls[0]"),
+        ] {
+            let lines = with(urls).unwrap_err();
+            assert!(
+                lines
+                    .iter()
+                    .any(|l| l.starts_with(&format!("a.toml: {key}:"))),
+                "{urls}: {lines:?}"
+            );
+            assert!(!lines.iter().any(|l| l.contains(":pw@")), "{lines:?}");
         }
     }
 

@@ -205,7 +205,13 @@ impl Authority {
             ),
         )?;
         Ok(Ticket {
+            // This replica's, which `cert_sha256` is for: what gateways
+            // older than `urls` use.
             url: self.config.public_url.clone(),
+            urls: match self.config.public_urls.as_slice() {
+                [only] if *only == self.config.public_url => Vec::new(),
+                all => all.to_vec(),
+            },
             id: row.id,
             secret,
             cert_sha256: self.pins.as_ref().and_then(|p| p.leaf.clone()),

@@ -116,18 +116,21 @@ fn layout(config: &AuthorityConfig) -> Layout {
     }
 }
 
-/// The names this replica's certificate is for: its `public_url`'s host
-/// and the loopback names.
+/// The names this replica's certificate is for: the host of its
+/// `public_url`, those of `public_urls` (a load balancer's name may lead
+/// to any replica) and the loopback names.
 fn names(config: &AuthorityConfig) -> Vec<String> {
-    let mut names = vec![
-        "localhost".to_owned(),
-        "127.0.0.1".to_owned(),
-        "::1".to_owned(),
-    ];
-    if let Some(host) = host_of(&config.public_url)
-        && !names.contains(&host)
-    {
-        names.insert(0, host);
+    let mut names = Vec::new();
+    let urls = std::iter::once(&config.public_url).chain(&config.public_urls);
+    for host in urls.filter_map(|u| host_of(u)) {
+        if !names.contains(&host) {
+            names.push(host);
+        }
+    }
+    for local in ["localhost", "127.0.0.1", "::1"] {
+        if !names.iter().any(|n| n == local) {
+            names.push(local.to_owned());
+        }
     }
     names
 }

@@ -179,6 +179,7 @@ fn identity(id: &str) -> Identity {
         attributes: Default::default(),
         credential: Secret::new("cred"),
         authority_url: "http://127.0.0.1:1".into(),
+        authority_urls: Vec::new(),
         cert_sha256: None,
         ca_sha256: None,
         system_trust: false,
