@@ -571,3 +571,85 @@ fn a_gateway_keeps_writing_while_its_replica_is_killed_and_restarted() {
     );
     eprintln!("{sent} points, {obtained} leases, {failovers} failed call(s) to the dead replica");
 }
+
+fn get_json(url: &str) -> (u16, Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .into();
+    let mut r = agent.get(url).call().unwrap();
+    let status = r.status().as_u16();
+    let body = r.body_mut().read_to_string().unwrap();
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(Value::String(body)),
+    )
+}
+
+#[test]
+fn status_shows_each_replica_and_the_store_and_healthz_follows_the_store() {
+    let influx = Influx::start();
+    influx.query("CREATE DATABASE sensors");
+    let pg = Arc::new(Postgres::start());
+    let body = v1_body(&influx, "", "");
+    let mut a = first_replica(&pg, &body);
+    let b = a.replica(&body);
+    let (id_a, id_b) = (replica_id(&a), replica_id(&b));
+    let out = a.cli(&["status", "--json"]);
+    assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
+    let s: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(s["this_replica"]["replica"], id_a.as_str(), "{s}");
+    assert_eq!(s["serving"], true);
+    assert_eq!(s["store"]["ok"], true);
+    assert_eq!(s["store"]["kind"], "postgres");
+    assert!(s["this_replica"]["claims_held"].is_u64());
+    let seen: Vec<(&str, bool, bool)> = s["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["replica"].as_str().unwrap(),
+                r["alive"].as_bool().unwrap(),
+                r["this"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert!(seen.contains(&(id_a.as_str(), true, true)), "{seen:?}");
+    assert!(seen.contains(&(id_b.as_str(), true, false)), "{seen:?}");
+    let text = b.cli_ok(&["status"]);
+    assert!(text.contains(&id_b) && text.contains("serving"), "{text}");
+    for (replica, id) in [(&a, &id_a), (&b, &id_b)] {
+        let (code, answer) = get_json(&format!("{}/healthz", replica.url()));
+        assert_eq!(
+            (code, answer["replica"].as_str()),
+            (200, Some(id.as_str())),
+            "{answer}"
+        );
+    }
+
+    // A replica killed: its report goes stale, and status says so.
+    a.kill();
+    std::thread::sleep(leasegate::authority::status::STALE + Duration::from_secs(1));
+    let out = a.cli(&["status"]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
+    assert!(out.stdout.contains("NOT SERVING"), "{}", out.stdout);
+
+    // The store gone: /healthz sends the load balancer elsewhere, and
+    // status names the store as failing.
+    pg.stop();
+    let unhealthy = wait_until(Duration::from_secs(30), || {
+        get_json(&format!("{}/healthz", b.url())).0 == 503
+    });
+    assert!(unhealthy, "{}", b.log());
+    let out = b.cli(&["status", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}{}", out.stdout, out.stderr);
+    let s: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(s["store"]["ok"], false, "{s}");
+    assert!(
+        s["store"]["error"]
+            .as_str()
+            .is_some_and(|e| !e.contains(support::postgres::PASSWORD))
+    );
+}

@@ -8,7 +8,9 @@
 //! - [`backends`]: creating and deleting credentials in InfluxDB 1.x/2.x/3.x;
 //! - [`service`]: the decisions (enrollment, roles, TTLs, revocation);
 //! - [`reaper`]: deletion at expiry, retries, start-up reconcile;
-//! - [`server`] and [`tls`]: the HTTPS front and its certificate;
+//! - [`server`] and [`tls`]: the HTTPS front, the deployment CA and the
+//!   replica's certificate;
+//! - [`status`]: what `status` shows of this replica and the others;
 //! - [`admin`]: what the admin commands print.
 //!
 //! [`run`] wires them for `leasegate-authority serve`.
@@ -19,6 +21,7 @@ pub mod config;
 pub mod reaper;
 pub mod server;
 pub mod service;
+pub mod status;
 pub mod store;
 pub mod tls;
 
@@ -99,22 +102,15 @@ pub fn open(config: AuthorityConfig) -> Result<Authority, AuthorityError> {
     Ok(Authority::open(config, pins)?)
 }
 
-/// `leasegate-authority serve`: runs until `shutdown`.
-pub fn run(config: AuthorityConfig, shutdown: Shutdown) -> Result<(), AuthorityError> {
-    ensure_state_dir(&config)?;
-    let _lock = lock_state_dir(&config)?;
-    let (tls_config, pins, deployment_ca) = if config.tls {
-        let identity = tls::load_or_create(&config)?;
-        let (pins, ca) = (identity.pins.clone(), identity.deployment_ca.clone());
-        (Some(tls::server_config(identity)?), Some(pins), ca)
-    } else {
-        (None, None, None)
-    };
-    let listen = config.listen;
-    let authority =
-        Arc::new(Authority::open(config, pins.clone())?.with_deployment_ca(deployment_ca));
+/// Before serving: says this replica is alive, fails the leases a
+/// stopped one left pending, and warns of what the configuration lacks.
+fn start_up(authority: &Authority) -> Result<(), AuthorityError> {
     let now = service::now_ms();
-    authority.store().heartbeat(authority.replica_id(), now)?;
+    let (health, beat) = status::StoreHealth::measure(authority.store().kind(), || {
+        authority.store().heartbeat(authority.replica_id(), now)
+    });
+    beat?;
+    status::write_report(authority, health);
     let failed = authority.store().fail_pending(
         authority.replica_id(),
         now,
@@ -136,6 +132,24 @@ pub fn run(config: AuthorityConfig, shutdown: Shutdown) -> Result<(), AuthorityE
             "{n} live lease(s) name backend {backend:?}, which is not in the configuration: their credentials stay in InfluxDB until it is added back"
         );
     }
+    Ok(())
+}
+
+/// `leasegate-authority serve`: runs until `shutdown`.
+pub fn run(config: AuthorityConfig, shutdown: Shutdown) -> Result<(), AuthorityError> {
+    ensure_state_dir(&config)?;
+    let _lock = lock_state_dir(&config)?;
+    let (tls_config, pins, deployment_ca) = if config.tls {
+        let identity = tls::load_or_create(&config)?;
+        let (pins, ca) = (identity.pins.clone(), identity.deployment_ca.clone());
+        (Some(tls::server_config(identity)?), Some(pins), ca)
+    } else {
+        (None, None, None)
+    };
+    let listen = config.listen;
+    let authority =
+        Arc::new(Authority::open(config, pins.clone())?.with_deployment_ca(deployment_ca));
+    start_up(&authority)?;
     let listener = TcpListener::bind(listen).map_err(|source| AuthorityError::Bind {
         addr: listen.to_string(),
         source,

@@ -136,7 +136,8 @@ fn reap(authority: &Authority, backend: &Backend, shutdown: &Shutdown, beat: &Be
 /// than [`CLAIM`] (an InfluxDB slow to answer) is not taken over by
 /// another replica while it runs; a process that dies stops renewing.
 ///
-/// It also says every [`HEARTBEAT`] that this replica is alive, and fails
+/// It also says every [`HEARTBEAT`] that this replica is alive (in the
+/// store, and in its status report for `status`), and fails
 /// the leases that replicas silent for [`REPLICA_DEAD_AFTER`] left pending
 /// (a replica restarted at once is a new replica; its former self's
 /// pending leases are failed once that has been silent long enough).
@@ -147,9 +148,12 @@ fn keep_claims(authority: &Authority, shutdown: &Shutdown) {
             last_beat = std::time::Instant::now();
             let (store, replica, now) = (authority.store(), authority.replica_id(), now_ms());
             let dead_before = now - REPLICA_DEAD_AFTER.as_millis() as i64;
-            let outcome = store
-                .heartbeat(replica, now)
-                .and_then(|()| store.fail_pending(replica, now, dead_before));
+            let (health, beat) =
+                crate::authority::status::StoreHealth::measure(store.kind(), || {
+                    store.heartbeat(replica, now)
+                });
+            crate::authority::status::write_report(authority, health);
+            let outcome = beat.and_then(|()| store.fail_pending(replica, now, dead_before));
             match outcome {
                 Ok(0) => {}
                 Ok(n) => {

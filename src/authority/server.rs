@@ -88,7 +88,13 @@ struct Peer(SocketAddr);
 struct App {
     authority: Arc<Authority>,
     gate: Arc<Gate>,
+    /// The last `/healthz` store check and when: probes, however many,
+    /// cost the store one query per [`HEALTH_FOR`].
+    health: Arc<tokio::sync::Mutex<Option<(Instant, bool)>>>,
 }
+
+/// How long a `/healthz` store check answers for.
+const HEALTH_FOR: Duration = Duration::from_secs(1);
 
 /// Who may use the server's capacity: connection counts per address and
 /// in all, addresses known for a gateway, and enrollment buckets.
@@ -261,6 +267,7 @@ fn client_key(ip: IpAddr) -> IpAddr {
 fn router(app: App) -> Router {
     Router::new()
         .route("/v1/health", get(health))
+        .route("/healthz", get(healthz))
         .route("/v1/enroll", post(enroll))
         .route("/v1/leases", post(create_lease).get(list_leases))
         .route("/v1/leases/{id}", get(show_lease).delete(revoke_lease))
@@ -309,6 +316,7 @@ pub fn serve(
     let app = router(App {
         authority: authority.clone(),
         gate: gate.clone(),
+        health: Arc::default(),
     });
     runtime.spawn(summarize_refusals(authority));
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
@@ -548,6 +556,43 @@ fn bearer(headers: &HeaderMap) -> Result<Secret, ApiError> {
 
 async fn health() -> Response {
     ok_json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+}
+
+/// For a load balancer: 200 while this replica can do its work (the
+/// store answers), else 503, so traffic goes to the other replicas. The
+/// reason stays in the log; the answer names none of the store's details.
+async fn healthz(State(app): State<App>) -> Response {
+    // Held across the check: probes arriving meanwhile wait for its result.
+    let mut last = app.health.lock().await;
+    let ok = match *last {
+        Some((at, ok)) if at.elapsed() < HEALTH_FOR => ok,
+        _ => {
+            let a = app.authority.clone();
+            let ok = match tokio::task::spawn_blocking(move || a.store().ping()).await {
+                Ok(Ok(())) => true,
+                Ok(Err(e)) => {
+                    log::warn!("/healthz: {}", crate::error_chain(&e));
+                    false
+                }
+                Err(_) => false,
+            };
+            *last = Some((Instant::now(), ok));
+            ok
+        }
+    };
+    drop(last);
+    let replica = app.authority.replica_id();
+    if ok {
+        ok_json(
+            StatusCode::OK,
+            &serde_json::json!({"status": "ok", "replica": replica}),
+        )
+    } else {
+        ok_json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"status": "unavailable", "replica": replica, "reason": "the store does not answer"}),
+        )
+    }
 }
 
 async fn not_found() -> Response {

@@ -49,6 +49,8 @@ pub struct Authority {
     replica: String,
     /// The stored deployment id every credential is named with.
     deployment: String,
+    /// When this process opened the authority (wall-clock ms).
+    started_ms: i64,
     /// Due leases this process has claimed and not yet dealt with; the
     /// claims are renewed while there are any.
     pub claims_held: std::sync::atomic::AtomicUsize,
@@ -81,6 +83,7 @@ impl Authority {
             .collect();
         Ok(Authority {
             deployment,
+            started_ms: now_ms(),
             config,
             store,
             refusals: Mutex::default(),
@@ -102,6 +105,11 @@ impl Authority {
     pub fn with_deployment_ca(mut self, ca: Option<crate::api::DeploymentCa>) -> Authority {
         self.deployment_ca = ca;
         self
+    }
+
+    /// When this process opened the authority.
+    pub fn started_ms(&self) -> i64 {
+        self.started_ms
     }
 
     /// This deployment's id (see `deployment_id` in the configuration).

@@ -51,6 +51,13 @@ enum Command {
         #[command(subcommand)]
         command: LeaseCommand,
     },
+    /// Show this replica, the replicas seen lately, claims held and the
+    /// store's health; exit 1 unless this replica serves and the store
+    /// answers.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
     /// Print an example configuration, or check one.
     Config {
         #[command(subcommand)]
@@ -137,6 +144,7 @@ fn main() -> ExitCode {
             command: ConfigCommand::Check,
         } => check(&cli.config),
         Command::Serve => serve(&cli.config),
+        Command::Status { json } => status(&cli.config, json),
         Command::Ticket { command } => admin_command(&cli.config, |a| ticket(a, command)),
         Command::Identity { command } => admin_command(&cli.config, |a| identity(a, command)),
         Command::Lease { command } => admin_command(&cli.config, |a| lease(a, command)),
@@ -185,6 +193,29 @@ fn serve(path: &Path) -> i32 {
             log::error!("{}", error_chain(&e));
             exit::FAILURE
         }
+    }
+}
+
+fn status(path: &Path, json: bool) -> i32 {
+    let Some(config) = load(path) else {
+        return exit::CONFIG;
+    };
+    logging::init(Some(config.log_level.unwrap_or(log::LevelFilter::Warn)));
+    let now = now_ms();
+    let status = leasegate::authority::status::gather(
+        &config,
+        now,
+        leasegate::authority::reaper::REPLICA_DEAD_AFTER,
+    );
+    if json {
+        print_json(&status);
+    } else {
+        print!("{}", leasegate::authority::status::render(&status, now));
+    }
+    if status.healthy() {
+        exit::OK
+    } else {
+        exit::FAILURE
     }
 }
 

@@ -173,6 +173,16 @@ impl Postgres {
 }
 
 impl Postgres {
+    /// Stops the server (fast shutdown) and waits until it no longer
+    /// accepts connections; the files stay, it is not started again.
+    pub fn stop(&self) {
+        super::signal(self.child.id(), libc::SIGINT);
+        let down = wait_until(Duration::from_secs(15), || {
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err()
+        });
+        assert!(down, "postgres did not stop");
+    }
+
     /// A client on `database` as the superuser, over TCP: what a test
     /// reads of the store beside the authority.
     pub fn client(&self, database: &str) -> postgres::Client {

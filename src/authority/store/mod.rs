@@ -280,6 +280,10 @@ pub trait Store: Send + Sync {
     ) -> Result<usize, StoreError>;
     /// `replica` is alive at `now_ms`.
     fn heartbeat(&self, replica: &str, now_ms: i64) -> Result<(), StoreError>;
+    /// The replicas heard from since `since_ms`, with when, latest first.
+    fn replicas(&self, since_ms: i64) -> Result<Vec<(String, i64)>, StoreError>;
+    /// Whether the store answers (the cheapest query there is).
+    fn ping(&self) -> Result<(), StoreError>;
     /// This deployment's id: the stored one; on first use the configured
     /// one, or a random one, stored from then on.
     fn deployment_id(&self, configured: Option<&str>) -> Result<String, StoreError>;

@@ -639,6 +639,23 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    fn replicas(&self, since_ms: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        self.pool
+            .get()?
+            .query(
+                "SELECT id, seen_ms FROM replicas WHERE seen_ms >= $1 ORDER BY seen_ms DESC, id",
+                &[&since_ms],
+            )?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        self.pool.get()?.simple_query("SELECT 1")?;
+        Ok(())
+    }
+
     fn deployment_id(&self, configured: Option<&str>) -> Result<String, StoreError> {
         let mut conn = self.pool.get()?;
         // Another replica may store its own first: this insert does

@@ -194,10 +194,6 @@ fn audit_in(
 }
 
 impl Store for SqliteStore {
-    fn kind(&self) -> &'static str {
-        "sqlite"
-    }
-
     fn schema_version(&self) -> Result<i64, StoreError> {
         Ok(self
             .conn()
@@ -570,6 +566,24 @@ impl Store for SqliteStore {
             params![replica, now_ms],
         )?;
         Ok(())
+    }
+
+    fn replicas(&self, since_ms: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, seen_ms FROM replicas WHERE seen_ms >= ?1 ORDER BY seen_ms DESC, id",
+        )?;
+        let rows = stmt.query_map([since_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        self.conn().query_row("SELECT 1", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        "sqlite"
     }
 
     fn deployment_id(&self, configured: Option<&str>) -> Result<String, StoreError> {
