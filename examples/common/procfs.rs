@@ -1,3 +1,4 @@
+#![allow(dead_code)]
 //! What the benchmarks read from /proc: one `key: value` field of a file
 //! such as /proc/PID/status or /proc/PID/io. Never fails: a missing file
 //! or field reads as 0, and the figure then shows it.
@@ -13,4 +14,18 @@ pub fn field(path: &str, key: &str) -> u64 {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// User plus system CPU time of process `pid` (0 if it is gone).
+pub fn cpu_time(pid: u32) -> std::time::Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which may hold spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    std::time::Duration::from_secs_f64(ticks as f64 / hz as f64)
 }

@@ -1,0 +1,461 @@
+//! The fleet benchmark (README "Benchmarks", figures in BENCHMARKS.md):
+//! simulated gateways against real `leasegate-authority` processes, in
+//! two set-ups: one replica on SQLite, and two replicas on one real
+//! PostgreSQL (Debian's package, started here) with the load split
+//! between them. The backend is the in-test InfluxDB 2.x token endpoint
+//! (tests/support/fake_influx.rs), fast enough that the authority is what
+//! is measured; then real InfluxDB 1.x at a smaller scale, where the
+//! backend's own time dominates.
+//!
+//! Each simulated gateway enrolls (one ticket good for all of them), takes
+//! its first lease, and then renews as a gateway does: a new lease, then
+//! the old one revoked, paced so that every gateway renews once per
+//! [`RENEW_EVERY`]. It prints, per set-up:
+//! - enrollments/s and first leases/s, all gateways as fast as the
+//!   clients go;
+//! - p50 and p99 of a lease request during the paced renewals, and how far
+//!   the clients fell behind the pace;
+//! - the authority processes' RSS and CPU per request over that phase;
+//! - what the backend alone takes per token (p50, p99), measured apart, to
+//!   take away from the lease figures.
+//!
+//! All requests come from 127.0.0.1, so the run raises the per-address
+//! enrollment limits (`[enrollment]`) and keeps each replica's clients
+//! under its per-address connection cap. `--quick` runs 500 gateways
+//! for 10 s (a smoke run, not figures to quote); `--gateways N` and
+//! `--seconds S` set the scale. Every wait is bounded; every process it
+//! starts is stopped by PID.
+
+#[path = "common/procfs.rs"]
+mod procfs;
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::authority::{AuthorityServer, role, v1_backend, v2_backend};
+use support::fake_influx::{FakeInflux, Flavor};
+use support::postgres::Postgres;
+use support::{ADMIN_PASSWORD, ADMIN_USER, Influx};
+
+const ORG: &str = "0123456789abcdef";
+const ADMIN_TOKEN: &str = "admin-token-for-bench";
+/// How often each gateway renews: a lease of about 90 s renewed at 2/3.
+const RENEW_EVERY: Duration = Duration::from_secs(60);
+/// Client threads per replica: under the 32 connections one address may
+/// hold at a replica.
+const CLIENTS_PER_REPLICA: usize = 16;
+
+struct Args {
+    gateways: usize,
+    seconds: u64,
+    small_gateways: usize,
+}
+
+fn args() -> Args {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let quick = argv.iter().any(|a| a == "--quick");
+    let value = |name: &str| {
+        argv.iter()
+            .position(|a| a == name)
+            .and_then(|i| argv.get(i + 1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let gateways = value("--gateways").unwrap_or(if quick { 500 } else { 10_000 }) as usize;
+    Args {
+        gateways,
+        seconds: value("--seconds").unwrap_or(if quick { 10 } else { 60 }),
+        small_gateways: (gateways / 10).max(50),
+    }
+}
+
+/// One simulated gateway: its credential and its current lease.
+struct Gateway {
+    credential: String,
+    lease: Option<String>,
+}
+
+/// An HTTP client as a gateway's: keep-alive, JSON, bounded.
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+fn send(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    bearer: Option<&str>,
+    body: Option<&str>,
+) -> (u16, Value) {
+    let auth = bearer.map(|b| format!("Bearer {b}"));
+    let result = match method {
+        "POST" => {
+            let mut r = agent.post(url).header("Content-Type", "application/json");
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            r.send(body.unwrap_or("{}"))
+        }
+        _ => {
+            let mut r = agent.delete(url);
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            r.call()
+        }
+    };
+    match result {
+        Ok(mut resp) => {
+            let status = resp.status().as_u16();
+            let text = resp.body_mut().read_to_string().unwrap_or_default();
+            (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        }
+        Err(e) => (0, Value::String(e.to_string())),
+    }
+}
+
+/// Sorted latencies; the q-quantile in ms.
+fn quantile(sorted: &[Duration], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+/// Runs `work(i, agent)` for i in 0..n on `CLIENTS_PER_REPLICA` threads
+/// per URL (request i goes to `urls[i % len]`); the wall time and each
+/// call's latency.
+fn fan_out(
+    n: usize,
+    urls: &[String],
+    work: &(dyn Fn(usize, &str, &ureq::Agent) -> bool + Sync),
+) -> (Duration, Vec<Duration>, usize) {
+    // Replica r takes the indexes i = r, r + len, r + 2 len, ...
+    let next: Vec<AtomicUsize> = urls.iter().map(|_| AtomicUsize::new(0)).collect();
+    let latencies = Mutex::new(Vec::with_capacity(n));
+    let failures = AtomicUsize::new(0);
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for (r, url) in urls.iter().enumerate() {
+            for _ in 0..CLIENTS_PER_REPLICA {
+                let (next, latencies, failures) = (&next[r], &latencies, &failures);
+                s.spawn(move || {
+                    let agent = agent();
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::SeqCst) * urls.len() + r;
+                        if i >= n {
+                            break;
+                        }
+                        let t = Instant::now();
+                        if !work(i, url, &agent) {
+                            failures.fetch_add(1, Ordering::SeqCst);
+                        }
+                        mine.push(t.elapsed());
+                    }
+                    latencies.lock().unwrap().extend(mine);
+                });
+            }
+        }
+    });
+    let mut all = latencies.into_inner().unwrap();
+    all.sort();
+    (started.elapsed(), all, failures.into_inner())
+}
+
+struct Procs(Vec<u32>);
+
+impl Procs {
+    fn cpu(&self) -> Duration {
+        self.0.iter().map(|p| procfs::cpu_time(*p)).sum()
+    }
+
+    fn rss_kib(&self) -> Vec<u64> {
+        self.0
+            .iter()
+            .map(|p| procfs::field(&format!("/proc/{p}/status"), "VmRSS:"))
+            .collect()
+    }
+}
+
+/// One set-up's run: enroll, first leases, paced renewals.
+fn run(label: &str, replicas: &[&AuthorityServer], gateways: usize, seconds: u64) {
+    let urls: Vec<String> = replicas.iter().map(|r| r.url()).collect();
+    let procs = Procs(replicas.iter().map(|r| r.pid()).collect());
+    let ticket = leasegate::ticket::Ticket::parse(&replicas[0].ticket(
+        "iot-sensor",
+        &["--usage-count", &gateways.to_string(), "--expires-in", "2h"],
+    ))
+    .unwrap();
+    let secret = ticket.secret.expose().to_owned();
+    let fleet: Vec<Mutex<Gateway>> = (0..gateways)
+        .map(|_| {
+            Mutex::new(Gateway {
+                credential: String::new(),
+                lease: None,
+            })
+        })
+        .collect();
+
+    let (took, lat, failed) = fan_out(gateways, &urls, &|i, url, agent| {
+        let body = serde_json::json!({"ticket_secret": secret, "identity_name": format!("gw-{i}")});
+        let (status, answer) = send(
+            agent,
+            "POST",
+            &format!("{url}/v1/enroll"),
+            None,
+            Some(&body.to_string()),
+        );
+        if status != 201 {
+            eprintln!("enroll gw-{i}: {status} {answer}");
+            return false;
+        }
+        fleet[i].lock().unwrap().credential = answer["credential"].as_str().unwrap().to_owned();
+        true
+    });
+    println!(
+        "{label}: {gateways} enrollments in {:.1} s = {:.0}/s (p50 {:.1} ms, p99 {:.1} ms, {failed} failed)",
+        took.as_secs_f64(),
+        gateways as f64 / took.as_secs_f64(),
+        quantile(&lat, 0.5),
+        quantile(&lat, 0.99)
+    );
+
+    let lease_once = |i: usize, url: &str, agent: &ureq::Agent| -> bool {
+        let credential = fleet[i].lock().unwrap().credential.clone();
+        let (status, answer) = send(
+            agent,
+            "POST",
+            &format!("{url}/v1/leases"),
+            Some(&credential),
+            Some("{\"ttl_secs\": 90}"),
+        );
+        if status != 201 {
+            eprintln!("lease gw-{i}: {status} {answer}");
+            return false;
+        }
+        let old = fleet[i]
+            .lock()
+            .unwrap()
+            .lease
+            .replace(answer["id"].as_str().unwrap().to_owned());
+        if let Some(old) = old {
+            // The gateway gives the old lease back once the new one is in
+            // force; not part of the lease request's latency.
+            let (s, a) = send(
+                agent,
+                "DELETE",
+                &format!("{url}/v1/leases/{old}"),
+                Some(&credential),
+                None,
+            );
+            if s != 200 {
+                eprintln!("revoke {old}: {s} {a}");
+            }
+        }
+        true
+    };
+    let (took, lat, failed) = fan_out(gateways, &urls, &|i, url, agent| lease_once(i, url, agent));
+    println!(
+        "{label}: {gateways} first leases in {:.1} s = {:.0}/s (p50 {:.1} ms, p99 {:.1} ms, {failed} failed)",
+        took.as_secs_f64(),
+        gateways as f64 / took.as_secs_f64(),
+        quantile(&lat, 0.5),
+        quantile(&lat, 0.99)
+    );
+
+    // Paced renewals: request k is due at k / rate; a client late for it
+    // sends at once (and the lateness is reported).
+    let rate = gateways as f64 / RENEW_EVERY.as_secs_f64();
+    let total = (rate * seconds as f64) as usize;
+    let cpu_before = procs.cpu();
+    let latest = Mutex::new(Duration::ZERO);
+    let lease_latencies = Mutex::new(Vec::with_capacity(total));
+    let t0 = Instant::now();
+    let (took, _, failed) = fan_out(total, &urls, &|k, url, agent| {
+        let due = t0 + Duration::from_secs_f64(k as f64 / rate);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        } else {
+            let mut l = latest.lock().unwrap();
+            *l = (*l).max(now - due);
+        }
+        let i = k % gateways;
+        let credential = fleet[i].lock().unwrap().credential.clone();
+        let t = Instant::now();
+        let (status, answer) = send(
+            agent,
+            "POST",
+            &format!("{url}/v1/leases"),
+            Some(&credential),
+            Some("{\"ttl_secs\": 90}"),
+        );
+        lease_latencies.lock().unwrap().push(t.elapsed());
+        if status != 201 {
+            eprintln!("renew gw-{i}: {status} {answer}");
+            return false;
+        }
+        let old = fleet[i]
+            .lock()
+            .unwrap()
+            .lease
+            .replace(answer["id"].as_str().unwrap().to_owned());
+        if let Some(old) = old {
+            send(
+                agent,
+                "DELETE",
+                &format!("{url}/v1/leases/{old}"),
+                Some(&credential),
+                None,
+            );
+        }
+        true
+    });
+    let cpu = procs.cpu() - cpu_before;
+    let mut lat = lease_latencies.into_inner().unwrap();
+    lat.sort();
+    let requests = total * 2;
+    println!(
+        "{label}: renewals of {gateways} gateways every {} s ({rate:.0} leases/s + as many revokes) for {:.0} s: lease p50 {:.1} ms, p99 {:.1} ms, {failed} failed; clients at most {:.0} ms behind the pace",
+        RENEW_EVERY.as_secs(),
+        took.as_secs_f64(),
+        quantile(&lat, 0.5),
+        quantile(&lat, 0.99),
+        latest.into_inner().unwrap().as_secs_f64() * 1000.0
+    );
+    println!(
+        "{label}: authority CPU {:.0} us per request ({requests} requests, {:.2} s CPU over {} process(es)); RSS {:?} KiB",
+        cpu.as_secs_f64() * 1e6 / requests as f64,
+        cpu.as_secs_f64(),
+        procs.0.len(),
+        procs.rss_kib()
+    );
+}
+
+/// What the fake token endpoint alone takes per token (create + delete),
+/// straight from a client: the share of a lease request that is the
+/// backend's, not the authority's.
+fn backend_alone(fake: &FakeInflux, n: usize) {
+    let agent = agent();
+    let bucket = fake.with(|s| s.bucket_id.clone());
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let body = serde_json::json!({
+            "orgID": ORG,
+            "description": "bench",
+            "status": "active",
+            "permissions": [{"action": "write", "resource": {"type": "buckets", "id": bucket, "orgID": ORG}}],
+        });
+        let t = Instant::now();
+        let r = agent
+            .post(format!("{}/api/v2/authorizations", fake.url()))
+            .header("Authorization", &format!("Token {ADMIN_TOKEN}"))
+            .header("Content-Type", "application/json")
+            .send(body.to_string());
+        lat.push(t.elapsed());
+        if let Ok(mut r) = r {
+            assert_eq!(r.status().as_u16(), 201, "the backend refused the token");
+            let v: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap_or_default())
+                .unwrap_or(Value::Null);
+            if let Some(id) = v["id"].as_str() {
+                let _ = agent
+                    .delete(format!("{}/api/v2/authorizations/{id}", fake.url()))
+                    .header("Authorization", &format!("Token {ADMIN_TOKEN}"))
+                    .call();
+            }
+        }
+    }
+    lat.sort();
+    println!(
+        "backend alone (in-test 2.x endpoint): create authorization p50 {:.2} ms, p99 {:.2} ms",
+        quantile(&lat, 0.5),
+        quantile(&lat, 0.99)
+    );
+}
+
+/// The head every replica's configuration shares.
+const LIMITS: &str = "[enrollment]\nper_address_burst = 1000000\nconcurrency = 64\n";
+
+fn body_v2(fake: &FakeInflux) -> String {
+    format!(
+        "{LIMITS}{}{}",
+        v2_backend("main", &fake.url(), ORG, ADMIN_TOKEN),
+        role("sensor", "iot-sensor", "main", "bucket", "sensors")
+    )
+}
+
+fn body_v1(influx: &Influx) -> String {
+    format!(
+        "{LIMITS}{}{}",
+        v1_backend("main", &influx.url(), ADMIN_USER, ADMIN_PASSWORD),
+        role("sensor", "iot-sensor", "main", "database", "sensors")
+    )
+}
+
+fn main() {
+    let a = args();
+    println!(
+        "fleet benchmark: {} gateways, renewing every {} s, {} s of renewals; {} client threads per replica",
+        a.gateways,
+        RENEW_EVERY.as_secs(),
+        a.seconds,
+        CLIENTS_PER_REPLICA
+    );
+    let fake = FakeInflux::start(Flavor::V2, ADMIN_TOKEN, ORG, "sensors", 1 << 20);
+    backend_alone(&fake, 500);
+    {
+        let one = AuthorityServer::start_on(&body_v2(&fake), false, "warn", None);
+        run("sqlite, 1 replica", &[&one], a.gateways, a.seconds);
+    }
+    let pg = Arc::new(Postgres::start());
+    {
+        let first = AuthorityServer::start_on(
+            &body_v2(&fake),
+            false,
+            "warn",
+            Some((pg.clone(), pg.database())),
+        );
+        let second = first.replica(&body_v2(&fake));
+        run(
+            "postgres, 2 replicas",
+            &[&first, &second],
+            a.gateways,
+            a.seconds,
+        );
+    }
+    let influx = Influx::start();
+    influx.query("CREATE DATABASE sensors");
+    {
+        let one = AuthorityServer::start_on(&body_v1(&influx), false, "warn", None);
+        run(
+            "influxdb 1.x, sqlite, 1 replica",
+            &[&one],
+            a.small_gateways,
+            a.seconds,
+        );
+    }
+    {
+        let first = AuthorityServer::start_on(
+            &body_v1(&influx),
+            false,
+            "warn",
+            Some((pg.clone(), pg.database())),
+        );
+        let second = first.replica(&body_v1(&influx));
+        run(
+            "influxdb 1.x, postgres, 2 replicas",
+            &[&first, &second],
+            a.small_gateways,
+            a.seconds,
+        );
+    }
+}
