@@ -30,6 +30,7 @@ use crate::api::{
 use crate::secret::{Secret, sha256_hex};
 
 const TIMEOUT: Duration = Duration::from_secs(15);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -169,6 +170,9 @@ impl AuthorityClient {
         let base = bases.first().map(String::as_str).unwrap_or_default();
         let mut config = ureq::Agent::config_builder()
             .timeout_global(Some(TIMEOUT))
+            // A replica whose host is gone answers nothing at all: the
+            // next URL is tried after this, not after the whole TIMEOUT.
+            .timeout_connect(Some(CONNECT_TIMEOUT))
             .http_status_as_error(false)
             // The authority never redirects; a redirect is not followed
             // anywhere with a credential.

@@ -259,8 +259,9 @@ fn make_ca(config: &AuthorityConfig, cert_path: &Path, key_path: &Path) -> Resul
         rcgen::KeyUsagePurpose::KeyCertSign,
         rcgen::KeyUsagePurpose::CrlSign,
     ];
-    // rcgen's default validity (1975 to 4096): a gateway without a
-    // battery-backed clock still trusts its deployment's CA.
+    // Valid from the epoch to rcgen's default end (4096): a gateway
+    // whose clock is not set yet still trusts its deployment's CA.
+    params.not_before = rcgen::date_time_ymd(1970, 1, 1);
     let key = rcgen::KeyPair::generate().map_err(generate)?;
     let cert = params.self_signed(&key).map_err(generate)?;
     write_pair(cert_path, &cert.pem(), key_path, &key.serialize_pem())?;
