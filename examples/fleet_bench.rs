@@ -23,7 +23,7 @@
 //! enrollment limits (`[enrollment]`) and keeps each replica's clients
 //! under its per-address connection cap. `--quick` runs 500 gateways
 //! for 10 s (a smoke run, not figures to quote); `--gateways N` and
-//! `--seconds S` set the scale. Every wait is bounded; every process it
+//! `--seconds S` set the scale, `--only sqlite|postgres|v1` one set-up. Every wait is bounded; every process it
 //! starts is stopped by PID.
 
 #[path = "common/procfs.rs"]
@@ -53,6 +53,14 @@ struct Args {
     gateways: usize,
     seconds: u64,
     small_gateways: usize,
+    /// `--only sqlite|postgres|v1`: just that set-up (v1: both on 1.x).
+    only: Option<String>,
+}
+
+impl Args {
+    fn runs(&self, setup: &str) -> bool {
+        self.only.as_deref().is_none_or(|o| o == setup)
+    }
 }
 
 fn args() -> Args {
@@ -69,6 +77,11 @@ fn args() -> Args {
         gateways,
         seconds: value("--seconds").unwrap_or(if quick { 10 } else { 60 }),
         small_gateways: (gateways / 10).max(50),
+        only: argv
+            .iter()
+            .position(|a| a == "--only")
+            .and_then(|i| argv.get(i + 1))
+            .cloned(),
     }
 }
 
@@ -186,8 +199,10 @@ impl Procs {
     }
 }
 
-/// One set-up's run: enroll, first leases, paced renewals.
-fn run(label: &str, replicas: &[&AuthorityServer], gateways: usize, seconds: u64) {
+/// One set-up's run: enroll, first leases, paced renewals. `db` is the
+/// PostgreSQL server's PID, whose CPU is reported beside the
+/// authority's.
+fn run(label: &str, replicas: &[&AuthorityServer], db: Option<u32>, gateways: usize, seconds: u64) {
     let urls: Vec<String> = replicas.iter().map(|r| r.url()).collect();
     let procs = Procs(replicas.iter().map(|r| r.pid()).collect());
     let ticket = leasegate::ticket::Ticket::parse(&replicas[0].ticket(
@@ -277,6 +292,9 @@ fn run(label: &str, replicas: &[&AuthorityServer], gateways: usize, seconds: u64
     let rate = gateways as f64 / RENEW_EVERY.as_secs_f64();
     let total = (rate * seconds as f64) as usize;
     let cpu_before = procs.cpu();
+    let db_before = db.map(procfs::tree_cpu_time).unwrap_or_default();
+    let own_before = procfs::cpu_time(std::process::id());
+    let machine_before = procfs::machine_ticks();
     let latest = Mutex::new(Duration::ZERO);
     let lease_latencies = Mutex::new(Vec::with_capacity(total));
     let t0 = Instant::now();
@@ -321,6 +339,10 @@ fn run(label: &str, replicas: &[&AuthorityServer], gateways: usize, seconds: u64
         true
     });
     let cpu = procs.cpu() - cpu_before;
+    let db_cpu = db.map(procfs::tree_cpu_time).unwrap_or_default() - db_before;
+    let own_cpu = procfs::cpu_time(std::process::id()) - own_before;
+    let machine = procfs::machine_ticks();
+    let busy = (machine.0 - machine_before.0) as f64 / (machine.1 - machine_before.1).max(1) as f64;
     let mut lat = lease_latencies.into_inner().unwrap();
     lat.sort();
     let requests = total * 2;
@@ -338,6 +360,13 @@ fn run(label: &str, replicas: &[&AuthorityServer], gateways: usize, seconds: u64
         cpu.as_secs_f64(),
         procs.0.len(),
         procs.rss_kib()
+    );
+    println!(
+        "{label}: meanwhile the machine was {:.0}% busy ({} cores); CPU per request of PostgreSQL {:.0} us, of the simulated gateways and the in-test backend {:.0} us",
+        busy * 100.0,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        db_cpu.as_secs_f64() * 1e6 / requests as f64,
+        own_cpu.as_secs_f64() * 1e6 / requests as f64
     );
 }
 
@@ -412,12 +441,12 @@ fn main() {
     );
     let fake = FakeInflux::start(Flavor::V2, ADMIN_TOKEN, ORG, "sensors", 1 << 20);
     backend_alone(&fake, 500);
-    {
+    if a.runs("sqlite") {
         let one = AuthorityServer::start_on(&body_v2(&fake), false, "warn", None);
-        run("sqlite, 1 replica", &[&one], a.gateways, a.seconds);
+        run("sqlite, 1 replica", &[&one], None, a.gateways, a.seconds);
     }
     let pg = Arc::new(Postgres::start());
-    {
+    if a.runs("postgres") {
         let first = AuthorityServer::start_on(
             &body_v2(&fake),
             false,
@@ -428,9 +457,13 @@ fn main() {
         run(
             "postgres, 2 replicas",
             &[&first, &second],
+            Some(pg.pid()),
             a.gateways,
             a.seconds,
         );
+    }
+    if !a.runs("v1") {
+        return;
     }
     let influx = Influx::start();
     influx.query("CREATE DATABASE sensors");
@@ -439,6 +472,7 @@ fn main() {
         run(
             "influxdb 1.x, sqlite, 1 replica",
             &[&one],
+            None,
             a.small_gateways,
             a.seconds,
         );
@@ -454,6 +488,7 @@ fn main() {
         run(
             "influxdb 1.x, postgres, 2 replicas",
             &[&first, &second],
+            Some(pg.pid()),
             a.small_gateways,
             a.seconds,
         );

@@ -29,3 +29,45 @@ pub fn cpu_time(pid: u32) -> std::time::Duration {
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     std::time::Duration::from_secs_f64(ticks as f64 / hz as f64)
 }
+
+/// CPU time of `pid` and its direct children (a server that forks a
+/// process per connection, as PostgreSQL does; children that exited
+/// meanwhile are not counted).
+pub fn tree_cpu_time(pid: u32) -> std::time::Duration {
+    let mut total = cpu_time(pid);
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            total += cpu_time(child);
+        }
+    }
+    total
+}
+
+/// Busy and total CPU time of the whole machine so far, in clock ticks
+/// (from /proc/stat: all but idle and iowait is busy).
+pub fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let total: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}

@@ -173,6 +173,11 @@ impl Postgres {
 }
 
 impl Postgres {
+    /// The server's (postmaster's) PID; its connections are its children.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stops the server (fast shutdown) and waits until it no longer
     /// accepts connections; the files stay, it is not started again.
     pub fn stop(&self) {

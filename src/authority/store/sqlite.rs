@@ -129,6 +129,8 @@ impl SqliteStore {
             .map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(open_err)?;
+        // Every statement this store runs, with room to spare.
+        conn.set_prepared_statement_cache_capacity(128);
         migrate(&mut conn)?;
         for suffix in ["-wal", "-shm"] {
             let mut p = path.as_os_str().to_owned();
@@ -147,6 +149,34 @@ impl SqliteStore {
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Statements through the connection's cache: SQLite parses and plans a
+/// statement once, not at every call (that was most of a lease request's
+/// CPU in the fleet benchmark).
+trait Cached {
+    fn execute_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
+    fn query_row_cached<T, P: rusqlite::Params>(
+        &self,
+        sql: &str,
+        params: P,
+        f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T>;
+}
+
+impl Cached for Connection {
+    fn execute_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+
+    fn query_row_cached<T, P: rusqlite::Params>(
+        &self,
+        sql: &str,
+        params: P,
+        f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        self.prepare_cached(sql)?.query_row(params, f)
     }
 }
 
@@ -170,7 +200,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 
 fn lease_in(conn: &Connection, id: &str) -> Result<Option<LeaseRow>, StoreError> {
     Ok(conn
-        .query_row(
+        .query_row_cached(
             &format!("SELECT {LEASE_COLUMNS} FROM leases l JOIN identities i ON i.id = l.identity_id WHERE l.id = ?1"),
             [id],
             lease_row,
@@ -185,7 +215,7 @@ fn audit_in(
     subject: &str,
     detail: &str,
 ) -> Result<(), StoreError> {
-    conn.execute(
+    conn.execute_cached(
         "INSERT INTO audit (at_ms, event, subject, detail) VALUES (?1, ?2, ?3, ?4)",
         params![now_ms, event, subject, detail],
     )?;
@@ -197,11 +227,11 @@ impl Store for SqliteStore {
     fn schema_version(&self) -> Result<i64, StoreError> {
         Ok(self
             .conn()
-            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
+            .query_row_cached("PRAGMA user_version", [], |r| r.get(0))?)
     }
 
     fn insert_ticket(&self, t: &TicketRow, secret_hash: &str) -> Result<(), StoreError> {
-        self.conn().execute(
+        self.conn().execute_cached(
             "INSERT INTO tickets (id, secret_hash, attributes, role, usage_count, used, created_ms, expires_ms, identity_name) VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?7, ?8)",
             params![t.id, secret_hash, to_json(&t.attributes), t.role, t.usage_count, t.created_ms, t.expires_ms, t.identity_name],
         )?;
@@ -210,7 +240,7 @@ impl Store for SqliteStore {
 
     fn tickets(&self) -> Result<Vec<TicketRow>, StoreError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(&format!(
+        let mut stmt = conn.prepare_cached(&format!(
             "SELECT {TICKET_COLUMNS} FROM tickets ORDER BY created_ms, id"
         ))?;
         let rows = stmt.query_map([], ticket_row)?;
@@ -220,7 +250,7 @@ impl Store for SqliteStore {
     fn ticket(&self, id: &str) -> Result<Option<TicketRow>, StoreError> {
         Ok(self
             .conn()
-            .query_row(
+            .query_row_cached(
                 &format!("SELECT {TICKET_COLUMNS} FROM tickets WHERE id = ?1"),
                 [id],
                 ticket_row,
@@ -229,7 +259,7 @@ impl Store for SqliteStore {
     }
 
     fn revoke_ticket(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
-        let n = self.conn().execute(
+        let n = self.conn().execute_cached(
             "UPDATE tickets SET revoked_ms = COALESCE(revoked_ms, ?2) WHERE id = ?1",
             params![id, now_ms],
         )?;
@@ -247,7 +277,7 @@ impl Store for SqliteStore {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let redeemed = tx
-            .query_row(
+            .query_row_cached(
                 &format!(
                     "UPDATE tickets SET used = used + 1 WHERE secret_hash = ?1 AND revoked_ms IS NULL AND expires_ms > ?2 AND used < usage_count RETURNING {TICKET_COLUMNS}"
                 ),
@@ -257,7 +287,7 @@ impl Store for SqliteStore {
             .optional()?;
         let Some(ticket) = redeemed else {
             let found = tx
-                .query_row(
+                .query_row_cached(
                     &format!("SELECT {TICKET_COLUMNS} FROM tickets WHERE secret_hash = ?1"),
                     [secret_hash],
                     ticket_row,
@@ -273,7 +303,7 @@ impl Store for SqliteStore {
             // Dropping the transaction rolls the counted use back.
             Err(code) => return Ok(Err((code, Some(ticket.id)))),
         };
-        tx.execute(
+        tx.execute_cached(
             "INSERT INTO identities (id, name, ticket_id, role, attributes, credential_hash, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![identity_id, name, ticket.id, role, to_json(&ticket.attributes), credential_hash, now_ms],
         )?;
@@ -300,7 +330,7 @@ impl Store for SqliteStore {
     ) -> Result<Option<IdentityRow>, StoreError> {
         Ok(self
             .conn()
-            .query_row(
+            .query_row_cached(
                 &format!("SELECT {IDENTITY_COLUMNS} FROM identities WHERE credential_hash = ?1"),
                 [credential_hash],
                 identity_row,
@@ -310,7 +340,7 @@ impl Store for SqliteStore {
 
     fn identities(&self) -> Result<Vec<IdentityRow>, StoreError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(&format!(
+        let mut stmt = conn.prepare_cached(&format!(
             "SELECT {IDENTITY_COLUMNS} FROM identities ORDER BY created_ms, id"
         ))?;
         let rows = stmt.query_map([], identity_row)?;
@@ -320,14 +350,14 @@ impl Store for SqliteStore {
     fn revoke_identity(&self, id: &str, now_ms: i64) -> Result<Option<Vec<LeaseRow>>, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let n = tx.execute(
+        let n = tx.execute_cached(
             "UPDATE identities SET revoked_ms = COALESCE(revoked_ms, ?2) WHERE id = ?1",
             params![id, now_ms],
         )?;
         if n == 0 {
             return Ok(None);
         }
-        tx.execute(
+        tx.execute_cached(
             &format!(
                 "UPDATE leases SET status = 'revoking', end_reason = COALESCE(end_reason, 'identity revoked'), next_attempt_ms = ?2 WHERE identity_id = ?1 AND status IN {LIVE}"
             ),
@@ -335,7 +365,7 @@ impl Store for SqliteStore {
         )?;
         audit_in(&tx, now_ms, "identity revoke", id, "identity revoked")?;
         let leases = {
-            let mut stmt = tx.prepare(&format!(
+            let mut stmt = tx.prepare_cached(&format!(
                 "SELECT {LEASE_COLUMNS} FROM leases l JOIN identities i ON i.id = l.identity_id WHERE l.identity_id = ?1 AND l.status = 'revoking' ORDER BY l.expires_ms, l.id"
             ))?;
             let rows = stmt.query_map([id], lease_row)?;
@@ -347,7 +377,7 @@ impl Store for SqliteStore {
 
     fn insert_lease(&self, l: &NewLease<'_>, max_live: u32) -> Result<Inserted, StoreError> {
         let conn = self.conn();
-        let n = conn.execute(
+        let n = conn.execute_cached(
             &format!("INSERT INTO leases (id, identity_id, role, backend, target, status, created_ms, expires_ms, created_by)
              SELECT ?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7, ?9
              WHERE EXISTS (SELECT 1 FROM identities WHERE id = ?2 AND revoked_ms IS NULL)
@@ -357,7 +387,7 @@ impl Store for SqliteStore {
         if n == 1 {
             return Ok(Inserted::Yes);
         }
-        let revoked: bool = conn.query_row(
+        let revoked: bool = conn.query_row_cached(
             "SELECT NOT EXISTS (SELECT 1 FROM identities WHERE id = ?1 AND revoked_ms IS NULL)",
             [l.identity_id],
             |r| r.get(0),
@@ -376,7 +406,7 @@ impl Store for SqliteStore {
         now_ms: i64,
     ) -> Result<Option<LeaseStatus>, StoreError> {
         let conn = self.conn();
-        let n = conn.execute(
+        let n = conn.execute_cached(
             "UPDATE leases SET handle = ?2, status = CASE status WHEN 'pending' THEN 'active' ELSE status END WHERE id = ?1 AND status IN ('pending', 'revoking')",
             params![id, handle],
         )?;
@@ -394,7 +424,7 @@ impl Store for SqliteStore {
 
     fn fail_lease(&self, id: &str, error: &str, now_ms: i64) -> Result<(), StoreError> {
         let conn = self.conn();
-        conn.execute(
+        conn.execute_cached(
             "UPDATE leases SET status = 'failed', ended_ms = ?2, last_error = ?3 WHERE id = ?1 AND status IN ('pending', 'revoking')",
             params![id, now_ms, error],
         )?;
@@ -407,7 +437,7 @@ impl Store for SqliteStore {
 
     fn leases(&self, identity_id: Option<&str>) -> Result<Vec<LeaseRow>, StoreError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(&format!(
+        let mut stmt = conn.prepare_cached(&format!(
             "SELECT {LEASE_COLUMNS} FROM leases l JOIN identities i ON i.id = l.identity_id WHERE ?1 IS NULL OR l.identity_id = ?1 ORDER BY l.created_ms DESC, l.id"
         ))?;
         let rows = stmt.query_map([identity_id], lease_row)?;
@@ -421,7 +451,7 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<LeaseRow>, StoreError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(&format!(
+        let mut stmt = conn.prepare_cached(&format!(
             "SELECT {LEASE_COLUMNS} FROM leases l JOIN identities i ON i.id = l.identity_id
              WHERE l.backend = ?1 AND l.handle IS NOT NULL AND ((l.status = 'active' AND l.expires_ms <= ?2) OR (l.status = 'revoking' AND l.next_attempt_ms <= ?2))
              ORDER BY CASE l.status WHEN 'active' THEN l.expires_ms ELSE l.next_attempt_ms END, l.id LIMIT ?3"
@@ -444,7 +474,7 @@ impl Store for SqliteStore {
         let claimable = format!(
             "{DUE} AND (claim_until_ms IS NULL OR claim_until_ms <= ?3 OR claimed_by = ?2)"
         );
-        let any: bool = conn.query_row(
+        let any: bool = conn.query_row_cached(
             &format!("SELECT EXISTS (SELECT 1 FROM leases WHERE {claimable})"),
             params![backend, replica, now_ms],
             |r| r.get(0),
@@ -453,7 +483,7 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
+        tx.execute_cached(
             &format!(
                 "UPDATE leases SET claimed_by = ?2, claim_until_ms = ?4 WHERE id IN (
                  SELECT id FROM leases WHERE {claimable}
@@ -462,7 +492,7 @@ impl Store for SqliteStore {
             params![backend, replica, now_ms, claim_until_ms, limit as i64],
         )?;
         let claimed = {
-            let mut stmt = tx.prepare(&format!(
+            let mut stmt = tx.prepare_cached(&format!(
                 "SELECT {LEASE_COLUMNS} FROM leases l JOIN identities i ON i.id = l.identity_id
                  WHERE l.backend = ?1 AND l.claimed_by = ?2 AND l.claim_until_ms = ?3 AND l.status IN ('active', 'revoking')
                  ORDER BY CASE l.status WHEN 'active' THEN l.expires_ms ELSE l.next_attempt_ms END, l.id"
@@ -480,14 +510,14 @@ impl Store for SqliteStore {
         now_ms: i64,
         claim_until_ms: i64,
     ) -> Result<usize, StoreError> {
-        Ok(self.conn().execute(
+        Ok(self.conn().execute_cached(
             "UPDATE leases SET claim_until_ms = ?3 WHERE claimed_by = ?1 AND claim_until_ms > ?2 AND status IN ('active', 'revoking')",
             params![replica, now_ms, claim_until_ms],
         )?)
     }
 
     fn next_due_ms(&self, backend: &str) -> Result<Option<i64>, StoreError> {
-        Ok(self.conn().query_row(
+        Ok(self.conn().query_row_cached(
             "SELECT MIN(MAX(CASE status WHEN 'active' THEN expires_ms ELSE next_attempt_ms END, COALESCE(claim_until_ms, 0))) FROM leases WHERE backend = ?1 AND handle IS NOT NULL AND status IN ('active', 'revoking')",
             [backend],
             |r| r.get(0),
@@ -501,7 +531,7 @@ impl Store for SqliteStore {
         now_ms: i64,
     ) -> Result<Option<LeaseRow>, StoreError> {
         let conn = self.conn();
-        let n = conn.execute(
+        let n = conn.execute_cached(
             &format!(
                 "UPDATE leases SET status = 'revoking', end_reason = COALESCE(end_reason, ?2), next_attempt_ms = ?3 WHERE id = ?1 AND status IN {LIVE}"
             ),
@@ -515,7 +545,7 @@ impl Store for SqliteStore {
 
     fn deleted(&self, id: &str, now_ms: i64) -> Result<Option<LeaseRow>, StoreError> {
         let conn = self.conn();
-        let n = conn.execute(
+        let n = conn.execute_cached(
             "UPDATE leases SET status = CASE WHEN end_reason IS NULL OR end_reason = 'expiry' THEN 'expired' ELSE 'revoked' END, end_reason = COALESCE(end_reason, 'expiry'), ended_ms = ?2, last_error = NULL, claimed_by = NULL, claim_until_ms = NULL WHERE id = ?1 AND status IN ('active', 'revoking')",
             params![id, now_ms],
         )?;
@@ -537,7 +567,7 @@ impl Store for SqliteStore {
         next_attempt_ms: i64,
     ) -> Result<(), StoreError> {
         let conn = self.conn();
-        let n = conn.execute(
+        let n = conn.execute_cached(
             "UPDATE leases SET status = 'revoking', end_reason = COALESCE(end_reason, 'expiry'), attempts = attempts + 1, next_attempt_ms = ?3, last_error = ?2, claimed_by = NULL, claim_until_ms = NULL WHERE id = ?1 AND status IN ('active', 'revoking')",
             params![id, error, next_attempt_ms],
         )?;
@@ -553,7 +583,7 @@ impl Store for SqliteStore {
         now_ms: i64,
         alive_since_ms: i64,
     ) -> Result<usize, StoreError> {
-        Ok(self.conn().execute(
+        Ok(self.conn().execute_cached(
             "UPDATE leases SET status = 'failed', ended_ms = ?2, last_error = 'the authority stopped while creating the credential'
              WHERE status = 'pending' AND (created_by IS NULL OR (created_by <> ?1 AND created_by NOT IN (SELECT id FROM replicas WHERE seen_ms >= ?3)))",
             params![replica, now_ms, alive_since_ms],
@@ -561,7 +591,7 @@ impl Store for SqliteStore {
     }
 
     fn heartbeat(&self, replica: &str, now_ms: i64) -> Result<(), StoreError> {
-        self.conn().execute(
+        self.conn().execute_cached(
             "INSERT INTO replicas (id, seen_ms) VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET seen_ms = excluded.seen_ms",
             params![replica, now_ms],
         )?;
@@ -570,7 +600,7 @@ impl Store for SqliteStore {
 
     fn replicas(&self, since_ms: i64) -> Result<Vec<(String, i64)>, StoreError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(
+        let mut stmt = conn.prepare_cached(
             "SELECT id, seen_ms FROM replicas WHERE seen_ms >= ?1 ORDER BY seen_ms DESC, id",
         )?;
         let rows = stmt.query_map([since_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -578,7 +608,7 @@ impl Store for SqliteStore {
     }
 
     fn ping(&self) -> Result<(), StoreError> {
-        self.conn().query_row("SELECT 1", [], |_| Ok(()))?;
+        self.conn().query_row_cached("SELECT 1", [], |_| Ok(()))?;
         Ok(())
     }
 
@@ -590,11 +620,11 @@ impl Store for SqliteStore {
         let conn = self.conn();
         // Another process may store its own first: the insert is ignored
         // then, and the stored one wins.
-        conn.execute(
+        conn.execute_cached(
             "INSERT OR IGNORE INTO meta (key, value) VALUES ('deployment_id', ?1)",
             [super::new_deployment_id(configured)],
         )?;
-        let stored: String = conn.query_row(
+        let stored: String = conn.query_row_cached(
             "SELECT value FROM meta WHERE key = 'deployment_id'",
             [],
             |r| r.get(0),
@@ -604,14 +634,15 @@ impl Store for SqliteStore {
 
     fn lease_ids(&self) -> Result<HashSet<String>, StoreError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT id FROM leases")?;
+        let mut stmt = conn.prepare_cached("SELECT id FROM leases")?;
         let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
         rows.map(|r| r.map_err(StoreError::from)).collect()
     }
 
     fn live_lease_ids(&self) -> Result<HashSet<String>, StoreError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(&format!("SELECT id FROM leases WHERE status IN {LIVE}"))?;
+        let mut stmt =
+            conn.prepare_cached(&format!("SELECT id FROM leases WHERE status IN {LIVE}"))?;
         let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
         rows.map(|r| r.map_err(StoreError::from)).collect()
     }
@@ -621,7 +652,7 @@ impl Store for SqliteStore {
         configured: &[&str],
     ) -> Result<Vec<(String, usize)>, StoreError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(&format!(
+        let mut stmt = conn.prepare_cached(&format!(
             "SELECT backend, COUNT(*) FROM leases WHERE status IN {LIVE} GROUP BY backend ORDER BY backend"
         ))?;
         let rows = stmt.query_map([], |r| {
@@ -632,7 +663,7 @@ impl Store for SqliteStore {
     }
 
     fn prune_ended(&self, before_ms: i64) -> Result<usize, StoreError> {
-        Ok(self.conn().execute(
+        Ok(self.conn().execute_cached(
             "DELETE FROM leases WHERE status IN ('expired', 'revoked', 'failed') AND COALESCE(ended_ms, expires_ms) < ?1",
             [before_ms],
         )?)
@@ -641,7 +672,7 @@ impl Store for SqliteStore {
     fn prune_audit(&self, before_ms: i64) -> Result<usize, StoreError> {
         Ok(self
             .conn()
-            .execute("DELETE FROM audit WHERE at_ms < ?1", [before_ms])?)
+            .execute_cached("DELETE FROM audit WHERE at_ms < ?1", [before_ms])?)
     }
 
     fn audit(
@@ -657,7 +688,7 @@ impl Store for SqliteStore {
     fn audit_trail(&self) -> Result<Vec<(i64, String, String, String)>, StoreError> {
         let conn = self.conn();
         let mut stmt =
-            conn.prepare("SELECT at_ms, event, subject, detail FROM audit ORDER BY seq")?;
+            conn.prepare_cached("SELECT at_ms, event, subject, detail FROM audit ORDER BY seq")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
         rows.map(|r| r.map_err(StoreError::from)).collect()
     }
