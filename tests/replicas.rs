@@ -196,8 +196,7 @@ type Sightings = HashMap<String, (i64, Option<i64>)>;
 
 fn watch_users(influx: &Influx, stop: &AtomicBool) -> Sightings {
     let mut seen = Sightings::new();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+    let sweep = |seen: &mut Sightings| {
         let users = v1_users(influx);
         let at = now_ms();
         for u in users.iter().filter(|u| u.starts_with("lg_")) {
@@ -208,8 +207,15 @@ fn watch_users(influx: &Influx, stop: &AtomicBool) -> Sightings {
                 entry.1 = Some(at);
             }
         }
+    };
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+        sweep(&mut seen);
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Once more after the stop: what went since the last sweep (the test
+    // stops the watch as soon as it sees the last user gone itself).
+    sweep(&mut seen);
     seen
 }
 

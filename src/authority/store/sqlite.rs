@@ -104,10 +104,15 @@ const LEASE_COLUMNS: &str = "l.id, l.identity_id, i.name, l.role, l.backend, l.t
 const DUE: &str = "backend = ?1 AND handle IS NOT NULL AND ((status = 'active' AND expires_ms <= ?3) OR (status = 'revoking' AND next_attempt_ms <= ?3))";
 const DUE_ORDER: &str = "CASE status WHEN 'active' THEN expires_ms ELSE next_attempt_ms END, id";
 
-/// The SQLite [`Store`]: one connection, one caller at a time (SQLite
-/// writes one transaction at a time anyway).
+/// The SQLite [`Store`]: one connection for everything that writes, one
+/// caller at a time (SQLite writes one transaction at a time anyway), and
+/// one for the reads that need no transaction (authenticating a bearer,
+/// reading a lease), which in WAL mode neither wait for the writer nor
+/// hold it up: in the fleet benchmark every request queued behind the
+/// others' statements on the one connection.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    reader: Mutex<Connection>,
 }
 
 impl SqliteStore {
@@ -137,8 +142,14 @@ impl SqliteStore {
             p.push(suffix);
             restrict_mode(Path::new(&p));
         }
+        let reader = Connection::open(path).map_err(open_err)?;
+        reader
+            .busy_timeout(Duration::from_secs(10))
+            .map_err(open_err)?;
+        reader.set_prepared_statement_cache_capacity(128);
         Ok(SqliteStore {
             conn: Mutex::new(conn),
+            reader: Mutex::new(reader),
         })
     }
 
@@ -149,6 +160,12 @@ impl SqliteStore {
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// For reads outside a transaction: each statement sees everything
+    /// committed before it started.
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        self.reader.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -239,7 +256,7 @@ impl Store for SqliteStore {
     }
 
     fn tickets(&self) -> Result<Vec<TicketRow>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {TICKET_COLUMNS} FROM tickets ORDER BY created_ms, id"
         ))?;
@@ -249,7 +266,7 @@ impl Store for SqliteStore {
 
     fn ticket(&self, id: &str) -> Result<Option<TicketRow>, StoreError> {
         Ok(self
-            .conn()
+            .reader()
             .query_row_cached(
                 &format!("SELECT {TICKET_COLUMNS} FROM tickets WHERE id = ?1"),
                 [id],
@@ -329,7 +346,7 @@ impl Store for SqliteStore {
         credential_hash: &str,
     ) -> Result<Option<IdentityRow>, StoreError> {
         Ok(self
-            .conn()
+            .reader()
             .query_row_cached(
                 &format!("SELECT {IDENTITY_COLUMNS} FROM identities WHERE credential_hash = ?1"),
                 [credential_hash],
@@ -339,7 +356,7 @@ impl Store for SqliteStore {
     }
 
     fn identities(&self) -> Result<Vec<IdentityRow>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {IDENTITY_COLUMNS} FROM identities ORDER BY created_ms, id"
         ))?;
@@ -432,11 +449,11 @@ impl Store for SqliteStore {
     }
 
     fn lease(&self, id: &str) -> Result<Option<LeaseRow>, StoreError> {
-        lease_in(&self.conn(), id)
+        lease_in(&self.reader(), id)
     }
 
     fn leases(&self, identity_id: Option<&str>) -> Result<Vec<LeaseRow>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {LEASE_COLUMNS} FROM leases l JOIN identities i ON i.id = l.identity_id WHERE ?1 IS NULL OR l.identity_id = ?1 ORDER BY l.created_ms DESC, l.id"
         ))?;
@@ -517,7 +534,7 @@ impl Store for SqliteStore {
     }
 
     fn next_due_ms(&self, backend: &str) -> Result<Option<i64>, StoreError> {
-        Ok(self.conn().query_row_cached(
+        Ok(self.reader().query_row_cached(
             "SELECT MIN(MAX(CASE status WHEN 'active' THEN expires_ms ELSE next_attempt_ms END, COALESCE(claim_until_ms, 0))) FROM leases WHERE backend = ?1 AND handle IS NOT NULL AND status IN ('active', 'revoking')",
             [backend],
             |r| r.get(0),
@@ -599,7 +616,7 @@ impl Store for SqliteStore {
     }
 
     fn replicas(&self, since_ms: i64) -> Result<Vec<(String, i64)>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare_cached(
             "SELECT id, seen_ms FROM replicas WHERE seen_ms >= ?1 ORDER BY seen_ms DESC, id",
         )?;
@@ -633,14 +650,14 @@ impl Store for SqliteStore {
     }
 
     fn lease_ids(&self) -> Result<HashSet<String>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare_cached("SELECT id FROM leases")?;
         let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
         rows.map(|r| r.map_err(StoreError::from)).collect()
     }
 
     fn live_lease_ids(&self) -> Result<HashSet<String>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt =
             conn.prepare_cached(&format!("SELECT id FROM leases WHERE status IN {LIVE}"))?;
         let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
@@ -686,7 +703,7 @@ impl Store for SqliteStore {
     }
 
     fn audit_trail(&self) -> Result<Vec<(i64, String, String, String)>, StoreError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt =
             conn.prepare_cached("SELECT at_ms, event, subject, detail FROM audit ORDER BY seq")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
