@@ -442,55 +442,49 @@ fn main() {
     let fake = FakeInflux::start(Flavor::V2, ADMIN_TOKEN, ORG, "sensors", 1 << 20);
     backend_alone(&fake, 500);
     if a.runs("sqlite") {
-        let one = AuthorityServer::start_on(&body_v2(&fake), false, "warn", None);
-        run("sqlite, 1 replica", &[&one], None, a.gateways, a.seconds);
+        sqlite_setup("sqlite", &body_v2(&fake), a.gateways, a.seconds);
     }
     let pg = Arc::new(Postgres::start());
     if a.runs("postgres") {
-        let first = AuthorityServer::start_on(
-            &body_v2(&fake),
-            false,
-            "warn",
-            Some((pg.clone(), pg.database())),
-        );
-        let second = first.replica(&body_v2(&fake));
-        run(
-            "postgres, 2 replicas",
-            &[&first, &second],
-            Some(pg.pid()),
-            a.gateways,
-            a.seconds,
-        );
+        postgres_setup("postgres", &pg, &body_v2(&fake), a.gateways, a.seconds);
     }
     if !a.runs("v1") {
         return;
     }
     let influx = Influx::start();
     influx.query("CREATE DATABASE sensors");
-    {
-        let one = AuthorityServer::start_on(&body_v1(&influx), false, "warn", None);
-        run(
-            "influxdb 1.x, sqlite, 1 replica",
-            &[&one],
-            None,
-            a.small_gateways,
-            a.seconds,
-        );
-    }
-    {
-        let first = AuthorityServer::start_on(
-            &body_v1(&influx),
-            false,
-            "warn",
-            Some((pg.clone(), pg.database())),
-        );
-        let second = first.replica(&body_v1(&influx));
-        run(
-            "influxdb 1.x, postgres, 2 replicas",
-            &[&first, &second],
-            Some(pg.pid()),
-            a.small_gateways,
-            a.seconds,
-        );
-    }
+    let body = body_v1(&influx);
+    sqlite_setup("influxdb 1.x, sqlite", &body, a.small_gateways, a.seconds);
+    postgres_setup(
+        "influxdb 1.x, postgres",
+        &pg,
+        &body,
+        a.small_gateways,
+        a.seconds,
+    );
+}
+
+/// One replica on SQLite in its state dir.
+fn sqlite_setup(label: &str, body: &str, gateways: usize, seconds: u64) {
+    let one = AuthorityServer::start_on(body, false, "warn", None);
+    run(
+        &format!("{label}, 1 replica"),
+        &[&one],
+        None,
+        gateways,
+        seconds,
+    );
+}
+
+/// Two replicas on a new database of `pg`.
+fn postgres_setup(label: &str, pg: &Arc<Postgres>, body: &str, gateways: usize, seconds: u64) {
+    let first = AuthorityServer::start_on(body, false, "warn", Some((pg.clone(), pg.database())));
+    let second = first.replica(body);
+    run(
+        &format!("{label}, 2 replicas"),
+        &[&first, &second],
+        Some(pg.pid()),
+        gateways,
+        seconds,
+    );
 }

@@ -67,15 +67,6 @@ fn v1_write(influx: &Influx, secret: &str) -> u16 {
         .as_u16()
 }
 
-fn v1_users(influx: &Influx) -> Vec<String> {
-    influx.query("SHOW USERS")["results"][0]["series"][0]["values"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|r| r[0].as_str().map(str::to_owned))
-        .collect()
-}
-
 #[test]
 fn v1_lease_user_writes_and_is_gone_within_2s_of_expiry() {
     let influx = Influx::start();
@@ -104,12 +95,9 @@ fn v1_lease_user_writes_and_is_gone_within_2s_of_expiry() {
     std::thread::sleep(Duration::from_millis(
         (expires - now_ms() - 400).max(0) as u64
     ));
-    assert!(
-        v1_users(&influx).contains(&user.to_owned()),
-        "deleted early"
-    );
+    assert!(influx.users().contains(&user.to_owned()), "deleted early");
     let gone = wait_until(Duration::from_secs(5), || {
-        !v1_users(&influx).contains(&user.to_owned())
+        !influx.users().contains(&user.to_owned())
     });
     let gone_at = now_ms();
     assert!(gone, "user still there:\n{}", authority.log());
@@ -526,7 +514,7 @@ fn revoking_an_identity_removes_all_its_credentials_from_influxdb() {
     }
     let out = authority.cli_ok(&["identity", "revoke", &identity]);
     assert!(out.contains("3 lease(s)"), "{out}");
-    let users = v1_users(&influx);
+    let users = influx.users();
     for s in &secrets {
         let user = s.split(':').next().unwrap();
         assert!(
@@ -616,7 +604,7 @@ fn influxdb_down_at_expiry_is_retried_shown_revoking_and_blocks_no_issuing() {
         "the deletion was retried until it succeeded:\n{}",
         authority.log()
     );
-    assert!(!v1_users(&influx).contains(&user));
+    assert!(!influx.users().contains(&user));
 }
 
 #[test]
@@ -893,7 +881,7 @@ fn two_deployments_on_one_influxdb_never_delete_each_others_credentials() {
         "{}",
         second.log()
     );
-    let users = v1_users(&influx);
+    let users = influx.users();
     for user in leases
         .iter()
         .map(String::as_str)

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::authority::{AuthorityServer, role, v1_backend};
-use support::{ADMIN_PASSWORD, ADMIN_USER, Daemon, Influx, Mosquitto, publish_all, wait_until};
+use support::publish_seq as publish;
+use support::{ADMIN_PASSWORD, ADMIN_USER, Daemon, Influx, Mosquitto, leased_config, wait_until};
 
 fn authority_for(influx: &Influx) -> AuthorityServer {
     AuthorityServer::start(&authority_body(influx))
@@ -20,25 +21,6 @@ fn authority_body(influx: &Influx) -> String {
         "{}{}",
         v1_backend("main", &influx.url(), ADMIN_USER, ADMIN_PASSWORD),
         role("sensor", "iot-sensor", "main", "database", "sensors")
-    )
-}
-
-/// A gateway config without InfluxDB credentials: it writes with leases.
-fn leased_config(broker: &Mosquitto, client_id: &str, ttl: &str) -> String {
-    format!(
-        r#"state_dir = "{{dir}}/state"
-ticket_dir = "{{dir}}/tickets"
-[lease]
-ttl = "{ttl}"
-[mqtt]
-url = "{}"
-client_id = "{client_id}"
-[[mqtt.subscribe]]
-topic = "sensors/#"
-[batch]
-flush_interval = "200ms"
-"#,
-        broker.url()
     )
 }
 
@@ -65,28 +47,6 @@ fn drop_ticket(daemon: &Daemon, name: &str, line: &str) -> PathBuf {
     path
 }
 
-/// Publishes `n` points of `measurement` with seq `from..from+n`.
-fn publish(broker: &Mosquitto, measurement: &str, from: u64, n: u64) {
-    let messages = (from..from + n)
-        .map(|i| {
-            (
-                format!("sensors/{measurement}"),
-                format!(
-                    "{measurement} seq={i}i {}",
-                    1_700_000_000_000_000_000u64 + i
-                )
-                .into_bytes(),
-            )
-        })
-        .collect();
-    publish_all(
-        broker.port,
-        &format!("pub-{measurement}-{from}"),
-        messages,
-        Duration::from_secs(60),
-    );
-}
-
 fn status(daemon: &Daemon) -> Value {
     let out = support::leasegate_command()
         .arg("--config")
@@ -104,13 +64,9 @@ fn status(daemon: &Daemon) -> Value {
 }
 
 fn leasegate_users(influx: &Influx) -> Vec<String> {
-    influx.query("SHOW USERS")["results"][0]["series"][0]["values"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|r| r[0].as_str().map(str::to_owned))
-        .filter(|u| u.starts_with("lg_"))
-        .collect()
+    let mut users = influx.users();
+    users.retain(|u| u.starts_with("lg_"));
+    users
 }
 
 fn enrolled(daemon: &Daemon, timeout: Duration) -> bool {

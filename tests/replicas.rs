@@ -42,15 +42,6 @@ fn first_replica(pg: &Arc<Postgres>, body: &str) -> AuthorityServer {
     AuthorityServer::start_on(body, false, "info", Some((pg.clone(), pg.database())))
 }
 
-fn v1_users(influx: &Influx) -> Vec<String> {
-    influx.query("SHOW USERS")["results"][0]["series"][0]["values"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|r| r[0].as_str().map(str::to_owned))
-        .collect()
-}
-
 fn ticket_secret(line: &str) -> String {
     leasegate::ticket::Ticket::parse(line)
         .unwrap()
@@ -197,7 +188,7 @@ type Sightings = HashMap<String, (i64, Option<i64>)>;
 fn watch_users(influx: &Influx, stop: &AtomicBool) -> Sightings {
     let mut seen = Sightings::new();
     let sweep = |seen: &mut Sightings| {
-        let users = v1_users(influx);
+        let users = influx.users();
         let at = now_ms();
         for u in users.iter().filter(|u| u.starts_with("lg_")) {
             *seen.entry(u.clone()).or_insert((at, None)) = (at, None);
@@ -293,14 +284,15 @@ fn two_hundred_leases_over_two_replicas_one_killed_halfway_each_deleted_on_time(
         let last = leases.last().unwrap().2;
         let all_gone = wait_until(
             Duration::from_millis((last - now_ms() + 5000).max(0) as u64),
-            || !v1_users(influx).iter().any(|u| u.starts_with("lg_")),
+            || !influx.users().iter().any(|u| u.starts_with("lg_")),
         );
         stop.store(true, Ordering::SeqCst);
         let seen = watch.join().unwrap();
         assert!(
             all_gone,
             "users left: {:?}",
-            v1_users(influx)
+            influx
+                .users()
                 .iter()
                 .filter(|u| u.starts_with("lg_"))
                 .collect::<Vec<_>>()
@@ -383,7 +375,7 @@ fn two_deployments_on_one_influxdb_each_reconcile_away_only_their_own_stale_cred
     // A restarted replica of plant A reconciles: its own stale one goes.
     a1.restart();
     assert!(reconciled(&a1, 2), "{}", a1.log());
-    let users = v1_users(&influx);
+    let users = influx.users();
     assert!(!users.contains(&stale_a), "{users:?}");
     for kept in [&stale_b, &live_a, &live_b] {
         assert!(users.contains(kept), "plant a deleted {kept}: {users:?}");
@@ -391,7 +383,7 @@ fn two_deployments_on_one_influxdb_each_reconcile_away_only_their_own_stale_cred
     // Plant B restarted: its own stale one goes, plant A's live one stays.
     b.restart();
     assert!(reconciled(&b, 2), "{}", b.log());
-    let users = v1_users(&influx);
+    let users = influx.users();
     assert!(!users.contains(&stale_b), "{users:?}");
     for kept in [&live_a, &live_b] {
         assert!(users.contains(kept), "{kept} was deleted: {users:?}");
@@ -448,16 +440,17 @@ fn a_replica_killed_while_making_a_credential_leaves_no_user_behind() {
     a.kill();
     relay.hold.store(false, Ordering::SeqCst);
     assert!(
-        wait_until(Duration::from_secs(10), || v1_users(&influx)
+        wait_until(Duration::from_secs(10), || influx
+            .users()
             .iter()
             .any(|u| u.starts_with("lg_"))),
         "the held CREATE USER never reached InfluxDB"
     );
     // b finds a silent and fails the lease, then reconciles the user away.
     let gone = wait_until(reaper_dead_after() + Duration::from_secs(15), || {
-        !v1_users(&influx).iter().any(|u| u.starts_with("lg_"))
+        !influx.users().iter().any(|u| u.starts_with("lg_"))
     });
-    assert!(gone, "{:?}\n{}", v1_users(&influx), b.log());
+    assert!(gone, "{:?}\n{}", influx.users(), b.log());
     let lease = &b.leases()[0];
     assert_eq!(lease["status"], "failed", "{lease}");
     assert!(
@@ -471,35 +464,6 @@ fn a_replica_killed_while_making_a_credential_leaves_no_user_behind() {
 /// failed, and a heartbeat's period on top.
 fn reaper_dead_after() -> Duration {
     leasegate::authority::reaper::REPLICA_DEAD_AFTER + Duration::from_secs(5)
-}
-
-/// A gateway configuration that writes with leases of `ttl`.
-fn leased_gateway(broker: &support::Mosquitto, client_id: &str, ttl: &str) -> String {
-    format!(
-        "state_dir = \"{{dir}}/state\"\nticket_dir = \"{{dir}}/tickets\"\n[lease]\nttl = \"{ttl}\"\n[mqtt]\nurl = \"{}\"\nclient_id = \"{client_id}\"\n[[mqtt.subscribe]]\ntopic = \"sensors/#\"\n[batch]\nflush_interval = \"200ms\"\n",
-        broker.url()
-    )
-}
-
-fn publish(broker: &support::Mosquitto, measurement: &str, from: u64, n: u64) {
-    let messages = (from..from + n)
-        .map(|i| {
-            (
-                format!("sensors/{measurement}"),
-                format!(
-                    "{measurement} seq={i}i {}",
-                    1_700_000_000_000_000_000u64 + i
-                )
-                .into_bytes(),
-            )
-        })
-        .collect();
-    support::publish_all(
-        broker.port,
-        &format!("pub-{measurement}-{from}"),
-        messages,
-        Duration::from_secs(60),
-    );
 }
 
 #[test]
@@ -527,7 +491,8 @@ fn a_gateway_keeps_writing_while_its_replica_is_killed_and_restarted() {
     assert_eq!(ticket.urls, [a.url(), b.url()]);
 
     let dir = tempfile::tempdir().unwrap();
-    let mut daemon = support::Daemon::start_in(dir, &leased_gateway(&broker, "gw-failover", "6s"));
+    let mut daemon =
+        support::Daemon::start_in(dir, &support::leased_config(&broker, "gw-failover", "6s"));
     assert!(daemon.wait_for_log("waiting for a ticket", 1, Duration::from_secs(10)));
     let tickets = daemon.dir.path().join("tickets");
     std::fs::write(tickets.join("gw.part"), ticket.encode()).unwrap();
@@ -544,7 +509,7 @@ fn a_gateway_keeps_writing_while_its_replica_is_killed_and_restarted() {
     let start = Instant::now();
     let (mut sent, mut killed, mut back) = (0, false, false);
     while start.elapsed() < Duration::from_secs(40) {
-        publish(&broker, "steady", sent, 20);
+        support::publish_seq(&broker, "steady", sent, 20);
         sent += 20;
         if !killed && start.elapsed() >= Duration::from_secs(10) {
             a.kill();

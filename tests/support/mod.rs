@@ -363,6 +363,16 @@ impl Influx {
         );
     }
 
+    /// Every user's name (`SHOW USERS`).
+    pub fn users(&self) -> Vec<String> {
+        self.query("SHOW USERS")["results"][0]["series"][0]["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r[0].as_str().map(str::to_owned))
+            .collect()
+    }
+
     /// Runs an InfluxQL statement as admin; panics on any error.
     pub fn query(&self, q: &str) -> serde_json::Value {
         self.query_as(Some((ADMIN_USER, ADMIN_PASSWORD)), q)
@@ -820,6 +830,49 @@ pub fn final_counter(log: &str, label: &str) -> u64 {
 /// Publishes every message at QoS 1 and returns once the broker has
 /// acknowledged each one (mosquitto_pub -l does not wait and loses
 /// messages). Panics if that takes longer than `timeout`.
+/// A gateway configuration without InfluxDB credentials: it writes with
+/// leases of `ttl` from the authority whose ticket is dropped in.
+pub fn leased_config(broker: &Mosquitto, client_id: &str, ttl: &str) -> String {
+    format!(
+        r#"state_dir = "{{dir}}/state"
+ticket_dir = "{{dir}}/tickets"
+[lease]
+ttl = "{ttl}"
+[mqtt]
+url = "{}"
+client_id = "{client_id}"
+[[mqtt.subscribe]]
+topic = "sensors/#"
+[batch]
+flush_interval = "200ms"
+"#,
+        broker.url()
+    )
+}
+
+/// Publishes `n` points of `measurement` with seq `from..from+n` on
+/// `sensors/<measurement>`.
+pub fn publish_seq(broker: &Mosquitto, measurement: &str, from: u64, n: u64) {
+    let messages = (from..from + n)
+        .map(|i| {
+            (
+                format!("sensors/{measurement}"),
+                format!(
+                    "{measurement} seq={i}i {}",
+                    1_700_000_000_000_000_000u64 + i
+                )
+                .into_bytes(),
+            )
+        })
+        .collect();
+    publish_all(
+        broker.port,
+        &format!("pub-{measurement}-{from}"),
+        messages,
+        Duration::from_secs(60),
+    );
+}
+
 pub fn publish_all(
     port: u16,
     client_id: &str,
