@@ -49,6 +49,7 @@ fn message(pkid: u16, payload: String) -> Received {
             pkid,
         }),
         at: std::time::Instant::now(),
+        arrived: std::time::Instant::now(),
         budget: None,
     }
 }

@@ -123,8 +123,10 @@ impl Decoder {
             publish,
             ack,
             at,
+            arrived,
             budget,
         } = message;
+        self.clock.received_at(arrived);
         let topic = publish.topic.as_str();
         let mut delivery = Delivery {
             lines: String::with_capacity(publish.payload.len() + 32),
@@ -156,6 +158,7 @@ impl Decoder {
                                 Ok(point) if forwardable(lines.last_text(), &point) => {
                                     delivery.lines.push_str(lines.last_text());
                                     if point.timestamp.is_none() {
+                                        Stats::add(&stats.points_stamped, 1);
                                         delivery.lines.push(' ');
                                         let now = self.clock.next();
                                         delivery.lines.push_str(&now.to_string());
@@ -163,7 +166,9 @@ impl Decoder {
                                     delivery.lines.push('\n');
                                     delivery.points += 1;
                                 }
-                                Ok(point) => write_anew(&mut delivery, &mut self.clock, point),
+                                Ok(point) => {
+                                    write_anew(&mut delivery, &mut self.clock, point, stats)
+                                }
                                 Err(e) => {
                                     reasons.invalid(stats, payload::PayloadError::from(e));
                                 }
@@ -177,7 +182,7 @@ impl Decoder {
                 let clock = &mut self.clock;
                 payload::decode_each(&self.decodings[i], topic, &publish.payload, |result| {
                     match result {
-                        Ok(point) => write_anew(&mut delivery, clock, point),
+                        Ok(point) => write_anew(&mut delivery, clock, point, stats),
                         Err(reason) => reasons.invalid(stats, reason),
                     }
                 });
@@ -208,7 +213,10 @@ impl Decoder {
 
 /// Writes a point anew into the delivery, stamped with the time of receipt
 /// if it has no timestamp.
-fn write_anew(delivery: &mut Delivery, clock: &mut ReceiptClock, mut point: Point) {
+fn write_anew(delivery: &mut Delivery, clock: &mut ReceiptClock, mut point: Point, stats: &Stats) {
+    if point.timestamp.is_none() {
+        Stats::add(&stats.points_stamped, 1);
+    }
     clock.stamp(&mut point);
     lineproto::write_point(&mut delivery.lines, &point);
     delivery.lines.push('\n');
@@ -254,28 +262,45 @@ impl Reasons {
     }
 }
 
-/// Gives points without a timestamp the time of receipt, in nanoseconds,
-/// strictly increasing: two such points of one series received in the same
-/// nanosecond would otherwise be merged by InfluxDB into one.
+/// Gives points without a timestamp the time their message arrived, in
+/// nanoseconds, strictly increasing: two such points of one series with
+/// the same time would otherwise be merged by InfluxDB into one.
 #[derive(Default)]
 struct ReceiptClock {
     last: i64,
+    /// When the message being decoded arrived (monotonic), and its wall
+    /// time once a point needed it: most messages carry their own times,
+    /// and reading the clock for each would cost a fast stream.
+    arrived: Option<std::time::Instant>,
+    wall: Option<i64>,
 }
 
 impl ReceiptClock {
+    /// The message being decoded arrived at `at`.
+    fn received_at(&mut self, at: std::time::Instant) {
+        self.arrived = Some(at);
+        self.wall = None;
+    }
+
     fn stamp(&mut self, point: &mut Point) {
         if point.timestamp.is_none() {
             point.timestamp = Some(self.next());
         }
     }
 
-    /// The receipt time in nanoseconds, later than any given before.
+    /// The receipt time in nanoseconds (now's wall time less the time
+    /// since the message arrived), later than any given before.
     fn next(&mut self) -> i64 {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or(0);
-        self.last = now.max(self.last + 1);
+        let arrived = self.arrived;
+        let wall = *self.wall.get_or_insert_with(|| {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as i64)
+                .unwrap_or(0);
+            let since = arrived.map_or(0, |a| a.elapsed().as_nanos() as i64);
+            now.saturating_sub(since)
+        });
+        self.last = wall.max(self.last + 1);
         self.last
     }
 }
@@ -337,6 +362,35 @@ mod tests {
         assert_eq!(p.timestamp, Some(17));
     }
 
+    #[test]
+    fn a_point_without_a_timestamp_gets_the_time_its_message_arrived() {
+        let stats = Stats::new(1);
+        let mut d = Decoder::new(vec![line_subscription()], 64, lineproto::Limits::default());
+        let mut m = received("s/1", "m v=1\nm v=2 7\n", 1);
+        let wall = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_nanos() as i64;
+        // Read and decoded 400 ms after it arrived (a pause, a held group).
+        // The two clocks are read apart: a millisecond either side.
+        let before = wall(SystemTime::now()) - 401_000_000;
+        m.arrived = std::time::Instant::now() - Duration::from_millis(400);
+        let after = wall(SystemTime::now()) - 399_000_000;
+        let out = d.decode(m, &stats);
+        let mut lines = out.lines.lines();
+        let stamp: i64 = lines
+            .next()
+            .unwrap()
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            (before..=after).contains(&stamp),
+            "{before} <= {stamp} <= {after}"
+        );
+        // The sensor's own time stays.
+        assert_eq!(lines.next(), Some("m v=2 7"));
+    }
+
     fn line_subscription() -> Subscription {
         Subscription {
             topic: "s/#".into(),
@@ -358,6 +412,7 @@ mod tests {
                 pkid,
             }),
             at: std::time::Instant::now(),
+            arrived: std::time::Instant::now(),
             budget: None,
         }
     }

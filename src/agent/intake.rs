@@ -89,15 +89,8 @@ impl Intake {
             beat,
         };
         let (tasks, connection, acked) = helpers.spawn();
-        let pace = Pace::new(commit_delay);
-        log::debug!(
-            "MQTT reads pause up to {:?} between light reads",
-            pace.pause()
-        );
-        let (mut events, resume, poller) = forward_events(eventloop, &client, pace, {
-            let acked = acked.clone();
-            move || acked.last()
-        });
+        let (mut events, resume, poller) =
+            start_reader(eventloop, &client, &config, commit_delay, &acked, &stats);
         let mut session = Session::new(client, config, stats, connection, connected, subscribed);
         let mut held = Held {
             group: Vec::new(),
@@ -139,7 +132,7 @@ impl Intake {
             let go_on = session
                 .on_event(
                     event.event,
-                    event.earliest,
+                    (event.earliest, event.arrived),
                     &mut held,
                     deliveries.as_ref(),
                     &shutdown,
@@ -159,6 +152,37 @@ impl Intake {
             t.abort();
         }
     }
+}
+
+/// Starts the task that reads the broker connection ([`forward_events`]),
+/// paced for `commit_delay`.
+fn start_reader(
+    eventloop: rumqttc::EventLoop,
+    client: &Client,
+    config: &Mqtt,
+    commit_delay: Duration,
+    acked: &Arc<AckClock>,
+    stats: &Arc<Stats>,
+) -> (
+    mpsc::Receiver<super::reader::Read>,
+    mpsc::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let pace = Pace::new(commit_delay);
+    log::debug!(
+        "MQTT reads pause up to {:?} between light reads",
+        pace.pause()
+    );
+    let broker = (!config.url.tls).then(|| (config.url.host.clone(), config.url.port));
+    let (acked, stats) = (acked.clone(), stats.clone());
+    forward_events(
+        eventloop,
+        client,
+        pace,
+        broker,
+        move || acked.last(),
+        move || Stats::get(&stats.points_stamped),
+    )
 }
 
 /// What the session's loop does after an event.
@@ -408,7 +432,7 @@ impl Session {
     async fn on_event(
         &mut self,
         event: Polled,
-        earliest: std::time::Instant,
+        times: (std::time::Instant, std::time::Instant),
         held: &mut Held,
         deliveries: Option<&mpsc::Sender<Group>>,
         shutdown: &Shutdown,
@@ -424,7 +448,7 @@ impl Session {
                 Next::Go
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                self.on_publish(publish, earliest, held, deliveries, shutdown)
+                self.on_publish(publish, times, held, deliveries, shutdown)
                     .await;
                 Next::Go
             }
@@ -450,14 +474,15 @@ impl Session {
     }
 
     /// Adds a message as it came (as early as `earliest`, as [`Pace`]
-    /// stamps it) to the held group, handing the group
+    /// stamps it, and its receipt time `arrived`) to the held group,
+    /// handing the group
     /// over when the group rule says so. A QoS 0 message that does not fit
     /// in the byte budget is dropped (it promises nothing); a QoS 1 message
     /// waits for room, as the broker keeps it until it is acked.
     async fn on_publish(
         &mut self,
         publish: Publish,
-        earliest: std::time::Instant,
+        (earliest, arrived): (std::time::Instant, std::time::Instant),
         held: &mut Held,
         deliveries: Option<&mpsc::Sender<Group>>,
         shutdown: &Shutdown,
@@ -512,6 +537,7 @@ impl Session {
             publish,
             ack,
             at: earliest,
+            arrived,
             budget: permit,
         });
         if why.is_some() {

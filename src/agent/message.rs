@@ -23,6 +23,9 @@ pub struct Received {
     pub ack: Option<AckToken>,
     /// When the intake took it from the broker, for the ack's delay.
     pub at: Instant,
+    /// When it arrived on the broker connection: the receipt time of its
+    /// points that carry no timestamp.
+    pub arrived: Instant,
     /// The message's share of the bytes allowed in flight between the
     /// MQTT session and the spool, given back when the message is dropped
     /// after decoding.

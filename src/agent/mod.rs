@@ -13,6 +13,7 @@
 //! codes).
 
 mod appender;
+mod arrival;
 pub mod credential;
 mod deadletter;
 mod decode;

@@ -19,10 +19,23 @@
 //! the broker (an ack, a subscription, a status message) ends a pause at
 //! once.
 //!
-//! A message read after a pause may have arrived at any time during it, so
-//! it is stamped with the end of the read before the pause: the group's
-//! deadline and the ack-delay figures count from the earliest moment the
-//! message can have come, and `commit_delay` still bounds every ack.
+//! A message read after a pause may have arrived at any time during it. For
+//! the group's deadline and the ack-delay figures it counts from the end
+//! of the read before the pause, the earliest moment it can have come, so
+//! that `commit_delay` still bounds every ack.
+//!
+//! Its receipt time, which a point without a timestamp is given, is when
+//! it arrived. While such points are being stamped ([`Precision`]), a
+//! pause also notes each arrival on the socket ([`super::arrival`]), and
+//! ends [`ARRIVAL_HOLD`] after the first: a message left unread is left
+//! without its TCP ack too, and a broker with Nagle's algorithm on
+//! (Mosquitto's default) sends nothing more until that ack comes, so the
+//! next messages would arrive late; for the same reason the kernel is told
+//! to ack each read at once. That costs a wake-up per message or two, so
+//! it is done only while receipt times are the data: a stream whose points
+//! carry their own timestamps is read in full pauses. Where arrivals cannot
+//! be tracked (TLS) a message is stamped when read, and the pause is at
+//! most [`UNTRACKED_PAUSE`], which then bounds the error.
 //!
 //! This module must never look at a message's content, and never drop an
 //! event the session needs (only the echoes of our own outgoing packets,
@@ -34,17 +47,57 @@ use std::time::{Duration, Instant};
 use rumqttc::{AsyncClient, ClientError, Event, Outgoing, Packet, Publish, QoS};
 use tokio::sync::{Notify, mpsc};
 
+use super::arrival::Arrivals;
+
 /// A connection event, or why the connection failed.
 pub type Polled = Result<Event, rumqttc::ConnectionError>;
 
-/// An event with the earliest moment its packet can have arrived.
+/// An event with the earliest moment its packet can have arrived, and
+/// when it did arrive (as far as can be told: at worst, when it was read).
 pub struct Read {
     pub event: Polled,
     pub earliest: Instant,
+    pub arrived: Instant,
 }
 
 /// The longest read pause, whatever `commit_delay` allows.
 pub const MAX_PAUSE: Duration = Duration::from_millis(100);
+/// The longest read pause while arrivals are not tracked: a message read
+/// after it is stamped at most this late.
+pub const UNTRACKED_PAUSE: Duration = Duration::from_millis(15);
+/// How long a pause goes on after a message arrived in it (see
+/// [`paused`]): what a message may wait unread, and so unacked by TCP.
+pub const ARRIVAL_HOLD: Duration = Duration::from_millis(15);
+/// How long receipt times are kept precise after the last point that was
+/// stamped on receipt (and after the start, before anything is known).
+pub const PRECISE_FOR: Duration = Duration::from_secs(5);
+
+/// Whether receipt times are being given, from the count of points
+/// stamped so far: plain values and the clock the caller passes in.
+#[derive(Debug)]
+pub struct Precision {
+    seen: u64,
+    changed: Instant,
+}
+
+impl Precision {
+    pub fn new(now: Instant) -> Precision {
+        Precision {
+            seen: 0,
+            changed: now,
+        }
+    }
+
+    /// `stamped`: points stamped on receipt so far. True while the last of
+    /// them (or the start) is less than [`PRECISE_FOR`] ago.
+    pub fn precise(&mut self, stamped: u64, now: Instant) -> bool {
+        if stamped != self.seen {
+            self.seen = stamped;
+            self.changed = now;
+        }
+        now.saturating_duration_since(self.changed) < PRECISE_FOR
+    }
+}
 /// A read that brings this many messages or more is not paused after:
 /// more are likely waiting (rumqttc reads at most 9 packets at a time).
 pub const FULL_READ: u32 = 8;
@@ -265,11 +318,16 @@ impl Pace {
 /// (an ack, a subscribe) loses that packet. After an error the poller
 /// waits for `resume` before it reconnects, so that the session's backoff
 /// paces the reconnects. `acked_at` tells when acks last went out.
+/// `broker`: where a plain TCP session connects, for tracking arrivals
+/// (None over TLS); `stamped`: how many points were stamped on receipt so
+/// far.
 pub fn forward_events(
     mut eventloop: rumqttc::EventLoop,
     client: &Client,
     mut pace: Pace,
+    broker: Option<(String, u16)>,
     acked_at: impl Fn() -> Option<Instant> + Send + 'static,
+    stamped: impl Fn() -> u64 + Send + 'static,
 ) -> (
     mpsc::Receiver<Read>,
     mpsc::Sender<()>,
@@ -281,24 +339,69 @@ pub fn forward_events(
     let (resume, mut resumed) = mpsc::channel(1);
     let wake = client.wake.clone();
     let poller = tokio::spawn(async move {
+        let mut arrivals = Arrivals::default();
+        let mut precision = Precision::new(Instant::now());
+        let mut precise = true;
+        // Our acks went out since the last read: the kernel holds its own
+        // TCP acks back after them (see `Arrivals::ack_now`). Told at most
+        // once an ARRIVAL_HOLD: a fast stream, whose acks and messages
+        // interleave, needs no such help.
+        let mut acked = false;
+        let mut told: Option<Instant> = None;
         loop {
             let buffered = !eventloop.state.events.is_empty();
             if let Some(pause) = pace.before_read(buffered, Instant::now(), acked_at()) {
-                tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
-                    _ = wake.notified() => {}
+                precise = precision.precise(stamped(), Instant::now());
+                match (precise, arrivals.is_tracking()) {
+                    (false, _) => coarse_pause(pause, &wake).await,
+                    (true, true) => Box::pin(paused(pause, &wake, &mut arrivals)).await,
+                    (true, false) => coarse_pause(pause.min(UNTRACKED_PAUSE), &wake).await,
                 }
                 pace.paused();
             }
             let event = eventloop.poll().await;
-            let earliest = pace.on_event(buffered, &event, Instant::now());
+            let now = Instant::now();
+            let earliest = pace.on_event(buffered, &event, now);
+            let arrived = match &event {
+                Ok(Event::Incoming(packet)) => {
+                    if matches!(packet, Packet::ConnAck(_)) {
+                        arrivals = match &broker {
+                            Some(broker) => Box::pin(attach(broker)).await,
+                            None => Arrivals::default(),
+                        };
+                    }
+                    if precise
+                        && acked
+                        && matches!(packet, Packet::Publish(_))
+                        && told.is_none_or(|t| now.duration_since(t) >= ARRIVAL_HOLD)
+                    {
+                        arrivals.ack_now();
+                        acked = false;
+                        told = Some(now);
+                    }
+                    arrivals.packet(packet.size(), now)
+                }
+                Ok(Event::Outgoing(o)) => {
+                    acked |= matches!(o, Outgoing::PubAck(_));
+                    now
+                }
+                Err(_) => {
+                    arrivals.detach();
+                    now
+                }
+            };
             if matches!(&event, Ok(Event::Outgoing(o)) if !matches!(o, Outgoing::Disconnect)) {
                 // Our own acks, pings and subscribes: nothing for the
                 // session, and a wake-up less per ack.
                 continue;
             }
             let failed = event.is_err();
-            if tx.send(Read { event, earliest }).await.is_err() {
+            let read = Read {
+                event,
+                earliest,
+                arrived,
+            };
+            if tx.send(read).await.is_err() {
                 return;
             }
             if failed && resumed.recv().await.is_none() {
@@ -307,6 +410,55 @@ pub fn forward_events(
         }
     });
     (rx, resume, poller)
+}
+
+/// Waits out a read pause (a request for the broker ends it), noting
+/// every arrival on the socket meanwhile. The pause ends at most
+/// [`ARRIVAL_HOLD`] after the first arrival in it: a message left unread
+/// is also left without its TCP ack, and a broker with Nagle's algorithm
+/// on (Mosquitto's default) sends nothing more until that ack comes, so
+/// a longer pause would make the next messages arrive late.
+async fn paused(pause: Duration, wake: &Notify, arrivals: &mut Arrivals) {
+    let started = Instant::now();
+    arrivals.ack_now();
+    arrivals.watch(started);
+    let sleep = tokio::time::sleep(pause);
+    tokio::pin!(sleep);
+    let mut held = false;
+    loop {
+        tokio::select! {
+            _ = &mut sleep => break,
+            _ = wake.notified() => break,
+            new = arrivals.next_arrival() => {
+                if new && !held {
+                    held = true;
+                    let until = (Instant::now() + ARRIVAL_HOLD).min(started + pause);
+                    sleep.as_mut().reset(tokio::time::Instant::from_std(until));
+                }
+            }
+        }
+    }
+    arrivals.unwatch();
+}
+
+/// Waits out a read pause without noting arrivals; a request for the
+/// broker ends it.
+async fn coarse_pause(pause: Duration, wake: &Notify) {
+    tokio::select! {
+        _ = tokio::time::sleep(pause) => {}
+        _ = wake.notified() => {}
+    }
+}
+
+/// Arrival tracking for the connection just made to `broker`.
+async fn attach((host, port): &(String, u16)) -> Arrivals {
+    match tokio::net::lookup_host((host.as_str(), *port)).await {
+        Ok(peers) => Arrivals::attach(&peers.collect::<Vec<_>>()),
+        Err(e) => {
+            log::debug!("no arrival tracking: cannot resolve {host}: {e}");
+            Arrivals::default()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -334,6 +486,21 @@ mod tests {
         (0..n)
             .map(|i| pace.on_event(i > 0, &publish(), at))
             .collect()
+    }
+
+    #[test]
+    fn receipt_times_are_precise_while_points_are_stamped_on_receipt() {
+        let t0 = Instant::now();
+        let mut p = Precision::new(t0);
+        // Nothing known yet: precise for a while after the start.
+        assert!(p.precise(0, t0 + PRECISE_FOR / 2));
+        assert!(!p.precise(0, t0 + PRECISE_FOR));
+        // A point stamped on receipt: precise again, for as long.
+        let t1 = t0 + 10 * PRECISE_FOR;
+        assert!(p.precise(1, t1));
+        assert!(p.precise(1, t1 + PRECISE_FOR - MS));
+        assert!(!p.precise(1, t1 + PRECISE_FOR));
+        assert!(p.precise(2, t1 + 2 * PRECISE_FOR));
     }
 
     #[test]

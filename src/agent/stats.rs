@@ -32,6 +32,9 @@ pub struct Stats {
     /// Rejected messages per subscription, in config order; the last slot
     /// counts messages that matched no subscription.
     pub rejected: Vec<AtomicU64>,
+    /// Points that came without a timestamp and were given the time
+    /// their message arrived.
+    pub points_stamped: AtomicU64,
 }
 
 impl Stats {

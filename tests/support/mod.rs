@@ -388,7 +388,12 @@ impl Influx {
             let token = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
             req = req.header("Authorization", &format!("Basic {token}"));
         }
-        let body = format!("q={}", form_encode(q));
+        // A query may carry further form fields after a `&` of its own
+        // (`&epoch=ns`).
+        let body = match q.rsplit_once("&epoch=") {
+            Some((q, epoch)) => format!("q={}&epoch={epoch}", form_encode(q)),
+            None => format!("q={}", form_encode(q)),
+        };
         let mut resp = req.send(body.as_bytes()).expect("query InfluxDB");
         let status = resp.status().as_u16();
         let text = resp.body_mut().read_to_string().unwrap_or_default();
@@ -437,6 +442,20 @@ impl Influx {
         json["results"][0]["series"][0]["values"][0][1]
             .as_u64()
             .unwrap_or(0)
+    }
+
+    /// `(time in ns, value)` of one integer field, ordered by time.
+    pub fn stamped(&self, database: &str, measurement: &str, field: &str) -> Vec<(i64, i64)> {
+        let q = format!("SELECT \"{field}\" FROM \"{database}\".\"autogen\".\"{measurement}\"");
+        let json = self.query(&format!("{q}&epoch=ns"));
+        json["results"][0]["series"][0]["values"]
+            .as_array()
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| (r[0].as_i64().unwrap(), r[1].as_i64().unwrap()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// All values of one field, ordered by time.
@@ -922,4 +941,106 @@ pub fn publish_all(
         })
         .await;
     });
+}
+
+/// A bare MQTT 3.1.1 publisher on a plain TCP connection, for timing:
+/// each PUBLISH is written at once (no client library queue between the
+/// clock read and the socket), so the time it notes for a message is when
+/// the message left.
+pub struct RawPublisher {
+    stream: std::net::TcpStream,
+    pkid: u16,
+    sent: u64,
+    /// PUBACKs read so far, by a thread of its own (so that the broker
+    /// never waits on a full socket buffer of them).
+    acked: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl RawPublisher {
+    pub fn connect(port: u16, client_id: &str) -> RawPublisher {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60];
+        body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+        body.extend_from_slice(client_id.as_bytes());
+        stream.write_all(&mqtt_packet(0x10, &body)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut connack = [0u8; 4];
+        stream.read_exact(&mut connack).unwrap();
+        assert_eq!(connack, [0x20, 2, 0, 0], "CONNACK");
+        let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut incoming = stream.try_clone().unwrap();
+        incoming.set_read_timeout(None).unwrap();
+        let counter = acked.clone();
+        let reader = std::thread::spawn(move || {
+            let mut ack = [0u8; 4];
+            while incoming.read_exact(&mut ack).is_ok() && ack[0] == 0x40 {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        RawPublisher {
+            stream,
+            pkid: 0,
+            sent: 0,
+            acked,
+            reader,
+        }
+    }
+
+    /// Publishes at QoS 1; returns the wall time just before the write.
+    pub fn publish(&mut self, topic: &str, payload: &[u8]) -> std::time::SystemTime {
+        use std::io::Write;
+        self.pkid = self.pkid % u16::MAX + 1;
+        let mut body = Vec::with_capacity(4 + topic.len() + payload.len());
+        body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+        body.extend_from_slice(topic.as_bytes());
+        body.extend_from_slice(&self.pkid.to_be_bytes());
+        body.extend_from_slice(payload);
+        let packet = mqtt_packet(0x32, &body);
+        let at = std::time::SystemTime::now();
+        self.stream.write_all(&packet).unwrap();
+        self.sent += 1;
+        at
+    }
+
+    /// Waits for the broker's PUBACK of every message (its acceptance),
+    /// then disconnects.
+    pub fn finish(mut self) {
+        use std::io::Write;
+        let sent = self.sent;
+        assert!(
+            wait_until(Duration::from_secs(30), || {
+                self.acked.load(std::sync::atomic::Ordering::SeqCst) >= sent
+            }),
+            "the broker acked {} of {sent} messages",
+            self.acked.load(std::sync::atomic::Ordering::SeqCst)
+        );
+        let _ = self.stream.write_all(&[0xE0, 0]);
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        let _ = self.reader.join();
+    }
+}
+
+/// An MQTT packet: the fixed header's first byte, the remaining length,
+/// the body.
+fn mqtt_packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut packet = vec![first];
+    let mut len = body.len();
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        packet.push(byte);
+        if len == 0 {
+            break;
+        }
+    }
+    packet.extend_from_slice(body);
+    packet
 }
