@@ -163,6 +163,15 @@ pub struct LeaseGrant {
     /// the CA (README, "Moving to the deployment CA").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment_ca: Option<DeploymentCa>,
+    /// The authority's clock as it answered, in Unix milliseconds: how a
+    /// gateway learns its own clock's offset (`crate::clock`). Absent from
+    /// authorities before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority_time_ms: Option<i64>,
+    /// How the gateway timed the request this grant answered (never on
+    /// the wire).
+    #[serde(skip)]
+    pub round_trip: Option<crate::clock::RoundTrip>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -265,6 +265,7 @@ impl AuthorityClient {
         let body = LeaseRequest {
             ttl_secs: ttl.map(|t| t.as_secs().max(1)),
         };
+        let (sent_ns, sent) = (crate::clock::wall_ns(), std::time::Instant::now());
         let answer: serde_json::Value = self.call(
             "POST",
             "/v1/leases",
@@ -272,19 +273,29 @@ impl AuthorityClient {
             Some(json(&body)),
             201,
         )?;
+        let round_trip = crate::clock::RoundTrip {
+            sent_ns,
+            took: sent.elapsed(),
+        };
         // A lease exists once the authority said 201: one this gateway
         // cannot read is named by its id, so that it can be given back.
         let lease_id = answer.get("id").and_then(|v| v.as_str()).map(str::to_owned);
-        serde_json::from_value(answer).map_err(|e| match lease_id {
-            Some(lease_id) => ClientError::UnusableGrant {
-                lease_id,
-                reason: e.to_string(),
-            },
-            None => ClientError::BadAnswer {
-                status: 201,
-                body: format!("not the expected JSON: {e}"),
-            },
-        })
+        let grant: Result<LeaseGrant, _> = serde_json::from_value(answer);
+        grant
+            .map(|mut grant| {
+                grant.round_trip = Some(round_trip);
+                grant
+            })
+            .map_err(|e| match lease_id {
+                Some(lease_id) => ClientError::UnusableGrant {
+                    lease_id,
+                    reason: e.to_string(),
+                },
+                None => ClientError::BadAnswer {
+                    status: 201,
+                    body: format!("not the expected JSON: {e}"),
+                },
+            })
     }
 
     pub fn leases(&self, credential: &Secret) -> Result<Vec<LeaseInfo>, ClientError> {

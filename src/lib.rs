@@ -21,6 +21,7 @@ pub mod api;
 pub mod authority;
 pub mod backoff;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod exit;
 pub mod lifecycle;

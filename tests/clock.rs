@@ -1,12 +1,19 @@
 //! Time a gateway can be trusted with, against real Mosquitto and InfluxDB
-//! 1.x: points without a timestamp are stamped when their message arrived,
-//! not when the gateway got round to storing it.
+//! 1.x (and a real authority): points without a timestamp are stamped when
+//! their message arrived, not when the gateway got round to storing it,
+//! and a gateway whose clock is wrong (libfaketime) learns by how much from
+//! the authority.
 
 mod support;
 
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use support::{Influx, Mosquitto, RawPublisher, start_static_daemon};
+use serde_json::Value;
+use support::authority::{AuthorityServer, role, v1_backend};
+use support::{
+    ADMIN_PASSWORD, ADMIN_USER, Daemon, FakeTime, Influx, Mosquitto, RawPublisher,
+    faked_clock_argv, leased_config, start_static_daemon, wait_until,
+};
 
 /// Nanoseconds since the epoch.
 fn ns(t: std::time::SystemTime) -> i64 {
@@ -71,5 +78,123 @@ fn receipt_stamps_are_the_arrival_times_and_keep_the_spacing() {
         "{report}\n{}",
         daemon.log()
     );
+    daemon.stop_cleanly();
+}
+
+/// `leasegate status` as a shell on the gateway runs it: under the same
+/// clock as the daemon (`program`).
+fn status_by(program: &[std::ffi::OsString], daemon: &Daemon, json: bool) -> String {
+    let mut command = support::command_for(program);
+    command
+        .arg("--config")
+        .arg(daemon.dir.path().join("leasegate.toml"))
+        .arg("status");
+    if json {
+        command.arg("--json");
+    }
+    let out = command.output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn json_status(program: &[std::ffi::OsString], daemon: &Daemon) -> Value {
+    serde_json::from_str(&status_by(program, daemon, true)).unwrap_or(Value::Null)
+}
+
+/// A real authority for `influx`, and a leased gateway run by `program`
+/// (its clock faked) that enrolls with a ticket dropped into its ticket
+/// directory; it publishes its status over MQTT every second and serves
+/// `/metrics` on `metrics_port`.
+fn leased_gateway(
+    broker: &Mosquitto,
+    influx: &Influx,
+    program: Vec<std::ffi::OsString>,
+    client_id: &str,
+    metrics_port: u16,
+) -> (AuthorityServer, Daemon) {
+    influx.query("CREATE DATABASE sensors");
+    let authority = AuthorityServer::start(&format!(
+        "{}{}",
+        v1_backend("main", &influx.url(), ADMIN_USER, ADMIN_PASSWORD),
+        role("sensor", "iot-sensor", "main", "database", "sensors")
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let config = leased_config(broker, client_id, "1h").replacen(
+        "[mqtt]\n",
+        "[mqtt]\npublish_status = true\nstatus_interval = \"1s\"\n",
+        1,
+    ) + &format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n");
+    let daemon = Daemon::start_program(program, dir, &config, "info");
+    assert!(
+        daemon.wait_for_log("ready:", 1, Duration::from_secs(20)),
+        "{}",
+        daemon.log()
+    );
+    let tickets = daemon.dir.path().join("tickets");
+    std::fs::create_dir_all(&tickets).unwrap();
+    let tmp = tickets.join("gw.part");
+    std::fs::write(&tmp, authority.ticket("iot-sensor", &[])).unwrap();
+    std::fs::rename(&tmp, tickets.join("gw.ticket")).unwrap();
+    (authority, daemon)
+}
+
+#[test]
+fn a_gateway_three_days_behind_learns_its_offset_from_the_authority() {
+    let broker = Mosquitto::start();
+    let influx = Influx::start();
+    let behind = faked_clock_argv(FakeTime::By("-3d"));
+    let metrics_port = support::free_port();
+    let (_authority, mut daemon) =
+        leased_gateway(&broker, &influx, behind.clone(), "gw-behind", metrics_port);
+    let measured = wait_until(Duration::from_secs(20), || {
+        json_status(&behind, &daemon)["enrollment"]["clock_offset_ms"].is_number()
+    });
+    assert!(
+        measured,
+        "{}\n{}",
+        status_by(&behind, &daemon, true),
+        daemon.log()
+    );
+    let s = json_status(&behind, &daemon);
+    let offset = s["enrollment"]["clock_offset_ms"].as_f64().unwrap();
+    let error = s["enrollment"]["clock_offset_error_ms"].as_f64().unwrap();
+    let three_days = 3.0 * 86_400_000.0;
+    assert!(
+        (offset - three_days).abs() <= 1_000.0 && error <= 1_000.0,
+        "offset {offset} ms, error {error} ms"
+    );
+    assert!(s["clock_synchronized"].is_boolean(), "{s}");
+    let text = status_by(&behind, &daemon, false);
+    assert!(text.contains("running (pid"), "{text}");
+    assert!(text.contains("3days behind the authority's"), "{text}");
+    assert!(
+        daemon.log().contains("this gateway's clock is 3days"),
+        "{}",
+        daemon.log()
+    );
+    // /metrics and the MQTT status say the same.
+    let metrics = support::scrape_metrics(metrics_port);
+    let seconds = support::metric_value(&metrics, "leasegate_clock_offset_seconds");
+    assert!(
+        seconds.is_some_and(|s| (s - 259_200.0).abs() <= 1.0),
+        "{metrics}"
+    );
+    assert!(
+        support::metric_value(&metrics, "leasegate_clock_offset_error_seconds")
+            .is_some_and(|e| e <= 1.0),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("leasegate_clock_synchronized "),
+        "{metrics}"
+    );
+    let topic = "leasegate/gw-behind/status";
+    let has_offset = |seen: &[String]| {
+        seen.iter().any(|m| {
+            serde_json::from_str::<Value>(m)
+                .is_ok_and(|r| r["enrollment"]["clock_offset_ms"].is_number())
+        })
+    };
+    let seen = support::watch_topic(broker.port, topic, Duration::from_secs(10), has_offset);
+    assert!(has_offset(&seen), "{seen:?}");
     daemon.stop_cleanly();
 }

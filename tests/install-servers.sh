@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need, only where it is missing: the
-# real servers (Debian packages mosquitto, influxdb and postgresql) and a C toolchain
-# for linking (gcc, libc6-dev). Uses sudo when not root. The tests start
+# real servers (Debian packages mosquitto, influxdb and postgresql), libfaketime
+# (Debian faketime: a gateway's wrong or stepping clock) and a C toolchain for
+# linking (gcc, libc6-dev). Uses sudo when not root. The tests start
 # their own servers on free loopback ports, so the system services that the
 # packages start are stopped and disabled again for packages installed here.
 set -euo pipefail
@@ -11,6 +12,7 @@ services=()
 have mosquitto || { missing+=(mosquitto); services+=(mosquitto); }
 have influxd || { missing+=(influxdb); services+=(influxdb); }
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { missing+=(postgresql); services+=(postgresql); }
+have faketime || missing+=(faketime)
 have cc || missing+=(gcc libc6-dev)
 [ ${#missing[@]} -eq 0 ] && exit 0
 sudo=

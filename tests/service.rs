@@ -360,36 +360,11 @@ fn sighup_adds_a_subscription_without_a_restart_and_a_broken_file_keeps_the_old_
     daemon.stop_cleanly();
 }
 
-/// Messages on `topic` (retained ones included) seen within `timeout`.
-fn watch_topic(
-    port: u16,
-    topic: &str,
-    timeout: Duration,
-    until: impl Fn(&[String]) -> bool,
-) -> Vec<String> {
-    use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
-    let mut options = MqttOptions::new(format!("watch-{}", free_port()), "127.0.0.1", port);
-    options.set_keep_alive(Duration::from_secs(5));
-    let (client, mut connection) = Client::new(options, 10);
-    client.subscribe(topic, QoS::AtLeastOnce).unwrap();
-    let deadline = Instant::now() + timeout;
-    let mut seen = Vec::new();
-    while Instant::now() < deadline && !until(&seen) {
-        match connection.recv_timeout(Duration::from_millis(200)) {
-            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
-                seen.push(String::from_utf8_lossy(&p.payload).into_owned())
-            }
-            Ok(Err(_)) => std::thread::sleep(Duration::from_millis(100)),
-            _ => {}
-        }
-    }
-    let _ = client.disconnect();
-    seen
-}
-
 #[test]
 fn metrics_endpoint_and_retained_mqtt_status_with_an_offline_will() {
-    use support::{Daemon, Influx, publish_all, static_config, wait_until, write_secret};
+    use support::{
+        Daemon, Influx, publish_all, static_config, wait_until, watch_topic, write_secret,
+    };
     let broker = Mosquitto::start();
     let influx = Influx::start();
     influx.create_writer("sensors", "writer", "writer-pw");
@@ -418,23 +393,8 @@ fn metrics_endpoint_and_retained_mqtt_status_with_an_offline_will() {
     publish_all(broker.port, "pub-met", messages, Duration::from_secs(30));
     influx.assert_arrives("met", 100, Duration::from_secs(20), &daemon);
 
-    let scrape = || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        agent
-            .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
-            .call()
-            .ok()
-            .and_then(|mut r| r.body_mut().read_to_string().ok())
-            .unwrap_or_default()
-    };
-    let value = |text: &str, name: &str| -> Option<f64> {
-        text.lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-    };
+    let scrape = || support::scrape_metrics(metrics_port);
+    let value = support::metric_value;
     assert!(wait_until(Duration::from_secs(5), || value(
         &scrape(),
         "leasegate_points_written_total"

@@ -569,3 +569,105 @@ fn a_rotated_token_file_is_taken_up_without_a_restart() {
         "a point written twice or lost"
     );
 }
+
+#[test]
+fn points_beyond_a_short_retention_policy_are_dead_lettered_and_the_rest_written_once() {
+    let broker = Mosquitto::start();
+    let influx = Influx::start();
+    // A 1 h retention policy: 1.x drops older points and writes the rest,
+    // answering 400 "partial write: points beyond retention policy
+    // dropped=N" without naming them.
+    influx.query("CREATE DATABASE sensors WITH DURATION 1h");
+    let metrics_port = support::free_port();
+    let mut daemon = start_static_daemon(
+        &broker,
+        &influx,
+        "gw-retention",
+        &format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"),
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let two_hours = 7_200_000_000_000u64;
+    // One message, so one batch: the even seqs two hours old, the odd ones
+    // fresh.
+    let body: Vec<String> = (0..10u64)
+        .map(|i| {
+            let t = if i % 2 == 0 { now - two_hours } else { now } + i;
+            format!("ret,k=a seq={i}i {t}")
+        })
+        .collect();
+    publish_all(
+        broker.port,
+        "pub-retention",
+        vec![("sensors/r".to_owned(), body.join("\n").into_bytes())],
+        Duration::from_secs(10),
+    );
+    let dead = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(daemon.dir.path().join("state/dead-letter.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|r| r["source"] == "influxdb")
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || dead().len() >= 5),
+        "{:?}\n{}",
+        dead(),
+        daemon.log()
+    );
+    let mut seqs: Vec<String> = dead()
+        .iter()
+        .map(|r| {
+            let reason = r["reason"].as_str().unwrap();
+            assert!(
+                reason.contains("points beyond retention policy"),
+                "{reason}"
+            );
+            r["payload"]
+                .as_str()
+                .unwrap()
+                .split(' ')
+                .nth(1)
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    seqs.sort();
+    assert_eq!(seqs, ["seq=0i", "seq=2i", "seq=4i", "seq=6i", "seq=8i"]);
+    let mut fresh: Vec<u64> = influx
+        .values("sensors", "ret", "seq")
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    fresh.sort_unstable();
+    assert_eq!(fresh, [1, 3, 5, 7, 9]);
+    // Read from the answer, not bisected: one request, the fresh points
+    // written once (by it) and counted once.
+    let log = daemon.log();
+    assert!(!log.contains("without saying which"), "{log}");
+    assert!(!log.contains("in halves"), "{log}");
+    let metrics = support::scrape_metrics(metrics_port);
+    assert_eq!(
+        support::metric_value(&metrics, "leasegate_points_written_total"),
+        Some(5.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        support::metric_value(&metrics, "leasegate_points_beyond_retention_total"),
+        Some(5.0),
+        "{metrics}"
+    );
+    let out = support::leasegate_command()
+        .arg("--config")
+        .arg(daemon.dir.path().join("leasegate.toml"))
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["points_beyond_retention"], 5, "{status}");
+    assert_eq!(status["points_written"], 5, "{status}");
+    daemon.stop_cleanly();
+}

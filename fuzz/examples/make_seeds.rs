@@ -206,11 +206,13 @@ fn payloads(root: &Path) {
 fn sample_ticket(url: &str, pin: bool) -> Ticket {
     Ticket {
         url: url.into(),
+        urls: Vec::new(),
         id: "0123456789abcdef".into(),
         secret: Secret::new(leasegate::secret::random_base64(
             leasegate::ticket::SECRET_BYTES,
         )),
         cert_sha256: pin.then(|| "ab".repeat(32)),
+        ca_sha256: None,
         expires: 1_900_000_000,
         attributes: [("service".to_owned(), "iot-sensor".to_owned())].into(),
         identity_name: None,
@@ -460,6 +462,9 @@ fn bodies(dir: &Path) {
     let grant = LeaseGrant {
         lease: info.clone(),
         secret: Secret::new("tok-secret"),
+        deployment_ca: None,
+        authority_time_ms: Some(1_700_000_000_123),
+        round_trip: None,
     };
     let enrollment = Enrollment {
         identity_id: "fedcba9876543210".into(),

@@ -60,6 +60,16 @@ fn check(data: &[u8]) {
             }
             assert_eq!(rest_written, api == Api::V3);
         }
+        Refusal::BeyondRetention { bad } => {
+            assert!(matches!((status, api), (400, Api::V1) | (422, Api::V2)));
+            assert!(!bad.is_empty(), "retention named no line");
+            for (index, _) in &bad {
+                let line = lines
+                    .get(*index)
+                    .unwrap_or_else(|| panic!("index {index} of a batch of {} lines", lines.len()));
+                assert!(!line.trim().is_empty(), "blank line {index} named");
+            }
+        }
         Refusal::Unknown => assert!(matches!(status, 400 | 422)),
         Refusal::NotContent => {}
     }

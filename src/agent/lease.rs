@@ -71,6 +71,15 @@ pub struct LeaseView {
     pub leases_obtained: u64,
     /// Leases that replaced a previous one.
     pub renewals: u64,
+    /// The gateway clock's offset to the authority's at the last lease that
+    /// told it (milliseconds to add to the gateway's time), its error
+    /// bound, and when it was measured (Unix ms by the gateway's clock).
+    #[serde(default)]
+    pub clock_offset_ms: Option<f64>,
+    #[serde(default)]
+    pub clock_offset_error_ms: Option<f64>,
+    #[serde(default)]
+    pub clock_measured_ms: Option<i64>,
 }
 
 /// The authority's lease calls, for one identity each: the real client in

@@ -1,7 +1,7 @@
 //! The optional Prometheus text endpoint (`[metrics] listen`, loopback
 //! only, off by default): `GET /metrics` answers the pipeline's counters,
-//! the spool's size, the lease's seconds left and the write latency
-//! histogram in the text exposition format.
+//! the spool's size, the lease's seconds left, the clock's state and
+//! offset, and the write latency histogram in the text exposition format.
 //!
 //! It owns only the rendering and a minimal HTTP/1.0 answer on its own
 //! thread: the gateway build carries no HTTP server library for one
@@ -17,104 +17,175 @@ use super::stats::Stats;
 use super::status::Sources;
 use crate::shutdown::Shutdown;
 
-pub fn render(s: &Sources) -> String {
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-        out.push_str(&format!(
+/// The page being written.
+struct Page(String);
+
+impl Page {
+    fn metric(&mut self, name: &str, kind: &str, help: &str, value: String) {
+        self.0.push_str(&format!(
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
         ));
-    };
+    }
+}
+
+pub fn render(s: &Sources) -> String {
+    let mut page = Page(String::new());
+    counters(&mut page, s);
+    clock(&mut page, s);
+    histograms(&mut page, &s.stats);
+    page.0
+}
+
+/// The pipeline's counters and gauges.
+fn counters(page: &mut Page, s: &Sources) {
     let st = &s.stats;
     let spool = s.spool.stats();
-    metric(
+    page.metric(
         "leasegate_points_in_total",
         "counter",
         "Points stored in the spool and acknowledged to the broker.",
         Stats::get(&st.points_in).to_string(),
     );
-    metric(
+    page.metric(
         "leasegate_points_written_total",
         "counter",
         "Points InfluxDB accepted.",
         Stats::get(&st.points_written).to_string(),
     );
-    metric(
+    page.metric(
         "leasegate_points_dropped_total",
         "counter",
         "Points dropped by the spool's overflow policy.",
         spool.dropped_points.to_string(),
     );
-    metric(
+    page.metric(
         "leasegate_points_dead_lettered_total",
         "counter",
         "Invalid points and points InfluxDB refused, kept in the dead-letter file.",
         (Stats::get(&st.points_invalid) + Stats::get(&st.points_refused)).to_string(),
     );
-    metric(
+    page.metric(
         "leasegate_spool_bytes",
         "gauge",
         "Bytes in the spool.",
         spool.bytes.to_string(),
     );
-    metric(
+    page.metric(
         "leasegate_spool_points",
         "gauge",
         "Points in the spool not yet read by the writer.",
         spool.points_unread.to_string(),
     );
-    metric(
+    page.metric(
         "leasegate_mqtt_connected",
         "gauge",
         "1 while the broker session is up.",
         u8::from(st.mqtt_connected.load(std::sync::atomic::Ordering::Relaxed)).to_string(),
     );
+    page.metric(
+        "leasegate_points_beyond_retention_total",
+        "counter",
+        "Points InfluxDB dropped as older than its retention policy keeps (dead-lettered).",
+        Stats::get(&st.points_beyond_retention).to_string(),
+    );
+    page.metric(
+        "leasegate_points_stamped_total",
+        "counter",
+        "Points that came without a timestamp and got the time their message arrived.",
+        Stats::get(&st.points_stamped).to_string(),
+    );
+}
+
+/// The kernel's clock state, and with leases the lease's time left and
+/// the offset to the authority's clock.
+fn clock(page: &mut Page, s: &Sources) {
+    if let Some(kernel) = crate::clock::kernel() {
+        page.metric(
+            "leasegate_clock_synchronized",
+            "gauge",
+            "1 while the kernel says an NTP (or like) daemon keeps its clock in sync.",
+            u8::from(kernel.synchronized).to_string(),
+        );
+        page.metric(
+            "leasegate_clock_max_error_seconds",
+            "gauge",
+            "The kernel's bound on its clock's error.",
+            (kernel.max_error_us as f64 / 1e6).to_string(),
+        );
+    }
     if let Some(view) = &s.view {
+        let view = view.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let left = view
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .lease_expires_ms
             .map(|t| ((t - crate::now_ms()).max(0) as f64 / 1000.0).to_string())
             .unwrap_or_else(|| "0".into());
-        metric(
+        page.metric(
             "leasegate_lease_seconds_left",
             "gauge",
             "Seconds until the current lease expires (0 without one).",
             left,
         );
+        if let (Some(ms), Some(err), Some(at)) = (
+            view.clock_offset_ms,
+            view.clock_offset_error_ms,
+            view.clock_measured_ms,
+        ) {
+            page.metric(
+                "leasegate_clock_offset_seconds",
+                "gauge",
+                "The authority's clock less this gateway's, at the last lease.",
+                (ms / 1e3).to_string(),
+            );
+            page.metric(
+                "leasegate_clock_offset_error_seconds",
+                "gauge",
+                "The bound on that offset's error: half the lease request's round trip.",
+                (err / 1e3).to_string(),
+            );
+            page.metric(
+                "leasegate_clock_offset_measured_timestamp_seconds",
+                "gauge",
+                "When the offset was measured, by this gateway's clock.",
+                (at as f64 / 1e3).to_string(),
+            );
+        }
     }
+}
+
+/// The write latency histogram and the ack delay summary.
+fn histograms(page: &mut Page, st: &Stats) {
     let (buckets, count, sum) = st.write_latency.snapshot();
-    out.push_str(
+    page.0.push_str(
         "# HELP leasegate_write_duration_seconds Time InfluxDB took for accepted writes.\n\
          # TYPE leasegate_write_duration_seconds histogram\n",
     );
     for (bound, n) in buckets {
-        out.push_str(&format!(
+        page.0.push_str(&format!(
             "leasegate_write_duration_seconds_bucket{{le=\"{bound}\"}} {n}\n"
         ));
     }
-    out.push_str(&format!(
+    page.0.push_str(&format!(
         "leasegate_write_duration_seconds_bucket{{le=\"+Inf\"}} {count}\n\
          leasegate_write_duration_seconds_sum {sum}\n\
          leasegate_write_duration_seconds_count {count}\n"
     ));
-    out.push_str(
+    page.0.push_str(
         "# HELP leasegate_ack_delay_seconds Time from a QoS 1 message's arrival to its ack (group commit and fsync).\n\
          # TYPE leasegate_ack_delay_seconds summary\n",
     );
     for q in [0.5, 0.99] {
         if let Some(d) = st.ack_delay.quantile(q) {
-            out.push_str(&format!(
+            page.0.push_str(&format!(
                 "leasegate_ack_delay_seconds{{quantile=\"{q}\"}} {}\n",
                 d.as_secs_f64()
             ));
         }
     }
-    out.push_str(&format!(
+    page.0.push_str(&format!(
         "leasegate_ack_delay_seconds_sum {}\nleasegate_ack_delay_seconds_count {}\n",
         st.ack_delay.sum_secs(),
         st.ack_delay.count()
     ));
-    out
 }
 
 /// Serves `/metrics` on `listen` until `shutdown`, on its own thread,

@@ -38,6 +38,9 @@ pub enum Refusal {
         bad: Vec<(usize, String)>,
         rest_written: bool,
     },
+    /// These lines are older than the database's retention policy keeps,
+    /// with the server's reason; InfluxDB wrote the others.
+    BeyondRetention { bad: Vec<(usize, String)> },
     /// Some lines were refused for their content, but the answer does not
     /// say which: the caller has to bisect. Writing a line again is safe
     /// (InfluxDB merges a point written twice).
@@ -55,15 +58,22 @@ pub enum Refusal {
 ///   write of a new shard period), a batch that gives one field two types
 ///   is refused whole as a bare `field type conflict`: the lines that
 ///   differ from the field's first type in the batch are taken out.
+///   Points older than the retention policy keeps are dropped and the rest
+///   written, with `partial write: points beyond retention policy
+///   dropped=N`, which names none: the cutoff is a time, so they are the N
+///   oldest points of the batch.
 /// - 2.x: 400 `invalid` quoting the first malformed line, the whole batch
-///   refused; 422 for a partial write (type conflicts, retention), which
-///   is bisected.
+///   refused; 422 for a partial write: points beyond retention as in 1.x
+///   (its storage is 1.x's), anything else (type conflicts) bisected.
 /// - 3.x: 400 (422 when a schema limit was hit) `partial write of line
 ///   protocol occurred` listing each refused line by number; the rest was
 ///   written.
 pub fn read(api: Api, status: u16, message: &str, refused: &[RefusedLine], data: &[u8]) -> Refusal {
     match (status, api) {
         (400 | 422, Api::V3) if message.contains("partial write") => by_number(refused, data),
+        (400, Api::V1) | (422, Api::V2) if message.contains(RETENTION) => {
+            beyond_retention(message, data).unwrap_or(Refusal::Unknown)
+        }
         // 2.x words its conflicts as 1.x does (with Go-quoted names), but
         // that is read from its source, not seen from a server here: until
         // it is, a 422 is bisected.
@@ -99,6 +109,35 @@ pub fn read(api: Api, status: u16, message: &str, refused: &[RefusedLine], data:
         }
         _ => Refusal::NotContent,
     }
+}
+
+/// How 1.x (and 2.x) tell of points older than the retention policy.
+const RETENTION: &str = "points beyond retention policy dropped=";
+
+/// The `N` of `dropped=N` as the oldest points of `data`; None when the
+/// batch does not have that many points with a timestamp (the answer
+/// cannot be mapped onto it).
+fn beyond_retention(message: &str, data: &[u8]) -> Option<Refusal> {
+    let at = message.find(RETENTION)? + RETENTION.len();
+    let digits: String = message[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let dropped: usize = digits.parse().ok()?;
+    let mut stamped: Vec<(i64, usize)> = points(data)
+        .filter_map(|(index, point)| point.timestamp.map(|t| (t, index)))
+        .collect();
+    if dropped == 0 || dropped > stamped.len() {
+        return None;
+    }
+    stamped.sort_unstable();
+    let reason = "partial write: points beyond retention policy";
+    Some(Refusal::BeyondRetention {
+        bad: stamped[..dropped]
+            .iter()
+            .map(|&(_, index)| (index, reason.to_owned()))
+            .collect(),
+    })
 }
 
 fn lines_or_unknown(bad: Vec<(usize, String)>) -> Refusal {
@@ -398,6 +437,43 @@ mod tests {
     }
 
     #[test]
+    fn points_beyond_retention_are_the_oldest_of_the_batch() {
+        let batch = b"r v=1 300\nr v=2 100\nr v=3 400\nr v=4 200\n";
+        let reason = "partial write: points beyond retention policy".to_owned();
+        assert_eq!(
+            reading(
+                Api::V1,
+                400,
+                "partial write: points beyond retention policy dropped=2",
+                batch
+            ),
+            Refusal::BeyondRetention {
+                bad: vec![(1, reason.clone()), (3, reason.clone())]
+            }
+        );
+        // 2.x words it as 1.x, inside its own message, with 422.
+        assert_eq!(
+            reading(
+                Api::V2,
+                422,
+                "failure writing points to database: partial write: points beyond retention policy dropped=1",
+                batch
+            ),
+            Refusal::BeyondRetention {
+                bad: vec![(1, reason)]
+            }
+        );
+        // A count the batch cannot hold is not mapped: bisect.
+        for msg in [
+            "partial write: points beyond retention policy dropped=5",
+            "partial write: points beyond retention policy dropped=0",
+            "partial write: points beyond retention policy dropped=x",
+        ] {
+            assert_eq!(reading(Api::V1, 400, msg, batch), Refusal::Unknown, "{msg}");
+        }
+    }
+
+    #[test]
     fn a_2x_refusal_names_its_first_bad_line_or_is_held() {
         assert_eq!(
             reading(
@@ -411,13 +487,9 @@ mod tests {
                 rest_written: false
             }
         );
-        // A partial write (a type conflict, points beyond retention): bisect.
-        for msg in [
-            "failure writing points to database: partial write: field type conflict: input field \"v\" on measurement \"p\" is type unsigned, already exists as type integer dropped=1",
-            "failure writing points to database: partial write: points beyond retention policy dropped=2",
-        ] {
-            assert_eq!(reading(Api::V2, 422, msg, BATCH), Refusal::Unknown);
-        }
+        // A partial write of a type conflict: bisect.
+        let msg = "failure writing points to database: partial write: field type conflict: input field \"v\" on measurement \"p\" is type unsigned, already exists as type integer dropped=1";
+        assert_eq!(reading(Api::V2, 422, msg, BATCH), Refusal::Unknown);
         // A quote that matches none of our lines: still content, bisected.
         assert_eq!(
             reading(

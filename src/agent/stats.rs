@@ -35,6 +35,9 @@ pub struct Stats {
     /// Points that came without a timestamp and were given the time
     /// their message arrived.
     pub points_stamped: AtomicU64,
+    /// Points InfluxDB dropped as older than its retention policy keeps
+    /// (also in `points_refused`, and dead-lettered).
+    pub points_beyond_retention: AtomicU64,
 }
 
 impl Stats {

@@ -47,11 +47,22 @@ pub struct Report {
     pub points_dead_lettered: u64,
     /// Dropped by the spool's overflow policy.
     pub points_dropped: u64,
+    /// Dropped by InfluxDB as older than its retention policy keeps (also
+    /// in `points_dead_lettered`).
+    #[serde(default)]
+    pub points_beyond_retention: u64,
     pub spool_points: u64,
     pub spool_bytes: u64,
     /// Seconds since the oldest point still in the spool arrived (to the
     /// second; points from before the daemon started count from its start).
     pub oldest_point_age_secs: Option<u64>,
+    /// The kernel's clock: kept in sync (by NTP or the like), and its
+    /// bound on its error. None where the kernel does not say. The offset
+    /// to the authority's clock is in `enrollment`.
+    #[serde(default)]
+    pub clock_synchronized: Option<bool>,
+    #[serde(default)]
+    pub clock_max_error_ms: Option<f64>,
     pub stopped: bool,
 }
 
@@ -118,6 +129,7 @@ impl Reporter {
                 .find(|m| m.1 > oldest)
                 .map(|m| now.duration_since(m.0).as_secs())
         };
+        let kernel = crate::clock::kernel();
         Report {
             pid: std::process::id(),
             updated_ms: crate::now_ms(),
@@ -142,9 +154,12 @@ impl Reporter {
             points_dead_lettered: Stats::get(&stats.points_invalid)
                 + Stats::get(&stats.points_refused),
             points_dropped: spool.dropped_points,
+            points_beyond_retention: Stats::get(&stats.points_beyond_retention),
             spool_points: spool.points_unread,
             spool_bytes: spool.bytes,
             oldest_point_age_secs: age,
+            clock_synchronized: kernel.map(|k| k.synchronized),
+            clock_max_error_ms: kernel.map(|k| k.max_error_us as f64 / 1e3),
             stopped: false,
         }
     }
@@ -280,6 +295,32 @@ pub fn read(state_dir: &Path) -> Result<Report, String> {
     serde_json::from_slice(&text).map_err(|e| format!("{} is damaged: {e}", path.display()))
 }
 
+/// The kernel's clock state and the offset to the authority's.
+fn clock_line(r: &Report, now_ms: i64) -> String {
+    let kernel = match (r.clock_synchronized, r.clock_max_error_ms) {
+        (Some(true), Some(err)) => format!("synchronized (max error {err:.0} ms)"),
+        (Some(true), None) => "synchronized".to_owned(),
+        (Some(false), _) => "not synchronized".to_owned(),
+        (None, _) => "state unknown".to_owned(),
+    };
+    let e = &r.enrollment;
+    match (
+        e.clock_offset_ms,
+        e.clock_offset_error_ms,
+        e.clock_measured_ms,
+    ) {
+        (Some(ms), Some(err), Some(at)) => format!(
+            "{kernel}; {} ({})",
+            crate::clock::describe(crate::clock::Offset {
+                offset_ns: (ms * 1e6) as i64,
+                error_ns: (err * 1e6) as i64,
+            }),
+            crate::render::relative(at, now_ms)
+        ),
+        _ => kernel,
+    }
+}
+
 /// Human rendering, with times relative to `now_ms`.
 pub fn render(r: &Report, now_ms: i64) -> String {
     use crate::render::{expiry, relative};
@@ -329,8 +370,18 @@ pub fn render(r: &Report, now_ms: i64) -> String {
     );
     line("points in:", r.points_in.to_string());
     line("written:", r.points_written.to_string());
-    line("dead-lettered:", r.points_dead_lettered.to_string());
+    line(
+        "dead-lettered:",
+        match r.points_beyond_retention {
+            0 => r.points_dead_lettered.to_string(),
+            old => format!(
+                "{} ({old} older than InfluxDB's retention policy)",
+                r.points_dead_lettered
+            ),
+        },
+    );
     line("dropped:", r.points_dropped.to_string());
+    line("clock:", clock_line(r, now_ms));
     line(
         "spool:",
         format!(

@@ -221,6 +221,13 @@ impl Writer {
                     }
                     data = Cow::Owned(without_lines(&data, &bad));
                 }
+                Refusal::BeyondRetention { bad } => {
+                    let refused = self.refuse(&data, &bad, &e);
+                    Stats::add(&self.stats.points_beyond_retention, refused);
+                    Stats::add(&self.stats.points_written, points - refused);
+                    backoff.reset();
+                    return true;
+                }
                 Refusal::Unknown if points > 1 => {
                     return split(&format!(
                         "InfluxDB refused some lines ({status}) without saying which"

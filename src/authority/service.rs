@@ -510,6 +510,9 @@ impl Authority {
             lease: info(&lease),
             secret: grant.secret,
             deployment_ca: self.deployment_ca.clone(),
+            // Read last, as close to the answer as the service gets.
+            authority_time_ms: Some(crate::now_ms()),
+            round_trip: None,
         })
     }
 

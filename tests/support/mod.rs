@@ -534,6 +534,45 @@ pub fn leasegate_binary() -> PathBuf {
     }
 }
 
+/// What runs the gateway with its wall clock shifted by libfaketime
+/// (Debian `faketime`): `offset` in libfaketime's form (`-3d`, `+2h`), or
+/// a file to read it from on every call (`FAKETIME_TIMESTAMP_FILE`, so a
+/// test can step the clock while the daemon runs). The monotonic clock
+/// stays true, as an NTP step leaves it. `env` execs: the PID is the
+/// daemon's.
+pub fn faked_clock_argv(offset: FakeTime<'_>) -> Vec<std::ffi::OsString> {
+    let library = [
+        "x86_64-linux-gnu",
+        "aarch64-linux-gnu",
+        "arm-linux-gnueabihf",
+    ]
+    .iter()
+    .map(|arch| PathBuf::from(format!("/usr/lib/{arch}/faketime/libfaketime.so.1")))
+    .find(|p| p.is_file())
+    .expect("libfaketime (Debian package faketime): tests/install-servers.sh installs it");
+    let mut argv: Vec<std::ffi::OsString> = vec![
+        "env".into(),
+        format!("LD_PRELOAD={}", library.display()).into(),
+        "FAKETIME_DONT_FAKE_MONOTONIC=1".into(),
+        // Read the file at every call, not once a few seconds.
+        "FAKETIME_NO_CACHE=1".into(),
+    ];
+    match offset {
+        FakeTime::By(offset) => argv.push(format!("FAKETIME={offset}").into()),
+        FakeTime::File(path) => {
+            argv.push(format!("FAKETIME_TIMESTAMP_FILE={}", path.display()).into())
+        }
+    }
+    argv.push(leasegate_binary().into_os_string());
+    argv
+}
+
+/// How [`faked_clock_argv`] shifts the clock.
+pub enum FakeTime<'a> {
+    By(&'a str),
+    File(&'a Path),
+}
+
 /// What runs the gateway: its binary, or, when `LEASEGATE_RUNNER` names
 /// an emulator (`qemu-arm` for the armv7 build; README "ARM gateways"), that
 /// emulator with the binary as its first argument. qemu-user passes
@@ -553,7 +592,7 @@ pub fn leasegate_command() -> Command {
 }
 
 /// A `Command` for `program` as leasegate_argv gives it.
-fn command_for(program: &[std::ffi::OsString]) -> Command {
+pub fn command_for(program: &[std::ffi::OsString]) -> Command {
     let mut command = Command::new(&program[0]);
     command.args(&program[1..]);
     command
@@ -1043,4 +1082,52 @@ fn mqtt_packet(first: u8, body: &[u8]) -> Vec<u8> {
     }
     packet.extend_from_slice(body);
     packet
+}
+
+/// Messages on `topic` (retained ones included) seen within `timeout`.
+pub fn watch_topic(
+    port: u16,
+    topic: &str,
+    timeout: Duration,
+    until: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+    let mut options = MqttOptions::new(format!("watch-{}", free_port()), "127.0.0.1", port);
+    options.set_keep_alive(Duration::from_secs(5));
+    let (client, mut connection) = Client::new(options, 10);
+    client.subscribe(topic, QoS::AtLeastOnce).unwrap();
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    while Instant::now() < deadline && !until(&seen) {
+        match connection.recv_timeout(Duration::from_millis(200)) {
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                seen.push(String::from_utf8_lossy(&p.payload).into_owned())
+            }
+            Ok(Err(_)) => std::thread::sleep(Duration::from_millis(100)),
+            _ => {}
+        }
+    }
+    let _ = client.disconnect();
+    seen
+}
+
+/// The daemon's `/metrics` page on `port` (empty when it does not answer).
+pub fn scrape_metrics(port: u16) -> String {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    agent
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .call()
+        .ok()
+        .and_then(|mut r| r.body_mut().read_to_string().ok())
+        .unwrap_or_default()
+}
+
+/// The value of the unlabelled metric `name` in a `/metrics` page.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }

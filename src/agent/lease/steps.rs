@@ -276,6 +276,9 @@ impl<A: Authority, S: LeaseStore> Keeper<A, S> {
         if let Some(ca) = &grant.deployment_ca {
             self.adopt_ca(identity, ca);
         }
+        if let (Some(at), Some(trip)) = (grant.authority_time_ms, grant.round_trip) {
+            self.note_offset(crate::clock::estimate(at, trip));
+        }
         let ttl = Duration::from_secs(grant.lease.ttl_secs.clamp(1, super::MAX_TTL_SECS));
         // The lifetime counts from when it was asked for: the authority
         // started it before answering.
@@ -317,6 +320,33 @@ impl<A: Authority, S: LeaseStore> Keeper<A, S> {
 
     /// Pins the deployment CA the authority named, and drops the old
     /// certificate pin once the authority serves one the CA signed.
+    /// Keeps the clock offset a lease answer told, and says so when it is
+    /// first known and when it moved by more than its bounds and a second.
+    fn note_offset(&mut self, offset: crate::clock::Offset) {
+        const NS_PER_MS: f64 = 1e6;
+        let before = self
+            .view
+            .clock_offset_ms
+            .zip(self.view.clock_offset_error_ms);
+        let moved = before.is_none_or(|(ms, err)| {
+            let change = (offset.offset_ns as f64 / NS_PER_MS - ms).abs();
+            change > 1_000.0 + err + offset.error_ns as f64 / NS_PER_MS
+        });
+        if moved {
+            let text = crate::clock::describe(offset);
+            if offset.offset_ns.unsigned_abs() > 2_000_000_000 {
+                log::warn!(
+                    "this gateway's clock is {text}; points without a timestamp are stamped by the gateway's clock"
+                );
+            } else {
+                log::info!("clock: {text}");
+            }
+        }
+        self.view.clock_offset_ms = Some(offset.offset_ns as f64 / NS_PER_MS);
+        self.view.clock_offset_error_ms = Some(offset.error_ns as f64 / NS_PER_MS);
+        self.view.clock_measured_ms = Some(crate::now_ms());
+    }
+
     fn adopt_ca(&mut self, identity: &Identity, ca: &crate::api::DeploymentCa) {
         let mut moved = identity.clone();
         if !moved.adopt_ca(ca) {

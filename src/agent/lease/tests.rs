@@ -30,6 +30,8 @@ enum Answer {
     Unusable,
     /// A lease of 600 s from an authority telling of its CA.
     WithCa(crate::api::DeploymentCa),
+    /// A lease of 600 s with the authority's time and the round trip.
+    Timed(i64, crate::clock::RoundTrip),
 }
 
 #[derive(Clone, Default)]
@@ -72,6 +74,8 @@ fn grant(id: &str, ttl_secs: u64, api: InfluxApi, secret: &str) -> LeaseGrant {
         },
         secret: Secret::new(secret),
         deployment_ca: None,
+        authority_time_ms: None,
+        round_trip: None,
     }
 }
 
@@ -104,6 +108,11 @@ impl Authority for FakeAuthority {
             Answer::Lease(ttl) => grant(&id, ttl, InfluxApi::V2, "tok"),
             Answer::WithCa(ca) => LeaseGrant {
                 deployment_ca: Some(ca),
+                ..grant(&id, 600, InfluxApi::V2, "tok")
+            },
+            Answer::Timed(ms, trip) => LeaseGrant {
+                authority_time_ms: Some(ms),
+                round_trip: Some(trip),
                 ..grant(&id, 600, InfluxApi::V2, "tok")
             },
             _ => grant(&id, 600, InfluxApi::V1, "no-colon"),
@@ -309,6 +318,54 @@ fn a_lease_is_renewed_at_the_share_of_its_lifetime_and_the_old_one_revoked_after
     r.tick(0.0);
     let share = r.wakes_in().unwrap() / 600.0;
     assert!((share - 0.5333).abs() < 0.001, "{share}");
+}
+
+#[test]
+fn each_lease_that_tells_the_authoritys_time_gives_the_clock_offset() {
+    let mut r = Rig::enrolled();
+    // An authority before the time field: the lease is in force as ever,
+    // and no offset is claimed.
+    r.tick(0.0);
+    assert_eq!(r.lease().as_deref(), Some("l1"));
+    let view = r.keeper.view(r.at(0.0), 0);
+    assert_eq!(view.clock_offset_ms, None);
+    // Sent at 1,000 ms by a gateway clock 2 h behind, answered in 20 ms.
+    let two_hours = 2 * 3_600_000;
+    let trip = crate::clock::RoundTrip {
+        sent_ns: 1_000_000_000,
+        took: Duration::from_millis(20),
+    };
+    r.authority.answer(Answer::Timed(1_010 + two_hours, trip));
+    r.tick(360.0);
+    assert_eq!(r.lease().as_deref(), Some("l2"));
+    let view = r.keeper.view(r.at(360.0), 0);
+    let offset = view.clock_offset_ms.unwrap();
+    assert!((offset - two_hours as f64).abs() < 1.0, "{offset}");
+    assert_eq!(view.clock_offset_error_ms, Some(10.5));
+    assert!(view.clock_measured_ms.is_some());
+    // A later lease without it keeps the last estimate.
+    r.tick(720.0);
+    assert_eq!(r.lease().as_deref(), Some("l3"));
+    let view = r.keeper.view(r.at(720.0), 0);
+    assert_eq!(view.clock_offset_ms, Some(offset));
+}
+
+#[test]
+fn a_grant_without_the_authoritys_time_reads_as_before() {
+    let json = serde_json::json!({
+        "id": "l1", "identity_id": "i", "issued_for": "gw", "role": "r",
+        "status": "active", "ttl_secs": 600, "created_ms": 0, "expires_ms": 0,
+        "target": {"api": "influxdb-v1", "url": "http://127.0.0.1:8086/", "database": "db"},
+        "secret": "u:p"
+    });
+    let grant: LeaseGrant = serde_json::from_value(json).unwrap();
+    assert_eq!(grant.authority_time_ms, None);
+    assert_eq!(grant.round_trip, None);
+    let json = serde_json::to_value(&grant).unwrap();
+    assert!(
+        json.get("round_trip").is_none(),
+        "never on the wire: {json}"
+    );
 }
 
 #[test]
