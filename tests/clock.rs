@@ -15,6 +15,15 @@ use support::{
     faked_clock_argv, leased_config, start_static_daemon, wait_until,
 };
 
+/// Held by each test here: the receipt-time test measures milliseconds,
+/// and another test starting its servers beside it on two cores would
+/// measure the machine instead.
+static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    ALONE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Nanoseconds since the epoch.
 fn ns(t: std::time::SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH).unwrap().as_nanos() as i64
@@ -28,6 +37,7 @@ fn quantile(xs: &mut [f64], q: f64) -> f64 {
 
 #[test]
 fn receipt_stamps_are_the_arrival_times_and_keep_the_spacing() {
+    let _alone = alone();
     let broker = Mosquitto::start();
     let influx = Influx::start();
     // Default settings: the reader pauses between light reads and groups
@@ -139,6 +149,7 @@ fn leased_gateway(
 
 #[test]
 fn a_gateway_three_days_behind_learns_its_offset_from_the_authority() {
+    let _alone = alone();
     let broker = Mosquitto::start();
     let influx = Influx::start();
     let behind = faked_clock_argv(FakeTime::By("-3d"));

@@ -346,6 +346,13 @@ mod tests {
         let client = std::net::TcpStream::connect(addr).unwrap();
         let (mut server, _) = listener.accept().unwrap();
         server.write_all(&[7u8; 1234]).unwrap();
+        if let Err(e) = bytes_received(client.as_fd()) {
+            // qemu-user passes TCP_INFO on as an int: no count there, and
+            // the daemon stamps on read (tested by the e2e suites).
+            assert_eq!(e.kind(), std::io::ErrorKind::Unsupported, "{e}");
+            eprintln!("TCP_INFO does not count bytes here ({e}); skipped");
+            return;
+        }
         let until = Instant::now() + Duration::from_secs(10);
         while bytes_received(client.as_fd()).unwrap() < 1234 && Instant::now() < until {
             std::thread::sleep(MS);
