@@ -94,16 +94,7 @@ fn receipt_stamps_are_the_arrival_times_and_keep_the_spacing() {
 /// `leasegate status` as a shell on the gateway runs it: under the same
 /// clock as the daemon (`program`).
 fn status_by(program: &[std::ffi::OsString], daemon: &Daemon, json: bool) -> String {
-    let mut command = support::command_for(program);
-    command
-        .arg("--config")
-        .arg(daemon.dir.path().join("leasegate.toml"))
-        .arg("status");
-    if json {
-        command.arg("--json");
-    }
-    let out = command.output().unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    support::status_of(program, daemon, json)
 }
 
 fn json_status(program: &[std::ffi::OsString], daemon: &Daemon) -> Value {

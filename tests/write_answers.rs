@@ -660,13 +660,12 @@ fn points_beyond_a_short_retention_policy_are_dead_lettered_and_the_rest_written
         Some(5.0),
         "{metrics}"
     );
-    let out = support::leasegate_command()
-        .arg("--config")
-        .arg(daemon.dir.path().join("leasegate.toml"))
-        .args(["status", "--json"])
-        .output()
-        .unwrap();
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let status: serde_json::Value = serde_json::from_str(&support::status_of(
+        &support::leasegate_argv(),
+        &daemon,
+        true,
+    ))
+    .unwrap();
     assert_eq!(status["points_beyond_retention"], 5, "{status}");
     assert_eq!(status["points_written"], 5, "{status}");
     daemon.stop_cleanly();

@@ -591,6 +591,21 @@ pub fn leasegate_command() -> Command {
     command_for(&leasegate_argv())
 }
 
+/// `leasegate status` (with `--json` when `json`) for `daemon`, run by
+/// `program` (leasegate_argv(), or under the daemon's faked clock).
+pub fn status_of(program: &[std::ffi::OsString], daemon: &Daemon, json: bool) -> String {
+    let mut command = command_for(program);
+    command
+        .arg("--config")
+        .arg(daemon.dir.path().join("leasegate.toml"))
+        .arg("status");
+    if json {
+        command.arg("--json");
+    }
+    let out = command.output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A `Command` for `program` as leasegate_argv gives it.
 pub fn command_for(program: &[std::ffi::OsString]) -> Command {
     let mut command = Command::new(&program[0]);
