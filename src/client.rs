@@ -265,7 +265,10 @@ impl AuthorityClient {
         let body = LeaseRequest {
             ttl_secs: ttl.map(|t| t.as_secs().max(1)),
         };
-        let (sent_ns, sent) = (crate::clock::wall_ns(), std::time::Instant::now());
+        let (mut round_trip, sent) = (
+            crate::clock::RoundTrip::starting(),
+            std::time::Instant::now(),
+        );
         let answer: serde_json::Value = self.call(
             "POST",
             "/v1/leases",
@@ -273,10 +276,7 @@ impl AuthorityClient {
             Some(json(&body)),
             201,
         )?;
-        let round_trip = crate::clock::RoundTrip {
-            sent_ns,
-            took: sent.elapsed(),
-        };
+        round_trip.took = sent.elapsed();
         // A lease exists once the authority said 201: one this gateway
         // cannot read is named by its id, so that it can be given back.
         let lease_id = answer.get("id").and_then(|v| v.as_str()).map(str::to_owned);

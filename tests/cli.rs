@@ -41,6 +41,9 @@ topic = "sensors/#"
 url = "http://127.0.0.1:8086"
 database = "sensors"
 timeout = "10 lightyears"
+[clock]
+max_offset = "0s"
+max_wait = "soon"
 "#;
 
 #[test]
@@ -62,6 +65,14 @@ fn config_check_names_every_problem_and_exits_78() {
         );
         assert!(
             err.contains("influxdb.timeout: invalid duration \"10 lightyears\""),
+            "{err}"
+        );
+        assert!(
+            err.contains("clock.max_offset: \"0s\" is shorter than the minimum 1ms"),
+            "{err}"
+        );
+        assert!(
+            err.contains("clock.max_wait: invalid duration \"soon\""),
             "{err}"
         );
     }

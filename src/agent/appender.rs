@@ -25,6 +25,7 @@ use super::spool::{Appended, Spool, SpoolError};
 use super::stats::Stats;
 use super::status::Reporter;
 use crate::backoff::Backoff;
+use crate::clock::{BootId, Stamping};
 use crate::config::Subscription;
 use crate::lifecycle::health::Beat;
 use crate::shutdown::Shutdown;
@@ -75,6 +76,7 @@ impl Appender {
                 break;
             };
             beat.set_idle(false);
+            self.decoder.begin_group();
             if self.reload.has_changed().unwrap_or(false) {
                 let subscriptions = self.reload.borrow_and_update().clone();
                 self.decoder.set_subscriptions(subscriptions);
@@ -98,7 +100,8 @@ impl Appender {
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
                 rejected.for_each(|r| dead_letters.record(r));
             }
-            if !self.store(&group, &mut backoff) {
+            let stamping = self.decoder.stamping();
+            if !self.store(&group, stamping, &mut backoff) {
                 log::warn!(
                     "stopping with {} messages not stored; the broker keeps them for the next start",
                     group.len()
@@ -120,32 +123,58 @@ impl Appender {
 
     /// Appends and commits the group, retrying while the spool is full
     /// (block) or the disk fails. Returns false if shutdown stopped it.
-    ///
-    /// Small messages are stored together, several to a record, because
-    /// one write per message costs more CPU than everything else the
-    /// pipeline does with a one-point message.
-    fn store(&self, group: &[Delivery], backoff: &mut Backoff) -> bool {
+    /// Points stamped on receipt go in records of their own, with how
+    /// they were stamped (`stamping`).
+    fn store(&self, group: &[Delivery], stamping: Option<Stamping>, backoff: &mut Backoff) -> bool {
+        if !self.store_part(group, None, backoff) {
+            return false;
+        }
+        if group.iter().any(|d| d.stamped_points > 0) {
+            // Always there when a point was stamped; the fallback is the
+            // clocks' relation now, which is as good within a group.
+            let stamping = stamping.unwrap_or_else(|| Stamping::now(BootId::current()));
+            if !self.store_part(group, Some(stamping), backoff) {
+                return false;
+            }
+        }
+        self.commit(backoff)
+    }
+
+    /// Appends one part of each message: the lines stamped on receipt
+    /// with `stamping`, or the others without. Small messages are stored together, several to a record,
+    /// because one write per message costs more CPU than everything else
+    /// the pipeline does with a one-point message.
+    fn store_part(
+        &self,
+        group: &[Delivery],
+        stamping: Option<Stamping>,
+        backoff: &mut Backoff,
+    ) -> bool {
         let mut record = Vec::new();
         let mut record_points = 0;
         let mut next = 0;
         while next < group.len() || !record.is_empty() {
             // Fill the record with whole messages, up to its limits.
-            while let Some(d) = group.get(next) {
+            while let Some((lines, points)) = group.get(next).map(|d| d.part(stamping.is_some())) {
                 let fits = record.is_empty()
-                    || (record.len() + d.lines.len() <= self.record_bytes
-                        && record_points + d.points <= self.record_points);
+                    || (record.len() + lines.len() <= self.record_bytes
+                        && record_points + points <= self.record_points);
                 if !fits {
                     break;
                 }
-                record.extend_from_slice(d.lines.as_bytes());
-                record_points += d.points;
+                record.extend_from_slice(lines);
+                record_points += points;
                 next += 1;
             }
             if record_points == 0 {
                 record.clear();
                 continue;
             }
-            match self.spool.append(&record, record_points) {
+            let appended = match stamping {
+                Some(stamping) => self.spool.append_stamped(stamping, &record, record_points),
+                None => self.spool.append(&record, record_points),
+            };
+            match appended {
                 Ok(Appended::Stored) => {
                     Stats::add(&self.stats.points_in, record_points);
                 }
@@ -190,6 +219,11 @@ impl Appender {
             record.clear();
             record_points = 0;
         }
+        true
+    }
+
+    /// Commits what the group appended, retrying while the disk fails.
+    fn commit(&self, backoff: &mut Backoff) -> bool {
         // A group that nearly filled its page ends it, so that the next
         // commit does not rewrite it (best effort: a failure only costs
         // that page).

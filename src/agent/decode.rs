@@ -9,11 +9,12 @@
 //! silently: what it cannot take becomes a [`Rejection`] for the
 //! dead-letter file.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use super::deadletter::{Rejection, Source};
 use super::message::{Delivery, Received};
 use super::stats::Stats;
+use crate::clock::{BootId, Stamping};
 use crate::config::Subscription;
 use crate::lineproto::{self, Point};
 use crate::payload;
@@ -110,9 +111,21 @@ impl Decoder {
             subscriptions,
             max_payload,
             limits,
-            clock: ReceiptClock::default(),
+            clock: ReceiptClock::new(BootId::current()),
             log_limit: LogLimit::default(),
         }
+    }
+
+    /// A new group of messages begins: its receipt stamps are taken
+    /// against one reading of the clocks.
+    pub fn begin_group(&mut self) {
+        self.clock.anchor = None;
+    }
+
+    /// How the receipt stamps of the group so far were taken; None if
+    /// none was.
+    pub fn stamping(&self) -> Option<Stamping> {
+        self.clock.anchor.as_ref().map(|a| a.stamping)
     }
 
     /// The lines of one message, and what to ack once they are stored. The
@@ -130,7 +143,9 @@ impl Decoder {
         let topic = publish.topic.as_str();
         let mut delivery = Delivery {
             lines: String::with_capacity(publish.payload.len() + 32),
+            stamped: String::new(),
             points: 0,
+            stamped_points: 0,
             ack,
             at,
             rejected: None,
@@ -156,14 +171,20 @@ impl Decoder {
                         while let Some(result) = lines.next() {
                             match result {
                                 Ok(point) if forwardable(lines.last_text(), &point) => {
-                                    delivery.lines.push_str(lines.last_text());
+                                    let text = lines.last_text();
                                     if point.timestamp.is_none() {
                                         Stats::add(&stats.points_stamped, 1);
-                                        delivery.lines.push(' ');
                                         let now = self.clock.next();
-                                        delivery.lines.push_str(&now.to_string());
+                                        let out = &mut delivery.stamped;
+                                        out.push_str(text);
+                                        out.push(' ');
+                                        out.push_str(&now.to_string());
+                                        out.push('\n');
+                                        delivery.stamped_points += 1;
+                                    } else {
+                                        delivery.lines.push_str(text);
+                                        delivery.lines.push('\n');
                                     }
-                                    delivery.lines.push('\n');
                                     delivery.points += 1;
                                 }
                                 Ok(point) => {
@@ -214,12 +235,16 @@ impl Decoder {
 /// Writes a point anew into the delivery, stamped with the time of receipt
 /// if it has no timestamp.
 fn write_anew(delivery: &mut Delivery, clock: &mut ReceiptClock, mut point: Point, stats: &Stats) {
-    if point.timestamp.is_none() {
+    let out = if point.timestamp.is_none() {
         Stats::add(&stats.points_stamped, 1);
-    }
-    clock.stamp(&mut point);
-    lineproto::write_point(&mut delivery.lines, &point);
-    delivery.lines.push('\n');
+        point.timestamp = Some(clock.next());
+        delivery.stamped_points += 1;
+        &mut delivery.stamped
+    } else {
+        &mut delivery.lines
+    };
+    lineproto::write_point(out, &point);
+    out.push('\n');
     delivery.points += 1;
 }
 
@@ -263,45 +288,70 @@ impl Reasons {
 }
 
 /// Gives points without a timestamp the time their message arrived, in
-/// nanoseconds, strictly increasing: two such points of one series with
-/// the same time would otherwise be merged by InfluxDB into one.
-#[derive(Default)]
+/// nanoseconds: its time on `CLOCK_BOOTTIME` plus the wall clock's lead on
+/// it, read once per group ([`Stamping`], stored with the points so that
+/// they can be corrected). Strictly increasing on the boot's time line:
+/// two such points of one series with the same time would otherwise be
+/// merged by InfluxDB into one; a step of the wall clock moves the stamps
+/// after it, and never bunches them.
 struct ReceiptClock {
-    last: i64,
-    /// When the message being decoded arrived (monotonic), and its wall
-    /// time once a point needed it: most messages carry their own times,
-    /// and reading the clock for each would cost a fast stream.
-    arrived: Option<std::time::Instant>,
-    wall: Option<i64>,
+    boot: BootId,
+    last_boot_ns: i64,
+    /// When the message being decoded arrived (monotonic).
+    arrived: Option<Instant>,
+    /// The clocks as the group's first stamp read them: most messages
+    /// carry their own times, and reading the clocks for each would cost a
+    /// fast stream.
+    anchor: Option<Anchor>,
+}
+
+struct Anchor {
+    stamping: Stamping,
+    boot_ns: i64,
+    at: Instant,
 }
 
 impl ReceiptClock {
-    /// The message being decoded arrived at `at`.
-    fn received_at(&mut self, at: std::time::Instant) {
-        self.arrived = Some(at);
-        self.wall = None;
-    }
-
-    fn stamp(&mut self, point: &mut Point) {
-        if point.timestamp.is_none() {
-            point.timestamp = Some(self.next());
+    fn new(boot: BootId) -> Self {
+        ReceiptClock {
+            boot,
+            last_boot_ns: i64::MIN,
+            arrived: None,
+            anchor: None,
         }
     }
 
-    /// The receipt time in nanoseconds (now's wall time less the time
-    /// since the message arrived), later than any given before.
+    /// The message being decoded arrived at `at`.
+    fn received_at(&mut self, at: Instant) {
+        self.arrived = Some(at);
+    }
+
+    /// The receipt time in nanoseconds, later on the boot's time line
+    /// than any given before.
     fn next(&mut self) -> i64 {
-        let arrived = self.arrived;
-        let wall = *self.wall.get_or_insert_with(|| {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos() as i64)
-                .unwrap_or(0);
-            let since = arrived.map_or(0, |a| a.elapsed().as_nanos() as i64);
-            now.saturating_sub(since)
+        let boot = self.boot;
+        let anchor = self.anchor.get_or_insert_with(|| {
+            let at = Instant::now();
+            let boot_ns = crate::clock::boottime_ns();
+            let wall = crate::clock::wall_ns();
+            Anchor {
+                stamping: Stamping {
+                    boot,
+                    wall_minus_boot_ns: wall.saturating_sub(boot_ns),
+                },
+                boot_ns,
+                at,
+            }
         });
-        self.last = wall.max(self.last + 1);
-        self.last
+        let nanos = |d: Duration| d.as_nanos().min(i64::MAX as u128) as i64;
+        let arrived_boot_ns = match self.arrived {
+            Some(a) if a <= anchor.at => anchor.boot_ns.saturating_sub(nanos(anchor.at - a)),
+            Some(a) => anchor.boot_ns.saturating_add(nanos(a - anchor.at)),
+            None => anchor.boot_ns,
+        };
+        self.last_boot_ns = arrived_boot_ns.max(self.last_boot_ns.saturating_add(1));
+        self.last_boot_ns
+            .saturating_add(anchor.stamping.wall_minus_boot_ns)
     }
 }
 
@@ -347,19 +397,45 @@ mod tests {
     }
 
     #[test]
-    fn receipt_stamps_are_strictly_increasing_and_keep_given_times() {
-        let mut clock = ReceiptClock::default();
-        let mut last = 0;
+    fn receipt_stamps_are_strictly_increasing_even_when_messages_arrive_together() {
+        let mut clock = ReceiptClock::new(BootId([7; 16]));
+        let together = Instant::now();
+        let mut last = i64::MIN;
         for _ in 0..1000 {
-            let mut p = lineproto::parse_line("m v=1", 0, 1).unwrap().unwrap();
-            clock.stamp(&mut p);
-            let ts = p.timestamp.unwrap();
+            clock.received_at(together);
+            let ts = clock.next();
             assert!(ts > last);
             last = ts;
         }
-        let mut p = lineproto::parse_line("m v=1 17", 0, 1).unwrap().unwrap();
-        clock.stamp(&mut p);
-        assert_eq!(p.timestamp, Some(17));
+    }
+
+    #[test]
+    fn a_step_of_the_wall_clock_between_groups_moves_stamps_and_never_bunches_them() {
+        let mut clock = ReceiptClock::new(BootId([7; 16]));
+        let at = Instant::now();
+        clock.received_at(at);
+        let first = clock.next();
+        // The next group: the wall clock read two hours less (an NTP
+        // step back), by hand.
+        clock.anchor = None;
+        clock.received_at(at + Duration::from_millis(20));
+        let _ = clock.next();
+        let anchor = clock.anchor.as_mut().unwrap();
+        anchor.stamping.wall_minus_boot_ns -= 7_200_000_000_000;
+        clock.received_at(at + Duration::from_millis(40));
+        let after = clock.next();
+        clock.received_at(at + Duration::from_millis(60));
+        let later = clock.next();
+        let back = first - after;
+        assert!(
+            (7_199_950_000_000..=7_200_000_000_000).contains(&back),
+            "stepped back by {back} ns"
+        );
+        assert!(
+            (19_000_000..=21_000_000).contains(&(later - after)),
+            "the spacing stays: {}",
+            later - after
+        );
     }
 
     #[test]
@@ -367,17 +443,17 @@ mod tests {
         let stats = Stats::new(1);
         let mut d = Decoder::new(vec![line_subscription()], 64, lineproto::Limits::default());
         let mut m = received("s/1", "m v=1\nm v=2 7\n", 1);
-        let wall = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_nanos() as i64;
         // Read and decoded 400 ms after it arrived (a pause, a held group).
         // The two clocks are read apart: a millisecond either side.
-        let before = wall(SystemTime::now()) - 401_000_000;
+        let before = crate::clock::wall_ns() - 401_000_000;
         m.arrived = std::time::Instant::now() - Duration::from_millis(400);
-        let after = wall(SystemTime::now()) - 399_000_000;
+        let after = crate::clock::wall_ns() - 399_000_000;
+        d.begin_group();
         let out = d.decode(m, &stats);
-        let mut lines = out.lines.lines();
-        let stamp: i64 = lines
-            .next()
-            .unwrap()
+        assert_eq!((out.points, out.stamped_points), (2, 1));
+        let stamp: i64 = out
+            .stamped
+            .trim_end()
             .rsplit(' ')
             .next()
             .unwrap()
@@ -387,8 +463,16 @@ mod tests {
             (before..=after).contains(&stamp),
             "{before} <= {stamp} <= {after}"
         );
-        // The sensor's own time stays.
-        assert_eq!(lines.next(), Some("m v=2 7"));
+        assert!(out.stamped.starts_with("m v=1 "), "{}", out.stamped);
+        // How it was stamped, for a later correction: the boot's time line
+        // plus the wall clock's lead on it.
+        let stamping = d.stamping().expect("a stamp was taken");
+        let lead = crate::clock::wall_ns() - crate::clock::boottime_ns();
+        assert!((stamping.wall_minus_boot_ns - lead).abs() < 5_000_000);
+        // The sensor's own time stays, in the lines of their own.
+        assert_eq!(out.lines, "m v=2 7\n");
+        d.begin_group();
+        assert_eq!(d.stamping(), None);
     }
 
     fn line_subscription() -> Subscription {

@@ -18,6 +18,7 @@ use super::credential::{Outcome, Outcomes, Slot};
 use super::identity::{self, Identity, StoredLease};
 use super::lease::{Authority, Event, Keeper, LeaseSettings, LeaseStore, LeaseView};
 use super::tickets::{self, Rescan};
+use super::trueclock::TrueClock;
 use crate::api::{LeaseGrant, LeaseStatus};
 use crate::client::ClientError;
 use crate::lifecycle::health::Beat;
@@ -42,6 +43,7 @@ pub struct KeeperHandle {
 pub fn start(
     settings: LeaseSettings,
     slot: Arc<Slot>,
+    clock: Arc<TrueClock>,
     beat: Arc<Beat>,
     shutdown: &Shutdown,
     spawn: impl FnOnce(Box<dyn FnOnce() + Send>) -> std::io::Result<std::thread::JoinHandle<()>>,
@@ -71,6 +73,12 @@ pub fn start(
         now,
         crate::now_ms(),
     );
+    let mut keeper = keeper;
+    if !clock.knows_this_boot() {
+        // A stored lease may be in force, but only a new answer tells
+        // this boot's time; points stamped on receipt wait for it.
+        keeper.lease_for_the_time();
+    }
     let view = Arc::new(Mutex::new(keeper.view(now, crate::now_ms())));
     let published = view.clone();
     let events = tx.clone();
@@ -80,7 +88,9 @@ pub fn start(
     // The watcher's thread is not joined: it stops at shutdown on its own,
     // and nothing it holds needs draining.
     let (rescan, _watcher) = tickets::start(settings, known, report, shutdown.clone())?;
-    let thread = spawn(Box::new(move || run(keeper, &rx, &published, &beat)))?;
+    let thread = spawn(Box::new(move || {
+        run(keeper, &rx, &published, &clock, &beat)
+    }))?;
     let outcomes = Outcomes::new(move |outcome| {
         let event = match outcome {
             Outcome::Wrote(c) => c.lease_id().map(|id| Event::Wrote(id.to_owned())),
@@ -100,8 +110,10 @@ fn run<A: Authority, S: LeaseStore>(
     mut keeper: Keeper<A, S>,
     events: &Receiver<Message>,
     view: &Mutex<LeaseView>,
+    clock: &TrueClock,
     beat: &Beat,
 ) {
+    let mut told = None;
     loop {
         let wait = keeper
             .next_wake()
@@ -118,8 +130,14 @@ fn run<A: Authority, S: LeaseStore>(
             Err(RecvTimeoutError::Timeout) => Event::Tick,
         };
         keeper.on_event(event, Instant::now());
-        *view.lock().unwrap_or_else(|p| p.into_inner()) =
-            keeper.view(Instant::now(), crate::now_ms());
+        let now = keeper.view(Instant::now(), crate::now_ms());
+        if now.clock_told != told {
+            told = now.clock_told;
+            if let Some(t) = told {
+                clock.told_by_authority(t);
+            }
+        }
+        *view.lock().unwrap_or_else(|p| p.into_inner()) = now;
     }
 }
 

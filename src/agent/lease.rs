@@ -80,6 +80,20 @@ pub struct LeaseView {
     pub clock_offset_error_ms: Option<f64>,
     #[serde(default)]
     pub clock_measured_ms: Option<i64>,
+    /// What the last lease answer told of the time, for the receipt-stamp
+    /// corrections (`super::trueclock`); not part of the status.
+    #[serde(skip)]
+    pub clock_told: Option<ClockTold>,
+}
+
+/// What a lease answer told of the true time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockTold {
+    /// Which lease since start (`leases_obtained`) told it.
+    pub lease: u64,
+    /// Where this boot started by the authority's clock; None from an
+    /// authority that does not send its time.
+    pub true_minus_boot_ns: Option<i64>,
 }
 
 /// The authority's lease calls, for one identity each: the real client in
@@ -328,6 +342,15 @@ impl<A: Authority, S: LeaseStore> Keeper<A, S> {
             self.obtain(now);
         }
         self.revoke_due(now);
+    }
+
+    /// Asks for a new lease now, keeping the one in force meanwhile: a
+    /// stored lease is in use, but only a lease answer tells this boot's
+    /// true time, and receipt-stamped points wait for it.
+    pub fn lease_for_the_time(&mut self) {
+        if let State::Enrolled { want_new, .. } = &mut self.state {
+            *want_new = true;
+        }
     }
 
     /// When something is next due, if anything ever is: the keeper sleeps

@@ -36,9 +36,16 @@ pub struct Received {
 /// The lines decoded from one MQTT message, and how to acknowledge it.
 #[derive(Debug)]
 pub struct Delivery {
-    /// Line protocol, each line ending in `\n`.
+    /// Line protocol, each line ending in `\n`: the points that carry
+    /// their own timestamp.
     pub lines: String,
+    /// The points stamped with the time of receipt, in lines of their
+    /// own: they are stored so that the stamps can be corrected
+    /// (`super::trueclock`).
+    pub stamped: String,
+    /// All points, in both.
     pub points: u64,
+    pub stamped_points: u64,
     /// What to acknowledge once stored; `None` for QoS 0 messages.
     pub ack: Option<AckToken>,
     /// When the intake took it from the broker.
@@ -50,6 +57,18 @@ pub struct Delivery {
     /// group waiting for its commit counts against the budget too.
     #[allow(dead_code, reason = "held, not read: dropping it gives the bytes back")]
     pub budget: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Delivery {
+    /// The lines stamped on receipt (`stamped`) or the others, and how
+    /// many points they hold.
+    pub fn part(&self, stamped: bool) -> (&[u8], u64) {
+        if stamped {
+            (self.stamped.as_bytes(), self.stamped_points)
+        } else {
+            (self.lines.as_bytes(), self.points - self.stamped_points)
+        }
+    }
 }
 
 /// A packet id is only meaningful on the connection it arrived on: after a

@@ -89,6 +89,18 @@ fn counters(page: &mut Page, s: &Sources) {
         Stats::get(&st.points_beyond_retention).to_string(),
     );
     page.metric(
+        "leasegate_points_time_corrected_total",
+        "counter",
+        "Points stamped on receipt whose stamps a trusted time (the authority's, or a synchronised kernel's) corrected.",
+        Stats::get(&st.points_time_corrected).to_string(),
+    );
+    page.metric(
+        "leasegate_points_time_unverified_total",
+        "counter",
+        "Points stamped on receipt sent as stamped because no trusted time came in clock.max_wait (or they were of an earlier boot).",
+        Stats::get(&st.points_time_unverified).to_string(),
+    );
+    page.metric(
         "leasegate_points_stamped_total",
         "counter",
         "Points that came without a timestamp and got the time their message arrived.",

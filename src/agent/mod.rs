@@ -36,6 +36,7 @@ mod stats;
 pub mod status;
 mod supervise;
 mod tickets;
+pub mod trueclock;
 mod writer;
 
 use std::path::PathBuf;

@@ -31,6 +31,7 @@ use super::sink::Sink;
 use super::spool::{self, Spool};
 use super::stats::Stats;
 use super::status::{Reporter, Sources};
+use super::trueclock::{TrueClock, Trust};
 use super::writer::Writer;
 use super::{AgentError, static_credential};
 use crate::config::{BatchLimits, Config, Subscription, Writing};
@@ -93,8 +94,16 @@ impl Pipeline {
         let dead_letters = Arc::new(Mutex::new(dead_letters));
         let slot = Slot::new(shutdown);
         let mut threads = Vec::new();
-        let (outcomes, keeper) =
-            credential_source(config, &slot, &health, shutdown, &ended, &mut threads)?;
+        let clock = true_clock(config);
+        let (outcomes, keeper) = credential_source(
+            config,
+            &slot,
+            &clock,
+            &health,
+            shutdown,
+            &ended,
+            &mut threads,
+        )?;
         let reporter = Arc::new(Reporter::new(
             &config.state_dir,
             Sources {
@@ -114,6 +123,7 @@ impl Pipeline {
             stats: stats.clone(),
             beat: health.beat("writer"),
             dead_letters: dead_letters.clone(),
+            clock,
         };
         threads.push(("writer", spawn("writer", &ended, move || writer.run())?));
         let (delivery_tx, delivery_rx) = mpsc::channel(QUEUE);
@@ -215,6 +225,7 @@ impl Pipeline {
 fn credential_source(
     config: &Config,
     slot: &Arc<Slot>,
+    clock: &Arc<TrueClock>,
     health: &Health,
     shutdown: &Shutdown,
     ended: &Ended,
@@ -234,6 +245,7 @@ fn credential_source(
     let (outcomes, handle, thread) = keeper::start(
         settings,
         slot.clone(),
+        clock.clone(),
         health.beat("lease"),
         shutdown,
         |body| watched("lease", ended, body),
@@ -241,6 +253,22 @@ fn credential_source(
     .map_err(|e| AgentError::Spawn("lease", e))?;
     threads.push(("lease", thread));
     Ok((outcomes, Some(handle)))
+}
+
+/// What the gateway trusts about the time: the authority with leases,
+/// the kernel with static credentials.
+fn true_clock(config: &Config) -> Arc<TrueClock> {
+    let trust = if config.writing.is_leased() {
+        Trust::Authority
+    } else {
+        Trust::Kernel
+    };
+    Arc::new(TrueClock::open(
+        Some(config.state_dir.clone()),
+        config.clock,
+        trust,
+        Box::new(crate::clock::kernel),
+    ))
 }
 
 /// Creates a state directory owner-only: it holds sensor data and, with

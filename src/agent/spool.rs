@@ -11,6 +11,14 @@
 //! last good record and a new one is started; fully written segments are
 //! deleted whole.
 //!
+//! A record whose magic is `LT` holds points stamped on receipt: its
+//! payload starts with how they were stamped ([`Stamping`]: the boot's id
+//! and the wall clock's lead on `CLOCK_BOOTTIME`, 24 bytes), which the
+//! checksum covers together with the kind, so that the writer can correct
+//! them once it knows the true time (`super::trueclock`). Readers hand the
+//! lines on without that header and say where such lines lie
+//! ([`Batch::timed`]).
+//!
 //! A record of zero points is padding: [`Spool::pad_page`] writes one to
 //! the end of a page after a group commit that nearly filled it, so that
 //! the next commit starts on a fresh page rather than dirtying a page the
@@ -28,10 +36,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::clock::{BootId, Stamping};
 use crate::shutdown::Shutdown;
 
 const FILE_MAGIC: &[u8; 8] = b"LGSPOOL1";
 const RECORD_MAGIC: [u8; 2] = *b"LG";
+/// A record of points stamped on receipt.
+const TIMED_MAGIC: [u8; 2] = *b"LT";
+/// The [`Stamping`] at the start of a timed record's payload.
+const STAMPING: usize = 16 + 8;
 const HEADER: usize = 2 + 4 + 4 + 4;
 /// A record longer than this is taken as a corrupt length field.
 const MAX_RECORD: usize = 64 << 20;
@@ -126,13 +139,29 @@ pub struct Batch {
     pub data: Vec<u8>,
     pub points: u64,
     pub records: u64,
+    /// Where in `data` lie lines stamped on receipt, and how they were
+    /// stamped; in order, not overlapping.
+    pub timed: Vec<Timed>,
     end: Option<Position>,
+}
+
+/// Lines of a batch stamped on receipt, as one record stored them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timed {
+    pub range: std::ops::Range<usize>,
+    pub points: u64,
+    pub stamping: Stamping,
 }
 
 impl Batch {
     /// Adds the records of a later read to this batch.
     pub fn append(&mut self, later: Batch) {
+        let base = self.data.len();
         self.data.extend_from_slice(&later.data);
+        self.timed.extend(later.timed.into_iter().map(|t| Timed {
+            range: t.range.start + base..t.range.end + base,
+            ..t
+        }));
         self.points += later.points;
         self.records += later.records;
         self.end = later.end.or(self.end);
@@ -316,11 +345,26 @@ impl Spool {
     /// Appends one record. It is neither durable nor readable until
     /// [`Spool::commit`].
     pub fn append(&self, payload: &[u8], points: u64) -> Result<Appended, SpoolError> {
-        let record_len = (HEADER + payload.len()) as u64;
-        if payload.len() > MAX_RECORD
-            || record_len + FILE_MAGIC.len() as u64 > self.config.max_bytes
+        self.append_record(Kind::Plain, payload, points)
+    }
+
+    /// Appends one record of lines stamped on receipt as `stamping` says
+    /// (each line ends in its stamp), like [`Spool::append`].
+    pub fn append_stamped(
+        &self,
+        stamping: Stamping,
+        lines: &[u8],
+        points: u64,
+    ) -> Result<Appended, SpoolError> {
+        self.append_record(Kind::Timed(stamping), lines, points)
+    }
+
+    fn append_record(&self, kind: Kind, lines: &[u8], points: u64) -> Result<Appended, SpoolError> {
+        let payload_len = lines.len() + kind.header_len();
+        let record_len = (HEADER + payload_len) as u64;
+        if payload_len > MAX_RECORD || record_len + FILE_MAGIC.len() as u64 > self.config.max_bytes
         {
-            return Err(SpoolError::TooLarge(payload.len()));
+            return Err(SpoolError::TooLarge(payload_len));
         }
         let mut inner = self.lock();
         while inner.total_bytes + record_len > self.config.max_bytes {
@@ -360,7 +404,7 @@ impl Spool {
             self.seal_active(&mut inner, true);
             self.start_segment(&mut inner)?;
         }
-        let record = encode_record(payload, points);
+        let record = encode_record(kind, lines, points);
         let seg = inner.segments.back().expect("a segment was just ensured");
         let path = seg.path.clone();
         let file = inner.active.as_mut().expect("an active segment is open");
@@ -406,7 +450,7 @@ impl Spool {
         }
         let payload = vec![b'\n'; left as usize - HEADER];
         let path = seg.path.clone();
-        let record = encode_record(&payload, 0);
+        let record = encode_record(Kind::Plain, &payload, 0);
         let file = inner.active.as_mut().expect("an active segment is open");
         if let Err(source) = file.write_all(&record) {
             self.seal_active(&mut inner, true);
@@ -508,7 +552,12 @@ impl Spool {
                 log::error!("spool damage: {damage}");
                 inner.pending_damage.push(damage);
             }
+            let base = batch.data.len();
             batch.data.extend_from_slice(&chunk.data);
+            batch.timed.extend(chunk.timed.into_iter().map(|t| Timed {
+                range: t.range.start + base..t.range.end + base,
+                ..t
+            }));
             batch.points += chunk.points;
             batch.records += chunk.records;
             let seg = inner
@@ -811,11 +860,58 @@ fn remove(path: &Path) -> Result<(), SpoolError> {
     }
 }
 
-fn checksum(points: u32, payload: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(&points.to_le_bytes());
+/// The checksum of a record: of its payload and point count, and for a
+/// timed record of its kind too, so that a flipped magic is caught.
+fn checksum(magic: [u8; 2], points: u32, payload: &[u8]) -> u32 {
+    let mut h = checksum_start(magic, points);
     h.update(payload);
     h.finalize()
+}
+
+fn checksum_start(magic: [u8; 2], points: u32) -> crc32fast::Hasher {
+    let mut h = crc32fast::Hasher::new();
+    if magic == TIMED_MAGIC {
+        h.update(&TIMED_MAGIC);
+    }
+    h.update(&points.to_le_bytes());
+    h
+}
+
+/// What a record holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Plain,
+    Timed(Stamping),
+}
+
+impl Kind {
+    fn magic(self) -> [u8; 2] {
+        match self {
+            Kind::Plain => RECORD_MAGIC,
+            Kind::Timed(_) => TIMED_MAGIC,
+        }
+    }
+
+    fn header_len(self) -> usize {
+        match self {
+            Kind::Plain => 0,
+            Kind::Timed(_) => STAMPING,
+        }
+    }
+}
+
+fn is_magic(bytes: &[u8]) -> bool {
+    bytes == RECORD_MAGIC || bytes == TIMED_MAGIC
+}
+
+/// The stamping a timed record's payload starts with.
+fn read_stamping(payload: &[u8]) -> Stamping {
+    let mut boot = [0; 16];
+    boot.copy_from_slice(&payload[..16]);
+    Stamping {
+        boot: BootId(boot),
+        wall_minus_boot_ns: i64::from_le_bytes(payload[16..STAMPING].try_into().expect("8 bytes")),
+    }
 }
 
 enum Scan {
@@ -843,7 +939,7 @@ fn scan_segment(path: &Path) -> Result<Scan, SpoolError> {
     let mut points = 0u64;
     while offset < bytes.len() {
         match parse_record(&bytes[offset..]) {
-            Parsed::Record { len, points: p } => {
+            Parsed::Record { len, points: p, .. } => {
                 points += u64::from(p);
                 offset += len;
                 end = offset;
@@ -891,20 +987,28 @@ fn scan_segment(path: &Path) -> Result<Scan, SpoolError> {
 }
 
 enum Parsed {
-    Record { len: usize, points: u32 },
+    /// A whole record; `stamping` for a timed one, whose payload starts
+    /// with it.
+    Record {
+        len: usize,
+        points: u32,
+        stamping: Option<Stamping>,
+    },
     Incomplete,
     Invalid,
 }
 
 fn parse_record(buf: &[u8]) -> Parsed {
     if buf.len() < HEADER {
-        return if buf.starts_with(&RECORD_MAGIC[..buf.len().min(2)]) {
+        let n = buf.len().min(2);
+        return if buf.starts_with(&RECORD_MAGIC[..n]) || buf.starts_with(&TIMED_MAGIC[..n]) {
             Parsed::Incomplete
         } else {
             Parsed::Invalid
         };
     }
-    if buf[..2] != RECORD_MAGIC {
+    let magic = [buf[0], buf[1]];
+    if !is_magic(&magic) {
         return Parsed::Invalid;
     }
     let len = u32::from_le_bytes(buf[2..6].try_into().expect("4 bytes")) as usize;
@@ -916,12 +1020,22 @@ fn parse_record(buf: &[u8]) -> Parsed {
     if buf.len() < HEADER + len {
         return Parsed::Incomplete;
     }
-    if checksum(points, &buf[HEADER..HEADER + len]) != crc {
+    let payload = &buf[HEADER..HEADER + len];
+    if checksum(magic, points, payload) != crc {
         return Parsed::Invalid;
     }
+    let stamping = if magic == TIMED_MAGIC {
+        if len < STAMPING {
+            return Parsed::Invalid;
+        }
+        Some(read_stamping(payload))
+    } else {
+        None
+    };
     Parsed::Record {
         len: HEADER + len,
         points,
+        stamping,
     }
 }
 
@@ -938,9 +1052,10 @@ fn resync(buf: &[u8]) -> usize {
     let mut prefixes = PrefixCrc::new(buf);
     for i in 1..buf.len() {
         let rest = &buf[i..];
-        if rest.len() < HEADER || rest[..2] != RECORD_MAGIC {
+        if rest.len() < HEADER || !is_magic(&rest[..2]) {
             continue;
         }
+        let magic = [rest[0], rest[1]];
         let len = u32::from_le_bytes(rest[2..6].try_into().expect("4 bytes")) as usize;
         let points = u32::from_le_bytes(rest[6..10].try_into().expect("4 bytes"));
         let crc = u32::from_le_bytes(rest[10..14].try_into().expect("4 bytes"));
@@ -949,10 +1064,9 @@ fn resync(buf: &[u8]) -> usize {
         }
         let start = i + HEADER;
         let payload_crc = prefixes.range(start, start + len);
-        // checksum(points, payload) is the CRC of the points' four bytes
-        // followed by the payload.
-        let mut whole = crc32fast::Hasher::new();
-        whole.update(&points.to_le_bytes());
+        // checksum(magic, points, payload) is the CRC of what
+        // checksum_start takes followed by the payload.
+        let mut whole = checksum_start(magic, points);
         whole.combine(&crc32fast::Hasher::new_with_initial_len(
             payload_crc,
             len as u64,
@@ -1017,6 +1131,7 @@ impl<'a> PrefixCrc<'a> {
 
 struct Chunk {
     data: Vec<u8>,
+    timed: Vec<Timed>,
     points: u64,
     records: u64,
     next: u64,
@@ -1056,15 +1171,46 @@ fn forget_handles(inner: &mut Inner, path: &Path) {
 /// one record, so a record larger than the limits still goes). Damage found here (bits that flipped after start-up) is skipped
 /// to the next valid record, searched for in the whole rest of the segment
 /// so a record cut by the read buffer is never mistaken for damage.
-/// A record as it is on disk: `magic | len | points | crc32 | payload`.
-fn encode_record(payload: &[u8], points: u64) -> Vec<u8> {
-    let mut record = Vec::with_capacity(HEADER + payload.len());
-    record.extend_from_slice(&RECORD_MAGIC);
-    record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+/// A record as it is on disk: `magic | len | points | crc32 | payload`,
+/// where a timed record's payload is its stamping, then `lines`.
+fn encode_record(kind: Kind, lines: &[u8], points: u64) -> Vec<u8> {
+    let len = kind.header_len() + lines.len();
+    let mut record = Vec::with_capacity(HEADER + len);
+    record.extend_from_slice(&kind.magic());
+    record.extend_from_slice(&(len as u32).to_le_bytes());
     record.extend_from_slice(&(points as u32).to_le_bytes());
-    record.extend_from_slice(&checksum(points as u32, payload).to_le_bytes());
-    record.extend_from_slice(payload);
+    record.extend_from_slice(&[0; 4]);
+    if let Kind::Timed(stamping) = kind {
+        record.extend_from_slice(&stamping.boot.0);
+        record.extend_from_slice(&stamping.wall_minus_boot_ns.to_le_bytes());
+    }
+    record.extend_from_slice(lines);
+    let crc = checksum(kind.magic(), points as u32, &record[HEADER..]);
+    record[10..14].copy_from_slice(&crc.to_le_bytes());
     record
+}
+
+impl Chunk {
+    /// Takes in the payload of a record of `points` points.
+    fn take(&mut self, payload: &[u8], points: u32, stamping: Option<Stamping>) {
+        if points > 0 {
+            let lines = match stamping {
+                Some(_) => &payload[STAMPING..],
+                None => payload,
+            };
+            let start = self.data.len();
+            self.data.extend_from_slice(lines);
+            if let Some(stamping) = stamping {
+                self.timed.push(Timed {
+                    range: start..self.data.len(),
+                    points: u64::from(points),
+                    stamping,
+                });
+            }
+        }
+        self.points += u64::from(points);
+        self.records += 1;
+    }
 }
 
 fn read_records(
@@ -1094,6 +1240,7 @@ fn read_records(
     )?;
     let mut chunk = Chunk {
         data: Vec::new(),
+        timed: Vec::new(),
         points: 0,
         records: 0,
         next: offset,
@@ -1110,12 +1257,10 @@ fn read_records(
                 if len <= MAX_RECORD && whole_end <= end {
                     let whole = read_at(&mut file, offset + at as u64, HEADER + len)?;
                     match parse_record(&whole) {
-                        Parsed::Record { points, .. } => {
-                            if points > 0 {
-                                chunk.data.extend_from_slice(&whole[HEADER..]);
-                            }
-                            chunk.points += u64::from(points);
-                            chunk.records += 1;
+                        Parsed::Record {
+                            points, stamping, ..
+                        } => {
+                            chunk.take(&whole[HEADER..], points, stamping);
                             at += HEADER + len;
                             break;
                         }
@@ -1128,7 +1273,11 @@ fn read_records(
             other => other,
         };
         match parsed {
-            Parsed::Record { len, points } => {
+            Parsed::Record {
+                len,
+                points,
+                stamping,
+            } => {
                 let payload = len - HEADER;
                 let first = force_one && chunk.records == 0;
                 if !first
@@ -1137,11 +1286,7 @@ fn read_records(
                 {
                     break;
                 }
-                if points > 0 {
-                    chunk.data.extend_from_slice(&buf[at + HEADER..at + len]);
-                }
-                chunk.points += u64::from(points);
-                chunk.records += 1;
+                chunk.take(&buf[at + HEADER..at + len], points, stamping);
                 at += len;
             }
             // A record cut by the end of the buffer: the next read takes it.
@@ -1181,6 +1326,73 @@ mod tests {
 
     fn line(i: u64) -> Vec<u8> {
         format!("m,t=x seq={i}i {i}\n").into_bytes()
+    }
+
+    #[test]
+    fn timed_records_keep_how_their_points_were_stamped_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let stamping = Stamping {
+            boot: BootId([5; 16]),
+            wall_minus_boot_ns: -42,
+        };
+        {
+            let (spool, _) = Spool::open(config(dir.path(), 1 << 20, Overflow::Block)).unwrap();
+            spool.append(b"a v=1 1\n", 1).unwrap();
+            spool
+                .append_stamped(stamping, b"b v=1 2\nb v=1 3\n", 2)
+                .unwrap();
+            spool.append(b"c v=1 4\n", 1).unwrap();
+            spool.commit().unwrap();
+        }
+        let (spool, rec) = Spool::open(config(dir.path(), 1 << 20, Overflow::Block)).unwrap();
+        assert_eq!((rec.points, rec.damage.len()), (4, 0));
+        // Read in two parts, then as one batch: the ranges follow the data.
+        let mut batch = spool.read(1, 1 << 20, Duration::ZERO).unwrap();
+        assert!(batch.timed.is_empty());
+        batch.append(spool.read(10, 1 << 20, Duration::ZERO).unwrap());
+        assert_eq!(batch.data, b"a v=1 1\nb v=1 2\nb v=1 3\nc v=1 4\n");
+        assert_eq!(batch.points, 4);
+        assert_eq!(
+            batch.timed,
+            vec![Timed {
+                range: 8..24,
+                points: 2,
+                stamping,
+            }]
+        );
+    }
+
+    #[test]
+    fn a_flipped_kind_or_stamping_is_damage_not_a_wrong_correction() {
+        let stamping = Stamping {
+            boot: BootId([5; 16]),
+            wall_minus_boot_ns: 7,
+        };
+        let timed = encode_record(Kind::Timed(stamping), b"b v=1 2\n", 1);
+        assert!(matches!(
+            parse_record(&timed),
+            Parsed::Record {
+                stamping: Some(s),
+                ..
+            } if s == stamping
+        ));
+        let mut plain = timed.clone();
+        plain[1] = b'G';
+        assert!(matches!(parse_record(&plain), Parsed::Invalid));
+        let mut moved = timed.clone();
+        moved[HEADER + 17] ^= 1;
+        assert!(matches!(parse_record(&moved), Parsed::Invalid));
+        // Too short to hold a stamping, however its checksum came out.
+        let short = encode_record(Kind::Plain, b"12345", 1);
+        let mut short_timed = short.clone();
+        short_timed[1] = b'T';
+        let crc = checksum(TIMED_MAGIC, 1, &short[HEADER..]);
+        short_timed[10..14].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(parse_record(&short_timed), Parsed::Invalid));
+        // A reader finds a timed record after garbage.
+        let mut buf = b"xxLTgarbage".to_vec();
+        buf.extend_from_slice(&timed);
+        assert_eq!(resync(&buf), 11);
     }
 
     #[test]
@@ -1654,7 +1866,7 @@ mod tests {
         let mut r = RECORD_MAGIC.to_vec();
         r.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         r.extend_from_slice(&points.to_le_bytes());
-        r.extend_from_slice(&checksum(points, payload).to_le_bytes());
+        r.extend_from_slice(&checksum(RECORD_MAGIC, points, payload).to_le_bytes());
         r.extend_from_slice(payload);
         r
     }

@@ -38,6 +38,12 @@ pub struct Stats {
     /// Points InfluxDB dropped as older than its retention policy keeps
     /// (also in `points_refused`, and dead-lettered).
     pub points_beyond_retention: AtomicU64,
+    /// Points stamped on receipt whose stamps were corrected by a trusted
+    /// time before they were sent (`super::trueclock`).
+    pub points_time_corrected: AtomicU64,
+    /// Points stamped on receipt sent as stamped because no trusted time
+    /// came (`clock.max_wait`, or an earlier boot's).
+    pub points_time_unverified: AtomicU64,
 }
 
 impl Stats {

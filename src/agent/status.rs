@@ -51,6 +51,12 @@ pub struct Report {
     /// in `points_dead_lettered`).
     #[serde(default)]
     pub points_beyond_retention: u64,
+    /// Points stamped on receipt whose stamps a trusted time corrected,
+    /// and those sent as stamped for want of one.
+    #[serde(default)]
+    pub points_time_corrected: u64,
+    #[serde(default)]
+    pub points_time_unverified: u64,
     pub spool_points: u64,
     pub spool_bytes: u64,
     /// Seconds since the oldest point still in the spool arrived (to the
@@ -155,6 +161,8 @@ impl Reporter {
                 + Stats::get(&stats.points_refused),
             points_dropped: spool.dropped_points,
             points_beyond_retention: Stats::get(&stats.points_beyond_retention),
+            points_time_corrected: Stats::get(&stats.points_time_corrected),
+            points_time_unverified: Stats::get(&stats.points_time_unverified),
             spool_points: spool.points_unread,
             spool_bytes: spool.bytes,
             oldest_point_age_secs: age,
@@ -304,21 +312,31 @@ fn clock_line(r: &Report, now_ms: i64) -> String {
         (None, _) => "state unknown".to_owned(),
     };
     let e = &r.enrollment;
-    match (
+    let mut text = match (
         e.clock_offset_ms,
         e.clock_offset_error_ms,
         e.clock_measured_ms,
     ) {
         (Some(ms), Some(err), Some(at)) => format!(
             "{kernel}; {} ({})",
-            crate::clock::describe(crate::clock::Offset {
-                offset_ns: (ms * 1e6) as i64,
-                error_ns: (err * 1e6) as i64,
-            }),
+            crate::clock::describe((ms * 1e6) as i64, (err * 1e6) as i64),
             crate::render::relative(at, now_ms)
         ),
         _ => kernel,
+    };
+    if r.points_time_corrected > 0 {
+        text.push_str(&format!(
+            "; {} receipt stamps corrected",
+            r.points_time_corrected
+        ));
     }
+    if r.points_time_unverified > 0 {
+        text.push_str(&format!(
+            "; {} sent without a trusted time",
+            r.points_time_unverified
+        ));
+    }
+    text
 }
 
 /// Human rendering, with times relative to `now_ms`.

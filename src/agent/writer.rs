@@ -25,6 +25,7 @@ use super::refusal::Refusal;
 use super::sink::{self, Sink, WriteError};
 use super::spool::{self, Spool};
 use super::stats::Stats;
+use super::trueclock::{Settled, TrueClock};
 use crate::backoff::Backoff;
 use crate::config::BatchLimits;
 use crate::lifecycle::health::Beat;
@@ -49,6 +50,8 @@ pub struct Writer {
     pub beat: Arc<Beat>,
     /// Shared with the appender, which records rejected messages.
     pub dead_letters: Arc<Mutex<DeadLetters>>,
+    /// Corrects receipt stamps before they are sent.
+    pub clock: Arc<TrueClock>,
 }
 
 /// When a wait of the writer must wake by itself for an `fsync =
@@ -74,7 +77,7 @@ impl Writer {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(60), 0.25);
         let mut reported = Reported::default();
         while !self.shutdown.is_triggered() {
-            let batch = match self.collect() {
+            let mut batch = match self.collect() {
                 Ok(Some(b)) => b,
                 Ok(None) => return,
                 Err(e) => {
@@ -83,6 +86,14 @@ impl Writer {
                     continue;
                 }
             };
+            // Receipt stamps are settled once there is something to write
+            // with: with leases, the first lease of a boot tells the time.
+            let no_credential = batch.points > 0 && self.slot.current().1.is_none();
+            if (no_credential && !self.wait_for_credential(batch.points))
+                || !self.settle(&mut batch)
+            {
+                return;
+            }
             // Only padding (records of no points): nothing to write.
             if batch.points > 0
                 && !self.write_lines(&batch.data, batch.points, &mut backoff, &mut reported)
@@ -130,6 +141,21 @@ impl Writer {
             batch.append(more);
         }
         Ok(Some(batch))
+    }
+
+    /// Waits until the batch's receipt stamps may go, corrected where a
+    /// trusted time says so (waiting for the time is no stall). False at
+    /// shutdown.
+    fn settle(&self, batch: &mut spool::Batch) -> bool {
+        self.idle_until(Wake::ForAnySync, |limit| {
+            match self.clock.settle(batch, &self.stats) {
+                Settled::Ready => true,
+                Settled::Wait(wait) => {
+                    self.shutdown.sleep(limit.map_or(wait, |l| l.min(wait)));
+                    false
+                }
+            }
+        })
     }
 
     /// Idles (as the watchdog sees it) until `ready` says so, keeping an

@@ -40,6 +40,11 @@ pub fn restart_required(old: &Config, new: &Config) -> Vec<&'static str> {
         old.spool.commit_delay != new.spool.commit_delay,
     );
     check(
+        "clock.max_offset",
+        old.clock.max_offset != new.clock.max_offset,
+    );
+    check("clock.max_wait", old.clock.max_wait != new.clock.max_wait);
+    check(
         "dead_letter.max_bytes",
         old.dead_letter_max_bytes != new.dead_letter_max_bytes,
     );

@@ -37,6 +37,8 @@ pub struct Config {
     pub metrics_listen: Option<std::net::SocketAddr>,
     pub batch: BatchLimits,
     pub spool: SpoolSettings,
+    /// How points stamped on receipt are corrected (`[clock]`).
+    pub clock: ClockSettings,
     /// Budget of the dead-letter file and its one rotated predecessor.
     pub dead_letter_max_bytes: u64,
 }
@@ -241,6 +243,27 @@ pub struct SpoolSettings {
     pub commit_delay: Duration,
 }
 
+/// `[clock]`: when receipt stamps are corrected, and how long they wait
+/// for a clock worth trusting (README, "Receipt times").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockSettings {
+    /// A difference from the trusted time larger than this is corrected;
+    /// a smaller one is left as the gateway's clock stamped it.
+    pub max_offset: Duration,
+    /// The longest points stamped on receipt wait after start for a
+    /// trusted time before they go as stamped (and are counted).
+    pub max_wait: Duration,
+}
+
+impl Default for ClockSettings {
+    fn default() -> Self {
+        ClockSettings {
+            max_offset: Duration::from_secs(2),
+            max_wait: Duration::from_secs(600),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FsyncPolicy {
     /// One fsync per group of received messages, before they are acked.
@@ -301,6 +324,7 @@ fn read(t: &Table<'_>) -> Option<Config> {
     let metrics_listen = section(t, "metrics", read_metrics);
     let batch = section(t, "batch", read_batch);
     let spool = section(t, "spool", read_spool);
+    let clock = section(t, "clock", read_clock);
     let dead_letter_max_bytes = section(t, "dead_letter", |d| {
         d.size("max_bytes", 16 << 20, 64 << 10, 1 << 30)
     });
@@ -315,6 +339,7 @@ fn read(t: &Table<'_>) -> Option<Config> {
         metrics_listen,
         batch,
         spool,
+        clock,
         dead_letter_max_bytes,
     })
 }
@@ -863,6 +888,22 @@ fn read_spool(t: &Table<'_>) -> SpoolSettings {
     }
 }
 
+fn read_clock(t: &Table<'_>) -> ClockSettings {
+    let default = ClockSettings::default();
+    let max_offset = t.duration("max_offset", default.max_offset, Duration::from_millis(1));
+    let max_wait = t.duration("max_wait", default.max_wait, Duration::ZERO);
+    if max_wait > Duration::from_secs(7 * 86_400) {
+        t.problem(
+            "max_wait",
+            "longer than a week: points stamped on receipt would wait that long",
+        );
+    }
+    ClockSettings {
+        max_offset,
+        max_wait,
+    }
+}
+
 /// `mqtt://host[:port]` or `mqtts://host[:port]`; nothing after the
 /// authority, because a path or credentials in the URL would be ignored
 /// silently by MQTT.
@@ -1245,6 +1286,36 @@ database = "d"
                 "t.toml: spool.fsync_interval: only used with fsync = \"interval\"",
                 "t.toml: spool.overflow: \"drop_everything\" is not one of drop_oldest, drop_newest, block",
             ]
+        );
+    }
+
+    #[test]
+    fn clock_settings_default_and_are_checked_by_key() {
+        let c = Config::from_toml(Path::new("m"), MINIMAL).unwrap();
+        assert_eq!(c.clock, ClockSettings::default());
+        let set = format!("{MINIMAL}[clock]\nmax_offset = \"500ms\"\nmax_wait = \"0s\"\n");
+        let c = Config::from_toml(Path::new("m"), &set).unwrap();
+        assert_eq!(c.clock.max_offset, Duration::from_millis(500));
+        assert_eq!(c.clock.max_wait, Duration::ZERO);
+        let bad =
+            format!("{MINIMAL}[clock]\nmax_offset = 2\nmax_wait = \"30d\"\nmax_ofset = \"1s\"\n");
+        let problems = problems(&bad);
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(
+            problems[0].starts_with("t.toml: clock.max_offset: expected a duration"),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("clock.max_wait: longer than a week")),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("clock.max_ofset: unknown key")),
+            "{problems:?}"
         );
     }
 

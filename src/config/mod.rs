@@ -17,8 +17,9 @@ use std::path::{Path, PathBuf};
 
 pub use changes::restart_required;
 pub use gateway::{
-    Api, BatchLimits, BrokerUrl, Config, DEFAULT_CONFIG_PATH, EXAMPLE, Format, FsyncPolicy, Influx,
-    LeaseConfig, Mqtt, Overflow, Precision, SpoolSettings, Subscription, Writing,
+    Api, BatchLimits, BrokerUrl, ClockSettings, Config, DEFAULT_CONFIG_PATH, EXAMPLE, Format,
+    FsyncPolicy, Influx, LeaseConfig, Mqtt, Overflow, Precision, SpoolSettings, Subscription,
+    Writing,
 };
 pub use reader::Problem;
 

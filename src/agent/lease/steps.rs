@@ -276,8 +276,12 @@ impl<A: Authority, S: LeaseStore> Keeper<A, S> {
         if let Some(ca) = &grant.deployment_ca {
             self.adopt_ca(identity, ca);
         }
-        if let (Some(at), Some(trip)) = (grant.authority_time_ms, grant.round_trip) {
-            self.note_offset(crate::clock::estimate(at, trip));
+        let offset = grant
+            .authority_time_ms
+            .zip(grant.round_trip)
+            .map(|(at, trip)| crate::clock::estimate(at, trip));
+        if let Some(offset) = offset {
+            self.note_offset(offset);
         }
         let ttl = Duration::from_secs(grant.lease.ttl_secs.clamp(1, super::MAX_TTL_SECS));
         // The lifetime counts from when it was asked for: the authority
@@ -292,6 +296,10 @@ impl<A: Authority, S: LeaseStore> Keeper<A, S> {
             humantime::format_duration(whole_ms(new.renew_at - now))
         );
         self.view.leases_obtained += 1;
+        self.view.clock_told = Some(super::ClockTold {
+            lease: self.view.leases_obtained,
+            true_minus_boot_ns: offset.map(|o| o.true_minus_boot_ns),
+        });
         let State::Enrolled { held, want_new, .. } = &mut self.state else {
             return;
         };
@@ -333,11 +341,9 @@ impl<A: Authority, S: LeaseStore> Keeper<A, S> {
             change > 1_000.0 + err + offset.error_ns as f64 / NS_PER_MS
         });
         if moved {
-            let text = crate::clock::describe(offset);
+            let text = crate::clock::describe(offset.offset_ns, offset.error_ns);
             if offset.offset_ns.unsigned_abs() > 2_000_000_000 {
-                log::warn!(
-                    "this gateway's clock is {text}; points without a timestamp are stamped by the gateway's clock"
-                );
+                log::warn!("this gateway's clock is {text}");
             } else {
                 log::info!("clock: {text}");
             }

@@ -333,6 +333,7 @@ fn each_lease_that_tells_the_authoritys_time_gives_the_clock_offset() {
     let two_hours = 2 * 3_600_000;
     let trip = crate::clock::RoundTrip {
         sent_ns: 1_000_000_000,
+        sent_boot_ns: 40_000_000_000,
         took: Duration::from_millis(20),
     };
     r.authority.answer(Answer::Timed(1_010 + two_hours, trip));
