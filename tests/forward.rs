@@ -143,7 +143,7 @@ fn special_characters_survive_the_round_trip_to_influxdb() {
 fn bad_lines_are_rejected_and_the_pipeline_keeps_flowing() {
     let broker = Mosquitto::start();
     let influx = Influx::start();
-    let mut daemon = start_static_daemon(&broker, &influx, "gw-bad", "");
+    let mut daemon = start_static_daemon(&broker, &influx, "gw-bad", support::NO_CLOCK_WAIT);
 
     let messages = vec![
         // Good and bad lines in one message: the good ones still go.
@@ -390,7 +390,7 @@ topic_template = "values/{{site}}/{{device}}/{{measurement}}"
 tags = {{ source = "value" }}
 "#,
         static_config(&broker, &influx, "gw-formats", &pw)
-    );
+    ) + support::NO_CLOCK_WAIT;
     let mut daemon = Daemon::start_in(dir, &config);
     assert!(
         daemon.wait_for_log("subscribed to \"values/#\"", 1, Duration::from_secs(20)),

@@ -147,7 +147,7 @@ fn watchdog_pings_while_healthy_and_stop_when_the_writer_stalls() {
     support::publish_all(
         broker.port,
         "pub-dog",
-        vec![("sensors/a".into(), b"m v=1".to_vec())],
+        vec![("sensors/a".into(), b"m v=1 1700000000000000000".to_vec())],
         Duration::from_secs(10),
     );
     // The writer is now inside a write that never returns; after half the
@@ -232,7 +232,7 @@ fn sighup_adds_a_subscription_without_a_restart_and_a_broken_file_keeps_the_old_
     use support::{Influx, publish_all, start_static_daemon};
     let broker = Mosquitto::start();
     let influx = Influx::start();
-    let mut daemon = start_static_daemon(&broker, &influx, "gw-hup", "");
+    let mut daemon = start_static_daemon(&broker, &influx, "gw-hup", support::NO_CLOCK_WAIT);
     let conf = daemon.dir.path().join("leasegate.toml");
     let original = std::fs::read_to_string(&conf).unwrap();
     let publish = |topic: &str, measurement: &str, from: u64, n: u64| {
@@ -469,7 +469,7 @@ fn a_long_flush_interval_is_no_stall_for_the_watchdog() {
     support::publish_all(
         broker.port,
         "pub-flush",
-        vec![("sensors/a".into(), b"m v=1".to_vec())],
+        vec![("sensors/a".into(), b"m v=1 1700000000000000000".to_vec())],
         Duration::from_secs(10),
     );
     let waiting = receive(&socket, Duration::from_secs(4));

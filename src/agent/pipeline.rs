@@ -86,12 +86,7 @@ impl Pipeline {
         shutdown.on_trigger(move || wake.wake_readers());
         let stats = Arc::new(Stats::new(config.mqtt.subscribe.len()));
         let health = Arc::new(Health::default());
-        let dead_letters = DeadLetters::new(&config.state_dir, config.dead_letter_max_bytes);
-        log::info!(
-            "rejected messages and refused lines go to {}",
-            dead_letters.path().display()
-        );
-        let dead_letters = Arc::new(Mutex::new(dead_letters));
+        let dead_letters = dead_letter_file(config);
         let slot = Slot::new(shutdown);
         let mut threads = Vec::new();
         let clock = true_clock(config);
@@ -253,6 +248,16 @@ fn credential_source(
     .map_err(|e| AgentError::Spawn("lease", e))?;
     threads.push(("lease", thread));
     Ok((outcomes, Some(handle)))
+}
+
+/// The dead-letter file, and where it is, in the log.
+fn dead_letter_file(config: &Config) -> Arc<Mutex<DeadLetters>> {
+    let dead_letters = DeadLetters::new(&config.state_dir, config.dead_letter_max_bytes);
+    log::info!(
+        "rejected messages and refused lines go to {}",
+        dead_letters.path().display()
+    );
+    Arc::new(Mutex::new(dead_letters))
 }
 
 /// What the gateway trusts about the time: the authority with leases,

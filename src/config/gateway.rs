@@ -259,7 +259,7 @@ impl Default for ClockSettings {
     fn default() -> Self {
         ClockSettings {
             max_offset: Duration::from_secs(2),
-            max_wait: Duration::from_secs(600),
+            max_wait: Duration::from_secs(120),
         }
     }
 }

@@ -9,10 +9,12 @@
 //! the input's own size, and never panic on any input: payloads come from
 //! sensors and the network.
 
+mod lines;
 mod parse;
 mod point;
 mod write;
 
+pub use lines::{count_lines, split_lines, without_lines};
 pub use parse::{ParseError, ParseErrorKind, parse_line, parse_payload, parse_payload_with};
 pub use point::{FieldValue, InvalidPoint, Point};
 pub use write::{write_line, write_point};

@@ -645,6 +645,12 @@ topic = "{topic}"
     )
 }
 
+/// Config for a test of something else than the clock that sends points
+/// without a timestamp with static credentials: they go at once rather than
+/// waiting `clock.max_wait` for a synchronised kernel (CI's machine runs no
+/// NTP daemon; tests/clock.rs covers the wait).
+pub const NO_CLOCK_WAIT: &str = "\n[clock]\nmax_wait = \"0s\"\n";
+
 /// A gateway config with static InfluxDB 1.x credentials, subscribed to
 /// `sensors/#`; `{dir}` stands for the daemon's temp dir.
 pub fn static_config(
