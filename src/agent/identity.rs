@@ -133,6 +133,41 @@ pub struct StoredLease {
     /// the monotonic clock is gone, so this is what tells how much is
     /// left (and the lease is checked with the authority when it answers).
     pub received_ms: i64,
+    /// The boot and its `CLOCK_BOOTTIME` (ms) when the grant arrived:
+    /// within the same boot the age is told by that, which no step of the
+    /// wall clock moves. Absent from files of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_boot: Option<BootStamp>,
+}
+
+/// A moment on one boot's own time line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootStamp {
+    pub boot_id: String,
+    pub boottime_ms: i64,
+}
+
+impl BootStamp {
+    pub fn now() -> BootStamp {
+        BootStamp {
+            boot_id: crate::clock::BootId::current().to_string(),
+            boottime_ms: crate::clock::boottime_ns() / 1_000_000,
+        }
+    }
+}
+
+impl StoredLease {
+    /// When the grant arrived by the wall clock as it reads now
+    /// (`wall_ms` at `now`): its age on the boot's time line if it came in
+    /// this boot, else the wall clock's record of it.
+    pub fn received_by_the_clock_now(&self, now: &BootStamp, wall_ms: i64) -> i64 {
+        match &self.received_boot {
+            Some(then) if then.boot_id == now.boot_id && now.boottime_ms >= then.boottime_ms => {
+                wall_ms - (now.boottime_ms - then.boottime_ms)
+            }
+            _ => self.received_ms,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::credential::{Outcome, Outcomes, Slot};
-use super::identity::{self, Identity, StoredLease};
+use super::identity::{self, BootStamp, Identity, StoredLease};
 use super::lease::{Authority, Event, Keeper, LeaseSettings, LeaseStore, LeaseView};
 use super::tickets::{self, Rescan};
 use super::trueclock::TrueClock;
@@ -62,7 +62,13 @@ pub fn start(
     let keeper = Keeper::new(
         settings.clone(),
         identity,
-        identity::load_lease(&dir),
+        identity::load_lease(&dir).map(|mut lease| {
+            // Within the same boot its age is told by the boot's clock:
+            // a step of the wall clock since must not make it look
+            // expired (or younger than it is).
+            lease.received_ms = lease.received_by_the_clock_now(&BootStamp::now(), crate::now_ms());
+            lease
+        }),
         identity::load_retired(&dir),
         RemoteAuthority {
             beat: beat.clone(),

@@ -272,6 +272,7 @@ impl<A: Authority, S: LeaseStore> Keeper<A, S> {
             identity_id: identity.identity_id.clone(),
             grant: grant.clone(),
             received_ms: crate::now_ms(),
+            received_boot: Some(super::super::identity::BootStamp::now()),
         });
         if let Some(ca) = &grant.deployment_ca {
             self.adopt_ca(identity, ca);

@@ -534,6 +534,7 @@ fn a_stored_lease_is_reused_while_its_renewal_is_not_due() {
         identity_id: "i1".into(),
         grant: grant("l9", 600, InfluxApi::V3, "tok"),
         received_ms,
+        received_boot: None,
     };
     // 100 s of 600 used: reused, renewed when 360 s of it are used.
     let r = Rig::start(
@@ -677,4 +678,52 @@ fn adopting_a_ca_ignores_what_it_cannot_use() {
         (pinned.ca_sha256.as_deref(), pinned.cert_sha256.as_deref()),
         (Some("cd".repeat(32).as_str()), None)
     );
+}
+
+#[test]
+fn a_stored_lease_is_aged_by_the_boots_clock_whatever_the_wall_clock_did() {
+    use super::super::identity::BootStamp;
+    let at = |boot: &str, ms: i64| BootStamp {
+        boot_id: boot.into(),
+        boottime_ms: ms,
+    };
+    let lease = StoredLease {
+        identity_id: "i1".into(),
+        grant: grant("l9", 3600, InfluxApi::V1, "tok"),
+        // Received at wall 1,000,000 ms, 50 s into the boot.
+        received_ms: 1_000_000,
+        received_boot: Some(at("b1", 50_000)),
+    };
+    let two_hours = 7_200_000;
+    // Restarted 60 s later in the same boot, after the clock stepped 2 h
+    // forward: 60 s old, not 2 h.
+    let wall = 1_000_000 + 60_000 + two_hours;
+    assert_eq!(
+        lease.received_by_the_clock_now(&at("b1", 110_000), wall),
+        wall - 60_000
+    );
+    // Or back: still 60 s old, not from the future.
+    let wall = 1_000_000 + 60_000 - two_hours;
+    assert_eq!(
+        lease.received_by_the_clock_now(&at("b1", 110_000), wall),
+        wall - 60_000
+    );
+    // Another boot, or a file from before: the wall clock's record.
+    assert_eq!(
+        lease.received_by_the_clock_now(&at("b2", 110_000), wall),
+        1_000_000
+    );
+    let old = StoredLease {
+        received_boot: None,
+        ..lease.clone()
+    };
+    assert_eq!(
+        old.received_by_the_clock_now(&at("b1", 110_000), wall),
+        1_000_000
+    );
+    // A file without the field still reads.
+    let json = serde_json::to_value(&old).unwrap();
+    assert!(json.get("received_boot").is_none());
+    let back: StoredLease = serde_json::from_value(json).unwrap();
+    assert_eq!(back.received_boot, None);
 }
