@@ -369,8 +369,14 @@ fn spool(dir: &Path) {
     {
         s.append(line.as_bytes(), i as u64 + 1).unwrap();
     }
+    // Points stamped on receipt: a timed record, its stamping first.
+    let stamping = leasegate::clock::Stamping {
+        boot: leasegate::clock::BootId(*b"0123456789abcdef"),
+        wall_minus_boot_ns: -259_200_000_000_000,
+    };
+    s.append_stamped(stamping, b"m v=4 4\nm v=5 5\n", 2).unwrap();
     s.commit().unwrap();
-    // Nothing released: the segment file holds all three records.
+    // Nothing released: the segment file holds all four records.
     let _ = s.read(100, 1 << 20, Duration::ZERO).unwrap();
     drop(s);
     let segs: Vec<PathBuf> = std::fs::read_dir(&scratch)
