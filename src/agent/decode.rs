@@ -331,13 +331,18 @@ impl ReceiptClock {
     fn next(&mut self) -> i64 {
         let boot = self.boot;
         let anchor = self.anchor.get_or_insert_with(|| {
+            // Each pair is read back to back, and the wall clock between
+            // two reads of the boot's: a clock read can take a millisecond
+            // (under qemu-user), and its cost must not bias the stamps.
             let at = Instant::now();
             let boot_ns = crate::clock::boottime_ns();
             let wall = crate::clock::wall_ns();
+            let boot_after = crate::clock::boottime_ns();
+            let boot_mid = boot_ns + (boot_after - boot_ns) / 2;
             Anchor {
                 stamping: Stamping {
                     boot,
-                    wall_minus_boot_ns: wall.saturating_sub(boot_ns),
+                    wall_minus_boot_ns: wall.saturating_sub(boot_mid),
                 },
                 boot_ns,
                 at,
@@ -444,10 +449,11 @@ mod tests {
         let mut d = Decoder::new(vec![line_subscription()], 64, lineproto::Limits::default());
         let mut m = received("s/1", "m v=1\nm v=2 7\n", 1);
         // Read and decoded 400 ms after it arrived (a pause, a held group).
-        // The two clocks are read apart: a millisecond either side.
-        let before = crate::clock::wall_ns() - 401_000_000;
+        // The clocks are read apart: 5 ms either side (under qemu-user a
+        // clock read can take a millisecond).
+        let before = crate::clock::wall_ns() - 405_000_000;
         m.arrived = std::time::Instant::now() - Duration::from_millis(400);
-        let after = crate::clock::wall_ns() - 399_000_000;
+        let after = crate::clock::wall_ns() - 395_000_000;
         d.begin_group();
         let out = d.decode(m, &stats);
         assert_eq!((out.points, out.stamped_points), (2, 1));
