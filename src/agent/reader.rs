@@ -269,6 +269,13 @@ impl Pace {
         Some(self.pause)
     }
 
+    /// Whether the reads are light: the last one (the current one, while
+    /// its events are still buffered) brought less than [`FULL_READ`]
+    /// messages.
+    pub fn light(&self) -> bool {
+        self.messages < FULL_READ
+    }
+
     /// A pause (or part of one) was waited.
     pub fn paused(&mut self) {
         self.paused = true;
@@ -341,7 +348,6 @@ pub fn forward_events(
     let poller = tokio::spawn(async move {
         let mut arrivals = Arrivals::default();
         let mut precision = Precision::new(Instant::now());
-        let mut precise = true;
         // Our acks went out since the last read: the kernel holds its own
         // TCP acks back after them (see `Arrivals::ack_now`). Told at most
         // once an ARRIVAL_HOLD: a fast stream, whose acks and messages
@@ -351,7 +357,7 @@ pub fn forward_events(
         loop {
             let buffered = !eventloop.state.events.is_empty();
             if let Some(pause) = pace.before_read(buffered, Instant::now(), acked_at()) {
-                precise = precision.precise(stamped(), Instant::now());
+                let precise = precision.precise(stamped(), Instant::now());
                 match (precise, arrivals.is_tracking()) {
                     (false, _) => coarse_pause(pause, &wake).await,
                     (true, true) => Box::pin(paused(pause, &wake, &mut arrivals)).await,
@@ -361,6 +367,8 @@ pub fn forward_events(
             }
             let event = eventloop.poll().await;
             let now = Instant::now();
+            // Before the event counts: for a new read, the last one.
+            let light = pace.light();
             let earliest = pace.on_event(buffered, &event, now);
             let arrived = match &event {
                 Ok(Event::Incoming(packet)) => {
@@ -370,14 +378,16 @@ pub fn forward_events(
                             None => Arrivals::default(),
                         };
                     }
-                    if precise
-                        && acked
-                        && matches!(packet, Packet::Publish(_))
-                        && told.is_none_or(|t| now.duration_since(t) >= ARRIVAL_HOLD)
-                    {
-                        arrivals.ack_now();
-                        acked = false;
-                        told = Some(now);
+                    if acked && matches!(packet, Packet::Publish(_)) {
+                        // Asked anew here, not only at a pause: a stream
+                        // read at full speed never pauses, and would keep
+                        // the start's precision (and its acks) for ever.
+                        let precise = precision.precise(stamped(), now);
+                        if quickack_due(precise, light, told, now) {
+                            arrivals.ack_now();
+                            acked = false;
+                            told = Some(now);
+                        }
                     }
                     arrivals.packet(packet.size(), now)
                 }
@@ -410,6 +420,17 @@ pub fn forward_events(
         }
     });
     (rx, resume, poller)
+}
+
+/// Whether to tell the kernel to ack at once, after our acks went out
+/// and a message came: only while receipt times are precise, while the
+/// stream is `light` (the reads bring less than [`FULL_READ`] messages),
+/// and at most once an [`ARRIVAL_HOLD`]. Each time costs a syscall and a
+/// TCP ack of its own, which the broker answers too; a full stream does
+/// not need it: its segments are full, and Nagle's algorithm holds back
+/// only a small one.
+fn quickack_due(precise: bool, light: bool, told: Option<Instant>, now: Instant) -> bool {
+    precise && light && told.is_none_or(|t| now.duration_since(t) >= ARRIVAL_HOLD)
 }
 
 /// Waits out a read pause (a request for the broker ends it), noting
@@ -486,6 +507,46 @@ mod tests {
         (0..n)
             .map(|i| pace.on_event(i > 0, &publish(), at))
             .collect()
+    }
+
+    #[test]
+    fn a_stream_that_never_pauses_stops_forcing_acks_once_precision_ends() {
+        let t0 = Instant::now();
+        let mut p = Precision::new(t0);
+        let mut told = None;
+        let mut forced = 0;
+        // 10 s of messages every millisecond, each after our acks, with no
+        // point stamped on receipt: forced acks only in the first 5 s, at
+        // most one per ARRIVAL_HOLD.
+        for ms in 0..10_000u64 {
+            let now = t0 + Duration::from_millis(ms);
+            if quickack_due(p.precise(0, now), true, told, now) {
+                forced += 1;
+                told = Some(now);
+                assert!(ms < PRECISE_FOR.as_millis() as u64, "forced at {ms} ms");
+            }
+        }
+        let most = (PRECISE_FOR.as_millis() / ARRIVAL_HOLD.as_millis()) as u32 + 1;
+        assert!((most - 1..=most).contains(&forced), "{forced} forced acks");
+        // A full stream is not helped, precise or not.
+        assert!(!quickack_due(true, false, None, t0));
+    }
+
+    #[test]
+    fn reads_of_a_backlog_are_full_and_of_a_slow_stream_light() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(Duration::from_millis(750));
+        assert!(pace.light());
+        // A backlog: each read brings nine.
+        for i in 0..FULL_READ + 1 {
+            pace.on_event(i > 0, &publish(), t0);
+        }
+        // What the next read's first message is judged by.
+        assert!(!pace.light());
+        // A slow stream: reads of one message each.
+        pace.on_event(false, &publish(), t0 + MS);
+        pace.on_event(false, &publish(), t0 + 2 * MS);
+        assert!(pace.light());
     }
 
     #[test]
