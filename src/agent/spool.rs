@@ -1363,6 +1363,35 @@ mod tests {
     }
 
     #[test]
+    fn a_timed_record_torn_by_a_power_cut_costs_only_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let stamping = Stamping {
+            boot: BootId([5; 16]),
+            wall_minus_boot_ns: 3,
+        };
+        {
+            let (spool, _) = Spool::open(config(dir.path(), 1 << 20, Overflow::Block)).unwrap();
+            spool.append_stamped(stamping, b"a v=1 1\n", 1).unwrap();
+            spool.append_stamped(stamping, b"b v=1 2\n", 1).unwrap();
+            spool.commit().unwrap();
+        }
+        let seg = segment_files(dir.path()).pop().unwrap();
+        let len = std::fs::metadata(&seg).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(len - 5)
+            .unwrap();
+        let (spool, rec) = Spool::open(config(dir.path(), 1 << 20, Overflow::Block)).unwrap();
+        assert_eq!(rec.points, 1);
+        assert!(matches!(rec.damage[0].kind, DamageKind::TornTail { .. }));
+        let batch = spool.read(10, 1 << 20, Duration::ZERO).unwrap();
+        assert_eq!(batch.data, b"a v=1 1\n");
+        assert_eq!(batch.timed.len(), 1);
+    }
+
+    #[test]
     fn a_flipped_kind_or_stamping_is_damage_not_a_wrong_correction() {
         let stamping = Stamping {
             boot: BootId([5; 16]),
