@@ -88,6 +88,8 @@ pub type KernelState = Box<dyn Fn() -> Option<clock::Kernel> + Send + Sync>;
 
 pub struct TrueClock {
     boot: BootId,
+    /// `boot` as the state file writes it, made once.
+    boot_text: String,
     file: Option<PathBuf>,
     settings: ClockSettings,
     kernel: KernelState,
@@ -140,6 +142,7 @@ impl TrueClock {
         }
         TrueClock {
             boot,
+            boot_text: this,
             file,
             settings,
             kernel,
@@ -247,11 +250,17 @@ impl TrueClock {
 
     /// Where `boot` started by a trusted clock, if known.
     fn reference(&self, inner: &Inner, boot: BootId) -> Option<i64> {
-        let id = boot.to_string();
+        let other;
+        let id = if boot == self.boot {
+            &self.boot_text
+        } else {
+            other = boot.to_string();
+            &other
+        };
         inner
             .known
             .iter()
-            .find(|k| k.boot_id == id)
+            .find(|k| &k.boot_id == id)
             .map(|k| k.true_minus_boot_ns)
     }
 
@@ -274,7 +283,7 @@ impl TrueClock {
     }
 
     fn learn(&self, inner: &mut Inner, truth: i64, source: &str) {
-        let id = self.boot.to_string();
+        let id = self.boot_text.clone();
         inner.known.retain(|k| k.boot_id != id);
         inner.known.insert(
             0,
