@@ -33,15 +33,27 @@
 //!    `cross/build.sh armv7-unknown-linux-musleabihf` makes, or
 //!    BENCH_ARM_BIN, and BENCH_ARM_RUNNER if not qemu-arm; skipped
 //!    without it). Emulation is not an ARM core: the ratio says what
-//!    emulation costs, not what a gateway will use.
+//!    emulation costs, not what a gateway will use;
+//! 9. what a gateway's card sees (`--card-only`): the state dir on a fresh
+//!    ext4 filesystem on a loop device, default configuration, 10, 100 and
+//!    1,000 one-point messages a second into InfluxDB 1.x: bytes the
+//!    device wrote (journal and metadata included) per payload byte,
+//!    beside the process's own `write_bytes`, and per day (needs root);
+//! 10. days of runway (`--runway-only`, examples/common/runway.rs): a
+//!     72-hour InfluxDB outage at 100 points/s (1 hour with `--quick`,
+//!     BENCH_RUNWAY_HOURS to choose) into the default spool: the bytes it
+//!     takes packed, the drain of that backlog against direct 5,000-line
+//!     POSTs, the packer's CPU per point natively and for the armv7 build
+//!     under qemu, and DEFLATE against brotli on such lines.
 //!
 //! `--quick` runs smaller and shorter (a smoke run, not figures to quote).
 //! Every wait is bounded; every process it starts is stopped by PID.
+#![allow(unsafe_code)] // signals to the servers it started, by PID
 
 #[path = "common/procfs.rs"]
 mod procfs;
-#[path = "../tests/support/mod.rs"]
-mod support;
+#[path = "common/runway.rs"]
+mod runway;
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -51,6 +63,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use support::loopfs::{Io, LoopFs};
 use support::{Daemon, Influx, Mosquitto, final_counter, gateway_head, publish_all, wait_until};
 
 /// leasegate's default `batch.max_lines`.
@@ -124,6 +137,25 @@ fn main() {
     }
     if std::env::args().any(|a| a == "--rates-only") {
         report.extend(rates(&broker, &influx, quick));
+        println!("machine: {}", machine());
+        println!("{}", report.0.join("\n"));
+        return;
+    }
+    if std::env::args().any(|a| a == "--card-only") {
+        report.extend(card(&broker, &influx, quick));
+        println!("machine: {}", machine());
+        println!("{}", report.0.join("\n"));
+        return;
+    }
+    let runway_hours = std::env::var("BENCH_RUNWAY_HOURS")
+        .ok()
+        .and_then(|h| h.parse().ok())
+        .unwrap_or(if quick { 1 } else { 72 });
+    if std::env::args().any(|a| a == "--runway-only") {
+        let mut influx = influx;
+        report.extend(runway::runway(&broker, &mut influx, runway_hours));
+        report.extend(runway::pack_costs(&broker));
+        report.extend(runway::codecs());
         println!("machine: {}", machine());
         println!("{}", report.0.join("\n"));
         return;
@@ -218,8 +250,15 @@ fn main() {
     // 6. The rates gateways see.
     report.extend(rates(&broker, &influx, quick));
 
+    // 9. What the card sees.
+    report.extend(card(&broker, &influx, quick));
+
     // 7. A spool backlog against direct POSTs.
     let mut influx = influx;
+    // 10. Days of runway.
+    report.extend(runway::runway(&broker, &mut influx, runway_hours));
+    report.extend(runway::pack_costs(&broker));
+    report.extend(runway::codecs());
     report.extend(drain_vs_direct(
         &broker,
         &mut influx,
@@ -480,20 +519,26 @@ fn leasegate_backlog_rate(
     // The last batch is partial and waits out flush_interval for more;
     // that wait is not throughput, so the clock stops at the last full one.
     let counted = n - BATCH_LINES;
-    let poll = || {
-        let deadline = Instant::now() + Duration::from_secs(600);
-        while written() < before + counted && Instant::now() < deadline {
-            std::thread::sleep(poll_every);
+    // When the first point lands splits the figure into start-up (spawn,
+    // connect, subscribe, first batch) and the stream itself.
+    let mut first = None;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while written() < before + counted && Instant::now() < deadline {
+        if first.is_none() && written() > before {
+            first = Some(started.elapsed());
         }
-    };
-    poll();
+        std::thread::sleep(poll_every);
+    }
     let took = started.elapsed();
+    let first = first.unwrap_or(took);
     perf.stop();
     let cpu = Proc { pid: daemon.pid() }.cpu();
     let cpu_per_point = cpu.as_secs_f64() * 1e6 / counted as f64;
     eprintln!(
-        "bench: ({measurement}: leasegate used {cpu_per_point:.2} us of CPU per point, {:.0}% of one core)",
-        cpu.as_secs_f64() / took.as_secs_f64() * 100.0
+        "bench: ({measurement}: leasegate used {cpu_per_point:.2} us of CPU per point, {:.0}% of one core; first point after {} ms, then {} points/s)",
+        cpu.as_secs_f64() / took.as_secs_f64() * 100.0,
+        first.as_millis(),
+        round(counted as f64 / (took - first).as_secs_f64().max(1e-3)),
     );
     assert!(
         wait_until(Duration::from_secs(60), || written() >= before + n),
@@ -514,18 +559,30 @@ fn leasegate_backlog_rate(
 
 /// Phase 8: the armv7 static build under user-mode qemu and this
 /// machine's build take turns on the same backlog into the counting sink.
-fn arm_under_qemu(broker: &Mosquitto, sink: &CountingSink, n: u64, reps: usize) -> Vec<String> {
+/// The armv7 build under its emulator (BENCH_ARM_BIN, BENCH_ARM_RUNNER),
+/// and the emulator's name; why not, if the build is not there.
+fn arm_program() -> Result<(Vec<OsString>, String), String> {
     let binary = std::env::var("BENCH_ARM_BIN")
         .unwrap_or_else(|_| "target/cross/armv7-unknown-linux-musleabihf/release/leasegate".into());
     let binary = std::path::absolute(&binary).unwrap_or_else(|_| binary.clone().into());
     if !binary.is_file() {
-        return vec![format!(
-            "armv7 under qemu: skipped, no {} (`cross/build.sh armv7-unknown-linux-musleabihf` makes it)",
+        return Err(format!(
+            "skipped, no {} (`cross/build.sh armv7-unknown-linux-musleabihf` makes it)",
             binary.display()
-        )];
+        ));
     }
     let runner = std::env::var("BENCH_ARM_RUNNER").unwrap_or_else(|_| "qemu-arm".into());
-    let arm = vec![OsString::from(&runner), binary.into_os_string()];
+    Ok((
+        vec![OsString::from(&runner), binary.into_os_string()],
+        runner,
+    ))
+}
+
+fn arm_under_qemu(broker: &Mosquitto, sink: &CountingSink, n: u64, reps: usize) -> Vec<String> {
+    let (arm, runner) = match arm_program() {
+        Ok(arm) => arm,
+        Err(skipped) => return vec![format!("armv7 under qemu: {skipped}")],
+    };
     let native = support::leasegate_argv();
     let (mut native_cpu, mut arm_cpu, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let (mut native_rate, mut arm_rate) = (Vec::new(), Vec::new());
@@ -997,10 +1054,14 @@ struct AtRate {
     delivered: f64,
     /// Context switches of all threads per point.
     wakeups: f64,
+    /// Bytes the card's loop device wrote per payload byte (the journal
+    /// and metadata included); 0 when the state dir is not on one.
+    device: f64,
 }
 
 /// leasegate at `rate` one-point messages a second with `spool` settings,
-/// into InfluxDB 1.x, measured over `secs` after a warm-up.
+/// into InfluxDB 1.x, measured over `secs` after a warm-up; with the state
+/// dir on `card` if given.
 fn at_rate(
     broker: &Mosquitto,
     influx: &Influx,
@@ -1008,11 +1069,16 @@ fn at_rate(
     spool: &str,
     secs: u64,
     measurement: &str,
+    card: Option<&LoopFs>,
 ) -> AtRate {
-    let config = format!(
+    let mut config = format!(
         "{}[spool]\n{spool}",
         daemon_config(broker, &influx.url(), INFLUX_TARGET, measurement)
     );
+    if let Some(card) = card {
+        config = config.replace("{dir}/state", &card.path().display().to_string());
+    }
+    let device = || card.map_or(0, |c| c.written_bytes());
     let mut daemon = start_daemon(&config);
     assert!(daemon.wait_for_log("subscribed to", 1, Duration::from_secs(20)));
     let proc = Proc { pid: daemon.pid() };
@@ -1021,6 +1087,14 @@ fn at_rate(
     // precise until it knows whether the stream needs them: a gateway's
     // steady state is what counts.
     std::thread::sleep(Duration::from_secs(6));
+    if let Some(card) = card.filter(|_| rate >= 1000) {
+        // And past a new card's one-time cost: its second segment file is
+        // written full of zeros once (from then on files are recycled),
+        // which at this rate falls in the first minute.
+        let second = card.path().join("spool/00000000000000000002.seg");
+        assert!(wait_until(Duration::from_secs(150), || second.exists()));
+        std::thread::sleep(Duration::from_secs(2));
+    }
     let perf = Observer::attach(measurement, daemon.pid(), 999);
     let threads0 = threads_of(daemon.pid());
     let start = (
@@ -1030,6 +1104,7 @@ fn at_rate(
         publisher.bytes(),
         Instant::now(),
     );
+    let device0 = device();
     let mut max_rss = 0;
     while start.4.elapsed() < Duration::from_secs(secs) {
         std::thread::sleep(Duration::from_millis(250));
@@ -1042,6 +1117,7 @@ fn at_rate(
         publisher.bytes() - start.3,
         start.4.elapsed(),
     );
+    let device = device() - device0;
     let (wakeups, by_thread) = per_thread(&threads0, &threads_of(daemon.pid()), n.max(1));
     eprintln!("bench: ({measurement}: per point, by thread: {by_thread})");
     perf.stop();
@@ -1060,7 +1136,68 @@ fn at_rate(
         rss_mib: max_rss as f64 / 1024.0,
         delivered: n as f64 / window.as_secs_f64(),
         wakeups,
+        device: device as f64 / payload.max(1) as f64,
     }
+}
+
+/// Phase 9 (`--card-only`): what a gateway's card sees. The state dir on
+/// a fresh ext4 filesystem (mkfs defaults but for lazy init, default mount
+/// options) on a loop device, default configuration, one-point messages at
+/// 10, 100 and 1,000 a second into InfluxDB 1.x: the bytes the device
+/// wrote (the journal and metadata included) per payload byte, beside
+/// the process's own `write_bytes`, and what that makes a day.
+fn card(broker: &Mosquitto, influx: &Influx, quick: bool) -> Vec<String> {
+    let (reps, secs) = if quick { (1, 8) } else { (3, 60) };
+    let secs = rate_secs(secs);
+    let only = only_rates();
+    let mut out = vec![
+        format!(
+            "card (state dir on ext4 on a loop device, default config, {secs} s windows, median of {reps}):"
+        ),
+        "| rate | device bytes per payload byte (journal included) | process write_bytes per payload byte | device writes per day |".into(),
+        "| --- | --- | --- | --- |".into(),
+    ];
+    for rate in [10, 100, 1000] {
+        if only.as_ref().is_some_and(|o| !o.contains(&rate)) {
+            continue;
+        }
+        let cells: Vec<(AtRate, f64)> = (0..reps)
+            .map(|rep| {
+                let card = LoopFs::new(256 << 20, Io::Buffered);
+                let m = format!("card_{rate}_{rep}");
+                let cell = at_rate(broker, influx, rate, "", secs, &m, Some(&card));
+                let payload_per_s = rate as f64 * message(&m, 0).1.len() as f64;
+                (cell, payload_per_s)
+            })
+            .collect();
+        let device = med_of(cells.iter().map(|c| c.0.device));
+        let proc = med_of(cells.iter().map(|c| c.0.block));
+        let per_day = device * med_of(cells.iter().map(|c| c.1)) * 86_400.0;
+        out.push(format!(
+            "| {rate}/s | {device:.2}x | {proc:.2}x | {:.0} MiB |",
+            per_day / f64::from(1 << 20)
+        ));
+    }
+    out
+}
+
+/// BENCH_RATE_SECS shortens (or lengthens) each rate window.
+fn rate_secs(default: u64) -> u64 {
+    std::env::var("BENCH_RATE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// BENCH_RATES=100,1000 runs only those rates (while tuning).
+fn only_rates() -> Option<Vec<u64>> {
+    std::env::var("BENCH_RATES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|r| r.trim().parse().ok()).collect())
+}
+
+fn med_of(xs: impl Iterator<Item = f64>) -> f64 {
+    median(&mut xs.collect::<Vec<_>>())
 }
 
 /// Context switches per point of all threads between two
@@ -1119,14 +1256,8 @@ fn med(cells: &[AtRate], f: impl Fn(&AtRate) -> f64) -> f64 {
 /// compare with, and 1,000 points/s through a broker with Mosquitto's
 /// default in-flight window.
 fn rates(broker: &Mosquitto, influx: &Influx, quick: bool) -> Vec<String> {
-    let (reps, mut secs) = if quick { (1, 5) } else { (3, 20) };
-    // BENCH_RATE_SECS shortens (or lengthens) each window.
-    if let Some(s) = std::env::var("BENCH_RATE_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
-        secs = s;
-    }
+    let (reps, secs) = if quick { (1, 5) } else { (3, 20) };
+    let secs = rate_secs(secs);
     let mut out = Vec::new();
     let mut full = Vec::new();
     for rep in 0..reps {
@@ -1160,10 +1291,7 @@ fn rates(broker: &Mosquitto, influx: &Influx, quick: bool) -> Vec<String> {
         ("interval (1s)", "fsync = \"interval\"\n"),
         ("never", "fsync = \"never\"\n"),
     ];
-    // BENCH_RATES=100,1000 runs only those rows (while tuning).
-    let only: Option<Vec<u64>> = std::env::var("BENCH_RATES")
-        .ok()
-        .map(|v| v.split(',').filter_map(|r| r.trim().parse().ok()).collect());
+    let only = only_rates();
     for rate in [10, 100, 1000] {
         if only.as_ref().is_some_and(|o| !o.contains(&rate)) {
             continue;
@@ -1178,7 +1306,7 @@ fn rates(broker: &Mosquitto, influx: &Influx, quick: bool) -> Vec<String> {
                     let m = format!("rates_{rate}_{}_{rep}", &name[..5]);
                     // 10/s needs a longer window to mean anything.
                     let window = if rate == 10 { secs * 2 } else { secs };
-                    at_rate(broker, influx, rate, spool, window, &m)
+                    at_rate(broker, influx, rate, spool, window, &m, None)
                 })
                 .collect();
             let cpu = med(&cells, |c| c.cpu_us);
@@ -1425,6 +1553,7 @@ impl Observer {
 
     fn stop(self) {
         if let Some(mut child) = self.0 {
+            // SAFETY: kill(2) takes plain integers and touches no memory of ours.
             unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
             let _ = child.wait();
         }

@@ -9,9 +9,6 @@
 //! PID, also when it fails. Run it through `examples/demo.sh`, which
 //! installs the Debian packages first.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -28,8 +28,6 @@
 
 #[path = "common/procfs.rs"]
 mod procfs;
-#[path = "../tests/support/mod.rs"]
-mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -205,7 +203,7 @@ impl Procs {
 fn run(label: &str, replicas: &[&AuthorityServer], db: Option<u32>, gateways: usize, seconds: u64) {
     let urls: Vec<String> = replicas.iter().map(|r| r.url()).collect();
     let procs = Procs(replicas.iter().map(|r| r.pid()).collect());
-    let ticket = leasegate::ticket::Ticket::parse(&replicas[0].ticket(
+    let ticket = leasegate::wire::ticket::Ticket::parse(&replicas[0].ticket(
         "iot-sensor",
         &["--usage-count", &gateways.to_string(), "--expires-in", "2h"],
     ))

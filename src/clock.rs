@@ -1,25 +1,11 @@
 //! What the gateway knows about its own clock: the kernel's
-//! synchronisation state (`adjtimex`, read only) and the clock's offset to
-//! the authority's, measured at every lease.
+//! synchronisation state (`adjtimex`, read only), the clock's offset to
+//! the authority's, measured at every lease ([`estimate`]), and the rule
+//! that corrects receipt stamps ([`verdict`], [`shift_stamps`]). The
+//! estimate and the rule are pure functions of their inputs; the state
+//! around them is `agent::trueclock`'s.
 //!
-//! A gateway without a battery-backed clock boots with the time fake-hwclock
-//! saved, or 1970, and NTP may come late or never. Every lease answer carries
-//! the authority's clock, read while it answered: somewhere within the round
-//! trip the gateway measured on its monotonic clock. Taking the middle of
-//! the round trip gives the offset, to within half the round trip (plus
-//! half the millisecond the authority rounds to). The estimate is a pure
-//! function of those values, tested without a clock. This module never sets
-//! the system clock.
-//!
-//! It also owns the rule that corrects receipt stamps ([`verdict`],
-//! [`shift_stamps`]): a point stamped on receipt was stamped with the
-//! gateway's wall clock, which is `CLOCK_BOOTTIME` plus what the wall clock
-//! then said the boot's start was ([`Stamping`]). Once a trusted source
-//! (the authority, or a synchronised kernel) tells where the boot really
-//! started ([`Reference`]), every such stamp of that boot can be moved by
-//! the difference, however the wall clock stepped in between. Pure
-//! functions of their inputs; the state around them is
-//! `agent::trueclock`'s.
+//! This module never sets the system clock.
 
 use std::time::Duration;
 
@@ -59,6 +45,11 @@ pub struct Offset {
 
 /// The offset from an answer that carried `authority_ms` (Unix
 /// milliseconds, truncated) after `trip`.
+///
+/// A gateway without a battery-backed clock boots with a saved time or
+/// 1970, and NTP may come late or never. The authority read its clock
+/// somewhere within the round trip, so the trip's middle gives the offset
+/// to within half the round trip (plus half the millisecond it rounds to).
 pub fn estimate(authority_ms: i64, trip: RoundTrip) -> Offset {
     let half = (trip.took.as_nanos() / 2).min(i64::MAX as u128) as i64;
     // The authority's millisecond covers [ms, ms + 1): its middle, and
@@ -166,6 +157,12 @@ pub enum Verdict {
 /// where a trusted source put the start of that boot, if one did;
 /// `this_boot` whether it is the running boot (whose reference may still
 /// come); `waited_out` whether `clock.max_wait` has passed without one.
+///
+/// A receipt stamp is `CLOCK_BOOTTIME` plus where the wall clock then put
+/// the boot's start ([`Stamping`]). Once a trusted source (the authority,
+/// or a synchronised kernel) tells where the boot really started, every
+/// stamp of that boot moves by the difference, however the wall clock
+/// stepped in between.
 pub fn verdict(
     stamping: Stamping,
     true_minus_boot_ns: Option<i64>,
@@ -222,10 +219,12 @@ pub struct Kernel {
 }
 
 /// The kernel's clock state; None where the call fails.
+#[allow(unsafe_code)] // adjtimex(2): no safe wrapper has it
 pub fn kernel() -> Option<Kernel> {
     // SAFETY: `timex` is plain integers, for which zero is a value; with
     // `modes` zero adjtimex only reads the state into it.
     let mut timex: libc::timex = unsafe { std::mem::zeroed() };
+    // SAFETY: `timex` is a valid, writable timex for the call's duration.
     let state = unsafe { libc::adjtimex(&mut timex) };
     (state >= 0).then_some(Kernel {
         synchronized: state != libc::TIME_ERROR && timex.status & libc::STA_UNSYNC == 0,

@@ -1,26 +1,16 @@
 //! leasegate: forwards MQTT sensor readings to InfluxDB with short-lived,
-//! least-privilege leased credentials.
-//!
-//! The library holds all the logic; the two binaries in `src/bin` are thin
-//! command-line shells over it. Server-only parts live behind the
-//! `authority` cargo feature so the gateway build carries none of them.
-//!
-//! - [`lineproto`]: InfluxDB line protocol, parsed and written exactly.
-//! - [`config`]: the gateway's configuration and its checks.
-//! - [`payload`]: MQTT payload formats (line, JSON, value) into points.
-//! - [`agent`]: the gateway daemon's pipeline.
-//! - [`lifecycle`]: what both daemons share to start, supervise and drain
-//!   (named threads, health beats, systemd's watchdog and notify protocol,
-//!   private state files).
-//! - [`shutdown`], [`backoff`], [`secret`]: the small shared pieces every
-//!   long-running loop and every credential goes through.
+//! least-privilege leased credentials. The library holds all the logic;
+//! the binaries in `src/bin` are thin command-line shells over it. The
+//! gateway build must never carry server-only parts: they stay behind the
+//! `authority` cargo feature.
+//! Modules: [`lineproto`], [`config`], [`payload`], [`agent`] (the
+//! gateway's pipeline), [`wire`] (what both binaries speak), [`lifecycle`]
+//! (what both daemons share), [`shutdown`], [`backoff`], [`secret`].
 
 pub mod agent;
-pub mod api;
 #[cfg(feature = "authority")]
 pub mod authority;
 pub mod backoff;
-pub mod client;
 pub mod clock;
 pub mod config;
 pub mod exit;
@@ -31,7 +21,7 @@ pub mod payload;
 pub mod render;
 pub mod secret;
 pub mod shutdown;
-pub mod ticket;
+pub mod wire;
 
 /// An error with all its causes, joined by ": ", for one log line.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

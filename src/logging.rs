@@ -1,14 +1,13 @@
-//! Logger setup shared by both binaries.
+//! Logger setup shared by both binaries: `RUST_LOG` wins when set, else
+//! the configured level, else `info`. When stderr is systemd's journal,
+//! each line is `<PRIORITY>target: message`; elsewhere env_logger's usual
+//! format.
 //!
-//! `RUST_LOG` wins when set; otherwise the configured level, else `info`.
-//! Under systemd (`JOURNAL_STREAM` set: stderr goes to the journal) each
-//! line is `<PRIORITY>target: message`, the syslog priority prefix journald
-//! reads (so `journalctl -p warning` works), without a timestamp (the
-//! journal has its own). Elsewhere env_logger's usual format.
-//! Must never log at a level that could carry secrets by default: nothing
-//! in this crate logs a secret at any level, and this module adds nothing.
+//! It must never let a secret reach the log: nothing in this crate logs a
+//! secret at any level, and this module adds no output of its own.
 
-/// The syslog priority journald takes from a `<N>` line prefix.
+/// The syslog priority journald takes from a `<N>` line prefix (so that
+/// `journalctl -p warning` works).
 pub fn journal_priority(level: log::Level) -> u8 {
     match level {
         log::Level::Error => 3,
@@ -58,6 +57,7 @@ pub fn init(level: Option<log::LevelFilter>) {
     builder.filter_module("rumqttc", log::LevelFilter::Warn);
     builder.filter_module("ureq", log::LevelFilter::Warn);
     builder.filter_module("rustls", log::LevelFilter::Warn);
+    // No timestamp in the journal: it has its own.
     if stderr_is_the_journal() {
         builder.format(|buf, record| {
             use std::io::Write as _;

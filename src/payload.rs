@@ -1,21 +1,11 @@
-//! Payload formats: turns one MQTT message (topic and payload) into points,
-//! for the three formats a subscription may name.
+//! Payload formats: turns one MQTT message (topic and payload) into points
+//! for the format its subscription names: `line` (line protocol), `json`
+//! (a point object, an array of them, or a flat object of fields) or
+//! `value` (one number, boolean or string as the field `value`). Tags
+//! merge static, then topic template, then payload, later ones winning.
 //!
-//! - `line`: one or more lines of line protocol.
-//! - `json`: an object `{"measurement", "tags", "fields", "time"}`, an array
-//!   of them, or a flat object whose numbers, booleans and strings become
-//!   fields. JSON numbers become floats (a sensor sending 21 and then 21.5
-//!   must not hit a field type conflict in InfluxDB).
-//! - `value`: one number, boolean or string becomes the field `value`;
-//!   `42i` and `42u` stay integers, as in line protocol.
-//!
-//! A topic template (`sensors/{site}/{device}/{measurement}`, `+` skips a
-//! level) turns topic levels into tags and the measurement; static tags are
-//! added to every point. Tags merge in that order, later ones winning:
-//! static, template, payload. Timestamps come out in nanoseconds; a point
-//! without one is left for the receiver to stamp. This module owns no I/O
-//! and must never panic on any payload: every failure is a [`PayloadError`]
-//! that says what is wrong and where.
+//! It owns no I/O and must never panic on any payload: every failure is a
+//! [`PayloadError`] that says what is wrong and where.
 
 use std::time::UNIX_EPOCH;
 
@@ -183,6 +173,8 @@ impl Decoding {
 /// Decodes one message. Line protocol is decoded line by line, so one bad
 /// line does not cost the good ones: the result holds a point or an error
 /// for each. For the other formats, any error rejects the whole message.
+/// Timestamps come out in nanoseconds; a point without one is left for the
+/// receiver to stamp.
 pub fn decode(d: &Decoding, topic: &str, payload: &[u8]) -> Vec<Result<Point, PayloadError>> {
     let mut all = Vec::new();
     decode_each(d, topic, payload, |r| all.push(r));
@@ -440,6 +432,8 @@ fn named_field(key: &str, v: &Value, at: &str) -> Result<(String, FieldValue), P
     Ok((key.to_owned(), value))
 }
 
+/// A JSON value as a field. Every number becomes a float: a sensor that
+/// sends 21 and then 21.5 must not hit a field type conflict in InfluxDB.
 fn field(v: &Value) -> Result<FieldValue, String> {
     match v {
         Value::Number(n) => match n.as_f64() {

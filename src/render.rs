@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::api::LeaseInfo;
+use crate::wire::api::LeaseInfo;
 
 /// "in 9m 58s" for a future time, "3s ago" for a past one (to the second).
 pub fn relative(at_ms: i64, now_ms: i64) -> String {

@@ -1,14 +1,11 @@
-//! A wrapper for secret strings (passwords, tokens, ticket secrets).
+//! A wrapper for secret strings (passwords, tokens, ticket secrets), and
+//! the making ([`generate`]) and hashing ([`digest`]) of new ones.
 //!
-//! It owns one rule: a secret's text leaves it only through [`Secret::expose`],
-//! called at the point where the secret is put on the wire. It must never
-//! implement `Display`, and its `Debug` never shows the text, so a secret
-//! inside a config struct or an error cannot reach a log by accident.
-//!
-//! It also makes new secrets ([`generate`]) from the OS random source and
-//! hashes them ([`digest`]) for stores that must not hold them in clear.
-//! Serialization is opt-in per field ([`wire`]), so a status struct that
-//! derives `Serialize` cannot carry a secret out by accident.
+//! A secret's text leaves it only through [`Secret::expose`], where it is
+//! put on the wire. It must never implement `Display`, its `Debug` never
+//! shows the text, and only fields that opt in ([`wire`]) serialize it, so
+//! a secret in a config, an error or a status struct cannot reach a log or
+//! a report by accident.
 
 use std::fmt;
 

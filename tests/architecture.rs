@@ -3,10 +3,14 @@
 //! - no import cycle between modules: following `crate::` and `super::`
 //!   paths from one module's code to another's never comes back (a module
 //!   and its own submodules may use each other: that is one room);
-//! - the daemon's central files stay small: `agent/mod.rs`, `agent/lease.rs`,
-//!   `agent/sink.rs` and `agent/writer.rs` under 500 lines each;
+//! - the agent's stages (`src/agent/{store,credential,report,intake,output}`)
+//!   import only downward, and never the wiring at the agent's root;
+//! - no file over 800 lines outside its tests, and the daemon's central
+//!   files (`agent/mod.rs`, the lease machine, the sink, the writer) under
+//!   500;
 //! - no function over 100 lines, tests aside;
-//! - every module opens with a `//!` comment saying what it owns.
+//! - every module opens with a `//!` comment of at most 8 lines saying
+//!   what it owns and must never do.
 //!
 //! It reads the sources as text (comments and string literals blanked
 //! out), which is enough for code that `cargo fmt` keeps in shape.
@@ -289,26 +293,33 @@ fn related(a: &str, b: &str) -> bool {
     within(a, b) || within(b, a)
 }
 
-#[test]
-fn no_module_imports_another_that_leads_back_to_it() {
-    let known = modules();
+/// Who imports whom: each module's imports of modules other than its own
+/// ancestors and descendants (tests aside).
+fn edges(known: &BTreeMap<String, PathBuf>) -> BTreeMap<String, BTreeSet<String>> {
     let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for (module, file) in &known {
+    for (module, file) in known {
         if file.file_name().is_some_and(|n| n == "tests.rs") {
             continue;
         }
         let text = code(&std::fs::read_to_string(file).unwrap());
         for path in paths(&text) {
-            if let Some(target) = resolve(module, &path, &known)
+            if let Some(target) = resolve(module, &path, known)
                 && !related(module, &target)
             {
                 edges.entry(module.clone()).or_default().insert(target);
             }
         }
     }
+    edges
+}
+
+#[test]
+fn no_module_imports_another_that_leads_back_to_it() {
+    let known = modules();
+    let edges = edges(&known);
     assert!(
         edges
-            .get("agent::sink")
+            .get("agent::output::sink")
             .is_some_and(|e| e.contains("agent::credential")),
         "the scan found no edges it must find: {edges:?}"
     );
@@ -372,9 +383,9 @@ fn the_central_files_stay_under_500_lines() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     for file in [
         "agent/mod.rs",
-        "agent/lease.rs",
-        "agent/sink.rs",
-        "agent/writer.rs",
+        "agent/credential/lease/mod.rs",
+        "agent/output/sink.rs",
+        "agent/output/writer.rs",
     ] {
         let lines = std::fs::read_to_string(src.join(file))
             .unwrap()
@@ -449,4 +460,180 @@ fn every_module_says_what_it_owns() {
             file.display()
         );
     }
+}
+
+/// A module's header says what it owns and what it must never do; the
+/// reasons behind a decision go on the item that carries it.
+#[test]
+fn every_module_header_is_a_short_contract() {
+    let mut long = Vec::new();
+    for (_, file) in modules() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let lines = text.lines().take_while(|l| l.starts_with("//!")).count();
+        if lines > 8 {
+            long.push(format!("{} ({lines} lines)", file.display()));
+        }
+    }
+    assert!(long.is_empty(), "module headers over 8 lines: {long:#?}");
+}
+
+/// The daemon's stages (README, "Layout"), each a folder of `src/agent/`,
+/// with its rank: a stage imports only stages of a lower rank, so intake
+/// and output (same rank) never import each other. Beside them, the
+/// agent's root holds the wiring (`agent`, `pipeline`, `supervise`,
+/// `reload`), which may import anything and which no stage imports, and
+/// the shared leaves (`message`, `deadletter`, `stats`), which import no
+/// stage.
+const STAGES: [(&str, u8); 5] = [
+    ("store", 0),
+    ("credential", 1),
+    ("report", 2),
+    ("intake", 3),
+    ("output", 3),
+];
+const LEAVES: [&str; 3] = ["message", "deadletter", "stats"];
+
+/// Where a module sits in the agent: a stage and its rank, a shared leaf,
+/// the wiring, or outside the agent.
+#[derive(Debug, PartialEq)]
+enum Place {
+    Stage(&'static str, u8),
+    Leaf,
+    Wiring,
+    Outside,
+}
+
+fn place(module: &str) -> Place {
+    let Some(rest) = module
+        .strip_prefix("agent")
+        .filter(|r| r.is_empty() || r.starts_with("::"))
+    else {
+        return Place::Outside;
+    };
+    let first = rest
+        .trim_start_matches("::")
+        .split("::")
+        .next()
+        .unwrap_or("");
+    if let Some(&(name, rank)) = STAGES.iter().find(|(n, _)| *n == first) {
+        Place::Stage(name, rank)
+    } else if LEAVES.contains(&first) {
+        Place::Leaf
+    } else {
+        Place::Wiring
+    }
+}
+
+/// The imports that break the stage order, as `from -> to`.
+fn stage_violations(edges: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
+    let mut wrong = Vec::new();
+    for (from, targets) in edges {
+        for to in targets {
+            let allowed = match (place(from), place(to)) {
+                (Place::Stage(a, _), Place::Stage(b, _)) if a == b => true,
+                (Place::Stage(_, from_rank), Place::Stage(_, to_rank)) => to_rank < from_rank,
+                (Place::Stage(..) | Place::Leaf, Place::Wiring) => false,
+                (Place::Leaf, Place::Stage(..)) => false,
+                _ => true,
+            };
+            if !allowed {
+                wrong.push(format!("{from} -> {to}"));
+            }
+        }
+    }
+    wrong
+}
+
+#[test]
+fn each_stage_of_the_agent_imports_only_downward() {
+    let known = modules();
+    for (stage, _) in STAGES {
+        assert!(
+            known.contains_key(&format!("agent::{stage}")),
+            "src/agent/{stage}/ is gone: update STAGES and README's Layout"
+        );
+    }
+    let edges = edges(&known);
+    // The scan must see the imports the order allows, or it proves nothing.
+    assert!(
+        edges
+            .get("agent::output::writer")
+            .is_some_and(|e| e.contains("agent::store::spool")),
+        "the scan found no edges it must find: {edges:?}"
+    );
+    let wrong = stage_violations(&edges);
+    assert!(
+        wrong.is_empty(),
+        "imports against the stage order: {wrong:#?}"
+    );
+}
+
+#[test]
+fn an_intake_file_importing_output_breaks_the_order() {
+    let edges =
+        |from: &str, to: &str| BTreeMap::from([(from.to_owned(), BTreeSet::from([to.to_owned()]))]);
+    for (from, to) in [
+        ("agent::intake::reader", "agent::output::writer"),
+        ("agent::output::sink", "agent::intake"),
+        ("agent::store::spool", "agent::credential::lease"),
+        ("agent::report::status", "agent::pipeline"),
+        ("agent::stats", "agent::store::spool"),
+    ] {
+        assert_eq!(
+            stage_violations(&edges(from, to)).len(),
+            1,
+            "{from} -> {to}"
+        );
+    }
+    for (from, to) in [
+        ("agent::intake", "agent::store::spool"),
+        ("agent::output::writer", "agent::credential"),
+        ("agent::pipeline", "agent::output::writer"),
+        ("agent::intake::reader", "agent::stats"),
+        ("agent::store::spool", "config"),
+    ] {
+        assert!(
+            stage_violations(&edges(from, to)).is_empty(),
+            "{from} -> {to}"
+        );
+    }
+}
+#[test]
+fn no_file_is_over_800_lines_outside_tests() {
+    let mut long = Vec::new();
+    for (_, file) in modules() {
+        if file.file_name().is_some_and(|n| n == "tests.rs") {
+            continue;
+        }
+        let lines = without_tests(&std::fs::read_to_string(&file).unwrap())
+            .lines()
+            .count();
+        if lines > 800 {
+            long.push(format!(
+                "{} ({lines} lines without its tests)",
+                file.display()
+            ));
+        }
+    }
+    assert!(long.is_empty(), "files over 800 lines: {long:#?}");
+}
+
+#[test]
+fn the_gateway_and_the_authority_meet_only_in_wire() {
+    let known = modules();
+    let side = |m: &str| m.split("::").next().unwrap_or("").to_owned();
+    let mut wrong = Vec::new();
+    for (from, targets) in edges(&known) {
+        for to in targets {
+            let pair = (side(&from), side(&to));
+            let crossing = matches!(
+                (pair.0.as_str(), pair.1.as_str()),
+                ("agent", "authority") | ("authority", "agent") | ("wire", "agent" | "authority")
+            );
+            if crossing {
+                wrong.push(format!("{from} -> {to}"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "imports across the two sides: {wrong:#?}");
 }

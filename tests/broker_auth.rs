@@ -5,8 +5,6 @@
 //! access. Certificates are made for each test with rcgen; the publisher
 //! uses a second, plain listener of the same broker.
 
-mod support;
-
 use std::time::Duration;
 
 use support::pki::Ca;

@@ -402,7 +402,7 @@ fn under_systemd_log_lines_carry_syslog_priorities_and_no_timestamp() {
     assert!(
         lines
             .iter()
-            .any(|l| l.starts_with("<4>leasegate::agent::intake: ")),
+            .any(|l| l.starts_with("<4>leasegate::agent::intake::")),
         "{err}"
     );
     assert!(

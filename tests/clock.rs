@@ -6,8 +6,6 @@
 //! first lease, across a kill -9, across a restart the authority does not
 //! see, and on both sides of a 2-hour step of its clock.
 
-mod support;
-
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use serde_json::Value;

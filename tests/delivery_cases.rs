@@ -5,8 +5,6 @@
 //! daemon keeps running, and once InfluxDB drains the spool every point
 //! the broker held arrives).
 
-mod support;
-
 use std::time::Duration;
 
 use support::{
@@ -147,7 +145,7 @@ fn a_full_disk_stops_acks_and_every_point_arrives_once_there_is_room() {
     let text = config(&broker, &influx, "gw-full", dir.path()).replace(
         "state_dir = \"{dir}/state\"",
         "state_dir = \"{dir}/small/state\"",
-    ) + "[spool]\nmax_bytes = \"64MiB\"\n";
+    ) + "[spool]\nmax_bytes = \"64MiB\"\n# The full disk itself, not the floor before it (tests/card.rs).\nmin_free = 0\n";
     let mut daemon = Daemon::start_on_small_disk(dir, &text, 1 << 20);
     assert!(
         daemon.wait_for_log("subscribed to", 1, Duration::from_secs(20)),
@@ -192,7 +190,7 @@ fn a_disk_that_fills_in_the_middle_of_a_group_frees_up_again() {
     let text = config(&broker, &influx, "gw-full-group", dir.path()).replace(
         "state_dir = \"{dir}/state\"",
         "state_dir = \"{dir}/small/state\"",
-    ) + "[spool]\nmax_bytes = \"64MiB\"\n";
+    ) + "[spool]\nmax_bytes = \"64MiB\"\n# The full disk itself, not the floor before it (tests/card.rs).\nmin_free = 0\n";
     let mut daemon = Daemon::start_on_small_disk(dir, &text, 1 << 20);
     assert!(daemon.wait_for_log("subscribed to", 1, Duration::from_secs(20)));
     influx.stop();

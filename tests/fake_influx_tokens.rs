@@ -4,8 +4,6 @@
 //! 2.x buckets and authorizations, 3.x named admin and Enterprise tokens,
 //! and how writes answer a leased, inactive, deleted or expired token.
 
-mod support;
-
 use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
@@ -682,6 +680,49 @@ fn a_v3_partial_write_answers_as_a_real_3_6_server_does() {
     assert_eq!(answer["error"], "parsing failed for write_lp endpoint");
     assert_eq!(answer["data"]["line_number"], 2);
     assert!(!influx.with(|s| s.lines.iter().any(|l| l.starts_with("pw,k=c"))));
+}
+
+/// Before 3.10 the server cuts `original_line` at byte 20 even inside a
+/// character, and panics there: the good lines of the batch are written,
+/// the connection closes without an answer, and the server goes on
+/// answering other requests.
+#[test]
+fn a_v3_server_before_3_10_closes_without_an_answer_on_a_split_cut() {
+    let influx = FakeInflux::start(Flavor::V3, ADMIN, "", "sensors", 1 << 20);
+    influx.with(|s| s.v3_cut_panics = true);
+    let first = v3_write(&influx, bearer(ADMIN), "m,t=a v=1i 1");
+    assert_eq!(first.status, 204, "{}", first.body);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = format!(
+        "{}/api/v3/write_lp?db=sensors&accept_partial=true",
+        influx.url()
+    );
+    // Rendered as the server does, `m,t=aaaaaaaaaaaaaaa\u{e9} v=s 3`: byte
+    // 20 is inside the `\u{e9}`.
+    let body = "m,t=a v=2i 2\nm,t=aaaaaaaaaaaaaaa\u{e9} v=\"s\" 3\nm,t=a v=4i 4\n";
+    let e = agent
+        .post(&url)
+        .header("Authorization", &format!("Bearer {ADMIN}"))
+        .send(body)
+        .expect_err("no answer");
+    assert!(
+        matches!(&e, ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof),
+        "{e:?}"
+    );
+    assert_eq!(
+        influx.with(|s| (s.lines.len(), s.answers.last().copied())),
+        (3, Some(support::fake_influx::NO_ANSWER))
+    );
+    // A refusal whose cut falls between characters is answered.
+    let narrow = v3_write(&influx, bearer(ADMIN), "m,t=aaaaaaaaaaaaaa\u{e9} v=\"s\" 5");
+    assert_eq!(narrow.status, 400, "{}", narrow.body);
+    assert_eq!(
+        narrow.json()["data"][0]["original_line"],
+        "m,t=aaaaaaaaaaaaaa\u{e9}"
+    );
 }
 
 #[test]

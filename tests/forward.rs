@@ -1,8 +1,6 @@
 //! End to end against real servers: points published at QoS 1 to a real
 //! Mosquitto reach a real InfluxDB 1.x through `leasegate run`.
 
-mod support;
-
 use std::time::Duration;
 
 use support::{

@@ -18,8 +18,7 @@
 //!   without being read whole, followed or waited on.
 //! - Every file holding sensor data or a secret is private, and so are the
 //!   directories, whatever the umask.
-
-mod support;
+#![allow(unsafe_code)] // attacks need raw system calls (a FIFO, resource limits)
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -27,7 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use leasegate::ticket::Ticket;
+use leasegate::wire::ticket::Ticket;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use support::authority::{AuthorityServer, role, v1_backend};
@@ -218,7 +217,7 @@ fn authority_on(leaf: &Leaf, ca: &Ca) -> AuthorityServer {
     );
     let a = AuthorityServer::start_with(&body, true, "info");
     // The certificate files must outlive the server's start.
-    std::mem::forget(dir);
+    let _kept = dir.keep();
     a
 }
 
@@ -243,7 +242,7 @@ fn a_man_in_the_middle_with_a_certificate_from_the_same_ca_gets_nothing() {
         let mitm = Interceptor::start(authority.port, &forged, &ca.pem, passthrough);
         let (ticket, line) = ticket_via(&authority, &mitm.url());
         assert_eq!(ticket.cert_sha256.as_deref(), Some(pinned.as_str()));
-        let result = leasegate::agent::identity::redeem(&line, "gw-mitm", false);
+        let result = leasegate::agent::credential::identity::redeem(&line, "gw-mitm", false);
         let got = mitm.received();
         assert!(
             got.is_empty(),
@@ -275,7 +274,7 @@ fn a_man_in_the_middle_with_a_certificate_from_the_same_ca_gets_nothing() {
     // then the interceptor takes over every connection.
     let mitm = Interceptor::start(authority.port, &forged, &ca.pem, usize::MAX);
     let (_, line) = ticket_via(&authority, &mitm.url());
-    let identity = leasegate::agent::identity::redeem(&line, "gw-later", false)
+    let identity = leasegate::agent::credential::identity::redeem(&line, "gw-later", false)
         .expect("enrollment through the real authority");
     mitm.passthrough.store(0, Ordering::SeqCst);
     let client = identity.client().expect("a client for the stored identity");
@@ -425,7 +424,7 @@ fn connect_from(
             sin_zero: [0; 8],
         }
     }
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
     // SAFETY: plain socket calls on a descriptor owned here; on success it
     // moves into the TcpStream, which closes it.
     unsafe {
@@ -578,7 +577,7 @@ fn a_flood_of_bad_enrollments_is_throttled_and_audited_in_summary() {
         .build()
         .into();
     let url = format!("{}/v1/enroll", authority.url());
-    let unknown = leasegate::secret::random_base64(leasegate::ticket::SECRET_BYTES);
+    let unknown = leasegate::secret::random_base64(leasegate::wire::ticket::SECRET_BYTES);
     let body = format!(r#"{{"ticket_secret":"{unknown}","identity_name":"flood"}}"#);
     let mut statuses = std::collections::BTreeMap::new();
     let started = std::time::Instant::now();

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need, only where it is missing: the
 # real servers (Debian packages mosquitto, influxdb and postgresql), libfaketime
-# (Debian faketime: a gateway's wrong or stepping clock) and a C toolchain for
+# (Debian faketime: a gateway's wrong or stepping clock), e2fsprogs, mount and
+# util-linux (ext4 on loop devices: a gateway's card) and a C toolchain for
 # linking (gcc, libc6-dev). Uses sudo when not root. The tests start
 # their own servers on free loopback ports, so the system services that the
 # packages start are stopped and disabled again for packages installed here.
@@ -13,6 +14,10 @@ have mosquitto || { missing+=(mosquitto); services+=(mosquitto); }
 have influxd || { missing+=(influxdb); services+=(influxdb); }
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { missing+=(postgresql); services+=(postgresql); }
 have faketime || missing+=(faketime)
+# The card tests: ext4 filesystems on loop devices.
+have mkfs.ext4 || missing+=(e2fsprogs)
+have losetup || missing+=(mount)
+have fallocate || missing+=(util-linux)
 have cc || missing+=(gcc libc6-dev)
 [ ${#missing[@]} -eq 0 ] && exit 0
 sudo=

@@ -2,8 +2,6 @@
 //! 1.x, a real `leasegate-authority` and the `leasegate` daemon, joined by a
 //! ticket dropped into the daemon's ticket directory.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -316,9 +314,10 @@ fn each_bad_ticket_is_rejected_with_its_reason_and_an_unreachable_authority_keep
     let used = authority.ticket("iot-sensor", &[]);
     authority.enroll_ok(&used, "someone-else");
     let revoked = authority.ticket("iot-sensor", &[]);
-    let id = leasegate::ticket::Ticket::parse(&revoked).unwrap().id;
+    let id = leasegate::wire::ticket::Ticket::parse(&revoked).unwrap().id;
     authority.cli_ok(&["ticket", "revoke", &id]);
-    let mut pinned = leasegate::ticket::Ticket::parse(&tls.ticket("iot-sensor", &[])).unwrap();
+    let mut pinned =
+        leasegate::wire::ticket::Ticket::parse(&tls.ticket("iot-sensor", &[])).unwrap();
     // The ticket pins another CA than the one that signed the
     // authority's certificate.
     let real = pinned.ca_sha256.clone().unwrap();
@@ -379,7 +378,8 @@ fn each_bad_ticket_is_rejected_with_its_reason_and_an_unreachable_authority_keep
     assert!(daemon.log().contains(&advice));
 
     // An authority that cannot be reached is no reason to reject.
-    let mut away = leasegate::ticket::Ticket::parse(&authority.ticket("retired", &[])).unwrap();
+    let mut away =
+        leasegate::wire::ticket::Ticket::parse(&authority.ticket("retired", &[])).unwrap();
     away.url = format!("http://127.0.0.1:{}", support::free_port());
     let kept = drop_ticket(&daemon, "away", &away.encode());
     assert!(daemon.wait_for_log("kept for another try", 1, Duration::from_secs(10)));
@@ -615,7 +615,8 @@ fn a_gateway_that_pinned_the_old_self_signed_certificate_moves_to_the_ca() {
     std::fs::write(state.join("key.pem"), old.signing_key.serialize_pem()).unwrap();
     let old_pin = leasegate::secret::sha256_hex(old.cert.der().as_ref());
     authority.restart();
-    let ticket = leasegate::ticket::Ticket::parse(&authority.ticket("iot-sensor", &[])).unwrap();
+    let ticket =
+        leasegate::wire::ticket::Ticket::parse(&authority.ticket("iot-sensor", &[])).unwrap();
     assert_eq!(ticket.cert_sha256.as_deref(), Some(old_pin.as_str()));
     assert_eq!(
         ticket.ca_sha256, None,

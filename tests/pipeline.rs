@@ -4,8 +4,6 @@
 //! got. Spool, decoder, dead-letter file, credential, writer and sink are
 //! the real ones.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -122,7 +120,7 @@ fn messages_handed_over_are_acked_once_spooled_and_written_exactly_once() {
     assert!(dead.contains("not line protocol"), "{dead}");
 
     // Shutdown: the appender ends when the intake's end goes away, the
-    // writer at the shutdown; both say so.
+    // writer and the spool's packer at the shutdown; each says so.
     drop(deliveries);
     shutdown.trigger();
     let mut seen: Vec<&str> = (0..pipeline.threads.len())
@@ -133,7 +131,7 @@ fn messages_handed_over_are_acked_once_spooled_and_written_exactly_once() {
         })
         .collect();
     seen.sort_unstable();
-    assert_eq!(seen, ["appender", "writer"]);
+    assert_eq!(seen, ["appender", "spool-packer", "writer"]);
     for (_, thread) in pipeline.threads {
         thread.join().unwrap();
     }

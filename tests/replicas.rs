@@ -8,34 +8,16 @@
 //! deployments sharing an InfluxDB each cleaning up only their own.
 //! Times are wall-clock milliseconds, the authority's clock and ours.
 
-mod support;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use leasegate::now_ms;
 use serde_json::Value;
-use support::authority::{AuthorityServer, role, v1_backend};
+use support::authority::{AuthorityServer, v1_sensor_body};
 use support::postgres::Postgres;
-use support::{ADMIN_PASSWORD, ADMIN_USER, Influx, wait_until};
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-/// A v1 backend on `influx` and the sensor role, with `extra` in the
-/// role's table and `head` (top-level keys) before both.
-fn v1_body(influx: &Influx, head: &str, extra: &str) -> String {
-    format!(
-        "{head}{}{}{extra}",
-        v1_backend("main", &influx.url(), ADMIN_USER, ADMIN_PASSWORD),
-        role("sensor", "iot-sensor", "main", "database", "sensors")
-    )
-}
+use support::{Influx, wait_until};
 
 /// The first replica of a deployment on a new database of `pg`.
 fn first_replica(pg: &Arc<Postgres>, body: &str) -> AuthorityServer {
@@ -43,7 +25,7 @@ fn first_replica(pg: &Arc<Postgres>, body: &str) -> AuthorityServer {
 }
 
 fn ticket_secret(line: &str) -> String {
-    leasegate::ticket::Ticket::parse(line)
+    leasegate::wire::ticket::Ticket::parse(line)
         .unwrap()
         .secret
         .expose()
@@ -62,7 +44,7 @@ fn fifty_redemptions_over_two_replicas_give_exactly_one_identity() {
     influx.query("CREATE DATABASE sensors");
     let pg = Arc::new(Postgres::start());
     // All 50 come from 127.0.0.1, more than an address's default burst.
-    let body = v1_body(&influx, "[enrollment]\nper_address_burst = 100\n", "");
+    let body = v1_sensor_body(&influx, "[enrollment]\nper_address_burst = 100\n", "");
     let a = first_replica(&pg, &body);
     let b = a.replica(&body);
     let secret = ticket_secret(&a.ticket("iot-sensor", &[]));
@@ -171,15 +153,6 @@ fn replica_id(replica: &AuthorityServer) -> String {
     line.split(' ').next().unwrap().to_owned()
 }
 
-/// A small deterministic generator, so a failure can be replayed from the
-/// seed it prints.
-fn lcg(seed: &mut u64) -> u64 {
-    *seed = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    *seed >> 33
-}
-
 /// For each leasegate user seen in InfluxDB: when it was last seen and
 /// when it was first seen gone (the end of the first SHOW USERS without
 /// it). Polls every 50 ms until `stop`, for at most 3 minutes.
@@ -218,7 +191,7 @@ fn two_hundred_leases_over_two_replicas_one_killed_halfway_each_deleted_on_time(
     // Replica a reaches InfluxDB through a relay that can stop answering.
     let relay = Relay::start(influx.port);
     let relayed = format!("http://127.0.0.1:{}", relay.port);
-    let body = v1_body(&influx, "", "max_active_leases = 200\n");
+    let body = v1_sensor_body(&influx, "", "max_active_leases = 200\n");
     let mut a = first_replica(&pg, &body.replace(&influx.url(), &relayed));
     let b = a.replica(&body);
     let database = a.postgres.as_ref().unwrap().1.clone();
@@ -234,7 +207,7 @@ fn two_hundred_leases_over_two_replicas_one_killed_halfway_each_deleted_on_time(
             .unwrap();
         let mut seed = now_ms() as u64;
         eprintln!("seed {seed}");
-        let ttls: Vec<u64> = (0..200).map(|_| 1 + lcg(&mut seed) % 20).collect();
+        let ttls: Vec<u64> = (0..200).map(|_| 1 + support::lcg(&mut seed) % 20).collect();
         // Two clients per replica, each taking every fourth lease.
         let mut leases: Vec<(usize, String, i64)> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..4)
@@ -310,7 +283,7 @@ fn two_hundred_leases_over_two_replicas_one_killed_halfway_each_deleted_on_time(
                 "{user} gone at {gone}, before its expiry {expires} (last seen {last_seen})"
             );
             assert!(
-                gone - expires <= 2000,
+                gone - expires <= support::DELETION_BOUND_MS,
                 "{user} (made by replica {made_by}, expiry {expires}, replica a killed at {killed_at}) gone {} ms after expiry",
                 gone - expires
             );
@@ -347,8 +320,8 @@ fn two_deployments_on_one_influxdb_each_reconcile_away_only_their_own_stale_cred
     let pg = Arc::new(Postgres::start());
     // Plant A: two replicas on PostgreSQL; plant B: one, on a database of
     // its own on the same server.
-    let body_a = v1_body(&influx, "deployment_id = \"plant-a\"\n", "");
-    let body_b = v1_body(&influx, "deployment_id = \"plant-b\"\n", "");
+    let body_a = v1_sensor_body(&influx, "deployment_id = \"plant-a\"\n", "");
+    let body_b = v1_sensor_body(&influx, "deployment_id = \"plant-b\"\n", "");
     let mut a1 = first_replica(&pg, &body_a);
     let a2 = a1.replica(&body_a);
     let mut b = first_replica(&pg, &body_b);
@@ -362,7 +335,7 @@ fn two_deployments_on_one_influxdb_each_reconcile_away_only_their_own_stale_cred
     assert!(live_b.starts_with("lg_plant-b_"), "{live_b}");
     // Credentials each deployment made for leases its store no longer
     // knows (as a crash between making and recording one leaves behind).
-    let stale = |plant: &str| format!("lg_{plant}_{:016x}", lcg(&mut (now_ms() as u64)));
+    let stale = |plant: &str| format!("lg_{plant}_{:016x}", support::lcg(&mut (now_ms() as u64)));
     let (stale_a, stale_b) = (stale("plant-a"), stale("plant-b"));
     for user in [&stale_a, &stale_b] {
         influx.query(&format!("CREATE USER \"{user}\" WITH PASSWORD 'x'"));
@@ -404,7 +377,7 @@ fn a_replica_killed_while_making_a_credential_leaves_no_user_behind() {
     let pg = Arc::new(Postgres::start());
     let relay = Relay::start(influx.port);
     let relayed = format!("http://127.0.0.1:{}", relay.port);
-    let body = v1_body(&influx, "", "");
+    let body = v1_sensor_body(&influx, "", "");
     let mut a = first_replica(&pg, &body.replace(&influx.url(), &relayed));
     let b = a.replica(&body);
     let mut db = pg.client(&a.postgres.as_ref().unwrap().1);
@@ -474,7 +447,7 @@ fn a_gateway_keeps_writing_while_its_replica_is_killed_and_restarted() {
     let pg = Arc::new(Postgres::start());
     // Two HTTPS replicas; the second signs its certificate with the
     // first's CA. Both list both URLs, once both ports are known.
-    let body = v1_body(&influx, "", "");
+    let body = v1_sensor_body(&influx, "", "");
     let mut a = AuthorityServer::start_on(&body, true, "info", Some((pg.clone(), pg.database())));
     let ca_files = format!(
         "ca_cert_file = \"{}\"\nca_key_file = \"{}\"\n",
@@ -487,7 +460,7 @@ fn a_gateway_keeps_writing_while_its_replica_is_killed_and_restarted() {
     a.restart();
     b.write_config(&format!("{urls}{ca_files}{body}"));
     b.restart();
-    let ticket = leasegate::ticket::Ticket::parse(&a.ticket("iot-sensor", &[])).unwrap();
+    let ticket = leasegate::wire::ticket::Ticket::parse(&a.ticket("iot-sensor", &[])).unwrap();
     assert_eq!(ticket.urls, [a.url(), b.url()]);
 
     let dir = tempfile::tempdir().unwrap();
@@ -563,7 +536,7 @@ fn status_shows_each_replica_and_the_store_and_healthz_follows_the_store() {
     let influx = Influx::start();
     influx.query("CREATE DATABASE sensors");
     let pg = Arc::new(Postgres::start());
-    let body = v1_body(&influx, "", "");
+    let body = v1_sensor_body(&influx, "", "");
     let mut a = first_replica(&pg, &body);
     let b = a.replica(&body);
     let (id_a, id_b) = (replica_id(&a), replica_id(&b));

@@ -1,7 +1,6 @@
 //! Running under systemd: the notify protocol against a socket of the
 //! test's own (`$NOTIFY_SOCKET`), with a real Mosquitto.
-
-mod support;
+#![allow(unsafe_code)] // signals to the daemons it started, by PID
 
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
@@ -451,7 +450,7 @@ fn a_long_flush_interval_is_no_stall_for_the_watchdog() {
             "state_dir = \"{}\"\n[mqtt]\nurl = \"{}\"\nclient_id = \"gw-flush\"\n[[mqtt.subscribe]]\ntopic = \"sensors/#\"\n[influxdb]\nurl = \"http://127.0.0.1:{}\"\ndatabase = \"sensors\"\n[batch]\nflush_interval = \"10s\"\n",
             dir.path().join("state").display(),
             broker.url(),
-            support::free_port()
+            free_port()
         ),
     )
     .unwrap();

@@ -2,14 +2,12 @@
 //! credential goes in, a batch goes out, and the answer comes back
 //! classified. No lease, no writer, no daemon.
 
-mod support;
-
 use std::time::Duration;
 
 use leasegate::agent::Sink;
 use leasegate::agent::credential::{Credential, Origin};
-use leasegate::agent::refusal::Refusal;
-use leasegate::agent::sink::{self, WriteError};
+use leasegate::agent::output::refusal::Refusal;
+use leasegate::agent::output::sink::{self, WriteError};
 use leasegate::config::{Api, Influx};
 use leasegate::secret::Secret;
 use support::fake_influx::{FakeInflux, Flavor};

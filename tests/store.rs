@@ -5,11 +5,8 @@
 //! server) would have: what one writes, the other must see, and what both
 //! do at once must add up.
 
-mod support;
-
 use std::sync::Barrier;
 
-use leasegate::api::{ErrorCode, InfluxApi, LeaseStatus, Target};
 use leasegate::authority::config::{PostgresConfig, StoreTls};
 use leasegate::authority::store::postgres::PostgresStore;
 use leasegate::authority::store::sqlite::SqliteStore;
@@ -17,6 +14,7 @@ use leasegate::authority::store::{
     IdentityRow, Inserted, NewLease, RoleFor, Store, StoreError, TicketRow,
 };
 use leasegate::secret::Secret;
+use leasegate::wire::api::{ErrorCode, InfluxApi, LeaseStatus, Target};
 use support::postgres::{PASSWORD, Postgres};
 
 /// Two handles on one SQLite file, and what keeps the file.

@@ -5,8 +5,6 @@
 //! content (400, 422) go to the dead-letter file while the rest is written,
 //! and nothing else is lost.
 
-mod support;
-
 use std::time::Duration;
 
 use support::fake_influx::{FakeInflux, Flavor};
@@ -374,6 +372,57 @@ fn a_v3_server_gets_every_point_through_its_answers() {
     assert!(influx.with(|s| s.answers.contains(&413)));
 }
 
+/// Forms InfluxDB 1.x takes and InfluxDB 3's parser refuses (trailing
+/// blanks, floats without a digit on one side of the point) come from
+/// real sensors: written in a form 3.x takes, never dead-lettered. The
+/// in-test server refuses them as the real one does (it runs 3.x's parser).
+#[test]
+fn lines_only_influxdb_1_takes_are_written_to_a_v3_server() {
+    let broker = Mosquitto::start();
+    let influx = FakeInflux::start(Flavor::V3, "apiv3_tok", "", "sensors", 1 << 20);
+    let config = refusals_config(
+        &broker,
+        &format!(
+            "[influxdb]\napi = \"v3\"\nurl = \"{}\"\ndatabase = \"sensors\"\ntoken = \"apiv3_tok\"\n{}",
+            influx.url(),
+            support::NO_CLOCK_WAIT
+        ),
+    );
+    let daemon = Daemon::start(&config);
+    assert!(daemon.wait_for_log("subscribed to", 1, Duration::from_secs(20)));
+    let sent = [
+        "forms,s=a v=1 1700000000000000001 ",
+        "forms,s=a v=1 ",
+        "forms,s=b v=.5 1700000000000000002",
+        "forms,s=c v=-.5 1700000000000000003",
+        "forms,s=d v=2. 1700000000000000004",
+        "forms,s=e v=1.e5 1700000000000000005",
+    ];
+    publish_all(
+        broker.port,
+        "pub-forms",
+        sent.iter()
+            .map(|l| ("sensors/forms".to_owned(), l.as_bytes().to_vec()))
+            .collect(),
+        Duration::from_secs(30),
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || influx.with(|s| s.lines.len())
+            >= sent.len()),
+        "{:?}\n{}",
+        influx.with(|s| s.lines.clone()),
+        daemon.log()
+    );
+    let lines = influx.with(|s| s.lines.clone());
+    for want in ["v=0.5 ", "v=-0.5 ", "v=2.0 ", "v=100000.0 "] {
+        assert!(lines.iter().any(|l| l.contains(want)), "{want}: {lines:?}");
+    }
+    assert!(influx.with(|s| !s.answers.contains(&400)), "{lines:?}");
+    let dead = std::fs::read_to_string(daemon.dir.path().join("state/dead-letter.jsonl"))
+        .unwrap_or_default();
+    assert!(dead.is_empty(), "{dead}");
+}
+
 #[test]
 fn one_type_conflict_in_a_5000_line_v3_batch_costs_no_extra_request() {
     let broker = Mosquitto::start();
@@ -669,4 +718,79 @@ fn points_beyond_a_short_retention_policy_are_dead_lettered_and_the_rest_written
     assert_eq!(status["points_beyond_retention"], 5, "{status}");
     assert_eq!(status["points_written"], 5, "{status}");
     daemon.stop_cleanly();
+}
+
+/// InfluxDB 3 before 3.10 panics answering a refused line whose first 20
+/// bytes end inside a character: the connection closes without an answer
+/// while the server goes on answering other requests. Such a batch is
+/// split down to the line, which is dead-lettered; everything else is
+/// written, the points that come after it too (the in-test server does
+/// what the real one does, docs/influxdb-api.md).
+#[test]
+fn a_batch_the_server_dies_on_is_split_and_its_line_dead_lettered() {
+    let broker = Mosquitto::start();
+    let influx = FakeInflux::start(Flavor::V3, "apiv3_tok", "", "sensors", 1 << 20);
+    influx.with(|s| s.v3_cut_panics = true);
+    let config = format!(
+        "{}[influxdb]\napi = \"v3\"\nurl = \"{}\"\ndatabase = \"sensors\"\ntoken = \"apiv3_tok\"\n",
+        gateway_head(&broker, "gw-v3-poison", "sensors/#"),
+        influx.url()
+    );
+    let mut daemon = Daemon::start(&config);
+    assert!(daemon.wait_for_log("subscribed to", 1, Duration::from_secs(20)));
+
+    let t0 = 1_700_000_000_000_000_000u64;
+    let good = |i: u64| {
+        (
+            "sensors/p".to_owned(),
+            format!("killer,s=s{} v={i}i {}", i % 3, t0 + i).into_bytes(),
+        )
+    };
+    // `v` is an integer by then: the server refuses the line and renders
+    // it `killer,t=aaaaaaaaaaé v=s ...`, whose byte 20 is inside the `é`.
+    let bad = "killer,t=aaaaaaaaaa\u{e9} v=\"s\" 1700000000000000100";
+    let mut first: Vec<_> = (0..100).map(good).collect();
+    first.push(("sensors/p".to_owned(), bad.as_bytes().to_vec()));
+    first.extend((101..201).map(good));
+    publish_all(broker.port, "pub-poison-1", first, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(8));
+    publish_all(
+        broker.port,
+        "pub-poison-2",
+        (201..301).map(good).collect(),
+        Duration::from_secs(30),
+    );
+    let last_published = std::time::Instant::now();
+    let written = || {
+        influx.with(|s| {
+            s.lines
+                .iter()
+                .filter(|l| l.starts_with("killer,s="))
+                .cloned()
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+        })
+    };
+    let all = wait_until(Duration::from_secs(30), || written() == 300);
+    assert!(all, "{} of 300 written\n{}", written(), daemon.log());
+    eprintln!(
+        "all 300 written {:?} after the last was published; answers: {:?}",
+        last_published.elapsed(),
+        influx.with(|s| s.answers.clone())
+    );
+    let dead: Vec<serde_json::Value> =
+        std::fs::read_to_string(daemon.dir.path().join("state/dead-letter.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["payload"], bad, "{dead:?}");
+    let reason = dead[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("without an answer"), "{reason}");
+    assert!(
+        influx.with(|s| s.answers.contains(&support::fake_influx::NO_ANSWER)),
+        "the server never failed"
+    );
+    assert!(daemon.is_running());
 }

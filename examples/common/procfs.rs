@@ -1,3 +1,4 @@
+#![allow(unsafe_code)] // sysconf(3) for the clock tick
 #![allow(dead_code)]
 //! What the benchmarks read from /proc: one `key: value` field of a file
 //! such as /proc/PID/status or /proc/PID/io. Never fails: a missing file
@@ -26,6 +27,7 @@ pub fn cpu_time(pid: u32) -> std::time::Duration {
         .map(|f| f.parse().unwrap_or(0))
         .collect();
     let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
+    // SAFETY: sysconf(3) takes a plain integer and touches no memory of ours.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     std::time::Duration::from_secs_f64(ticks as f64 / hz as f64)
 }

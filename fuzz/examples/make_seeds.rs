@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use leasegate::agent::spool::{FsyncPolicy, Overflow, Spool, SpoolConfig};
+use leasegate::agent::spool::{FsyncPolicy, Overflow, SizeOrPercent, Spool, SpoolConfig};
 use leasegate::api::{
     ApiError, EnrollRequest, Enrollment, ErrorBody, ErrorCode, LeaseGrant, LeaseInfo, LeaseList,
     LeaseRequest, LeaseStatus, Target,
@@ -361,6 +361,7 @@ fn spool(dir: &Path) {
         max_bytes: 1 << 20,
         fsync: FsyncPolicy::Batch,
         overflow: Overflow::Block,
+        min_free: SizeOrPercent::Bytes(0),
     };
     let (s, _) = Spool::open(config).unwrap();
     for (i, line) in ["m,t=a v=1i 1\n", "m v=2 2\nm v=3 3\n", "cpu usage=0.5\n"]

@@ -1,6 +1,6 @@
 //! The authority's request bodies and the answers the gateway reads,
 //! through the same types and checks the server and client use
-//! (`leasegate::api`, `leasegate::ticket::secret_is_well_formed`).
+//! (`leasegate::wire::api`, `leasegate::wire::ticket::secret_is_well_formed`).
 //!
 //! Input: a mode byte, then the body. Modes: 0 `POST /v1/enroll`
 //! (`EnrollRequest`, then the service's identity-name and secret checks),
@@ -16,10 +16,10 @@
 #![no_main]
 
 use base64::Engine as _;
-use leasegate::api::{
+use leasegate::wire::api::{
     self, EnrollRequest, Enrollment, ErrorBody, LeaseGrant, LeaseInfo, LeaseList, LeaseRequest,
 };
-use leasegate::ticket;
+use leasegate::wire::ticket;
 use libfuzzer_sys::fuzz_target;
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -1,4 +1,4 @@
-//! Enrollment tickets: `leasegate::ticket::Ticket::parse`.
+//! Enrollment tickets: `leasegate::wire::ticket::Ticket::parse`.
 //!
 //! Input: a mode byte, then text. Mode bit 0 clear: the text is a ticket
 //! file as it is (lossily UTF-8). Set: the text is the ticket's JSON,
@@ -15,7 +15,7 @@
 #![no_main]
 
 use base64::Engine as _;
-use leasegate::ticket::{self, Ticket};
+use leasegate::wire::ticket::{self, Ticket};
 use libfuzzer_sys::fuzz_target;
 
 mod common;
@@ -55,7 +55,7 @@ fn accepted(t: &Ticket) {
     }
     if let Some(name) = &t.identity_name {
         assert!(
-            leasegate::api::identity_name_is_valid(name),
+            leasegate::wire::api::identity_name_is_valid(name),
             "identity name {name:?}"
         );
     }

@@ -2,18 +2,18 @@
 //! spool: a message as it came ([`Received`]), what the decoder made of it
 //! ([`Delivery`]) and the ack it is owed ([`AckToken`]).
 //!
-//! Plain data, so that the intake, the decoder and the appender share
-//! types without depending on one another. Nothing here acts.
+//! Plain data, a leaf the stages share: it imports no stage, and nothing
+//! here acts.
 
 use std::time::Instant;
 
 use rumqttc::Publish;
 
-use super::deadletter::Rejection;
+use crate::agent::deadletter::Rejection;
 
 /// Messages the intake hands over together, to be stored under one commit
-/// ([`super::group`]).
-pub type Group = Vec<Received>;
+/// (`crate::agent::intake::group`).
+pub type Handover = Vec<Received>;
 
 /// One message as it came from the broker, on its way to be decoded.
 #[derive(Debug)]
@@ -41,7 +41,7 @@ pub struct Delivery {
     pub lines: String,
     /// The points stamped with the time of receipt, in lines of their
     /// own: they are stored so that the stamps can be corrected
-    /// (`super::trueclock`).
+    /// (`crate::agent::store::trueclock`).
     pub stamped: String,
     /// All points, in both.
     pub points: u64,

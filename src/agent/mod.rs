@@ -1,53 +1,35 @@
-//! The gateway daemon (`leasegate run`): MQTT in, disk spool, InfluxDB out.
-//!
-//! [`run`] starts the pipeline ([`pipeline`]: the `appender`, `writer`,
-//! `mqtt` and, with leases, `lease` and `tickets` threads), supervises it
-//! ([`supervise`]) until the [`Shutdown`] fires, and drains it within the
-//! configured bound. A point is acked to the broker only once it is in the
-//! spool ([`appender`]), and leaves the spool only once InfluxDB has it
-//! ([`writer`]); the credential writes go with is in one place
-//! ([`credential`]), owned by the static configuration
-//! ([`static_credential`]) or the lease keeper ([`keeper`], deciding in
-//! [`lease`]). `run` must return within the drain bound after the shutdown
-//! fires, and never exits the process itself (the binary decides exit
-//! codes).
+//! The gateway daemon (`leasegate run`): MQTT in ([`intake`]), disk spool
+//! ([`store`]), InfluxDB out ([`output`]), with the credential writes go
+//! with ([`credential`]) and what an operator sees ([`report`]). [`run`]
+//! starts the named threads ([`pipeline`]), supervises them until the
+//! [`Shutdown`] fires and drains them within the configured bound. A point
+//! is acked to the broker only once it is in the spool, and leaves the
+//! spool only once InfluxDB has it. `run` never exits the process itself
+//! (the binary decides exit codes).
 
-mod appender;
-mod arrival;
 pub mod credential;
 mod deadletter;
-mod decode;
-mod group;
-pub mod identity;
-mod intake;
-mod keeper;
-pub mod lease;
+pub mod intake;
 mod message;
-pub mod metrics;
-mod oversize;
+pub mod output;
 pub mod pipeline;
-mod reader;
-pub mod refusal;
 mod reload;
-pub mod sink;
-pub mod spool;
-mod static_credential;
+pub mod report;
 mod stats;
-pub mod status;
+pub mod store;
 mod supervise;
-mod tickets;
-pub mod trueclock;
-mod writer;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-pub use message::{AckToken, Group, Received};
+pub use message::{AckToken, Handover, Received};
+pub use output::sink::{Sink, WriteError};
 pub use pipeline::{Feed, Pipeline};
-pub use sink::{Sink, WriteError};
+use report::{metrics, status};
 pub use stats::Stats;
+use store::spool;
 use supervise::{Event, Supervised, Supervisor};
 
 use crate::config::Config;
@@ -122,12 +104,7 @@ pub fn run(
     );
     pipeline.reporter.write_file();
     let metrics_thread = config.metrics_listen.and_then(|listen| {
-        let sources = Arc::new(status::Sources {
-            stats: pipeline.stats.clone(),
-            spool: pipeline.spool.clone(),
-            view: pipeline.keeper.as_ref().map(|k| k.view.clone()),
-        });
-        metrics::serve(listen, sources, shutdown.clone())
+        metrics::serve(listen, pipeline.reporter.clone(), shutdown.clone())
             .map_err(|e| log::error!("no metrics endpoint on {listen}: {e}"))
             .ok()
     });

@@ -1,17 +1,11 @@
 //! Starting the gateway's pipeline: the spool opened, the credential in
-//! force, and the named threads that move points.
-//!
-//! - `appender` ([`appender`]): decodes what the intake hands over, appends
-//!   it to the spool and releases the acks once it is committed;
-//! - `writer` ([`writer`]): batches from the spool to InfluxDB;
-//! - `lease` ([`keeper`], leased writing only), with its `tickets` watcher;
-//! - `mqtt` ([`intake`]): the broker session, started last by
-//!   [`Pipeline::start_intake`] (a test can feed the pipeline instead).
-//!
-//! Each thread has its own progress beat and reports its end through the
-//! `ended` callback, so that the supervisor ([`super::supervise`]) waits on
-//! events rather than polls. Starting owns nothing after it returns: the
-//! [`Pipeline`] holds the handles, the supervisor decides what they mean.
+//! force, and the named threads that move points: `appender`
+//! (`store/appender`), `writer` (`output/writer`), `spool-packer`, with
+//! leases `lease` (`credential/lease/thread`) and `tickets`, and `mqtt`
+//! (`intake`), started last by [`Pipeline::start_intake`] so that a test
+//! can feed the pipeline instead. Each thread reports its end through the
+//! `ended` callback, so the supervisor waits on events rather than polls.
+//! Starting owns nothing after it returns: [`Pipeline`] holds the handles.
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -19,21 +13,23 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use super::appender::{self, Appender};
-use super::credential::{Outcomes, Slot};
-use super::deadletter::DeadLetters;
-use super::decode::Decoder;
-use super::intake::Intake;
-use super::keeper::{self, KeeperHandle};
-use super::lease::LeaseSettings;
-use super::message::{AckToken, Group};
-use super::sink::Sink;
-use super::spool::{self, Spool};
-use super::stats::Stats;
-use super::status::{Reporter, Sources};
-use super::trueclock::{TrueClock, Trust};
-use super::writer::Writer;
-use super::{AgentError, static_credential};
+use super::AgentError;
+use crate::agent::credential::configured;
+use crate::agent::credential::lease::LeaseSettings;
+use crate::agent::credential::lease::thread::{self as lease_thread, KeeperHandle};
+use crate::agent::credential::{Outcomes, Slot};
+use crate::agent::deadletter::DeadLetters;
+use crate::agent::intake::Intake;
+use crate::agent::message::{AckToken, Handover};
+use crate::agent::output::sink::Sink;
+use crate::agent::output::writer::Writer;
+use crate::agent::report::status::{Reporter, Sources};
+use crate::agent::stats::Stats;
+use crate::agent::store::appender::{self, Appender};
+use crate::agent::store::arrivals::Arrivals;
+use crate::agent::store::decode::Decoder;
+use crate::agent::store::spool::{self, Spool};
+use crate::agent::store::trueclock::{TrueClock, Trust};
 use crate::config::{BatchLimits, Config, Subscription, Writing};
 use crate::lifecycle::health::Health;
 use crate::shutdown::Shutdown;
@@ -65,7 +61,7 @@ pub struct Pipeline {
 /// The intake's ends of the pipeline: what it hands over, the acks it
 /// sends, and the subscriptions as reloads change them.
 pub struct Feed {
-    pub deliveries: mpsc::Sender<Group>,
+    pub deliveries: mpsc::Sender<Handover>,
     pub acks: mpsc::UnboundedReceiver<AckToken>,
     pub reload: watch::Receiver<Vec<Subscription>>,
 }
@@ -81,9 +77,7 @@ impl Pipeline {
         if config.writing.is_leased() {
             prepare_dir(&config.ticket_dir)?;
         }
-        let spool = open_spool(config)?;
-        let wake = spool.clone();
-        shutdown.on_trigger(move || wake.wake_readers());
+        let spool = open_spool(config, shutdown)?;
         let stats = Arc::new(Stats::new(config.mqtt.subscribe.len()));
         let health = Arc::new(Health::default());
         let dead_letters = dead_letter_file(config);
@@ -99,11 +93,13 @@ impl Pipeline {
             &ended,
             &mut threads,
         )?;
+        let arrivals = Arc::new(Arrivals::default());
         let reporter = Arc::new(Reporter::new(
             &config.state_dir,
             Sources {
                 stats: stats.clone(),
                 spool: spool.clone(),
+                arrivals: arrivals.clone(),
                 view: keeper.as_ref().map(|k| k.view.clone()),
             },
         ));
@@ -121,6 +117,7 @@ impl Pipeline {
             clock,
         };
         threads.push(("writer", spawn("writer", &ended, move || writer.run())?));
+        threads.push(start_packer(&spool, shutdown, &ended)?);
         let (delivery_tx, delivery_rx) = mpsc::channel(QUEUE);
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let (subscriptions, reload) = watch::channel(config.mqtt.subscribe.clone());
@@ -138,7 +135,7 @@ impl Pipeline {
             shutdown: shutdown.clone(),
             stats: stats.clone(),
             beat: health.beat("appender"),
-            reporter: reporter.clone(),
+            arrivals,
             record_bytes: appender::RECORD_BYTES
                 .min(config.batch.max_bytes as usize)
                 .min((config.spool.max_bytes / 8) as usize),
@@ -228,7 +225,7 @@ fn credential_source(
 ) -> Result<(Outcomes, Option<KeeperHandle>), AgentError> {
     let lease = match &config.writing {
         Writing::Static(influx) => {
-            return Ok((static_credential::install(influx, slot.clone()), None));
+            return Ok((configured::install(influx, slot.clone()), None));
         }
         Writing::Leased(lease) => lease,
     };
@@ -237,7 +234,7 @@ fn credential_source(
         ticket_dir: config.ticket_dir.clone(),
         lease: lease.clone(),
     };
-    let (outcomes, handle, thread) = keeper::start(
+    let (outcomes, handle, thread) = lease_thread::start(
         settings,
         slot.clone(),
         clock.clone(),
@@ -282,13 +279,26 @@ fn prepare_dir(dir: &std::path::Path) -> Result<(), AgentError> {
     crate::lifecycle::files::private_dir(dir).map_err(|e| AgentError::StateDir(dir.to_owned(), e))
 }
 
-/// Opens the spool, reporting what it recovered.
-fn open_spool(config: &Config) -> Result<Arc<Spool>, AgentError> {
+/// Starts the thread that packs a backlog's segments ([`Spool::pack_until`]).
+fn start_packer(
+    spool: &Arc<Spool>,
+    shutdown: &Shutdown,
+    ended: &Ended,
+) -> Result<(&'static str, JoinHandle<()>), AgentError> {
+    let (spool, shutdown) = (spool.clone(), shutdown.clone());
+    let thread = spawn("spool-packer", ended, move || spool.pack_until(&shutdown))?;
+    Ok(("spool-packer", thread))
+}
+
+/// Opens the spool, reporting what it recovered; a shutdown wakes its
+/// readers.
+fn open_spool(config: &Config, shutdown: &Shutdown) -> Result<Arc<Spool>, AgentError> {
     let (spool, recovery) = Spool::open(spool::SpoolConfig {
         dir: config.state_dir.join("spool"),
         max_bytes: config.spool.max_bytes,
         fsync: config.spool.fsync,
         overflow: config.spool.overflow,
+        min_free: config.spool.min_free,
     })
     .map_err(AgentError::Spool)?;
     for damage in &recovery.damage {
@@ -302,7 +312,10 @@ fn open_spool(config: &Config) -> Result<Arc<Spool>, AgentError> {
             recovery.segments
         );
     }
-    Ok(Arc::new(spool))
+    let spool = Arc::new(spool);
+    let wake = spool.clone();
+    shutdown.on_trigger(move || wake.wake_readers());
+    Ok(spool)
 }
 
 /// Starts `body` on the thread `name`, reporting its end to `ended`.

@@ -1,20 +1,18 @@
-//! SIGHUP: the configuration file read again and applied to the running
-//! gateway where it can be.
+//! SIGHUP: reads the configuration file again and applies it to the
+//! running gateway where it can: subscriptions and formats, batch limits,
+//! the log level, and a new look at the ticket directory. Every other
+//! changed key ([`config::restart_required`]) is named as waiting for a
+//! restart and keeps its running value.
 //!
-//! An invalid file is refused with every problem logged, and the running
-//! configuration stays. A valid one takes effect at once for subscriptions
-//! and formats (on the live broker session), batch limits and the log
-//! level, and the ticket directory is looked at again; every other changed
-//! key ([`config::restart_required`]) is named as waiting for a restart,
-//! and keeps its running value (so a later reload names it again). It
-//! never logs a secret: keys are named, values are not.
+//! It never applies an invalid file (every problem is logged, the running
+//! configuration stays), and never logs a secret: keys, not values.
 
 use std::path::Path;
 use std::sync::Mutex;
 
 use tokio::sync::watch;
 
-use super::tickets::Rescan;
+use crate::agent::credential::tickets::Rescan;
 use crate::config::{self, BatchLimits, Config, Subscription};
 
 /// What a reload changes in the running pipeline.
@@ -62,6 +60,8 @@ pub fn apply(path: &Path, current: Config, live: &Live<'_>) -> Config {
         new.batch.max_bytes,
         new.batch.flush_interval
     );
+    // Only what applies live is taken: a key waiting for a restart keeps
+    // its running value, so a later reload names it again.
     let mut running = current;
     running.mqtt.subscribe = new.mqtt.subscribe;
     running.batch = new.batch;

@@ -39,7 +39,7 @@ pub struct Stats {
     /// (also in `points_refused`, and dead-lettered).
     pub points_beyond_retention: AtomicU64,
     /// Points stamped on receipt whose stamps were corrected by a trusted
-    /// time before they were sent (`super::trueclock`).
+    /// time before they were sent (`crate::agent::store::trueclock`).
     pub points_time_corrected: AtomicU64,
     /// Points stamped on receipt sent as stamped because no trusted time
     /// came (`clock.max_wait`, or an earlier boot's).

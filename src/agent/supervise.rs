@@ -1,21 +1,19 @@
 //! The supervisor: what the daemon's main thread does while the pipeline
-//! runs. It sleeps on one channel of [`Event`]s (a thread ended, the broker
-//! confirmed the subscriptions, SIGHUP, shutdown) and wakes otherwise only
-//! for the duties that have a time: systemd's watchdog and `STATUS=` (under
-//! systemd), and the status file while there is no status socket. An idle
-//! gateway outside systemd gives it nothing to do.
+//! runs. It sleeps on one channel of [`Event`]s, wakes otherwise only for
+//! the duties that have a time (systemd's watchdog and `STATUS=`, the
+//! status file while there is no status socket), and applies reloads.
 //!
-//! It decides nothing about points: it tells systemd how the daemon is,
-//! applies reloads, and turns a thread that ends before shutdown into a
-//! shutdown (the binary then exits non-zero and systemd restarts it).
+//! It decides nothing about points. A thread that ends before shutdown
+//! must become a shutdown: the binary then exits non-zero and systemd
+//! restarts it.
 
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use super::pipeline::Pipeline;
-use super::reload;
-use super::status::{self, FILE_EVERY};
+use crate::agent::pipeline::Pipeline;
+use crate::agent::reload;
+use crate::agent::report::status::{self, FILE_EVERY};
 use crate::config::Config;
 use crate::lifecycle::notify::Notifier;
 use crate::lifecycle::watchdog::Watchdog;
@@ -90,6 +88,8 @@ impl Supervisor<'_> {
             .into_iter()
             .flatten()
             .min();
+            // No timed duty (outside systemd, with a status socket): an
+            // idle gateway gives the supervisor nothing to do.
             let event = match next {
                 None => events.recv().map_err(|_| RecvTimeoutError::Disconnected),
                 Some(t) => events.recv_timeout(t.saturating_duration_since(Instant::now())),

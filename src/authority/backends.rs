@@ -1,16 +1,11 @@
-//! The real credentials behind leases, in each kind of InfluxDB.
-//!
-//! It owns the three credential APIs (docs/influxdb-api.md): 2.x
-//! authorizations, 1.x users through InfluxQL, 3.x tokens. For each it
-//! creates a least-privilege credential tagged with the lease id, deletes
-//! it by the handle the store keeps (authorization id, user name, token
-//! name), and lists the leasegate-tagged ones so start-up can delete those
-//! the store does not hold as live. Every call is blocking and bounded by a
-//! timeout; callers run it off the async runtime.
+//! The real credentials behind leases, in each kind of InfluxDB (2.x
+//! authorizations, 1.x users, 3.x tokens; docs/influxdb-api.md): creates
+//! least-privilege ones tagged with the lease id, deletes them by handle,
+//! and lists the tagged ones. Every call blocks, bounded by a timeout.
 //!
 //! It never logs or returns a credential except inside the [`Grant`] it
-//! hands back, and scrubs a new password out of any error text InfluxDB
-//! might echo. It keeps no state beyond resolved bucket ids.
+//! hands back, scrubs a new password out of any error text InfluxDB might
+//! echo, and keeps no state beyond resolved bucket ids.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -19,9 +14,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use crate::api::Target;
 use crate::authority::config::{Access, Backend as BackendConfig, BackendKind, Role};
 use crate::secret::{self, Secret};
+use crate::wire::api::Target;
 
 /// Prefix of every 2.x description and 3.x token name leasegate makes:
 /// `leasegate:<deployment>:<lease id>:<identity name>:<expiry unix>`, so
@@ -90,6 +85,8 @@ pub struct Wanted<'a> {
     pub target: &'a str,
 }
 
+/// One configured InfluxDB. Its calls block: callers run them off the
+/// async runtime.
 pub struct Backend {
     config: BackendConfig,
     /// This deployment's id, in every credential's name (see [`Made`]).
@@ -657,7 +654,7 @@ pub fn made(text: &str, deployment: &str) -> Option<Made> {
         };
     }
     let parts: Vec<&str> = text.strip_prefix(TAG)?.split(':').collect();
-    let name_ok = |n: &str| crate::api::identity_name_is_valid(n);
+    let name_ok = |n: &str| crate::wire::api::identity_name_is_valid(n);
     let expiry_ok = |e: &str| !e.is_empty() && e.bytes().all(|b| b.is_ascii_digit());
     match parts.as_slice() {
         [d, id, name, expiry] if *d == deployment && name_ok(name) && expiry_ok(expiry) => {

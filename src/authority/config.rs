@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::reader::Table;
+use crate::config::table::Table;
 use crate::config::{ConfigError, check_text, load_file, log_level, read_secret};
 use crate::secret::Secret;
 
@@ -42,7 +42,7 @@ pub struct AuthorityConfig {
     pub ca_key_file: Option<PathBuf>,
     pub log_level: Option<log::LevelFilter>,
     /// How long audit records are kept; older ones are pruned hourly.
-    pub audit_retention: std::time::Duration,
+    pub audit_retention: Duration,
     /// Names this deployment in every credential it makes in InfluxDB, so
     /// that deployments sharing one never touch each other's. Made at
     /// random on first start when not set.
@@ -63,7 +63,7 @@ pub struct AuthorityConfig {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EnrollmentLimits {
     pub per_address_burst: u32,
-    pub per_address_every: std::time::Duration,
+    pub per_address_every: Duration,
     pub concurrency: usize,
 }
 
@@ -71,7 +71,7 @@ impl Default for EnrollmentLimits {
     fn default() -> Self {
         EnrollmentLimits {
             per_address_burst: 20,
-            per_address_every: std::time::Duration::from_secs(1),
+            per_address_every: Duration::from_secs(1),
             concurrency: 16,
         }
     }
@@ -107,7 +107,7 @@ pub enum StoreTls {
 
 /// A backend's InfluxDB API: the type the gateway's configuration and
 /// the lease's target use too.
-pub use crate::api::InfluxApi as BackendKind;
+pub use crate::wire::api::InfluxApi as BackendKind;
 
 #[derive(Debug, Clone)]
 pub struct Backend {
@@ -246,7 +246,7 @@ fn read_enrollment(t: &Table<'_>) -> EnrollmentLimits {
         per_address_every: t.duration(
             "per_address_every",
             d.per_address_every,
-            std::time::Duration::from_millis(1),
+            Duration::from_millis(1),
         ),
         concurrency: t.integer("concurrency", d.concurrency as u64, 1, 1024) as usize,
     }
@@ -373,10 +373,10 @@ fn read_public_urls(t: &Table<'_>, tls: bool, public_url: Option<&str>) -> Vec<S
     let Some(urls) = t.strings("public_urls") else {
         return public_url.map(str::to_owned).into_iter().collect();
     };
-    if urls.is_empty() || urls.len() > crate::ticket::MAX_URLS {
+    if urls.is_empty() || urls.len() > crate::wire::ticket::MAX_URLS {
         t.problem(
             "public_urls",
-            format!("must list 1 to {} URLs", crate::ticket::MAX_URLS),
+            format!("must list 1 to {} URLs", crate::wire::ticket::MAX_URLS),
         );
     }
     for (i, url) in urls.iter().enumerate() {
@@ -482,12 +482,12 @@ fn read_ca_pair(t: &Table<'_>, has_cert_file: bool) -> (Option<PathBuf>, Option<
 fn read_audit_retention(t: &Table<'_>) -> Duration {
     let audit_retention = t.duration(
         "audit_retention",
-        std::time::Duration::from_secs(365 * 24 * 3600),
-        std::time::Duration::from_secs(24 * 3600),
+        Duration::from_secs(365 * 24 * 3600),
+        Duration::from_secs(24 * 3600),
     );
     // Past this the cutoff would leave the clock's range; "keep for ever"
     // is written as this much.
-    if audit_retention > std::time::Duration::from_secs(100 * 365 * 24 * 3600) {
+    if audit_retention > Duration::from_secs(100 * 365 * 24 * 3600) {
         t.problem("audit_retention", "must be at most 100 years");
     }
     audit_retention
@@ -845,7 +845,7 @@ max_ttl = "1h"
             c.enrollment,
             EnrollmentLimits {
                 per_address_burst: 500,
-                per_address_every: std::time::Duration::from_millis(100),
+                per_address_every: Duration::from_millis(100),
                 concurrency: 64,
             }
         );

@@ -1,19 +1,11 @@
 //! The lease authority (`leasegate-authority`): tickets, identities, roles
-//! and the real InfluxDB credentials behind each lease.
+//! and the real InfluxDB credentials behind each lease. Its parts: the
+//! decisions ([`service`]) over the durable state ([`store`]) and InfluxDB
+//! ([`backends`], [`reaper`]); the HTTPS front ([`server`], [`tls`]);
+//! [`config`], [`status`] and [`admin`]. [`run`] wires them for `serve`.
 //!
-//! Server-only: compiled only with the `authority` feature, so nothing here
-//! may be needed by the gateway. The parts, each in its module:
-//! - [`config`]: the configuration and its checks;
-//! - [`store`]: SQLite state (hashes, never secrets) and the audit trail;
-//! - [`backends`]: creating and deleting credentials in InfluxDB 1.x/2.x/3.x;
-//! - [`service`]: the decisions (enrollment, roles, TTLs, revocation);
-//! - [`reaper`]: deletion at expiry, retries, start-up reconcile;
-//! - [`server`] and [`tls`]: the HTTPS front, the deployment CA and the
-//!   replica's certificate;
-//! - [`status`]: what `status` shows of this replica and the others;
-//! - [`admin`]: what the admin commands print.
-//!
-//! [`run`] wires them for `leasegate-authority serve`.
+//! Compiled only with the `authority` feature: the gateway must never need
+//! anything here. The store never holds a secret, only hashes.
 
 pub mod admin;
 pub mod backends;

@@ -1,21 +1,11 @@
-//! The reaper: deletes each lease's credential when the lease expires, and
-//! retries deletions that failed; and the housekeeping beside it.
+//! The reaper: one thread per backend deletes each lease's credential when
+//! the lease expires and retries deletions that failed; beside it, the
+//! `claims` thread and housekeeping (reconciling every backend hourly,
+//! forgetting leases that ended over [`KEEP_ENDED`] ago).
 //!
-//! One named thread per backend, so an unreachable InfluxDB delays only its
-//! own deletions. Each pass claims the due leases in the store in expiry
-//! order (the store, not memory, is the queue: it survives restarts and
-//! sees leases the admin commands revoked), and sleeps until the next one
-//! is due, at most [`POLL`] so leases issued meanwhile are seen in time.
-//! A claim lasts [`CLAIM`] and the `claims` thread renews it while the
-//! work runs, so replicas sharing a store split the work, never work on
-//! one lease at once, and take over the claims of one that died.
 //! It never deletes a credential before its lease's expiry and never
-//! issues anything.
-//!
-//! The housekeeping thread reconciles every backend at start and then
-//! hourly (leasegate-made credentials whose lease is not live are deleted),
-//! and forgets leases that ended more than [`KEEP_ENDED`] ago. It runs
-//! apart from the reapers so a slow reconcile never delays an expiry.
+//! issues anything. Replicas sharing a store must never work on one lease
+//! at once: each due lease is claimed for [`CLAIM`] first.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -49,7 +39,8 @@ const RECONCILE_LOOK: Duration = Duration::from_secs(1);
 /// How long ended leases stay listed.
 pub const KEEP_ENDED: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// Starts one reaper per backend and the housekeeping thread.
+/// Starts one reaper per backend (so an unreachable InfluxDB delays only
+/// its own deletions), the claims thread and the housekeeping thread.
 /// `beats` gets one beat per backend, in `Authority::backends` order, for
 /// the watchdog.
 pub fn start(
@@ -81,6 +72,11 @@ pub fn start(
     Ok(threads)
 }
 
+/// Claims the due leases in expiry order and deletes their credentials.
+/// The store, not memory, is the queue: it survives restarts, sees leases
+/// the admin commands revoked, and its claims let replicas split the work
+/// and take over those of one that died. It sleeps until the next lease is
+/// due, at most [`POLL`] so leases issued meanwhile are seen in time.
 fn reap(authority: &Authority, backend: &Backend, shutdown: &Shutdown, beat: &Beat) {
     while !shutdown.is_triggered() {
         beat.beat();
@@ -183,6 +179,9 @@ fn keep_claims(authority: &Authority, shutdown: &Shutdown) {
     }
 }
 
+/// Reconciles every backend at start and then hourly, and forgets ended
+/// leases and old audit records. Apart from the reapers, so a slow
+/// reconcile never delays an expiry.
 fn housekeeping(authority: &Authority, shutdown: &Shutdown) {
     let backends: Vec<Arc<Backend>> = authority.backends().cloned().collect();
     let mut attempts = 0;

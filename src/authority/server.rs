@@ -1,20 +1,11 @@
-//! The authority's HTTP(S) front: routes of [`crate::api`] onto
-//! [`Authority`], over rustls unless TLS is off.
+//! The authority's HTTP(S) front: routes of [`crate::wire::api`] onto
+//! [`Authority`], over rustls unless TLS is off. It owns the wire (bodies,
+//! bearer credentials, each [`ApiError`]'s status) and who is served when
+//! many ask at once ([`Gate`]). Calls into the authority run on the
+//! blocking pool.
 //!
-//! It owns the wire: parsing bodies and bearer credentials, mapping each
-//! [`ApiError`] to its status, and who gets served when many ask at once.
-//! Every call into the authority runs on the blocking pool, because it may
-//! wait on SQLite or InfluxDB. It decides nothing itself and never logs a
-//! request body or header (they hold secrets).
-//!
-//! Nobody can hold the server's capacity by being slow ([`Gate`]): a
-//! connection has a bounded handshake, header time, body time and
-//! lifetime; one client address holds at most [`MAX_PER_ADDRESS`]
-//! connections; a share of the connections ([`RESERVED`]) is kept for
-//! addresses an identity has authenticated from recently, so gateways are
-//! served while strangers crowd the rest; a lease call's bearer is checked
-//! before its body is read; and enrollment, the one route open to anyone,
-//! is rate-limited per address and capped in concurrency.
+//! It decides nothing itself, never logs a request body or header (they
+//! hold secrets), and no client may hold its capacity by being slow.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -30,12 +21,12 @@ use axum::routing::{get, post};
 use hyper_util::rt::TokioIo;
 use tower::ServiceExt as _;
 
-use crate::api::{ApiError, EnrollRequest, ErrorBody, ErrorCode, LeaseList, LeaseRequest};
 use crate::authority::config::EnrollmentLimits;
 use crate::authority::service::Authority;
 use crate::authority::store::IdentityRow;
 use crate::secret::Secret;
 use crate::shutdown::Shutdown;
+use crate::wire::api::{ApiError, EnrollRequest, ErrorBody, ErrorCode, LeaseList, LeaseRequest};
 
 /// How long a client may take for its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -55,7 +46,8 @@ const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// Connections served at once, all addresses together.
 const MAX_CONNECTIONS: usize = 1024;
 /// Of those, connections only addresses that authenticated an identity
-/// within [`ESTABLISHED_FOR`] may use.
+/// within [`ESTABLISHED_FOR`] may use: gateways are served while strangers
+/// crowd the rest.
 const RESERVED: usize = 256;
 /// Connections one client address may hold at once. A site's NAT with
 /// hundreds of gateways still needs only a few at a time.
@@ -97,7 +89,9 @@ struct App {
 const HEALTH_FOR: Duration = Duration::from_secs(1);
 
 /// Who may use the server's capacity: connection counts per address and
-/// in all, addresses known for a gateway, and enrollment buckets.
+/// in all, addresses known for a gateway, and enrollment buckets. Nobody
+/// holds it by being slow: a connection's handshake, headers, body and
+/// lifetime are each bounded in time.
 pub struct Gate {
     state: Mutex<GateState>,
     limits: EnrollmentLimits,
@@ -609,6 +603,8 @@ fn rate_limited(wait: Duration, message: &str) -> Response {
     r
 }
 
+/// The one route open to anyone: rate-limited per address and capped in
+/// concurrency.
 async fn enroll(
     State(app): State<App>,
     Extension(Peer(peer)): Extension<Peer>,

@@ -1,17 +1,10 @@
-//! What `leasegate-authority status` shows: this replica, the replicas the
-//! store has heard from lately, the claims held, and whether the store
-//! answers.
+//! What `leasegate-authority status` shows: this replica (from the report
+//! `serve` writes to `state_dir/status.json` at start and each heartbeat),
+//! the replicas the store heard from lately, the claims held, and whether
+//! the store answers. It owns the report's shape and its rendering.
 //!
-//! `serve` writes its report to `state_dir/status.json` (whole file,
-//! renamed in, not synced: a status file must not wear a disk) at start
-//! and at every heartbeat, with what the heartbeat found of the store.
-//! The command reads that file, says how fresh it is, and asks the store
-//! itself for the replicas and its health, so it shows a store that no
-//! longer answers even when the server cannot say so any more.
-//!
-//! It owns the report's shape and its rendering. Nothing in it is a
-//! secret: ids, times, counts and error chains of the store (which never
-//! carry the store's password).
+//! Nothing in it may be a secret: ids, times, counts, and the store's error
+//! chains, which never carry its password.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -124,8 +117,9 @@ pub fn report(authority: &Authority, store: StoreHealth) -> ReplicaReport {
     }
 }
 
-/// Writes this process's report; a failure is logged once in a while
-/// by the caller's schedule, never fatal.
+/// Writes this process's report (not synced: a status file must not wear
+/// a disk); a failure is logged once in a while by the caller's schedule,
+/// never fatal.
 pub fn write_report(authority: &Authority, store: StoreHealth) {
     let dir = &authority.config().state_dir;
     let path = dir.join(STATUS_FILE);
@@ -140,8 +134,9 @@ pub fn read_report(state_dir: &Path) -> Option<ReplicaReport> {
 }
 
 /// Gathers the status: the report in the state dir, and the store's own
-/// word (or why it could not be opened). A replica heard from within
-/// `alive_within` counts as alive.
+/// word (or why it could not be opened), so a store that no longer answers
+/// shows even when the server cannot say so any more. A replica heard
+/// from within `alive_within` counts as alive.
 pub fn gather(config: &AuthorityConfig, now_ms: i64, alive_within: Duration) -> Status {
     let this_replica = read_report(&config.state_dir);
     let serving = this_replica

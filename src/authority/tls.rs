@@ -1,23 +1,11 @@
 //! The authority's TLS identity: the deployment's CA, this replica's
 //! certificate signed by it, and the SHA-256 fingerprints tickets carry so
-//! gateways can pin them.
+//! gateways can pin them. It also serves an operator's `cert_file` and
+//! `key_file`, or a self-signed `cert.pem` left in the state dir while it
+//! exists.
 //!
-//! The CA is made on first start in the state dir (`ca.pem`, `ca-key.pem`)
-//! unless `ca_cert_file`/`ca_key_file` name one; replicas share it by
-//! those files. Each replica signs its own certificate (`leaf.pem`,
-//! `leaf-key.pem`) for the host of its `public_url`, and signs a new one
-//! at start when the old one would no longer pass a gateway's check
-//! within [`RENEW_BEFORE`] (another CA, other names, near its end): the
-//! gateways pin the CA, so a new certificate needs no new ticket.
-//!
-//! Two older layouts keep working: `cert_file`/`key_file` from the
-//! operator's PKI (tickets pin that certificate, or `ca_cert_file` when
-//! set: its issuer), and the self-signed `cert.pem` of authorities from
-//! before the CA, which is served while it exists, since gateways enrolled
-//! then pin it (README, "Moving to the deployment CA").
-//!
-//! It owns the key files' mode (0600) and never replaces a CA that exists:
-//! every ticket handed out pins it.
+//! It owns the key files' mode (0600) and must never replace a CA that
+//! exists: every ticket handed out pins it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,7 +15,7 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 use crate::authority::config::AuthorityConfig;
-use crate::client::Pins;
+use crate::wire::client::{Pins, verify_chain};
 
 /// A certificate is signed anew at start when it would not pass a
 /// gateway's check this far ahead.
@@ -51,7 +39,7 @@ pub struct Identity {
     pub key: PrivateKeyDer<'static>,
     pub pins: Pins,
     /// What lease grants tell gateways of the CA.
-    pub deployment_ca: Option<crate::api::DeploymentCa>,
+    pub deployment_ca: Option<crate::wire::api::DeploymentCa>,
 }
 
 impl Identity {
@@ -70,7 +58,9 @@ fn file_error(path: &Path, message: impl Into<String>) -> TlsError {
 
 /// Where the served certificate and its key are, and what they are.
 enum Layout {
-    /// `cert_file`/`key_file`; `ca_cert_file`, if set, is their issuer.
+    /// `cert_file`/`key_file` from the operator's PKI; `ca_cert_file`, if
+    /// set, is their issuer. Tickets pin that issuer when set, else the
+    /// certificate.
     Configured {
         cert: PathBuf,
         key: PathBuf,
@@ -79,6 +69,10 @@ enum Layout {
     /// The deployment CA (state dir or config) and this replica's
     /// certificate in the state dir; `legacy` when the self-signed
     /// `cert.pem` of an older authority is still there and served.
+    /// The CA is made on first start unless `ca_cert_file`/`ca_key_file`
+    /// name one: replicas share it by those files. `cert.pem` is served
+    /// while it exists because the gateways enrolled with it pin it
+    /// (README, "Moving to the deployment CA").
     Deployment {
         ca_cert: PathBuf,
         ca_key: PathBuf,
@@ -137,6 +131,10 @@ fn names(config: &AuthorityConfig) -> Vec<String> {
 
 /// Loads the TLS identity for `serve`, making the CA on first start and
 /// this replica's certificate whenever the one there would not do.
+///
+/// The certificate is made anew when it would fail a gateway's check
+/// within [`RENEW_BEFORE`] (another CA, other names, near its end):
+/// gateways pin the CA, so a new certificate needs no new ticket.
 pub fn load_or_create(config: &AuthorityConfig) -> Result<Identity, TlsError> {
     match layout(config) {
         Layout::Configured { cert, key, ca } => {
@@ -144,7 +142,7 @@ pub fn load_or_create(config: &AuthorityConfig) -> Result<Identity, TlsError> {
             if let Some(ca_path) = ca {
                 let ca = load_cert(&ca_path)?;
                 let name = server_name(config)?;
-                crate::client::verify_chain(
+                verify_chain(
                     &ca,
                     &identity.certs[0],
                     &identity.certs[1..],
@@ -163,7 +161,7 @@ pub fn load_or_create(config: &AuthorityConfig) -> Result<Identity, TlsError> {
                 })?;
                 let ca_pin = crate::secret::sha256_hex(ca.as_ref());
                 identity.pins.ca = Some(ca_pin.clone());
-                identity.deployment_ca = Some(crate::api::DeploymentCa {
+                identity.deployment_ca = Some(crate::wire::api::DeploymentCa {
                     sha256: ca_pin,
                     signs_served_certificate: true,
                 });
@@ -197,7 +195,7 @@ pub fn load_or_create(config: &AuthorityConfig) -> Result<Identity, TlsError> {
                 // Tickets pin the served certificate only: a gateway that
                 // pinned the CA would refuse it.
                 identity.pins = Pins::leaf(&identity.fingerprint());
-                identity.deployment_ca = Some(crate::api::DeploymentCa {
+                identity.deployment_ca = Some(crate::wire::api::DeploymentCa {
                     sha256: ca_pin,
                     signs_served_certificate: false,
                 });
@@ -213,8 +211,7 @@ pub fn load_or_create(config: &AuthorityConfig) -> Result<Identity, TlsError> {
                 && load(&cert, &key).is_ok_and(|id| {
                     names(config).into_iter().all(|n| {
                         ServerName::try_from(n).is_ok_and(|name| {
-                            crate::client::verify_chain(&ca, &id.certs[0], &[], &name, renew_check)
-                                .is_ok()
+                            verify_chain(&ca, &id.certs[0], &[], &name, renew_check).is_ok()
                         })
                     })
                 });
@@ -228,7 +225,7 @@ pub fn load_or_create(config: &AuthorityConfig) -> Result<Identity, TlsError> {
                 ca: Some(ca_pin.clone()),
                 leaf: Some(identity.fingerprint()),
             };
-            identity.deployment_ca = Some(crate::api::DeploymentCa {
+            identity.deployment_ca = Some(crate::wire::api::DeploymentCa {
                 sha256: ca_pin,
                 signs_served_certificate: true,
             });

@@ -4,17 +4,20 @@
 //! A thin shell over `leasegate::authority`: argument parsing, config
 //! loading, printing and exit codes (78 for bad configuration), nothing
 //! else. The admin commands open the same store as a running server.
+#![forbid(unsafe_code)]
+// The binary decides the exit code, and a second signal ends it at once.
+#![allow(clippy::exit)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use leasegate::api::{ApiError, ErrorCode};
 use leasegate::authority::config::{AuthorityConfig, DEFAULT_CONFIG_PATH, EXAMPLE};
 use leasegate::authority::service::{Authority, now_ms};
 use leasegate::authority::{admin, run};
 use leasegate::shutdown::Shutdown;
+use leasegate::wire::api::{ApiError, ErrorCode};
 use leasegate::{error_chain, exit, logging};
 
 #[derive(Parser)]

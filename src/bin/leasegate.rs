@@ -3,6 +3,9 @@
 //! A thin shell over the library: it parses arguments, loads the config,
 //! installs signal handling and maps results to exit codes (78 for bad
 //! configuration). It holds no pipeline logic of its own.
+#![forbid(unsafe_code)]
+// The binary decides the exit code, and a second signal ends it at once.
+#![allow(clippy::exit)]
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -185,9 +188,13 @@ fn enroll(path: &Path, file: &Path) -> i32 {
     }
     // The same as a drop-in: a used ticket is deleted (it is a secret), a
     // rejected one renamed .rejected with its reason beside it.
-    use agent::identity::TicketOutcome;
-    match agent::identity::process_ticket(file, &config.state_dir, &l.identity_name, l.system_trust)
-    {
+    use agent::credential::identity::TicketOutcome;
+    match agent::credential::identity::process_ticket(
+        file,
+        &config.state_dir,
+        &l.identity_name,
+        l.system_trust,
+    ) {
         TicketOutcome::Enrolled(i) => {
             give_to_state_dir_owner(&config.state_dir);
             println!(
@@ -227,7 +234,7 @@ fn give_to_state_dir_owner(state_dir: &Path) {
     let Ok(dir) = std::fs::metadata(state_dir) else {
         return;
     };
-    let file = state_dir.join(agent::identity::IDENTITY_FILE);
+    let file = state_dir.join(agent::credential::identity::IDENTITY_FILE);
     let owned = std::fs::metadata(&file).is_ok_and(|m| m.uid() == dir.uid());
     if !owned && let Err(e) = std::os::unix::fs::chown(&file, Some(dir.uid()), Some(dir.gid())) {
         eprintln!(
@@ -243,7 +250,7 @@ fn lease(path: &Path, command: LeaseCommand) -> i32 {
         return exit::CONFIG;
     };
     logging::init(Some(config.log_level.unwrap_or(log::LevelFilter::Warn)));
-    let Some(identity) = agent::identity::load_identity(&config.state_dir) else {
+    let Some(identity) = agent::credential::identity::load_identity(&config.state_dir) else {
         eprintln!(
             "leasegate: not enrolled (no identity in {}): drop a ticket into {} or run `leasegate enroll FILE`",
             config.state_dir.display(),
@@ -310,7 +317,7 @@ fn status(path: &Path, json: bool) -> i32 {
     let Some(config) = load(path) else {
         return exit::CONFIG;
     };
-    match agent::status::fetch(&config.status_dirs(), &config.state_dir) {
+    match agent::report::status::fetch(&config.status_dirs(), &config.state_dir) {
         Ok(report) => {
             let now = leasegate::now_ms();
             if json {
@@ -319,10 +326,10 @@ fn status(path: &Path, json: bool) -> i32 {
                     serde_json::to_string_pretty(&report).expect("plain data always serializes")
                 );
             } else {
-                print!("{}", agent::status::render(&report, now));
+                print!("{}", agent::report::status::render(&report, now));
             }
             let fresh = !report.stopped
-                && now - report.updated_ms <= agent::status::STALE.as_millis() as i64;
+                && now - report.updated_ms <= agent::report::status::STALE.as_millis() as i64;
             if fresh { exit::OK } else { exit::FAILURE }
         }
         Err(e) => {

@@ -1,12 +1,11 @@
 //! What a configuration reload (SIGHUP) can apply to a running gateway,
-//! and what needs a restart: decided by comparing values, never their
-//! `Debug` text (a secret or a TLS setting prints the same whatever it
-//! holds, so a changed password would go unnoticed).
+//! and which changed keys need a restart, named by their path in the file.
+//! A reload applies the subscriptions and their formats, the batch limits
+//! and the log level; every other change is listed here.
 //!
-//! A reload applies the subscriptions (and their formats), the batch limits
-//! and the log level on the fly; every other changed key is named here, by
-//! its path in the file, so that the operator knows a restart is due. It
-//! compares only: it never reads files or names a secret's value.
+//! It compares values, never their `Debug` text (a secret or a TLS setting
+//! prints the same whatever it holds). It never reads files and never
+//! names a secret's value.
 
 use super::gateway::{Config, Influx, LeaseConfig, Mqtt, Writing};
 
@@ -35,6 +34,7 @@ pub fn restart_required(old: &Config, new: &Config) -> Vec<&'static str> {
     );
     check("spool.fsync", old.spool.fsync != new.spool.fsync);
     check("spool.overflow", old.spool.overflow != new.spool.overflow);
+    check("spool.min_free", old.spool.min_free != new.spool.min_free);
     check(
         "spool.commit_delay",
         old.spool.commit_delay != new.spool.commit_delay,

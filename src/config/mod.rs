@@ -9,7 +9,7 @@
 
 mod changes;
 mod gateway;
-pub mod reader;
+pub mod table;
 pub mod tls;
 pub mod units;
 
@@ -21,7 +21,7 @@ pub use gateway::{
     FsyncPolicy, Influx, LeaseConfig, Mqtt, Overflow, Precision, SpoolSettings, Subscription,
     Writing,
 };
-pub use reader::Problem;
+pub use table::Problem;
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +65,7 @@ impl ConfigError {
 /// Reads the file at `path` and checks it with `read`.
 pub(crate) fn load_file<T>(
     path: &Path,
-    read: impl FnOnce(&reader::Table<'_>) -> Option<T>,
+    read: impl FnOnce(&table::Table<'_>) -> Option<T>,
 ) -> Result<T, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
@@ -80,11 +80,11 @@ pub(crate) fn load_file<T>(
 pub(crate) fn check_text<T>(
     path: &Path,
     text: &str,
-    read: impl FnOnce(&reader::Table<'_>) -> Option<T>,
+    read: impl FnOnce(&table::Table<'_>) -> Option<T>,
 ) -> Result<T, ConfigError> {
     let table = parse_toml(path, text)?;
-    let problems = reader::Problems::default();
-    let root = reader::Table::root(&table, &problems);
+    let problems = table::Problems::default();
+    let root = table::Table::root(&table, &problems);
     let config = read(&root);
     root.finish();
     let problems = problems.into_vec();
@@ -145,7 +145,7 @@ pub(crate) fn redact_url(url: &str) -> String {
 }
 
 /// The `log_level` key both binaries share; `None` leaves the default.
-pub(crate) fn log_level(t: &reader::Table<'_>) -> Option<log::LevelFilter> {
+pub(crate) fn log_level(t: &table::Table<'_>) -> Option<log::LevelFilter> {
     use log::LevelFilter as L;
     t.choice(
         "log_level",
@@ -165,7 +165,7 @@ pub(crate) fn log_level(t: &reader::Table<'_>) -> Option<log::LevelFilter> {
 /// (`key_file`); never both. The file's content is trimmed of surrounding
 /// whitespace so a trailing newline from an editor is not part of it.
 pub(crate) fn read_secret(
-    t: &reader::Table<'_>,
+    t: &table::Table<'_>,
     key: &'static str,
     file_key: &'static str,
 ) -> Option<crate::secret::Secret> {

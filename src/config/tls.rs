@@ -1,8 +1,6 @@
 //! TLS client settings for the broker connection (`mqtts://`): the CA that
 //! vouches for the broker and an optional client certificate, read from PEM
-//! files into a rustls configuration once, when the configuration loads,
-//! so that `config check` finds an unreadable file or a key that does not
-//! match its certificate before the daemon runs.
+//! files into a rustls configuration once, when the configuration loads.
 //!
 //! It owns nothing but that translation. It must never print key material:
 //! the built configuration is opaque in Debug output, and errors name the
@@ -59,6 +57,9 @@ fn problem(key: &'static str, message: impl Into<String>) -> TlsProblem {
 /// only trust anchors, or the system's CA certificates without one; a
 /// client certificate chain and key when both files are given. Uses ring
 /// as the crypto provider (the only C rustls needs on the gateway).
+/// Called when the configuration loads, so that `config check` finds an
+/// unreadable file or a key that does not match its certificate before
+/// the daemon runs.
 pub fn client_config(
     ca_file: Option<&Path>,
     client: Option<(&Path, &Path)>,

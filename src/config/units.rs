@@ -5,6 +5,24 @@
 
 use std::time::Duration;
 
+/// A size in bytes, or a share of some whole (such as a filesystem's
+/// size) in whole percent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SizeOrPercent {
+    Bytes(u64),
+    Percent(u8),
+}
+
+impl SizeOrPercent {
+    /// The bytes this stands for, out of `whole`.
+    pub fn of(self, whole: u64) -> u64 {
+        match self {
+            SizeOrPercent::Bytes(n) => n,
+            SizeOrPercent::Percent(p) => (u128::from(whole) * u128::from(p) / 100) as u64,
+        }
+    }
+}
+
 /// Parses a duration such as "500ms", "15m" or "1h 30m".
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim()).map_err(|e| format!("invalid duration {text:?}: {e}"))

@@ -1,19 +1,19 @@
 //! The files a daemon keeps: its private directories and JSON files
 //! written whole.
 //!
-//! State directories hold sensor data, identities, leases and keys, so
-//! they are owner-only whatever the umask of whoever started the daemon,
-//! and tightened if they already let others in. A JSON file is written to
-//! a temporary name and renamed in, so a reader (or a power cut) sees the
-//! old file or the new one, never half of one; files holding secrets are
-//! also synced. Nothing here logs a file's content.
+//! State directories are owner-only whatever the umask, and tightened if
+//! they already let others in. A JSON file is written aside and renamed
+//! in, so a reader (or a power cut) must never see half of one. Nothing
+//! here logs a file's content.
 
 use std::path::Path;
 
 use serde::Serialize;
 
 /// Creates `dir` (and its parents) with mode 0700, and takes group and
-/// other access away from it if it already had any.
+/// other access away from it if it already had any. State directories hold
+/// sensor data, identities, leases and keys, so the umask of whoever
+/// started the daemon must not decide.
 pub fn private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()

@@ -1,12 +1,8 @@
-//! Progress beats of a daemon's threads, for systemd's watchdog.
-//!
-//! Each watched thread (or runtime) gets its own [`Beat`] from the
-//! daemon's [`Health`] and beats when it makes progress or finishes a
-//! bounded wait; around a wait for input that may never come (or on the
-//! next stage's backpressure, which that stage's own beat covers) it says
-//! it is idle instead. The watchdog ([`super::watchdog`]) pings only while
-//! no thread has been busy without a beat for longer than its limit: a
-//! wedged thread stops the pings and systemd restarts the daemon.
+//! Progress beats of a daemon's threads, for systemd's watchdog. Each
+//! watched thread (or runtime) gets a [`Beat`] from the daemon's
+//! [`Health`], beats on progress or at the end of a bounded wait, and says
+//! it is idle around a wait that may never end. A thread busy without a
+//! beat for too long stops the pings of [`super::watchdog`].
 //!
 //! It owns no policy beyond that, never blocks a thread, and never wakes
 //! one: a beat is one relaxed store, so an idle daemon stays asleep.
@@ -43,6 +39,8 @@ impl Beat {
     }
 
     /// Idle threads are not expected to beat; leaving idle counts as one.
+    /// A thread waiting on the next stage's backpressure is idle too: that
+    /// stage's own beat covers the wait.
     pub fn set_idle(&self, idle: bool) {
         self.beat();
         self.idle.store(idle, Ordering::Relaxed);

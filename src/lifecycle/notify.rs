@@ -1,12 +1,11 @@
 //! systemd's notify protocol, written against `$NOTIFY_SOCKET` directly
-//! (one datagram per message, `KEY=VALUE` lines): `READY=1` once the
-//! service does its job, `STATUS=` for `systemctl status`, `STOPPING=1` at
-//! shutdown.
+//! (one datagram per message, `KEY=VALUE` lines): `READY=1`, `STATUS=` and
+//! `STOPPING=1`. It owns only the socket: what to say and when is the
+//! caller's. Without `$NOTIFY_SOCKET` (not under systemd, or
+//! `Type=simple`) every call does nothing.
 //!
-//! It owns only the socket: what to say and when is the caller's. Without
-//! `$NOTIFY_SOCKET` (not under systemd, or `Type=simple`) every call does
-//! nothing. A failed send is ignored: the service must never stop because
-//! its supervisor went away. It must never send a secret.
+//! A failed send is ignored: the service must never stop because its
+//! supervisor went away. It must never send a secret.
 
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 

@@ -1,15 +1,15 @@
 //! Named threads that say when they end, so that a supervisor can wait
-//! for an event instead of polling `is_finished`.
+//! for an event instead of polling `is_finished`. A watched thread runs
+//! its `on_end` however its body ends, a panic included (in a build that
+//! unwinds; with `panic = "abort"` the process ends with it).
 //!
-//! Every long-running thread of both daemons is started here under its
-//! name (it shows in `top -H`, in panics and in logs). A watched thread
-//! runs its `on_end` however its body ends, a panic included (in a build
-//! that unwinds; with `panic = "abort"` the process ends with it). It owns
-//! no policy: what an ended thread means is the supervisor's.
+//! It owns no policy: what an ended thread means is the supervisor's.
 
 use std::thread::JoinHandle;
 
-/// Starts `body` on a thread called `name`.
+/// Starts `body` on a thread called `name` (it shows in `top -H`, in
+/// panics and in logs). Helpers whose end nobody waits on (the reaper's,
+/// the watchdog, the signal listener) name themselves.
 pub fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(name.to_owned())

@@ -1,12 +1,11 @@
 //! systemd's watchdog: `WATCHDOG=1` at a quarter of the interval the unit
 //! asks for (`WatchdogSec=`), and only while every beat of the daemon's
 //! [`Health`] makes progress. A beat silent for half the interval
-//! withholds the ping, which is logged once, and systemd restarts the
-//! daemon when the interval runs out.
+//! withholds the ping (logged once), and systemd restarts the daemon.
 //!
 //! It owns the timing and the decision; what the beats stand for is the
 //! daemon's. Without a watchdog (not under systemd, or no `WatchdogSec=`)
-//! there is nothing to do and nothing wakes up for it.
+//! nothing wakes up for it.
 
 use std::time::{Duration, Instant};
 

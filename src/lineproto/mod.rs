@@ -1,9 +1,7 @@
 //! InfluxDB line protocol: the point model, a writer and a validating parser.
-//!
-//! This module owns the exact text form of a point as InfluxDB reads it
-//! (`docs/influxdb-api.md`, "Line protocol"). Everything that turns
-//! points into bytes or bytes into points goes through here, so there is one
-//! place that knows the escaping rules.
+//! It owns the exact text form of a point as InfluxDB reads it
+//! (`docs/influxdb-api.md`, "Line protocol"): every conversion between
+//! points and bytes goes through here, the one place that knows escaping.
 //!
 //! It must never do I/O, never allocate unboundedly on hostile input beyond
 //! the input's own size, and never panic on any input: payloads come from

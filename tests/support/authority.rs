@@ -388,7 +388,7 @@ impl AuthorityServer {
 
     /// Enrolls with a ticket line; returns the identity credential.
     pub fn enroll_ok(&self, ticket_line: &str, name: &str) -> (String, String) {
-        let ticket = leasegate::ticket::Ticket::parse(ticket_line).unwrap();
+        let ticket = leasegate::wire::ticket::Ticket::parse(ticket_line).unwrap();
         let (status, body) = self.enroll(ticket.secret.expose(), name);
         assert_eq!(status, 201, "enroll: {body}");
         (
@@ -447,4 +447,20 @@ impl Drop for AuthorityServer {
             );
         }
     }
+}
+
+/// An authority body with the v1 backend `main` on `influx` and the
+/// `sensor` role writing to `sensors`: `head` (top-level keys) before both,
+/// `extra` (keys of the role's table) after.
+pub fn v1_sensor_body(influx: &super::Influx, head: &str, extra: &str) -> String {
+    format!(
+        "{head}{}{}{extra}",
+        v1_backend(
+            "main",
+            &influx.url(),
+            super::ADMIN_USER,
+            super::ADMIN_PASSWORD
+        ),
+        role("sensor", "iot-sensor", "main", "database", "sensors")
+    )
 }

@@ -109,12 +109,17 @@
 //!   the same body when a refusal was the column limit
 //!   (`State::v3_column_limit`); with `accept_partial=false`, 400 `parsing
 //!   failed for write_lp endpoint` naming the first refusal, and nothing
-//!   written; 204.
+//!   written; 204. With `State::v3_cut_panics` (3.6 to 3.9), a refusal
+//!   whose 20-byte cut falls inside a character closes the connection
+//!   without an answer (recorded as status 0), after the good lines are
+//!   written (with `accept_partial=false`, nothing is).
 //!
 //! Which lines are malformed is what the real servers' parsers say; here a
 //! line fails when our own parser refuses it or when it contains the
 //! `poison` text a test sets, because leasegate never sends a line its own
-//! parser refuses. Field types are remembered per measurement as the real
+//! parser refuses; the 3.x server also runs InfluxDB 3's own parser (the
+//! `influxdb-line-protocol` crate), which refuses forms 1.x takes (`m
+//! v=.5`, `m v=1 `) with its own messages. Field types are remembered per measurement as the real
 //! servers do. Tests can script answers for the write endpoints (429, 503,
 //! 403, with or without Retry-After) ahead of the real ones.
 
@@ -236,6 +241,10 @@ pub struct State {
     /// 3.x: columns a table may have (tags, fields and time; 500 by
     /// default, as the server's `--num-total-columns-per-table-limit`).
     pub v3_column_limit: usize,
+    /// 3.x before 3.10: a refused line whose 20-byte cut splits a
+    /// character makes the server panic while answering: the good lines
+    /// are written and the connection closes without an answer.
+    pub v3_cut_panics: bool,
 }
 
 impl State {
@@ -505,6 +514,9 @@ fn sql_time(t: SystemTime) -> String {
         .to_owned()
 }
 
+/// The status recorded for a request answered by closing the connection.
+pub const NO_ANSWER: u16 = 0;
+
 /// An answer: status, Retry-After, JSON body (none for an empty body).
 struct Answer(u16, Option<u64>, Option<Value>);
 
@@ -513,7 +525,10 @@ fn serve(conn: TcpStream, flavor: Flavor, state: &Mutex<State>) -> std::io::Resu
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut request_line = String::new();
-    reader.read_line(&mut request_line)?;
+    // A connection that sends nothing (a reachability probe) is no request.
+    if reader.read_line(&mut request_line)? == 0 {
+        return Ok(());
+    }
     let mut headers = Vec::new();
     loop {
         let mut line = String::new();
@@ -593,6 +608,9 @@ fn serve(conn: TcpStream, flavor: Flavor, state: &Mutex<State>) -> std::io::Resu
         None => out.push_str("Content-Length: 0\r\n\r\n"),
     }
     let mut conn = reader.into_inner();
+    if status == NO_ANSWER {
+        return conn.shutdown(std::net::Shutdown::Both);
+    }
     conn.write_all(out.as_bytes())?;
     conn.flush()
 }
@@ -734,7 +752,8 @@ enum Checked {
     /// The line, its measurement and its fields' types.
     Good(String, String, Vec<(String, &'static str)>),
     Malformed(String, String),
-    Conflict(String, String),
+    /// Why the line's field types conflict.
+    Conflict(String),
 }
 
 /// Parses every non-empty line and checks field types against what is
@@ -781,7 +800,7 @@ fn check(raw: &[u8], st: &State) -> Vec<Checked> {
             fields.push((name.clone(), kind));
         }
         match conflict {
-            Some(why) => out.push(Checked::Conflict(line.into(), why)),
+            Some(why) => out.push(Checked::Conflict(why)),
             None => {
                 for (name, kind) in &fields {
                     pending.insert((point.measurement.clone(), name.clone()), kind);
@@ -1273,7 +1292,7 @@ fn write_v2(
     for c in checked {
         match c {
             Checked::Good(line, measurement, fields) => store(st, line, measurement, fields),
-            Checked::Conflict(_, why) => conflicts.push(why),
+            Checked::Conflict(why) => conflicts.push(why),
             Checked::Malformed(..) => unreachable!(),
         }
     }
@@ -1599,6 +1618,7 @@ fn write_v3(
     let text = String::from_utf8_lossy(&raw).into_owned();
     let poison = st.poison.clone();
     let limit = st.v3_column_limit;
+    let panics = st.v3_cut_panics;
     match v3_write::validate(
         &text,
         &mut st.v3_tables,
@@ -1606,7 +1626,10 @@ fn write_v3(
         limit,
         accept_partial,
     ) {
-        v3_write::Outcome::Refused(first) => Answer(
+        v3_write::Outcome::Refused { cut_split, .. } if panics && cut_split => {
+            Answer(NO_ANSWER, None, None)
+        }
+        v3_write::Outcome::Refused { first, .. } => Answer(
             400,
             None,
             Some(json!({"error": "parsing failed for write_lp endpoint", "data": first})),
@@ -1615,10 +1638,14 @@ fn write_v3(
             lines,
             refused,
             limit_hit,
+            cut_split,
         } => {
             st.lines.extend(lines.into_iter().map(|(line, _)| line));
             if refused.is_empty() {
                 return Answer(204, None, None);
+            }
+            if panics && cut_split {
+                return Answer(NO_ANSWER, None, None);
             }
             Answer(
                 if limit_hit { 422 } else { 400 },

@@ -68,7 +68,7 @@ impl Postgres {
     pub fn start() -> Postgres {
         let bin = server_bin();
         let dir = tempfile::tempdir().unwrap();
-        let owner = (unsafe { libc::geteuid() } == 0).then(postgres_user);
+        let owner = super::is_root().then(postgres_user);
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700)).unwrap();
         let pwfile = dir.path().join("pwfile");
         fs::write(&pwfile, PASSWORD).unwrap();
@@ -190,13 +190,13 @@ impl Postgres {
 
     /// A client on `database` as the superuser, over TCP: what a test
     /// reads of the store beside the authority.
-    pub fn client(&self, database: &str) -> postgres::Client {
-        postgres::Client::connect(
+    pub fn client(&self, database: &str) -> ::postgres::Client {
+        ::postgres::Client::connect(
             &format!(
                 "host=127.0.0.1 port={} user={SUPERUSER} password={PASSWORD} dbname={database} connect_timeout=10",
                 self.port
             ),
-            postgres::NoTls,
+            ::postgres::NoTls,
         )
         .unwrap_or_else(|e| panic!("connect to {database}: {e}"))
     }

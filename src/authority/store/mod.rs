@@ -1,26 +1,23 @@
 //! The authority's durable state: tickets, identities, leases and the audit
-//! trail, behind one [`Store`] trait with two implementations: SQLite in
-//! the state dir, the embedded default for a single authority
-//! ([`sqlite`]), and PostgreSQL, for several replicas on one database
-//! ([`postgres`]). Both run the same test suite (`tests/store.rs`) and
-//! give the same answers.
-//!
-//! It owns the schema and its migrations and every state change that must
-//! be atomic: a ticket's use count under concurrent enrollments (one
-//! conditional update, from any number of processes), a lease's way from
-//! pending to gone. It never holds a secret in clear: ticket secrets and
-//! identity credentials only as SHA-256 hashes, and for a lease only what
-//! deleting its credential needs (the v2 authorization id, the v1 user
-//! name, the v3 token name), never the token or password. It never talks
-//! to InfluxDB.
+//! trail, behind the [`Store`] trait, written once ([`SqlStore`], with
+//! each statement once in `sql.rs`) over two engines: SQLite in the state
+//! dir for a single authority ([`sqlite`]), PostgreSQL for replicas on one
+//! database ([`postgres`]). Every change that must be atomic is one
+//! conditional statement or one transaction. Secrets only as SHA-256
+//! hashes, and for a lease only what deleting its credential needs; it
+//! never talks to InfluxDB.
 
+mod engine;
 pub mod postgres;
+mod sql;
 pub mod sqlite;
+
+pub use engine::SqlStore;
 
 use std::collections::{BTreeMap, HashSet};
 
-use crate::api::{ErrorCode, LeaseStatus, Target};
 use crate::authority::config::StoreConfig;
+use crate::wire::api::{ErrorCode, LeaseStatus, Target};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -56,6 +53,10 @@ pub enum StoreError {
         "deployment_id is {configured:?} in the configuration but {stored:?} in the store; credentials in InfluxDB carry the stored one, so it cannot change"
     )]
     DeploymentChanged { configured: String, stored: String },
+    /// Never leaves the store: an enrollment refused by its role rule,
+    /// carried out of its transaction so that the counted use rolls back.
+    #[error("store: enrollment of ticket {1} refused ({0:?})")]
+    Refused(ErrorCode, String),
 }
 
 #[derive(Debug, Clone)]
@@ -329,13 +330,19 @@ pub fn open(
     })
 }
 
-/// Statuses whose credential may exist in InfluxDB.
-pub(crate) const LIVE: &str = "('pending', 'active', 'revoking')";
-
 /// Why a ticket that the conditional update did not redeem was refused,
 /// in the order an operator would look: revoked, then expired, else used
 /// up (also when a concurrent enrollment took its last use).
-pub(crate) fn refusal(ticket: &TicketRow, now_ms: i64) -> ErrorCode {
+/// Why a ticket found by its secret (or not found) was not redeemed, and
+/// its id, for the enrollment's refusal.
+pub(crate) fn not_redeemed(found: Option<TicketRow>, now_ms: i64) -> (ErrorCode, Option<String>) {
+    match found {
+        None => (ErrorCode::TicketUnknown, None),
+        Some(t) => (why_not_redeemed(&t, now_ms), Some(t.id)),
+    }
+}
+
+pub(crate) fn why_not_redeemed(ticket: &TicketRow, now_ms: i64) -> ErrorCode {
     if ticket.revoked_ms.is_some() {
         ErrorCode::TicketRevoked
     } else if ticket.expires_ms <= now_ms {

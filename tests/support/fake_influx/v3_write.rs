@@ -14,8 +14,8 @@
 //!   escaped names, string values without their quotes, floats as Rust
 //!   prints them.
 //! - Either is cut to its first 20 bytes when serialised (3.10 backs off
-//!   to a character boundary; before 3.10 the server panics there, which
-//!   the fake does not copy).
+//!   to a character boundary; before 3.10 the server panics there:
+//!   `cut_split` says when a refusal would make it).
 
 use std::collections::HashMap;
 
@@ -32,13 +32,15 @@ const ORIGINAL_LINE_BYTES: usize = 20;
 pub enum Outcome {
     /// `accept_partial=false` and a line failed: nothing is written, the
     /// schema is unchanged, and the first failure is the answer.
-    Refused(Value),
+    Refused { first: Value, cut_split: bool },
     /// The lines written (raw text) and the refused ones, serialised as the
-    /// server does; `limit_hit` when one refusal was a schema limit.
+    /// server does; `limit_hit` when one refusal was a schema limit,
+    /// `cut_split` when a refused line's byte cut splits a character.
     Written {
         lines: Vec<(String, Point)>,
         refused: Vec<Value>,
         limit_hit: bool,
+        cut_split: bool,
     },
 }
 
@@ -58,6 +60,7 @@ pub fn validate(
     let mut written = Vec::new();
     let mut refused = Vec::new();
     let mut limit_hit = false;
+    let mut cut_split = false;
     let counted = split_lines(body).filter(|l| !trim_leading(l).is_empty());
     for (index, line) in counted.enumerate() {
         // The server takes one raw line per counted one, whatever it is.
@@ -72,10 +75,16 @@ pub fn validate(
         };
         match result {
             Ok(point) => written.push((line.to_owned(), point)),
-            Err(e) if !accept_partial => return Outcome::Refused(e),
-            Err(e) => {
+            Err((first, split)) if !accept_partial => {
+                return Outcome::Refused {
+                    first,
+                    cut_split: split,
+                };
+            }
+            Err((e, split)) => {
                 let message = e["error_message"].as_str().unwrap_or_default();
                 limit_hit |= message.starts_with("Update to schema would exceed number of");
+                cut_split |= split;
                 refused.push(e);
             }
         }
@@ -85,28 +94,38 @@ pub fn validate(
         lines: written,
         refused,
         limit_hit,
+        cut_split,
     }
 }
 
 /// One refused line as the server serialises it (its fields in this
-/// order, `original_line` cut short).
-fn refusal(original: &str, index: usize, why: String) -> Value {
+/// order, `original_line` cut short), and whether a plain byte cut would
+/// have split a character (where the server before 3.10 panics).
+fn refusal(original: &str, index: usize, why: String) -> (Value, bool) {
     let mut end = original.len().min(ORIGINAL_LINE_BYTES);
+    let split = !original.is_char_boundary(end);
     while !original.is_char_boundary(end) {
         end -= 1;
     }
-    json!({
+    let refusal = json!({
         "error_message": why,
         "line_number": index + 1,
         "original_line": &original[..end],
-    })
+    });
+    (refusal, split)
 }
 
-/// Which lines are malformed is what leasegate's own parser says (it never
-/// sends a line it refuses), or that the line holds the test's poison.
+/// Which lines are malformed is what InfluxDB 3's own parser says (the
+/// `influxdb-line-protocol` crate the server uses: it refuses forms 1.x
+/// takes, such as `m v=.5` or `m v=1 `, with its own message), then what
+/// leasegate's parser says (for the point the fake keeps), or that the
+/// line holds the test's poison.
 fn parse(line: &str, poison: Option<&str>) -> Result<Point, String> {
     if poison.is_some_and(|p| line.contains(p)) {
         return Err("invalid field format".into());
+    }
+    if let Some(Err(e)) = influxdb_line_protocol::parse_lines(line).next() {
+        return Err(e.to_string());
     }
     super::parse_one(line)
 }
