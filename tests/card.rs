@@ -300,6 +300,72 @@ fn the_spool_leaves_min_free_on_the_card() {
     daemon.stop_cleanly();
 }
 
+/// A card already within `spool.min_free` when the first points come, the
+/// spool empty, so that there is nothing old to drop: nothing can be
+/// stored, so nothing may be acked, and the log, `leasegate status` and
+/// `/metrics` must say so and why (the floor, not a failing card), not
+/// wait in silence; once room comes back, every point arrives.
+#[test]
+fn a_card_within_min_free_before_any_point_says_why_and_loses_nothing() {
+    let broker = Mosquitto::start();
+    let influx = Influx::start();
+    let card = LoopFs::new(64 << 20, Io::Buffered);
+    let metrics = free_port();
+    let mut daemon = start_static_daemon_on(
+        &card.path(),
+        &broker,
+        &influx,
+        "gw-floor-first",
+        &format!("[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n"),
+    );
+    let min_free = card.size() * 5 / 100;
+    let filler = card.fill_leaving(min_free / 2);
+    const N: u64 = 200;
+    support::publish_all(
+        broker.port,
+        "pub-floor-first",
+        (0..N).map(|i| point("floor_first", i)).collect(),
+        Duration::from_secs(60),
+    );
+    let program = support::leasegate_argv();
+    let mut report = String::new();
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            report = status_of(&program, &daemon, false);
+            report.contains("spool.min_free")
+        }),
+        "status does not say why nothing is acked:\n{report}\n{}",
+        daemon.log()
+    );
+    assert!(report.contains("not acking"), "{report}");
+    let log = daemon.log();
+    assert!(
+        log.contains("spool.min_free") && log.contains("not acking"),
+        "{log}"
+    );
+    assert_eq!(acks(metrics), 0.0, "acked with no room to store");
+    assert_eq!(
+        metric_value(&scrape_metrics(metrics), "leasegate_spool_failing"),
+        Some(1.0)
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    influx.assert_arrives("floor_first", N, Duration::from_secs(60), &daemon);
+    assert!(
+        wait_until(Duration::from_secs(10), || !status_of(
+            &program, &daemon, false
+        )
+        .contains("not acking")),
+        "{}",
+        status_of(&program, &daemon, false)
+    );
+    assert_eq!(
+        metric_value(&scrape_metrics(metrics), "leasegate_spool_failing"),
+        Some(0.0)
+    );
+    daemon.stop_cleanly();
+}
+
 /// Power cuts, chained: at 1,000 points/s the daemon is frozen, its card
 /// copied as a cut would leave it (the loop device writes through to its
 /// image file, so the copy holds exactly what reached the card), the
