@@ -11,6 +11,10 @@ use std::time::Duration;
 pub enum SizeOrPercent {
     Bytes(u64),
     Percent(u8),
+    /// A share, but never more than the bytes given: one default that
+    /// suits an 8 GB card and a 1 TB disk (journald caps its own free-space
+    /// floor the same way).
+    PercentUpTo(u8, u64),
 }
 
 impl SizeOrPercent {
@@ -19,6 +23,9 @@ impl SizeOrPercent {
         match self {
             SizeOrPercent::Bytes(n) => n,
             SizeOrPercent::Percent(p) => (u128::from(whole) * u128::from(p) / 100) as u64,
+            SizeOrPercent::PercentUpTo(p, at_most) => {
+                SizeOrPercent::Percent(p).of(whole).min(at_most)
+            }
         }
     }
 }

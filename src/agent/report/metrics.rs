@@ -57,7 +57,7 @@ fn counters(page: &mut Page, s: &Sources) {
     page.metric(
         "leasegate_spool_failing",
         "gauge",
-        "1 while the spool cannot store points (a read-only, full or failing disk): nothing is acked meanwhile.",
+        "1 while the spool cannot store points (a read-only, full or failing disk, or no room left by spool.max_bytes or spool.min_free with nothing to drop): nothing is acked meanwhile.",
         u8::from(spool.fault.is_some()).to_string(),
     );
     page.metric(

@@ -154,6 +154,9 @@ impl Appender {
         let mut record = Vec::new();
         let mut record_points = 0;
         let mut next = 0;
+        // Said once when the room runs out and once when it is back: the
+        // wait may last hours (an outage under `overflow = "block"`).
+        let mut full_since: Option<std::time::Instant> = None;
         while next < group.len() || !record.is_empty() {
             // Fill the record with whole messages, up to its limits.
             while let Some((lines, points)) = group.get(next).map(|d| d.part(stamping.is_some())) {
@@ -175,6 +178,14 @@ impl Appender {
                 Some(stamping) => self.spool.append_stamped(stamping, &record, record_points),
                 None => self.spool.append(&record, record_points),
             };
+            if appended.is_ok()
+                && let Some(since) = full_since.take()
+            {
+                log::info!(
+                    "the spool has room again after {}; acking",
+                    humantime::format_duration(Duration::from_secs(since.elapsed().as_secs()))
+                );
+            }
             match appended {
                 Ok(Appended::Stored) => {
                     Stats::add(&self.stats.points_in, record_points);
@@ -186,8 +197,14 @@ impl Appender {
                     log::error!("a message of {bytes} bytes can never fit in the spool; dropped");
                     Stats::add(&self.stats.points_invalid, record_points);
                 }
-                Err(SpoolError::Full { .. }) => {
+                Err(SpoolError::Full(no_room)) => {
                     self.beat.beat();
+                    if full_since.is_none() {
+                        full_since = Some(std::time::Instant::now());
+                        log::warn!(
+                            "cannot store points: spool is full: {no_room}; not acking until there is room"
+                        );
+                    }
                     // Commit what is appended so the writer can drain it.
                     if self.spool.commit().is_err()
                         || self.shutdown.sleep(Duration::from_millis(50))

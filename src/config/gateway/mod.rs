@@ -253,9 +253,11 @@ pub struct SpoolSettings {
     pub min_free: SizeOrPercent,
 }
 
-/// `spool.min_free` unless set: 5 % of the filesystem (of a 64 MiB card
-/// 3.2 MiB, of a 32 GB one 1.6 GB).
-pub const DEFAULT_MIN_FREE: SizeOrPercent = SizeOrPercent::Percent(5);
+/// `spool.min_free` unless set: 5 % of the filesystem, at most 1 GiB (of
+/// a 64 MiB card 3.2 MiB, of an 8 GB one 400 MB, of a 32 GB one or a
+/// server's disk 1 GiB). Uncapped, 5 % of a 250 GB disk kept a gateway on
+/// a build machine from storing a single point with 10 GB free.
+pub const DEFAULT_MIN_FREE: SizeOrPercent = SizeOrPercent::PercentUpTo(5, 1 << 30);
 
 /// `[clock]`: when receipt stamps are corrected, and how long they wait
 /// for a clock worth trusting (README, "Receipt times").

@@ -245,6 +245,9 @@ fn spool_settings() {
     );
     assert_eq!(c.spool.overflow, Overflow::Block);
     assert_eq!(c.spool.min_free, DEFAULT_MIN_FREE);
+    // 5 % of a card, but not 12 GB of a 250 GB disk.
+    assert_eq!(DEFAULT_MIN_FREE.of(64 << 20), (64 << 20) / 20);
+    assert_eq!(DEFAULT_MIN_FREE.of(250_000_000_000), 1 << 30);
     for (text, want) in [
         ("\"10%\"", SizeOrPercent::Percent(10)),
         ("\"64MiB\"", SizeOrPercent::Bytes(64 << 20)),

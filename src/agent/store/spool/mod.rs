@@ -78,10 +78,43 @@ pub enum SpoolError {
         #[source]
         source: io::Error,
     },
-    #[error("spool is full ({max_bytes} bytes) and the overflow policy is block")]
-    Full { max_bytes: u64 },
+    #[error("spool is full: {0}")]
+    Full(NoRoom),
     #[error("record of {0} bytes does not fit in the spool")]
     TooLarge(usize),
+}
+
+/// Why an append found no room: for the log and `leasegate status`, which
+/// must name the setting that keeps the points out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoRoom {
+    /// The most the spool may hold now.
+    pub budget: u64,
+    pub max_bytes: u64,
+    /// The filesystem's available bytes and what `min_free` keeps of
+    /// them, when that floor, not `max_bytes`, sets the budget.
+    pub floor: Option<(u64, u64)>,
+    /// `overflow = "block"`: the spool waits for room instead of dropping.
+    pub block: bool,
+}
+
+impl std::fmt::Display for NoRoom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.floor {
+            Some((available, kept)) => write!(
+                f,
+                "the filesystem has {available} bytes available and spool.min_free keeps {kept} of them free, so the spool may hold {} bytes (spool.max_bytes is {})",
+                self.budget, self.max_bytes
+            )?,
+            None => write!(f, "it holds spool.max_bytes ({} bytes)", self.max_bytes)?,
+        }
+        if self.block {
+            f.write_str(" and spool.overflow is \"block\"")?;
+        } else {
+            f.write_str(", with nothing older to drop")?;
+        }
+        Ok(())
+    }
 }
 
 /// Damage found in a segment, reported once when it is first scanned.
@@ -308,6 +341,8 @@ struct Inner {
     /// when those were worked out.
     floor: u64,
     room: u64,
+    /// What `min_free` keeps free, in bytes, at that check.
+    kept: u64,
     floor_checked: Option<Instant>,
     spare: Option<Spare>,
     /// Where InfluxDB has accepted everything before.
@@ -421,6 +456,7 @@ impl Spool {
                 doomed: Vec::new(),
                 floor: u64::MAX,
                 room: u64::MAX,
+                kept: 0,
                 floor_checked: None,
                 spare: spare.map(|(_, spare)| spare),
                 released: read,
@@ -473,7 +509,8 @@ impl Spool {
 
     fn append_record(&self, kind: Kind, lines: &[u8], points: u64) -> Result<Appended, SpoolError> {
         let appended = self.try_append(kind, lines, points);
-        if let Err(e @ SpoolError::Io { .. }) = &appended {
+        // No room is a fault too: nothing is acked until it ends.
+        if let Err(e @ (SpoolError::Io { .. } | SpoolError::Full(_))) = &appended {
             self.note_fault(e, true);
         }
         appended
@@ -523,7 +560,7 @@ impl Spool {
                     return Ok(Appended::DroppedNewest(points));
                 }
                 Overflow::Block => {
-                    return Err(SpoolError::Full { max_bytes: budget });
+                    return Err(SpoolError::Full(self.no_room(&inner, budget)));
                 }
                 Overflow::DropOldest => {
                     // The segment taking appends can be dropped too once
@@ -532,7 +569,7 @@ impl Spool {
                         self.seal_active(&mut inner, false);
                     }
                     if !self.drop_oldest(&mut inner, budget)? {
-                        return Err(SpoolError::Full { max_bytes: budget });
+                        return Err(SpoolError::Full(self.no_room(&inner, budget)));
                     }
                 }
             }

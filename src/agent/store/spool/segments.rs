@@ -173,7 +173,7 @@ impl Spool {
                 .is_none_or(|t| t.elapsed() >= FLOOR_EVERY)
         {
             inner.floor_checked = Some(Instant::now());
-            (inner.floor, inner.room) = match rustix::fs::statvfs(&self.config.dir) {
+            (inner.floor, inner.room, inner.kept) = match rustix::fs::statvfs(&self.config.dir) {
                 Ok(fs) => {
                     let avail = fs.f_bavail.saturating_mul(fs.f_frsize);
                     let keep = self
@@ -183,11 +183,12 @@ impl Spool {
                     (
                         inner.total_bytes + avail.saturating_sub(keep),
                         inner.total_bytes + avail,
+                        keep,
                     )
                 }
                 Err(e) => {
                     log::debug!("cannot see the spool's free space: {e}");
-                    (u64::MAX, u64::MAX)
+                    (u64::MAX, u64::MAX, 0)
                 }
             };
         }
@@ -195,6 +196,17 @@ impl Spool {
             return self.config.max_bytes;
         }
         inner.floor.min(self.config.max_bytes)
+    }
+
+    /// Why `budget` leaves no room for an append.
+    pub(super) fn no_room(&self, inner: &Inner, budget: u64) -> NoRoom {
+        NoRoom {
+            budget,
+            max_bytes: self.config.max_bytes,
+            floor: (budget < self.config.max_bytes)
+                .then(|| (inner.room.saturating_sub(inner.total_bytes), inner.kept)),
+            block: self.config.overflow == Overflow::Block,
+        }
     }
 
     /// Stops appends to the last segment. With `sync_later`, its handle is

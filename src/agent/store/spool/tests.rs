@@ -757,19 +757,49 @@ fn block_refuses_until_space_is_released() {
     let dir = tempfile::tempdir().unwrap();
     let (spool, _) = Spool::open(config(dir.path(), 16 << 10, Overflow::Block)).unwrap();
     let mut stored = 0;
-    loop {
+    let full = loop {
         match spool.append(&line(stored), 1) {
             Ok(Appended::Stored) => stored += 1,
-            Err(SpoolError::Full { .. }) => break,
+            Err(e @ SpoolError::Full(_)) => break e,
             other => panic!("{other:?}"),
         }
         assert!(stored < 10_000, "never filled");
-    }
+    };
+    assert_eq!(
+        full.to_string(),
+        "spool is full: it holds spool.max_bytes (16384 bytes) and spool.overflow is \"block\""
+    );
     spool.commit().unwrap();
+    // Until there is room, status says why nothing is acked.
+    assert_eq!(spool.stats().fault.unwrap().error, full.to_string());
     assert_eq!(spool.stats().dropped_points, 0);
     let batch = spool.read(u64::MAX, usize::MAX, Duration::ZERO).unwrap();
     spool.release(&batch).unwrap();
     assert_eq!(spool.append(&line(stored), 1).unwrap(), Appended::Stored);
+    spool.commit().unwrap();
+    assert_eq!(spool.stats().fault, None);
+}
+
+/// A filesystem whose free space is all `min_free` keeps: even an empty
+/// spool under `drop_oldest` has nothing to drop, and the error names the
+/// floor, not a failing disk.
+#[test]
+fn no_room_under_the_floor_names_min_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), 1 << 20, Overflow::DropOldest);
+    config.min_free = SizeOrPercent::Bytes(u64::MAX / 2);
+    let (spool, _) = Spool::open(config).unwrap();
+    let Err(SpoolError::Full(no_room)) = spool.append(&line(0), 1) else {
+        panic!("stored above the floor");
+    };
+    let (_, kept) = no_room.floor.expect("the floor set the budget");
+    assert_eq!((no_room.budget, kept), (0, u64::MAX / 2));
+    let text = no_room.to_string();
+    assert!(
+        text.contains("spool.min_free keeps") && text.ends_with("with nothing older to drop"),
+        "{text}"
+    );
+    assert!(spool.stats().fault.is_some());
 }
 
 #[test]
