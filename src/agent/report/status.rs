@@ -55,8 +55,8 @@ pub struct Report {
     /// second; points from before the daemon started count from its start).
     pub oldest_point_age_secs: Option<u64>,
     /// Why the spool cannot store points (a read-only, full or failing
-    /// disk, or no room it may take), and since when: nothing is acked meanwhile, and the broker
-    /// keeps the messages.
+    /// disk, or no room it may take), and since when: nothing is acked
+    /// meanwhile, and the broker keeps the messages.
     #[serde(default)]
     pub spool_error: Option<String>,
     #[serde(default)]
