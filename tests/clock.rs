@@ -246,10 +246,17 @@ fn stored(program: &[std::ffi::OsString], daemon: &Daemon, n: u64) -> bool {
     })
 }
 
+/// Waits until the broker has `n` acks from the gateway `client_id`.
+fn acked(broker: &Mosquitto, client_id: &str, n: usize) -> bool {
+    wait_until(Duration::from_secs(20), || {
+        broker.pubacks_from(client_id) >= n
+    })
+}
+
 #[test]
 fn a_gateway_three_days_behind_sends_every_receipt_stamp_corrected() {
     let _alone = alone();
-    let broker = Mosquitto::start();
+    let broker = Mosquitto::start_logging_packets();
     let mut influx = Influx::start();
     let mut authority = authority_for(&influx);
     let behind = faked_clock_argv(FakeTime::By("-3d"));
@@ -266,6 +273,9 @@ fn a_gateway_three_days_behind_sends_every_receipt_stamp_corrected() {
     // they wait loses none.
     let mut early = publish_unstamped(&broker, "early", 0, 10, 3);
     assert!(stored(&behind, &daemon, 13), "{}", daemon.log());
+    // Killed once the broker has its acks: a message killed between its
+    // commit and its ack comes again, and is stamped again on arrival.
+    assert!(acked(&broker, "gw-3d", 13), "{}", daemon.log());
     daemon.kill9();
     daemon.restart();
     assert!(
@@ -294,6 +304,7 @@ fn a_gateway_three_days_behind_sends_every_receipt_stamp_corrected() {
     let before = json_status(&behind, &daemon)["points_in"].as_u64().unwrap();
     let late = publish_unstamped(&broker, "late", 0, 10, 2);
     assert!(stored(&behind, &daemon, before + 12), "{}", daemon.log());
+    assert!(acked(&broker, "gw-3d", 13 + 10 + 12), "{}", daemon.log());
     authority.kill();
     daemon.kill9();
     daemon.restart();

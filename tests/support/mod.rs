@@ -217,6 +217,24 @@ impl Mosquitto {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
 
+    /// Starts with the broker's debug log, for [`Mosquitto::pubacks_from`].
+    pub fn start_logging_packets() -> Mosquitto {
+        Self::start_with("", |_| "log_type debug\n".to_owned())
+    }
+
+    /// How many PUBACKs the broker has received from `client_id`: what
+    /// the gateway acked as the broker sees it (needs
+    /// [`Mosquitto::start_logging_packets`]). A test that kills a gateway
+    /// waits for these, since a message stored but not yet acked is sent
+    /// again, and a receipt-stamped point would then be stored twice.
+    pub fn pubacks_from(&self, client_id: &str) -> usize {
+        let needle = format!("Received PUBACK from {client_id} ");
+        fs::read_to_string(self.dir.path().join("mosquitto.log"))
+            .unwrap_or_default()
+            .matches(&needle)
+            .count()
+    }
+
     /// Stops the broker (SIGTERM: it saves its persistent sessions).
     pub fn stop(&mut self) {
         stop_child(&mut self.child);
