@@ -562,3 +562,58 @@ fn readme_runs_the_daemon_without_systemd_exactly_as_the_unit_does() {
         );
     }
 }
+
+/// Idle connections to the metrics endpoint (a port scanner, a stuck
+/// client, or someone on the box who wants to blind monitoring) must not
+/// hold up a scrape: it used to serve one connection at a time, each
+/// allowed 2 s to send its request, so 20 idle connections made a scrape
+/// wait about 40 s. The scrape is allowed 5 s here, far above what it
+/// takes on a loaded machine and far below the serial wait.
+#[test]
+fn idle_connections_do_not_hold_up_a_scrape() {
+    use std::io::{Read as _, Write as _};
+    use support::{Daemon, Influx, static_config, write_secret};
+    let broker = Mosquitto::start();
+    let influx = Influx::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pw = write_secret(dir.path(), "influx.password", "writer-pw\n");
+    let metrics_port = free_port();
+    let config = static_config(&broker, &influx, "gw-idle-scrape", &pw)
+        + &format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n");
+    let mut daemon = Daemon::start_in(dir, &config);
+    assert!(
+        daemon.wait_for_log("Prometheus metrics on", 1, Duration::from_secs(20)),
+        "{}",
+        daemon.log()
+    );
+    let idle: Vec<std::net::TcpStream> = (0..20)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap())
+        .collect();
+    let started = Instant::now();
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut page = String::new();
+    let _ = conn.read_to_string(&mut page);
+    let took = started.elapsed();
+    assert!(page.contains("leasegate_points_written_total"), "{page}");
+    assert!(
+        took < Duration::from_secs(5),
+        "a scrape behind 20 idle connections took {took:?}"
+    );
+    // A request sent in pieces is still answered.
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    slow.write_all(b"GET /met").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    slow.write_all(b"rics HTTP/1.1\r\n\r\n").unwrap();
+    let mut page = String::new();
+    let _ = slow.read_to_string(&mut page);
+    assert!(page.starts_with("HTTP/1.0 200 OK"), "{page}");
+    drop(idle);
+    assert!(daemon.is_running());
+    daemon.stop_cleanly();
+}
