@@ -7,7 +7,7 @@
 //! thread: the gateway build carries no HTTP server library for one
 //! read-only page. It never exposes a credential or an identity secret.
 
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -257,11 +257,16 @@ pub fn serve(
         listener.local_addr()?
     );
     crate::lifecycle::threads::spawn("metrics", move || {
-        let served = crate::lifecycle::wake::serve_each(
+        let served = crate::lifecycle::wake::serve_requests(
             &listener,
             &shutdown,
+            &REQUESTS,
             |l| l.accept().map(|(conn, _)| conn),
-            |conn| answer(conn, &reporter),
+            |request| {
+                request.windows(4).any(|w| w == b"\r\n\r\n")
+                    || request.windows(2).any(|w| w == b"\n\n")
+            },
+            |conn, request| answer(conn, request, &reporter),
         );
         if let Err(e) = served {
             log::warn!("the metrics endpoint stopped: {e}");
@@ -269,14 +274,18 @@ pub fn serve(
     })
 }
 
+/// A scraper sends its request at once; 64 connections waiting on a
+/// loopback port are far more than Prometheus and a person with curl.
+const REQUESTS: crate::lifecycle::wake::Requests = crate::lifecycle::wake::Requests {
+    most: 64,
+    within: Duration::from_secs(2),
+    max_bytes: 8 << 10,
+};
+
 /// One request: the page for `GET /metrics`, 404 for anything else.
-fn answer(mut conn: std::net::TcpStream, reporter: &Reporter) {
-    let _ = conn.set_nonblocking(false);
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+fn answer(mut conn: std::net::TcpStream, request: &[u8], reporter: &Reporter) {
     let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
-    let mut request = [0u8; 2048];
-    let n = conn.read(&mut request).unwrap_or(0);
-    let line = String::from_utf8_lossy(&request[..n]);
+    let line = String::from_utf8_lossy(request);
     let line = line.lines().next().unwrap_or_default();
     let answer = if line.starts_with("GET /metrics ") || line == "GET /metrics" {
         let body = render(reporter);
