@@ -256,41 +256,9 @@ fn run(
         quantile(&lat, 0.99)
     );
 
-    let lease_once = |i: usize, url: &str, agent: &ureq::Agent| -> bool {
-        let credential = fleet[i].lock().unwrap().credential.clone();
-        let (status, answer) = send(
-            agent,
-            "POST",
-            &format!("{url}/v1/leases"),
-            Some(&credential),
-            Some("{\"ttl_secs\": 90}"),
-        );
-        if status != 201 {
-            eprintln!("lease gw-{i}: {status} {answer}");
-            return false;
-        }
-        let old = fleet[i]
-            .lock()
-            .unwrap()
-            .lease
-            .replace(answer["id"].as_str().unwrap().to_owned());
-        if let Some(old) = old {
-            // The gateway gives the old lease back once the new one is in
-            // force; not part of the lease request's latency.
-            let (s, a) = send(
-                agent,
-                "DELETE",
-                &format!("{url}/v1/leases/{old}"),
-                Some(&credential),
-                None,
-            );
-            if s != 200 {
-                eprintln!("revoke {old}: {s} {a}");
-            }
-        }
-        true
-    };
-    let (took, lat, failed) = fan_out(gateways, &urls, &|i, url, agent| lease_once(i, url, agent));
+    let (took, lat, failed) = fan_out(gateways, &urls, &|i, url, agent| {
+        renew(&fleet, i, url, agent, 90, |_| ()).is_some()
+    });
     println!(
         "{label}: {gateways} first leases in {:.1} s = {:.0}/s (p50 {:.1} ms, p99 {:.1} ms, {failed} failed)",
         took.as_secs_f64(),
@@ -319,36 +287,10 @@ fn run(
             let mut l = latest.lock().unwrap();
             *l = (*l).max(now - due);
         }
-        let i = k % gateways;
-        let credential = fleet[i].lock().unwrap().credential.clone();
-        let t = Instant::now();
-        let (status, answer) = send(
-            agent,
-            "POST",
-            &format!("{url}/v1/leases"),
-            Some(&credential),
-            Some("{\"ttl_secs\": 90}"),
-        );
-        lease_latencies.lock().unwrap().push(t.elapsed());
-        if status != 201 {
-            eprintln!("renew gw-{i}: {status} {answer}");
-            return false;
-        }
-        let old = fleet[i]
-            .lock()
-            .unwrap()
-            .lease
-            .replace(answer["id"].as_str().unwrap().to_owned());
-        if let Some(old) = old {
-            send(
-                agent,
-                "DELETE",
-                &format!("{url}/v1/leases/{old}"),
-                Some(&credential),
-                None,
-            );
-        }
-        true
+        renew(&fleet, k % gateways, url, agent, 90, |took| {
+            lease_latencies.lock().unwrap().push(took)
+        })
+        .is_some()
     });
     let cpu = procs.cpu() - cpu_before;
     let db_cpu = db.map(procfs::tree_cpu_time).unwrap_or_default() - db_before;
@@ -385,6 +327,49 @@ fn run(
     }
 }
 
+/// Gateway `i` renews as a gateway does: a new lease of `ttl_secs`
+/// (`took` gets the request's latency), then the one it held given back,
+/// which is not part of that latency. None (said) when the lease is
+/// refused.
+fn renew(
+    fleet: &[Mutex<Gateway>],
+    i: usize,
+    url: &str,
+    agent: &ureq::Agent,
+    ttl_secs: u64,
+    took: impl FnOnce(Duration),
+) -> Option<Value> {
+    let credential = fleet[i].lock().unwrap().credential.clone();
+    let t = Instant::now();
+    let (status, answer) = send(
+        agent,
+        "POST",
+        &format!("{url}/v1/leases"),
+        Some(&credential),
+        Some(&format!("{{\"ttl_secs\": {ttl_secs}}}")),
+    );
+    took(t.elapsed());
+    if status != 201 {
+        eprintln!("lease gw-{i}: {status} {answer}");
+        return None;
+    }
+    let new = answer["id"].as_str().unwrap().to_owned();
+    let old = fleet[i].lock().unwrap().lease.replace(new);
+    if let Some(old) = old {
+        let (s, a) = send(
+            agent,
+            "DELETE",
+            &format!("{url}/v1/leases/{old}"),
+            Some(&credential),
+            None,
+        );
+        if s != 200 {
+            eprintln!("revoke {old}: {s} {a}");
+        }
+    }
+    Some(answer)
+}
+
 /// How long after its expiry each lease's credential was deleted, from
 /// the in-test backend's record of each DELETE (so no watcher's polling is
 /// in the figure). `n` gateways renew with a lease of 2 to 6 s, giving
@@ -398,31 +383,14 @@ fn deletion_lag(
 ) {
     let expiries = Mutex::new(HashMap::<String, i64>::new());
     let (_, _, failed) = fan_out(n, urls, &|i, url, agent| {
-        let credential = fleet[i].lock().unwrap().credential.clone();
-        let ttl = 2 + i % 5;
-        let (status, answer) = send(
-            agent,
-            "POST",
-            &format!("{url}/v1/leases"),
-            Some(&credential),
-            Some(&format!("{{\"ttl_secs\": {ttl}}}")),
-        );
-        if status != 201 {
-            eprintln!("short lease gw-{i}: {status} {answer}");
+        let Some(answer) = renew(fleet, i, url, agent, 2 + i as u64 % 5, |_| ()) else {
             return false;
-        }
+        };
         let id = answer["id"].as_str().unwrap().to_owned();
-        let expires = answer["expires_ms"].as_i64().unwrap();
-        expiries.lock().unwrap().insert(id.clone(), expires);
-        if let Some(old) = fleet[i].lock().unwrap().lease.replace(id) {
-            send(
-                agent,
-                "DELETE",
-                &format!("{url}/v1/leases/{old}"),
-                Some(&credential),
-                None,
-            );
-        }
+        expiries
+            .lock()
+            .unwrap()
+            .insert(id, answer["expires_ms"].as_i64().unwrap());
         true
     });
     let expiries = expiries.into_inner().unwrap();
