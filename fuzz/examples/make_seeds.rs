@@ -10,13 +10,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use leasegate::agent::spool::{FsyncPolicy, Overflow, SizeOrPercent, Spool, SpoolConfig};
-use leasegate::api::{
+use leasegate::agent::store::spool::{FsyncPolicy, Overflow, SizeOrPercent, Spool, SpoolConfig};
+use leasegate::wire::api::{
     ApiError, EnrollRequest, Enrollment, ErrorBody, ErrorCode, LeaseGrant, LeaseInfo, LeaseList,
     LeaseRequest, LeaseStatus, Target,
 };
 use leasegate::secret::Secret;
-use leasegate::ticket::Ticket;
+use leasegate::wire::ticket::Ticket;
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
@@ -209,7 +209,7 @@ fn sample_ticket(url: &str, pin: bool) -> Ticket {
         urls: Vec::new(),
         id: "0123456789abcdef".into(),
         secret: Secret::new(leasegate::secret::random_base64(
-            leasegate::ticket::SECRET_BYTES,
+            leasegate::wire::ticket::SECRET_BYTES,
         )),
         cert_sha256: pin.then(|| "ab".repeat(32)),
         ca_sha256: None,
@@ -416,7 +416,7 @@ fn spool(dir: &Path) {
 }
 
 fn bodies(dir: &Path) {
-    let secret = leasegate::secret::random_base64(leasegate::ticket::SECRET_BYTES);
+    let secret = leasegate::secret::random_base64(leasegate::wire::ticket::SECRET_BYTES);
     let enroll = EnrollRequest {
         ticket_secret: Secret::new(secret.clone()),
         identity_name: "gw-07.site_3".into(),
@@ -448,7 +448,7 @@ fn bodies(dir: &Path) {
     put(dir, "lease-blank", with_mode(1, " \n"));
     put(dir, "lease-empty-object", with_mode(1, "{}"));
     let target = Target {
-        api: leasegate::api::InfluxApi::V2,
+        api: leasegate::wire::api::InfluxApi::V2,
         url: "https://influx.example:8086".into(),
         org: Some("ec4a5f5fee6ed685".into()),
         bucket: Some("sensors".into()),
