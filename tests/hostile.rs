@@ -278,7 +278,7 @@ fn a_man_in_the_middle_with_a_certificate_from_the_same_ca_gets_nothing() {
         .expect("enrollment through the real authority");
     mitm.passthrough.store(0, Ordering::SeqCst);
     let client = identity.client().expect("a client for the stored identity");
-    let lease = client.create_lease(&identity.credential, None);
+    let lease = client.create_lease(&identity.credential, None, None);
     let listed = client.leases(&identity.credential);
     let got = mitm.received();
     assert!(

@@ -11,7 +11,7 @@ use leasegate::authority::config::{PostgresConfig, StoreTls};
 use leasegate::authority::store::postgres::PostgresStore;
 use leasegate::authority::store::sqlite::SqliteStore;
 use leasegate::authority::store::{
-    IdentityRow, Inserted, NewLease, RoleFor, Store, StoreError, TicketRow,
+    Call, IdentityRow, Inserted, NewLease, RoleFor, Store, StoreError, TicketRow,
 };
 use leasegate::secret::Secret;
 use leasegate::wire::api::{ErrorCode, InfluxApi, LeaseStatus, Target};
@@ -81,6 +81,8 @@ suite!(
     two_replicas_claiming_at_once_take_every_due_lease_exactly_once,
     a_lapsed_claim_is_taken_over_and_a_live_one_is_not,
     only_a_silent_replicas_pending_leases_are_failed,
+    lease_calls_keep_the_last_good_report_and_a_thinned_history,
+    the_newest_lease_of_each_identity_is_found_among_many,
 );
 
 /// Enrolls identity `identity` (role "r") with a single-use ticket of
@@ -578,4 +580,82 @@ fn only_a_silent_replicas_pending_leases_are_failed(s: &dyn Store, other: &dyn S
     assert_eq!(s.fail_pending("me", 40_000, 20_000).unwrap(), 1);
     assert_eq!(status("alive"), LeaseStatus::Failed);
     assert_eq!(status("mine"), LeaseStatus::Pending);
+}
+
+/// A lease call of `identity` at `at` with `report` or a refusal, the
+/// history thinned to one report per 60 s.
+fn call<'a>(
+    identity: &'a str,
+    at: i64,
+    report: Option<&'a str>,
+    refused: Option<&'a str>,
+) -> Call<'a> {
+    Call {
+        identity_id: identity,
+        at_ms: at,
+        report,
+        refused,
+        history_after_ms: at - 60_000,
+    }
+}
+
+fn lease_calls_keep_the_last_good_report_and_a_thinned_history(s: &dyn Store, other: &dyn Store) {
+    enrolled(s, "i1");
+    enrolled(s, "i2");
+    s.record_call(&call("i1", 1_000, Some(r#"{"a":1}"#), None))
+        .unwrap();
+    // Two replicas record calls of the same gateway.
+    other
+        .record_call(&call("i1", 31_000, Some(r#"{"a":2}"#), None))
+        .unwrap();
+    s.record_call(&call("i1", 61_000, None, Some("health.x: bad")))
+        .unwrap();
+    other
+        .record_call(&call("i1", 91_000, Some(r#"{"a":4}"#), None))
+        .unwrap();
+    s.record_call(&call("i2", 5_000, None, None)).unwrap();
+    let rows = other.health().unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let i1 = &rows[0];
+    assert_eq!((i1.called_ms, i1.previous_call_ms), (91_000, Some(61_000)));
+    assert_eq!(
+        (i1.report_ms, i1.report.as_deref()),
+        (Some(91_000), Some(r#"{"a":4}"#))
+    );
+    assert_eq!(i1.refused, None);
+    let i2 = &rows[1];
+    assert_eq!((i2.called_ms, i2.report.as_deref()), (5_000, None));
+    // A refused report keeps the last good one and says why.
+    s.record_call(&call("i1", 95_000, None, Some("health.y: bad")))
+        .unwrap();
+    let i1 = s.health().unwrap().remove(0);
+    assert_eq!(i1.report.as_deref(), Some(r#"{"a":4}"#));
+    assert_eq!(i1.report_ms, Some(91_000));
+    assert_eq!(i1.refused.as_deref(), Some("health.y: bad"));
+    // One report a minute in the history: 1 s and 91 s, not 31 s.
+    let history = other.health_history("i1", 0).unwrap();
+    let times: Vec<i64> = history.iter().map(|(t, _)| *t).collect();
+    assert_eq!(times, [1_000, 91_000], "{history:?}");
+    assert_eq!(s.health_history("i1", 2_000).unwrap().len(), 1);
+    assert_eq!(s.prune_health(50_000).unwrap(), 1);
+    assert_eq!(other.health_history("i1", 0).unwrap().len(), 1);
+}
+
+fn the_newest_lease_of_each_identity_is_found_among_many(s: &dyn Store, other: &dyn Store) {
+    let t = target();
+    enrolled(s, "i1");
+    enrolled(s, "i2");
+    enrolled(s, "i3");
+    for n in 0..30 {
+        let id = format!("l{n:02}");
+        let mut lease = new_lease(&id, if n % 2 == 0 { "i1" } else { "i2" }, &t, 10_000 + n);
+        lease.created_ms = n;
+        assert_eq!(s.insert_lease(&lease, 100).unwrap(), Inserted::Yes);
+    }
+    let latest = other.latest_leases().unwrap();
+    let found: Vec<(&str, &str)> = latest
+        .iter()
+        .map(|l| (l.identity_id.as_str(), l.id.as_str()))
+        .collect();
+    assert_eq!(found, [("i1", "l28"), ("i2", "l29")]);
 }

@@ -23,6 +23,7 @@ use crate::agent::intake::Intake;
 use crate::agent::message::{AckToken, Handover};
 use crate::agent::output::sink::Sink;
 use crate::agent::output::writer::Writer;
+use crate::agent::report::health::Prober;
 use crate::agent::report::status::{Reporter, Sources};
 use crate::agent::stats::Stats;
 use crate::agent::store::appender::{self, Appender};
@@ -103,6 +104,7 @@ impl Pipeline {
                 view: keeper.as_ref().map(|k| k.view.clone()),
             },
         ));
+        send_health(keeper.as_ref(), &reporter);
         let batch = Arc::new(Mutex::new(config.batch.clone()));
         let writer = Writer {
             sink: Sink::new(config.writing.gzip(), config.writing.timeout()),
@@ -207,6 +209,15 @@ impl Pipeline {
             )?;
         self.threads.push(("mqtt", thread));
         Ok(())
+    }
+}
+
+/// Lease requests carry the gateway's health from now on; static
+/// credentials have no authority to tell.
+fn send_health(keeper: Option<&KeeperHandle>, reporter: &Arc<Reporter>) {
+    if let Some(keeper) = keeper {
+        let prober = Prober::new(reporter.clone());
+        let _ = keeper.probe.set(Box::new(move || prober.report()));
     }
 }
 

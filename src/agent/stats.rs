@@ -44,6 +44,10 @@ pub struct Stats {
     /// Points stamped on receipt sent as stamped because no trusted time
     /// came (`clock.max_wait`, or an earlier boot's).
     pub points_time_unverified: AtomicU64,
+    /// The last write's answer: its HTTP status (0: none came) and when,
+    /// by `CLOCK_BOOTTIME` in ms, packed by [`Stats::wrote_with`]; 0 before
+    /// the first.
+    pub last_write: AtomicU64,
 }
 
 impl Stats {
@@ -60,6 +64,28 @@ impl Stats {
 
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// Notes a write's answer: HTTP `status`, or 0 when none came.
+    pub fn wrote_with(&self, status: u16) {
+        let at_ms = (crate::clock::boottime_ns() / 1_000_000).max(1) as u64;
+        let packed = (at_ms << 16) | u64::from(status);
+        self.last_write.store(packed, Ordering::Relaxed);
+    }
+
+    /// The last write's HTTP status (0: none came) and how long ago it
+    /// was; None before the first.
+    pub fn last_write(&self) -> Option<(u16, std::time::Duration)> {
+        let packed = self.last_write.load(Ordering::Relaxed);
+        if packed == 0 {
+            return None;
+        }
+        let now_ms = (crate::clock::boottime_ns() / 1_000_000).max(1) as u64;
+        let ago = now_ms.saturating_sub(packed >> 16);
+        Some((
+            (packed & 0xffff) as u16,
+            std::time::Duration::from_millis(ago),
+        ))
     }
 }
 

@@ -131,3 +131,36 @@ pub fn identity_table(identities: &[IdentityRow], now_ms: i64) -> String {
         .collect();
     table(&["ID", "NAME", "ROLE", "TICKET", "CREATED", "STATUS"], rows)
 }
+
+/// The fleet for people: a row per gateway, the reasons of its state.
+pub fn fleet_table(gateways: &[crate::authority::fleet::Gateway], now_ms: i64) -> String {
+    let rows = gateways
+        .iter()
+        .map(|g| {
+            let r = g.report.as_ref();
+            vec![
+                g.name.clone(),
+                g.state.as_str().to_owned(),
+                g.last_call_ms
+                    .map_or("never".into(), |t| relative(t, now_ms)),
+                g.lease_expires_ms.map_or("-".into(), |t| expiry(t, now_ms)),
+                r.and_then(|r| r.runway_hours)
+                    .map_or("-".into(), |h| format!("{h:.1} h")),
+                r.map_or("-".into(), |r| r.points_waiting.to_string()),
+                g.why.join("; "),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "STATE",
+            "LAST CALL",
+            "LEASE",
+            "RUNWAY",
+            "WAITING",
+            "WHY",
+        ],
+        rows,
+    )
+}

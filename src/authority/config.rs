@@ -6,6 +6,8 @@
 //! Like the gateway's, checking has no side effects beyond reading the
 //! secret files the config names.
 
+pub mod fleet;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -53,6 +55,11 @@ pub struct AuthorityConfig {
     pub enrollment: EnrollmentLimits,
     pub backends: Vec<Backend>,
     pub roles: Vec<Role>,
+    /// What gateways' reports make of the fleet (`[fleet]`).
+    pub fleet: fleet::FleetSettings,
+    /// `[metrics] listen`: the Prometheus page of the fleet, loopback only;
+    /// off when unset.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// `[enrollment]`: enrollments are the one unauthenticated request, so
@@ -212,6 +219,7 @@ fn read(t: &Table<'_>) -> Option<AuthorityConfig> {
         }
         None => EnrollmentLimits::default(),
     };
+    let (fleet, metrics_listen) = fleet::read_tables(t);
     let backends = read_backends(t);
     let roles = read_roles(t, &backends);
     Some(AuthorityConfig {
@@ -231,6 +239,8 @@ fn read(t: &Table<'_>) -> Option<AuthorityConfig> {
         enrollment,
         backends,
         roles,
+        fleet,
+        metrics_listen,
     })
 }
 

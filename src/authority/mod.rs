@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod backends;
 pub mod config;
+pub mod fleet;
 pub mod reaper;
 pub mod server;
 pub mod service;

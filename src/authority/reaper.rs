@@ -215,6 +215,14 @@ fn housekeeping(authority: &Authority, shutdown: &Shutdown) {
             ),
             Err(e) => log::warn!("pruning the audit trail: {}", crate::error_chain(&e)),
         }
+        let keep = authority.config().fleet.history;
+        let cutoff = now_ms().saturating_sub(keep.as_millis() as i64);
+        if let Err(e) = authority.store().prune_health(cutoff) {
+            log::warn!(
+                "pruning gateways' report history: {}",
+                crate::error_chain(&e)
+            );
+        }
         let wait = if failed {
             attempts += 1;
             retry_delay(attempts - 1)

@@ -26,7 +26,7 @@ use crate::authority::service::Authority;
 use crate::authority::store::IdentityRow;
 use crate::secret::Secret;
 use crate::shutdown::Shutdown;
-use crate::wire::api::{ApiError, EnrollRequest, ErrorBody, ErrorCode, LeaseList, LeaseRequest};
+use crate::wire::api::{ApiError, EnrollRequest, ErrorBody, ErrorCode, LeaseList};
 
 /// How long a client may take for its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,6 +63,9 @@ const ESTABLISHED_MAX: usize = 100_000;
 const ENROLL_QUEUE: Duration = Duration::from_secs(5);
 /// Request bodies are small JSON objects.
 const MAX_BODY: usize = 64 * 1024;
+/// The most of an authenticated lease request's body that is read (and
+/// dropped past [`MAX_BODY`]) before the connection is refused.
+const MAX_DROPPED: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -520,6 +523,49 @@ async fn read_body(body: Body) -> Result<Bytes, ApiError> {
     }
 }
 
+/// An authenticated request's body: the first [`MAX_BODY`] bytes, and
+/// whether more came. The rest is read and dropped (up to
+/// [`MAX_DROPPED`], within [`BODY_TIMEOUT`]), so that an oversized health
+/// report costs the report, not the lease request it came with.
+async fn read_body_kept(mut body: Body) -> Result<(Vec<u8>, bool), ApiError> {
+    use hyper::body::Body as _;
+    let read = async {
+        let (mut kept, mut total) = (Vec::new(), 0usize);
+        loop {
+            let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx));
+            match frame.await {
+                None => return Ok((kept, total > MAX_BODY)),
+                Some(Err(_)) => return Err("broken off"),
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    total = total.saturating_add(data.len());
+                    if total > MAX_DROPPED {
+                        return Err("too large");
+                    }
+                    let room = MAX_BODY.saturating_sub(kept.len());
+                    kept.extend_from_slice(&data[..data.len().min(room)]);
+                }
+            }
+        }
+    };
+    match tokio::time::timeout(BODY_TIMEOUT, read).await {
+        Ok(Ok(kept)) => Ok(kept),
+        Ok(Err(why)) => Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("the request body is {why} (at most {MAX_DROPPED} bytes are read)"),
+        )),
+        Err(_) => Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "the request body did not arrive within {}",
+                humantime::format_duration(BODY_TIMEOUT)
+            ),
+        )),
+    }
+}
+
 fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         // serde names the field and position, never a value.
@@ -682,14 +728,10 @@ async fn create_lease(
 ) -> Response {
     let result = async {
         let identity = identity(&app, &headers, peer).await?;
-        let body = read_body(body).await?;
-        let req: LeaseRequest = if body.iter().all(u8::is_ascii_whitespace) {
-            LeaseRequest::default()
-        } else {
-            parse_body(&body)?
-        };
+        let (body, cut) = read_body_kept(body).await?;
+        let (req, health) = crate::wire::health::read_lease_call(&body, cut)?;
         let a = app.authority.clone();
-        blocking(move || a.create_lease(&identity, &req)).await
+        blocking(move || a.create_lease(&identity, &req, &health)).await
     }
     .await;
     match result {

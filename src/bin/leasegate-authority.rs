@@ -54,6 +54,15 @@ enum Command {
         #[command(subcommand)]
         command: LeaseCommand,
     },
+    /// List the gateways with the state their lease calls and health
+    /// reports show: ok, late, missing, refused, backlog, clock, revoked.
+    Fleet {
+        #[arg(long)]
+        json: bool,
+        /// Only the gateways in this state.
+        #[arg(long, value_name = "STATE", value_parser = ["ok", "late", "missing", "refused", "backlog", "clock", "revoked"])]
+        state: Option<String>,
+    },
     /// Show this replica, the replicas seen lately, claims held and the
     /// store's health; exit 1 unless this replica serves and the store
     /// answers.
@@ -151,6 +160,7 @@ fn main() -> ExitCode {
         Command::Ticket { command } => admin_command(&cli.config, |a| ticket(a, command)),
         Command::Identity { command } => admin_command(&cli.config, |a| identity(a, command)),
         Command::Lease { command } => admin_command(&cli.config, |a| lease(a, command)),
+        Command::Fleet { json, state } => admin_command(&cli.config, |a| fleet(a, json, state)),
     };
     ExitCode::from(code as u8)
 }
@@ -334,6 +344,20 @@ fn identity(a: &Authority, command: IdentityCommand) -> Result<(), ApiError> {
                 );
             }
         }
+    }
+    Ok(())
+}
+
+fn fleet(a: &Authority, json: bool, state: Option<String>) -> Result<(), ApiError> {
+    let wanted = state
+        .as_deref()
+        .and_then(leasegate::authority::fleet::State::parse);
+    let mut gateways = a.fleet()?;
+    gateways.retain(|g| wanted.is_none_or(|w| g.state == w));
+    if json {
+        print_json(&gateways);
+    } else {
+        print!("{}", admin::fleet_table(&gateways, now_ms()));
     }
     Ok(())
 }

@@ -269,7 +269,7 @@ fn lease(path: &Path, command: LeaseCommand) -> i32 {
     let now = leasegate::now_ms();
     let result = match command {
         LeaseCommand::Create { ttl, json } => client
-            .create_lease(cred, ttl.map(Into::into).or(l.ttl))
+            .create_lease(cred, ttl.map(Into::into).or(l.ttl), None)
             .map(|g| {
                 if json {
                     // Scripts asked for the credential: it is in the JSON.

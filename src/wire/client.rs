@@ -259,9 +259,14 @@ impl AuthorityClient {
         &self,
         credential: &Secret,
         ttl: Option<Duration>,
+        health: Option<&crate::wire::health::HealthReport>,
     ) -> Result<LeaseGrant, ClientError> {
-        let body = LeaseRequest {
+        let request = LeaseRequest {
             ttl_secs: ttl.map(|t| t.as_secs().max(1)),
+        };
+        let body = crate::wire::health::LeaseCall {
+            request: &request,
+            health,
         };
         let (mut round_trip, sent) = (
             crate::clock::RoundTrip::starting(),

@@ -397,6 +397,34 @@ impl AuthorityServer {
         )
     }
 
+    /// POSTs `body` as it is, bytes the JSON helpers could not make
+    /// included.
+    pub fn post_raw(&self, path: &str, bearer: &str, body: &[u8]) -> (u16, Value) {
+        let result = self
+            .http
+            .post(format!("{}{path}", self.url()))
+            .header("Content-Type", "application/json")
+            .header("Authorization", &format!("Bearer {bearer}"))
+            .send(body);
+        let mut resp = result.unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// `fleet --json` from the admin command.
+    pub fn fleet(&self) -> Vec<Value> {
+        let out = self.cli_ok(&["fleet", "--json"]);
+        serde_json::from_str::<Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
     pub fn create_lease(&self, credential: &str, ttl_secs: Option<u64>) -> (u16, Value) {
         let body = match ttl_secs {
             Some(t) => serde_json::json!({"ttl_secs": t}),

@@ -224,7 +224,10 @@ impl Writer {
                 continue;
             };
             let started = Instant::now();
-            let e = match self.sink.write(&credential, &data) {
+            let written = self.sink.write(&credential, &data);
+            self.stats
+                .wrote_with(written.as_ref().map_or_else(WriteError::status, |_| 204));
+            let e = match written {
                 Ok(()) => {
                     self.wrote(points, started.elapsed(), version, &credential, reported);
                     backoff.reset();

@@ -12,6 +12,7 @@ use crate::authority::store::{IdentityRow, Inserted, LeaseRow, NewLease, TicketR
 use crate::now_ms;
 use crate::secret::{self};
 use crate::wire::api::{ApiError, ErrorCode, LeaseGrant, LeaseInfo, LeaseRequest, LeaseStatus};
+use crate::wire::health::Health;
 
 use super::Authority;
 use super::info;
@@ -23,7 +24,11 @@ impl Authority {
         &self,
         identity: &IdentityRow,
         req: &LeaseRequest,
+        health: &Health,
     ) -> Result<LeaseGrant, ApiError> {
+        // Recorded first: a gateway that calls is alive, whatever becomes
+        // of its request.
+        self.record_call(identity, health);
         let role = self.enrolled_role(identity)?;
         let ttl = lease_ttl(req, role)?;
         let backend = self.backends.get(&role.backend).ok_or_else(|| {

@@ -8,6 +8,7 @@
 //! secret except in the one answer that hands it out.
 
 mod enroll;
+mod fleet;
 mod leases;
 
 use std::collections::{BTreeMap, HashMap};

@@ -11,8 +11,8 @@ use crate::wire::api::LeaseStatus;
 
 use super::sql::{self, Row};
 use super::{
-    Enrolled, IdentityRow, Inserted, LeaseRow, NewLease, RoleFor, Store, StoreError, TicketRow,
-    to_json,
+    Call, Enrolled, HealthRow, IdentityRow, Inserted, LeaseRow, NewLease, RoleFor, Store,
+    StoreError, TicketRow, to_json,
 };
 
 /// A statement's parameter, in the types both engines bind.
@@ -481,6 +481,55 @@ impl<E: Engine> Store for SqlStore<E> {
     fn prune_audit(&self, before_ms: i64) -> Result<usize, StoreError> {
         self.engine
             .write(|c| c.execute(sql::PRUNE_AUDIT, &[Int(before_ms)]))
+    }
+
+    fn record_call(&self, call: &Call<'_>) -> Result<(), StoreError> {
+        let recorded = [
+            Text(call.identity_id),
+            Int(call.at_ms),
+            OptText(call.report),
+            OptText(call.refused),
+        ];
+        self.engine.write(|c| {
+            c.execute(sql::RECORD_CALL, &recorded)?;
+            if let Some(report) = call.report {
+                let history = [
+                    Text(call.identity_id),
+                    Int(call.at_ms),
+                    Text(report),
+                    Int(call.history_after_ms),
+                ];
+                c.execute(sql::ADD_HISTORY, &history)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn health(&self) -> Result<Vec<HealthRow>, StoreError> {
+        self.engine.read(|c| all(c, sql::HEALTH, &[], sql::health))
+    }
+
+    fn health_history(
+        &self,
+        identity_id: &str,
+        since_ms: i64,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        let which = [Text(identity_id), Int(since_ms)];
+        self.engine.read(|c| {
+            all(c, sql::HEALTH_HISTORY, &which, |r| {
+                Ok((r.int(0)?, r.text(1)?))
+            })
+        })
+    }
+
+    fn prune_health(&self, before_ms: i64) -> Result<usize, StoreError> {
+        self.engine
+            .write(|c| c.execute(sql::PRUNE_HEALTH, &[Int(before_ms)]))
+    }
+
+    fn latest_leases(&self) -> Result<Vec<LeaseRow>, StoreError> {
+        self.engine
+            .read(|c| all(c, sql::LATEST_LEASES, &[], sql::lease))
     }
 
     fn audit(

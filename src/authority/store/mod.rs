@@ -103,6 +103,34 @@ pub struct LeaseRow {
     pub last_error: Option<String>,
 }
 
+/// A gateway's lease calls and the last health report it sent
+/// (`crate::wire::health`), as the store keeps them: the report as its
+/// checked JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthRow {
+    pub identity_id: String,
+    /// Its last lease call, and the one before (authority time, ms).
+    pub called_ms: i64,
+    pub previous_call_ms: Option<i64>,
+    /// The last report that passed the checks, and when it came.
+    pub report_ms: Option<i64>,
+    pub report: Option<String>,
+    /// Why the report of the last call was refused, if it was.
+    pub refused: Option<String>,
+}
+
+/// One lease call, for [`Store::record_call`].
+pub struct Call<'a> {
+    pub identity_id: &'a str,
+    pub at_ms: i64,
+    /// The report, checked, as JSON; None when none came or it was refused.
+    pub report: Option<&'a str>,
+    pub refused: Option<&'a str>,
+    /// A report also goes into the history unless the history has one
+    /// from after this time (keeps it to one per interval).
+    pub history_after_ms: i64,
+}
+
 /// What became of [`Store::insert_lease`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Inserted {
@@ -306,6 +334,23 @@ pub trait Store: Send + Sync {
 
     /// Deletes audit records older than `before_ms`. Returns how many.
     fn prune_audit(&self, before_ms: i64) -> Result<usize, StoreError>;
+
+    /// Records a gateway's lease call with its health report (or why the
+    /// report was refused); a refused or absent report keeps the last good
+    /// one.
+    fn record_call(&self, call: &Call<'_>) -> Result<(), StoreError>;
+    /// Every gateway's last call and report.
+    fn health(&self) -> Result<Vec<HealthRow>, StoreError>;
+    /// One gateway's reports since `since_ms`, oldest first: (ms, JSON).
+    fn health_history(
+        &self,
+        identity_id: &str,
+        since_ms: i64,
+    ) -> Result<Vec<(i64, String)>, StoreError>;
+    /// Deletes history older than `before_ms`. Returns how many.
+    fn prune_health(&self, before_ms: i64) -> Result<usize, StoreError>;
+    /// Each identity's newest lease (whatever its status).
+    fn latest_leases(&self) -> Result<Vec<LeaseRow>, StoreError>;
     fn audit(
         &self,
         now_ms: i64,

@@ -8,7 +8,7 @@
 
 use crate::wire::api::LeaseStatus;
 
-use super::{IdentityRow, LeaseRow, StoreError, TicketRow};
+use super::{HealthRow, IdentityRow, LeaseRow, StoreError, TicketRow};
 
 /// The schema, one migration per version: `leasegate_schema` (PostgreSQL)
 /// or `PRAGMA user_version` (SQLite) counts those run, so the same number
@@ -16,7 +16,7 @@ use super::{IdentityRow, LeaseRow, StoreError, TicketRow};
 /// what it makes, only followed by a new one. The text is PostgreSQL's
 /// types; SQLite reads BIGINT as its INTEGER (the same affinity and
 /// storage), and `{seq}` is each engine's counting key ([`seq_column`]).
-pub(super) const MIGRATIONS: [&str; 3] = [
+pub(super) const MIGRATIONS: [&str; 4] = [
     r#"
 CREATE TABLE tickets (
     id TEXT PRIMARY KEY,
@@ -83,6 +83,25 @@ CREATE TABLE replicas (
     id TEXT PRIMARY KEY,
     seen_ms BIGINT NOT NULL
 );
+"#,
+    r#"
+CREATE TABLE health (
+    identity_id TEXT PRIMARY KEY REFERENCES identities(id),
+    called_ms BIGINT NOT NULL,
+    previous_call_ms BIGINT,
+    report_ms BIGINT,
+    report TEXT,
+    refused TEXT
+);
+CREATE TABLE health_history (
+    identity_id TEXT NOT NULL REFERENCES identities(id),
+    at_ms BIGINT NOT NULL,
+    report TEXT NOT NULL,
+    PRIMARY KEY (identity_id, at_ms)
+);
+CREATE INDEX health_history_by_time ON health_history(at_ms);
+-- Each identity's newest lease, for the fleet.
+CREATE INDEX leases_by_identity_time ON leases(identity_id, created_ms);
 "#,
 ];
 
@@ -329,11 +348,36 @@ pub(super) const AUDIT: &str =
     "INSERT INTO audit (at_ms, event, subject, detail) VALUES (?1, ?2, ?3, ?4)";
 pub(super) const AUDIT_TRAIL: &str = "SELECT at_ms, event, subject, detail FROM audit ORDER BY seq";
 pub(super) const PING: &str = "SELECT 1";
+/// A lease call (?2) of identity ?1 with its report ?3 (or NULL) or why
+/// it was refused (?4); the last good report stays when none came.
+pub(super) const RECORD_CALL: &str = "INSERT INTO health (identity_id, called_ms, report_ms, report, refused) \
+     VALUES (?1, ?2, CASE WHEN CAST(?3 AS TEXT) IS NULL THEN NULL ELSE CAST(?2 AS BIGINT) END, ?3, ?4) \
+     ON CONFLICT (identity_id) DO UPDATE SET previous_call_ms = health.called_ms, called_ms = excluded.called_ms, \
+     report_ms = COALESCE(excluded.report_ms, health.report_ms), report = COALESCE(excluded.report, health.report), \
+     refused = excluded.refused";
+/// The report ?3 of identity ?1 at ?2 into the history, unless it holds
+/// one from after ?4.
+pub(super) const ADD_HISTORY: &str = "INSERT INTO health_history (identity_id, at_ms, report) \
+     SELECT CAST(?1 AS TEXT), CAST(?2 AS BIGINT), CAST(?3 AS TEXT) \
+     WHERE NOT EXISTS (SELECT 1 FROM health_history WHERE identity_id = ?1 AND at_ms > ?4) \
+     ON CONFLICT DO NOTHING";
+pub(super) const HEALTH: &str = "SELECT identity_id, called_ms, previous_call_ms, report_ms, report, refused FROM health ORDER BY identity_id";
+pub(super) const HEALTH_HISTORY: &str = "SELECT at_ms, report FROM health_history WHERE identity_id = ?1 AND at_ms >= ?2 ORDER BY at_ms";
+pub(super) const PRUNE_HEALTH: &str = "DELETE FROM health_history WHERE at_ms < ?1";
+/// Driven from the identities, so that it reads one lease each through
+/// `leases_by_identity_time`, however many ended leases are kept.
+pub(super) const LATEST_LEASES: &str = concat!(
+    "SELECT ",
+    lease_columns!(),
+    " FROM identities i JOIN leases l ON l.id = \
+     (SELECT x.id FROM leases x WHERE x.identity_id = i.id ORDER BY x.created_ms DESC, x.id DESC LIMIT 1) \
+     ORDER BY i.created_ms, i.id"
+);
 
 /// Every statement both engines run (the claim's three are SQLite's,
 /// [`LOCK_LIVE_IDENTITY`] and [`CLAIM_DUE_LOCKING`] PostgreSQL's).
 #[cfg(test)]
-pub(super) const SHARED: [&str; 37] = [
+pub(super) const SHARED: [&str; 43] = [
     INSERT_TICKET,
     TICKETS,
     TICKET,
@@ -371,6 +415,12 @@ pub(super) const SHARED: [&str; 37] = [
     AUDIT,
     AUDIT_TRAIL,
     PING,
+    RECORD_CALL,
+    ADD_HISTORY,
+    HEALTH,
+    HEALTH_HISTORY,
+    PRUNE_HEALTH,
+    LATEST_LEASES,
 ];
 
 /// `sql` with its `?N` placeholders written `$N`, as PostgreSQL numbers
@@ -505,6 +555,18 @@ pub(super) fn lease(r: &dyn Row) -> Result<LeaseRow, StoreError> {
         next_attempt_ms: r.int_opt(12)?,
         last_error: r.text_opt(13)?,
         id,
+    })
+}
+
+/// A row of [`HEALTH`].
+pub(super) fn health(r: &dyn Row) -> Result<HealthRow, StoreError> {
+    Ok(HealthRow {
+        identity_id: r.text(0)?,
+        called_ms: r.int(1)?,
+        previous_call_ms: r.int_opt(2)?,
+        report_ms: r.int_opt(3)?,
+        report: r.text_opt(4)?,
+        refused: r.text_opt(5)?,
     })
 }
 

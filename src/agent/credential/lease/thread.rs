@@ -22,6 +22,7 @@ use crate::lifecycle::health::Beat;
 use crate::shutdown::Shutdown;
 use crate::wire::api::{LeaseGrant, LeaseStatus};
 use crate::wire::client::ClientError;
+use crate::wire::health::HealthReport;
 
 enum Message {
     Event(Event),
@@ -34,6 +35,8 @@ pub struct KeeperHandle {
     pub view: Arc<Mutex<LeaseView>>,
     /// For a reload: try every waiting ticket again.
     pub rescan: Rescan,
+    /// Where the daemon puts what makes each lease request's health report.
+    pub probe: HealthProbe,
 }
 
 /// Starts the keeper and its ticket watcher, each on its thread; `spawn`
@@ -58,6 +61,7 @@ pub fn start(
     let identity = identity::load_identity(&dir);
     let known = identity.as_ref().map(|i| i.identity_id.clone());
     let now = Instant::now();
+    let probe = HealthProbe::default();
     let keeper = Keeper::new(
         settings.clone(),
         identity,
@@ -72,6 +76,7 @@ pub fn start(
         RemoteAuthority {
             beat: beat.clone(),
             answered: Default::default(),
+            probe: probe.clone(),
         },
         StateFiles { dir },
         slot,
@@ -107,7 +112,15 @@ pub fn start(
             let _ = tx.send(Message::Event(event));
         }
     });
-    Ok((outcomes, KeeperHandle { view, rescan }, thread))
+    Ok((
+        outcomes,
+        KeeperHandle {
+            view,
+            rescan,
+            probe,
+        },
+        thread,
+    ))
 }
 
 /// Until shutdown: the next event, or the time something is due (an
@@ -155,7 +168,14 @@ pub struct RemoteAuthority {
     /// The URL that answered last, per identity: the next call starts
     /// there, so a dead replica costs one failed call, not one per call.
     answered: std::collections::HashMap<String, String>,
+    /// The gateway's health, sent with each lease request.
+    probe: HealthProbe,
 }
+
+/// What makes the health report each lease request carries: set once the
+/// daemon's reporter exists (it needs the keeper's view, so it is made
+/// after the keeper). Until then requests carry none.
+pub type HealthProbe = Arc<std::sync::OnceLock<Box<dyn Fn() -> HealthReport + Send + Sync>>>;
 
 impl RemoteAuthority {
     /// Runs `call` with the identity's client, starting at the URL that
@@ -182,7 +202,10 @@ impl Authority for RemoteAuthority {
         identity: &Identity,
         ttl: Option<Duration>,
     ) -> Result<LeaseGrant, ClientError> {
-        self.with_client(identity, |c| c.create_lease(&identity.credential, ttl))
+        let report = self.probe.get().map(|probe| probe());
+        self.with_client(identity, |c| {
+            c.create_lease(&identity.credential, ttl, report.as_ref())
+        })
     }
 
     fn revoke(&mut self, identity: &Identity, lease_id: &str) -> Result<(), ClientError> {

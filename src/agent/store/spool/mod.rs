@@ -681,6 +681,11 @@ impl Spool {
         Ok(())
     }
 
+    /// The directory the spool lives in.
+    pub fn dir(&self) -> &Path {
+        &self.config.dir
+    }
+
     pub fn stats(&self) -> SpoolStats {
         let mut inner = self.lock();
         let runway = self.runway(&mut inner);

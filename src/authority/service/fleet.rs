@@ -1,0 +1,65 @@
+//! Gateways' lease calls and health reports: recorded at each call
+//! (a refused report audited, never failing the call), and the fleet
+//! assessed from them (`crate::authority::fleet`).
+
+use crate::authority::fleet::{self, Gateway};
+use crate::authority::store::{Call, IdentityRow};
+use crate::now_ms;
+use crate::wire::api::ApiError;
+use crate::wire::health::Health;
+
+use super::Authority;
+
+impl Authority {
+    /// Records a lease call of `identity` with its report. A store failure
+    /// is logged and the call goes on: a lease matters more than a report.
+    pub fn record_call(&self, identity: &IdentityRow, health: &Health) {
+        let now = now_ms();
+        let (report, refused) = match health {
+            Health::Absent => (None, None),
+            Health::Report(r) => (serde_json::to_string(r).ok(), None),
+            Health::Refused(e) => (None, Some(e.to_string())),
+        };
+        if let Some(why) = &refused {
+            let key = format!("health:{}", identity.id);
+            let record = (
+                "health report refused",
+                identity.name.as_str(),
+                why.as_str(),
+            );
+            if let Err(e) = self.audit_refusal(now, &key, &identity.name, record) {
+                log::warn!("audit: {}", crate::error_chain(&e));
+            }
+        }
+        let every = self.config.fleet.history_every.as_millis() as i64;
+        let call = Call {
+            identity_id: &identity.id,
+            at_ms: now,
+            report: report.as_deref(),
+            refused: refused.as_deref(),
+            history_after_ms: now - every,
+        };
+        if let Err(e) = self.store().record_call(&call) {
+            log::warn!(
+                "recording the lease call of {}: {}",
+                identity.name,
+                crate::error_chain(&e)
+            );
+        }
+    }
+
+    /// Every gateway, assessed now.
+    pub fn fleet(&self) -> Result<Vec<Gateway>, ApiError> {
+        let store = self.store();
+        let identities = store.identities()?;
+        let latest = store.latest_leases()?;
+        let health = store.health()?;
+        Ok(fleet::gateways(
+            &identities,
+            &latest,
+            &health,
+            now_ms(),
+            &self.config.fleet,
+        ))
+    }
+}
