@@ -595,6 +595,7 @@ fn call<'a>(
         at_ms: at,
         report,
         refused,
+        failed: report.is_none() && refused.is_none(),
         history_after_ms: at - 60_000,
     }
 }
@@ -623,8 +624,16 @@ fn lease_calls_keep_the_last_good_report_and_a_thinned_history(s: &dyn Store, ot
         (Some(91_000), Some(r#"{"a":4}"#))
     );
     assert_eq!(i1.refused, None);
+    assert_eq!(i1.failed_calls, 0);
     let i2 = &rows[1];
     assert_eq!((i2.called_ms, i2.report.as_deref()), (5_000, None));
+    // Failed calls are counted in a row (a call without a report fails
+    // here), and a granted one starts the count again.
+    assert_eq!(i2.failed_calls, 1);
+    other.record_call(&call("i2", 6_000, None, None)).unwrap();
+    assert_eq!(s.health().unwrap()[1].failed_calls, 2);
+    s.record_call(&call("i2", 7_000, Some("{}"), None)).unwrap();
+    assert_eq!(other.health().unwrap()[1].failed_calls, 0);
     // A refused report keeps the last good one and says why.
     s.record_call(&call("i1", 95_000, None, Some("health.y: bad")))
         .unwrap();
@@ -637,7 +646,8 @@ fn lease_calls_keep_the_last_good_report_and_a_thinned_history(s: &dyn Store, ot
     let times: Vec<i64> = history.iter().map(|(t, _)| *t).collect();
     assert_eq!(times, [1_000, 91_000], "{history:?}");
     assert_eq!(s.health_history("i1", 2_000).unwrap().len(), 1);
-    assert_eq!(s.prune_health(50_000).unwrap(), 1);
+    // i1's at 1 s and i2's at 7 s.
+    assert_eq!(s.prune_health(50_000).unwrap(), 2);
     assert_eq!(other.health_history("i1", 0).unwrap().len(), 1);
 }
 

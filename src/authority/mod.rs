@@ -128,6 +128,35 @@ fn start_up(authority: &Authority) -> Result<(), AuthorityError> {
     Ok(())
 }
 
+/// The fleet's Prometheus page, when `[metrics] listen` is set.
+fn serve_fleet_metrics(
+    authority: &Arc<Authority>,
+    shutdown: &Shutdown,
+) -> Result<Option<std::thread::JoinHandle<()>>, AuthorityError> {
+    let Some(listen) = authority.config().metrics_listen else {
+        return Ok(None);
+    };
+    let a = authority.clone();
+    let render = move || match a.fleet() {
+        Ok(gateways) => fleet::metrics::render(&gateways, service::now_ms()),
+        // The error is logged where it happened; a scrape that fails is
+        // what Prometheus alerts on.
+        Err(_) => String::new(),
+    };
+    crate::lifecycle::page::serve(
+        "fleet-metrics",
+        listen,
+        "/metrics",
+        shutdown.clone(),
+        render,
+    )
+    .map(Some)
+    .map_err(|source| AuthorityError::Bind {
+        addr: listen.to_string(),
+        source,
+    })
+}
+
 /// `leasegate-authority serve`: runs until `shutdown`.
 pub fn run(config: AuthorityConfig, shutdown: Shutdown) -> Result<(), AuthorityError> {
     ensure_state_dir(&config)?;
@@ -189,6 +218,7 @@ pub fn run(config: AuthorityConfig, shutdown: Shutdown) -> Result<(), AuthorityE
         authority.replica_id(),
         authority.deployment_id()
     );
+    let metrics = serve_fleet_metrics(&authority, &shutdown)?;
     let notifier = crate::lifecycle::notify::Notifier::from_env();
     notifier.send(&format!("READY=1\nSTATUS=serving on {listen}"));
     let served = server::serve(authority, listener, tls_config, shutdown.clone(), http_beat);
@@ -201,6 +231,9 @@ pub fn run(config: AuthorityConfig, shutdown: Shutdown) -> Result<(), AuthorityE
     shutdown.trigger();
     for r in reapers {
         let _ = r.join();
+    }
+    if let Some(m) = metrics {
+        let _ = m.join();
     }
     served?;
     log::info!("stopped");

@@ -1,7 +1,8 @@
 //! What both daemons share in their lifecycle, whatever they do: named
 //! [`threads`] that report their end, each thread's [`health`] beat,
 //! systemd's [`watchdog`] and [`notify`] protocol, owner-only state
-//! [`files`], and [`wake`] (sleeping in poll(2) until ready or woken).
+//! [`files`], [`wake`] (sleeping in poll(2) until ready or woken) and the
+//! metrics [`page`].
 //! `leasegate run` ([`crate::agent`]) and `leasegate-authority serve`
 //! (`crate::authority`) build their start, supervision and drain from them.
 //!
@@ -10,6 +11,7 @@
 pub mod files;
 pub mod health;
 pub mod notify;
+pub mod page;
 pub mod threads;
 pub mod wake;
 pub mod watchdog;

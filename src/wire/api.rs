@@ -33,6 +33,12 @@ pub struct Enrollment {
     pub credential: Secret,
 }
 
+/// A gateway whose lease call failed calls again after this, doubling per
+/// failure in a row up to [`LEASE_RETRY_CAP`], less up to a quarter at
+/// random: the authority judges whether a gateway is late by it.
+pub const LEASE_RETRY_FIRST: std::time::Duration = std::time::Duration::from_secs(1);
+pub const LEASE_RETRY_CAP: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// `POST /v1/leases`, answered 201 with a [`LeaseGrant`].
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LeaseRequest {

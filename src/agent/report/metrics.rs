@@ -3,15 +3,13 @@
 //! the spool's size, the lease's seconds left, the clock's state and
 //! offset, and the write latency histogram in the text exposition format.
 //!
-//! It owns only the rendering and a minimal HTTP/1.0 answer on its own
-//! thread: the gateway build carries no HTTP server library for one
-//! read-only page. It never exposes a credential or an identity secret.
+//! It owns only the rendering; `crate::lifecycle::page` serves it (the
+//! gateway build carries no HTTP server library for one read-only page).
+//! It never exposes a credential or an identity secret.
 
-use std::io::Write as _;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use crate::agent::report::status::{Report, Reporter, Sources};
 use crate::agent::stats::Stats;
@@ -251,50 +249,7 @@ pub fn serve(
     reporter: Arc<Reporter>,
     shutdown: Shutdown,
 ) -> std::io::Result<JoinHandle<()>> {
-    let listener = TcpListener::bind(listen)?;
-    log::info!(
-        "Prometheus metrics on http://{}/metrics",
-        listener.local_addr()?
-    );
-    crate::lifecycle::threads::spawn("metrics", move || {
-        let served = crate::lifecycle::wake::serve_requests(
-            &listener,
-            &shutdown,
-            &REQUESTS,
-            |l| l.accept().map(|(conn, _)| conn),
-            |request| {
-                request.windows(4).any(|w| w == b"\r\n\r\n")
-                    || request.windows(2).any(|w| w == b"\n\n")
-            },
-            |conn, request| answer(conn, request, &reporter),
-        );
-        if let Err(e) = served {
-            log::warn!("the metrics endpoint stopped: {e}");
-        }
+    crate::lifecycle::page::serve("metrics", listen, "/metrics", shutdown, move || {
+        render(&reporter)
     })
-}
-
-/// A scraper sends its request at once; 64 connections waiting on a
-/// loopback port are far more than Prometheus and a person with curl.
-const REQUESTS: crate::lifecycle::wake::Requests = crate::lifecycle::wake::Requests {
-    most: 64,
-    within: Duration::from_secs(2),
-    max_bytes: 8 << 10,
-};
-
-/// One request: the page for `GET /metrics`, 404 for anything else.
-fn answer(mut conn: std::net::TcpStream, request: &[u8], reporter: &Reporter) {
-    let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
-    let line = String::from_utf8_lossy(request);
-    let line = line.lines().next().unwrap_or_default();
-    let answer = if line.starts_with("GET /metrics ") || line == "GET /metrics" {
-        let body = render(reporter);
-        format!(
-            "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-    } else {
-        "HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_owned()
-    };
-    let _ = conn.write_all(answer.as_bytes());
 }

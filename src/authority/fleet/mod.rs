@@ -4,12 +4,14 @@
 //! `revoked`. The derivation is a pure function of the rows and the time
 //! ([`assess`]); nothing here writes the store or calls a gateway.
 
+pub mod metrics;
+
 use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
 use crate::authority::store::{HealthRow, IdentityRow, LeaseRow};
-use crate::wire::api::LeaseStatus;
+use crate::wire::api::{LEASE_RETRY_CAP, LEASE_RETRY_FIRST, LeaseStatus};
 use crate::wire::health::{HealthReport, WriteOutcome};
 
 pub use crate::authority::config::fleet::FleetSettings;
@@ -239,10 +241,15 @@ fn report_conditions(r: &HealthReport, s: &FleetSettings) -> Vec<(State, String)
     found
 }
 
-/// How often the gateway calls: the gap between its last two calls when
-/// that is a plausible renewal, else the share of its lease's lifetime
-/// gateways renew at.
+/// How long after its last call the gateway calls again: after failed
+/// calls, its backoff; else the gap between its last two calls when that
+/// is a plausible renewal, or the share of its lease's lifetime gateways
+/// renew at.
 fn renewal_interval_ms(health: Option<&HealthRow>, lease: Option<&LeaseRow>) -> i64 {
+    if let Some(failed) = health.map(|h| h.failed_calls).filter(|n| *n > 0) {
+        let step = LEASE_RETRY_FIRST.saturating_mul(1 << (failed - 1).min(20));
+        return step.min(LEASE_RETRY_CAP).as_millis() as i64;
+    }
     let ttl = lease.map_or(0, |l| (l.expires_ms - l.created_ms).max(0));
     let nominal = (ttl as f64 * RENEW_SHARE) as i64;
     let gap = health.and_then(|h| h.previous_call_ms.map(|p| h.called_ms - p));

@@ -52,6 +52,7 @@ fn calls(called: i64, previous: Option<i64>, report: Option<&HealthReport>) -> H
         report_ms: report.map(|_| called),
         report: report.map(|r| serde_json::to_string(r).unwrap()),
         refused: None,
+        failed_calls: 0,
     }
 }
 
@@ -106,12 +107,21 @@ fn a_gateway_without_reports_is_judged_by_its_leases() {
 }
 
 #[test]
-fn a_calling_gateway_whose_leases_fail_is_not_missing() {
-    // Its backend is down: the newest lease failed, but it keeps calling.
-    let mut l = lease(NOW - 10_000);
+fn a_gateway_whose_calls_fail_is_late_only_by_its_backoff() {
+    // Its backend is down: its calls fail, and it retries after 1, 2, 4
+    // ... s; the fifth failure in a row is followed by a 16 s wait.
+    let mut l = lease(NOW - 60_000);
     l.status = LeaseStatus::Failed;
-    let h = calls(NOW - 500, Some(NOW - 2700), None);
-    assert_eq!(state_at(NOW, Some(&l), Some(&h)).state, State::Ok);
+    let mut h = calls(NOW, Some(NOW - 8000), None);
+    h.failed_calls = 5;
+    assert_eq!(state_at(NOW + 20_000, Some(&l), Some(&h)).state, State::Ok);
+    assert_eq!(
+        state_at(NOW + 24_100, Some(&l), Some(&h)).state,
+        State::Missing
+    );
+    // At the cap, 300 s.
+    h.failed_calls = 40;
+    assert_eq!(state_at(NOW + 400_000, Some(&l), Some(&h)).state, State::Ok);
 }
 
 #[test]
@@ -200,4 +210,34 @@ fn counts_list_every_state() {
     for st in State::ALL {
         assert_eq!(State::parse(st.as_str()), Some(st));
     }
+}
+
+#[test]
+fn the_metrics_page_counts_states_and_gives_each_gateway_its_figures() {
+    let l = lease(NOW);
+    let report = HealthReport {
+        points_waiting: 42,
+        runway_hours: Some(12.5),
+        clock_offset_ms: Some(-250.0),
+        ..HealthReport::default()
+    };
+    let ok = state_at(NOW, Some(&l), Some(&calls(NOW, None, Some(&report))));
+    let mut missing = state_at(NOW + 9000, Some(&l), None);
+    missing.name = "gw-\"2\"".into();
+    let page = metrics::render(&[ok, missing], NOW + 1000);
+    for line in [
+        "leasegate_fleet_gateways{state=\"ok\"} 1",
+        "leasegate_fleet_gateways{state=\"missing\"} 1",
+        "leasegate_fleet_gateways{state=\"late\"} 0",
+        "leasegate_gateway_state{name=\"gw-1\",identity=\"id-1\",state=\"ok\"} 1",
+        "leasegate_gateway_state{name=\"gw-\\\"2\\\"\",identity=\"id-1\",state=\"missing\"} 1",
+        "leasegate_gateway_points_waiting{name=\"gw-1\",identity=\"id-1\"} 42",
+        "leasegate_gateway_runway_hours{name=\"gw-1\",identity=\"id-1\"} 12.5",
+        "leasegate_gateway_clock_offset_seconds{name=\"gw-1\",identity=\"id-1\"} -0.25",
+        "leasegate_gateway_lease_remaining_seconds{name=\"gw-1\",identity=\"id-1\"} 3",
+    ] {
+        assert!(page.lines().any(|l| l == line), "no {line:?} in\n{page}");
+    }
+    // A gateway without a report has no report figures.
+    assert_eq!(page.matches("leasegate_gateway_points_waiting{").count(), 1);
 }

@@ -11,10 +11,10 @@ use crate::wire::health::Health;
 use super::Authority;
 
 impl Authority {
-    /// Records a lease call of `identity` with its report. A store failure
-    /// is logged and the call goes on: a lease matters more than a report.
-    pub fn record_call(&self, identity: &IdentityRow, health: &Health) {
-        let now = now_ms();
+    /// Records a lease call of `identity` made at `now`, with its report,
+    /// and whether it `failed`. A store failure is logged and the call
+    /// goes on: a lease matters more than a report.
+    pub fn record_call(&self, identity: &IdentityRow, health: &Health, now: i64, failed: bool) {
         let (report, refused) = match health {
             Health::Absent => (None, None),
             Health::Report(r) => (serde_json::to_string(r).ok(), None),
@@ -37,6 +37,7 @@ impl Authority {
             at_ms: now,
             report: report.as_deref(),
             refused: refused.as_deref(),
+            failed,
             history_after_ms: now - every,
         };
         if let Err(e) = self.store().record_call(&call) {

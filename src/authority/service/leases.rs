@@ -20,15 +20,25 @@ use super::lease_ttl;
 use super::retry_delay;
 
 impl Authority {
+    /// A new lease for `identity`; the call and its health report are
+    /// recorded whatever becomes of it (a gateway that calls is alive).
     pub fn create_lease(
         &self,
         identity: &IdentityRow,
         req: &LeaseRequest,
         health: &Health,
     ) -> Result<LeaseGrant, ApiError> {
-        // Recorded first: a gateway that calls is alive, whatever becomes
-        // of its request.
-        self.record_call(identity, health);
+        let called_ms = now_ms();
+        let granted = self.grant_lease(identity, req);
+        self.record_call(identity, health, called_ms, granted.is_err());
+        granted
+    }
+
+    fn grant_lease(
+        &self,
+        identity: &IdentityRow,
+        req: &LeaseRequest,
+    ) -> Result<LeaseGrant, ApiError> {
         let role = self.enrolled_role(identity)?;
         let ttl = lease_ttl(req, role)?;
         let backend = self.backends.get(&role.backend).ok_or_else(|| {

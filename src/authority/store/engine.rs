@@ -489,6 +489,7 @@ impl<E: Engine> Store for SqlStore<E> {
             Int(call.at_ms),
             OptText(call.report),
             OptText(call.refused),
+            Int(i64::from(call.failed)),
         ];
         self.engine.write(|c| {
             c.execute(sql::RECORD_CALL, &recorded)?;

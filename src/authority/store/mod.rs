@@ -117,6 +117,9 @@ pub struct HealthRow {
     pub report: Option<String>,
     /// Why the report of the last call was refused, if it was.
     pub refused: Option<String>,
+    /// Lease calls that failed in a row, up to the last: the gateway
+    /// retries them on its backoff, not at its renewal time.
+    pub failed_calls: u32,
 }
 
 /// One lease call, for [`Store::record_call`].
@@ -126,6 +129,8 @@ pub struct Call<'a> {
     /// The report, checked, as JSON; None when none came or it was refused.
     pub report: Option<&'a str>,
     pub refused: Option<&'a str>,
+    /// The call got no lease.
+    pub failed: bool,
     /// A report also goes into the history unless the history has one
     /// from after this time (keeps it to one per interval).
     pub history_after_ms: i64,

@@ -91,7 +91,8 @@ CREATE TABLE health (
     previous_call_ms BIGINT,
     report_ms BIGINT,
     report TEXT,
-    refused TEXT
+    refused TEXT,
+    failed_calls BIGINT NOT NULL DEFAULT 0
 );
 CREATE TABLE health_history (
     identity_id TEXT NOT NULL REFERENCES identities(id),
@@ -349,19 +350,21 @@ pub(super) const AUDIT: &str =
 pub(super) const AUDIT_TRAIL: &str = "SELECT at_ms, event, subject, detail FROM audit ORDER BY seq";
 pub(super) const PING: &str = "SELECT 1";
 /// A lease call (?2) of identity ?1 with its report ?3 (or NULL) or why
-/// it was refused (?4); the last good report stays when none came.
-pub(super) const RECORD_CALL: &str = "INSERT INTO health (identity_id, called_ms, report_ms, report, refused) \
-     VALUES (?1, ?2, CASE WHEN CAST(?3 AS TEXT) IS NULL THEN NULL ELSE CAST(?2 AS BIGINT) END, ?3, ?4) \
+/// it was refused (?4), and whether the call failed (?5, 0 or 1: failures
+/// in a row are counted); the last good report stays when none came.
+pub(super) const RECORD_CALL: &str = "INSERT INTO health (identity_id, called_ms, report_ms, report, refused, failed_calls) \
+     VALUES (?1, ?2, CASE WHEN CAST(?3 AS TEXT) IS NULL THEN NULL ELSE CAST(?2 AS BIGINT) END, ?3, ?4, CAST(?5 AS BIGINT)) \
      ON CONFLICT (identity_id) DO UPDATE SET previous_call_ms = health.called_ms, called_ms = excluded.called_ms, \
      report_ms = COALESCE(excluded.report_ms, health.report_ms), report = COALESCE(excluded.report, health.report), \
-     refused = excluded.refused";
+     refused = excluded.refused, \
+     failed_calls = CASE WHEN excluded.failed_calls = 0 THEN 0 ELSE health.failed_calls + 1 END";
 /// The report ?3 of identity ?1 at ?2 into the history, unless it holds
 /// one from after ?4.
 pub(super) const ADD_HISTORY: &str = "INSERT INTO health_history (identity_id, at_ms, report) \
      SELECT CAST(?1 AS TEXT), CAST(?2 AS BIGINT), CAST(?3 AS TEXT) \
      WHERE NOT EXISTS (SELECT 1 FROM health_history WHERE identity_id = ?1 AND at_ms > ?4) \
      ON CONFLICT DO NOTHING";
-pub(super) const HEALTH: &str = "SELECT identity_id, called_ms, previous_call_ms, report_ms, report, refused FROM health ORDER BY identity_id";
+pub(super) const HEALTH: &str = "SELECT identity_id, called_ms, previous_call_ms, report_ms, report, refused, failed_calls FROM health ORDER BY identity_id";
 pub(super) const HEALTH_HISTORY: &str = "SELECT at_ms, report FROM health_history WHERE identity_id = ?1 AND at_ms >= ?2 ORDER BY at_ms";
 pub(super) const PRUNE_HEALTH: &str = "DELETE FROM health_history WHERE at_ms < ?1";
 /// Driven from the identities, so that it reads one lease each through
@@ -567,6 +570,7 @@ pub(super) fn health(r: &dyn Row) -> Result<HealthRow, StoreError> {
         report_ms: r.int_opt(3)?,
         report: r.text_opt(4)?,
         refused: r.text_opt(5)?,
+        failed_calls: r.count(6)?,
     })
 }
 

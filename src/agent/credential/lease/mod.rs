@@ -18,7 +18,7 @@ use crate::agent::credential::{Credential, Origin, Slot};
 use crate::backoff::Backoff;
 use crate::config::{Api, Influx, LeaseConfig};
 use crate::secret::Secret;
-use crate::wire::api::{ErrorCode, LeaseGrant, LeaseStatus};
+use crate::wire::api::{ErrorCode, LEASE_RETRY_CAP, LEASE_RETRY_FIRST, LeaseGrant, LeaseStatus};
 use crate::wire::client::ClientError;
 
 /// How long a replaced lease stays valid for writes already in flight: it
@@ -294,7 +294,7 @@ impl<A: Authority, S: LeaseStore> Keeper<A, S> {
             settings,
             state: State::WaitingForTicket,
             attempt_at: now,
-            backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(300), 0.25),
+            backoff: Backoff::new(LEASE_RETRY_FIRST, LEASE_RETRY_CAP, 0.25),
             unproven_refusals: 0,
             proven: None,
             answered: None,
