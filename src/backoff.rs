@@ -36,6 +36,12 @@ impl Backoff {
         step.mul_f64(1.0 - self.jitter * self.random_unit())
     }
 
+    /// The next delay at its longest, while failures have lengthened it
+    /// (None right after a reset).
+    pub fn engaged(&self) -> Option<Duration> {
+        (self.current > self.initial).then_some(self.current)
+    }
+
     pub fn reset(&mut self) {
         self.current = self.initial;
     }

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::authority::{AuthorityServer, role, v1_backend};
-use support::{ADMIN_PASSWORD, ADMIN_USER, Influx};
+use support::{
+    ADMIN_PASSWORD, ADMIN_USER, Daemon, FakeTime, Influx, Mosquitto, faked_clock_argv, free_port,
+    leased_config, leasegate_argv, publish_seq, scrape_metrics, wait_until,
+};
 
 /// An authority on `influx` whose `sensor` role writes to `sensors`.
 fn authority_for(influx: &Influx, head: &str) -> AuthorityServer {
@@ -120,4 +123,172 @@ fn a_bad_report_is_refused_by_name_and_audited_and_the_lease_still_granted() {
     }
     assert!(!log.contains("hunter2"), "a report's value reached the log");
     assert!(!authority.store_dump().contains("hunter2"));
+}
+
+/// A leased gateway named `name` (its MQTT client id) subscribed to
+/// `sensors/<name>/#` with 4 s leases, run by `program`, `extra` appended
+/// to its configuration; its ticket (for `service`) dropped in once it is
+/// ready.
+fn gateway_process(
+    broker: &Mosquitto,
+    authority: &AuthorityServer,
+    program: Vec<std::ffi::OsString>,
+    name: &str,
+    service: &str,
+    extra: &str,
+) -> Daemon {
+    let config = leased_config(broker, name, "4s").replace(
+        "topic = \"sensors/#\"",
+        &format!("topic = \"sensors/{name}/#\""),
+    ) + extra;
+    let daemon = Daemon::start_program(program, tempfile::tempdir().unwrap(), &config, "info");
+    assert!(
+        daemon.wait_for_log("ready:", 1, Duration::from_secs(20)),
+        "{}",
+        daemon.log()
+    );
+    let tickets = daemon.dir.path().join("tickets");
+    std::fs::create_dir_all(&tickets).unwrap();
+    let tmp = tickets.join("gw.part");
+    std::fs::write(&tmp, authority.ticket(service, &[])).unwrap();
+    std::fs::rename(&tmp, tickets.join("gw.ticket")).unwrap();
+    daemon
+}
+
+/// Each gateway's state on the authority's `/metrics`, by name.
+fn states_on_metrics(port: u16) -> std::collections::HashMap<String, String> {
+    scrape_metrics(port)
+        .lines()
+        .filter_map(|l| l.strip_prefix("leasegate_gateway_state{name=\""))
+        .filter_map(|l| {
+            let (name, rest) = l.split_once('"')?;
+            let state = rest.split("state=\"").nth(1)?.split('"').next()?;
+            Some((name.to_owned(), state.to_owned()))
+        })
+        .collect()
+}
+
+/// Waits until `fleet --json` shows `name` in `state`; the gateway's row.
+fn wait_for_state(authority: &AuthorityServer, name: &str, state: &str, within: Duration) -> Value {
+    let mut last = Value::Null;
+    let seen = wait_until(within, || {
+        last = gateway(&authority.fleet(), name).clone();
+        last["state"] == state
+    });
+    assert!(seen, "{name} never showed {state}: {last:#}");
+    last
+}
+
+#[test]
+fn the_fleet_shows_each_gateway_late_missing_refused_clock_and_backlog() {
+    let broker = Mosquitto::start();
+    let influx = Influx::start();
+    let mut far = Influx::start();
+    far.query("CREATE DATABASE sensors2");
+    let metrics_port = free_port();
+    let reader = role("reader", "iot-reader", "main", "database", "sensors")
+        .replace("access = [\"write\"]", "access = [\"read\"]");
+    let head = format!(
+        "[fleet]\nbacklog_after = \"5s\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n{}{reader}{}",
+        v1_backend("far", &far.url(), ADMIN_USER, ADMIN_PASSWORD),
+        role("far", "iot-far", "far", "database", "sensors2"),
+    );
+    let authority = authority_for(&influx, &head);
+    let plain = leasegate_argv;
+    let steady = gateway_process(&broker, &authority, plain(), "gw-steady", "iot-sensor", "");
+    let _refused = gateway_process(&broker, &authority, plain(), "gw-refused", "iot-reader", "");
+    let behind = faked_clock_argv(FakeTime::By("-1h"));
+    let _clock = gateway_process(&broker, &authority, behind, "gw-clock", "iot-sensor", "");
+    let small = "[spool]\nmax_bytes = \"1MiB\"\n";
+    let backlog = gateway_process(&broker, &authority, plain(), "gw-backlog", "iot-far", small);
+
+    // Every gateway with its report, within a renewal of its first lease.
+    let names = ["gw-steady", "gw-refused", "gw-clock", "gw-backlog"];
+    let all_reported = wait_until(Duration::from_secs(20), || {
+        let fleet = authority.fleet();
+        names.iter().all(|n| {
+            fleet
+                .iter()
+                .any(|g| g["name"] == *n && g["report"]["version"].is_string())
+        })
+    });
+    assert!(all_reported, "{:#?}", authority.fleet());
+    let fleet = authority.fleet();
+    let report = &gateway(&fleet, "gw-steady")["report"];
+    assert_eq!(report["mqtt_connected"], true, "{report}");
+    assert!(report["disk_free_bytes"].as_u64() > Some(0), "{report}");
+    assert_eq!(gateway(&fleet, "gw-steady")["state"], "ok", "{fleet:#?}");
+
+    // Refused: its role may only read.
+    publish_seq(&broker, "gw-refused/x", 0, 3);
+    let g = wait_for_state(&authority, "gw-refused", "refused", Duration::from_secs(20));
+    assert_eq!(g["report"]["last_write"]["status"], 403, "{g}");
+
+    // Clock: an hour behind, known from its first lease, told at the next.
+    let g = wait_for_state(&authority, "gw-clock", "clock", Duration::from_secs(20));
+    let offset = g["report"]["clock_offset_ms"].as_f64().unwrap_or(0.0);
+    assert!((offset - 3_600_000.0).abs() < 5_000.0, "{g}");
+
+    // Backlog: its InfluxDB gone, points wait and the spool fills.
+    far.stop();
+    publish_seq(&broker, "gw-backlog/x", 0, 200);
+    let g = wait_for_state(&authority, "gw-backlog", "backlog", Duration::from_secs(40));
+    let r = &g["report"];
+    assert!(r["points_waiting"].as_u64() >= Some(200), "{g}");
+    assert!(r["runway_hours"].as_f64().is_some_and(|h| h > 0.0), "{g}");
+    assert!(
+        g["why"][0]
+            .as_str()
+            .unwrap_or_default()
+            .contains("oldest unsent point"),
+        "{g}"
+    );
+
+    // Late, then missing: stopped, it calls no more.
+    steady.freeze();
+    let mut seen: Vec<String> = Vec::new();
+    let settled = wait_until(Duration::from_secs(20), || {
+        let state = states_on_metrics(metrics_port)
+            .remove("gw-steady")
+            .unwrap_or_default();
+        if seen.last() != Some(&state) {
+            seen.push(state.clone());
+        }
+        state == "missing"
+    });
+    assert!(settled, "{seen:?}");
+    eprintln!("gw-steady went {seen:?}");
+    let late = seen.iter().position(|s| s == "late");
+    assert!(late.is_some(), "never late before missing: {seen:?}");
+
+    // The same through fleet --json, --state and /metrics.
+    let fleet = authority.fleet();
+    for (name, state) in [
+        ("gw-steady", "missing"),
+        ("gw-refused", "refused"),
+        ("gw-clock", "clock"),
+        ("gw-backlog", "backlog"),
+    ] {
+        assert_eq!(gateway(&fleet, name)["state"], state, "{fleet:#?}");
+    }
+    let only = authority.cli_ok(&["fleet", "--json", "--state", "backlog"]);
+    let only: Vec<Value> = serde_json::from_str(&only).unwrap();
+    assert_eq!(only.len(), 1, "{only:?}");
+    assert_eq!(only[0]["name"], "gw-backlog");
+    let table = authority.cli_ok(&["fleet"]);
+    assert!(
+        table.contains("gw-clock") && table.contains("behind"),
+        "{table}"
+    );
+    let page = scrape_metrics(metrics_port);
+    for state in ["missing", "refused", "clock", "backlog"] {
+        let line = format!("leasegate_fleet_gateways{{state=\"{state}\"}} 1");
+        assert!(page.lines().any(|l| l == line), "no {line} in\n{page}");
+    }
+    assert!(
+        page.contains("leasegate_gateway_runway_hours{name=\"gw-backlog\""),
+        "{page}"
+    );
+    steady.thaw();
+    drop(backlog);
 }

@@ -11,7 +11,7 @@ failed=()
 cargo test --all-targets --no-fail-fast "$@" || failed+=("cargo test --all-targets (the failed targets are listed above)")
 if [ $# -eq 0 ]; then
   echo "== the authority's test suite again, on PostgreSQL"
-  LEASEGATE_TEST_STORE=postgres cargo test --test authority || failed+=("the authority's suite on PostgreSQL")
+  LEASEGATE_TEST_STORE=postgres cargo test --test authority --test fleet || failed+=("the authority's and the fleet's suites on PostgreSQL")
 fi
 if [ ${#failed[@]} -gt 0 ]; then
   printf 'tests/run.sh: failed: %s\n' "${failed[@]}" >&2

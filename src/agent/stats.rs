@@ -48,6 +48,9 @@ pub struct Stats {
     /// by `CLOCK_BOOTTIME` in ms, packed by [`Stats::wrote_with`]; 0 before
     /// the first.
     pub last_write: AtomicU64,
+    /// Points the writer has read from the spool and not yet written:
+    /// still in the spool, but no longer counted as unread there.
+    pub points_in_flight: AtomicU64,
 }
 
 impl Stats {

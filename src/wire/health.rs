@@ -52,6 +52,9 @@ pub struct HealthReport {
     pub mqtt_connected: bool,
     /// Why the spool cannot store points, while it cannot.
     pub spool_error: Option<String>,
+    /// While the gateway backs off (failed lease calls, refused leases),
+    /// the longest it waits before its next call.
+    pub retry_within_secs: Option<u64>,
 }
 
 /// The last answer InfluxDB gave (or did not give) to a write.
@@ -276,11 +279,12 @@ impl HealthReport {
             disk_free_bytes: f.count("disk_free_bytes", MAX_COUNT)?,
             mqtt_connected: f.flag("mqtt_connected")?.unwrap_or(false),
             spool_error: f.text("spool_error", MAX_TEXT)?,
+            retry_within_secs: f.count("retry_within_secs", MAX_SECS)?,
         })
     }
 }
 
-const FIELDS: [&str; 16] = [
+const FIELDS: [&str; 17] = [
     "version",
     "target",
     "uptime_secs",
@@ -297,6 +301,7 @@ const FIELDS: [&str; 16] = [
     "disk_free_bytes",
     "mqtt_connected",
     "spool_error",
+    "retry_within_secs",
 ];
 
 /// A report's fields, each read with its check; absent and null are None.
@@ -460,6 +465,7 @@ mod tests {
             disk_free_bytes: Some(1 << 30),
             mqtt_connected: true,
             spool_error: None,
+            retry_within_secs: Some(8),
         }
     }
 

@@ -884,6 +884,11 @@ impl Daemon {
         signal(self.child.id(), libc::SIGSTOP);
     }
 
+    /// Lets a frozen daemon run again.
+    pub fn thaw(&self) {
+        signal(self.child.id(), libc::SIGCONT);
+    }
+
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -8,6 +8,7 @@
 //! goes to the dead-letter file), and never touches MQTT.
 
 use std::borrow::Cow;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -80,6 +81,9 @@ impl Writer {
                     continue;
                 }
             };
+            self.stats
+                .points_in_flight
+                .store(batch.points, Ordering::Relaxed);
             // Receipt stamps are settled once there is something to write
             // with: with leases, the first lease of a boot tells the time.
             let no_credential = batch.points > 0 && self.slot.current().1.is_none();
@@ -100,6 +104,7 @@ impl Writer {
             {
                 return;
             }
+            self.stats.points_in_flight.store(0, Ordering::Relaxed);
             if let Err(e) = self.spool.release(&batch) {
                 log::error!("cannot free spool space: {}", crate::error_chain(&e));
             }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::agent::report::status::Reporter;
+use crate::agent::stats::Stats;
 use crate::wire::health::{HealthReport, LastWrite, WriteOutcome};
 
 /// Makes reports, and keeps what the rates are counted from.
@@ -52,7 +53,7 @@ impl Prober {
             points_in_per_sec: round(rate(r.points_in, was_in)),
             points_out_per_sec: round(rate(r.points_written, was_out)),
             spool_bytes: r.spool_bytes,
-            points_waiting: r.spool_points,
+            points_waiting: r.spool_points + Stats::get(&stats.points_in_flight),
             oldest_waiting_secs: r.oldest_point_age_secs,
             runway_hours: r.spool_runway_secs.map(|s| round(s as f64 / 3600.0)),
             dead_letters: r.points_dead_lettered,
@@ -68,6 +69,8 @@ impl Prober {
                 .map(|s| s.f_bavail.saturating_mul(s.f_frsize)),
             mqtt_connected: r.mqtt_connected,
             spool_error: r.spool_error.map(|e| cut(&e, 200)),
+            // The keeper knows its schedule, and adds it.
+            retry_within_secs: None,
         }
     }
 }

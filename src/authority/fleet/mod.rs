@@ -146,7 +146,8 @@ pub fn assess(
     match last_call_ms {
         None => found.push((State::Missing, "has never asked for a lease".into())),
         Some(called) => {
-            let interval = renewal_interval_ms(health, lease);
+            let interval =
+                renewal_interval_ms(health, lease).max(retry_within_ms(health, &report, lease));
             let silent = now_ms - called;
             if silent as f64 > LATE_AFTER_INTERVALS * interval as f64 {
                 let expires = lease.map(|l| l.expires_ms);
@@ -258,6 +259,27 @@ fn renewal_interval_ms(health: Option<&HealthRow>, lease: Option<&LeaseRow>) -> 
         _ if nominal > 0 => nominal,
         _ => 60_000,
     }
+}
+
+/// What the gateway said of its backoff at its last call (if that call's
+/// report was accepted), bounded by the longest a gateway waits: its
+/// lease's lifetime or the backoff's cap.
+fn retry_within_ms(
+    health: Option<&HealthRow>,
+    report: &Option<HealthReport>,
+    lease: Option<&LeaseRow>,
+) -> i64 {
+    let current = health.is_some_and(|h| h.report_ms == Some(h.called_ms));
+    let Some(secs) = report
+        .as_ref()
+        .and_then(|r| r.retry_within_secs)
+        .filter(|_| current)
+    else {
+        return 0;
+    };
+    let ttl = lease.map_or(0, |l| (l.expires_ms - l.created_ms).max(0));
+    let most = ttl.max(LEASE_RETRY_CAP.as_millis() as i64);
+    (secs.saturating_mul(1000).min(most as u64)) as i64
 }
 
 /// `ms` as a short duration for people: "3s", "2m 5s".

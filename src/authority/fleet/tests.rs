@@ -241,3 +241,36 @@ fn the_metrics_page_counts_states_and_gives_each_gateway_its_figures() {
     // A gateway without a report has no report figures.
     assert_eq!(page.matches("leasegate_gateway_points_waiting{").count(), 1);
 }
+
+#[test]
+fn a_gateway_backing_off_is_late_only_after_the_wait_it_announced() {
+    // Its writes were refused: it asks again within 8 s, not at renewal.
+    let l = lease(NOW);
+    let report = HealthReport {
+        retry_within_secs: Some(8),
+        ..HealthReport::default()
+    };
+    let h = calls(NOW, Some(NOW - 2200), Some(&report));
+    assert_eq!(state_at(NOW + 11_000, Some(&l), Some(&h)).state, State::Ok);
+    assert_eq!(
+        state_at(NOW + 12_100, Some(&l), Some(&h)).state,
+        State::Missing
+    );
+    // A gateway cannot announce more than the backoff's cap.
+    let report = HealthReport {
+        retry_within_secs: Some(10 * 365 * 86_400),
+        ..HealthReport::default()
+    };
+    let h = calls(NOW, Some(NOW - 2200), Some(&report));
+    assert_eq!(
+        state_at(NOW + 451_000, Some(&l), Some(&h)).state,
+        State::Missing
+    );
+    // Said with an older report (the last one was refused): not believed.
+    let mut h = calls(NOW, Some(NOW - 2200), Some(&report));
+    h.report_ms = Some(NOW - 2200);
+    assert_eq!(
+        state_at(NOW + 5000, Some(&l), Some(&h)).state,
+        State::Missing
+    );
+}

@@ -71,16 +71,23 @@ pub struct LeaseView {
     pub clock_told: Option<ClockTold>,
 }
 
+/// What a lease request asks for, and tells of the gateway's schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Ask {
+    /// The lifetime asked for; the role's default when None.
+    pub ttl: Option<Duration>,
+    /// While the keeper backs off (failed calls, refused leases): the
+    /// longest it may wait before its next call, so that the authority
+    /// does not take a gateway on its backoff for a late one.
+    pub retry_within: Option<Duration>,
+}
+
 /// The authority's lease calls, for one identity each: the real client in
 /// the daemon (`crate::agent::credential::lease::thread`), a fake in the tests.
 /// The keeper does no I/O but through this and [`LeaseStore`], so that its
 /// tests (`lease/tests.rs`) run in milliseconds.
 pub trait Authority {
-    fn create_lease(
-        &mut self,
-        identity: &Identity,
-        ttl: Option<Duration>,
-    ) -> Result<LeaseGrant, ClientError>;
+    fn create_lease(&mut self, identity: &Identity, ask: &Ask) -> Result<LeaseGrant, ClientError>;
     fn revoke(&mut self, identity: &Identity, lease_id: &str) -> Result<(), ClientError>;
     /// The ids of the identity's active leases.
     fn active_leases(&mut self, identity: &Identity) -> Result<Vec<String>, ClientError>;

@@ -7,8 +7,8 @@
 use std::time::{Duration, Instant};
 
 use super::{
-    Authority, Held, Identity, Keeper, LeaseError, LeaseStore, RENEW_AT, REVOKE_GRACE, Retired,
-    State, StoredLease, When, influx_for, whole_ms,
+    Ask, Authority, Held, Identity, Keeper, LeaseError, LeaseStore, RENEW_AT, REVOKE_GRACE,
+    Retired, State, StoredLease, When, influx_for, whole_ms,
 };
 use crate::wire::api::LeaseGrant;
 
@@ -232,10 +232,11 @@ impl<A: Authority, S: LeaseStore> Keeper<A, S> {
         &mut self,
         identity: &Identity,
     ) -> Result<(LeaseGrant, crate::config::Influx), LeaseError> {
-        let grant = match self
-            .authority
-            .create_lease(identity, self.settings.lease.ttl)
-        {
+        let ask = Ask {
+            ttl: self.settings.lease.ttl,
+            retry_within: self.backoff.engaged(),
+        };
+        let grant = match self.authority.create_lease(identity, &ask) {
             Ok(grant) => grant,
             Err(crate::wire::client::ClientError::UnusableGrant { lease_id, reason }) => {
                 let _ = self.authority.revoke(identity, &lease_id);

@@ -80,11 +80,7 @@ fn grant(id: &str, ttl_secs: u64, api: InfluxApi, secret: &str) -> LeaseGrant {
 }
 
 impl Authority for FakeAuthority {
-    fn create_lease(
-        &mut self,
-        identity: &Identity,
-        _: Option<Duration>,
-    ) -> Result<LeaseGrant, ClientError> {
+    fn create_lease(&mut self, identity: &Identity, _: &Ask) -> Result<LeaseGrant, ClientError> {
         let mut c = self.0.lock().unwrap();
         let id = format!("l{}", c.created.len() + 1);
         let answer = c.answers.pop_front().unwrap_or(Answer::Lease(600));

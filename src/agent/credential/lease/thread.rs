@@ -9,11 +9,11 @@
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::agent::credential::identity::{self, BootStamp, Identity, StoredLease};
 use crate::agent::credential::lease::{
-    Authority, Event, Keeper, LeaseSettings, LeaseStore, LeaseView,
+    Ask, Authority, Event, Keeper, LeaseSettings, LeaseStore, LeaseView,
 };
 use crate::agent::credential::tickets::{self, Rescan};
 use crate::agent::credential::{Outcome, Outcomes, Slot};
@@ -197,14 +197,13 @@ impl RemoteAuthority {
 }
 
 impl Authority for RemoteAuthority {
-    fn create_lease(
-        &mut self,
-        identity: &Identity,
-        ttl: Option<Duration>,
-    ) -> Result<LeaseGrant, ClientError> {
-        let report = self.probe.get().map(|probe| probe());
+    fn create_lease(&mut self, identity: &Identity, ask: &Ask) -> Result<LeaseGrant, ClientError> {
+        let report = self.probe.get().map(|probe| HealthReport {
+            retry_within_secs: ask.retry_within.map(|d| d.as_secs_f64().ceil() as u64),
+            ..probe()
+        });
         self.with_client(identity, |c| {
-            c.create_lease(&identity.credential, ttl, report.as_ref())
+            c.create_lease(&identity.credential, ask.ttl, report.as_ref())
         })
     }
 
