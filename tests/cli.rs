@@ -140,6 +140,31 @@ fn authority_config_check_exits_78() {
 }
 
 #[test]
+fn plain_tcp_to_a_database_is_judged_by_the_address_the_client_dials() {
+    // host names this machine, hostaddr another: the client dials hostaddr,
+    // and the password would go there in clear text.
+    for url in [
+        "postgres://leasegate@localhost/leasegate?hostaddr=192.0.2.10",
+        "postgres://leasegate@/leasegate?hostaddr=192.0.2.10",
+    ] {
+        let config = format!(
+            "public_url = \"http://127.0.0.1:7443\"\nlisten = \"127.0.0.1:7443\"\ntls = \"off\"\n[store]\nurl = \"{url}\"\ntls = \"off\"\n"
+        );
+        let out = run_with_stdin(
+            AUTHORITY,
+            &["config", "check", "--config", "/dev/stdin"],
+            config.as_bytes(),
+        );
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{url}: {err}");
+        assert!(
+            err.contains("store.tls: \"off\" is allowed only for a loopback address or a unix socket; the client would connect to 192.0.2.10"),
+            "{url}: {err}"
+        );
+    }
+}
+
+#[test]
 fn version_and_help_on_every_level() {
     for bin in [GATEWAY, AUTHORITY] {
         let out = run(bin, &["--version"]);

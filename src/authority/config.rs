@@ -310,10 +310,14 @@ fn read_store(t: &Table<'_>) -> StoreConfig {
             if url.contains("sslmode=") {
                 t.problem("url", "sslmode in the URL: set store.tls instead");
             }
-            if tls == StoreTls::Off && !pg.get_hosts().iter().all(host_is_local) {
+            if tls == StoreTls::Off
+                && let Some(remote) = connects_to(&pg).into_iter().find(|t| !t.is_local())
+            {
                 t.problem(
                     "tls",
-                    "\"off\" is allowed only for a loopback address or a unix socket",
+                    format!(
+                        "\"off\" is allowed only for a loopback address or a unix socket; the client would connect to {remote}"
+                    ),
                 );
             }
         }
@@ -335,15 +339,50 @@ fn read_store(t: &Table<'_>) -> StoreConfig {
     })
 }
 
-fn host_is_local(host: &postgres::config::Host) -> bool {
-    match host {
-        postgres::config::Host::Unix(_) => true,
-        postgres::config::Host::Tcp(name) => {
-            name == "localhost"
-                || name
-                    .trim_matches(['[', ']'])
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback())
+/// Where the PostgreSQL client connects, as it decides: the i-th
+/// `hostaddr` when given (the i-th host then only names the server for
+/// TLS), else the i-th host.
+fn connects_to(pg: &postgres::Config) -> Vec<Target> {
+    let (hosts, addrs) = (pg.get_hosts(), pg.get_hostaddrs());
+    (0..hosts.len().max(addrs.len()))
+        .filter_map(|i| match (addrs.get(i), hosts.get(i)) {
+            (Some(ip), _) => Some(Target::Ip(*ip)),
+            (None, Some(postgres::config::Host::Unix(_))) => Some(Target::Unix),
+            (None, Some(postgres::config::Host::Tcp(name))) => Some(Target::Name(name.clone())),
+            (None, None) => None,
+        })
+        .collect()
+}
+
+/// One place [`connects_to`] finds.
+enum Target {
+    Unix,
+    Ip(std::net::IpAddr),
+    Name(String),
+}
+
+impl Target {
+    fn is_local(&self) -> bool {
+        match self {
+            Target::Unix => true,
+            Target::Ip(ip) => ip.is_loopback(),
+            Target::Name(name) => {
+                name == "localhost"
+                    || name
+                        .trim_matches(['[', ']'])
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Unix => f.write_str("a unix socket"),
+            Target::Ip(ip) => write!(f, "{ip}"),
+            Target::Name(name) => f.write_str(name),
         }
     }
 }
@@ -1002,6 +1041,20 @@ max_ttl = "1h"
                 "a.toml: store.ca_file",
             ),
             ("uri = \"postgres://x@y/z\"", "a.toml: store.uri"),
+            // The client connects to hostaddr when it is given, whatever
+            // the host says.
+            (
+                "url = \"postgres://leasegate@localhost/l?hostaddr=192.0.2.10\"\ntls = \"off\"",
+                "a.toml: store.tls: \"off\" is allowed only for a loopback address or a unix socket; the client would connect to 192.0.2.10",
+            ),
+            (
+                "url = \"postgres://leasegate@/l?hostaddr=192.0.2.10\"\ntls = \"off\"",
+                "a.toml: store.tls: \"off\" is allowed only for a loopback address or a unix socket; the client would connect to 192.0.2.10",
+            ),
+            (
+                "url = \"postgres://leasegate@localhost,127.0.0.1/l?hostaddr=127.0.0.1,10.0.0.7\"\ntls = \"off\"",
+                "a.toml: store.tls: \"off\" is allowed only for a loopback address or a unix socket; the client would connect to 10.0.0.7",
+            ),
         ];
         for (store, want) in cases {
             let lines = with_store(store).expect_err(store);
