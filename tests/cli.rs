@@ -165,6 +165,86 @@ fn plain_tcp_to_a_database_is_judged_by_the_address_the_client_dials() {
 }
 
 #[test]
+fn secret_files_others_may_read_are_refused_by_key() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = |name: &str, mode: u32| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, "s3cret\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path.display().to_string()
+    };
+    let ca_cert = dir.path().join("ca.pem");
+    let ca = rcgen::generate_simple_self_signed(vec!["ca".to_owned()]).unwrap();
+    std::fs::write(&ca_cert, ca.cert.pem()).unwrap();
+    let ca_key = dir.path().join("ca-key.pem");
+    std::fs::write(&ca_key, ca.signing_key.serialize_pem()).unwrap();
+    std::fs::set_permissions(&ca_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let authority = format!(
+        "public_url = \"https://127.0.0.1:7443\"\nca_cert_file = \"{}\"\nca_key_file = \"{}\"\n\
+         [[backend]]\nname = \"main\"\nkind = \"influxdb-v1\"\nurl = \"http://127.0.0.1:8086\"\n\
+         admin_username = \"admin\"\nadmin_password_file = \"{}\"\n\
+         [[role]]\nname = \"r\"\nmatch = {{ service = \"s\" }}\nbackend = \"main\"\ndatabase = \"d\"\n",
+        ca_cert.display(),
+        ca_key.display(),
+        secret("admin.password", 0o604),
+    );
+    let out = run_with_stdin(
+        AUTHORITY,
+        &["config", "check", "--config", "/dev/stdin"],
+        authority.as_bytes(),
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(
+        err.contains(&format!("ca_key_file: {} is mode 0644: others may read it; chmod 600 (or 640 with the service's group)", ca_key.display())),
+        "{err}"
+    );
+    assert!(
+        err.contains("backend[0].admin_password_file:") && err.contains("mode 0604"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret"), "{err}");
+
+    // The gateway's: a group may read (0640), others may not; none may write.
+    let gateway = |mode: u32| {
+        format!(
+            "state_dir = \"{0}/state\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nclient_id = \"g\"\n\
+             [[mqtt.subscribe]]\ntopic = \"s/#\"\n[influxdb]\nurl = \"http://127.0.0.1:8086\"\napi = \"v2\"\n\
+             org = \"o\"\nbucket = \"b\"\ntoken_file = \"{1}\"\n",
+            dir.path().display(),
+            secret(&format!("token-{mode:o}"), mode)
+        )
+    };
+    for (mode, ok) in [
+        (0o600, true),
+        (0o640, true),
+        (0o400, true),
+        (0o644, false),
+        (0o660, false),
+        (0o606, false),
+    ] {
+        let out = run_with_stdin(
+            GATEWAY,
+            &["config", "check", "--config", "/dev/stdin"],
+            gateway(mode).as_bytes(),
+        );
+        let err = text(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(if ok { 0 } else { 78 }),
+            "{mode:o}: {err}"
+        );
+        if !ok {
+            assert!(
+                err.contains("influxdb.token_file: ") && err.contains(&format!("mode 0{mode:o}")),
+                "{err}"
+            );
+        }
+    }
+}
+
+#[test]
 fn version_and_help_on_every_level() {
     for bin in [GATEWAY, AUTHORITY] {
         let out = run(bin, &["--version"]);

@@ -493,6 +493,9 @@ fn read_state_dir(t: &Table<'_>) -> PathBuf {
 fn read_cert_pair(t: &Table<'_>) -> (Option<PathBuf>, Option<PathBuf>) {
     let cert_file = t.path("cert_file");
     let key_file = t.path("key_file");
+    if let Some(key) = &key_file {
+        crate::config::check_secret_mode(t, "key_file", key);
+    }
     if cert_file.is_some() != key_file.is_some() {
         t.problem(
             if cert_file.is_some() {
@@ -512,6 +515,9 @@ fn read_cert_pair(t: &Table<'_>) -> (Option<PathBuf>, Option<PathBuf>) {
 fn read_ca_pair(t: &Table<'_>, has_cert_file: bool) -> (Option<PathBuf>, Option<PathBuf>) {
     let ca_cert_file = t.path("ca_cert_file");
     let ca_key_file = t.path("ca_key_file");
+    if let Some(key) = &ca_key_file {
+        crate::config::check_secret_mode(t, "ca_key_file", key);
+    }
     match (&ca_cert_file, &ca_key_file) {
         (None, Some(_)) => t.problem("ca_cert_file", "set it with ca_key_file"),
         (Some(_), None) if !has_cert_file => t.problem(
@@ -992,7 +998,7 @@ max_ttl = "1h"
         assert!(matches!(c.store, StoreConfig::Sqlite));
         let dir = tempfile::tempdir().unwrap();
         let pw = dir.path().join("pw");
-        std::fs::write(&pw, "s3cret-db-pw\n").unwrap();
+        crate::config::tls::tests::write_secret(&pw, "s3cret-db-pw\n");
         let c = with_store(&format!(
             "url = \"postgres://leasegate@127.0.0.1:5432/leasegate\"\npassword_file = \"{}\"\ntls = \"off\"\nmax_connections = 4",
             pw.display()

@@ -199,8 +199,8 @@ topic = "sensors/#"
     fn a_secret_file_rotated_in_place_is_taken_up_live_another_file_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let (one, two) = (dir.path().join("one"), dir.path().join("two"));
-        std::fs::write(&one, "tok-1\n").unwrap();
-        std::fs::write(&two, "tok-1\n").unwrap();
+        crate::config::tls::tests::write_secret(&one, "tok-1\n");
+        crate::config::tls::tests::write_secret(&two, "tok-1\n");
         let file = |path: &Path| {
             format!(
                 "{HEAD}[influxdb]\napi = \"v3\"\nurl = \"http://127.0.0.1:8181\"\ndatabase = \"d\"\ntoken_file = \"{}\"\n",

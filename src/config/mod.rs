@@ -161,6 +161,32 @@ pub(crate) fn log_level(t: &table::Table<'_>) -> Option<log::LevelFilter> {
     )
 }
 
+/// Refuses a file holding a secret (a password, a token, a private key)
+/// that others may read or its group may change, as OpenSSH refuses such
+/// a key: 0600 or 0640 (with the service's group) is fine. A file that
+/// cannot be read is reported by whoever reads it.
+pub(crate) fn check_secret_mode(t: &table::Table<'_>, key: &'static str, path: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o7777;
+    let why = if mode & 0o007 != 0 {
+        "others may read it"
+    } else if mode & 0o020 != 0 {
+        "its group may change it"
+    } else {
+        return;
+    };
+    t.problem(
+        key,
+        format!(
+            "{} is mode {mode:04o}: {why}; chmod 600 (or 640 with the service's group)",
+            path.display()
+        ),
+    );
+}
+
 /// Reads a secret that may be given inline (`key`) or in a file
 /// (`key_file`); never both. The file's content is trimmed of surrounding
 /// whitespace so a trailing newline from an editor is not part of it.
@@ -185,7 +211,10 @@ pub(crate) fn read_secret(
                 t.problem(file_key, format!("{} is empty", path.display()));
                 None
             }
-            Ok(s) => Some(crate::secret::Secret::new(s.trim())),
+            Ok(s) => {
+                check_secret_mode(t, file_key, &path);
+                Some(crate::secret::Secret::new(s.trim()))
+            }
             Err(e) => {
                 t.problem(file_key, format!("cannot read {}: {e}", path.display()));
                 None

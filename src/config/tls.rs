@@ -159,6 +159,13 @@ pub(crate) mod tests {
         pub key2: PathBuf,
     }
 
+    /// Writes a file holding a secret as it must be: mode 0600.
+    pub fn write_secret(path: &std::path::Path, text: &str) {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
     impl TestPki {
         pub fn new() -> TestPki {
             let dir = tempfile::tempdir().unwrap();
@@ -169,7 +176,7 @@ pub(crate) mod tests {
                 let cert = dir.path().join(format!("{name}.pem"));
                 let key = dir.path().join(format!("{name}.key"));
                 std::fs::write(&cert, pair.cert.pem()).unwrap();
-                std::fs::write(&key, pair.signing_key.serialize_pem()).unwrap();
+                write_secret(&key, &pair.signing_key.serialize_pem());
                 made.push((cert, key));
             }
             let mut made = made.into_iter();

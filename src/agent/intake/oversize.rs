@@ -516,7 +516,7 @@ mod tests {
         let toml = "[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nclient_id = \"gw-1\"\nusername = \"u\"\npassword_file = \"PW\"\n[[mqtt.subscribe]]\ntopic = \"s/#\"\n[influxdb]\napi = \"v1\"\nurl = \"http://127.0.0.1:8086\"\ndatabase = \"d\"\n";
         let dir = tempfile::tempdir().unwrap();
         let pw = dir.path().join("pw");
-        std::fs::write(&pw, "p\n").unwrap();
+        crate::config::tls::tests::write_secret(&pw, "p\n");
         let toml = toml.replace("PW", &pw.display().to_string());
         let config = crate::config::Config::from_toml(&dir.path().join("t.toml"), &toml)
             .unwrap_or_else(|e| panic!("{:?}", e.lines()));

@@ -257,6 +257,9 @@ pub(super) fn read_tls(t: &Table<'_>, url: Option<&BrokerUrl>) -> Option<TlsClie
     let ca_file = t.path("ca_file");
     let cert = t.path("client_cert_file");
     let key = t.path("client_key_file");
+    if let Some(k) = &key {
+        crate::config::check_secret_mode(t, "client_key_file", k);
+    }
     match url {
         Some(u) if u.tls => {}
         Some(_) => {

@@ -165,7 +165,7 @@ fn secrets_never_appear_in_problems_or_debug() {
 fn secret_files_are_read_and_checked() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("pw");
-    std::fs::write(&file, "from-file\n").unwrap();
+    crate::config::tls::tests::write_secret(&file, "from-file\n");
     let text = MINIMAL.replace(
         "database = \"sensors\"",
         &format!(
