@@ -297,6 +297,70 @@ fn a_man_in_the_middle_with_a_certificate_from_the_same_ca_gets_nothing() {
     assert!(!authority.log().contains(identity.credential.expose()));
 }
 
+/// An HTTPS authority serving `leaf`, its tickets pinning `ca`.
+fn authority_pinning_ca(leaf: &Leaf, ca: &Ca) -> AuthorityServer {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = leaf.write(dir.path(), "authority", Some(&ca.pem));
+    let ca_file = ca.write(dir.path(), "ca.pem");
+    let body = format!(
+        "cert_file = \"{}\"\nkey_file = \"{}\"\nca_cert_file = \"{}\"\n{}",
+        cert.display(),
+        key.display(),
+        ca_file.display(),
+        unreached_backend()
+    );
+    let a = AuthorityServer::start_with(&body, true, "info");
+    let _kept = dir.keep();
+    a
+}
+
+#[test]
+fn impostors_with_the_pinned_cas_chain_are_named_as_attacks_not_weather() {
+    let ca = Ca::new("the authority's CA");
+    let authority = authority_pinning_ca(&ca.leaf("authority"), &ca);
+    let look_alike = Ca::new("the authority's CA");
+    let impostors = [
+        (
+            "a leaf for another host",
+            ca.leaf_with("elsewhere", &["elsewhere.example"], false, false),
+            "not valid for",
+        ),
+        (
+            "an expired leaf",
+            ca.leaf_with("old", &["localhost"], true, true),
+            "expired",
+        ),
+        (
+            "a leaf of a look-alike CA",
+            look_alike.leaf("authority"),
+            "not signed by the pinned CA",
+        ),
+    ];
+    for (what, leaf, why) in impostors {
+        // Each sends the real CA's certificate in its chain: it is public.
+        let mitm = Interceptor::start(authority.port, &leaf, &ca.pem, 0);
+        let (ticket, line) = ticket_via(&authority, &mitm.url());
+        assert!(ticket.ca_sha256.is_some(), "the ticket pins the CA");
+        let e = leasegate::agent::credential::identity::redeem(&line, "gw", false).expect_err(what);
+        let text = leasegate::error_chain(&e);
+        assert_eq!(e.reason_code(), "certificate_untrusted", "{what}: {text}");
+        assert!(!e.is_transient(), "{what} taken for weather: {text}");
+        assert!(text.contains(why), "{what}: {text} does not say {why:?}");
+        assert!(mitm.received().is_empty(), "{what}: bytes reached it");
+    }
+
+    // Listed first, an impostor is passed over: the identity names the
+    // authority that answered.
+    let mitm = Interceptor::start(authority.port, &look_alike.leaf("authority"), &ca.pem, 0);
+    let mut ticket = Ticket::parse(&authority.ticket("iot-sensor", &[])).unwrap();
+    ticket.url = mitm.url();
+    ticket.urls = vec![mitm.url(), authority.url()];
+    let identity = leasegate::agent::credential::identity::redeem(&ticket.encode(), "gw-2", false)
+        .expect("enrolled at the real authority");
+    assert_eq!(identity.authority_url, authority.url());
+    assert!(mitm.received().is_empty());
+}
+
 /// One line of protocol just under 1 MiB with 120,000 distinct fields.
 fn wide_line() -> String {
     let mut line = String::from("wide ");

@@ -44,6 +44,12 @@ pub enum ClientError {
         found: String,
         pinned: String,
     },
+    /// The chain ends at the pinned CA, but the certificate is not one it
+    /// vouches for here: for another host, expired, or not signed by it.
+    /// An impostor showing the CA's public certificate looks like this; so
+    /// does an authority whose certificate lapsed.
+    #[error("the authority at {url} presents a certificate that is {why}")]
+    Untrusted { url: String, why: String },
     #[error("TLS to the authority at {url}: {message}")]
     Tls { url: String, message: String },
     #[error("the authority refused: {} ({})", .0.message, .0.code.name())]
@@ -66,8 +72,19 @@ impl ClientError {
             ClientError::Unreachable { .. } | ClientError::Tls { .. } => true,
             ClientError::BadAnswer { status, .. } => *status >= 500 || *status == 429,
             ClientError::Refused(e) => e.code.is_retryable(),
-            ClientError::Mismatch { .. } | ClientError::UnusableGrant { .. } => false,
+            ClientError::Mismatch { .. }
+            | ClientError::Untrusted { .. }
+            | ClientError::UnusableGrant { .. } => false,
         }
+    }
+
+    /// The server is not shown to be the authority the pins name: maybe
+    /// someone in between, to be told as a possible attack.
+    pub fn is_impostor(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Mismatch { .. } | ClientError::Untrusted { .. }
+        )
     }
 
     /// Trouble of the one replica asked, which another URL of the same
@@ -79,7 +96,8 @@ impl ClientError {
         match self {
             ClientError::Unreachable { .. }
             | ClientError::Tls { .. }
-            | ClientError::Mismatch { .. } => true,
+            | ClientError::Mismatch { .. }
+            | ClientError::Untrusted { .. } => true,
             ClientError::BadAnswer { status, .. } => *status >= 500,
             ClientError::Refused(e) => e.code == ErrorCode::Internal,
             ClientError::UnusableGrant { .. } => false,
@@ -99,6 +117,7 @@ impl ClientError {
         match self {
             ClientError::Refused(e) => e.code.name(),
             ClientError::Mismatch { .. } => "certificate_mismatch".into(),
+            ClientError::Untrusted { .. } => "certificate_untrusted".into(),
             ClientError::Tls { .. } => "tls".into(),
             ClientError::Unreachable { .. } => "unreachable".into(),
             ClientError::BadAnswer { .. } => "bad_answer".into(),
@@ -433,12 +452,19 @@ fn transport_error(base: &str, source: ureq::Error) -> ClientError {
             .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
         _ => None,
     };
-    let mismatch = match tls {
+    let other = match tls {
         Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) => {
-            other.0.downcast_ref::<PinMismatch>()
+            Some(&other.0)
         }
         _ => None,
     };
+    if let Some(u) = other.and_then(|o| o.downcast_ref::<NotVouched>()) {
+        return ClientError::Untrusted {
+            url: base.to_owned(),
+            why: u.0.clone(),
+        };
+    }
+    let mismatch = other.and_then(|o| o.downcast_ref::<PinMismatch>());
     match (mismatch, tls) {
         (Some(m), _) => ClientError::Mismatch {
             url: base.to_owned(),
@@ -476,6 +502,32 @@ struct PinMismatch {
     of: &'static str,
     found: String,
     pinned: String,
+}
+
+/// The pinned CA is in the chain, but does not vouch for the certificate
+/// here; why, for people.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct NotVouched(String);
+
+/// What `verify_chain`'s refusal means, once the pinned CA was found.
+fn not_vouched(e: rustls::Error) -> rustls::Error {
+    use rustls::CertificateError as C;
+    let why = match &e {
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::NotValidForName | C::NotValidForNameContext { .. } => {
+                format!("not valid for this host ({c:?})")
+            }
+            C::Expired | C::ExpiredContext { .. } => "expired".to_owned(),
+            C::NotValidYet | C::NotValidYetContext { .. } => "not valid yet".to_owned(),
+            C::UnknownIssuer | C::BadSignature => "not signed by the pinned CA".to_owned(),
+            other => format!("refused by the pinned CA's rules ({other:?})"),
+        },
+        other => format!("refused by the pinned CA's rules ({other})"),
+    };
+    rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+        Arc::new(NotVouched(why)),
+    )))
 }
 
 fn mismatch(of: &'static str, found: String, pinned: &str) -> rustls::Error {
@@ -594,7 +646,8 @@ impl ServerCertVerifier for PinnedVerifier {
             ));
         };
         let between: Vec<CertificateDer<'_>> = intermediates[..at].to_vec();
-        verify_chain(&intermediates[at], end_entity, &between, server_name, now)?;
+        verify_chain(&intermediates[at], end_entity, &between, server_name, now)
+            .map_err(not_vouched)?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -810,12 +863,13 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains(&ours_pin) && e.contains(&theirs_pin), "{e}");
-        // Another CA's certificate sent with our CA's beside it.
+        // Another CA's certificate sent with our CA's beside it: an
+        // impostor showing our CA's public certificate.
         let e = verify(&pins, &[leaf(&theirs, "127.0.0.1"), ours_der.clone()]).unwrap_err();
-        assert!(e.starts_with("other:"), "{e}");
+        assert_eq!(e, "not signed by the pinned CA");
         // Ours, but for another host.
         let e = verify(&pins, &[leaf(&ours, "authority.example"), ours_der]).unwrap_err();
-        assert!(e.starts_with("other:"), "{e}");
+        assert!(e.starts_with("not valid for this host"), "{e}");
         // Our CA's own certificate as the server's.
         let e = verify(&pins, &[ours.cert.der().clone()]).unwrap_err();
         assert!(e.contains(&ours_pin), "{e}");

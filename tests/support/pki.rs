@@ -33,11 +33,24 @@ impl Ca {
 
     /// A certificate for localhost and 127.0.0.1 signed by this CA.
     pub fn leaf(&self, name: &str) -> Leaf {
+        self.leaf_with(name, &["localhost"], true, false)
+    }
+
+    /// A certificate signed by this CA for the DNS `names` (and 127.0.0.1
+    /// with `loopback`), valid now, or only in 2020 when `expired`.
+    pub fn leaf_with(&self, name: &str, names: &[&str], loopback: bool, expired: bool) -> Leaf {
         let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        let names = names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let mut params = CertificateParams::new(names).unwrap();
+        if loopback {
+            params
+                .subject_alt_names
+                .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        }
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2020, 12, 31);
+        }
         params.distinguished_name.push(DnType::CommonName, name);
         let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
         let cert = params.signed_by(&key, &issuer).unwrap();

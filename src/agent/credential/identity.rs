@@ -197,6 +197,11 @@ impl EnrollError {
         }
     }
 
+    /// Whoever answered is not shown to be the authority the ticket pins.
+    pub fn is_impostor(&self) -> bool {
+        matches!(self, EnrollError::Authority(e) if e.is_impostor())
+    }
+
     /// The reason code written to `.reason` files.
     pub fn reason_code(&self) -> String {
         match self {
@@ -255,7 +260,9 @@ pub fn redeem(
         role: e.role,
         attributes: e.attributes,
         credential: e.credential,
-        authority_url: urls[0].clone(),
+        // The one that answered: an unreachable (or impostor) first URL
+        // is not the authority.
+        authority_url: client.url().to_owned(),
         authority_urls: if urls.len() > 1 { urls } else { Vec::new() },
         cert_sha256: pins.leaf,
         ca_sha256: pins.ca,
@@ -510,7 +517,7 @@ pub fn process_ticket(
         Err(e) if e.is_transient() => TicketOutcome::Kept(e),
         Err(e) => {
             let mut text = format!("{}: {}\n", e.reason_code(), crate::error_chain(&e));
-            if e.reason_code() == "certificate_mismatch" {
+            if e.is_impostor() {
                 // The pin is checked in the handshake, so the secret never
                 // left: the ticket still works at the real authority, and
                 // whoever answered may be waiting for one that does.
