@@ -632,6 +632,120 @@ fn slow_request_bodies_cannot_lock_an_enrolled_gateway_out() {
     );
 }
 
+/// Keeps `per_address` idle connections from each of `addresses` open to
+/// `target` (each reopened when the server closes it) until `stop`, or
+/// 60 s at most; how many are open is in `open`.
+fn idle_flood(
+    target: std::net::SocketAddrV4,
+    addresses: Vec<std::net::Ipv4Addr>,
+    per_address: usize,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    open: Arc<AtomicUsize>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut held: Vec<(std::net::Ipv4Addr, Option<TcpStream>)> = addresses
+            .iter()
+            .flat_map(|a| std::iter::repeat_n(*a, per_address))
+            .map(|a| (a, None))
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !stop.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+            for (from, conn) in &mut held {
+                let closed = conn.as_ref().is_none_or(|c| {
+                    c.set_nonblocking(true).ok();
+                    matches!(c.peek(&mut [0u8; 1]), Ok(0))
+                        || matches!(c.peek(&mut [0u8; 1]), Err(e) if e.kind() != std::io::ErrorKind::WouldBlock)
+                });
+                if closed {
+                    *conn = connect_from(*from, target).ok();
+                }
+            }
+            open.store(
+                held.iter().filter(|(_, c)| c.is_some()).count(),
+                Ordering::SeqCst,
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+}
+
+#[test]
+fn a_restarted_authority_keeps_its_reserved_slots_for_known_gateways() {
+    raise_fd_limit();
+    let influx = Influx::start();
+    influx.query("CREATE DATABASE sensors");
+    let mut authority = AuthorityServer::start(&influx_backend(&influx));
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("leasegate.toml");
+    std::fs::write(
+        &conf,
+        leased_config(&broker, "gw-known").replace("{dir}", &dir.path().display().to_string()),
+    )
+    .unwrap();
+    let gateway = |args: &[&str]| {
+        support::leasegate_command()
+            .arg("--config")
+            .arg(&conf)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let ticket = dir.path().join("gw.ticket");
+    std::fs::write(&ticket, authority.ticket("iot-sensor", &[])).unwrap();
+    assert!(
+        gateway(&["enroll", ticket.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let lease = || {
+        let out = gateway(&["lease", "create", "--ttl", "1m", "--json"]);
+        if out.status.success() {
+            let lease: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            gateway(&["lease", "revoke", lease["id"].as_str().unwrap()]);
+        }
+        out
+    };
+    assert!(lease().status.success(), "a lease before the restart");
+
+    // Restarted (or failed over to): 24 addresses hold 32 idle connections
+    // each, every one reopened when the server cuts it, filling all the
+    // slots but the reserved share.
+    authority.restart();
+    let target = std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, authority.port);
+    let flooders = (0..24)
+        .map(|i| std::net::Ipv4Addr::new(127, 0, 2, 2 + i))
+        .collect();
+    let (stop, open) = (
+        Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let flood = idle_flood(target, flooders, 32, stop.clone(), open.clone());
+    let full = wait_until(Duration::from_secs(20), || {
+        open.load(Ordering::SeqCst) >= 768
+    });
+    assert!(
+        full,
+        "the flood holds {} connections",
+        open.load(Ordering::SeqCst)
+    );
+    let mut failed = Vec::new();
+    for call in 0..20 {
+        let out = lease();
+        if !out.status.success() {
+            failed.push(format!("{call}: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    flood.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of 20 lease calls of a known gateway failed after a restart under the flood:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+}
+
 #[test]
 fn a_flood_of_bad_enrollments_is_throttled_and_audited_in_summary() {
     let authority = AuthorityServer::start(&unreached_backend());

@@ -596,6 +596,7 @@ fn call<'a>(
         report,
         refused,
         failed: report.is_none() && refused.is_none(),
+        address: (identity == "i1").then_some("127.0.0.9"),
         history_after_ms: at - 60_000,
     }
 }
@@ -646,6 +647,10 @@ fn lease_calls_keep_the_last_good_report_and_a_thinned_history(s: &dyn Store, ot
     let times: Vec<i64> = history.iter().map(|(t, _)| *t).collect();
     assert_eq!(times, [1_000, 91_000], "{history:?}");
     assert_eq!(s.health_history("i1", 2_000).unwrap().len(), 1);
+    // Where gateways called from, for the connections kept for them: i1
+    // last called at 95 s.
+    assert_eq!(other.gateway_addresses(90_000).unwrap(), ["127.0.0.9"]);
+    assert!(s.gateway_addresses(96_000).unwrap().is_empty());
     // i1's at 1 s and i2's at 7 s.
     assert_eq!(s.prune_health(50_000).unwrap(), 2);
     assert_eq!(other.health_history("i1", 0).unwrap().len(), 1);

@@ -22,7 +22,7 @@ use hyper_util::rt::TokioIo;
 use tower::ServiceExt as _;
 
 use crate::authority::config::EnrollmentLimits;
-use crate::authority::service::Authority;
+use crate::authority::service::{Authority, CallFrom};
 use crate::authority::store::IdentityRow;
 use crate::secret::Secret;
 use crate::shutdown::Shutdown;
@@ -182,6 +182,21 @@ impl Gate {
         })
     }
 
+    /// Addresses gateways called from, as the store tells (from every
+    /// replica, and from before a restart): they may use the reserved
+    /// share too. What this process saw itself stays as it is.
+    pub fn learn(&self, addresses: &[IpAddr]) {
+        let mut s = self.lock();
+        for ip in addresses {
+            if s.established.len() >= ESTABLISHED_MAX {
+                break;
+            }
+            s.established
+                .entry(client_key(*ip))
+                .or_insert_with(Instant::now);
+        }
+    }
+
     /// An identity authenticated from `ip`: it may use the reserved share.
     fn established(&self, ip: IpAddr) {
         let ip = client_key(ip);
@@ -310,17 +325,36 @@ pub fn serve(
         .set_nonblocking(true)
         .map_err(ServerError::Listen)?;
     let gate = Arc::new(Gate::new(authority.config().enrollment));
+    // Before the first connection: a restarted replica, or one gateways
+    // fail over to, knows them at once.
+    gate.learn(&authority.gateway_addresses(ESTABLISHED_FOR));
     let app = router(App {
         authority: authority.clone(),
         gate: gate.clone(),
         health: Arc::default(),
     });
+    runtime.spawn(learn_gateways(authority.clone(), gate.clone()));
     runtime.spawn(summarize_refusals(authority));
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     runtime.spawn(heartbeat(beat));
     runtime.block_on(accept_loop(listener, gate, app, acceptor, shutdown))?;
     runtime.shutdown_timeout(DRAIN);
     Ok(())
+}
+
+/// Tells the gate, every minute, the addresses gateways called other
+/// replicas from.
+async fn learn_gateways(authority: Arc<Authority>, gate: Arc<Gate>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let a = authority.clone();
+        let found = tokio::task::spawn_blocking(move || a.gateway_addresses(ESTABLISHED_FOR)).await;
+        if let Ok(addresses) = found {
+            gate.learn(&addresses);
+        }
+    }
 }
 
 /// Writes the summaries of refused enrollments once their minute is over,
@@ -731,7 +765,15 @@ async fn create_lease(
         let (body, cut) = read_body_kept(body).await?;
         let (req, health) = crate::wire::health::read_lease_call(&body, cut)?;
         let a = app.authority.clone();
-        blocking(move || a.create_lease(&identity, &req, &health)).await
+        let address = Some(client_key(peer.ip()));
+        blocking(move || {
+            let call = CallFrom {
+                health: &health,
+                address,
+            };
+            a.create_lease(&identity, &req, &call)
+        })
+        .await
     }
     .await;
     match result {

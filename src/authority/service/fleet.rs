@@ -10,11 +10,19 @@ use crate::wire::health::Health;
 
 use super::Authority;
 
+/// A lease call as the server saw it: the report it carried, and the
+/// client's address (its network, for IPv6).
+pub struct CallFrom<'a> {
+    pub health: &'a Health,
+    pub address: Option<std::net::IpAddr>,
+}
+
 impl Authority {
     /// Records a lease call of `identity` made at `now`, with its report,
     /// and whether it `failed`. A store failure is logged and the call
     /// goes on: a lease matters more than a report.
-    pub fn record_call(&self, identity: &IdentityRow, health: &Health, now: i64, failed: bool) {
+    pub fn record_call(&self, identity: &IdentityRow, call: &CallFrom<'_>, now: i64, failed: bool) {
+        let health = call.health;
         let (report, refused) = match health {
             Health::Absent => (None, None),
             Health::Report(r) => (serde_json::to_string(r).ok(), None),
@@ -32,12 +40,14 @@ impl Authority {
             }
         }
         let every = self.config.fleet.history_every.as_millis() as i64;
+        let address = call.address.map(|a| a.to_string());
         let call = Call {
             identity_id: &identity.id,
             at_ms: now,
             report: report.as_deref(),
             refused: refused.as_deref(),
             failed,
+            address: address.as_deref(),
             history_after_ms: now - every,
         };
         if let Err(e) = self.store().record_call(&call) {
@@ -46,6 +56,19 @@ impl Authority {
                 identity.name,
                 crate::error_chain(&e)
             );
+        }
+    }
+
+    /// The addresses gateways called from in the last `within`: the
+    /// server keeps a share of its connections for them.
+    pub fn gateway_addresses(&self, within: std::time::Duration) -> Vec<std::net::IpAddr> {
+        let since = now_ms() - within.as_millis() as i64;
+        match self.store().gateway_addresses(since) {
+            Ok(found) => found.iter().filter_map(|a| a.parse().ok()).collect(),
+            Err(e) => {
+                log::warn!("reading gateways' addresses: {}", crate::error_chain(&e));
+                Vec::new()
+            }
         }
     }
 

@@ -12,12 +12,11 @@ use crate::authority::store::{IdentityRow, Inserted, LeaseRow, NewLease, TicketR
 use crate::now_ms;
 use crate::secret::{self};
 use crate::wire::api::{ApiError, ErrorCode, LeaseGrant, LeaseInfo, LeaseRequest, LeaseStatus};
-use crate::wire::health::Health;
 
-use super::Authority;
 use super::info;
 use super::lease_ttl;
 use super::retry_delay;
+use super::{Authority, CallFrom};
 
 impl Authority {
     /// A new lease for `identity`; the call and its health report are
@@ -26,11 +25,11 @@ impl Authority {
         &self,
         identity: &IdentityRow,
         req: &LeaseRequest,
-        health: &Health,
+        call: &CallFrom<'_>,
     ) -> Result<LeaseGrant, ApiError> {
         let called_ms = now_ms();
         let granted = self.grant_lease(identity, req);
-        self.record_call(identity, health, called_ms, granted.is_err());
+        self.record_call(identity, call, called_ms, granted.is_err());
         granted
     }
 

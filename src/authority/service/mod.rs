@@ -11,6 +11,8 @@ mod enroll;
 mod fleet;
 mod leases;
 
+pub use fleet::CallFrom;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -490,6 +490,7 @@ impl<E: Engine> Store for SqlStore<E> {
             OptText(call.report),
             OptText(call.refused),
             Int(i64::from(call.failed)),
+            OptText(call.address),
         ];
         self.engine.write(|c| {
             c.execute(sql::RECORD_CALL, &recorded)?;
@@ -508,6 +509,11 @@ impl<E: Engine> Store for SqlStore<E> {
 
     fn health(&self) -> Result<Vec<HealthRow>, StoreError> {
         self.engine.read(|c| all(c, sql::HEALTH, &[], sql::health))
+    }
+
+    fn gateway_addresses(&self, since_ms: i64) -> Result<Vec<String>, StoreError> {
+        self.engine
+            .read(|c| all(c, sql::GATEWAY_ADDRESSES, &[Int(since_ms)], |r| r.text(0)))
     }
 
     fn health_history(

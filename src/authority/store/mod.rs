@@ -131,6 +131,8 @@ pub struct Call<'a> {
     pub refused: Option<&'a str>,
     /// The call got no lease.
     pub failed: bool,
+    /// The client's address (its network, for IPv6).
+    pub address: Option<&'a str>,
     /// A report also goes into the history unless the history has one
     /// from after this time (keeps it to one per interval).
     pub history_after_ms: i64,
@@ -346,6 +348,8 @@ pub trait Store: Send + Sync {
     fn record_call(&self, call: &Call<'_>) -> Result<(), StoreError>;
     /// Every gateway's last call and report.
     fn health(&self) -> Result<Vec<HealthRow>, StoreError>;
+    /// The addresses gateways made lease calls from since `since_ms`.
+    fn gateway_addresses(&self, since_ms: i64) -> Result<Vec<String>, StoreError>;
     /// One gateway's reports since `since_ms`, oldest first: (ms, JSON).
     fn health_history(
         &self,

@@ -92,8 +92,12 @@ CREATE TABLE health (
     report_ms BIGINT,
     report TEXT,
     refused TEXT,
-    failed_calls BIGINT NOT NULL DEFAULT 0
+    failed_calls BIGINT NOT NULL DEFAULT 0,
+    -- Where it called from: the share of connections kept for gateways
+    -- is theirs on every replica and after a restart.
+    address TEXT
 );
+CREATE INDEX health_by_call ON health(called_ms);
 CREATE TABLE health_history (
     identity_id TEXT NOT NULL REFERENCES identities(id),
     at_ms BIGINT NOT NULL,
@@ -350,14 +354,19 @@ pub(super) const AUDIT: &str =
 pub(super) const AUDIT_TRAIL: &str = "SELECT at_ms, event, subject, detail FROM audit ORDER BY seq";
 pub(super) const PING: &str = "SELECT 1";
 /// A lease call (?2) of identity ?1 with its report ?3 (or NULL) or why
-/// it was refused (?4), and whether the call failed (?5, 0 or 1: failures
-/// in a row are counted); the last good report stays when none came.
-pub(super) const RECORD_CALL: &str = "INSERT INTO health (identity_id, called_ms, report_ms, report, refused, failed_calls) \
-     VALUES (?1, ?2, CASE WHEN CAST(?3 AS TEXT) IS NULL THEN NULL ELSE CAST(?2 AS BIGINT) END, ?3, ?4, CAST(?5 AS BIGINT)) \
+/// it was refused (?4), whether the call failed (?5, 0 or 1: failures in
+/// a row are counted) and where it came from (?6); the last good report
+/// stays when none came.
+pub(super) const RECORD_CALL: &str = "INSERT INTO health (identity_id, called_ms, report_ms, report, refused, failed_calls, address) \
+     VALUES (?1, ?2, CASE WHEN CAST(?3 AS TEXT) IS NULL THEN NULL ELSE CAST(?2 AS BIGINT) END, ?3, ?4, CAST(?5 AS BIGINT), ?6) \
      ON CONFLICT (identity_id) DO UPDATE SET previous_call_ms = health.called_ms, called_ms = excluded.called_ms, \
      report_ms = COALESCE(excluded.report_ms, health.report_ms), report = COALESCE(excluded.report, health.report), \
      refused = excluded.refused, \
-     failed_calls = CASE WHEN excluded.failed_calls = 0 THEN 0 ELSE health.failed_calls + 1 END";
+     failed_calls = CASE WHEN excluded.failed_calls = 0 THEN 0 ELSE health.failed_calls + 1 END, \
+     address = COALESCE(excluded.address, health.address)";
+/// The addresses gateways made lease calls from since ?1.
+pub(super) const GATEWAY_ADDRESSES: &str =
+    "SELECT DISTINCT address FROM health WHERE address IS NOT NULL AND called_ms >= ?1";
 /// The report ?3 of identity ?1 at ?2 into the history, unless it holds
 /// one from after ?4.
 pub(super) const ADD_HISTORY: &str = "INSERT INTO health_history (identity_id, at_ms, report) \
@@ -380,7 +389,7 @@ pub(super) const LATEST_LEASES: &str = concat!(
 /// Every statement both engines run (the claim's three are SQLite's,
 /// [`LOCK_LIVE_IDENTITY`] and [`CLAIM_DUE_LOCKING`] PostgreSQL's).
 #[cfg(test)]
-pub(super) const SHARED: [&str; 43] = [
+pub(super) const SHARED: [&str; 44] = [
     INSERT_TICKET,
     TICKETS,
     TICKET,
@@ -419,6 +428,7 @@ pub(super) const SHARED: [&str; 43] = [
     AUDIT_TRAIL,
     PING,
     RECORD_CALL,
+    GATEWAY_ADDRESSES,
     ADD_HISTORY,
     HEALTH,
     HEALTH_HISTORY,
