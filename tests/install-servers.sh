@@ -2,8 +2,9 @@
 # Installs what the tests and the demo need, only where it is missing: the
 # real servers (Debian packages mosquitto, influxdb and postgresql), libfaketime
 # (Debian faketime: a gateway's wrong or stepping clock), e2fsprogs, mount and
-# util-linux (ext4 on loop devices: a gateway's card) and a C toolchain for
-# linking (gcc, libc6-dev). Uses sudo when not root. The tests start
+# util-linux (ext4 on loop devices: a gateway's card), chromium and
+# chromium-driver (the web page, in a headless browser) and a C toolchain
+# for linking (gcc, libc6-dev). Uses sudo when not root. The tests start
 # their own servers on free loopback ports, so the system services that the
 # packages start are stopped and disabled again for packages installed here.
 set -euo pipefail
@@ -19,6 +20,9 @@ have mkfs.ext4 || missing+=(e2fsprogs)
 have losetup || missing+=(mount)
 have fallocate || missing+=(util-linux)
 have cc || missing+=(gcc libc6-dev)
+# The web page's tests: headless Chromium driven over WebDriver.
+have chromium || missing+=(chromium)
+have chromedriver || missing+=(chromium-driver)
 [ ${#missing[@]} -eq 0 ] && exit 0
 sudo=
 if [ "$(id -u)" != 0 ]; then

@@ -10,6 +10,7 @@
 #![allow(unsafe_code)] // the harness signals, forks and asks the kernel as root would
 
 pub mod authority;
+pub mod browser;
 pub mod fake_influx;
 pub mod loopfs;
 pub mod paced;
