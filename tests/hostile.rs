@@ -470,6 +470,44 @@ fn a_200_mib_message_is_refused_unread_and_memory_stays_bounded() {
     );
 }
 
+/// A leased gateway used through its command line (`leasegate enroll`,
+/// `lease create`): its configuration and state in a temporary directory,
+/// enrolled with a ticket of `authority`, calling from 127.0.0.1.
+struct CliGateway {
+    dir: tempfile::TempDir,
+}
+
+impl CliGateway {
+    fn enrolled(broker: &Mosquitto, authority: &AuthorityServer, client_id: &str) -> CliGateway {
+        let dir = tempfile::tempdir().unwrap();
+        let config =
+            leased_config(broker, client_id).replace("{dir}", &dir.path().display().to_string());
+        std::fs::write(dir.path().join("leasegate.toml"), config).unwrap();
+        let gw = CliGateway { dir };
+        let ticket = gw.dir.path().join("gw.ticket");
+        std::fs::write(&ticket, authority.ticket("iot-sensor", &[])).unwrap();
+        gw.run(&["enroll", ticket.to_str().unwrap()])
+            .expect("enrolled");
+        gw
+    }
+
+    /// Runs `leasegate ARGS`: its standard output, or both outputs when
+    /// it fails.
+    fn run(&self, args: &[&str]) -> Result<String, String> {
+        let out = support::leasegate_command()
+            .arg("--config")
+            .arg(self.dir.path().join("leasegate.toml"))
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        match out.status.success() {
+            true => Ok(text),
+            false => Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr))),
+        }
+    }
+}
+
 /// A TCP connection to `to` from the loopback address `from` (all of
 /// 127.0.0.0/8 is the loopback on Linux), so that one test can be many
 /// clients.
@@ -534,29 +572,8 @@ fn slow_request_bodies_cannot_lock_an_enrolled_gateway_out() {
     // A gateway (the leasegate binary) enrolls and leases before the
     // attack: an established identity, on 127.0.0.1.
     let broker = Mosquitto::start();
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("leasegate.toml");
-    std::fs::write(
-        &conf,
-        leased_config(&broker, "gw-steady").replace("{dir}", &dir.path().display().to_string()),
-    )
-    .unwrap();
-    let gateway = |args: &[&str]| {
-        let out = support::leasegate_command()
-            .arg("--config")
-            .arg(&conf)
-            .args(args)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        match out.status.success() {
-            true => Ok(text),
-            false => Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr))),
-        }
-    };
-    let ticket = dir.path().join("gw.ticket");
-    std::fs::write(&ticket, authority.ticket("iot-sensor", &[])).unwrap();
-    gateway(&["enroll", ticket.to_str().unwrap()]).expect("enrolled");
+    let cli = CliGateway::enrolled(&broker, &authority, "gw-steady");
+    let gateway = |args: &[&str]| cli.run(args);
     let lease = || {
         let started = std::time::Instant::now();
         let result = gateway(&["lease", "create", "--ttl", "1m", "--json"]);
@@ -676,37 +693,13 @@ fn a_restarted_authority_keeps_its_reserved_slots_for_known_gateways() {
     influx.query("CREATE DATABASE sensors");
     let mut authority = AuthorityServer::start(&influx_backend(&influx));
     let broker = Mosquitto::start();
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("leasegate.toml");
-    std::fs::write(
-        &conf,
-        leased_config(&broker, "gw-known").replace("{dir}", &dir.path().display().to_string()),
-    )
-    .unwrap();
-    let gateway = |args: &[&str]| {
-        support::leasegate_command()
-            .arg("--config")
-            .arg(&conf)
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    let ticket = dir.path().join("gw.ticket");
-    std::fs::write(&ticket, authority.ticket("iot-sensor", &[])).unwrap();
-    assert!(
-        gateway(&["enroll", ticket.to_str().unwrap()])
-            .status
-            .success()
-    );
+    let cli = CliGateway::enrolled(&broker, &authority, "gw-known");
     let lease = || {
-        let out = gateway(&["lease", "create", "--ttl", "1m", "--json"]);
-        if out.status.success() {
-            let lease: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            gateway(&["lease", "revoke", lease["id"].as_str().unwrap()]);
-        }
-        out
+        let json = cli.run(&["lease", "create", "--ttl", "1m", "--json"])?;
+        let lease: serde_json::Value = serde_json::from_str(&json).unwrap();
+        cli.run(&["lease", "revoke", lease["id"].as_str().unwrap()])
     };
-    assert!(lease().status.success(), "a lease before the restart");
+    lease().expect("a lease before the restart");
 
     // Restarted (or failed over to): 24 addresses hold 32 idle connections
     // each, every one reopened when the server cuts it, filling all the
@@ -731,9 +724,8 @@ fn a_restarted_authority_keeps_its_reserved_slots_for_known_gateways() {
     );
     let mut failed = Vec::new();
     for call in 0..20 {
-        let out = lease();
-        if !out.status.success() {
-            failed.push(format!("{call}: {}", String::from_utf8_lossy(&out.stderr)));
+        if let Err(e) = lease() {
+            failed.push(format!("{call}: {e}"));
         }
     }
     stop.store(true, Ordering::SeqCst);
