@@ -292,3 +292,67 @@ fn the_fleet_shows_each_gateway_late_missing_refused_clock_and_backlog() {
     steady.thaw();
     drop(backlog);
 }
+
+#[test]
+fn admins_are_added_with_the_command_line_and_kept_only_as_argon2id_hashes() {
+    let influx = Influx::start();
+    let authority = authority_for(&influx, "");
+    let password = b"a long enough passphrase\n";
+    let out = authority.cli_with_stdin(&["admin", "add", "ops"], password);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(out.stdout.trim(), "admin ops added");
+    // Taken once; a second add names the way to change it.
+    let again = authority.cli_with_stdin(&["admin", "add", "ops"], password);
+    assert_eq!(again.status.code(), Some(2), "{}", again.stderr);
+    assert!(
+        again.stderr.contains("admin \"ops\" exists; --replace"),
+        "{}",
+        again.stderr
+    );
+    let short = authority.cli_with_stdin(&["admin", "add", "ops2"], b"too short\n");
+    assert_eq!(short.status.code(), Some(2));
+    assert!(
+        short.stderr.contains("12 characters at least"),
+        "{}",
+        short.stderr
+    );
+    let bad = authority.cli_with_stdin(&["admin", "add", "o p s"], password);
+    assert_eq!(bad.status.code(), Some(2));
+    let replaced = authority.cli_with_stdin(
+        &["admin", "add", "ops", "--replace"],
+        b"another long passphrase\n",
+    );
+    assert!(replaced.status.success(), "{}", replaced.stderr);
+
+    let list: Vec<Value> =
+        serde_json::from_str(&authority.cli_ok(&["admin", "list", "--json"])).unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["name"], "ops");
+    let dump = authority.store_dump();
+    assert!(
+        dump.contains("$argon2id$v=19$"),
+        "no Argon2id hash in the store"
+    );
+    for secret in ["a long enough passphrase", "another long passphrase"] {
+        assert!(!dump.contains(secret), "a password is in the store");
+        assert!(
+            !authority.log().contains(secret),
+            "a password reached the log"
+        );
+    }
+    let log = authority.log();
+    assert!(
+        log.contains("audit: admin added ops: by the command line"),
+        "{log}"
+    );
+    assert!(log.contains("audit: admin password set ops"), "{log}");
+    assert_eq!(
+        authority.cli_ok(&["admin", "remove", "ops"]).trim(),
+        "admin ops removed"
+    );
+    assert_eq!(
+        authority.cli(&["admin", "remove", "ops"]).status.code(),
+        Some(2)
+    );
+    assert!(authority.cli_ok(&["admin", "list", "--json"]).trim() == "[]");
+}

@@ -54,6 +54,11 @@ enum Command {
         #[command(subcommand)]
         command: LeaseCommand,
     },
+    /// Add, list and remove the web page's admins.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// List the gateways with the state their lease calls and health
     /// reports show: ok, late, missing, refused, backlog, clock, revoked.
     Fleet {
@@ -136,6 +141,25 @@ enum LeaseCommand {
 }
 
 #[derive(Subcommand)]
+enum AdminCommand {
+    /// Add an admin; the password is the first line of standard input
+    /// (12 characters at least), kept only as an Argon2id hash.
+    Add {
+        name: String,
+        /// Set a new password for an admin that exists.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// List admins (never their passwords or hashes).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an admin.
+    Remove { name: String },
+}
+
+#[derive(Subcommand)]
 enum ConfigCommand {
     /// Print a complete, commented configuration.
     Example,
@@ -161,6 +185,7 @@ fn main() -> ExitCode {
         Command::Identity { command } => admin_command(&cli.config, |a| identity(a, command)),
         Command::Lease { command } => admin_command(&cli.config, |a| lease(a, command)),
         Command::Fleet { json, state } => admin_command(&cli.config, |a| fleet(a, json, state)),
+        Command::Admin { command } => admin_command(&cli.config, |a| admin(a, command)),
     };
     ExitCode::from(code as u8)
 }
@@ -343,6 +368,49 @@ fn identity(a: &Authority, command: IdentityCommand) -> Result<(), ApiError> {
                     l.last_error.unwrap_or_default()
                 );
             }
+        }
+    }
+    Ok(())
+}
+
+fn admin(a: &Authority, command: AdminCommand) -> Result<(), ApiError> {
+    match command {
+        AdminCommand::Add { name, replace } => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).map_err(|e| {
+                ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("reading the password: {e}"),
+                )
+            })?;
+            let password = leasegate::secret::Secret::new(line.trim_end_matches(['\r', '\n']));
+            a.add_admin(&name, &password, replace)?;
+            println!(
+                "admin {name} {}",
+                if replace {
+                    "has a new password"
+                } else {
+                    "added"
+                }
+            );
+        }
+        AdminCommand::List { json } => {
+            let admins = a.admins()?;
+            if json {
+                let rows: Vec<_> = admins
+                    .iter()
+                    .map(|(name, created)| serde_json::json!({"name": name, "created_ms": created}))
+                    .collect();
+                print_json(&rows);
+            } else {
+                for (name, created) in &admins {
+                    println!("{name}\tadded {}", admin::relative(*created, now_ms()));
+                }
+            }
+        }
+        AdminCommand::Remove { name } => {
+            a.remove_admin(&name)?;
+            println!("admin {name} removed");
         }
     }
     Ok(())

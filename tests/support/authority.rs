@@ -280,14 +280,24 @@ impl AuthorityServer {
 
     /// Runs an admin command against the same config and store.
     pub fn cli(&self, args: &[&str]) -> Output {
-        let out = Command::new(authority_binary())
+        self.cli_with_stdin(args, b"")
+    }
+
+    /// [`AuthorityServer::cli`] with `input` on its standard input.
+    pub fn cli_with_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        use std::io::Write as _;
+        let mut child = Command::new(authority_binary())
             .arg("--config")
             .arg(self.config_path())
             .args(args)
             .env("RUST_LOG", &self.rust_log)
-            .stdin(Stdio::null())
-            .output()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .expect("run leasegate-authority");
+        let _ = child.stdin.take().expect("piped").write_all(input);
+        let out = child.wait_with_output().expect("run leasegate-authority");
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         // Everything any process logged goes into the one log, and what it
@@ -298,7 +308,6 @@ impl AuthorityServer {
             .create(true)
             .open(self.log_path())
             .unwrap();
-        use std::io::Write as _;
         let printed = if args.starts_with(&["ticket", "create"]) {
             "(the ticket line)\n"
         } else {

@@ -7,6 +7,7 @@
 //! No store call may span an InfluxDB call, and it never returns or logs a
 //! secret except in the one answer that hands it out.
 
+pub mod admins;
 mod enroll;
 mod fleet;
 mod leases;

@@ -534,6 +534,40 @@ impl<E: Engine> Store for SqlStore<E> {
             .write(|c| c.execute(sql::PRUNE_HEALTH, &[Int(before_ms)]))
     }
 
+    fn set_admin(
+        &self,
+        name: &str,
+        password_hash: &str,
+        now_ms: i64,
+        replace: bool,
+    ) -> Result<bool, StoreError> {
+        let changed = self.engine.write(|c| match replace {
+            true => c.execute(sql::SET_ADMIN_PASSWORD, &[Text(name), Text(password_hash)]),
+            false => c.execute(
+                sql::ADD_ADMIN,
+                &[Text(name), Text(password_hash), Int(now_ms)],
+            ),
+        })?;
+        Ok(changed == 1)
+    }
+
+    fn admin_hash(&self, name: &str) -> Result<Option<String>, StoreError> {
+        self.engine
+            .read(|c| one(c, sql::ADMIN_HASH, &[Text(name)], |r| r.text(0)))
+    }
+
+    fn admins(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.engine
+            .read(|c| all(c, sql::ADMINS, &[], |r| Ok((r.text(0)?, r.int(1)?))))
+    }
+
+    fn remove_admin(&self, name: &str) -> Result<bool, StoreError> {
+        let removed = self
+            .engine
+            .write(|c| c.execute(sql::REMOVE_ADMIN, &[Text(name)]))?;
+        Ok(removed == 1)
+    }
+
     fn latest_leases(&self) -> Result<Vec<LeaseRow>, StoreError> {
         self.engine
             .read(|c| all(c, sql::LATEST_LEASES, &[], sql::lease))

@@ -360,6 +360,21 @@ pub trait Store: Send + Sync {
     fn prune_health(&self, before_ms: i64) -> Result<usize, StoreError>;
     /// Each identity's newest lease (whatever its status).
     fn latest_leases(&self) -> Result<Vec<LeaseRow>, StoreError>;
+
+    /// Adds an admin of the web page with an Argon2 PHC hash, or replaces
+    /// the hash of one that exists (`replace`). False when nothing changed
+    /// (a new name taken, or a name to replace not there).
+    fn set_admin(
+        &self,
+        name: &str,
+        password_hash: &str,
+        now_ms: i64,
+        replace: bool,
+    ) -> Result<bool, StoreError>;
+    fn admin_hash(&self, name: &str) -> Result<Option<String>, StoreError>;
+    /// Every admin's name and when it was added.
+    fn admins(&self) -> Result<Vec<(String, i64)>, StoreError>;
+    fn remove_admin(&self, name: &str) -> Result<bool, StoreError>;
     fn audit(
         &self,
         now_ms: i64,

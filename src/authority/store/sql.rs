@@ -107,6 +107,12 @@ CREATE TABLE health_history (
 CREATE INDEX health_history_by_time ON health_history(at_ms);
 -- Each identity's newest lease, for the fleet.
 CREATE INDEX leases_by_identity_time ON leases(identity_id, created_ms);
+-- The web page's admins: Argon2id hashes in PHC strings, never a password.
+CREATE TABLE admins (
+    name TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    created_ms BIGINT NOT NULL
+);
 "#,
 ];
 
@@ -364,6 +370,11 @@ pub(super) const RECORD_CALL: &str = "INSERT INTO health (identity_id, called_ms
      refused = excluded.refused, \
      failed_calls = CASE WHEN excluded.failed_calls = 0 THEN 0 ELSE health.failed_calls + 1 END, \
      address = COALESCE(excluded.address, health.address)";
+pub(super) const ADD_ADMIN: &str = "INSERT INTO admins (name, password_hash, created_ms) VALUES (?1, ?2, ?3) ON CONFLICT (name) DO NOTHING";
+pub(super) const SET_ADMIN_PASSWORD: &str = "UPDATE admins SET password_hash = ?2 WHERE name = ?1";
+pub(super) const ADMIN_HASH: &str = "SELECT password_hash FROM admins WHERE name = ?1";
+pub(super) const ADMINS: &str = "SELECT name, created_ms FROM admins ORDER BY name";
+pub(super) const REMOVE_ADMIN: &str = "DELETE FROM admins WHERE name = ?1";
 /// The addresses gateways made lease calls from since ?1.
 pub(super) const GATEWAY_ADDRESSES: &str =
     "SELECT DISTINCT address FROM health WHERE address IS NOT NULL AND called_ms >= ?1";
@@ -389,7 +400,7 @@ pub(super) const LATEST_LEASES: &str = concat!(
 /// Every statement both engines run (the claim's three are SQLite's,
 /// [`LOCK_LIVE_IDENTITY`] and [`CLAIM_DUE_LOCKING`] PostgreSQL's).
 #[cfg(test)]
-pub(super) const SHARED: [&str; 44] = [
+pub(super) const SHARED: [&str; 49] = [
     INSERT_TICKET,
     TICKETS,
     TICKET,
@@ -429,6 +440,11 @@ pub(super) const SHARED: [&str; 44] = [
     PING,
     RECORD_CALL,
     GATEWAY_ADDRESSES,
+    ADD_ADMIN,
+    SET_ADMIN_PASSWORD,
+    ADMIN_HASH,
+    ADMINS,
+    REMOVE_ADMIN,
     ADD_HISTORY,
     HEALTH,
     HEALTH_HISTORY,
