@@ -63,6 +63,8 @@ pub struct AuthorityConfig {
     /// `[metrics] listen`: the Prometheus page of the fleet, loopback only;
     /// off when unset.
     pub metrics_listen: Option<SocketAddr>,
+    /// The web page (`[web]`).
+    pub web: fleet::WebSettings,
 }
 
 /// `[enrollment]`: enrollments are the one unauthenticated request, so
@@ -195,6 +197,7 @@ fn read(t: &Table<'_>) -> Option<AuthorityConfig> {
         None => EnrollmentLimits::default(),
     };
     let (fleet, metrics_listen) = fleet::read_tables(t);
+    let web = fleet::read_web(t);
     let backends = read_backends(t);
     let roles = read_roles(t, &backends);
     Some(AuthorityConfig {
@@ -216,6 +219,7 @@ fn read(t: &Table<'_>) -> Option<AuthorityConfig> {
         roles,
         fleet,
         metrics_listen,
+        web,
     })
 }
 

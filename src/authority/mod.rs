@@ -17,6 +17,7 @@ pub mod service;
 pub mod status;
 pub mod store;
 pub mod tls;
+pub mod web;
 
 use std::net::TcpListener;
 use std::sync::Arc;

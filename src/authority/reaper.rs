@@ -223,6 +223,9 @@ fn housekeeping(authority: &Authority, shutdown: &Shutdown) {
                 crate::error_chain(&e)
             );
         }
+        if let Err(e) = authority.store().prune_sessions(now_ms()) {
+            log::warn!("pruning expired web sessions: {}", crate::error_chain(&e));
+        }
         let wait = if failed {
             attempts += 1;
             retry_delay(attempts - 1)

@@ -81,7 +81,13 @@ struct App {
 const HEALTH_FOR: Duration = Duration::from_secs(1);
 
 fn router(app: App) -> Router {
-    Router::new()
+    let web = app
+        .authority
+        .config()
+        .web
+        .enabled
+        .then(|| crate::authority::web::router(app.authority.clone()));
+    let api = Router::new()
         .route("/v1/health", get(health))
         .route("/healthz", get(healthz))
         .route("/v1/enroll", post(enroll))
@@ -89,7 +95,11 @@ fn router(app: App) -> Router {
         .route("/v1/leases/{id}", get(show_lease).delete(revoke_lease))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(deadline))
-        .with_state(app)
+        .with_state(app);
+    match web {
+        Some(web) => api.merge(web),
+        None => api,
+    }
 }
 
 /// Every request answers within [`REQUEST_TIMEOUT`] of its headers.
@@ -301,6 +311,9 @@ where
     let service =
         hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             request.extensions_mut().insert(Peer(peer));
+            request
+                .extensions_mut()
+                .insert(crate::authority::web::Client(peer.ip()));
             app.clone().oneshot(request)
         });
     let mut builder = hyper::server::conn::http1::Builder::new();

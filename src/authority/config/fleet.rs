@@ -1,7 +1,8 @@
-//! `[fleet]` and `[metrics]` in the authority's configuration: how long
-//! gateways' reports are kept, the thresholds of the fleet's states, and
-//! where the fleet's Prometheus page listens. Types, defaults and checks
-//! only; the states are derived in `crate::authority::fleet`.
+//! `[fleet]`, `[metrics]` and `[web]` in the authority's configuration:
+//! how long gateways' reports are kept, the thresholds of the fleet's
+//! states, where the fleet's Prometheus page listens, and the web page.
+//! Types, defaults and checks only; the states are derived in
+//! `crate::authority::fleet`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -73,6 +74,38 @@ pub fn read_metrics_listen(t: &Table<'_>) -> Option<SocketAddr> {
             None
         }
     }
+}
+
+/// `[web]`: the web page for admins, under `/ui` on the authority's own
+/// listener; off unless `enabled`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WebSettings {
+    pub enabled: bool,
+    /// How long a login lasts.
+    pub session_ttl: Duration,
+}
+
+impl Default for WebSettings {
+    fn default() -> Self {
+        WebSettings {
+            enabled: false,
+            session_ttl: Duration::from_secs(12 * 3600),
+        }
+    }
+}
+
+/// `[web]`, optional.
+pub fn read_web(t: &Table<'_>) -> WebSettings {
+    let Some(wt) = t.table("web") else {
+        return WebSettings::default();
+    };
+    let d = WebSettings::default();
+    let web = WebSettings {
+        enabled: wt.bool("enabled", d.enabled),
+        session_ttl: wt.duration("session_ttl", d.session_ttl, Duration::from_secs(60)),
+    };
+    wt.finish();
+    web
 }
 
 /// `[fleet]` and `[metrics]`, each optional.

@@ -111,6 +111,62 @@ pub fn verify_password(password: &Secret, stored: Option<&str>) -> bool {
     matched && stored.is_some()
 }
 
+/// A login's session as the browser holds it, and the CSRF token its
+/// forms carry.
+pub struct Session {
+    pub token: Secret,
+    pub csrf: String,
+}
+
+impl Authority {
+    /// Opens a session of `admin` for `ttl` (after its password was
+    /// checked), audited with the address it came from.
+    pub fn open_session(
+        &self,
+        admin: &str,
+        ttl: std::time::Duration,
+        from: std::net::IpAddr,
+    ) -> Result<Session, ApiError> {
+        let token = Secret::new(secret::random_hex(32));
+        let csrf = secret::random_hex(16);
+        let now = now_ms();
+        let expires = now + ttl.as_millis() as i64;
+        self.store()
+            .insert_session(&secret::digest(&token), admin, &csrf, now, expires)?;
+        self.store()
+            .audit(now, "admin login", admin, &format!("from {from}"))?;
+        Ok(Session { token, csrf })
+    }
+
+    /// The admin and CSRF token of a live session.
+    pub fn session(&self, token: &Secret) -> Result<Option<(String, String)>, ApiError> {
+        Ok(self.store().session(&secret::digest(token), now_ms())?)
+    }
+
+    pub fn close_session(&self, token: &Secret, admin: &str) -> Result<(), ApiError> {
+        self.store().delete_session(&secret::digest(token))?;
+        self.store().audit(now_ms(), "admin logout", admin, "")?;
+        Ok(())
+    }
+
+    /// A wrong name or password from `from`, audited once a minute per
+    /// address at most (with a count of the rest).
+    pub fn login_refused(&self, name: &str, from: std::net::IpAddr) -> Result<(), ApiError> {
+        let key = format!("login:{from}");
+        let detail = format!("wrong name or password for {name:?} from {from}");
+        let record = ("admin login refused", name, detail.as_str());
+        self.audit_refusal(now_ms(), &key, &from.to_string(), record)?;
+        Ok(())
+    }
+
+    /// Logins from `from` locked after too many wrong passwords.
+    pub fn login_locked(&self, from: std::net::IpAddr, why: &str) -> Result<(), ApiError> {
+        self.store()
+            .audit(now_ms(), "admin login locked", &from.to_string(), why)?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -562,10 +562,52 @@ impl<E: Engine> Store for SqlStore<E> {
     }
 
     fn remove_admin(&self, name: &str) -> Result<bool, StoreError> {
-        let removed = self
-            .engine
-            .write(|c| c.execute(sql::REMOVE_ADMIN, &[Text(name)]))?;
+        let removed = self.engine.write(|c| {
+            c.execute(sql::REMOVE_ADMIN_SESSIONS, &[Text(name)])?;
+            c.execute(sql::REMOVE_ADMIN, &[Text(name)])
+        })?;
         Ok(removed == 1)
+    }
+
+    fn insert_session(
+        &self,
+        token_hash: &str,
+        admin: &str,
+        csrf: &str,
+        now_ms: i64,
+        expires_ms: i64,
+    ) -> Result<(), StoreError> {
+        let row = [
+            Text(token_hash),
+            Text(admin),
+            Text(csrf),
+            Int(now_ms),
+            Int(expires_ms),
+        ];
+        self.engine
+            .write(|c| c.execute(sql::INSERT_SESSION, &row))?;
+        Ok(())
+    }
+
+    fn session(
+        &self,
+        token_hash: &str,
+        now_ms: i64,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        let which = [Text(token_hash), Int(now_ms)];
+        self.engine
+            .read(|c| one(c, sql::SESSION, &which, |r| Ok((r.text(0)?, r.text(1)?))))
+    }
+
+    fn delete_session(&self, token_hash: &str) -> Result<(), StoreError> {
+        self.engine
+            .write(|c| c.execute(sql::DELETE_SESSION, &[Text(token_hash)]))?;
+        Ok(())
+    }
+
+    fn prune_sessions(&self, now_ms: i64) -> Result<usize, StoreError> {
+        self.engine
+            .write(|c| c.execute(sql::PRUNE_SESSIONS, &[Int(now_ms)]))
     }
 
     fn latest_leases(&self) -> Result<Vec<LeaseRow>, StoreError> {

@@ -374,7 +374,26 @@ pub trait Store: Send + Sync {
     fn admin_hash(&self, name: &str) -> Result<Option<String>, StoreError>;
     /// Every admin's name and when it was added.
     fn admins(&self) -> Result<Vec<(String, i64)>, StoreError>;
+    /// Removes an admin and its sessions.
     fn remove_admin(&self, name: &str) -> Result<bool, StoreError>;
+    /// A session: the SHA-256 of its token, its admin, its CSRF token.
+    fn insert_session(
+        &self,
+        token_hash: &str,
+        admin: &str,
+        csrf: &str,
+        now_ms: i64,
+        expires_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// The admin and CSRF token of a live session.
+    fn session(
+        &self,
+        token_hash: &str,
+        now_ms: i64,
+    ) -> Result<Option<(String, String)>, StoreError>;
+    fn delete_session(&self, token_hash: &str) -> Result<(), StoreError>;
+    /// Deletes sessions expired by `now_ms`; how many.
+    fn prune_sessions(&self, now_ms: i64) -> Result<usize, StoreError>;
     fn audit(
         &self,
         now_ms: i64,

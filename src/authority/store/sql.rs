@@ -113,6 +113,15 @@ CREATE TABLE admins (
     password_hash TEXT NOT NULL,
     created_ms BIGINT NOT NULL
 );
+-- Their sessions, by the SHA-256 of the cookie's token; every replica
+-- knows them.
+CREATE TABLE sessions (
+    token_hash TEXT PRIMARY KEY,
+    admin TEXT NOT NULL,
+    csrf TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    expires_ms BIGINT NOT NULL
+);
 "#,
 ];
 
@@ -375,6 +384,12 @@ pub(super) const SET_ADMIN_PASSWORD: &str = "UPDATE admins SET password_hash = ?
 pub(super) const ADMIN_HASH: &str = "SELECT password_hash FROM admins WHERE name = ?1";
 pub(super) const ADMINS: &str = "SELECT name, created_ms FROM admins ORDER BY name";
 pub(super) const REMOVE_ADMIN: &str = "DELETE FROM admins WHERE name = ?1";
+pub(super) const REMOVE_ADMIN_SESSIONS: &str = "DELETE FROM sessions WHERE admin = ?1";
+pub(super) const INSERT_SESSION: &str = "INSERT INTO sessions (token_hash, admin, csrf, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5)";
+/// A live session's admin and CSRF token; only while its admin exists.
+pub(super) const SESSION: &str = "SELECT s.admin, s.csrf FROM sessions s JOIN admins a ON a.name = s.admin WHERE s.token_hash = ?1 AND s.expires_ms > ?2";
+pub(super) const DELETE_SESSION: &str = "DELETE FROM sessions WHERE token_hash = ?1";
+pub(super) const PRUNE_SESSIONS: &str = "DELETE FROM sessions WHERE expires_ms <= ?1";
 /// The addresses gateways made lease calls from since ?1.
 pub(super) const GATEWAY_ADDRESSES: &str =
     "SELECT DISTINCT address FROM health WHERE address IS NOT NULL AND called_ms >= ?1";
@@ -400,7 +415,7 @@ pub(super) const LATEST_LEASES: &str = concat!(
 /// Every statement both engines run (the claim's three are SQLite's,
 /// [`LOCK_LIVE_IDENTITY`] and [`CLAIM_DUE_LOCKING`] PostgreSQL's).
 #[cfg(test)]
-pub(super) const SHARED: [&str; 49] = [
+pub(super) const SHARED: [&str; 54] = [
     INSERT_TICKET,
     TICKETS,
     TICKET,
@@ -445,6 +460,11 @@ pub(super) const SHARED: [&str; 49] = [
     ADMIN_HASH,
     ADMINS,
     REMOVE_ADMIN,
+    REMOVE_ADMIN_SESSIONS,
+    INSERT_SESSION,
+    SESSION,
+    DELETE_SESSION,
+    PRUNE_SESSIONS,
     ADD_HISTORY,
     HEALTH,
     HEALTH_HISTORY,
