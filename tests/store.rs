@@ -83,6 +83,7 @@ suite!(
     only_a_silent_replicas_pending_leases_are_failed,
     lease_calls_keep_the_last_good_report_and_a_thinned_history,
     the_newest_lease_of_each_identity_is_found_among_many,
+    admins_and_their_sessions_are_shared_and_end_together,
 );
 
 /// Enrolls identity `identity` (role "r") with a single-use ticket of
@@ -673,4 +674,40 @@ fn the_newest_lease_of_each_identity_is_found_among_many(s: &dyn Store, other: &
         .map(|l| (l.identity_id.as_str(), l.id.as_str()))
         .collect();
     assert_eq!(found, [("i1", "l28"), ("i2", "l29")]);
+}
+
+fn admins_and_their_sessions_are_shared_and_end_together(s: &dyn Store, other: &dyn Store) {
+    assert!(s.set_admin("ops", "$argon2id$h1", 5, false).unwrap());
+    assert!(
+        !other.set_admin("ops", "$argon2id$h2", 6, false).unwrap(),
+        "a name is taken once"
+    );
+    assert!(
+        !s.set_admin("nobody", "$argon2id$h3", 6, true).unwrap(),
+        "nothing to replace"
+    );
+    assert!(other.set_admin("ops", "$argon2id$h4", 7, true).unwrap());
+    assert_eq!(
+        s.admin_hash("ops").unwrap().as_deref(),
+        Some("$argon2id$h4")
+    );
+    assert_eq!(other.admins().unwrap(), [("ops".to_owned(), 5)]);
+    s.insert_session("t1", "ops", "c1", 10, 1_000).unwrap();
+    s.insert_session("t2", "ops", "c2", 10, 50).unwrap();
+    // Another replica knows the session, until it expires.
+    assert_eq!(
+        other.session("t1", 20).unwrap(),
+        Some(("ops".into(), "c1".into()))
+    );
+    assert_eq!(other.session("t2", 50).unwrap(), None);
+    assert_eq!(other.session("t3", 20).unwrap(), None);
+    assert_eq!(s.prune_sessions(60).unwrap(), 1);
+    other.delete_session("t1").unwrap();
+    assert_eq!(s.session("t1", 20).unwrap(), None);
+    // Removing an admin ends its sessions.
+    s.insert_session("t4", "ops", "c4", 10, 1_000).unwrap();
+    assert!(other.remove_admin("ops").unwrap());
+    assert_eq!(s.session("t4", 20).unwrap(), None);
+    assert!(!s.remove_admin("ops").unwrap());
+    assert!(s.admins().unwrap().is_empty());
 }
