@@ -322,6 +322,7 @@ fn run(
         db_cpu.as_secs_f64() * 1e6 / requests as f64,
         own_cpu.as_secs_f64() * 1e6 / requests as f64
     );
+    fleet_page(label, replicas[0], gateways);
     if let Some(fake) = deletions {
         deletion_lag(label, &urls, &fleet, fake, gateways.min(LAG_LEASES));
     }
@@ -346,7 +347,9 @@ fn renew(
         "POST",
         &format!("{url}/v1/leases"),
         Some(&credential),
-        Some(&format!("{{\"ttl_secs\": {ttl_secs}}}")),
+        Some(&format!(
+            "{{\"ttl_secs\": {ttl_secs}, \"health\": {REPORT}}}"
+        )),
     );
     took(t.elapsed());
     if status != 201 {
@@ -475,7 +478,77 @@ fn backend_alone(fake: &FakeInflux, n: usize) {
 }
 
 /// The head every replica's configuration shares.
-const LIMITS: &str = "[enrollment]\nper_address_burst = 1000000\nconcurrency = 64\n";
+const LIMITS: &str =
+    "[enrollment]\nper_address_burst = 1000000\nconcurrency = 64\n[web]\nenabled = true\n";
+
+/// The health report each lease request carries, as a gateway's (about
+/// 560 bytes).
+const REPORT: &str = r#"{"version":"0.1.0","target":"aarch64-linux","uptime_secs":86400,"points_in_per_sec":100.0,"points_out_per_sec":99.8,"spool_bytes":40960,"points_waiting":12,"oldest_waiting_secs":1,"runway_hours":96.5,"dead_letters":0,"last_write":{"outcome":"ok","status":204,"ago_secs":0},"clock_synchronized":true,"clock_offset_ms":-3.2,"disk_free_bytes":12000000000,"mqtt_connected":true,"spool_error":null,"retry_within_secs":null}"#;
+
+/// The web page's fleet with every gateway: logs in over HTTP as an
+/// admin, then times `GET /ui/` (the store read, the states, the HTML)
+/// and weighs the page.
+fn fleet_page(label: &str, replica: &AuthorityServer, gateways: usize) {
+    let password = "a benchmark's passphrase";
+    let added = replica.cli_with_stdin(
+        &["admin", "add", "bench"],
+        format!("{password}\n").as_bytes(),
+    );
+    assert!(added.status.success(), "{}", added.stderr);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .into();
+    let url = replica.url();
+    let cookie_of = |r: &ureq::http::Response<ureq::Body>, name: &str| {
+        r.headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|v| v.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.split(';').next())
+            .map(str::to_owned)
+            .unwrap()
+    };
+    let login = agent.get(format!("{url}/ui/login")).call().unwrap();
+    let pre = cookie_of(&login, "lg_login");
+    let session = agent
+        .post(format!("{url}/ui/login"))
+        .header("Cookie", &format!("lg_login={pre}"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .send(format!(
+            "name=bench&password={}&csrf={pre}",
+            password.replace(' ', "+")
+        ))
+        .unwrap();
+    let cookie = format!("lg_session={}", cookie_of(&session, "lg_session"));
+    let mut times = Vec::new();
+    let mut bytes = 0;
+    for _ in 0..20 {
+        let t = Instant::now();
+        let mut page = agent
+            .get(format!("{url}/ui/"))
+            .header("Cookie", &cookie)
+            .call()
+            .unwrap();
+        let body = page
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_string()
+            .unwrap();
+        times.push(t.elapsed());
+        bytes = body.len();
+    }
+    times.sort();
+    println!(
+        "{label}: the fleet page with {gateways} gateways: {bytes} bytes ({:.0} per gateway), served in p50 {:.1} ms, p99 {:.1} ms (20 loads)",
+        bytes as f64 / gateways as f64,
+        quantile(&times, 0.5),
+        quantile(&times, 0.99)
+    );
+}
 
 fn body_v2(fake: &FakeInflux) -> String {
     format!(
