@@ -28,7 +28,9 @@ impl Default for FleetSettings {
     fn default() -> Self {
         FleetSettings {
             history: Duration::from_secs(24 * 3600),
-            history_every: Duration::from_secs(60),
+            // A report is about 560 bytes: one every 5 minutes for a day
+            // is 160 KB a gateway, 160 MB for a thousand.
+            history_every: Duration::from_secs(5 * 60),
             backlog_after: Duration::from_secs(10 * 60),
             runway_under: Duration::from_secs(24 * 3600),
             clock_offset: Duration::from_secs(2),
