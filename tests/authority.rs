@@ -1097,3 +1097,35 @@ fn a_replica_given_the_deployment_ca_is_trusted_by_tickets_of_another() {
     let enrolled = client.enroll(&t2.secret, "gw-second").unwrap();
     assert!(!enrolled.identity_id.is_empty());
 }
+
+/// A port another process holds (a free port taken again by a test
+/// running beside this one) is not taken for the authority coming up: the
+/// harness waits for this authority's own "serving" line, not only for a
+/// port that accepts, and says why it never came.
+#[test]
+fn an_authority_that_cannot_bind_is_not_taken_for_one_that_came_up() {
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = squatter.local_addr().unwrap().port();
+    for tls in [true, false] {
+        let started = std::panic::catch_unwind(|| {
+            AuthorityServer::start_on_port(&unreached(), tls, "info", None, port)
+        });
+        let Err(panic) = started else {
+            panic!("tls {tls}: an authority that could not bind was taken as up");
+        };
+        let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(
+            message.contains("did not come up") && message.contains("in use"),
+            "tls {tls}: {message}"
+        );
+    }
+}
+
+/// Backend and role of an authority whose InfluxDB is never reached.
+fn unreached() -> String {
+    format!(
+        "{}{}",
+        v1_backend("main", "http://127.0.0.1:9", "admin", "pw"),
+        role("sensor", "iot-sensor", "main", "database", "sensors")
+    )
+}

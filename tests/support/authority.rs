@@ -120,8 +120,18 @@ impl AuthorityServer {
         rust_log: &str,
         postgres: Option<(Arc<Postgres>, String)>,
     ) -> AuthorityServer {
+        Self::start_on_port(body, tls, rust_log, postgres, free_port())
+    }
+
+    /// [`AuthorityServer::start_on`] with the port given.
+    pub fn start_on_port(
+        body: &str,
+        tls: bool,
+        rust_log: &str,
+        postgres: Option<(Arc<Postgres>, String)>,
+        port: u16,
+    ) -> AuthorityServer {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let mut a = AuthorityServer {
             child: None,
             dir,
@@ -212,10 +222,47 @@ impl AuthorityServer {
             .spawn()
             .expect("start leasegate-authority");
         self.child = Some(child);
-        let up = wait_until(Duration::from_secs(20), || {
-            self.is_running() && self.health()
+        // Its own listening socket, not only a port that accepts: another
+        // process may hold the port (a free port taken again by a test
+        // beside this one), and then this one never serves.
+        let mut up = false;
+        wait_until(Duration::from_secs(20), || {
+            // One that exited is not waited for.
+            if !self.is_running() {
+                return true;
+            }
+            up = self.listens() && self.health();
+            up
         });
         assert!(up, "the authority did not come up:\n{}", self.log());
+    }
+
+    /// Whether this authority's process holds the listening socket of its
+    /// port (read from /proc: a port that accepts may be another's).
+    fn listens(&self) -> bool {
+        let Some(pid) = self.child.as_ref().map(Child::id) else {
+            return false;
+        };
+        let port = format!(":{:04X} ", self.port);
+        let inodes: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+            .iter()
+            .filter_map(|f| fs::read_to_string(f).ok())
+            .flat_map(|t| t.lines().map(str::to_owned).collect::<Vec<_>>())
+            .filter_map(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                // local address, state 0A (LISTEN), inode
+                let local = format!("{} ", cols.get(1)?);
+                (local.ends_with(&port) && cols.get(3) == Some(&"0A"))
+                    .then(|| cols.get(9).map(|i| format!("socket:[{i}]")))
+                    .flatten()
+            })
+            .collect();
+        fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter_map(|e| fs::read_link(e.path()).ok())
+            .any(|link| inodes.iter().any(|i| link.as_os_str() == i.as_str()))
     }
 
     fn health(&self) -> bool {
