@@ -501,28 +501,8 @@ fn fleet_page(label: &str, replica: &AuthorityServer, gateways: usize) {
         .build()
         .into();
     let url = replica.url();
-    let cookie_of = |r: &ureq::http::Response<ureq::Body>, name: &str| {
-        r.headers()
-            .get_all("set-cookie")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find_map(|v| v.strip_prefix(&format!("{name}=")))
-            .and_then(|v| v.split(';').next())
-            .map(str::to_owned)
-            .unwrap()
-    };
-    let login = agent.get(format!("{url}/ui/login")).call().unwrap();
-    let pre = cookie_of(&login, "lg_login");
-    let session = agent
-        .post(format!("{url}/ui/login"))
-        .header("Cookie", &format!("lg_login={pre}"))
-        .header("Content-Type", "application/x-www-form-urlencoded")
-        .send(format!(
-            "name=bench&password={}&csrf={pre}",
-            password.replace(' ', "+")
-        ))
-        .unwrap();
-    let cookie = format!("lg_session={}", cookie_of(&session, "lg_session"));
+    let (_, session) = replica.web_login("bench", password);
+    let cookie = format!("lg_session={}", session.expect("logged in"));
     let mut times = Vec::new();
     let mut bytes = 0;
     for _ in 0..20 {

@@ -29,35 +29,6 @@ fn http() -> ureq::Agent {
         .into()
 }
 
-/// The value of cookie `name` set by `response`.
-fn set_cookie(response: &ureq::http::Response<ureq::Body>, name: &str) -> Option<String> {
-    response
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|v| v.strip_prefix(&format!("{name}=")))
-        .and_then(|v| v.split(';').next())
-        .map(str::to_owned)
-}
-
-/// Logs in over plain HTTP; the session cookie and the page's CSRF token.
-fn http_login(base: &str, password: &str) -> (u16, Option<String>) {
-    let agent = http();
-    let page = agent.get(format!("{base}/ui/login")).call().unwrap();
-    let pre = set_cookie(&page, "lg_login").unwrap();
-    let answer = agent
-        .post(format!("{base}/ui/login"))
-        .header("Cookie", &format!("lg_login={pre}"))
-        .header("Content-Type", "application/x-www-form-urlencoded")
-        .send(format!(
-            "name=ops&password={}&csrf={pre}",
-            password.replace(' ', "+")
-        ))
-        .unwrap();
-    (answer.status().as_u16(), set_cookie(&answer, "lg_session"))
-}
-
 #[test]
 fn an_admin_logs_in_sees_the_fleet_and_logs_out_and_strangers_are_refused() {
     let influx = Influx::start();
@@ -130,7 +101,7 @@ fn an_admin_logs_in_sees_the_fleet_and_logs_out_and_strangers_are_refused() {
 
     // A form without its CSRF token (or with another's) is refused, and
     // the session stays.
-    let (status, cookie) = http_login(&base, PASSWORD);
+    let (status, cookie) = authority.web_login("ops", PASSWORD);
     assert_eq!(status, 303);
     let cookie = format!("lg_session={}", cookie.unwrap());
     for body in ["", "csrf=0123456789abcdef0123456789abcdef"] {
@@ -151,10 +122,10 @@ fn an_admin_logs_in_sees_the_fleet_and_logs_out_and_strangers_are_refused() {
 
     // 20 wrong passwords lock this address out, and say so.
     for i in 0..20 {
-        let (status, cookie) = http_login(&base, "not the passphrase");
+        let (status, cookie) = authority.web_login("ops", "not the passphrase");
         assert_eq!((status, cookie), (401, None), "attempt {i}");
     }
-    let (status, _) = http_login(&base, PASSWORD);
+    let (status, _) = authority.web_login("ops", PASSWORD);
     assert_eq!(status, 429, "the right password is refused while locked");
     let log = authority.log();
     assert!(

@@ -471,6 +471,38 @@ impl AuthorityServer {
         )
     }
 
+    /// Logs in to the web page as admin `name` over plain HTTP, as a form
+    /// does: the answer's status and the session cookie's value, if set.
+    pub fn web_login(&self, name: &str, password: &str) -> (u16, Option<String>) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .build()
+            .into();
+        let cookie_of = |r: &ureq::http::Response<ureq::Body>, cookie: &str| {
+            r.headers()
+                .get_all("set-cookie")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .find_map(|v| v.strip_prefix(&format!("{cookie}=")))
+                .and_then(|v| v.split(';').next())
+                .map(str::to_owned)
+        };
+        let base = self.url();
+        let page = agent.get(format!("{base}/ui/login")).call().unwrap();
+        let pre = cookie_of(&page, "lg_login").expect("the login page sets its CSRF cookie");
+        let answer = agent
+            .post(format!("{base}/ui/login"))
+            .header("Cookie", &format!("lg_login={pre}"))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .send(format!(
+                "name={name}&password={}&csrf={pre}",
+                password.replace(' ', "+")
+            ))
+            .unwrap();
+        (answer.status().as_u16(), cookie_of(&answer, "lg_session"))
+    }
+
     /// `fleet --json` from the admin command.
     pub fn fleet(&self) -> Vec<Value> {
         let out = self.cli_ok(&["fleet", "--json"]);
