@@ -84,6 +84,7 @@ suite!(
     lease_calls_keep_the_last_good_report_and_a_thinned_history,
     the_newest_lease_of_each_identity_is_found_among_many,
     admins_and_their_sessions_are_shared_and_end_together,
+    the_audit_trail_pages_newest_first_and_finds_a_gateways_rows,
 );
 
 /// Enrolls identity `identity` (role "r") with a single-use ticket of
@@ -389,7 +390,10 @@ fn leases_fall_due_in_expiry_order_and_end_once(s: &dyn Store, _other: &dyn Stor
         LeaseStatus::Expired
     );
     assert!(s.deleted("c", 311).unwrap().is_none());
-    let revoked = s.begin_revoke("d", "revoke", 320).unwrap().unwrap();
+    let revoked = s
+        .begin_revoke("d", "revoke", "admin a", 320)
+        .unwrap()
+        .unwrap();
     assert_eq!(revoked.status, LeaseStatus::Revoking);
     assert_eq!(
         s.deleted("d", 321).unwrap().unwrap().status,
@@ -406,7 +410,7 @@ fn leases_fall_due_in_expiry_order_and_end_once(s: &dyn Store, _other: &dyn Stor
         s.live_lease_ids().unwrap(),
         ["a", "b"].iter().map(|h| h.to_string()).collect()
     );
-    let gone = s.revoke_identity("i1", 400).unwrap().unwrap();
+    let gone = s.revoke_identity("i1", "admin a", 400).unwrap().unwrap();
     assert_eq!(gone.len(), 2);
     let late = NewLease {
         id: "e",
@@ -447,6 +451,49 @@ fn audit_records_past_their_age_are_pruned(s: &dyn Store, _other: &dyn Store) {
     assert_eq!(s.prune_audit(25).unwrap(), 2);
     let left: Vec<i64> = s.audit_trail().unwrap().iter().map(|r| r.0).collect();
     assert_eq!(left, [30, 40]);
+}
+
+fn the_audit_trail_pages_newest_first_and_finds_a_gateways_rows(s: &dyn Store, other: &dyn Store) {
+    enrolled(s, "i1");
+    enrolled(s, "i2");
+    let t = target();
+    s.insert_lease(&new_lease("lease-of-i1", "i1", &t, 1_000), 10)
+        .unwrap();
+    s.insert_lease(&new_lease("lease-of-i2", "i2", &t, 1_000), 10)
+        .unwrap();
+    for n in 0..7 {
+        s.audit(100 + n, "e", "other", &format!("row {n}")).unwrap();
+    }
+    s.audit(200, "lease revoke requested", "lease-of-i1", "by admin a")
+        .unwrap();
+    s.audit(201, "lease revoke requested", "lease-of-i2", "by admin a")
+        .unwrap();
+    s.audit(202, "identity revoke", "i1", "identity revoked")
+        .unwrap();
+    // Pages of 4 from the newest, each starting before the last one's end,
+    // read through the other handle: every row once, newest first.
+    let total = s.audit_trail().unwrap().len();
+    let (mut seen, mut before, mut pages) = (Vec::new(), i64::MAX, 0);
+    while pages < 100 {
+        let page = other.audit_page(before, 4).unwrap();
+        assert!(page.len() <= 4);
+        let Some(last) = page.last() else { break };
+        before = last.seq;
+        seen.extend(page.into_iter().map(|r| (r.seq, r.at_ms)));
+        pages += 1;
+    }
+    assert_eq!(seen.len(), total, "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[0].0 > w[1].0), "{seen:?}");
+    assert_eq!(seen[0].1, 202, "newest first");
+    assert_eq!(pages, total.div_ceil(4));
+    let mine = other.audit_of_identity("i1", 50).unwrap();
+    let subjects: Vec<&str> = mine.iter().map(|r| r.subject.as_str()).collect();
+    assert!(
+        subjects.starts_with(&["i1", "lease-of-i1"]) && !subjects.contains(&"lease-of-i2"),
+        "{subjects:?}"
+    );
+    assert!(!subjects.contains(&"other"), "{subjects:?}");
+    assert_eq!(other.audit_of_identity("i1", 1).unwrap().len(), 1);
 }
 
 /// An identity with `n` active leases `l0`.. of backend "main", expiring

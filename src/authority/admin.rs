@@ -133,6 +133,26 @@ pub fn identity_table(identities: &[IdentityRow], now_ms: i64) -> String {
 }
 
 /// The fleet for people: a row per gateway, the reasons of its state.
+/// The audit trail as the command line prints it: exact UTC times, as
+/// an operator matches them against the journal.
+pub fn audit_table(rows: &[crate::authority::store::AuditRow]) -> String {
+    let rows = rows
+        .iter()
+        .map(|r| {
+            let at =
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.at_ms.max(0) as u64);
+            vec![
+                r.seq.to_string(),
+                humantime::format_rfc3339_millis(at).to_string(),
+                r.event.clone(),
+                r.subject.clone(),
+                r.detail.clone(),
+            ]
+        })
+        .collect();
+    table(&["SEQ", "AT", "EVENT", "SUBJECT", "DETAIL"], rows)
+}
+
 pub fn fleet_table(gateways: &[crate::authority::fleet::Gateway], now_ms: i64) -> String {
     let rows = gateways
         .iter()

@@ -629,7 +629,7 @@ async fn revoke_lease(
     Path(id): Path<String>,
 ) -> Response {
     as_identity(app, &headers, peer, StatusCode::OK, move |a, i| {
-        a.revoke_lease(&id, Some(&i.id))
+        a.revoke_lease(&id, Some(&i.id), "its gateway")
     })
     .await
 }

@@ -20,6 +20,9 @@ use leasegate::shutdown::Shutdown;
 use leasegate::wire::api::{ApiError, ErrorCode};
 use leasegate::{error_chain, exit, logging};
 
+/// Who the audit trail names for a change made with this command.
+const BY_CLI: &str = "the command line";
+
 #[derive(Parser)]
 #[command(
     name = "leasegate-authority",
@@ -67,6 +70,18 @@ enum Command {
         /// Only the gateways in this state.
         #[arg(long, value_name = "STATE", value_parser = ["ok", "late", "missing", "refused", "backlog", "clock", "revoked"])]
         state: Option<String>,
+    },
+    /// Print the audit trail, newest first, a page at a time.
+    Audit {
+        #[arg(long)]
+        json: bool,
+        /// Rows to print.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Only rows older than this one (the SEQ column of a row printed
+        /// before): the next page.
+        #[arg(long, value_name = "SEQ")]
+        before: Option<i64>,
     },
     /// Show this replica, the replicas seen lately, claims held and the
     /// store's health; exit 1 unless this replica serves and the store
@@ -185,6 +200,11 @@ fn main() -> ExitCode {
         Command::Identity { command } => admin_command(&cli.config, |a| identity(a, command)),
         Command::Lease { command } => admin_command(&cli.config, |a| lease(a, command)),
         Command::Fleet { json, state } => admin_command(&cli.config, |a| fleet(a, json, state)),
+        Command::Audit {
+            json,
+            limit,
+            before,
+        } => admin_command(&cli.config, |a| audit(a, json, limit, before)),
         Command::Admin { command } => admin_command(&cli.config, |a| admin(a, command)),
     };
     ExitCode::from(code as u8)
@@ -317,8 +337,14 @@ fn ticket(a: &Authority, command: TicketCommand) -> Result<(), ApiError> {
                     }
                 }
             }
-            let ticket =
-                a.create_ticket(map, usage_count, expires_in.into(), role, identity_name)?;
+            let ticket = a.create_ticket(
+                map,
+                usage_count,
+                expires_in.into(),
+                role,
+                identity_name,
+                BY_CLI,
+            )?;
             eprintln!(
                 "ticket {} ({} use(s), expires {}); the line below is a secret, hand it over as a file",
                 ticket.id,
@@ -336,7 +362,7 @@ fn ticket(a: &Authority, command: TicketCommand) -> Result<(), ApiError> {
             }
         }
         TicketCommand::Revoke { id } => {
-            a.revoke_ticket(&id)?;
+            a.revoke_ticket(&id, BY_CLI)?;
             println!("ticket {id} revoked");
         }
     }
@@ -354,7 +380,7 @@ fn identity(a: &Authority, command: IdentityCommand) -> Result<(), ApiError> {
             }
         }
         IdentityCommand::Revoke { id } => {
-            let n = a.revoke_identity(&id)?;
+            let n = a.revoke_identity(&id, BY_CLI)?;
             println!("identity {id} revoked; {n} lease(s) revoked with it");
             let stuck: Vec<_> = a
                 .leases(None)?
@@ -430,6 +456,16 @@ fn fleet(a: &Authority, json: bool, state: Option<String>) -> Result<(), ApiErro
     Ok(())
 }
 
+fn audit(a: &Authority, json: bool, limit: u32, before: Option<i64>) -> Result<(), ApiError> {
+    let rows = a.audit_page(before, limit)?;
+    if json {
+        print_json(&rows);
+    } else {
+        print!("{}", admin::audit_table(&rows));
+    }
+    Ok(())
+}
+
 fn lease(a: &Authority, command: LeaseCommand) -> Result<(), ApiError> {
     match command {
         LeaseCommand::List { json } => {
@@ -449,7 +485,7 @@ fn lease(a: &Authority, command: LeaseCommand) -> Result<(), ApiError> {
             }
         }
         LeaseCommand::Revoke { id } => {
-            let l = a.revoke_lease(&id, None)?;
+            let l = a.revoke_lease(&id, None, BY_CLI)?;
             match &l.last_error {
                 None => println!("lease {id} {}", l.status.as_str()),
                 Some(e) => {

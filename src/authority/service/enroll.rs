@@ -26,6 +26,7 @@ impl Authority {
         expires_in: Duration,
         role: Option<String>,
         identity_name: Option<String>,
+        by: &str,
     ) -> Result<Ticket, ApiError> {
         if usage_count == 0 {
             return Err(ApiError::new(
@@ -94,7 +95,7 @@ impl Authority {
             "ticket create",
             &row.id,
             &format!(
-                "attributes {}, {} use(s), expires in {}",
+                "attributes {}, {} use(s), expires in {}, by {by}",
                 show_attributes(&attributes),
                 usage_count,
                 humantime::format_duration(Duration::from_secs(expires_in.as_secs()))
@@ -118,7 +119,7 @@ impl Authority {
         })
     }
 
-    pub fn revoke_ticket(&self, id: &str) -> Result<(), ApiError> {
+    pub fn revoke_ticket(&self, id: &str, by: &str) -> Result<(), ApiError> {
         let now = now_ms();
         let store = self.store();
         if !store.revoke_ticket(id, now)? {
@@ -127,7 +128,7 @@ impl Authority {
                 format!("no ticket {id}"),
             ));
         }
-        store.audit(now, "ticket revoke", id, "ticket revoked")?;
+        store.audit(now, "ticket revoke", id, &format!("ticket revoked by {by}"))?;
         Ok(())
     }
 

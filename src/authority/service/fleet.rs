@@ -3,12 +3,26 @@
 //! assessed from them (`crate::authority::fleet`).
 
 use crate::authority::fleet::{self, Gateway};
-use crate::authority::store::{Call, IdentityRow};
+use crate::authority::store::{AuditRow, Call, IdentityRow};
 use crate::now_ms;
-use crate::wire::api::ApiError;
-use crate::wire::health::Health;
+use crate::wire::api::{ApiError, LeaseInfo};
+use crate::wire::health::{Health, HealthReport};
 
 use super::Authority;
+
+/// Audit rows shown on a gateway's page.
+const GATEWAY_AUDIT_ROWS: u32 = 50;
+
+/// One gateway as its page shows it.
+pub struct GatewayView {
+    pub gateway: Gateway,
+    /// Its reports over the kept history, oldest first.
+    pub history: Vec<(i64, HealthReport)>,
+    /// Its leases, newest first.
+    pub leases: Vec<LeaseInfo>,
+    /// The newest rows of the audit trail about it and its leases.
+    pub audit: Vec<AuditRow>,
+}
 
 /// A lease call as the server saw it: the report it carried, and the
 /// client's address (its network, for IPv6).
@@ -85,5 +99,39 @@ impl Authority {
             now_ms(),
             &self.config.fleet,
         ))
+    }
+
+    /// One gateway with its history, leases and audit rows; None if no
+    /// identity has the id. A history row that no longer reads as a report
+    /// (written by another version) is left out.
+    pub fn gateway(&self, identity_id: &str) -> Result<Option<GatewayView>, ApiError> {
+        let Some(gateway) = self
+            .fleet()?
+            .into_iter()
+            .find(|g| g.identity_id == identity_id)
+        else {
+            return Ok(None);
+        };
+        let store = self.store();
+        let since = now_ms() - self.config.fleet.history.as_millis() as i64;
+        let history = store
+            .health_history(identity_id, since)?
+            .into_iter()
+            .filter_map(|(at, json)| Some((at, serde_json::from_str(&json).ok()?)))
+            .collect();
+        let mut leases = self.leases(Some(identity_id))?;
+        leases.sort_by_key(|l| std::cmp::Reverse(l.created_ms));
+        let audit = store.audit_of_identity(identity_id, GATEWAY_AUDIT_ROWS)?;
+        Ok(Some(GatewayView {
+            gateway,
+            history,
+            leases,
+            audit,
+        }))
+    }
+
+    /// A page of the audit trail, newest first, before row `before`.
+    pub fn audit_page(&self, before: Option<i64>, rows: u32) -> Result<Vec<AuditRow>, ApiError> {
+        Ok(self.store().audit_page(before.unwrap_or(i64::MAX), rows)?)
     }
 }

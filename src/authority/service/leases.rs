@@ -226,20 +226,29 @@ impl Authority {
     }
 
     /// Revokes a lease and deletes its credential at once; if the deletion
-    /// fails the lease stays `revoking` and the reaper retries.
-    pub fn revoke_lease(&self, id: &str, owner: Option<&str>) -> Result<LeaseInfo, ApiError> {
+    /// fails the lease stays `revoking` and the reaper retries. `by` is
+    /// who asked, for the audit trail.
+    pub fn revoke_lease(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+        by: &str,
+    ) -> Result<LeaseInfo, ApiError> {
         self.lease(id, owner)?;
-        let lease = self.store().begin_revoke(id, "revoke", now_ms())?;
+        let lease = self.store().begin_revoke(id, "revoke", by, now_ms())?;
         if let Some(l) = lease.filter(|l| l.status == LeaseStatus::Revoking) {
             self.delete_credential(&l);
         }
         self.lease(id, owner)
     }
 
-    pub fn revoke_identity(&self, id: &str) -> Result<usize, ApiError> {
-        let leases = self.store().revoke_identity(id, now_ms())?.ok_or_else(|| {
-            ApiError::new(ErrorCode::IdentityUnknown, format!("no identity {id}"))
-        })?;
+    pub fn revoke_identity(&self, id: &str, by: &str) -> Result<usize, ApiError> {
+        let leases = self
+            .store()
+            .revoke_identity(id, by, now_ms())?
+            .ok_or_else(|| {
+                ApiError::new(ErrorCode::IdentityUnknown, format!("no identity {id}"))
+            })?;
         for l in &leases {
             self.delete_credential(l);
         }

@@ -12,7 +12,7 @@ mod enroll;
 mod fleet;
 mod leases;
 
-pub use fleet::CallFrom;
+pub use fleet::{CallFrom, GatewayView};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

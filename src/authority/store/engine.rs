@@ -11,7 +11,7 @@ use crate::wire::api::LeaseStatus;
 
 use super::sql::{self, Row};
 use super::{
-    Call, Enrolled, HealthRow, IdentityRow, Inserted, LeaseRow, NewLease, RoleFor, Store,
+    AuditRow, Call, Enrolled, HealthRow, IdentityRow, Inserted, LeaseRow, NewLease, RoleFor, Store,
     StoreError, TicketRow, to_json,
 };
 
@@ -105,6 +105,16 @@ pub(super) fn one<T>(
 }
 
 /// Every row of `statement`, decoded.
+fn audit_row(r: &dyn Row) -> Result<AuditRow, StoreError> {
+    Ok(AuditRow {
+        seq: r.int(0)?,
+        at_ms: r.int(1)?,
+        event: r.text(2)?,
+        subject: r.text(3)?,
+        detail: r.text(4)?,
+    })
+}
+
 pub(super) fn all<T, C: FromIterator<T>>(
     c: &mut dyn Conn,
     statement: &'static str,
@@ -250,7 +260,12 @@ impl<E: Engine> Store for SqlStore<E> {
             .read(|c| all(c, sql::IDENTITIES, &[], sql::identity))
     }
 
-    fn revoke_identity(&self, id: &str, now_ms: i64) -> Result<Option<Vec<LeaseRow>>, StoreError> {
+    fn revoke_identity(
+        &self,
+        id: &str,
+        by: &str,
+        now_ms: i64,
+    ) -> Result<Option<Vec<LeaseRow>>, StoreError> {
         let revoke = [Text(id), Int(now_ms)];
         self.engine.write(|c| {
             // On PostgreSQL the identity's row lock also orders this
@@ -259,7 +274,8 @@ impl<E: Engine> Store for SqlStore<E> {
                 return Ok(None);
             }
             c.execute(sql::REVOKE_LEASES_OF_IDENTITY, &revoke)?;
-            audit_in(c, now_ms, "identity revoke", id, "identity revoked")?;
+            let detail = format!("identity revoked by {by}");
+            audit_in(c, now_ms, "identity revoke", id, &detail)?;
             let leases = all(c, sql::REVOKING_LEASES_OF_IDENTITY, &[Text(id)], sql::lease)?;
             Ok(Some(leases))
         })
@@ -374,11 +390,13 @@ impl<E: Engine> Store for SqlStore<E> {
         &self,
         id: &str,
         reason: &str,
+        by: &str,
         now_ms: i64,
     ) -> Result<Option<LeaseRow>, StoreError> {
         self.engine.write(|c| {
             if c.execute(sql::BEGIN_REVOKE, &[Text(id), Text(reason), Int(now_ms)])? == 1 {
-                audit_in(c, now_ms, "lease revoke requested", id, reason)?;
+                let detail = format!("{reason} by {by}");
+                audit_in(c, now_ms, "lease revoke requested", id, &detail)?;
             }
             lease_in(c, id)
         })
@@ -632,5 +650,21 @@ impl<E: Engine> Store for SqlStore<E> {
                 Ok((r.int(0)?, r.text(1)?, r.text(2)?, r.text(3)?))
             })
         })
+    }
+
+    fn audit_page(&self, before: i64, limit: u32) -> Result<Vec<AuditRow>, StoreError> {
+        let args = [Int(before), Int(i64::from(limit))];
+        self.engine
+            .read(|c| all(c, sql::AUDIT_PAGE, &args, audit_row))
+    }
+
+    fn audit_of_identity(
+        &self,
+        identity_id: &str,
+        limit: u32,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        let args = [Text(identity_id), Int(i64::from(limit))];
+        self.engine
+            .read(|c| all(c, sql::AUDIT_OF_IDENTITY, &args, audit_row))
     }
 }

@@ -223,7 +223,12 @@ pub trait Store: Send + Sync {
     fn identities(&self) -> Result<Vec<IdentityRow>, StoreError>;
     /// Revokes an identity and starts the revocation of every lease it
     /// holds; returns those leases (None when there is no such identity).
-    fn revoke_identity(&self, id: &str, now_ms: i64) -> Result<Option<Vec<LeaseRow>>, StoreError>;
+    fn revoke_identity(
+        &self,
+        id: &str,
+        by: &str,
+        now_ms: i64,
+    ) -> Result<Option<Vec<LeaseRow>>, StoreError>;
 
     /// Records a lease before its credential is created, so that a crash in
     /// between leaves a trace that start-up reconciles. In the same
@@ -286,10 +291,13 @@ pub trait Store: Send + Sync {
     fn next_due_ms(&self, backend: &str) -> Result<Option<i64>, StoreError>;
     /// Starts a revoke: the lease becomes `revoking`, due now. Returns the
     /// lease as it now is, or None if there is no such lease.
+    /// `by` (who asked: "admin NAME", "its gateway", "the command line")
+    /// goes into the audit record.
     fn begin_revoke(
         &self,
         id: &str,
         reason: &str,
+        by: &str,
         now_ms: i64,
     ) -> Result<Option<LeaseRow>, StoreError>;
     /// The credential is gone: the lease ends as expired or revoked.
@@ -403,6 +411,23 @@ pub trait Store: Send + Sync {
     ) -> Result<(), StoreError>;
     /// The audit trail, oldest first: (unix ms, event, subject, detail).
     fn audit_trail(&self) -> Result<Vec<(i64, String, String, String)>, StoreError>;
+    /// At most `limit` rows before row `before` (all with `i64::MAX`),
+    /// newest first.
+    fn audit_page(&self, before: i64, limit: u32) -> Result<Vec<AuditRow>, StoreError>;
+    /// The newest `limit` rows about an identity: its own and its leases'.
+    fn audit_of_identity(&self, identity_id: &str, limit: u32)
+    -> Result<Vec<AuditRow>, StoreError>;
+}
+
+/// One row of the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuditRow {
+    /// Its place in the trail: later rows have larger ones.
+    pub seq: i64,
+    pub at_ms: i64,
+    pub event: String,
+    pub subject: String,
+    pub detail: String,
 }
 
 /// Opens the configured store and brings its schema up to date.

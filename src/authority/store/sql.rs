@@ -367,6 +367,11 @@ pub(super) const PRUNE_AUDIT: &str = "DELETE FROM audit WHERE at_ms < ?1";
 pub(super) const AUDIT: &str =
     "INSERT INTO audit (at_ms, event, subject, detail) VALUES (?1, ?2, ?3, ?4)";
 pub(super) const AUDIT_TRAIL: &str = "SELECT at_ms, event, subject, detail FROM audit ORDER BY seq";
+/// A page of the trail, newest first: the ?2 rows before row ?1.
+pub(super) const AUDIT_PAGE: &str = "SELECT seq, at_ms, event, subject, detail FROM audit WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2";
+/// The newest ?2 rows about identity ?1: itself and the leases it holds.
+pub(super) const AUDIT_OF_IDENTITY: &str = "SELECT seq, at_ms, event, subject, detail FROM audit \
+     WHERE subject = ?1 OR subject IN (SELECT id FROM leases WHERE identity_id = ?1) ORDER BY seq DESC LIMIT ?2";
 pub(super) const PING: &str = "SELECT 1";
 /// A lease call (?2) of identity ?1 with its report ?3 (or NULL) or why
 /// it was refused (?4), whether the call failed (?5, 0 or 1: failures in
@@ -415,7 +420,7 @@ pub(super) const LATEST_LEASES: &str = concat!(
 /// Every statement both engines run (the claim's three are SQLite's,
 /// [`LOCK_LIVE_IDENTITY`] and [`CLAIM_DUE_LOCKING`] PostgreSQL's).
 #[cfg(test)]
-pub(super) const SHARED: [&str; 54] = [
+pub(super) const SHARED: [&str; 56] = [
     INSERT_TICKET,
     TICKETS,
     TICKET,
@@ -452,6 +457,8 @@ pub(super) const SHARED: [&str; 54] = [
     PRUNE_AUDIT,
     AUDIT,
     AUDIT_TRAIL,
+    AUDIT_PAGE,
+    AUDIT_OF_IDENTITY,
     PING,
     RECORD_CALL,
     GATEWAY_ADDRESSES,
