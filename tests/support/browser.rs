@@ -190,6 +190,25 @@ impl Element<'_> {
         );
     }
 
+    /// Empties an input or a textarea.
+    pub fn clear(&self) {
+        self.browser
+            .call("POST", &format!("/element/{}/clear", self.id), None);
+    }
+
+    /// An attribute's value as the page has it ("" if absent).
+    pub fn attribute(&self, name: &str) -> String {
+        self.browser
+            .call(
+                "GET",
+                &format!("/element/{}/attribute/{name}", self.id),
+                None,
+            )
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     pub fn text(&self) -> String {
         self.browser
             .call("GET", &format!("/element/{}/text", self.id), None)

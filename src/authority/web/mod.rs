@@ -1,24 +1,25 @@
-//! The web page for admins (`[web] enabled`), under `/ui` on the
-//! authority's listener: login and logout, and the fleet. Server-rendered
-//! HTML that works without JavaScript; its one script and stylesheet are
-//! served here (a strict Content-Security-Policy allows nothing else).
-//! Sessions are cookies (HttpOnly, Secure, SameSite=Strict) whose token
-//! the store keeps hashed; every form carries a CSRF token; wrong
-//! passwords lock an address out for a while and are audited.
-//! It never renders a secret.
+//! The web page for admins (`[web] enabled`) under `/ui`: login and
+//! logout here, the fleet, gateways, tickets, leases and audit in `views`.
+//! Server-rendered HTML that works without JavaScript; its one script and
+//! stylesheet are served here (a strict Content-Security-Policy allows
+//! nothing else). Sessions are cookies (HttpOnly, Secure, SameSite=Strict)
+//! whose token the store keeps hashed; every form carries a CSRF token;
+//! wrong passwords lock an address out a while, audited. It never renders
+//! a secret.
 
 mod limiter;
 mod pages;
+mod views;
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Extension, Query, State};
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use crate::authority::service::Authority;
 use crate::secret::Secret;
@@ -34,6 +35,7 @@ const LOGIN: &str = "lg_login";
 struct Web {
     authority: Arc<Authority>,
     limiter: Arc<Limiter>,
+    downloads: Arc<views::Downloads>,
 }
 
 /// The client's address, as the server's accept loop tells every request.
@@ -43,16 +45,27 @@ pub struct Client(pub IpAddr);
 /// The page's routes, all under `/ui`.
 pub fn router(authority: Arc<Authority>) -> Router {
     Router::new()
-        .route("/ui", get(fleet))
-        .route("/ui/", get(fleet))
+        .route("/ui", get(views::fleet))
+        .route("/ui/", get(views::fleet))
+        .route("/ui/gateway/{id}", get(views::gateway))
+        .route(
+            "/ui/tickets",
+            get(views::tickets).post(views::create_ticket),
+        )
+        .route("/ui/tickets/revoke", post(views::revoke_ticket))
+        .route("/ui/tickets/download/{token}", get(views::download_ticket))
+        .route("/ui/leases", get(views::leases))
+        .route("/ui/leases/revoke", post(views::revoke_lease))
+        .route("/ui/audit", get(views::audit))
         .route("/ui/login", get(login_page).post(login))
-        .route("/ui/logout", axum::routing::post(logout))
+        .route("/ui/logout", post(logout))
         .route("/ui/app.css", get(css))
         .route("/ui/app.js", get(js))
         .layer(axum::middleware::from_fn(headers))
         .with_state(Web {
             authority,
             limiter: Arc::default(),
+            downloads: Arc::default(),
         })
 }
 
@@ -139,39 +152,6 @@ fn page(status: StatusCode, html: String) -> Response {
         html,
     )
         .into_response()
-}
-
-#[derive(serde::Deserialize)]
-struct FleetQuery {
-    state: Option<String>,
-}
-
-async fn fleet(
-    State(web): State<Web>,
-    headers: HeaderMap,
-    Query(q): Query<FleetQuery>,
-) -> Response {
-    let Some((admin, csrf, _)) = signed_in(&web, &headers).await else {
-        return to_login();
-    };
-    let a = web.authority.clone();
-    let gateways = tokio::task::spawn_blocking(move || a.fleet()).await;
-    let Ok(Ok(mut gateways)) = gateways else {
-        return page(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            pages::error("The store failed; see the authority's log."),
-        );
-    };
-    let wanted = q
-        .state
-        .as_deref()
-        .and_then(crate::authority::fleet::State::parse);
-    gateways.retain(|g| wanted.is_none_or(|w| g.state == w));
-    let now = crate::now_ms();
-    page(
-        StatusCode::OK,
-        pages::fleet(&admin, &csrf, &gateways, wanted, now),
-    )
 }
 
 async fn login_page(headers: HeaderMap) -> Response {

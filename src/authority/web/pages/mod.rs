@@ -1,10 +1,20 @@
 //! The HTML of the web page, made from rows the service returns: every
 //! value escaped, no inline script or style (the CSP forbids them), the
-//! page complete without JavaScript. It never receives a secret to show.
+//! page complete without JavaScript. It never receives a secret to show
+//! (a new ticket leaves as a download, never in a page).
 
-use std::fmt::Write as _;
+mod audit;
+mod chart;
+mod fleet;
+mod gateway;
+mod leases;
+mod tickets;
 
-use crate::authority::fleet::{Gateway, State};
+pub use audit::audit;
+pub use fleet::{FleetFilter, fleet};
+pub use gateway::gateway;
+pub use leases::leases;
+pub use tickets::{TicketForm, ticket_created, tickets};
 
 /// The one stylesheet.
 pub const CSS: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#222}\
@@ -14,8 +24,16 @@ main{padding:1em}table{border-collapse:collapse;width:100%}\
 th,td{text-align:left;padding:.3em .6em;border-bottom:1px solid #ddd;vertical-align:top}\
 .state{font-weight:600}.s-ok{color:#2a7a2a}.s-late,.s-clock,.s-backlog{color:#b36b00}\
 .s-missing,.s-refused,.s-revoked{color:#b00020}.why{color:#555}\
-.error{color:#b00020}nav a{margin-right:.8em}form.login{max-width:20em}\
-form.login input{display:block;width:100%;margin:.2em 0 .8em}";
+.error{color:#b00020}.ok{color:#2a7a2a}nav a{margin-right:.8em}form.login{max-width:20em}\
+form.login input{display:block;width:100%;margin:.2em 0 .8em}\
+header nav a{color:#fff}header nav a.here{text-decoration:none;font-weight:600}\
+form.inline{display:inline;margin:0}form.filters{margin:.5em 0}form.filters *{margin-right:.4em}\
+form.create{display:grid;grid-template-columns:max-content 20em;gap:.4em .8em;align-items:start}\
+form.create button{grid-column:2;justify-self:start}\
+.chart{margin:.4em 0 1em}.chart svg{background:#fafafa;border:1px solid #ddd}\
+.legend span{margin-right:1em}.l-in{color:#1d3557}.l-out{color:#2a7a2a}.l-wait{color:#b36b00}\
+dl.facts{display:grid;grid-template-columns:max-content auto;gap:.2em 1em}dl.facts dd{margin:0}\
+.pager a{margin-right:1em}";
 
 /// Live countdowns of the lease time left, and a refresh every 15 s.
 pub const JS: &str = r#""use strict";
@@ -59,6 +77,92 @@ fn document(title: &str, refresh: bool, body: &str) -> String {
     )
 }
 
+/// The pages an admin moves between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    Fleet,
+    Tickets,
+    Leases,
+    Audit,
+}
+
+/// A signed-in page: the header with the sections, the admin's name and
+/// the logout form, then `body`.
+fn signed_in(
+    title: &str,
+    here: Section,
+    admin: &str,
+    csrf: &str,
+    refresh: bool,
+    body: &str,
+) -> String {
+    let mut nav = String::from("<nav>");
+    for (section, href, label) in [
+        (Section::Fleet, "/ui/", "Fleet"),
+        (Section::Tickets, "/ui/tickets", "Tickets"),
+        (Section::Leases, "/ui/leases", "Leases"),
+        (Section::Audit, "/ui/audit", "Audit"),
+    ] {
+        let class = if section == here { " class=here" } else { "" };
+        nav.push_str(&format!("<a href=\"{href}\"{class}>{label}</a>"));
+    }
+    nav.push_str("</nav>");
+    document(
+        title,
+        refresh,
+        &format!(
+            "<header><h1>leasegate authority</h1>{nav}<span id=admin>{}</span>\
+             <form method=post action=\"/ui/logout\"><input type=hidden name=csrf value=\"{}\">\
+             <button id=logout>Log out</button></form></header><main>{body}</main>",
+            esc(admin),
+            esc(csrf)
+        ),
+    )
+}
+
+/// A button that posts `fields` and the CSRF token to `action`.
+fn post_button(action: &str, csrf: &str, fields: &[(&str, &str)], id: &str, label: &str) -> String {
+    let mut hidden = format!("<input type=hidden name=csrf value=\"{}\">", esc(csrf));
+    for (name, value) in fields {
+        hidden.push_str(&format!(
+            "<input type=hidden name=\"{}\" value=\"{}\">",
+            esc(name),
+            esc(value)
+        ));
+    }
+    format!(
+        "<form class=inline method=post action=\"{}\">{hidden}<button id=\"{}\">{}</button></form>",
+        esc(action),
+        esc(id),
+        esc(label)
+    )
+}
+
+/// A time as the tables show it: relative to now, the exact time on hover.
+fn when(at_ms: i64, now_ms: i64) -> String {
+    format!(
+        "<span title=\"{}\">{}</span>",
+        esc(&utc(at_ms)),
+        esc(&crate::render::relative(at_ms, now_ms))
+    )
+}
+
+/// Unix milliseconds as an RFC 3339 UTC time, to the second.
+fn utc(at_ms: i64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(at_ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+/// A message above a page's content, after a change: `Ok(text)` done,
+/// `Err(text)` refused.
+fn notice(message: Option<&Result<String, String>>) -> String {
+    match message {
+        Some(Ok(m)) => format!("<p class=ok id=message>{}</p>", esc(m)),
+        Some(Err(m)) => format!("<p class=error id=message>{}</p>", esc(m)),
+        None => String::new(),
+    }
+}
+
 pub fn error(message: &str) -> String {
     document(
         "Error",
@@ -84,61 +188,6 @@ pub fn login(csrf: &str, message: Option<&str>) -> String {
              <label>Name<input name=name id=name autocomplete=username required></label>\
              <label>Password<input name=password id=password type=password autocomplete=current-password required></label>\
              <button id=login>Log in</button></form></main>",
-            esc(csrf)
-        ),
-    )
-}
-
-/// The fleet: one row per gateway, filters by state.
-pub fn fleet(
-    admin: &str,
-    csrf: &str,
-    gateways: &[Gateway],
-    shown: Option<State>,
-    now_ms: i64,
-) -> String {
-    let mut rows = String::new();
-    for g in gateways {
-        let r = g.report.as_ref();
-        let _ = write!(
-            rows,
-            "<tr id=\"gw-{}\"><td>{}</td><td class=\"state s-{st}\">{st}</td><td>{}</td><td>{}</td>\
-             <td>{}</td><td>{}</td><td>{}</td><td class=why>{}</td></tr>",
-            esc(&g.identity_id),
-            esc(&g.name),
-            esc(&g.role),
-            g.last_call_ms
-                .map_or("never".into(), |t| crate::render::relative(t, now_ms)),
-            g.lease_expires_ms.map_or("-".into(), |t| format!(
-                "<span data-expires=\"{t}\">{}</span>",
-                esc(&crate::render::expiry(t, now_ms))
-            )),
-            r.and_then(|r| r.runway_hours)
-                .map_or("-".into(), |h| format!("{h:.1} h")),
-            r.map_or("-".into(), |r| r.points_waiting.to_string()),
-            esc(&g.why.join("; ")),
-            st = g.state.as_str(),
-        );
-    }
-    let mut filters = String::from("<nav><a href=\"/ui/\">all</a>");
-    for st in State::ALL {
-        let _ = write!(filters, "<a href=\"/ui/?state={0}\">{0}</a>", st.as_str());
-    }
-    filters.push_str("</nav>");
-    let heading = match shown {
-        Some(st) => format!("{} gateways {}", gateways.len(), st.as_str()),
-        None => format!("{} gateways", gateways.len()),
-    };
-    document(
-        "Fleet",
-        true,
-        &format!(
-            "<header><h1>leasegate authority</h1><span id=admin>{}</span>\
-             <form method=post action=\"/ui/logout\"><input type=hidden name=csrf value=\"{}\">\
-             <button id=logout>Log out</button></form></header><main>{filters}<h2 id=count>{heading}</h2>\
-             <table id=fleet><thead><tr><th>Name</th><th>State</th><th>Role</th><th>Last call</th>\
-             <th>Lease</th><th>Runway</th><th>Waiting</th><th>Why</th></tr></thead><tbody>{rows}</tbody></table></main>",
-            esc(admin),
             esc(csrf)
         ),
     )
