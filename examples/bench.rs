@@ -6,7 +6,10 @@
 //! 1. throughput of a plain subscriber that only counts messages, and of
 //!    leasegate into the counting sink and into InfluxDB, each taking the
 //!    same backlog of queued QoS 1 messages from the broker (so publishers
-//!    are not what is measured); leasegate/plain is the headline;
+//!    are not what is measured); leasegate/plain is the headline.
+//!    BENCH_OLD_BIN=path gives an older build a turn in every round as
+//!    well (old and new in alternating order) and prints new/old round by
+//!    round (`--throughput-only` runs just this phase);
 //! 2. resident memory and CPU time per point at a steady 10,000 points/s;
 //! 3. write amplification: spool bytes, and bytes the kernel wrote to the
 //!    block device, per byte of MQTT payload;
@@ -181,30 +184,54 @@ fn main() {
 
     // 1. Throughput on a backlog. The machine is shared and noisy, so the
     // plain subscriber and leasegate take turns, and the medians count.
+    // With BENCH_OLD_BIN an older build takes its turn in every round too
+    // (old and new in alternating order), so that both are divided by the
+    // same rounds of the plain subscriber: the drift of this machine
+    // between runs is larger than what is compared.
     let n = sizes.backlog;
     let native = support::leasegate_argv();
-    let (mut plains, mut sinks, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let old = std::env::var_os("BENCH_OLD_BIN").map(|bin| vec![bin]);
+    let mut builds = vec![("new", native.clone())];
+    if let Some(old) = &old {
+        builds.push(("old", old.clone()));
+    }
+    let mut plains = Vec::new();
+    let mut sinks = vec![Vec::new(); builds.len()];
+    let mut ratios = vec![Vec::new(); builds.len()];
+    let mut paired = Vec::new();
     for rep in 1..=sizes.reps {
         let plain = plain_subscriber_rate(&broker, n);
-        let (to_sink, ..) = leasegate_backlog_rate(
-            &native,
-            &broker,
-            &sink.url(),
-            SINK_DB,
-            n,
-            "tput_sink",
-            Duration::from_millis(2),
-            || sink.lines(),
-        );
-        eprintln!(
-            "bench: (round {rep}: plain {} msg/s, leasegate {} points/s, ratio {:.2})",
-            round(plain),
-            round(to_sink),
-            to_sink / plain
-        );
         plains.push(plain);
-        sinks.push(to_sink);
-        ratios.push(to_sink / plain);
+        let mut order: Vec<usize> = (0..builds.len()).collect();
+        if rep % 2 == 0 {
+            order.reverse();
+        }
+        let mut this_round = vec![0.0; builds.len()];
+        for i in order {
+            let (to_sink, ..) = leasegate_backlog_rate(
+                &builds[i].1,
+                &broker,
+                &sink.url(),
+                SINK_DB,
+                n,
+                "tput_sink",
+                Duration::from_millis(2),
+                || sink.lines(),
+            );
+            eprintln!(
+                "bench: (round {rep}, {} build: plain {} msg/s, leasegate {} points/s, ratio {:.2})",
+                builds[i].0,
+                round(plain),
+                round(to_sink),
+                to_sink / plain
+            );
+            this_round[i] = to_sink;
+            sinks[i].push(to_sink);
+            ratios[i].push(to_sink / plain);
+        }
+        if builds.len() == 2 {
+            paired.push(this_round[0] / this_round[1]);
+        }
     }
     let plain = median(&mut plains);
     report.push(format!(
@@ -212,29 +239,56 @@ fn main() {
         round(plain),
         sizes.reps
     ));
-    report.push(format!(
-        "leasegate -> counting sink (fsync = batch): {} points/s; ratio leasegate/plain {:.2} (median of {} paired rounds, from {:.2} to {:.2})",
-        round(median(&mut sinks)),
-        median(&mut ratios),
-        sizes.reps,
-        ratios.first().unwrap(),
-        ratios.last().unwrap(),
-    ));
-    let (to_influx, ..) = leasegate_backlog_rate(
-        &native,
-        &broker,
-        &influx.url(),
-        "database = \"sensors\"\nusername = \"writer\"\npassword = \"writer-pw\"\n",
-        n,
-        "tput_influx",
-        Duration::from_millis(50),
-        || influx.count("sensors", "tput_influx", "seq"),
-    );
-    report.push(format!(
-        "leasegate -> InfluxDB 1.x: {} points/s, ratio to plain {:.2}",
-        round(to_influx),
-        to_influx / plain
-    ));
+    for (i, (name, _)) in builds.iter().enumerate() {
+        let label = if builds.len() == 2 {
+            format!(" ({name} build)")
+        } else {
+            String::new()
+        };
+        let median_ratio = median(&mut ratios[i]);
+        report.push(format!(
+            "leasegate{label} -> counting sink (fsync = batch): {} points/s; ratio leasegate/plain {:.2} (median of {} paired rounds, from {:.2} to {:.2})",
+            round(median(&mut sinks[i])),
+            median_ratio,
+            sizes.reps,
+            ratios[i].first().unwrap(),
+            ratios[i].last().unwrap(),
+        ));
+    }
+    if !paired.is_empty() {
+        let spread = format!(
+            "from {:.2} to {:.2}",
+            paired.iter().cloned().fold(f64::INFINITY, f64::min),
+            paired.iter().cloned().fold(0.0, f64::max)
+        );
+        report.push(format!(
+            "new/old into the counting sink, round by round: {:.2} (median of {}, {spread})",
+            median(&mut paired),
+            sizes.reps
+        ));
+    }
+    for (name, program) in &builds {
+        let (to_influx, ..) = leasegate_backlog_rate(
+            program,
+            &broker,
+            &influx.url(),
+            "database = \"sensors\"\nusername = \"writer\"\npassword = \"writer-pw\"\n",
+            n,
+            "tput_influx",
+            Duration::from_millis(50),
+            || influx.count("sensors", "tput_influx", "seq"),
+        );
+        let label = if builds.len() == 2 {
+            format!(" ({name} build)")
+        } else {
+            String::new()
+        };
+        report.push(format!(
+            "leasegate{label} -> InfluxDB 1.x: {} points/s, ratio to plain {:.2}",
+            round(to_influx),
+            to_influx / plain
+        ));
+    }
 
     if std::env::args().any(|a| a == "--throughput-only") {
         println!("{}", report.0.join("\n"));
