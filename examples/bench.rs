@@ -268,15 +268,22 @@ fn main() {
         ));
     }
     for (name, program) in &builds {
+        // Each build its own measurement: the same points written again
+        // would overwrite the first build's, and the count never grow.
+        let measurement = if builds.len() == 2 {
+            format!("tput_influx_{name}")
+        } else {
+            "tput_influx".to_owned()
+        };
         let (to_influx, ..) = leasegate_backlog_rate(
             program,
             &broker,
             &influx.url(),
             "database = \"sensors\"\nusername = \"writer\"\npassword = \"writer-pw\"\n",
             n,
-            "tput_influx",
+            &measurement,
             Duration::from_millis(50),
-            || influx.count("sensors", "tput_influx", "seq"),
+            || influx.count("sensors", &measurement, "seq"),
         );
         let label = if builds.len() == 2 {
             format!(" ({name} build)")

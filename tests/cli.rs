@@ -165,6 +165,74 @@ fn plain_tcp_to_a_database_is_judged_by_the_address_the_client_dials() {
 }
 
 #[test]
+fn the_database_client_dials_hostaddr_the_address_the_check_judges() {
+    // 127.0.0.2 stands in for a remote host: the URL's host names this
+    // machine, hostaddr another address. The check above judges hostaddr;
+    // here the real client, started by `serve`, is seen dialing it and
+    // sending its startup message there, with no TLS.
+    let remote = match std::net::TcpListener::bind("127.0.0.2:0") {
+        Ok(l) => l,
+        Err(e) => panic!("127.0.0.2 (loopback) cannot be bound here: {e}"),
+    };
+    let port = remote.local_addr().unwrap().port();
+    remote.set_nonblocking(true).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen_port = listen.local_addr().unwrap().port();
+    drop(listen);
+    let config = dir.path().join("authority.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{listen_port}\"\npublic_url = \"http://127.0.0.1:{listen_port}\"\n\
+             tls = \"off\"\nstate_dir = \"{state}\"\n\
+             [store]\nurl = \"postgres://leasegate@localhost:{port}/leasegate?hostaddr=127.0.0.2\"\ntls = \"off\"\n\
+             [[backend]]\nname = \"main\"\nkind = \"influxdb-v1\"\nurl = \"http://127.0.0.1:9\"\n\
+             admin_username = \"admin\"\nadmin_password = \"pw\"\n\
+             [[role]]\nname = \"sensor\"\nmatch = {{ service = \"iot-sensor\" }}\nbackend = \"main\"\n\
+             database = \"sensors\"\naccess = [\"write\"]\ndefault_ttl = \"15m\"\nmax_ttl = \"1h\"\n",
+            state = dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let mut authority = Command::new(AUTHORITY)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut startup = Vec::new();
+    while std::time::Instant::now() < deadline {
+        match remote.accept() {
+            Ok((mut conn, _)) => {
+                use std::io::Read;
+                conn.set_nonblocking(false).unwrap();
+                conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                    .unwrap();
+                let mut buf = [0u8; 512];
+                let n = conn.read(&mut buf).unwrap_or(0);
+                startup.extend_from_slice(&buf[..n]);
+                break;
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
+    // Ours, by PID.
+    let _ = authority.kill();
+    let out = authority.wait_with_output().unwrap();
+    let user = b"user\0leasegate\0";
+    assert!(
+        startup.windows(user.len()).any(|w| w == user),
+        "no plain startup message reached hostaddr ({} bytes); the authority said:\n{}",
+        startup.len(),
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn secret_files_others_may_read_are_refused_by_key() {
     use std::os::unix::fs::PermissionsExt as _;
     let dir = tempfile::tempdir().unwrap();
