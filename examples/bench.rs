@@ -195,6 +195,14 @@ fn main() {
     if let Some(old) = &old {
         builds.push(("old", old.clone()));
     }
+    // Which build a figure is of, when there are two.
+    let label = |name: &str| {
+        if old.is_some() {
+            format!(" ({name} build)")
+        } else {
+            String::new()
+        }
+    };
     let mut plains = Vec::new();
     let mut sinks = vec![Vec::new(); builds.len()];
     let mut ratios = vec![Vec::new(); builds.len()];
@@ -240,11 +248,7 @@ fn main() {
         sizes.reps
     ));
     for (i, (name, _)) in builds.iter().enumerate() {
-        let label = if builds.len() == 2 {
-            format!(" ({name} build)")
-        } else {
-            String::new()
-        };
+        let label = label(name);
         let median_ratio = median(&mut ratios[i]);
         report.push(format!(
             "leasegate{label} -> counting sink (fsync = batch): {} points/s; ratio leasegate/plain {:.2} (median of {} paired rounds, from {:.2} to {:.2})",
@@ -285,11 +289,7 @@ fn main() {
             Duration::from_millis(50),
             || influx.count("sensors", &measurement, "seq"),
         );
-        let label = if builds.len() == 2 {
-            format!(" ({name} build)")
-        } else {
-            String::new()
-        };
+        let label = label(name);
         report.push(format!(
             "leasegate{label} -> InfluxDB 1.x: {} points/s, ratio to plain {:.2}",
             round(to_influx),

@@ -9,6 +9,11 @@ use std::time::Duration;
 
 use crate::wire::api::LeaseInfo;
 
+/// Unix milliseconds as a time (before 1970: 1970).
+pub fn unix_ms(at_ms: i64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + Duration::from_millis(at_ms.max(0) as u64)
+}
+
 /// "in 9m 58s" for a future time, "3s ago" for a past one (to the second).
 pub fn relative(at_ms: i64, now_ms: i64) -> String {
     let secs =

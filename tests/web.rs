@@ -22,6 +22,22 @@ fn screenshot(browser: &Browser, name: &str) {
     browser.screenshot(&path);
 }
 
+/// Logs `ops` in through the form `url` leads to, keeping a screenshot of
+/// the filled-in form under `shot`.
+fn log_in(browser: &Browser, url: &str, shot: Option<&str>) {
+    browser.goto(url);
+    browser
+        .wait_for("#name", Duration::from_secs(20))
+        .type_text("ops");
+    if let Some(name) = shot {
+        screenshot(browser, name);
+    }
+    browser
+        .wait_for("#password", Duration::from_secs(5))
+        .type_text(PASSWORD);
+    browser.wait_for("#login", Duration::from_secs(5)).click();
+}
+
 /// A plain HTTP client that keeps redirects and statuses to itself.
 fn http() -> ureq::Agent {
     ureq::Agent::config_builder()
@@ -69,15 +85,7 @@ fn an_admin_logs_in_sees_the_fleet_and_logs_out_and_strangers_are_refused() {
 
     let downloads = tempfile::tempdir().unwrap();
     let browser = Browser::start(downloads.path());
-    browser.goto(&format!("{base}/ui/"));
-    browser
-        .wait_for("#name", Duration::from_secs(20))
-        .type_text("ops");
-    screenshot(&browser, "login");
-    browser
-        .wait_for("#password", Duration::from_secs(5))
-        .type_text(PASSWORD);
-    browser.wait_for("#login", Duration::from_secs(5)).click();
+    log_in(&browser, &format!("{base}/ui/"), Some("login"));
     let table = browser.wait_for("#fleet", Duration::from_secs(20)).text();
     assert!(
         table.contains("gw-web") && table.contains("sensor"),
@@ -191,14 +199,7 @@ fn an_admin_hands_out_a_ticket_watches_the_gateway_enroll_and_revokes_its_lease_
 
     let downloads = tempfile::tempdir().unwrap();
     let browser = Browser::start(downloads.path());
-    browser.goto(&format!("{base}/ui/login"));
-    browser
-        .wait_for("#name", Duration::from_secs(20))
-        .type_text("ops");
-    browser
-        .wait_for("#password", Duration::from_secs(5))
-        .type_text(PASSWORD);
-    browser.wait_for("#login", Duration::from_secs(5)).click();
+    log_in(&browser, &format!("{base}/ui/login"), None);
     browser.wait_for("#fleet", Duration::from_secs(20));
 
     // Create a ticket bound to the gateway's name, and download it once.

@@ -139,11 +139,9 @@ pub fn audit_table(rows: &[crate::authority::store::AuditRow]) -> String {
     let rows = rows
         .iter()
         .map(|r| {
-            let at =
-                std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.at_ms.max(0) as u64);
             vec![
                 r.seq.to_string(),
-                humantime::format_rfc3339_millis(at).to_string(),
+                humantime::format_rfc3339_millis(crate::render::unix_ms(r.at_ms)).to_string(),
                 r.event.clone(),
                 r.subject.clone(),
                 r.detail.clone(),

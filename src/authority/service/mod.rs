@@ -211,6 +211,11 @@ pub fn info(l: &LeaseRow) -> LeaseInfo {
 }
 
 pub fn show_attributes(a: &BTreeMap<String, String>) -> String {
+    format!("{{{}}}", attribute_pairs(a))
+}
+
+/// `k=v, k=v`, as pages list attributes.
+pub fn attribute_pairs(a: &BTreeMap<String, String>) -> String {
     let pairs: Vec<String> = a.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    format!("{{{}}}", pairs.join(", "))
+    pairs.join(", ")
 }

@@ -75,17 +75,13 @@ impl Downloads {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, crate::wire::api::ApiError> + Send + 'static,
 ) -> Result<T, Response> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => {
-            log::warn!("web page: {}", crate::error_chain(&e));
-            Err(page(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                pages::error("The store failed; see the authority's log."),
-            ))
-        }
-        Err(_) => Err(failed()),
-    }
+    change(f).await?.map_err(|e| {
+        log::warn!("web page: {}", crate::error_chain(&e));
+        page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            pages::error("The store failed; see the authority's log."),
+        )
+    })
 }
 
 /// Runs a change off the async threads: the service's refusal is kept
@@ -131,6 +127,11 @@ async fn admin_posting(
 /// plain; anything else is not one of ours and is not echoed.
 fn plain_id(id: Option<&str>) -> Option<&str> {
     id.filter(|i| identity_name_is_valid(i) && i.len() <= 64)
+}
+
+/// "Lease ID revoked." after a redirect that names a plain id.
+fn revoked(what: &str, id: Option<&str>) -> Option<Result<String, String>> {
+    plain_id(id).map(|id| Ok(format!("{what} {id} revoked.")))
 }
 
 fn roles(web: &Web) -> Vec<String> {
@@ -200,7 +201,7 @@ pub async fn gateway(
                     pages::error("No gateway has that identity."),
                 ));
             };
-            let message = plain_id(q.revoked.as_deref()).map(|l| Ok(format!("Lease {l} revoked.")));
+            let message = revoked("Lease", q.revoked.as_deref());
             Ok(page(
                 StatusCode::OK,
                 pages::gateway(&admin, &csrf, &view, message.as_ref(), crate::now_ms()),
@@ -229,7 +230,7 @@ pub async fn leases(
             let a = web.authority.clone();
             let mut leases = blocking(move || a.leases(None)).await?;
             leases.sort_by_key(|l| std::cmp::Reverse(l.created_ms));
-            let message = plain_id(q.revoked.as_deref()).map(|l| Ok(format!("Lease {l} revoked.")));
+            let message = revoked("Lease", q.revoked.as_deref());
             Ok(page(
                 StatusCode::OK,
                 pages::leases(
@@ -293,8 +294,7 @@ pub async fn tickets(
     done(
         async {
             let (admin, csrf) = admin(&web, &headers).await?;
-            let message =
-                plain_id(q.revoked.as_deref()).map(|t| Ok(format!("Ticket {t} revoked.")));
+            let message = revoked("Ticket", q.revoked.as_deref());
             tickets_page(
                 &web,
                 &admin,

@@ -94,12 +94,7 @@ fn facts(g: &crate::authority::fleet::Gateway, now_ms: i64) -> String {
     }
     fact("Identity", esc(&g.identity_id));
     fact("Role", esc(&g.role));
-    let attributes = g
-        .attributes
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let attributes = crate::authority::service::attribute_pairs(&g.attributes);
     fact("Attributes", esc(&attributes));
     fact(
         "Last call",

@@ -15,8 +15,8 @@ fn revocable(l: &LeaseInfo) -> bool {
 
 /// The table of `leases`; `back` is the identity whose page the revoke
 /// returns to (None: the leases page).
-pub(super) fn lease_table(
-    leases: &[LeaseInfo],
+pub(super) fn lease_table<'a>(
+    leases: impl IntoIterator<Item = &'a LeaseInfo>,
     csrf: &str,
     back: Option<&str>,
     now_ms: i64,
@@ -78,7 +78,7 @@ pub fn leases(
     message: Option<&Result<String, String>>,
     now_ms: i64,
 ) -> String {
-    let shown: Vec<LeaseInfo> = leases
+    let shown: Vec<&LeaseInfo> = leases
         .iter()
         .filter(|l| {
             all || matches!(
@@ -86,7 +86,6 @@ pub fn leases(
                 LeaseStatus::Pending | LeaseStatus::Active | LeaseStatus::Revoking
             )
         })
-        .cloned()
         .collect();
     let switch = if all {
         "<a href=\"/ui/leases\" id=live-only>Live leases only</a>"
@@ -104,7 +103,7 @@ pub fn leases(
             notice(message),
             shown.len(),
             if all { "" } else { "live " },
-            lease_table(&shown, csrf, None, now_ms)
+            lease_table(shown.iter().copied(), csrf, None, now_ms)
         ),
     )
 }

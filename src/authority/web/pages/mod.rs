@@ -149,8 +149,7 @@ fn when(at_ms: i64, now_ms: i64) -> String {
 
 /// Unix milliseconds as an RFC 3339 UTC time, to the second.
 fn utc(at_ms: i64) -> String {
-    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(at_ms.max(0) as u64);
-    humantime::format_rfc3339_seconds(at).to_string()
+    humantime::format_rfc3339_seconds(crate::render::unix_ms(at_ms)).to_string()
 }
 
 /// A message above a page's content, after a change: `Ok(text)` done,

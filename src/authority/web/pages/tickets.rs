@@ -75,12 +75,7 @@ pub fn tickets(
     let mut rows = String::new();
     for t in tickets.iter().rev() {
         let status = ticket_status(t, now_ms);
-        let attributes = t
-            .attributes
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let attributes = crate::authority::service::attribute_pairs(&t.attributes);
         let revoke = if status == "valid" {
             post_button(
                 "/ui/tickets/revoke",
