@@ -593,10 +593,18 @@ fn leasegate_backlog_rate(
     let took = started.elapsed();
     let first = first.unwrap_or(took);
     perf.stop();
-    let cpu = Proc { pid: daemon.pid() }.cpu();
+    let proc = Proc { pid: daemon.pid() };
+    let cpu = proc.cpu();
     let cpu_per_point = cpu.as_secs_f64() * 1e6 / counted as f64;
+    let threads = proc
+        .threads_cpu()
+        .iter()
+        .filter(|(_, cpu)| *cpu >= Duration::from_millis(5))
+        .map(|(name, cpu)| format!("{name} {:.2}", cpu.as_secs_f64() * 1e6 / counted as f64))
+        .collect::<Vec<_>>()
+        .join(", ");
     eprintln!(
-        "bench: ({measurement}: leasegate used {cpu_per_point:.2} us of CPU per point, {:.0}% of one core; first point after {} ms, then {} points/s)",
+        "bench: ({measurement}: leasegate used {cpu_per_point:.2} us of CPU per point ({threads}), {:.0}% of one core; first point after {} ms, then {} points/s)",
         cpu.as_secs_f64() / took.as_secs_f64() * 100.0,
         first.as_millis(),
         round(counted as f64 / (took - first).as_secs_f64().max(1e-3)),
@@ -746,6 +754,30 @@ impl Proc {
     /// User plus system CPU time.
     fn cpu(&self) -> Duration {
         procfs::cpu_time(self.pid)
+    }
+
+    /// CPU time of each thread by name (threads of one name summed),
+    /// from the scheduler's nanosecond counts: where a build's CPU goes.
+    fn threads_cpu(&self) -> Vec<(String, Duration)> {
+        let mut threads: Vec<(String, Duration)> = Vec::new();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) else {
+            return threads;
+        };
+        for task in tasks.flatten() {
+            let path = task.path();
+            let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+            let ns: u64 = std::fs::read_to_string(path.join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0);
+            let name = name.trim().to_owned();
+            match threads.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, cpu)) => *cpu += Duration::from_nanos(ns),
+                None => threads.push((name, Duration::from_nanos(ns))),
+            }
+        }
+        threads.sort_by_key(|t| std::cmp::Reverse(t.1));
+        threads
     }
 
     /// Bytes this process caused to be written to the block device.

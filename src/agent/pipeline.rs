@@ -203,7 +203,18 @@ impl Pipeline {
                     .enable_all()
                     .build()
                 {
-                    Ok(rt) => rt.block_on(intake.run()),
+                    // A task, not the `block_on` future: tokio checks the
+                    // driver (an `epoll_wait`) before polling that future
+                    // each time a task wakes it, which on a backlog is once
+                    // a message; tasks waking tasks stay in the run queue.
+                    // A panic goes on as the thread's, as before.
+                    Ok(rt) => {
+                        if let Err(e) = rt.block_on(rt.spawn(intake.run()))
+                            && e.is_panic()
+                        {
+                            std::panic::resume_unwind(e.into_panic());
+                        }
+                    }
                     Err(e) => log::error!("cannot start the MQTT runtime: {e}"),
                 },
             )?;

@@ -195,6 +195,15 @@ impl Arrivals {
         }
     }
 
+    /// Whether bytes wait unread in the socket: then the last read ended
+    /// at a boundary of a stream that is already there (a backlog after
+    /// a connect, the broker's next window), not a light stream, and a
+    /// pause would only hold it up. False when not tracking.
+    pub fn waiting(&self) -> bool {
+        self.fd()
+            .is_some_and(|fd| rustix::io::ioctl_fionread(fd).is_ok_and(|n| n > 0))
+    }
+
     /// When a packet of `size` bytes, read at `now`, arrived.
     pub fn packet(&mut self, size: usize, now: Instant) -> Instant {
         if !self.is_tracking() {
@@ -357,10 +366,17 @@ mod tests {
         // duplicate that counts the same.
         let dup = find_socket(&[addr]).expect("the client's socket");
         assert_eq!(bytes_received(dup.as_fd()).unwrap(), 1234);
+        // Those bytes wait unread: a pause would only hold them up.
+        drop(dup);
+        let mut arrivals = Arrivals::attach(&[addr]);
+        assert!(arrivals.waiting());
         drop(server);
         let mut rest = Vec::new();
         let mut client = client;
         client.read_to_end(&mut rest).unwrap();
         assert_eq!(rest.len(), 1234);
+        assert!(!arrivals.waiting(), "all read: nothing waits");
+        arrivals.detach();
+        assert!(!arrivals.waiting(), "not tracking");
     }
 }

@@ -334,7 +334,10 @@ pub fn forward_events(
         let mut told: Option<Instant> = None;
         loop {
             let buffered = !eventloop.state.events.is_empty();
-            if let Some(pause) = pace.before_read(buffered, Instant::now(), acked_at()) {
+            if let Some(pause) = pace
+                .before_read(buffered, Instant::now(), acked_at())
+                .filter(|_| !arrivals.waiting())
+            {
                 let precise = precision.precise(stamped(), Instant::now());
                 match (precise, arrivals.is_tracking()) {
                     (false, _) => coarse_pause(pause, &wake).await,
