@@ -756,21 +756,12 @@ impl Proc {
         procfs::cpu_time(self.pid)
     }
 
-    /// CPU time of each thread by name (threads of one name summed),
-    /// from the scheduler's nanosecond counts: where a build's CPU goes.
+    /// CPU time of each thread by name (threads of one name summed,
+    /// from [`threads_of`]): where a build's CPU goes.
     fn threads_cpu(&self) -> Vec<(String, Duration)> {
         let mut threads: Vec<(String, Duration)> = Vec::new();
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) else {
-            return threads;
-        };
-        for task in tasks.flatten() {
-            let path = task.path();
-            let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-            let ns: u64 = std::fs::read_to_string(path.join("schedstat"))
-                .ok()
-                .and_then(|s| s.split_whitespace().next()?.parse().ok())
-                .unwrap_or(0);
-            let name = name.trim().to_owned();
+        for (name, ns, _) in threads_of(self.pid) {
+            let name = name.split('/').next().unwrap_or_default().to_owned();
             match threads.iter_mut().find(|(n, _)| *n == name) {
                 Some((_, cpu)) => *cpu += Duration::from_nanos(ns),
                 None => threads.push((name, Duration::from_nanos(ns))),
