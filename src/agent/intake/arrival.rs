@@ -1,12 +1,11 @@
 //! When each of the broker's packets arrived, while the reader pauses:
-//! the receipt time given to a point without a timestamp is the data, and
-//! a message read after a pause may have waited in the socket for most of
-//! it. It holds a duplicate of the session's socket for that, and to tell
-//! whether bytes already wait unread (no pause then), and nothing else:
-//! it must never read from it or write to it, and gives it up the
-//! moment the connection ends. It tracks plain TCP only; anything it
-//! cannot make sense of turns tracking off for the connection, and the
-//! reader then keeps its pauses short.
+//! a timestamp-less point's receipt time is the data, and a message read
+//! after a pause may have waited in the socket for most of it. It holds a
+//! duplicate of the session's socket for that and to tell whether bytes
+//! already wait unread (no pause then), and must never read from it or
+//! write to it; it gives it up the moment the connection ends. Plain TCP
+//! only: anything it cannot make sense of turns tracking off for the
+//! connection, and the reader then keeps its pauses short.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
