@@ -41,7 +41,9 @@
 //!    ext4 filesystem on a loop device, default configuration, 10, 100 and
 //!    1,000 one-point messages a second into InfluxDB 1.x: bytes the
 //!    device wrote (journal and metadata included) per payload byte,
-//!    beside the process's own `write_bytes`, and per day (needs root);
+//!    beside the process's own `write_bytes`, and per day; and what a sync
+//!    of a file that grows costs beyond the same sync of a preallocated
+//!    one (needs root);
 //! 10. days of runway (`--runway-only`, examples/common/runway.rs): a
 //!     72-hour InfluxDB outage at 100 points/s (1 hour with `--quick`,
 //!     BENCH_RUNWAY_HOURS to choose) into the default spool: the bytes it
@@ -1260,6 +1262,45 @@ fn card(broker: &Mosquitto, influx: &Influx, quick: bool) -> Vec<String> {
         out.push(format!(
             "| {rate}/s | {device:.2}x | {proc:.2}x | {:.0} MiB |",
             per_day / f64::from(1 << 20)
+        ));
+    }
+    out.extend(growth_cost());
+    out
+}
+
+/// What a sync of a file that grows costs the card beyond the same sync
+/// of a preallocated one (the spool's `GROWTH_PER_SYNC`): appends of a
+/// few sizes, each followed by fdatasync, into a new file and into one
+/// written full of zeros and synced first, on a fresh ext4 loop device.
+fn growth_cost() -> Vec<String> {
+    use std::os::unix::fs::FileExt as _;
+    const SYNCS: u64 = 300;
+    let card = LoopFs::new(128 << 20, Io::Buffered);
+    let mut out = vec![
+        format!("device bytes per fdatasync after an append ({SYNCS} each, journal included):"),
+        "| append | growing file | preallocated file | growing costs more by |".into(),
+        "| --- | --- | --- | --- |".into(),
+    ];
+    for record in [100usize, 1000, 12 << 10] {
+        let per_sync = |grow: bool| {
+            let path = card.path().join(format!("f-{record}-{grow}"));
+            let file = std::fs::File::create(&path).unwrap();
+            if !grow {
+                file.write_all_at(&vec![0; 8 << 20], 0).unwrap();
+                file.sync_data().unwrap();
+            }
+            let before = card.written_bytes();
+            for i in 0..SYNCS {
+                file.write_all_at(&vec![b'x'; record], i * record as u64)
+                    .unwrap();
+                file.sync_data().unwrap();
+            }
+            (card.written_bytes() - before) as f64 / SYNCS as f64 / 1024.0
+        };
+        let (grown, preallocated) = (per_sync(true), per_sync(false));
+        out.push(format!(
+            "| {record} B | {grown:.1} KiB | {preallocated:.1} KiB | {:.1} KiB |",
+            grown - preallocated
         ));
     }
     out

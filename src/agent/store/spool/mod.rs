@@ -276,6 +276,12 @@ pub struct Spool {
     readable: std::sync::Condvar,
 }
 
+#[derive(Clone, Copy)]
+struct Fill {
+    syncs: u32,
+    from: u64,
+}
+
 struct Segment {
     id: u64,
     path: PathBuf,
@@ -294,6 +300,10 @@ struct Segment {
     /// The file grows with its records (not preallocated): a write that
     /// fails part way must be cut off again, or it stays a torn record.
     grows: bool,
+    /// How it filled in this run: the syncs it took and where its records
+    /// ended when it started taking appends. The next new segment is made
+    /// by it ([`Spool::start_segment`]).
+    fill: Fill,
     /// Packed ([`pack`]): its `.segz` file's length, which is what it
     /// takes of the budget; positions are still those of its records.
     packed: Option<u64>,
@@ -653,6 +663,9 @@ impl Spool {
                 FsyncPolicy::Never => false,
             };
             let to_sync = if due {
+                if let Some(seg) = inner.segments.back_mut().filter(|s| !s.sealed) {
+                    seg.fill.syncs = seg.fill.syncs.saturating_add(1);
+                }
                 take_unsynced(&mut inner)?
             } else {
                 Vec::new()

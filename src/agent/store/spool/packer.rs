@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{
-    Damage, DamageKind, FILE_MAGIC, FsyncPolicy, Inner, Segment, Spool, SpoolError, forget_handles,
-    pack, remove,
+    Damage, DamageKind, FILE_MAGIC, Fill, FsyncPolicy, Inner, Segment, Spool, SpoolError,
+    forget_handles, pack, remove,
 };
 
 /// The file of packed segment `id`.
@@ -86,6 +86,11 @@ pub(super) fn recover_packed(
         seed: Some(id),
         capacity: end,
         grows: false,
+        // Not filled in this run.
+        fill: Fill {
+            syncs: 0,
+            from: end,
+        },
         packed: Some(bytes.len() as u64),
     };
     Ok((Some(segment), damage))

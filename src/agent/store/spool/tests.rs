@@ -954,3 +954,50 @@ fn resync_past_a_damaged_record_full_of_fake_headers_is_linear() {
         "{took:?} against {base:?}"
     );
 }
+
+/// The first record of the segment after one that `fill` filled: whether
+/// that new file was written full of zeros first (its length is the
+/// segment size) or grows with its records.
+fn next_segment_is_zero_filled(fill: impl Fn(&Spool)) -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    // Segments of 1 MiB.
+    let (spool, _) = Spool::open(config(dir.path(), 8 << 20, Overflow::Block)).unwrap();
+    assert_eq!(spool.segment_bytes, 1 << 20);
+    fill(&spool);
+    let files = segment_files(dir.path());
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert_eq!(spool.stats().points_unread, 300);
+    let len = fs::metadata(&files[1]).unwrap().len();
+    assert!(len <= spool.segment_bytes);
+    len == spool.segment_bytes
+}
+
+/// A segment filled in few syncs (a backlog drained, a fast stream) makes
+/// the next new file grow with its records: its zeros would cost the card
+/// more than the journal writes of so few syncs, and an append would wait
+/// for them. One filled in many syncs (a slow stream, a commit a group)
+/// keeps its zeros.
+#[test]
+fn the_next_new_segment_grows_only_after_one_filled_in_few_syncs() {
+    let record = vec![b'x'; 4000];
+    // About 105 KiB a commit: ten syncs for the first segment.
+    let fast = |spool: &Spool| {
+        for i in 0..300 {
+            spool.append(&record, 1).unwrap();
+            if i % 27 == 26 {
+                spool.commit().unwrap();
+            }
+        }
+        spool.commit().unwrap();
+    };
+    assert!(!next_segment_is_zero_filled(fast));
+    // A sync per 4 KiB record: 262 syncs, 2 MiB of journal writes for a
+    // file of 1 MiB.
+    let slow = |spool: &Spool| {
+        for _ in 0..300 {
+            spool.append(&record, 1).unwrap();
+            spool.commit().unwrap();
+        }
+    };
+    assert!(next_segment_is_zero_filled(slow));
+}
