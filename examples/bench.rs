@@ -218,22 +218,35 @@ fn main() {
         }
         let mut this_round = vec![0.0; builds.len()];
         for i in order {
-            let (to_sink, ..) = leasegate_backlog_rate(
+            // A session (client id and topics) of its own: messages one
+            // run left queued would otherwise reach the next run's first
+            // start, be spooled there, and count as the next backlog's.
+            let (to_sink, _, log) = leasegate_backlog_rate(
                 &builds[i].1,
                 &broker,
                 &sink.url(),
                 SINK_DB,
                 n,
-                "tput_sink",
+                &format!("tput_sink_{rep}_{}", builds[i].0),
                 Duration::from_millis(2),
                 || sink.lines(),
             );
+            let received = messages_in(&log);
             eprintln!(
-                "bench: (round {rep}, {} build: plain {} msg/s, leasegate {} points/s, ratio {:.2})",
+                "bench: (round {rep}, {} build: plain {} msg/s, leasegate {} points/s, ratio {:.2}; messages in: {received:?})",
                 builds[i].0,
                 round(plain),
                 round(to_sink),
                 to_sink / plain
+            );
+            // Each start must have read its own backlog from the broker,
+            // once: nothing before it, no more than it (a redelivered
+            // message counts twice), no fewer (points from elsewhere).
+            assert_eq!(
+                received,
+                vec![0, n],
+                "round {rep}, {} build: messages in per start",
+                builds[i].0
             );
             this_round[i] = to_sink;
             sinks[i].push(to_sink);
@@ -527,6 +540,28 @@ fn subscriber_unsubscribe(port: u16, client_id: &str) -> Option<()> {
     client.disconnect().ok()
 }
 
+/// The messages each start of a daemon took in, from its stop lines.
+fn messages_in(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter_map(|l| l.split_once("stopped: ")?.1.split_once(" messages in"))
+        .filter_map(|(n, _)| n.parse().ok())
+        .collect()
+}
+
+/// `BENCH_KEEP_LOG=PATH` keeps each daemon's log, appended to
+/// `PATH.<measurement>` (every round of a phase, in order).
+fn keep_log(measurement: &str, log: &str) {
+    use std::io::Write as _;
+    if let Ok(path) = std::env::var("BENCH_KEEP_LOG") {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(format!("{path}.{measurement}"))
+            .unwrap();
+        writeln!(file, "--- a daemon's log ---\n{log}").unwrap();
+    }
+}
+
 /// The daemon under test; `BENCH_LOG` sets its log level (default info).
 fn start_daemon(config: &str) -> Daemon {
     start_daemon_as(support::leasegate_argv(), config)
@@ -618,9 +653,7 @@ fn leasegate_backlog_rate(
         daemon.log()
     );
     assert!(daemon.terminate(Duration::from_secs(10)).is_some());
-    if let Ok(path) = std::env::var("BENCH_KEEP_LOG") {
-        std::fs::write(format!("{path}.{measurement}"), daemon.log()).unwrap();
-    }
+    keep_log(measurement, &daemon.log());
     (
         counted as f64 / took.as_secs_f64(),
         cpu_per_point,
@@ -1210,9 +1243,7 @@ fn at_rate(
     let total = publisher.stop();
     influx.assert_arrives(measurement, total, Duration::from_secs(60), &daemon);
     assert!(daemon.terminate(Duration::from_secs(10)).is_some());
-    if let Ok(path) = std::env::var("BENCH_KEEP_LOG") {
-        std::fs::write(format!("{path}.{measurement}"), daemon.log()).unwrap();
-    }
+    keep_log(measurement, &daemon.log());
     let (p50, p99) = ack_delays(&daemon.log());
     AtRate {
         block: disk as f64 / payload.max(1) as f64,
