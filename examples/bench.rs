@@ -9,7 +9,8 @@
 //!    are not what is measured); leasegate/plain is the headline.
 //!    BENCH_OLD_BIN=path gives an older build a turn in every round as
 //!    well (old and new in alternating order) and prints new/old round by
-//!    round (`--throughput-only` runs just this phase);
+//!    round (`--throughput-only` runs just this phase). Each run has an
+//!    MQTT session of its own and must take in exactly its backlog;
 //! 2. resident memory and CPU time per point at a steady 10,000 points/s;
 //! 3. write amplification: spool bytes, and bytes the kernel wrote to the
 //!    block device, per byte of MQTT payload;
