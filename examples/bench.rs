@@ -1314,6 +1314,7 @@ fn growth_cost() -> Vec<String> {
         "| --- | --- | --- | --- |".into(),
     ];
     for record in [100usize, 1000, 12 << 10] {
+        let bytes = vec![b'x'; record];
         let per_sync = |grow: bool| {
             let path = card.path().join(format!("f-{record}-{grow}"));
             let file = std::fs::File::create(&path).unwrap();
@@ -1323,8 +1324,7 @@ fn growth_cost() -> Vec<String> {
             }
             let before = card.written_bytes();
             for i in 0..SYNCS {
-                file.write_all_at(&vec![b'x'; record], i * record as u64)
-                    .unwrap();
+                file.write_all_at(&bytes, i * record as u64).unwrap();
                 file.sync_data().unwrap();
             }
             (card.written_bytes() - before) as f64 / SYNCS as f64 / 1024.0

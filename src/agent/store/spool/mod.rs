@@ -282,6 +282,17 @@ struct Fill {
     from: u64,
 }
 
+impl Fill {
+    /// No syncs yet, its records ending at `end`: a segment new in this
+    /// run, or one found at the start (which then never counts as filled).
+    fn at(end: u64) -> Fill {
+        Fill {
+            syncs: 0,
+            from: end,
+        }
+    }
+}
+
 struct Segment {
     id: u64,
     path: PathBuf,

@@ -86,11 +86,7 @@ pub(super) fn recover_packed(
         seed: Some(id),
         capacity: end,
         grows: false,
-        // Not filled in this run.
-        fill: Fill {
-            syncs: 0,
-            from: end,
-        },
+        fill: Fill::at(end),
         packed: Some(bytes.len() as u64),
     };
     Ok((Some(segment), damage))

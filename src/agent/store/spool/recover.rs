@@ -51,11 +51,7 @@ pub(super) fn recover(
                     seed,
                     capacity: if seed.is_some() { len } else { end },
                     grows: len <= end,
-                    // Not filled in this run.
-                    fill: Fill {
-                        syncs: 0,
-                        from: end,
-                    },
+                    fill: Fill::at(end),
                     packed: None,
                 });
             }

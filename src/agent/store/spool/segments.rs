@@ -340,10 +340,7 @@ impl Spool {
             seed: Some(id),
             capacity,
             grows,
-            fill: Fill {
-                syncs: 0,
-                from: len,
-            },
+            fill: Fill::at(len),
             packed: None,
         });
         if inner.segments.len() == 1 {
