@@ -1,7 +1,7 @@
-//! The acks the appender releases once points are stored, sent to the
-//! broker in order on the connection the messages came on (an ack for a
-//! packet of an earlier connection is skipped, never sent on the new one),
-//! and when the last one went out, for the group rule.
+//! The acks the appender releases once points are stored, handed on in
+//! order to the [`Outbox`] (which skips an ack for a packet of an earlier
+//! connection, never sending it on the new one), and when the last one
+//! went out, for the group rule.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,28 +12,29 @@ use tokio::sync::mpsc;
 
 use crate::agent::message::AckToken;
 
+use super::outbox::{Outbox, Route};
 use super::reader::Client;
 
-/// Sends the acks the appender releases, in order, skipping those from an
-/// earlier connection; when the appender is done (its sender dropped),
-/// disconnects cleanly.
+/// Sends the acks the appender releases, in order, through `outbox`;
+/// when the appender is done (its sender dropped), disconnects cleanly.
 pub(super) async fn send_acks(
     client: Client,
     mut acks: mpsc::UnboundedReceiver<AckToken>,
-    connection: Arc<AtomicU64>,
+    outbox: Arc<Outbox>,
     acked: Arc<AckClock>,
     status_topic: Option<String>,
 ) {
     while let Some(token) = acks.recv().await {
-        if token.connection != connection.load(Ordering::SeqCst) {
-            // The broker resends that message on the new connection; its
-            // new copy is acked once stored.
-            continue;
-        }
-        let mut p = Publish::new("", QoS::AtLeastOnce, Vec::new());
-        p.pkid = token.pkid;
-        if let Err(e) = client.ack(&p).await {
-            log::warn!("cannot queue MQTT ack: {e}");
+        match outbox.push(token.connection, token.pkid) {
+            Route::Dropped => continue,
+            Route::Queued => {}
+            Route::Bell => {
+                let mut p = Publish::new("", QoS::AtLeastOnce, Vec::new());
+                p.pkid = token.pkid;
+                if let Err(e) = client.ack(&p).await {
+                    log::warn!("cannot queue MQTT ack: {e}");
+                }
+            }
         }
         acked.mark();
     }

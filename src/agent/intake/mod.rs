@@ -9,6 +9,7 @@
 mod acks;
 pub(crate) mod arrival;
 pub(crate) mod group;
+mod outbox;
 pub(crate) mod oversize;
 pub(crate) mod reader;
 mod session;
@@ -34,6 +35,7 @@ use self::acks::send_acks;
 use self::group::GroupRule;
 use self::group::Held;
 use self::group::sleep_until;
+use self::outbox::Outbox;
 use self::oversize::incoming_limit;
 use self::reader::{Client, Pace, forward_events};
 use self::session::Session;
@@ -94,9 +96,16 @@ impl Intake {
             connected: watch_connected,
             beat,
         };
-        let (tasks, connection, acked) = helpers.spawn();
-        let (mut events, resume, poller) =
-            start_reader(eventloop, &client, &config, commit_delay, &acked, &stats);
+        let outbox = Arc::new(Outbox::default());
+        let (tasks, connection, acked) = helpers.spawn(&outbox);
+        let (mut events, resume, poller) = start_reader(
+            eventloop,
+            (&client, outbox),
+            &config,
+            commit_delay,
+            &acked,
+            &stats,
+        );
         let mut session = Session::new(client, config, stats, connection, connected, subscribed);
         let mut held = Held {
             group: Vec::new(),
@@ -164,7 +173,7 @@ impl Intake {
 /// paced for `commit_delay`.
 fn start_reader(
     eventloop: rumqttc::EventLoop,
-    client: &Client,
+    (client, outbox): (&Client, Arc<Outbox>),
     config: &Mqtt,
     commit_delay: Duration,
     acked: &Arc<AckClock>,
@@ -183,7 +192,7 @@ fn start_reader(
     let (acked, stats) = (acked.clone(), stats.clone());
     forward_events(
         eventloop,
-        client,
+        (client, outbox),
         pace,
         broker,
         move || acked.last(),
@@ -212,10 +221,12 @@ struct Helpers {
 }
 
 impl Helpers {
-    /// Spawns them; returns their handles, the connection number the
-    /// acker checks tokens against, and the clock of its last ack.
+    /// Spawns them, the acker queueing into `outbox`; returns their
+    /// handles, the connection number the session gives ack tokens, and
+    /// the clock of the acker's last ack.
     fn spawn(
         self,
+        outbox: &Arc<Outbox>,
     ) -> (
         Vec<tokio::task::JoinHandle<()>>,
         Arc<AtomicU64>,
@@ -237,7 +248,7 @@ impl Helpers {
         tasks.push(tokio::spawn(send_acks(
             self.client,
             self.acks,
-            connection.clone(),
+            outbox.clone(),
             acked.clone(),
             status_topic,
         )));

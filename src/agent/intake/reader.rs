@@ -1,19 +1,20 @@
 //! Reading the broker connection: rumqttc's event loop on a task of its
-//! own, read in bunches at the rates gateways see ([`Pace`]), and the
-//! handle through which the intake's tasks send to the broker
-//! ([`Client`]). Each event carries the earliest moment its packet can
-//! have arrived, and when it did arrive as far as can be told. It must
-//! never look at a message's content, and never drop an event the session
-//! needs (only the echoes of our own outgoing packets, which the session
-//! ignores, stay here).
+//! own, read in bunches at the rates gateways see ([`Pace`]), the acks
+//! queued in the [`Outbox`] written between two polls, and the handle
+//! through which the intake's tasks send to the broker ([`Client`]). Each
+//! event carries the earliest moment its packet can have arrived, and when
+//! it did arrive as far as can be told. It must never look at a message's
+//! content, and never drop an event the session needs (only the echoes of
+//! our own outgoing packets, which the session ignores, stay here).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, ClientError, Event, Outgoing, Packet, Publish, QoS};
+use rumqttc::{AsyncClient, ClientError, Event, Outgoing, Packet, PubAck, Publish, QoS};
 use tokio::sync::{Notify, mpsc};
 
 use super::arrival::Arrivals;
+use super::outbox::Outbox;
 
 /// A connection event, or why the connection failed.
 pub type Polled = Result<Event, rumqttc::ConnectionError>;
@@ -308,7 +309,7 @@ impl Pace {
 /// far.
 pub fn forward_events(
     mut eventloop: rumqttc::EventLoop,
-    client: &Client,
+    (client, outbox): (&Client, Arc<Outbox>),
     mut pace: Pace,
     broker: Option<(String, u16)>,
     acked_at: impl Fn() -> Option<Instant> + Send + 'static,
@@ -332,6 +333,7 @@ pub fn forward_events(
         // interleave, needs no such help.
         let mut acked = false;
         let mut told: Option<Instant> = None;
+        let mut queued_acks = Vec::new();
         loop {
             let buffered = !eventloop.state.events.is_empty();
             if let Some(pause) = pace
@@ -347,6 +349,7 @@ pub fn forward_events(
                 pace.paused();
             }
             let event = eventloop.poll().await;
+            acked |= write_queued_acks(&mut eventloop, &outbox, &event, &mut queued_acks).await;
             let now = Instant::now();
             // Before the event counts: for a new read, the last one.
             let light = pace.light();
@@ -401,6 +404,52 @@ pub fn forward_events(
         }
     });
     (rx, resume, poller)
+}
+
+/// Writes the acks `outbox` holds for after this poll's `event` on the
+/// connection, with one flush; says whether any went. Between polls, so
+/// that no write of rumqttc's is cut in two. A write that fails leaves its
+/// error to rumqttc's next poll (the broken connection fails that too), and
+/// one whose flush times out leaves its bytes buffered for the next flush.
+async fn write_queued_acks(
+    eventloop: &mut rumqttc::EventLoop,
+    outbox: &Outbox,
+    event: &Polled,
+    batch: &mut Vec<u16>,
+) -> bool {
+    match event {
+        Ok(Event::Incoming(Packet::ConnAck(_))) => outbox.connected(),
+        Err(_) => outbox.lost(),
+        _ => {}
+    }
+    outbox.take(
+        matches!(event, Ok(Event::Outgoing(Outgoing::PubAck(_)))),
+        batch,
+    );
+    if batch.is_empty() {
+        return false;
+    }
+    let timeout = Duration::from_secs(eventloop.network_options().connection_timeout());
+    let Some(network) = eventloop.network.as_mut() else {
+        batch.clear();
+        return false;
+    };
+    for pkid in batch.drain(..) {
+        if let Err(e) = network.write(Packet::PubAck(PubAck::new(pkid))).await {
+            // The rest are dropped with the drain; the broker sends their
+            // messages again on the next connection.
+            log::debug!("cannot write MQTT acks: {e}");
+            return false;
+        }
+    }
+    match tokio::time::timeout(timeout, network.flush()).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            log::debug!("cannot send MQTT acks: {e}");
+            false
+        }
+        Err(_) => false,
+    }
 }
 
 /// Whether to tell the kernel to ack at once, after our acks went out
