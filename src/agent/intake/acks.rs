@@ -1,7 +1,8 @@
 //! The acks the appender releases once points are stored, handed on in
 //! order to the [`Outbox`] (which skips an ack for a packet of an earlier
 //! connection, never sending it on the new one), and when the last one
-//! went out, for the group rule.
+//! was handed on (it goes out at the reader's next turn), for the group
+//! rule.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,8 +48,9 @@ pub(super) async fn send_acks(
     let _ = client.disconnect().await;
 }
 
-/// When the acker last sent an ack, as microseconds since `epoch` (0:
-/// never), shared without a lock between the acker task and the session.
+/// When the acker last handed an ack on, as microseconds since `epoch`
+/// (0: never), shared without a lock between the acker task and the
+/// session.
 pub(super) struct AckClock {
     pub(super) epoch: std::time::Instant,
     pub(super) micros: AtomicU64,

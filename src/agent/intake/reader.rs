@@ -333,12 +333,12 @@ pub fn forward_events(
         // interleave, needs no such help.
         let mut acked = false;
         let mut told: Option<Instant> = None;
-        let mut queued_acks = Vec::new();
+        let mut acks = AckWriter::new(outbox);
         loop {
             let buffered = !eventloop.state.events.is_empty();
             if let Some(pause) = pace
                 .before_read(buffered, Instant::now(), acked_at())
-                .filter(|_| !arrivals.waiting())
+                .filter(|_| !arrivals.waiting() && acks.failed.is_none())
             {
                 let precise = precision.precise(stamped(), Instant::now());
                 match (precise, arrivals.is_tracking()) {
@@ -348,8 +348,8 @@ pub fn forward_events(
                 }
                 pace.paused();
             }
-            let event = eventloop.poll().await;
-            acked |= write_queued_acks(&mut eventloop, &outbox, &event, &mut queued_acks).await;
+            let (event, wrote) = acks.poll(&mut eventloop).await;
+            acked |= wrote;
             let now = Instant::now();
             // Before the event counts: for a new read, the last one.
             let light = pace.light();
@@ -406,50 +406,96 @@ pub fn forward_events(
     (rx, resume, poller)
 }
 
+/// The reader's side of the [`Outbox`]: polls, and writes the acks due
+/// after each poll.
+struct AckWriter {
+    outbox: Arc<Outbox>,
+    batch: Vec<u16>,
+    /// Writing acks failed after the last poll: that is the next event.
+    failed: Option<rumqttc::ConnectionError>,
+}
+
+impl AckWriter {
+    fn new(outbox: Arc<Outbox>) -> AckWriter {
+        AckWriter {
+            outbox,
+            batch: Vec::new(),
+            failed: None,
+        }
+    }
+
+    /// The next event (a poll's, or the failure of the acks written
+    /// after the last one), and whether acks went out after it.
+    async fn poll(&mut self, eventloop: &mut rumqttc::EventLoop) -> (Polled, bool) {
+        let event = match self.failed.take() {
+            Some(e) => Err(e),
+            None => eventloop.poll().await,
+        };
+        if event.is_err() {
+            // What rumqttc read before the failure belongs to the dead
+            // connection (it would come out first on the next, and be
+            // acked there): the broker sends it again.
+            eventloop.state.events.clear();
+        }
+        match write_queued_acks(eventloop, &self.outbox, &event, &mut self.batch).await {
+            Ok(wrote) => (event, wrote),
+            Err(e) => {
+                self.failed = Some(e);
+                (event, false)
+            }
+        }
+    }
+}
+
 /// Writes the acks `outbox` holds for after this poll's `event` on the
-/// connection, with one flush; says whether any went. Between polls, so
-/// that no write of rumqttc's is cut in two. A write that fails leaves its
-/// error to rumqttc's next poll (the broken connection fails that too), and
-/// one whose flush times out leaves its bytes buffered for the next flush.
+/// connection, with one flush, between polls so that no write of
+/// rumqttc's is cut in two; says whether any went. A write that fails or
+/// takes longer than rumqttc's own timeout ends the connection as a
+/// failed poll would (rumqttc's keep-alive runs only inside a poll, so a
+/// write stuck here would hide a dead broker): the error is returned, for
+/// the session, and the broker sends the unacked messages again.
 async fn write_queued_acks(
     eventloop: &mut rumqttc::EventLoop,
     outbox: &Outbox,
     event: &Polled,
     batch: &mut Vec<u16>,
-) -> bool {
-    match event {
-        Ok(Event::Incoming(Packet::ConnAck(_))) => outbox.connected(),
-        Err(_) => outbox.lost(),
-        _ => {}
-    }
-    outbox.take(
-        matches!(event, Ok(Event::Outgoing(Outgoing::PubAck(_)))),
-        batch,
-    );
+) -> Result<bool, rumqttc::ConnectionError> {
+    let sent = match event {
+        Ok(Event::Incoming(Packet::ConnAck(_))) => {
+            outbox.connected();
+            None
+        }
+        Ok(Event::Outgoing(Outgoing::PubAck(pkid))) => Some(*pkid),
+        Err(_) => {
+            outbox.lost();
+            None
+        }
+        _ => None,
+    };
+    outbox.take(sent, batch);
     if batch.is_empty() {
-        return false;
+        return Ok(false);
     }
     let timeout = Duration::from_secs(eventloop.network_options().connection_timeout());
     let Some(network) = eventloop.network.as_mut() else {
         batch.clear();
-        return false;
+        return Ok(false);
     };
-    for pkid in batch.drain(..) {
-        if let Err(e) = network.write(Packet::PubAck(PubAck::new(pkid))).await {
-            // The rest are dropped with the drain; the broker sends their
-            // messages again on the next connection.
-            log::debug!("cannot write MQTT acks: {e}");
-            return false;
+    let written = tokio::time::timeout(timeout, async {
+        for pkid in batch.drain(..) {
+            network.write(Packet::PubAck(PubAck::new(pkid))).await?;
         }
-    }
-    match tokio::time::timeout(timeout, network.flush()).await {
-        Ok(Ok(())) => true,
-        Ok(Err(e)) => {
-            log::debug!("cannot send MQTT acks: {e}");
-            false
-        }
-        Err(_) => false,
-    }
+        network.flush().await
+    })
+    .await;
+    batch.clear();
+    let failed = match written {
+        Ok(Ok(())) => return Ok(true),
+        Ok(Err(e)) => rumqttc::ConnectionError::MqttState(e),
+        Err(_) => rumqttc::ConnectionError::FlushTimeout,
+    };
+    eventloop.clean();
+    Err(failed)
 }
 
 /// Whether to tell the kernel to ack at once, after our acks went out
