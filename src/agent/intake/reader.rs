@@ -494,6 +494,10 @@ async fn write_queued_acks(
         Ok(Err(e)) => rumqttc::ConnectionError::MqttState(e),
         Err(_) => rumqttc::ConnectionError::FlushTimeout,
     };
+    // At once, not at the error's turn: an ack released before then would
+    // ring a bell into the queue `clean` has just emptied, and go out on
+    // the next connection.
+    outbox.lost();
     eventloop.clean();
     Err(failed)
 }
