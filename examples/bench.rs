@@ -275,15 +275,18 @@ fn main() {
             ratios[i].last().unwrap(),
         ));
     }
+    // The median of the paired rounds, when an older build took turns.
+    let mut new_over_old = None;
     if !paired.is_empty() {
         let spread = format!(
             "from {:.2} to {:.2}",
             paired.iter().cloned().fold(f64::INFINITY, f64::min),
             paired.iter().cloned().fold(0.0, f64::max)
         );
+        new_over_old = Some(median(&mut paired));
         report.push(format!(
             "new/old into the counting sink, round by round: {:.2} (median of {}, {spread})",
-            median(&mut paired),
+            new_over_old.unwrap_or_default(),
             sizes.reps
         ));
     }
@@ -291,6 +294,14 @@ fn main() {
 
     if std::env::args().any(|a| a == "--throughput-only") {
         println!("{}", report.0.join("\n"));
+        // BENCH_REQUIRE_NOT_LOWER: the run fails when the new build's
+        // median round is below the old one's (#25's throughput line).
+        if std::env::var_os("BENCH_REQUIRE_NOT_LOWER").is_some()
+            && new_over_old.is_some_and(|r| r < 1.0)
+        {
+            eprintln!("bench: the new build is lower than the old one (BENCH_REQUIRE_NOT_LOWER)");
+            std::process::exit(1);
+        }
         return;
     }
 
