@@ -300,6 +300,8 @@ fn main() {
             && new_over_old.is_some_and(|r| r < 1.0)
         {
             eprintln!("bench: the new build is lower than the old one (BENCH_REQUIRE_NOT_LOWER)");
+            // exit() skips destructors: the servers are stopped first.
+            drop((sink, influx, broker));
             std::process::exit(1);
         }
         return;
