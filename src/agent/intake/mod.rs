@@ -16,7 +16,6 @@ mod session;
 mod topic;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, MqttOptions, QoS};
@@ -97,7 +96,7 @@ impl Intake {
             beat,
         };
         let outbox = Arc::new(Outbox::default());
-        let (tasks, connection, acked) = helpers.spawn(&outbox);
+        let (tasks, acked) = helpers.spawn(&outbox);
         let (mut events, resume, poller) = start_reader(
             eventloop,
             (&client, outbox),
@@ -106,7 +105,7 @@ impl Intake {
             &acked,
             &stats,
         );
-        let mut session = Session::new(client, config, stats, connection, connected, subscribed);
+        let mut session = Session::new(client, config, stats, connected, subscribed);
         let mut held = Held {
             group: Vec::new(),
             rule: GroupRule::new(commit_delay, crate::lifecycle::files::page_size()),
@@ -222,16 +221,8 @@ struct Helpers {
 
 impl Helpers {
     /// Spawns them, the acker queueing into `outbox`; returns their
-    /// handles, the connection number the session gives ack tokens, and
-    /// the clock of the acker's last ack.
-    fn spawn(
-        self,
-        outbox: &Arc<Outbox>,
-    ) -> (
-        Vec<tokio::task::JoinHandle<()>>,
-        Arc<AtomicU64>,
-        Arc<AckClock>,
-    ) {
+    /// handles and the clock of the acker's last ack.
+    fn spawn(self, outbox: &Arc<Outbox>) -> (Vec<tokio::task::JoinHandle<()>>, Arc<AckClock>) {
         let mut tasks = Vec::new();
         let status_topic = self.status.as_ref().map(|(_, topic)| topic.clone());
         if let Some((reporter, topic)) = self.status {
@@ -243,7 +234,6 @@ impl Helpers {
                 self.connected,
             )));
         }
-        let connection = Arc::new(AtomicU64::new(0));
         let acked = Arc::new(AckClock::new());
         tasks.push(tokio::spawn(send_acks(
             self.client,
@@ -261,7 +251,7 @@ impl Helpers {
                 }
             }));
         }
-        (tasks, connection, acked)
+        (tasks, acked)
     }
 }
 

@@ -6,7 +6,7 @@
 //! keep-alive.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rumqttc::{Event, Outgoing, Packet, Publish, QoS, SubscribeReasonCode};
@@ -42,9 +42,9 @@ pub(super) struct Session {
     /// hold in memory.
     pub(super) budget: Arc<tokio::sync::Semaphore>,
     pub(super) budget_bytes: usize,
-    /// Number of the current broker connection, for ack tokens.
+    /// Number of the current broker connection (1 is the first), for ack
+    /// tokens: the Outbox counts CONNACKs the same way.
     pub(super) current: u64,
-    pub(super) connection: Arc<AtomicU64>,
     pub(super) connected: tokio::sync::watch::Sender<bool>,
     pub(super) backoff: Backoff,
     /// Set once the broker has confirmed the configured subscriptions.
@@ -62,7 +62,6 @@ impl Session {
         client: Client,
         config: Mqtt,
         stats: Arc<Stats>,
-        connection: Arc<AtomicU64>,
         connected: tokio::sync::watch::Sender<bool>,
         subscribed: Box<dyn Fn() + Send>,
     ) -> Session {
@@ -75,7 +74,6 @@ impl Session {
             budget: Arc::new(tokio::sync::Semaphore::new(budget_bytes)),
             budget_bytes,
             current: 0,
-            connection,
             connected,
             backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30), 0.25),
             subscribed_once: false,
@@ -94,7 +92,7 @@ impl Session {
     fn on_connack(&mut self, ack: &rumqttc::ConnAck) {
         self.backoff.reset();
         self.set_connected(true);
-        self.current = self.connection.fetch_add(1, Ordering::SeqCst) + 1;
+        self.current += 1;
         log::info!(
             "connected to MQTT broker {} (session present: {})",
             self.broker,
